@@ -1,0 +1,173 @@
+"""The `shakers-rules` command: a thin shell over processor.* and rules.*.
+
+Exit status (SPEC §7): 0 success; 1 unexpected failure; 2 usage error;
+3 invalid policies; 4 invalid or incomplete export; 5 decisions written but
+some reports not delivered; 6 another run holds the same ledger.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import os
+import sys
+import traceback
+from pathlib import Path
+
+import click
+
+from rules.document import PolicyError, load_policies
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_POLICIES, EXIT_EXPORT, EXIT_UNDELIVERED, EXIT_LOCKED = 0, 1, 2, 3, 4, 5, 6
+
+
+def err(message: str):
+    click.echo(message, err=True)
+
+
+def guarded(fn):
+    """Turn the errors people cause into sentences and exit codes; never a traceback for them."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from processor.export import InvalidExport
+
+        try:
+            return fn(*args, **kwargs)
+        except PolicyError as e:
+            for p in e.problems:
+                err(p.located(e.filename))
+            err(f"{len(e.problems)} problem(s) in {e.filename}; nothing was evaluated.")
+            sys.exit(EXIT_POLICIES)
+        except InvalidExport as e:
+            err(f"invalid export: {e}")
+            sys.exit(EXIT_EXPORT)
+        except click.exceptions.Exit:
+            raise
+        except click.ClickException:
+            raise
+        except KeyboardInterrupt:
+            err("interrupted; nothing half-written was left behind.")
+            sys.exit(130)
+        except Exception as e:  # a bug of ours, not the user's
+            if os.environ.get("SHAKERS_DEBUG"):
+                traceback.print_exc()
+            err(f"unexpected failure: {type(e).__name__}: {e}. Rerun with SHAKERS_DEBUG=1 to see where; please report it.")
+            sys.exit(EXIT_FAILURE)
+
+    return wrapper
+
+
+class Day(click.ParamType):
+    name = "YYYY-MM-DD"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, dt.date):
+            return value
+        try:
+            return dt.date.fromisoformat(str(value))
+        except ValueError:
+            self.fail(f"'{value}' is not a date: write it as YYYY-MM-DD, e.g. 2026-11-24", param, ctx)
+
+
+DAY = Day()
+
+
+def progress_printer(quiet: bool):
+    """Phase messages on stderr when someone is watching; silence under cron unless asked."""
+    if quiet:
+        return None
+    return lambda msg: err(f"  · {msg}")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="shakers-rules")
+def main():
+    """shakers-rules: every night, turn the marketplace's export into the actions its policies
+    (policies.yaml) call for, evaluated by the durable-rules engine, and report them to Project
+    Success.
+
+    \b
+    Typical night:
+      shakers-rules validate policies.yaml
+      shakers-rules run --export exports/2026-11-24 --out runs/2026-11-24
+    """
+
+
+@main.command()
+@click.option("--export", "export_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="The night's export directory (five tables as CSV or Parquet, optional manifest.json).")
+@click.option("--as-of", type=DAY, default=None, help="The night the export describes. Default: the manifest's export date, else today (UTC).")
+@click.option("--policies", "policies_path", default="policies.yaml", show_default=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The policies file.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Run directory for decisions, rejects, summary and reports. Default: runs/<as-of>.")
+@click.option("--ledger", "ledger_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="SQLite ledger shared by successive nights. Default: $SHAKERS_LEDGER, else ~/.local/share/shakers-rules/ledger.sqlite.")
+@click.option("--workers", type=click.IntRange(0, 64), default=None,
+              help="Engine worker processes (default: the machine's cores; 0 = in this process, no crash isolation).")
+@click.option("--no-prefilter", is_flag=True, help="Send every project through durable-rules, not only candidates (slower; same decisions).")
+@click.option("-q", "--quiet", is_flag=True, help="Print only the final summary line.")
+@guarded
+def run(export_dir, as_of, policies_path, out_dir, ledger_path, workers, no_prefilter, quiet):
+    """Evaluate one night's export and write decisions.csv, decisions.jsonl, rejects.csv and summary.json."""
+    from processor.run import run_night
+
+    if not export_dir.is_dir():
+        err(f"invalid export: {export_dir} is not a directory — give the night's export directory with --export")
+        sys.exit(EXIT_EXPORT)
+    result = run_night(export_dir, policies_path=policies_path, as_of=as_of, out_dir=out_dir, ledger_path=ledger_path,
+                       workers=(os.cpu_count() or 1) if workers is None else workers, prefilter=not no_prefilter,
+                       progress=progress_printer(quiet))
+    print_summary(result, quiet)
+    sys.exit(result.exit_code)
+
+
+def print_summary(result, quiet: bool = False):
+    s = result.summary
+    d = s["decisions"]
+    click.echo(f"night {s['as_of']}: {s['rows']['read']:,} rows read, {s['rows']['rejected']:,} rejected; "
+               f"{s['engine']['projects']:,} projects, {d['total']:,} decisions "
+               f"({d['by_state'].get('new', 0):,} new, {d['by_state'].get('ongoing', 0):,} ongoing)")
+    if quiet:
+        return
+    width = max((len(p) for p in d["by_policy"]), default=10)
+    for pid, actions in d["by_policy"].items():
+        shown = ", ".join(f"{a} {n:,}" for a, n in actions.items()) or "-"
+        click.echo(f"  {pid:<{width}}  {shown}")
+    if s["engine"]["not_evaluated"]:
+        click.echo(f"  NOT EVALUATED (the engine crashed on them): {', '.join(s['engine']['not_evaluated'])}")
+    click.echo(f"decisions: {result.out_dir / 'decisions.csv'}")
+    click.echo(f"rejects:   {result.out_dir / 'rejects.csv'}")
+    click.echo(f"summary:   {result.out_dir / 'summary.json'}")
+
+
+@main.command()
+@click.argument("file", default="policies.yaml", type=click.Path(dir_okay=False, path_type=Path))
+@guarded
+def validate(file):
+    """Check a policies file: every problem, each as FILE:LINE:COL: what is wrong — what is expected."""
+    policies = load_policies(file)
+    click.echo(f"{file}: OK — {len(policies.policies)} policies, {len(policies.thresholds)} thresholds")
+
+
+@main.command()
+@click.option("--projects", type=click.IntRange(1, 20_000_000), required=True, help="How many projects the night holds.")
+@click.option("--seed", type=int, default=1, show_default=True, help="Random seed: same seed, same export.")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Directory to write the export into.")
+@click.option("--format", "fmt", type=click.Choice(["csv", "parquet"]), default="csv", show_default=True)
+@click.option("--as-of", type=DAY, default=None, help="The night the export describes (default: today, UTC).")
+@click.option("--corrupt", type=click.IntRange(0), default=0, show_default=True, help="Break this many rows on purpose (to see rejects).")
+@guarded
+def generate(projects, seed, out_dir, fmt, as_of, corrupt):
+    """Write a realistic synthetic export of one night, with every policy situation in it."""
+    from processor.generate import generate_export
+
+    as_of = as_of or dt.datetime.now(dt.timezone.utc).date()
+    manifest = generate_export(out_dir, projects=projects, seed=seed, as_of=as_of, fmt=fmt, corrupt=corrupt,
+                               progress=lambda m: err(f"  · {m}"))
+    counts = ", ".join(f"{t} {v['rows']:,}" for t, v in manifest["tables"].items())
+    click.echo(f"export of {as_of} written to {out_dir} ({fmt}): {counts}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

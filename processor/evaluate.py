@@ -1,0 +1,170 @@
+"""Facts -> which policy fired on which fact, evaluated by durable-rules.
+
+The engine runs in worker processes: a crash of durable-rules' C core kills a
+worker, never the run. A chunk whose worker died is split and retried; a
+project that still kills its worker on its own is reported as not evaluated —
+never silently missing.
+
+Only candidate projects go to the engine: those with at least one fact that
+satisfies some policy's conditions, found with pandas masks compiled from the
+same policies (rules.compile.mask). Every rule reads one fact, so a project
+with no such fact cannot fire anything; tests check that the decisions with and
+without this pre-filter are identical.
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from rules.compile import mask, to_ruleset
+from rules.document import PolicySet
+from rules.engine import PolicyEngine
+from rules.vocabulary import FACT_KINDS
+
+from processor.facts import Facts
+
+CHUNK_PROJECTS = 20_000
+# Test hook: a worker that meets this project id exits abruptly, as a C crash would.
+CRASH_HOOK_ENV = "SHAKERS_TEST_CRASH_ON_PROJECT"
+
+
+@dataclass
+class Evaluation:
+    firings: pd.DataFrame            # policy_id, fact_id
+    projects_total: int
+    projects_sent: int               # how many went through durable-rules
+    not_evaluated: list[str] = field(default_factory=list)  # projects whose evaluation crashed the engine
+    worker_crashes: int = 0
+
+
+def candidate_projects(policies: PolicySet, facts: Facts) -> np.ndarray:
+    """Project ids having a fact that satisfies some policy's conditions."""
+    ids = []
+    for policy in policies.policies:
+        frame = facts.frames[policy.about]
+        hit = mask(policy, frame)
+        if hit.any():
+            ids.append(frame["project_id"].to_numpy()[hit])
+    if not ids:
+        return np.array([], dtype=object)
+    return np.unique(np.concatenate(ids))
+
+
+def _records(facts_chunk: dict[str, pd.DataFrame]) -> list[list[dict]]:
+    """Per project, its facts as flat dicts each with a unique `id` and its `kind`."""
+    by_project: dict[str, list[dict]] = {}
+    for kind, frame in facts_chunk.items():
+        if frame.empty:
+            continue
+        cols = list(FACT_KINDS[kind])
+        recs = frame[cols].assign(kind=kind, id=frame["fact_id"].to_numpy()).to_dict("records")
+        for r in recs:
+            by_project.setdefault(r["project_id"], []).append(r)
+    return list(by_project.values())
+
+
+# -- worker side -------------------------------------------------------------
+_ENGINE: PolicyEngine | None = None
+
+
+def _init_worker(ruleset: dict):
+    global _ENGINE
+    _ENGINE = PolicyEngine(ruleset)
+
+
+def _evaluate_chunk(facts_chunk: dict[str, pd.DataFrame]) -> list[tuple[str, str]]:
+    crash_on = os.environ.get(CRASH_HOOK_ENV)
+    out: list[tuple[str, str]] = []
+    for project_facts in _records(facts_chunk):
+        if crash_on and project_facts[0]["project_id"] == crash_on:
+            os._exit(139)
+        out.extend(_ENGINE.evaluate(project_facts))
+    return out
+
+
+# -- driver side -------------------------------------------------------------
+def _split(facts: Facts, project_ids: np.ndarray, size: int) -> list[dict[str, pd.DataFrame]]:
+    chunks = []
+    order = {kind: frame.sort_values("project_id", kind="stable") for kind, frame in facts.frames.items()}
+    for start in range(0, len(project_ids), size):
+        ids = project_ids[start:start + size]
+        chunks.append({kind: frame[frame["project_id"].isin(ids)] for kind, frame in order.items()})
+    return chunks
+
+
+def _chunk_projects(chunk: dict[str, pd.DataFrame]) -> np.ndarray:
+    return np.unique(chunk["project"]["project_id"].to_numpy())
+
+
+def evaluate(policies: PolicySet, facts: Facts, *, workers: int = 1, prefilter: bool = True,
+             chunk_projects: int = CHUNK_PROJECTS, progress: Callable[[int, int], None] | None = None) -> Evaluation:
+    """Run durable-rules over the night's facts.
+
+    workers=0 evaluates in this process (no crash isolation; for debugging)."""
+    all_ids = np.sort(facts.frames["project"]["project_id"].to_numpy().astype(str))
+    ids = np.sort(candidate_projects(policies, facts).astype(str)) if prefilter else all_ids
+    ruleset = to_ruleset(policies)
+    chunks = _split(facts, ids, chunk_projects)
+    firings: list[tuple[str, str]] = []
+    result = Evaluation(pd.DataFrame(columns=["policy_id", "fact_id"]), len(all_ids), len(ids))
+    done = 0
+    if workers <= 0:
+        _init_worker(ruleset)
+        for chunk in chunks:
+            firings.extend(_evaluate_chunk(chunk))
+            done += len(_chunk_projects(chunk))
+            if progress:
+                progress(done, len(ids))
+    else:
+        pending = chunks
+        while pending:
+            retry: list[dict[str, pd.DataFrame]] = []
+            ctx = mp.get_context("fork")
+            with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=(ruleset,)) as pool:
+                futures = [(chunk, pool.submit(_evaluate_chunk, chunk)) for chunk in pending]
+                for chunk, fut in futures:
+                    try:
+                        firings.extend(fut.result())
+                        done += len(_chunk_projects(chunk))
+                        if progress:
+                            progress(done, len(ids))
+                    except BrokenProcessPool:
+                        retry.append(chunk)
+            if retry:
+                result.worker_crashes += 1
+            pending = []
+            for chunk in retry:
+                pids = _chunk_projects(chunk)
+                if len(pids) == 1:
+                    alone = _evaluate_alone(ruleset, chunk)
+                    if alone is None:
+                        # Alone, and it still kills the engine: say so, do not guess.
+                        result.not_evaluated.append(str(pids[0]))
+                    else:
+                        firings.extend(alone)
+                    done += 1
+                    continue
+                half = len(pids) // 2
+                for part in (pids[:half], pids[half:]):
+                    pending.append({k: f[f["project_id"].isin(part)] for k, f in chunk.items()})
+    frame = pd.DataFrame(firings, columns=["policy_id", "fact_id"]).drop_duplicates()
+    result.firings = frame.sort_values(["policy_id", "fact_id"], kind="stable").reset_index(drop=True)
+    result.not_evaluated.sort()
+    return result
+
+
+def _evaluate_alone(ruleset: dict, chunk) -> list[tuple[str, str]] | None:
+    """Evaluate one project in a fresh worker; None when that worker dies too."""
+    ctx = mp.get_context("fork")
+    with ProcessPoolExecutor(max_workers=1, mp_context=ctx, initializer=_init_worker, initargs=(ruleset,)) as pool:
+        try:
+            return pool.submit(_evaluate_chunk, chunk).result()
+        except BrokenProcessPool:
+            return None

@@ -1,0 +1,139 @@
+"""One night, end to end: export -> facts -> engine -> decisions -> ledger -> files.
+
+This is the library the CLI and the nightly job call; tests call it directly.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+
+from rules.document import PolicySet, load_policies
+
+from processor import files
+from processor.decide import DECISION_COLUMNS, make_decisions
+from processor.evaluate import Evaluation, evaluate
+from processor.export import Export, read_export
+from processor.facts import Facts, build_facts
+from processor.ledger import Ledger, default_ledger_path
+
+REJECT_COLUMNS = ["table", "row", "record_id", "column", "value", "reason"]
+
+
+@dataclass
+class NightResult:
+    out_dir: Path
+    run_id: str
+    as_of: dt.date
+    decisions: pd.DataFrame
+    rejects: pd.DataFrame
+    summary: dict
+    evaluation: Evaluation
+    exit_code: int = 0
+    timings: dict = field(default_factory=dict)
+
+
+def resolve_as_of(export: Export, as_of: dt.date | None) -> dt.date:
+    """--as-of, else the manifest's export date, else today (UTC)."""
+    if as_of is not None:
+        return as_of
+    if export.exported_at is not None:
+        return export.exported_at.tz_convert("UTC").date() if export.exported_at.tzinfo else export.exported_at.date()
+    return dt.datetime.now(dt.timezone.utc).date()
+
+
+def decide_night(policies: PolicySet, export: Export, as_of: dt.date, *, workers: int = 1, prefilter: bool = True,
+                 progress: Callable[[str], None] | None = None, timings: dict | None = None) -> tuple[pd.DataFrame, Evaluation, Facts]:
+    """The night's decisions (without run_id/as_of/state): nothing is written anywhere."""
+    timings = {} if timings is None else timings
+    say = progress or (lambda _msg: None)
+    t = time.perf_counter()
+    facts = build_facts(export.tables, as_of)
+    timings["facts"] = time.perf_counter() - t
+    say(f"facts built for {len(facts.frames['project']):,} projects")
+    t = time.perf_counter()
+    ev = evaluate(policies, facts, workers=workers, prefilter=prefilter)
+    timings["engine"] = time.perf_counter() - t
+    say(f"durable-rules evaluated {ev.projects_sent:,} candidate projects ({len(ev.firings):,} firings)")
+    t = time.perf_counter()
+    decisions = make_decisions(policies, ev.firings, facts)
+    timings["decide"] = time.perf_counter() - t
+    return decisions, ev, facts
+
+
+def run_night(export_dir: str | Path, *, policies_path: str | Path = "policies.yaml", as_of: dt.date | None = None,
+              out_dir: str | Path | None = None, ledger_path: str | Path | None = None, workers: int = 1,
+              prefilter: bool = True, progress: Callable[[str], None] | None = None) -> NightResult:
+    """Evaluate one night and write its outputs. Raises PolicyError (exit 3) or InvalidExport (exit 4)."""
+    say = progress or (lambda _msg: None)
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    policies = load_policies(policies_path)   # before touching the export
+    t = time.perf_counter()
+    export = read_export(export_dir)
+    timings["read"] = time.perf_counter() - t
+    say(f"read {sum(export.read_counts.values()):,} rows ({export.format}); {sum(export.rejected_counts.values()):,} rejected")
+    as_of = resolve_as_of(export, as_of)
+    run_id = f"{as_of.isoformat()}-{policies.sha256[:8]}"
+    out = Path(out_dir) if out_dir else Path("runs") / as_of.isoformat()
+    decisions, ev, facts = decide_night(policies, export, as_of, workers=workers, prefilter=prefilter,
+                                        progress=progress, timings=timings)
+
+    t = time.perf_counter()
+    with Ledger(ledger_path or default_ledger_path()) as ledger:
+        decisions.insert(0, "run_id", run_id)
+        decisions.insert(1, "as_of", as_of.isoformat())
+        decisions["state"] = ledger.states(as_of, decisions)
+        decisions = decisions[DECISION_COLUMNS]
+        timings["ledger"] = time.perf_counter() - t
+        t = time.perf_counter()
+        rejects = export.rejects[REJECT_COLUMNS] if len(export.rejects) else pd.DataFrame(columns=REJECT_COLUMNS)
+        files.write_csv(out / "decisions.csv", decisions)
+        files.write_jsonl(out / "decisions.jsonl", decisions, json_columns=("evidence",))
+        files.write_csv(out / "rejects.csv", rejects)
+        timings["write"] = time.perf_counter() - t
+        timings["total"] = time.perf_counter() - started
+        summary = make_summary(run_id, as_of, export, policies, decisions, ev, timings, out)
+        files.write_json(out / "summary.json", summary)
+        # The ledger learns of the night last: a run killed before this point left no trace there.
+        t = time.perf_counter()
+        ledger.record_night(as_of, run_id, policies.sha256, str(out), decisions)
+        timings["ledger"] += time.perf_counter() - t
+    exit_code = 1 if ev.not_evaluated else 0
+    return NightResult(out, run_id, as_of, decisions, rejects, summary, ev, exit_code, timings)
+
+
+def make_summary(run_id, as_of, export: Export, policies: PolicySet, decisions: pd.DataFrame, ev: Evaluation,
+                 timings: dict, out: Path) -> dict:
+    tables = {
+        name: {"read": export.read_counts[name], "rejected": export.rejected_counts.get(name, 0),
+               "evaluated": export.read_counts[name] - export.rejected_counts.get(name, 0)}
+        for name in export.read_counts
+    }
+    by_policy: dict[str, dict[str, int]] = {p.id: {} for p in policies.policies}
+    for (pid, action), n in decisions.groupby(["policy_id", "action"]).size().items():
+        by_policy.setdefault(pid, {})[action] = int(n)
+    return {
+        "run_id": run_id,
+        "as_of": as_of.isoformat(),
+        "export": {"directory": str(export.directory), "format": export.format},
+        "policies": {"file": policies.path, "sha256": policies.sha256},
+        "tables": tables,
+        "rows": {k: sum(t[k] for t in tables.values()) for k in ("read", "rejected", "evaluated")},
+        "engine": {"projects": ev.projects_total, "sent_to_engine": ev.projects_sent,
+                   "firings": int(len(ev.firings)), "worker_crashes": ev.worker_crashes,
+                   "not_evaluated": ev.not_evaluated},
+        "decisions": {
+            "total": int(len(decisions)),
+            "by_policy": by_policy,
+            "by_action": {k: int(v) for k, v in decisions["action"].value_counts().sort_index().items()},
+            "by_state": {k: int(v) for k, v in decisions["state"].value_counts().sort_index().items()},
+        },
+        "outputs": {"directory": str(out), "decisions_csv": "decisions.csv", "decisions_jsonl": "decisions.jsonl",
+                    "rejects_csv": "rejects.csv"},
+        "timings_seconds": {k: round(v, 3) for k, v in timings.items()},
+    }

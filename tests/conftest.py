@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from night import AS_OF, Night  # noqa: E402
+
+POLICIES = ROOT / "policies.yaml"
+
+
+@pytest.fixture
+def night():
+    return Night()
+
+
+@pytest.fixture
+def decide(tmp_path):
+    """Write a Night as a real export, run durable-rules on it through the library, return the decisions."""
+    from processor.export import read_export
+    from processor.run import decide_night
+    from rules.document import load_policies
+
+    counter = {"n": 0}
+
+    def _decide(n: Night, policies: Path = POLICIES, fmt: str = "csv", as_of=AS_OF, workers: int = 0, prefilter: bool = True) -> pd.DataFrame:
+        counter["n"] += 1
+        export = read_export(n.write(tmp_path / f"export{counter['n']}", fmt))
+        assert export.rejects.empty, export.rejects.to_dict("records")
+        decisions, _ev, _facts = decide_night(load_policies(policies), export, as_of, workers=workers, prefilter=prefilter)
+        return decisions
+
+    return _decide
+
+
+def actions(decisions: pd.DataFrame, policy_id: str | None = None) -> list[tuple]:
+    """(policy, action, project, subject, milestone, assignee) tuples, for readable assertions."""
+    d = decisions if policy_id is None else decisions[decisions["policy_id"] == policy_id]
+    return [tuple(r) for r in d[["policy_id", "action", "project_id", "subject_id", "milestone_id", "assignee_id"]].itertuples(index=False)]
+
+
+def fired(decisions: pd.DataFrame) -> set[str]:
+    return set(decisions["policy_id"])
