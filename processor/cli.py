@@ -169,5 +169,22 @@ def generate(projects, seed, out_dir, fmt, as_of, corrupt):
     click.echo(f"export of {as_of} written to {out_dir} ({fmt}): {counts}")
 
 
+def _register_command_modules():
+    """Commands that live in their own modules (policy tooling, reports, the nightly job)."""
+    import importlib
+
+    for name in ("processor.cli_policy", "processor.cli_reports", "processor.cli_nightly"):
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name != name:
+                raise
+            continue
+        for command in module.COMMANDS:
+            main.add_command(command)
+
+
+_register_command_modules()
+
 if __name__ == "__main__":  # pragma: no cover
     main()
