@@ -112,9 +112,6 @@ def run(export_dir, as_of, policies_path, out_dir, ledger_path, workers, no_pref
     """Evaluate one night's export and write decisions.csv, decisions.jsonl, rejects.csv and summary.json."""
     from processor.run import run_night
 
-    if not export_dir.is_dir():
-        err(f"invalid export: {export_dir} is not a directory — give the night's export directory with --export")
-        sys.exit(EXIT_EXPORT)
     result = run_night(export_dir, policies_path=policies_path, as_of=as_of, out_dir=out_dir, ledger_path=ledger_path,
                        workers=(os.cpu_count() or 1) if workers is None else workers, prefilter=not no_prefilter,
                        progress=progress_printer(quiet))
