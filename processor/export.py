@@ -1,0 +1,796 @@
+"""Read one night's export (CSV or Parquet) and check it against the contract.
+
+``read_export(directory)`` returns an :class:`Export`: the rows that honour the
+contract (``processor.contract``) as typed frames, and one line per problem for
+the rows that do not. A file that cannot be used at all (missing, unreadable,
+missing a column, not matching ``manifest.json``) raises :class:`InvalidExport`,
+whose message is one sentence naming the file and the fix (exit status 4).
+
+Canonical dtypes of ``Export.tables`` frames, the same whether the night came
+as CSV, string-typed Parquet or natural-typed Parquet:
+
+* ids, text, enums and ``areas`` (raw ``;``-separated text): ``"string"``, i.e.
+  ``pd.StringDtype()`` with ``pd.NA`` as null (not pandas 3's default ``str``
+  dtype, whose null is NaN). An empty string is always read as ``<NA>``.
+* bool (``is_top_shaker``): numpy ``bool``; empty means ``False``.
+* int (``sequence``, ``max_active_projects``): ``"Int64"``; empty is ``<NA>``
+  (``contract.DEFAULT_MAX_ACTIVE_PROJECTS`` is *not* filled in here).
+* ``rating``: ``float64``, ``NaN`` when empty, always within 0..5.
+* money: ``int64`` cents in ``<name>_cents`` columns (``amount_cents``,
+  ``escrow_amount_cents``); an empty ``escrow_amount`` is 0. A value is accepted
+  when it is exact in cents: ``12.5`` and ``12.500`` are 1250, ``12.505`` is
+  rejected.
+* dates (``held_since``, ``issued_at``, ``due_date``): ``datetime64[ns]`` at
+  midnight, naive, meaning that UTC day; ``NaT`` when empty.
+* timestamps: ``datetime64[ns, UTC]``; ``NaT`` when empty. ``Z``, offsets, a
+  naive time (taken as UTC) and a bare date (midnight UTC) are accepted.
+* ``_row``: ``int64``, the 1-based data row of the record in its file.
+
+Columns are in contract order (money renamed), then ``_row``; the index is a
+fresh RangeIndex. Unknown extra columns in the files are dropped.
+
+CSV is read as text only, as ``pd.read_csv(dtype=str, keep_default_na=False)``
+would (``NA`` or ``null`` are values, only an empty field is null), but with
+Arrow's reader for speed; it must be UTF-8 (a byte-order mark is tolerated) and
+every row must have as many fields as the header. Booleans accept ``true`` and
+``false`` in any case.
+
+``Export.rejects`` has columns ``table, row, record_id, column, value, reason``
+(``row`` int64, the others ``"string"`` with ``""`` rather than null), sorted by
+table order, row and column order. A row rejected in one table makes the rows
+that reference it rejected too (a milestone of a rejected project, ...), so
+every reference in ``tables`` resolves to a row in ``tables``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from processor.contract import TABLES, UNIQUE_WITHIN, Column, Kind, Table
+
+__all__ = ["Export", "InvalidExport", "read_export", "REJECT_COLUMNS", "STRING"]
+
+STRING = pd.StringDtype()  # "string": pd.NA is the null
+REJECT_COLUMNS = ("table", "row", "record_id", "column", "value", "reason")
+FORMATS = ("csv", "parquet")
+MANIFEST = "manifest.json"
+
+# datetime64[ns] covers 1677-09-21..2262-04-11; keep whole years inside it.
+_FIRST_YEAR, _LAST_YEAR = 1678, 2261
+
+_INT_TEXT = r"-?\d{1,18}"
+_FLOAT_TEXT = r"-?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?"
+_MONEY_TEXT = r"(?P<sign>-?)(?P<units>\d{1,13})(?:\.(?P<decimals>\d+))?"  # 13 digits of units keep cents in int64
+_DATE_TEXT = r"\d{4}-\d{2}-\d{2}"
+_TIMESTAMP_TEXT = (
+    r"\d{4}-\d{2}-\d{2}"
+    r"(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,9})?)?(?:Z|[+-]\d{2}(?::?\d{2})?)?)?"
+)
+
+_EMPTY_HINT = {
+    Kind.ID: "write the id",
+    Kind.TEXT: "fill it in",
+    Kind.AREAS: "fill it in",
+    Kind.BOOL: "write true or false",
+    Kind.INT: "write a whole number",
+    Kind.MONEY: "write an amount like 1250.00",
+    Kind.DATE: "write a date as YYYY-MM-DD",
+    Kind.TIMESTAMP: "write a time like 2026-11-24T09:30:00Z",
+    Kind.FLOAT: "write a number",
+}
+
+
+class InvalidExport(Exception):
+    """The export cannot be used at all; ``str(e)`` names the file and the fix."""
+
+
+@dataclass
+class Export:
+    """One night's export after checking; see the module docstring for dtypes."""
+
+    directory: Path
+    format: str
+    tables: dict[str, pd.DataFrame]
+    rejects: pd.DataFrame
+    read_counts: dict[str, int]
+    rejected_counts: dict[str, int]
+    manifest: dict | None
+    exported_at: pd.Timestamp | None
+
+
+def read_export(directory: str | Path) -> Export:
+    """Read and check the five tables of the export in ``directory``.
+
+    Raises :class:`InvalidExport` when a file is missing, unreadable, lacks a
+    contract column or disagrees with ``manifest.json``. Rows that break the
+    contract are not raised but returned in ``rejects``; for every table
+    ``read_counts[t] == len(tables[t]) + rejected_counts[t]``.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise InvalidExport(
+            f"export directory {directory} does not exist: pass the directory holding the night's export"
+        )
+    fmt = _detect_format(directory)
+    manifest, exported_at = _read_manifest(directory)
+
+    raw: dict[str, dict[str, pd.Series]] = {}
+    read_counts: dict[str, int] = {}
+    for name, table in TABLES.items():
+        path = directory / f"{name}.{fmt}"
+        columns, rows = _read_csv(path, table) if fmt == "csv" else _read_parquet(path, table)
+        _check_manifest_rows(manifest, name, path, rows)
+        raw[name] = columns
+        read_counts[name] = rows
+
+    checked: dict[str, _CheckedTable] = {}
+    for name, table in TABLES.items():
+        checked[name] = _check_table(table, f"{name}.{fmt}", raw[name], read_counts[name], checked)
+
+    rejects = [c.rejects for c in checked.values() if len(c.rejects)]
+    return Export(
+        directory=directory,
+        format=fmt,
+        tables={name: c.frame for name, c in checked.items()},
+        rejects=pd.concat(rejects, ignore_index=True) if rejects else _empty_rejects(),
+        read_counts=read_counts,
+        rejected_counts={name: int(c.rejected.sum()) for name, c in checked.items()},
+        manifest=manifest,
+        exported_at=exported_at,
+    )
+
+
+# --------------------------------------------------------------------------- files
+
+
+def _detect_format(directory: Path) -> str:
+    present = {
+        fmt: [name for name in TABLES if (directory / f"{name}.{fmt}").is_file()] for fmt in FORMATS
+    }
+    if present["csv"] and present["parquet"]:
+        both = [name for name in present["csv"] if name in present["parquet"]]
+        if both:
+            raise InvalidExport(
+                f"{directory / (both[0] + '.csv')} and {both[0]}.parquet are both present: "
+                "an export is either all CSV or all Parquet; remove the one that is not tonight's"
+            )
+        raise InvalidExport(
+            f"{directory} mixes CSV ({', '.join(n + '.csv' for n in present['csv'])}) and Parquet "
+            f"({', '.join(n + '.parquet' for n in present['parquet'])}) tables: re-export the night in one format"
+        )
+    fmt = "parquet" if present["parquet"] else "csv"
+    missing = [f"{name}.{fmt}" for name in TABLES if name not in present[fmt]]
+    if missing:
+        if len(missing) == len(TABLES):
+            listed = ", ".join(f"{name}.csv" for name in TABLES)
+            raise InvalidExport(
+                f"{directory} holds no export: expected {listed} (or the same names in .parquet); "
+                "check the --export directory"
+            )
+        which = missing[0] if len(missing) == 1 else ", ".join(missing[:-1]) + " and " + missing[-1]
+        verb = "is" if len(missing) == 1 else "are"
+        raise InvalidExport(
+            f"{which} {verb} missing from {directory}: an export needs all {len(TABLES)} tables; re-export the night"
+        )
+    return fmt
+
+
+def _read_manifest(directory: Path) -> tuple[dict | None, pd.Timestamp | None]:
+    path = directory / MANIFEST
+    if not path.exists():
+        return None, None
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise InvalidExport(f"{path} is not valid JSON ({error}): fix it or re-export the night") from None
+    if not isinstance(manifest, dict):
+        raise InvalidExport(
+            f'{path} must be a JSON object like {{"exported_at": "...", "tables": {{"projects": {{"rows": 1000}}}}}}'
+        )
+    tables = manifest.get("tables", {})
+    if not isinstance(tables, dict):
+        raise InvalidExport(f'{path}: "tables" must be an object like {{"projects": {{"rows": 1000}}}}')
+    for name in TABLES:
+        if name not in tables:
+            continue
+        entry = tables[name]
+        rows = entry.get("rows") if isinstance(entry, dict) else None
+        if isinstance(rows, bool) or not isinstance(rows, int) or rows < 0:
+            raise InvalidExport(
+                f'{path}: tables.{name} must be like {{"rows": 1000}} with a whole number of rows, got {json.dumps(entry)}'
+            )
+    exported_at = None
+    if manifest.get("exported_at") is not None:
+        value = manifest["exported_at"]
+        text = pd.Series([str(value)], dtype=STRING)
+        parsed, bad = _parse_timestamp_text(text)
+        if not isinstance(value, str) or bad[0] or pd.isna(parsed.iloc[0]):
+            raise InvalidExport(
+                f"{path}: exported_at {json.dumps(value)} is not a timestamp: write it like 2026-11-24T23:00:00Z"
+            )
+        exported_at = parsed.iloc[0].as_unit("ns")
+    return manifest, exported_at
+
+
+def _check_manifest_rows(manifest: dict | None, name: str, path: Path, rows: int) -> None:
+    if not manifest or name not in manifest.get("tables", {}):
+        return
+    expected = manifest["tables"][name]["rows"]
+    if rows < expected:
+        raise InvalidExport(
+            f"{path} has {rows} rows but {MANIFEST} says {expected}: the export looks truncated; re-export the night"
+        )
+    if rows > expected:
+        raise InvalidExport(
+            f"{path} has {rows} rows but {MANIFEST} says {expected}: the file and its manifest are from "
+            "different exports; re-export the night"
+        )
+
+
+def _require_columns(path: Path, table: Table, present: list[str]) -> None:
+    missing = [c for c in table.column_names if c not in present]
+    if missing:
+        listed = ", ".join(missing)
+        raise InvalidExport(
+            f"{path} has no column{'s' if len(missing) > 1 else ''} {listed}: its header must name "
+            f"{', '.join(table.column_names)} (a column may be empty but not absent); re-export the table"
+        )
+
+
+def _read_csv(path: Path, table: Table) -> tuple[dict[str, pd.Series], int]:
+    """Every contract column as text (empty -> pd.NA); no value is taken for null by its spelling.
+
+    This has the semantics of ``pd.read_csv(dtype=str, keep_default_na=False,
+    encoding="utf-8")`` but uses Arrow's multi-threaded reader, several times
+    faster on a million-row night, which also refuses rows with too few fields.
+    """
+    header = _csv_header(path, table)
+    _require_columns(path, table, header)
+    try:
+        data = pacsv.read_csv(
+            path,
+            read_options=pacsv.ReadOptions(block_size=16 << 20),
+            parse_options=pacsv.ParseOptions(newlines_in_values=True),
+            convert_options=pacsv.ConvertOptions(
+                include_columns=list(table.column_names),
+                column_types={c: pa.large_string() for c in table.column_names},
+                strings_can_be_null=False,
+                quoted_strings_can_be_null=False,
+            ),
+        )
+    except (pa.ArrowException, ValueError) as error:
+        detail = str(error).strip()
+        if "UTF8" in detail:
+            raise InvalidExport(f"{path} is not UTF-8 text: re-export it encoded as UTF-8") from None
+        detail = detail.removeprefix("CSV parse error: ")
+        detail = detail if len(detail) <= 120 else detail[:117] + "..."
+        raise InvalidExport(f"{path} is not a readable CSV file ({detail}): re-export the table") from None
+    except OSError as error:
+        raise InvalidExport(f"{path} cannot be read ({error.strerror or error}): check the file") from None
+    columns = {c: _blank_to_na(data.column(c).to_pandas(types_mapper=_as_string_dtype)) for c in table.column_names}
+    return columns, data.num_rows
+
+
+def _as_string_dtype(arrow_type: pa.DataType):
+    return STRING if arrow_type in (pa.string(), pa.large_string()) else None
+
+
+def _csv_header(path: Path, table: Table) -> list[str]:
+    """The names in the file's header row (utf-8-sig: a byte-order mark is not part of a name)."""
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as handle:
+            header = next(csv.reader(handle), None)
+    except UnicodeDecodeError:
+        raise InvalidExport(f"{path} is not UTF-8 text: re-export it encoded as UTF-8") from None
+    except csv.Error as error:
+        raise InvalidExport(f"{path} is not a readable CSV file ({error}): re-export the table") from None
+    except OSError as error:
+        raise InvalidExport(f"{path} cannot be read ({error.strerror or error}): check the file") from None
+    if not header or header == [""]:
+        raise InvalidExport(
+            f"{path} is empty: it needs at least its header row ({','.join(table.column_names)}); re-export the table"
+        )
+    return header
+
+
+def _read_parquet(path: Path, table: Table) -> tuple[dict[str, pd.Series], int]:
+    try:
+        data = pq.read_table(path)
+    except (pa.ArrowException, OSError, ValueError) as error:
+        raise InvalidExport(f"{path} is not a readable Parquet file ({error}): re-export the table") from None
+    names = data.column_names
+    _require_columns(path, table, names)
+    columns = {}
+    for column in table.columns:
+        values = data.column(names.index(column.name))
+        try:
+            columns[column.name] = _arrow_to_series(values)
+        except (pa.ArrowException, ValueError, TypeError):
+            raise InvalidExport(
+                f"{path} column {column.name} has Parquet type {values.type}, which the export cannot hold: "
+                "write it as text or as the natural type of the column"
+            ) from None
+    return columns, data.num_rows
+
+
+def _arrow_to_series(values: pa.ChunkedArray) -> pd.Series:
+    """A Parquet column as a Series: strings as STRING, natural types kept natural."""
+    kind = values.type
+    if pa.types.is_dictionary(kind):
+        values = values.cast(kind.value_type)
+        kind = values.type
+    if pa.types.is_null(kind):
+        return pd.Series(pd.NA, index=pd.RangeIndex(len(values)), dtype=STRING)
+    if pa.types.is_timestamp(kind):
+        return values.to_pandas()
+    if pa.types.is_date(kind):
+        return values.to_pandas(date_as_object=False)
+    if pa.types.is_boolean(kind):
+        return values.to_pandas(types_mapper={pa.bool_(): pd.BooleanDtype()}.get)
+    if pa.types.is_integer(kind):
+        return values.cast(pa.int64()).to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get)
+    if pa.types.is_floating(kind):
+        return values.to_pandas().astype("float64")
+    # strings, decimals (exact text like "12.50") and anything else castable to text.
+    return _blank_to_na(pd.Series(pc.cast(values, pa.large_string()).to_pandas()))
+
+
+# --------------------------------------------------------------------------- parsing helpers
+
+
+def _blank_to_na(values: pd.Series) -> pd.Series:
+    """Text as STRING with every empty string (and any null) as pd.NA."""
+    text = values if values.dtype == STRING else values.astype(STRING)
+    blank = text.eq("").to_numpy(dtype=bool, na_value=True)
+    return text.mask(blank) if blank.any() else text
+
+
+def _as_text(values: pd.Series) -> pd.Series:
+    """Any raw column as STRING text (natural Parquet types written out)."""
+    if values.dtype == STRING:
+        return values
+    if isinstance(values.dtype, pd.BooleanDtype):
+        text = values.map({True: "true", False: "false"}, na_action="ignore")
+        return _blank_to_na(text.astype(STRING))
+    return _blank_to_na(values.astype(STRING))
+
+
+def _mask(values) -> np.ndarray:
+    """A boolean Series/array as numpy bool, with null meaning False."""
+    if isinstance(values, pd.Series):
+        return values.to_numpy(dtype=bool, na_value=False)
+    return np.asarray(values, dtype=bool)
+
+
+def _matches(text: pd.Series, pattern: str) -> np.ndarray:
+    """Whether each whole text matches ``pattern`` (RE2 syntax); null -> False."""
+    matched = pc.match_substring_regex(_arrow_text(text), f"^(?:{pattern})$")
+    return pc.fill_null(matched, False).to_numpy(zero_copy_only=False)
+
+
+def _range_sentence(column: Column) -> str:
+    low, high = column.minimum, column.maximum
+
+    def show(x: float) -> str:
+        return str(int(x)) if float(x).is_integer() else str(x)
+
+    if low is not None and high is not None:
+        return f"is out of range: it must be from {show(low)} to {show(high)}"
+    if low is not None:
+        return f"is out of range: it must be {show(low)} or more"
+    return f"is out of range: it must be {show(high)} or less"
+
+
+def _out_of_range(values: pd.Series, column: Column, scale: int = 1) -> np.ndarray:
+    bad = np.zeros(len(values), dtype=bool)
+    if column.minimum is not None:
+        bad |= _mask(values < column.minimum * scale)
+    if column.maximum is not None:
+        bad |= _mask(values > column.maximum * scale)
+    return bad
+
+
+def _outside_years(stamps: pd.Series) -> np.ndarray:
+    years = stamps.dt.year
+    return _mask((years < _FIRST_YEAR) | (years > _LAST_YEAR))
+
+
+def _parse_timestamp_text(text: pd.Series) -> tuple[pd.Series, np.ndarray]:
+    ok = _matches(text, _TIMESTAMP_TEXT)
+    parsed = pd.to_datetime(text.where(ok), format="ISO8601", utc=True, errors="coerce", cache=False)
+    bad = text.notna().to_numpy() & parsed.isna().to_numpy()
+    return parsed, bad
+
+
+# --------------------------------------------------------------------------- checking
+
+
+@dataclass
+class _CheckedTable:
+    frame: pd.DataFrame  # valid rows, canonical dtypes, plus _row
+    rejects: pd.DataFrame
+    rejected: np.ndarray  # per read row
+    id_values: pa.Array  # every distinct id read (large_string), in order of first row
+    id_first_row: np.ndarray  # 0-based position of each id_values' first row
+    kept_ids: pa.Array  # ids of the valid rows (unique, large_string)
+    kept_roles: pa.Array | None  # users only: the role of each kept_ids user
+
+
+class _Problems:
+    """Collects one line per problem of one table, vectorized by column."""
+
+    def __init__(self, table: Table, raw: dict[str, pd.Series], rows: int):
+        self.table = table
+        self.raw = raw
+        self.rows = rows
+        self.parts: list[pd.DataFrame] = []
+
+    def value_text(self, column: str, positions: np.ndarray) -> pd.Series:
+        return _as_text(self.raw[column].iloc[positions]).fillna("").reset_index(drop=True)
+
+    def add(self, bad: np.ndarray, column: str, sentence: str | None = None, *, reason=None) -> None:
+        """Record ``bad`` rows of ``column``.
+
+        The reason is ``"<column> '<value>' <sentence>"``, or ``reason`` when it
+        is a string, or ``reason(values, positions)`` of the bad rows.
+        """
+        positions = np.flatnonzero(bad)
+        if not len(positions):
+            return
+        values = self.value_text(column, positions)
+        if isinstance(reason, str):
+            reasons = reason
+        elif reason is not None:
+            reasons = reason(values, positions)
+        else:
+            reasons = f"{column} '" + values + f"' {sentence}"
+        if isinstance(reasons, str):
+            reasons = pd.Series(reasons, index=values.index, dtype=STRING)
+        self.parts.append(
+            pd.DataFrame(
+                {
+                    "position": positions,
+                    "column": column,
+                    "value": values,
+                    "reason": pd.Series(reasons, dtype=STRING).reset_index(drop=True),
+                }
+            )
+        )
+
+    def empty(self, bad: np.ndarray, column: Column) -> None:
+        if column.kind is Kind.ENUM:
+            hint = f"write one of {_one_of(column.values)}"
+        else:
+            hint = _EMPTY_HINT[column.kind]
+        if column.name == self.table.id_column:
+            hint = f"give the row its own {column.name}"
+        self.add(bad, column.name, reason=f"{column.name} is empty but required: {hint}")
+
+    def rejected(self) -> np.ndarray:
+        rejected = np.zeros(self.rows, dtype=bool)
+        for part in self.parts:
+            rejected[part["position"].to_numpy()] = True
+        return rejected
+
+    def frame(self, ids: pd.Series) -> pd.DataFrame:
+        if not self.parts:
+            return _empty_rejects()
+        problems = pd.concat(self.parts, ignore_index=True)
+        order = {name: i for i, name in enumerate(self.table.column_names)}
+        problems["_order"] = problems["column"].map(order)
+        problems = problems.sort_values(["position", "_order"], kind="stable", ignore_index=True)
+        positions = problems["position"].to_numpy()
+        return pd.DataFrame(
+            {
+                "table": pd.Series(self.table.name, index=problems.index, dtype=STRING),
+                "row": (positions + 1).astype("int64"),
+                "record_id": ids.iloc[positions].fillna("").reset_index(drop=True).astype(STRING),
+                "column": problems["column"].astype(STRING),
+                "value": problems["value"].astype(STRING),
+                "reason": problems["reason"].astype(STRING),
+            }
+        )
+
+
+def _one_of(values: tuple[str, ...]) -> str:
+    return ", ".join(values[:-1]) + " or " + values[-1] if len(values) > 1 else values[0]
+
+
+def _entity(table: str) -> str:
+    """users -> user, contact_attempts -> contact attempt."""
+    return table.removesuffix("s").replace("_", " ")
+
+
+def _parse_column(column: Column, raw: pd.Series, problems: _Problems) -> pd.Series:
+    """The column in its canonical dtype; bad values reported and left null."""
+    name, kind = column.name, column.kind
+    missing = raw.isna().to_numpy()
+    if column.required:
+        problems.empty(missing, column)
+
+    if kind in (Kind.ID, Kind.TEXT, Kind.AREAS, Kind.ENUM):
+        text = _as_text(raw)
+        present = text.notna().to_numpy()
+        if kind is Kind.ENUM:
+            problems.add(
+                present & ~text.isin(column.values).to_numpy(),
+                name,
+                f"is not one of {_one_of(column.values)}: use one of these",
+            )
+        if column.pattern:
+            problems.add(present & ~_matches(text, column.pattern), name, column.pattern_hint)
+        return text
+
+    if kind is Kind.BOOL:
+        if isinstance(raw.dtype, pd.BooleanDtype):
+            truth = raw
+        else:
+            lower = _as_text(raw).str.lower()
+            truth = pd.Series(pd.NA, index=raw.index, dtype="boolean")
+            truth = truth.mask(_mask(lower == "true"), True).mask(_mask(lower == "false"), False)
+            problems.add(~missing & truth.isna().to_numpy(), name, "is not a boolean: write true or false")
+        return truth.fillna(bool(column.default)).to_numpy(dtype=bool)
+
+    if kind is Kind.INT:
+        if isinstance(raw.dtype, pd.Int64Dtype):
+            number = raw
+        elif pd.api.types.is_float_dtype(raw.dtype):
+            integral = _mask(np.isfinite(raw) & (raw == np.floor(raw)) & (raw.abs() < 1e18))
+            problems.add(~missing & ~integral, name, "is not a whole number: write digits like 3")
+            number = raw.where(integral).astype("Int64")
+        else:
+            text = _as_text(raw)
+            ok = _matches(text, _INT_TEXT)
+            problems.add(~missing & ~ok, name, "is not a whole number: write digits like 3")
+            number = text.where(ok).astype("Int64")
+        problems.add(_out_of_range(number, column), name, _range_sentence(column))
+        if column.default is not None:
+            number = number.fillna(column.default)
+        return number
+
+    if kind is Kind.FLOAT:
+        if pd.api.types.is_numeric_dtype(raw.dtype) and not pd.api.types.is_bool_dtype(raw.dtype):
+            number = raw.astype("float64")
+        else:
+            text = _as_text(raw)
+            ok = _matches(text, _FLOAT_TEXT)
+            problems.add(~missing & ~ok, name, "is not a number: write it like 4.5")
+            number = text.where(ok).astype("float64")
+        number = pd.Series(number.to_numpy(dtype="float64", na_value=np.nan), index=raw.index)
+        problems.add(_out_of_range(number, column) | np.isinf(number.to_numpy()), name, _range_sentence(column))
+        return number
+
+    if kind is Kind.MONEY:
+        parts = pc.extract_regex(_arrow_text(_as_text(raw)), f"^{_MONEY_TEXT}$")
+        ok = parts.is_valid().to_numpy(zero_copy_only=False)
+        problems.add(
+            ~missing & ~ok,
+            name,
+            "is not an amount: write a decimal number with at most 2 decimals, like 1250.00",
+        )
+        # Trailing zeros do not change the amount: 12.500 is exact in cents, 12.505 is not.
+        decimals = pc.utf8_rtrim(pc.fill_null(parts.field("decimals"), ""), characters="0")
+        too_precise = ok & pc.greater(pc.utf8_length(decimals), 2).to_numpy(zero_copy_only=False)
+        problems.add(too_precise, name, "has more than 2 decimals: round it to cents")
+        usable = pa.array(ok & ~too_precise)
+        units = pc.cast(pc.if_else(usable, parts.field("units"), "0"), pa.int64()).to_numpy()
+        cents = pc.cast(pc.if_else(usable, pc.utf8_rpad(decimals, width=2, padding="0"), "0"), pa.int64()).to_numpy()
+        negative = pc.fill_null(pc.equal(parts.field("sign"), "-"), False).to_numpy(zero_copy_only=False)
+        amount = pd.Series(np.where(negative, -1, 1) * (units * 100 + cents), index=raw.index, dtype="int64")
+        problems.add(_out_of_range(amount, column, scale=100), name, _range_sentence(column))
+        if column.default is not None:
+            amount = amount.mask(missing, int(round(column.default * 100)))
+        return amount
+
+    if kind is Kind.DATE:
+        if pd.api.types.is_datetime64_any_dtype(raw.dtype):
+            day = raw.dt.tz_convert("UTC").dt.tz_localize(None) if raw.dt.tz is not None else raw
+            not_midnight = _mask(day.notna() & (day != day.dt.normalize()))
+            problems.add(not_midnight, name, "is a time, not a date: write YYYY-MM-DD")
+            day = day.where(~not_midnight)
+        else:
+            text = _as_text(raw)
+            ok = _matches(text, _DATE_TEXT)
+            day = pd.to_datetime(text.where(ok), format="%Y-%m-%d", errors="coerce", cache=False)
+            problems.add(~missing & day.isna().to_numpy(), name, "is not a date: write YYYY-MM-DD")
+        far = _outside_years(day)
+        problems.add(far, name, f"is not a usable date: the year must be from {_FIRST_YEAR} to {_LAST_YEAR}")
+        return day.where(~far).astype("datetime64[ns]")
+
+    if kind is Kind.TIMESTAMP:
+        if pd.api.types.is_datetime64_any_dtype(raw.dtype):
+            stamp = raw.dt.tz_convert("UTC") if raw.dt.tz is not None else raw.dt.tz_localize("UTC")
+        else:
+            stamp, bad = _parse_timestamp_text(_as_text(raw))
+            problems.add(
+                bad,
+                name,
+                "is not a timestamp: write ISO-8601 in UTC like 2026-11-24T09:30:00Z",
+            )
+        far = _outside_years(stamp)
+        problems.add(far, name, f"is not a usable time: the year must be from {_FIRST_YEAR} to {_LAST_YEAR}")
+        return stamp.where(~far).astype("datetime64[ns, UTC]")
+
+    raise AssertionError(f"unhandled kind {kind}")  # pragma: no cover - the contract is closed
+
+
+def _check_table(
+    table: Table, file_name: str, raw: dict[str, pd.Series], rows: int, earlier: dict[str, _CheckedTable]
+) -> _CheckedTable:
+    problems = _Problems(table, raw, rows)
+    parsed = {column.name: _parse_column(column, raw[column.name], problems) for column in table.columns}
+    ids = parsed[table.id_column]
+
+    # Duplicate ids: the first row with an id keeps it, every later one is rejected.
+    ids_arrow = _arrow_text(ids)
+    first_row_of = _first_rows(ids_arrow)
+    own = np.arange(rows)
+    id_first_row = np.flatnonzero(first_row_of == own)
+    id_values = ids_arrow.take(pa.array(id_first_row))
+
+    def duplicate_reason(values: pd.Series, at: np.ndarray) -> pd.Series:
+        return (
+            f"{table.id_column} '" + values + "' is already the id of row " + _numbers(first_row_of[at] + 1)
+            + ", which keeps it: give this row its own id or remove it"
+        )
+
+    problems.add((first_row_of >= 0) & (first_row_of != own), table.id_column, reason=duplicate_reason)
+
+    for *group, column_name in UNIQUE_WITHIN.get(table.name, ()):
+        _check_unique_within(table, group, column_name, parsed, problems)
+
+    for column in table.references:
+        _check_reference(column, file_name, parsed[column.name], earlier[column.references], problems)
+
+    rejected = problems.rejected()
+    keep = np.flatnonzero(~rejected)
+    frame = pd.DataFrame({column.output_name: _take(parsed[column.name], keep) for column in table.columns})
+    frame["_row"] = (keep + 1).astype("int64")
+    kept_ids = _arrow_text(frame[table.id_column])
+    kept_roles = _arrow_text(frame["role"]) if table.name == "users" else None
+    return _CheckedTable(
+        frame=frame,
+        rejects=problems.frame(ids),
+        rejected=rejected,
+        id_values=id_values,
+        id_first_row=id_first_row,
+        kept_ids=kept_ids,
+        kept_roles=kept_roles,
+    )
+
+
+def _first_rows(values: pa.Array) -> np.ndarray:
+    """For each row, the position of the first row holding the same value (-1 for null).
+
+    A stable sort groups equal values with the earliest row first; it is
+    several times faster than hashing on millions of ids.
+    """
+    present = len(values) - values.null_count
+    order = pc.sort_indices(values).to_numpy()[:present]
+    ordered = values.take(pa.array(order))
+    starts = np.ones(present, dtype=bool)
+    if present > 1:
+        starts[1:] = ~pc.equal(ordered.slice(1), ordered.slice(0, present - 1)).to_numpy(zero_copy_only=False)
+    first = np.full(len(values), -1, dtype="int64")
+    first[order] = order[starts][np.cumsum(starts) - 1]
+    return first
+
+
+def _arrow_text(text: pd.Series) -> pa.Array:
+    """A STRING Series as one large_string Arrow array (nulls kept)."""
+    values = pa.array(text, from_pandas=True)
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    return values if values.type == pa.large_string() else values.cast(pa.large_string())
+
+
+def _lookup(values: pd.Series, value_set: pa.Array) -> np.ndarray:
+    """Position of each of ``values`` in ``value_set`` (all must be found)."""
+    return pc.index_in(_arrow_text(values), value_set=value_set).to_numpy(zero_copy_only=False).astype("int64")
+
+
+def _numbers(values: np.ndarray) -> pd.Series:
+    return pd.Series(np.asarray(values, dtype="int64")).astype(STRING)
+
+
+def _take(values, keep: np.ndarray) -> pd.Series:
+    if isinstance(values, pd.Series):
+        return values.iloc[keep].reset_index(drop=True)
+    return pd.Series(np.asarray(values)[keep])
+
+
+def _check_unique_within(
+    table: Table, group: list[str], column_name: str, parsed: dict, problems: _Problems
+) -> None:
+    names = [*group, column_name]
+    keys = pd.DataFrame({c: pd.Series(parsed[c]).reset_index(drop=True) for c in names})
+    complete = keys.notna().all(axis=1).to_numpy()
+    repeated = complete & keys.duplicated(keep="first").to_numpy()
+    if not repeated.any():
+        return
+    firsts = keys[complete & ~repeated].assign(_first=lambda f: f.index.to_numpy())
+    first_of_repeated = keys[repeated].merge(firsts, on=names, how="left")["_first"].to_numpy()
+
+    def reason(values: pd.Series, at: np.ndarray) -> pd.Series:
+        sentence = f"{column_name} '" + values + "' is already used by row " + _numbers(first_of_repeated + 1)
+        if len(group) != 1:
+            return sentence + f": give each {_entity(table.name)} its own {column_name}"
+        owner = group[0].removesuffix("_id")
+        owner_ids = keys[group[0]].iloc[at].reset_index(drop=True).fillna("")
+        return (
+            sentence + f" in {owner} '" + owner_ids
+            + f"': give each {_entity(table.name)} of a {owner} its own {column_name}"
+        )
+
+    problems.add(repeated, column_name, reason=reason)
+
+
+def _check_reference(
+    column: Column, file_name: str, refs: pd.Series, target: _CheckedTable, problems: _Problems
+) -> None:
+    """Reject rows pointing to a row that is missing, rejected, or (users) of the wrong role."""
+    name = column.name
+    target_table = TABLES[column.references]
+    target_file = f"{target_table.name}.{file_name.rsplit('.', 1)[1]}"
+    entity = _entity(target_table.name)
+    present = refs.notna().to_numpy()
+    refs_arrow = _arrow_text(refs)
+    kept_index = pc.index_in(refs_arrow, value_set=target.kept_ids)
+    kept = kept_index.is_valid().to_numpy(zero_copy_only=False)
+
+    dangling = present & ~kept
+    if dangling.any():
+        known = np.zeros(len(refs), dtype=bool)
+        where = np.flatnonzero(dangling)
+        found = pc.is_in(refs_arrow.take(pa.array(where)), value_set=target.id_values)
+        known[where] = found.to_numpy(zero_copy_only=False)
+        problems.add(
+            dangling & ~known,
+            name,
+            f"is not a {target_table.id_column} in {target_file}: point it at an existing {entity} or add that {entity}",
+        )
+
+        def rejected_reason(values: pd.Series, at: np.ndarray) -> pd.Series:
+            row = target.id_first_row[_lookup(values, target.id_values)] + 1
+            return (
+                f"{name} '" + values + f"' points to {target_file} row " + _numbers(row)
+                + f", which was rejected: fix that {entity} first"
+            )
+
+        problems.add(dangling & known, name, reason=rejected_reason)
+
+    if column.role and target.kept_roles is not None:
+        role = target.kept_roles.take(kept_index)
+        wrong = pc.fill_null(pc.not_equal(role, pa.scalar(column.role, pa.large_string())), False)
+
+        def role_reason(values: pd.Series, at: np.ndarray) -> pd.Series:
+            actual = role.take(pa.array(at)).to_pandas(types_mapper=_as_string_dtype).fillna("")
+            return (
+                f"{name} '" + values + "' is a " + actual + f" user, not a {column.role}: "
+                f"point {name} at a user whose role is {column.role}"
+            )
+
+        problems.add(wrong.to_numpy(zero_copy_only=False), name, reason=role_reason)
+
+
+def _empty_rejects() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "table": pd.Series(dtype=STRING),
+            "row": pd.Series(dtype="int64"),
+            "record_id": pd.Series(dtype=STRING),
+            "column": pd.Series(dtype=STRING),
+            "value": pd.Series(dtype=STRING),
+            "reason": pd.Series(dtype=STRING),
+        }
+    )
