@@ -676,7 +676,7 @@ def _first_rows(values: pa.Array) -> np.ndarray:
     several times faster than hashing on millions of ids.
     """
     present = len(values) - values.null_count
-    order = pc.sort_indices(values).to_numpy()[:present]
+    order = pc.array_sort_indices(values).to_numpy()[:present]  # stable; nulls last
     ordered = values.take(pa.array(order))
     starts = np.ones(present, dtype=bool)
     if present > 1:
