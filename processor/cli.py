@@ -30,6 +30,7 @@ def guarded(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         from processor.export import InvalidExport
+        from processor.lock import LedgerBusy
 
         try:
             return fn(*args, **kwargs)
@@ -41,6 +42,9 @@ def guarded(fn):
         except InvalidExport as e:
             err(f"invalid export: {e}")
             sys.exit(EXIT_EXPORT)
+        except LedgerBusy as e:
+            err(str(e))
+            sys.exit(EXIT_LOCKED)
         except click.exceptions.Exit:
             raise
         except click.ClickException:
@@ -110,11 +114,15 @@ def main():
 @guarded
 def run(export_dir, as_of, policies_path, out_dir, ledger_path, workers, no_prefilter, quiet):
     """Evaluate one night's export and write decisions.csv, decisions.jsonl, rejects.csv and summary.json."""
+    from processor.ledger import default_ledger_path
+    from processor.lock import LedgerLock
     from processor.run import run_night
 
-    result = run_night(export_dir, policies_path=policies_path, as_of=as_of, out_dir=out_dir, ledger_path=ledger_path,
-                       workers=(os.cpu_count() or 1) if workers is None else workers, prefilter=not no_prefilter,
-                       progress=progress_printer(quiet))
+    ledger_path = ledger_path or default_ledger_path()
+    with LedgerLock(ledger_path, command="shakers-rules run", say=err):  # one run at a time per ledger (exit 6)
+        result = run_night(export_dir, policies_path=policies_path, as_of=as_of, out_dir=out_dir, ledger_path=ledger_path,
+                           workers=(os.cpu_count() or 1) if workers is None else workers, prefilter=not no_prefilter,
+                           progress=progress_printer(quiet))
     print_summary(result, quiet)
     sys.exit(result.exit_code)
 
@@ -181,7 +189,11 @@ def _register_command_modules():
             main.add_command(command)
 
 
-_register_command_modules()
-
 if __name__ == "__main__":  # pragma: no cover
-    main()
+    # `python -m processor.cli`: this copy is __main__; the command modules import `processor.cli`,
+    # so run that module proper, where they register (registering here would import it half-made).
+    from processor.cli import main as _main
+
+    _main()
+else:
+    _register_command_modules()

@@ -29,6 +29,7 @@ from rules.engine import PolicyEngine
 from rules.vocabulary import FACT_KINDS
 
 from processor.facts import Facts
+from processor.killpoints import kill_point
 
 CHUNK_PROJECTS = 20_000
 # Test hook: a worker that meets this project id exits abruptly, as a C crash would.
@@ -72,11 +73,29 @@ def _records(facts_chunk: dict[str, pd.DataFrame]) -> list[list[dict]]:
 
 # -- worker side -------------------------------------------------------------
 _ENGINE: PolicyEngine | None = None
+_DRIVER_PID = os.getpid()  # the process that forks the workers (set again by evaluate())
 
 
 def _init_worker(ruleset: dict):
     global _ENGINE
+    _die_with_parent()
     _ENGINE = PolicyEngine(ruleset)
+
+
+def _die_with_parent():
+    """Linux: a worker whose run was killed (SIGKILL gives no chance to clean up) goes with it."""
+    if os.getpid() == _DRIVER_PID:
+        return  # workers=0: this is the run itself
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != _DRIVER_PID:  # the run died before the line above took effect
+        os._exit(0)
+
 
 
 def _evaluate_chunk(facts_chunk: dict[str, pd.DataFrame]) -> list[tuple[str, str]]:
@@ -108,6 +127,8 @@ def evaluate(policies: PolicySet, facts: Facts, *, workers: int = 1, prefilter: 
     """Run durable-rules over the night's facts.
 
     workers=0 evaluates in this process (no crash isolation; for debugging)."""
+    global _DRIVER_PID
+    _DRIVER_PID = os.getpid()
     all_ids = np.sort(facts.frames["project"]["project_id"].to_numpy().astype(str))
     ids = np.sort(candidate_projects(policies, facts).astype(str)) if prefilter else all_ids
     ruleset = to_ruleset(policies)
@@ -129,6 +150,7 @@ def evaluate(policies: PolicySet, facts: Facts, *, workers: int = 1, prefilter: 
             ctx = mp.get_context("fork")
             with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=(ruleset,)) as pool:
                 futures = [(chunk, pool.submit(_evaluate_chunk, chunk)) for chunk in pending]
+                kill_point("evaluate")  # test hook: die while the workers are busy
                 for chunk, fut in futures:
                     try:
                         firings.extend(fut.result())

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from processor.killpoints import kill_point
+
 
 @contextmanager
 def atomic_path(path: str | Path):
@@ -21,10 +23,24 @@ def atomic_path(path: str | Path):
         yield Path(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        kill_point("write")  # test hook: die with the new file written beside, not yet in place
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def remove_partials(directory: str | Path) -> int:
+    """Delete the temporary `.*.part` files a killed run left in `directory` (and below); how many."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return 0
+    removed = 0
+    for leftover in directory.rglob(".*.part"):
+        if leftover.is_file():
+            leftover.unlink(missing_ok=True)
+            removed += 1
+    return removed
 
 
 def write_text(path: str | Path, text: str):

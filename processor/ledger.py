@@ -10,13 +10,20 @@ half-applied.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import sqlite3
 from pathlib import Path
 
 import pandas as pd
 
-from processor.decide import KEY_COLUMNS
+from processor.decide import DECISION_COLUMNS, KEY_COLUMNS
+from processor.killpoints import kill_point
+
+# What the ledger keeps of each decision (in decision_nights.detail) so that a
+# resolved one can be listed with the same columns the night after.
+DETAIL_COLUMNS = [c for c in DECISION_COLUMNS if c not in ("run_id", "as_of", "state")]
+
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -35,6 +42,7 @@ CREATE TABLE IF NOT EXISTS decision_nights (
     project_id TEXT NOT NULL,
     subject_id TEXT NOT NULL,
     state TEXT NOT NULL,
+    detail TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (as_of, decision_key)
 );
 CREATE INDEX IF NOT EXISTS decision_nights_key ON decision_nights (decision_key);
@@ -73,6 +81,10 @@ class Ledger:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(SCHEMA)
+        # Ledgers made before decisions kept their full row (needed to list them once resolved).
+        if "detail" not in {r[1] for r in self.db.execute("PRAGMA table_info(decision_nights)")}:
+            self.db.execute("ALTER TABLE decision_nights ADD COLUMN detail TEXT NOT NULL DEFAULT ''")
+
 
     def close(self):
         self.db.close()
@@ -93,22 +105,49 @@ class Ledger:
         prev = self.previous_night(as_of)
         if prev is None or keys.empty:
             return pd.Series(["new"] * len(keys), index=decisions.index, dtype=object)
-        held = {k for (k,) in self.db.execute("SELECT decision_key FROM decision_nights WHERE as_of = ?", (prev,))}
+        held = {k for (k,) in self.db.execute(
+            "SELECT decision_key FROM decision_nights WHERE as_of = ? AND state != 'resolved'", (prev,))}
         return pd.Series(keys.isin(held).map({True: "ongoing", False: "new"}).to_numpy(), index=decisions.index, dtype=object)
 
-    def record_night(self, as_of: dt.date, run_id: str, policies_sha: str, out_dir: str, decisions: pd.DataFrame):
-        """Replace the night's record with these decisions, atomically."""
-        keys = decision_keys(decisions)
-        rows = list(zip([as_of.isoformat()] * len(keys), keys, decisions["policy_id"], decisions["action"],
-                        decisions["project_id"], decisions["subject_id"], decisions["state"]))
+    def resolved(self, as_of: dt.date, decisions: pd.DataFrame, not_evaluated=()) -> pd.DataFrame:
+        """Decisions that held on the previous recorded night and no longer hold on `as_of`.
+
+        Rows as the previous night wrote them (DETAIL_COLUMNS), for the caller to stamp with
+        tonight's run_id/as_of and state `resolved`. Projects the engine could not evaluate
+        tonight (`not_evaluated`) are left out: nobody knows whether theirs still hold."""
+        prev = self.previous_night(as_of)
+        if prev is None:
+            return pd.DataFrame(columns=DETAIL_COLUMNS)
+        rows = self.db.execute(
+            "SELECT decision_key, project_id, detail FROM decision_nights WHERE as_of = ? AND state != 'resolved' "
+            "ORDER BY project_id, decision_key", (prev,)).fetchall()
+        tonight = set(decision_keys(decisions))
+        skip = set(map(str, not_evaluated))
+        gone = [json.loads(detail) for key, project, detail in rows if key not in tonight and project not in skip and detail]
+        return pd.DataFrame(gone, columns=DETAIL_COLUMNS).fillna("")
+
+    def record_night(self, as_of: dt.date, run_id: str, policies_sha: str, out_dir: str, decisions: pd.DataFrame,
+                     resolved: pd.DataFrame | None = None):
+        """Replace the night's record with these decisions (and the ones resolved tonight), atomically."""
         night = as_of.isoformat()
+        rows = []
+        for frame in (decisions, resolved):
+            if frame is None or frame.empty:
+                continue
+            keys = decision_keys(frame)
+            details = frame[DETAIL_COLUMNS].to_json(orient="records", lines=True).splitlines()
+            rows += list(zip([night] * len(keys), keys, frame["policy_id"], frame["action"],
+                             frame["project_id"], frame["subject_id"], frame["state"], details))
         cur = self.db.cursor()
         cur.execute("BEGIN IMMEDIATE")
         try:
             cur.execute("DELETE FROM decision_nights WHERE as_of = ?", (night,))
-            cur.executemany("INSERT OR REPLACE INTO decision_nights VALUES (?,?,?,?,?,?,?)", rows)
+            cur.executemany("INSERT OR REPLACE INTO decision_nights "
+                            "(as_of, decision_key, policy_id, action, project_id, subject_id, state, detail) "
+                            "VALUES (?,?,?,?,?,?,?,?)", rows)
             cur.execute("INSERT OR REPLACE INTO runs VALUES (?,?,?,?,?,?)",
-                        (night, run_id, policies_sha, out_dir, dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), len(rows)))
+                        (night, run_id, policies_sha, out_dir, dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), len(decisions)))
+            kill_point("ledger")  # test hook: die with the transaction open
             cur.execute("COMMIT")
         except BaseException:
             cur.execute("ROLLBACK")
@@ -116,3 +155,27 @@ class Ledger:
 
     def nights(self) -> list[str]:
         return [r[0] for r in self.db.execute("SELECT as_of FROM runs ORDER BY as_of")]
+
+    def prune(self, keep_nights: int) -> dict[str, int]:
+        """Forget the details of all but the newest `keep_nights` recorded nights (at least 1).
+
+        Kept: every night's `runs` row (so a pruned night still counts as done), all the
+        decision rows of the newest nights (the latest one is what the next night's
+        new/ongoing/resolved compare with), and every delivery still owed. Removed: older
+        nights' decision rows and their delivered emails' records. One transaction."""
+        keep_nights = max(1, int(keep_nights))
+        row = self.db.execute("SELECT as_of FROM runs ORDER BY as_of DESC LIMIT 1 OFFSET ?", (keep_nights - 1,)).fetchone()
+        if row is None:
+            return {"decision_nights": 0, "deliveries": 0}
+        oldest_kept = row[0]
+        cur = self.db.cursor()
+        cur.execute("BEGIN IMMEDIATE")
+        try:
+            decisions = cur.execute("DELETE FROM decision_nights WHERE as_of < ?", (oldest_kept,)).rowcount
+            deliveries = cur.execute("DELETE FROM deliveries WHERE as_of < ? AND status IN ('sent', 'withdrawn')",
+                                     (oldest_kept,)).rowcount
+            cur.execute("COMMIT")
+        except BaseException:
+            cur.execute("ROLLBACK")
+            raise
+        return {"decision_nights": decisions, "deliveries": deliveries}

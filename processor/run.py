@@ -14,7 +14,8 @@ import pandas as pd
 
 from rules.document import PolicySet, load_policies
 
-from processor import files
+from processor import files, killpoints
+from processor.killpoints import kill_point
 from processor.decide import DECISION_COLUMNS, make_decisions
 from processor.evaluate import Evaluation, evaluate
 from processor.export import Export, read_export
@@ -35,6 +36,8 @@ class NightResult:
     evaluation: Evaluation
     exit_code: int = 0
     timings: dict = field(default_factory=dict)
+    # Decisions that held on the previous night and no longer do (state `resolved`), listed once.
+    resolved: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=DECISION_COLUMNS))
 
 
 def resolve_as_of(export: Export, as_of: dt.date | None) -> dt.date:
@@ -78,8 +81,11 @@ def run_night(export_dir: str | Path, *, policies_path: str | Path = "policies.y
     timings["read"] = time.perf_counter() - t
     say(f"read {sum(export.read_counts.values()):,} rows ({export.format}); {sum(export.rejected_counts.values()):,} rejected")
     as_of = resolve_as_of(export, as_of)
+    killpoints.set_night(as_of)
+    kill_point("read")  # test hook
     run_id = f"{as_of.isoformat()}-{policies.sha256[:8]}"
     out = Path(out_dir) if out_dir else Path("runs") / as_of.isoformat()
+    files.remove_partials(out)  # temporary files of a run that was killed while writing
     decisions, ev, facts = decide_night(policies, export, as_of, workers=workers, prefilter=prefilter,
                                         progress=progress, timings=timings)
 
@@ -89,22 +95,27 @@ def run_night(export_dir: str | Path, *, policies_path: str | Path = "policies.y
         decisions.insert(1, "as_of", as_of.isoformat())
         decisions["state"] = ledger.states(as_of, decisions)
         decisions = decisions[DECISION_COLUMNS]
+        resolved = ledger.resolved(as_of, decisions, ev.not_evaluated).assign(
+            run_id=run_id, as_of=as_of.isoformat(), state="resolved")[DECISION_COLUMNS]
         timings["ledger"] = time.perf_counter() - t
         t = time.perf_counter()
         rejects = export.rejects[REJECT_COLUMNS] if len(export.rejects) else pd.DataFrame(columns=REJECT_COLUMNS)
         files.write_csv(out / "decisions.csv", decisions)
         files.write_jsonl(out / "decisions.jsonl", decisions, json_columns=("evidence",))
         files.write_csv(out / "rejects.csv", rejects)
+        files.write_csv(out / "resolved.csv", resolved)
         timings["write"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - started
         summary = make_summary(run_id, as_of, export, policies, decisions, ev, timings, out)
+        summary["decisions"]["resolved"] = int(len(resolved))
+        summary["outputs"]["resolved_csv"] = "resolved.csv"
         files.write_json(out / "summary.json", summary)
         # The ledger learns of the night last: a run killed before this point left no trace there.
         t = time.perf_counter()
-        ledger.record_night(as_of, run_id, policies.sha256, str(out), decisions)
+        ledger.record_night(as_of, run_id, policies.sha256, str(out), decisions, resolved=resolved)
         timings["ledger"] += time.perf_counter() - t
     exit_code = 1 if ev.not_evaluated else 0
-    return NightResult(out, run_id, as_of, decisions, rejects, summary, ev, exit_code, timings)
+    return NightResult(out, run_id, as_of, decisions, rejects, summary, ev, exit_code, timings, resolved=resolved)
 
 
 def make_summary(run_id, as_of, export: Export, policies: PolicySet, decisions: pd.DataFrame, ev: Evaluation,

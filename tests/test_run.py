@@ -139,7 +139,8 @@ def test_invalid_policies_exit_3_before_the_export_is_read(tmp_path):
     proc = subprocess.run(EXE + ["run", "--export", str(tmp_path / "missing"), "--policies", str(bad), "--ledger", str(tmp_path / "l")],
                           capture_output=True, text=True)
     assert proc.returncode == 3, proc.stderr
-    assert f"{bad}:21:" in proc.stderr and "three" in proc.stderr
+    line = next(i for i, text in enumerate(bad.read_text().splitlines(), 1) if "{at_least: three}" in text)
+    assert f"{bad}:{line}:" in proc.stderr and "three" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 

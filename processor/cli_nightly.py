@@ -1,0 +1,94 @@
+"""`shakers-rules nightly`: the command the scheduler runs (jobs/shakers-nightly). Thin over processor.nightly."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from processor.cli import DAY, EXIT_USAGE, err, guarded, progress_printer
+from processor.nightly import DEFAULT_KEEP_NIGHTS, STATUS_FILE, run_nightly
+
+
+def send_with_cli(run_dir: Path, ledger_path: Path) -> int:
+    """Deliver what `run_dir` still owes with the `send` command (SPEC §7), in this process.
+
+    The nightly job holds the ledger's lock; a lock taken again by the same process nests."""
+    from processor.cli import main
+
+    send = main.commands.get("send")
+    if send is None:
+        return 5
+    args = ["--run", str(run_dir)]
+    if any("--ledger" in getattr(p, "opts", ()) for p in send.params):
+        args += ["--ledger", str(ledger_path)]
+    saved = os.environ.get("SHAKERS_LEDGER")
+    os.environ["SHAKERS_LEDGER"] = str(ledger_path)
+    try:
+        send.main(args, prog_name="shakers-rules send", standalone_mode=False)
+        return 0
+    except SystemExit as e:
+        return int(e.code or 0)
+    finally:
+        if saved is None:
+            os.environ.pop("SHAKERS_LEDGER", None)
+        else:
+            os.environ["SHAKERS_LEDGER"] = saved
+
+
+@click.command()
+@click.option("--exports-root", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Directory holding one export directory per night, named YYYY-MM-DD.")
+@click.option("--runs-root", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Where each night's run directory goes (RUNS_ROOT/YYYY-MM-DD).")
+@click.option("--ledger", "ledger_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="SQLite ledger shared by successive nights. Default: $SHAKERS_LEDGER, else ~/.local/share/shakers-rules/ledger.sqlite.")
+@click.option("--policies", "policies_path", default="policies.yaml", show_default=True,
+              type=click.Path(dir_okay=False, path_type=Path), help="The policies file.")
+@click.option("--workers", type=click.IntRange(0, 64), default=None,
+              help="Engine worker processes (default: the machine's cores).")
+@click.option("--keep-nights", type=click.IntRange(0), default=DEFAULT_KEEP_NIGHTS, show_default=True,
+              envvar="SHAKERS_KEEP_NIGHTS",
+              help="Keep the decision details of this many recorded nights in the ledger (0 = keep all). "
+                   "Also $SHAKERS_KEEP_NIGHTS.")
+@click.option("--since", type=DAY, default=None, help="Ignore export directories older than this night.")
+@click.option("-q", "--quiet", is_flag=True, help="Only one line per night and the final line.")
+@guarded
+def nightly(exports_root, runs_root, ledger_path, policies_path, workers, keep_nights, since, quiet):
+    """Run every night of EXPORTS_ROOT not yet done, oldest first, into RUNS_ROOT/<night>, and deliver
+    the reports. A missed night is caught up; an invalid export is reported and tried again next time.
+
+    \b
+    Exit status: 0 all done (or nothing to do); 4 some night's export is invalid (later nights were still
+    run); 1 a failure or projects the engine could not evaluate; 5 some reports still owed (retried next
+    time); 3 invalid policies and 6 another run holds the ledger (nothing was done). When several nights
+    differ, the first of 4, 1, 5 that applies."""
+    if not exports_root.is_dir():
+        err(f"{exports_root} is not a directory: --exports-root must name the directory that holds the nightly "
+            f"exports (one YYYY-MM-DD directory per night)")
+        sys.exit(EXIT_USAGE)
+    result = run_nightly(exports_root, runs_root, ledger_path=ledger_path, policies_path=policies_path,
+                         workers=(os.cpu_count() or 1) if workers is None else workers, keep_nights=keep_nights,
+                         since=since, deliver=send_with_cli, progress=progress_printer(quiet))
+    if result.nothing_to_do:
+        click.echo(f"nothing to do: every night in {exports_root} is done")
+        sys.exit(0)
+    if result.took_over:
+        err(f"note: took over a stale lock left by {result.took_over}")
+    for o in result.outcomes:
+        line = f"{o.night}: {o.status} — {o.message}"
+        if o.out_dir is not None and o.status != "invalid":
+            line += f" -> {o.out_dir}"
+        (click.echo if o.exit_code == 0 else err)(line)
+    counts: dict[str, int] = {}
+    for o in result.outcomes:
+        counts[o.status] = counts.get(o.status, 0) + 1
+    pruned = result.pruned.get("decision_nights", 0) + result.pruned.get("deliveries", 0)
+    tail = f"; pruned {pruned:,} old ledger rows" if pruned else ""
+    click.echo(f"{len(result.outcomes)} night(s): " + ", ".join(f"{n} {s}" for s, n in counts.items())
+               + f"{tail}; exit {result.exit_code} (status in {runs_root / STATUS_FILE})")
+    sys.exit(result.exit_code)
+
+
+COMMANDS = [nightly]
