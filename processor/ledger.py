@@ -179,3 +179,73 @@ class Ledger:
             cur.execute("ROLLBACK")
             raise
         return {"decision_nights": decisions, "deliveries": deliveries}
+
+    # ---- deliveries (processor.mail): one row per report email, by Message-ID.
+    # status: pending (in the outbox, not tried), sending (claimed by a sender), sent,
+    # failed (tried, still owed), withdrawn (a rerun of the night no longer reports it).
+
+    def delivery(self, message_id: str) -> dict | None:
+        cur = self.db.execute("SELECT * FROM deliveries WHERE message_id = ?", (message_id,))
+        row = cur.fetchone()
+        return dict(zip([c[0] for c in cur.description], row)) if row else None
+
+    def owe_delivery(self, message_id: str, as_of: str, recipient: str, eml_path: str):
+        """The email is in the outbox and owed, unless it was delivered already (then nothing changes)."""
+        self.db.execute(
+            "INSERT INTO deliveries (message_id, as_of, recipient, eml_path, status, attempts, last_error, updated_at) "
+            "VALUES (?, ?, ?, ?, 'pending', 0, '', ?) "
+            "ON CONFLICT(message_id) DO UPDATE SET eml_path = excluded.eml_path, recipient = excluded.recipient, "
+            "status = CASE WHEN status = 'withdrawn' THEN 'pending' ELSE status END, updated_at = excluded.updated_at "
+            "WHERE deliveries.status != 'sent'",
+            (message_id, as_of, recipient, eml_path, _now()))
+
+    def claim_delivery(self, message_id: str, as_of: str, recipient: str, eml_path: str, stale_after: float = 900) -> bool:
+        """Mark the email as being sent by this process; False when it was sent, or another sender holds it."""
+        now = dt.datetime.now(dt.timezone.utc)
+        cur = self.db.cursor()
+        cur.execute("BEGIN IMMEDIATE")
+        try:
+            row = cur.execute("SELECT status, updated_at FROM deliveries WHERE message_id = ?", (message_id,)).fetchone()
+            if row is None:
+                cur.execute("INSERT INTO deliveries VALUES (?, ?, ?, ?, 'sending', 1, '', ?)",
+                            (message_id, as_of, recipient, eml_path, _now()))
+                cur.execute("COMMIT")
+                return True
+            status, updated = row
+            fresh = status == "sending" and (now - dt.datetime.fromisoformat(updated)).total_seconds() < stale_after
+            if status == "sent" or fresh:
+                cur.execute("COMMIT")
+                return False
+            cur.execute("UPDATE deliveries SET status = 'sending', attempts = attempts + 1, eml_path = ?, updated_at = ? "
+                        "WHERE message_id = ?", (eml_path, _now(), message_id))
+            cur.execute("COMMIT")
+            return True
+        except BaseException:
+            cur.execute("ROLLBACK")
+            raise
+
+    def delivery_sent(self, message_id: str):
+        self.db.execute("UPDATE deliveries SET status = 'sent', last_error = '', updated_at = ? WHERE message_id = ?",
+                        (_now(), message_id))
+
+    def delivery_failed(self, message_id: str, error: str):
+        """Still owed; `error` must already be free of credentials."""
+        self.db.execute("UPDATE deliveries SET status = 'failed', last_error = ?, updated_at = ? "
+                        "WHERE message_id = ? AND status != 'sent'", (error[:500], _now(), message_id))
+
+    def withdraw_delivery(self, message_id: str):
+        self.db.execute("UPDATE deliveries SET status = 'withdrawn', updated_at = ? WHERE message_id = ? AND status != 'sent'",
+                        (_now(), message_id))
+
+    def deliveries_owed(self, stale_after: float = 900) -> list[dict]:
+        """Emails tried and not delivered (failed, or claimed by a sender that died), oldest night first."""
+        cutoff = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=stale_after)).isoformat(timespec="seconds")
+        cur = self.db.execute(
+            "SELECT * FROM deliveries WHERE status = 'failed' OR (status = 'sending' AND updated_at < ?) "
+            "ORDER BY as_of, message_id", (cutoff,))
+        names = [c[0] for c in cur.description]
+        return [dict(zip(names, r)) for r in cur.fetchall()]
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
