@@ -114,7 +114,11 @@ def run_night(export_dir: str | Path, *, policies_path: str | Path = "policies.y
         t = time.perf_counter()
         ledger.record_night(as_of, run_id, policies.sha256, str(out), decisions, resolved=resolved)
         timings["ledger"] += time.perf_counter() - t
-    exit_code = 1 if ev.not_evaluated else 0
+        # Reports to Project Success (SPEC §6): outbox, delivery, report.html; summary.json gains `reports`.
+        from processor.reports import publish_night
+        published = publish_night(out, as_of, run_id, decisions, rejects, facts, summary, ledger, progress=progress,
+                                  descriptions={p.id: p.description for p in policies.policies})
+    exit_code = 1 if ev.not_evaluated else 5 if published.undelivered else 0
     return NightResult(out, run_id, as_of, decisions, rejects, summary, ev, exit_code, timings, resolved=resolved)
 
 

@@ -1,0 +1,524 @@
+"""Reports -> emails in the run's outbox -> SMTP, each Message-ID delivered once.
+
+* Every email is built with the `email` package's header registry: display
+  names are stripped of control characters and line breaks and go through
+  `Address`, so nothing from the export can add or change a header.
+* The Message-ID is derived from the night and the recipient: rebuilding the
+  same night's report gives the same id, and the ledger's `deliveries` table
+  remembers which ids were delivered, so a rerun emails nobody twice.
+* Every email is written to `RUN_DIR/outbox/*.eml` (atomically) before any
+  sending; what could not be sent stays owed in the ledger and is sent by the
+  next run or by `shakers-rules send --run RUN_DIR`.
+* Settings come from the environment (SPEC §6). The password is never put in a
+  log line, an output file or an error message.
+"""
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import email
+import email.policy
+import email.utils
+import hashlib
+import os
+import re
+import smtplib
+import socket
+import ssl
+import time
+from dataclasses import dataclass, field
+from email.headerregistry import Address
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Callable, Iterable, Mapping
+
+from processor import files
+
+TLS_MODES = ("none", "starttls", "ssl")
+DEFAULT_PORTS = {"starttls": 587, "ssl": 465, "none": 25}
+DEFAULT_FROM = "policy-reports@localhost"
+SENDER_NAME = "Shakers policy reports"
+MESSAGE_ID_DOMAIN = "shakers-rules.local"
+# A message another process claimed this recently is left alone; older claims were a crash.
+CLAIM_STALE_SECONDS = 15 * 60
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\u0085\u2028\u2029]+")
+# Deliberately strict: what every SMTP server accepts without SMTPUTF8.
+_ADDR = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*$")
+
+
+class MailConfigError(ValueError):
+    """A delivery setting is wrong; the message says which variable and what it accepts."""
+
+
+# --------------------------------------------------------------------------- settings
+@dataclass(frozen=True)
+class SmtpSettings:
+    host: str | None = None
+    port: int = 587
+    tls: str = "starttls"
+    user: str | None = None
+    password: str | None = field(default=None, repr=False)
+    mail_from: str = DEFAULT_FROM
+    timeout: float = 30.0
+    cafile: str | None = None
+    retries: int = 3
+    backoff: float = 2.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "SmtpSettings":
+        """SPEC §6 variables, plus SHAKERS_SMTP_CAFILE (extra CA bundle to trust), SHAKERS_SMTP_TIMEOUT
+        (seconds), SHAKERS_SMTP_RETRIES (attempts for temporary failures) and SHAKERS_SMTP_BACKOFF
+        (seconds before the first retry, doubling).
+
+        SHAKERS_SMTP_CONFIG may name a file of `NAME=value` lines with the same names (the format of
+        a systemd EnvironmentFile); the environment wins over it."""
+        env = dict(os.environ if env is None else env)
+        config = env.get("SHAKERS_SMTP_CONFIG")
+        if config:
+            env = {**read_config_file(config), **env}
+
+        def get(name):
+            v = env.get(name)
+            return v.strip() if v and v.strip() else None
+
+        tls = (get("SHAKERS_SMTP_TLS") or "starttls").lower()
+        if tls not in TLS_MODES:
+            raise MailConfigError(f"SHAKERS_SMTP_TLS must be one of none, starttls, ssl — got '{plain(tls)[:40]}'")
+        port = _number(get("SHAKERS_SMTP_PORT"), "SHAKERS_SMTP_PORT", int, DEFAULT_PORTS[tls], 1, 65535)
+        mail_from = get("SHAKERS_MAIL_FROM") or DEFAULT_FROM
+        sender_address(mail_from)  # fail early with a sentence
+        cafile = get("SHAKERS_SMTP_CAFILE")
+        if cafile and not Path(cafile).is_file():
+            raise MailConfigError(f"SHAKERS_SMTP_CAFILE names {cafile}, which is not a file — give a PEM bundle of the CA(s) to trust")
+        user, password = get("SHAKERS_SMTP_USER"), env.get("SHAKERS_SMTP_PASSWORD") or None
+        return cls(host=get("SHAKERS_SMTP_HOST"), port=port, tls=tls, user=user, password=password, mail_from=mail_from,
+                   timeout=_number(get("SHAKERS_SMTP_TIMEOUT"), "SHAKERS_SMTP_TIMEOUT", float, 30.0, 0.1, 3600),
+                   cafile=cafile,
+                   retries=_number(get("SHAKERS_SMTP_RETRIES"), "SHAKERS_SMTP_RETRIES", int, 3, 1, 20),
+                   backoff=_number(get("SHAKERS_SMTP_BACKOFF"), "SHAKERS_SMTP_BACKOFF", float, 2.0, 0, 600))
+
+    @property
+    def login(self) -> bool:
+        return bool(self.user and self.password)
+
+    def describe(self) -> str:
+        """Where mail goes, for logs and summary.json: never the credentials."""
+        if not self.host:
+            return "no SMTP host (SHAKERS_SMTP_HOST unset): outbox only"
+        return f"{self.host}:{self.port} ({self.tls}{', with login' if self.login else ''})"
+
+
+def read_config_file(path: str) -> dict[str, str]:
+    values = {}
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise MailConfigError(f"SHAKERS_SMTP_CONFIG names {path}, which cannot be read ({e.strerror})") from None
+    for n, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, sep, value = line.partition("=")
+        if not sep or not name.strip().startswith("SHAKERS_"):
+            raise MailConfigError(f"{path}:{n}: expected NAME=value with a SHAKERS_ name, e.g. SHAKERS_SMTP_HOST=smtp.example.com")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        values[name.strip()] = value
+    return values
+
+
+def _number(text, name, kind, default, low, high):
+    if text is None:
+        return default
+    try:
+        value = kind(text)
+    except ValueError:
+        value = None
+    if value is None or not (low <= value <= high):
+        raise MailConfigError(f"{name} must be a number from {low} to {high} — got '{plain(text)[:40]}'")
+    return value
+
+
+# --------------------------------------------------------------------------- building
+def plain(text) -> str:
+    return " ".join(_CONTROL.sub(" ", str(text or "")).split())
+
+
+def valid_address(addr: str) -> bool:
+    return bool(addr) and len(addr) <= 254 and _ADDR.match(addr) is not None
+
+
+def mailbox(name: str, addr: str) -> Address:
+    """A header-safe mailbox: the name loses control characters and line breaks; the address must be plain."""
+    if not valid_address(addr):
+        raise ValueError(f"'{plain(addr)[:80]}' is not an email address")
+    return Address(display_name=plain(name)[:120], addr_spec=addr)
+
+
+def sender_address(value: str) -> Address:
+    name, addr = email.utils.parseaddr(value)
+    if not valid_address(addr) or "\n" in value or "\r" in value:
+        raise MailConfigError(f"SHAKERS_MAIL_FROM must be an email address such as reports@example.com "
+                              f"or 'Reports <reports@example.com>' — got '{plain(value)[:80]}'")
+    return Address(display_name=plain(name) or SENDER_NAME, addr_spec=addr)
+
+
+def message_id(as_of: str, recipient: str, manager_id: str) -> str:
+    """Same night + same recipient -> same Message-ID, whatever the content or the run."""
+    digest = hashlib.sha256(f"{as_of}\0{recipient.lower()}\0{manager_id}".encode()).hexdigest()[:24]
+    return f"<report.{as_of}.{digest}@{MESSAGE_ID_DOMAIN}>"
+
+
+def build_message(report, mail_from: str) -> EmailMessage:
+    """multipart/alternative (text, then HTML) for one manager's report."""
+    msg = EmailMessage(policy=email.policy.SMTP)
+    msg["Subject"] = plain(report.subject)
+    msg["From"] = sender_address(mail_from)
+    msg["To"] = mailbox(report.name, report.email)
+    msg["Date"] = email.utils.format_datetime(dt.datetime.now(dt.timezone.utc))
+    msg["Message-ID"] = message_id(report.as_of, report.email, report.manager_id)
+    msg["Auto-Submitted"] = "auto-generated"
+    msg["X-Shakers-Night"] = plain(report.as_of)
+    msg.set_content(report.text, subtype="plain", charset="utf-8")
+    msg.add_alternative(report.html, subtype="html", charset="utf-8")
+    return msg
+
+
+def outbox_name(as_of: str, manager_id: str, mid: str) -> str:
+    safe = re.sub(r"[^A-Za-z0-9_-]+", "_", manager_id)[:40].strip("_") or "manager"
+    return f"{as_of}_{safe}_{hashlib.sha256(mid.encode()).hexdigest()[:8]}.eml"
+
+
+@dataclass
+class Outgoing:
+    message_id: str
+    as_of: str
+    recipient: str
+    eml_path: str
+    manager_id: str = ""
+
+
+def read_eml(path: Path) -> Outgoing | None:
+    """Message-ID and recipient of an outbox file (None when it is not one of ours)."""
+    msg = email.message_from_bytes(Path(path).read_bytes(), policy=email.policy.default)
+    mid, night = str(msg.get("Message-ID", "")).strip(), str(msg.get("X-Shakers-Night", "")).strip()
+    to = msg.get("To")
+    addresses = getattr(to, "addresses", ()) if to is not None else ()
+    if not mid or len(addresses) != 1 or not valid_address(addresses[0].addr_spec):
+        return None
+    return Outgoing(mid, night, addresses[0].addr_spec, str(Path(path).resolve()))
+
+
+# --------------------------------------------------------------------------- sending
+class TemporaryFailure(Exception):
+    """Worth trying again soon: 4xx replies, lost connections, timeouts."""
+
+
+class PermanentFailure(Exception):
+    """Trying again will not help: 5xx replies, refused login, untrusted certificate."""
+
+
+class Unreachable(Exception):
+    """The server could not be used at all; every remaining email stays owed."""
+
+
+def scrub(text: str, settings: SmtpSettings) -> str:
+    """An error text without the password (nor its base64 forms a server might echo)."""
+    text = plain(text)
+    if settings.password:
+        secrets = {settings.password, base64.b64encode(settings.password.encode()).decode()}
+        if settings.user:
+            secrets.add(base64.b64encode(f"\0{settings.user}\0{settings.password}".encode()).decode())
+        for s in sorted(secrets, key=len, reverse=True):
+            if s:
+                text = text.replace(s, "***")
+    return text[:300]
+
+
+def _describe_error(e: BaseException) -> str:
+    if isinstance(e, smtplib.SMTPRecipientsRefused):
+        return "; ".join(f"{r} refused: {c} {m.decode(errors='replace') if isinstance(m, bytes) else m}" for r, (c, m) in e.recipients.items())
+    if isinstance(e, smtplib.SMTPResponseException):
+        m = e.smtp_error.decode(errors="replace") if isinstance(e.smtp_error, bytes) else str(e.smtp_error)
+        return f"{e.smtp_code} {m}"
+    if isinstance(e, socket.timeout):
+        return "timed out"
+    return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+
+
+def _classify(e: BaseException) -> type[Exception]:
+    if isinstance(e, smtplib.SMTPRecipientsRefused):
+        codes = [c for c, _m in e.recipients.values()]
+        return TemporaryFailure if codes and all(400 <= c < 500 for c in codes) else PermanentFailure
+    if isinstance(e, smtplib.SMTPResponseException):
+        return TemporaryFailure if 400 <= e.smtp_code < 500 else PermanentFailure
+    if isinstance(e, (ssl.SSLCertVerificationError, smtplib.SMTPNotSupportedError)):
+        return PermanentFailure
+    if isinstance(e, (smtplib.SMTPServerDisconnected, OSError, smtplib.SMTPException)):
+        return TemporaryFailure
+    return PermanentFailure
+
+
+class Session:
+    """One SMTP connection, opened on first use; settings decide TLS and login."""
+
+    def __init__(self, settings: SmtpSettings):
+        self.settings = settings
+        self.smtp: smtplib.SMTP | None = None
+
+    def _tls(self) -> ssl.SSLContext:
+        context = ssl.create_default_context()
+        if self.settings.cafile:
+            context.load_verify_locations(cafile=self.settings.cafile)
+        return context
+
+    def open(self) -> smtplib.SMTP:
+        if self.smtp is not None:
+            return self.smtp
+        s = self.settings
+        helo = _helo_name()
+        if s.tls == "ssl":
+            smtp = smtplib.SMTP_SSL(s.host, s.port, local_hostname=helo, timeout=s.timeout, context=self._tls())
+        else:
+            smtp = smtplib.SMTP(s.host, s.port, local_hostname=helo, timeout=s.timeout)
+        try:
+            smtp.ehlo()
+            if s.tls == "starttls":
+                smtp.starttls(context=self._tls())
+                smtp.ehlo()
+            if s.login:
+                smtp.login(s.user, s.password)
+        except BaseException:
+            _quietly_close(smtp)
+            raise
+        self.smtp = smtp
+        return smtp
+
+    def close(self):
+        if self.smtp is not None:
+            try:
+                self.smtp.quit()
+            except Exception:
+                _quietly_close(self.smtp)
+            self.smtp = None
+
+    def reset(self):
+        if self.smtp is not None:
+            _quietly_close(self.smtp)
+            self.smtp = None
+
+
+def _helo_name() -> str:
+    # smtplib's default (getfqdn) may wait on DNS; the plain host name is enough for EHLO.
+    name = socket.gethostname()
+    return name if re.fullmatch(r"[A-Za-z0-9.-]{1,253}", name or "") else "localhost"
+
+
+def _quietly_close(smtp):
+    try:
+        smtp.close()
+    except Exception:
+        pass
+
+
+@dataclass
+class DeliveryResult:
+    sent: list[str] = field(default_factory=list)             # message ids delivered now
+    already_sent: list[str] = field(default_factory=list)     # delivered by an earlier run
+    failed: dict[str, str] = field(default_factory=dict)      # message id -> why (scrubbed)
+    busy: list[str] = field(default_factory=list)             # another process is sending them right now
+    error: str = ""                                           # why the server could not be used, if so
+
+
+def deliver(outgoing: Iterable[Outgoing], settings: SmtpSettings, ledger, *, sleep: Callable[[float], None] = time.sleep,
+            progress: Callable[[str], None] | None = None) -> DeliveryResult:
+    """Send every message the ledger does not know as delivered; record each outcome in the ledger.
+
+    Temporary failures are retried `settings.retries` times with doubling backoff; when the
+    server cannot be reached (or refuses the login or the certificate) the rest stay owed."""
+    say = progress or (lambda _m: None)
+    result = DeliveryResult()
+    session = Session(settings)
+    sender = sender_address(settings.mail_from).addr_spec
+    queue = list(outgoing)
+    claimed: set[str] = set()
+    try:
+        for index, item in enumerate(queue):
+            row = ledger.delivery(item.message_id)
+            if row and row["status"] == "sent":
+                result.already_sent.append(item.message_id)
+                continue
+            if not ledger.claim_delivery(item.message_id, item.as_of, item.recipient, item.eml_path, stale_after=CLAIM_STALE_SECONDS):
+                result.busy.append(item.message_id)
+                continue
+            claimed.add(item.message_id)
+            try:
+                data = Path(item.eml_path).read_bytes()
+            except OSError:
+                why = f"outbox file {item.eml_path} is missing — rerun the night {item.as_of} to rebuild it"
+                ledger.delivery_failed(item.message_id, why)
+                result.failed[item.message_id] = why
+                continue
+            try:
+                _send_with_retries(session, settings, sender, item, data, sleep, say)
+            except (PermanentFailure, TemporaryFailure) as e:
+                ledger.delivery_failed(item.message_id, str(e))
+                result.failed[item.message_id] = str(e)
+                continue
+            except Unreachable as e:
+                result.error = str(e)
+                for rest in queue[index:]:
+                    status = (ledger.delivery(rest.message_id) or {}).get("status")
+                    if rest.message_id in claimed or status in ("pending", "failed"):
+                        ledger.delivery_failed(rest.message_id, str(e))
+                        result.failed[rest.message_id] = str(e)
+                say(f"could not deliver: {e}; {len(result.failed):,} email(s) stay owed")
+                break
+            ledger.delivery_sent(item.message_id)
+            result.sent.append(item.message_id)
+    finally:
+        session.close()
+    return result
+
+
+def _send_with_retries(session: Session, settings: SmtpSettings, sender: str, item: Outgoing, data: bytes, sleep, say):
+    where = f"{settings.host}:{settings.port}"
+    for attempt in range(1, settings.retries + 1):
+        connected = session.smtp is not None
+        try:
+            smtp = session.open()
+        except Exception as e:
+            kind, text = _classify(e), scrub(_describe_error(e), settings)
+            if isinstance(e, smtplib.SMTPAuthenticationError) and kind is PermanentFailure:
+                raise Unreachable(f"{where} refused the login for SHAKERS_SMTP_USER ({text}) — check the user and password") from None
+            if kind is PermanentFailure:
+                raise Unreachable(f"cannot use {where}: {text}") from None
+            session.reset()
+            if attempt == settings.retries:
+                raise Unreachable(f"cannot reach {where} after {attempt} attempts: {text}") from None
+            delay = settings.backoff * 2 ** (attempt - 1)
+            say(f"SMTP {where} not usable ({text}); trying again in {delay:g}s")
+            sleep(delay)
+            continue
+        try:
+            smtp.sendmail(sender, [item.recipient], data)
+            return
+        except Exception as e:
+            kind, text = _classify(e), scrub(_describe_error(e), settings)
+            session.reset()
+            if kind is PermanentFailure:
+                raise PermanentFailure(f"{where} refused the email to {item.recipient}: {text}") from None
+            if attempt == settings.retries:
+                raise TemporaryFailure(f"{where} kept failing for {item.recipient} ({text}) after {attempt} attempts") from None
+            # A connection that was reused may simply have timed out on the server: reconnect at once.
+            delay = 0 if connected and attempt == 1 else settings.backoff * 2 ** (attempt - 1)
+            if delay:
+                say(f"SMTP {where} failed temporarily ({text}); trying again in {delay:g}s")
+                sleep(delay)
+
+
+# --------------------------------------------------------------------------- the night's outbox
+@dataclass
+class Outcome:
+    """What publishing did; `summary` goes into summary.json under `reports`."""
+
+    summary: dict
+    undelivered: int
+    by_manager: dict[str, dict]
+
+
+def write_outbox(outbox: Path, reports, mail_from: str, ledger) -> tuple[list[Outgoing], list[dict]]:
+    """Every report as an .eml file (atomically); each becomes owed in the ledger unless already delivered.
+
+    Returns the outgoing emails and the reports that could not be addressed (bad or missing email)."""
+    outbox = Path(outbox)
+    outbox.mkdir(parents=True, exist_ok=True)
+    outgoing, unaddressed = [], []
+    for report in reports:
+        if not valid_address(report.email):
+            unaddressed.append({"manager_id": report.manager_id, "email": plain(report.email)[:120],
+                                "why": "no valid email address in the users table"})
+            continue
+        msg = build_message(report, mail_from)
+        mid = msg["Message-ID"]
+        path = (outbox / outbox_name(report.as_of, report.manager_id, mid)).resolve()
+        files.write_bytes(path, msg.as_bytes(policy=email.policy.SMTP))
+        ledger.owe_delivery(mid, report.as_of, report.email, str(path))
+        outgoing.append(Outgoing(mid, report.as_of, report.email, str(path), report.manager_id))
+    # A rerun of the night that no longer reports to someone withdraws the stale email.
+    keep = {Path(o.eml_path).name for o in outgoing}
+    for stale in outbox.glob("*.eml"):
+        if stale.name not in keep:
+            old = read_eml(stale)
+            if old is not None:
+                ledger.withdraw_delivery(old.message_id)
+            stale.unlink()
+    return outgoing, unaddressed
+
+
+def publish(outbox: Path, reports, ledger, *, env: Mapping[str, str] | None = None,
+            progress: Callable[[str], None] | None = None, sleep: Callable[[float], None] = time.sleep) -> Outcome:
+    """The nightly step: write the outbox, send this night's emails and whatever earlier nights still owe."""
+    say = progress or (lambda _m: None)
+    try:
+        settings = SmtpSettings.from_env(env)
+        config_error = ""
+    except MailConfigError as e:
+        settings, config_error = SmtpSettings(), str(e)
+    outgoing, unaddressed = write_outbox(outbox, reports, settings.mail_from, ledger)
+    for u in unaddressed:
+        say(f"no report email for manager {u['manager_id']}: {u['why']} (got '{u['email']}')")
+    earlier = [Outgoing(r["message_id"], r["as_of"], r["recipient"], r["eml_path"]) for r in ledger.deliveries_owed()
+               if r["message_id"] not in {o.message_id for o in outgoing}]
+    result = DeliveryResult()
+    if config_error:
+        say(f"emails not sent: {config_error}")
+        result.error = config_error
+    elif settings.host:
+        say(f"sending {len(outgoing):,} report(s) via {settings.describe()}"
+            + (f", and {len(earlier):,} owed by earlier nights" if earlier else ""))
+        result = deliver(outgoing + earlier, settings, ledger, sleep=sleep, progress=say)
+    by_id = {o.message_id: o for o in outgoing}
+    owed_now = [o for o in outgoing if (ledger.delivery(o.message_id) or {}).get("status") != "sent"]
+    by_manager = {}
+    for o in outgoing:
+        status = (ledger.delivery(o.message_id) or {}).get("status", "owed")
+        by_manager[o.manager_id] = {"status": {"sent": "sent", "failed": "failed", "pending": "outbox only"}.get(status, status),
+                                    "message_id": o.message_id, "file": Path(o.eml_path).name,
+                                    "error": result.failed.get(o.message_id, "")}
+    for u in unaddressed:
+        by_manager[u["manager_id"]] = {"status": "no address", "message_id": "", "file": "", "error": u["why"]}
+    sending = bool(settings.host) and not config_error
+    undelivered = (len(owed_now) if sending or config_error else 0) + len(unaddressed) \
+        + sum(1 for m in result.failed if m not in by_id)
+    summary = {
+        "managers": len(reports),
+        "emails_written": len(outgoing),
+        "smtp": settings.describe() if not config_error else f"not configured correctly: {config_error}",
+        "sent": sum(1 for m in result.sent if m in by_id),
+        "already_sent": sum(1 for m in result.already_sent if m in by_id),
+        "owed": len(owed_now),
+        "earlier_nights_sent": sum(1 for m in result.sent if m not in by_id),
+        "earlier_nights_owed": sum(1 for m in result.failed if m not in by_id),
+        "unaddressed": unaddressed,
+        "undelivered": undelivered,
+        "error": result.error,
+    }
+    return Outcome(summary, undelivered, by_manager)
+
+
+def send_run(run_dir: Path, ledger, *, env: Mapping[str, str] | None = None, progress=None,
+             sleep: Callable[[float], None] = time.sleep) -> tuple[DeliveryResult, int, SmtpSettings]:
+    """`shakers-rules send`: deliver what RUN_DIR/outbox still owes. Returns (result, still owed, settings)."""
+    settings = SmtpSettings.from_env(env)
+    outgoing = [o for o in (read_eml(p) for p in sorted(Path(run_dir, "outbox").glob("*.eml"))) if o is not None]
+    for o in outgoing:
+        ledger.owe_delivery(o.message_id, o.as_of, o.recipient, o.eml_path)
+    if not settings.host:
+        owed = sum(1 for o in outgoing if (ledger.delivery(o.message_id) or {}).get("status") != "sent")
+        return DeliveryResult(error="SHAKERS_SMTP_HOST is not set"), owed, settings
+    result = deliver(outgoing, settings, ledger, sleep=sleep, progress=progress)
+    owed = sum(1 for o in outgoing if (ledger.delivery(o.message_id) or {}).get("status") != "sent")
+    return result, owed, settings

@@ -1,0 +1,44 @@
+"""Nights with something for Project Success to act on, shared by the report, mail and browser tests."""
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+from night import AS_OF, Night
+
+PAULA, PEDRO, QUENTIN = "paula@shakers.test", "pedro@shakers.test", "quentin@shakers.test"
+
+
+def busy_night(as_of: dt.date = AS_OF, *, paula_name: str = "Paula Success", shop_title: str = "Shop redesign") -> Night:
+    """Three managers. Paula: P1 (client lost: halt), P3 (talent at risk, escrow short).
+    Pedro: P2 (talent lost: Top Shaker takes over; an invoice overdue). Quentin: P4, all well (no email)."""
+    n = Night(as_of)
+    n.rows["users"][0]["name"] = paula_name
+    n.user("PS2", "project_success", name="Pedro Success", email=PEDRO)
+    n.user("PS3", "project_success", name="Quentin Quiet", email=QUENTIN)
+    n.user("C2", "client", name="Clara Buyer", email="clara@client.test")
+    n.user("T2", "talent", name="Teo Absent", email="teo@talent.test", areas="development")
+    n.user("T3", "talent", name="Tina Risky", email="tina@talent.test", areas="design")
+    n.top_shaker("TS1", name="Toni Top", email="toni@talent.test", rating=4.9)
+
+    n.project("P1", title=shop_title)
+    n.milestone("P1", amount="1200.50", milestone_id="M1", title="Checkout flow")
+    n.unanswered("C1", 3, oldest_days_ago=10, project_id="P1")
+
+    n.project("P2", title="Mobile app", client="C2", talent="T2", ps="PS2")
+    n.milestone("P2", amount="3400.00", payee="T2", milestone_id="M2", title="Login screens")
+    n.milestone("P2", status="pending", amount="800.00", payee="T2", milestone_id="M3", title="Store release")
+    n.unanswered("T2", 3, oldest_days_ago=9, project_id="P2")
+    n.invoice("M2", due_in=-4, amount="3400.00", invoice_id="I1")
+
+    n.project("P3", title="Data pipeline", client="C2", talent="T3", area="design")
+    n.milestone("P3", amount="500.00", escrow="100.00", payee="T3", milestone_id="M4", title="Ingestion")
+    n.unanswered("T3", 2, oldest_days_ago=3, project_id="P3")
+
+    n.project("P4", title="Quiet project", ps="PS3")
+    n.milestone("P4", amount="100.00", milestone_id="M5")
+    return n
+
+
+def write(n: Night, directory: Path) -> Path:
+    return n.write(directory)

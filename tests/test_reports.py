@@ -1,0 +1,234 @@
+"""The reports to Project Success and the run's overview page: what they say, and that it is safe HTML."""
+from __future__ import annotations
+
+import datetime as dt
+import email
+import email.policy
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from htmltree import parse
+from night import AS_OF
+from report_nights import PAULA, PEDRO, busy_night
+
+from processor.reports import build_reports, format_money, why
+from processor.run import run_night
+
+ROOT = Path(__file__).resolve().parents[1]
+POLICIES = ROOT / "policies.yaml"
+
+
+@pytest.fixture(autouse=True)
+def outbox_only(monkeypatch):
+    monkeypatch.delenv("SHAKERS_SMTP_HOST", raising=False)
+    monkeypatch.delenv("SHAKERS_SMTP_CONFIG", raising=False)
+
+
+def run(tmp_path, night=None, as_of=AS_OF, out=None):
+    export = (night or busy_night(as_of)).write(tmp_path / f"export-{as_of}")
+    return run_night(export, policies_path=POLICIES, out_dir=tmp_path / (out or f"run-{as_of}"),
+                     ledger_path=tmp_path / "ledger.sqlite", workers=0)
+
+
+def emails(result) -> dict[str, email.message.EmailMessage]:
+    out = {}
+    for path in sorted((result.out_dir / "outbox").glob("*.eml")):
+        msg = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
+        out[msg["To"].addresses[0].addr_spec] = msg
+    return out
+
+
+def html_of(msg) -> str:
+    return msg.get_body(("html",)).get_content()
+
+
+def text_of(msg) -> str:
+    return msg.get_body(("plain",)).get_content()
+
+
+# ---------------------------------------------------------------- money and the why
+
+
+@pytest.mark.parametrize("amount, currency, shown", [
+    ("1200.5", "EUR", "€1,200.50"), ("1200.50", "USD", "$1,200.50"), ("0.99", "GBP", "£0.99"),
+    ("1234567.00", "CHF", "1,234,567.00 CHF"), ("", "EUR", ""), ("-5", "EUR", "-€5.00"),
+])
+def test_money_is_shown_with_its_currency(amount, currency, shown):
+    assert format_money(amount, currency) == shown
+
+
+def test_the_why_of_a_contact_loss_names_the_person_the_count_and_the_threshold():
+    evidence = {"facts": {"party": "client", "unanswered_attempts": 3, "days_since_oldest_unanswered": 10,
+                          "unanswered_by_project_success": 1, "project_status": "active"},
+                "thresholds": {"contact_loss_unanswered_attempts": 3, "contact_loss_days_since_oldest": 7,
+                               "contact_loss_attempts_by_project_success": 1}}
+    sentence = why({"evidence": json.dumps(evidence), "subject_id": "", "_party_user": "C1"}, {"C1": "Carla Client"})
+    assert sentence == ("Carla Client (client) has not answered 3 contact attempts, the oldest 10 days ago, 1 of them by "
+                        "Project Success; contact counts as lost at 3 attempts over 7 days with 1 by Project Success.")
+
+
+def test_the_why_of_an_overdue_invoice_says_how_late_and_how_much():
+    evidence = {"facts": {"days_overdue": 4, "invoice_status": "open"}, "thresholds": {"invoice_grace_days": 0}}
+    d = {"evidence": json.dumps(evidence), "invoice_id": "I1", "amount": "3400.00", "currency": "EUR", "subject_id": "T2"}
+    assert why(d, {}) == "Invoice I1 (€3,400.00) is 4 days past its due date (grace: 0 days)."
+
+
+def test_the_why_of_an_escrow_shortfall_says_what_is_missing():
+    d = {"evidence": json.dumps({"facts": {"escrow_gap_cents": 40000, "milestone_status": "active"}, "thresholds": {}}),
+         "amount": "500.00", "currency": "EUR", "subject_id": "C2"}
+    assert why(d, {}) == "Escrow holds €400.00 less than the milestone's €500.00."
+
+
+def test_the_why_shows_a_threshold_it_has_no_words_for_by_its_name():
+    """A policy editor's new threshold still reaches the manager, by name."""
+    d = {"evidence": json.dumps({"facts": {"days_on_hold": 31, "project_status": "on_hold"},
+                                 "thresholds": {"on_hold_escalation_days": 14}})}
+    assert why(d, {}) == "The project has been on hold for 31 days (limit: on hold escalation days 14)."
+
+
+# ---------------------------------------------------------------- one report per manager with work
+
+
+def test_only_managers_with_something_to_act_on_get_a_report(tmp_path):
+    result = run(tmp_path)
+    assert sorted(emails(result)) == [PAULA, PEDRO]          # Quentin's project is quiet
+    assert result.summary["reports"]["managers"] == 2
+
+
+def test_a_report_has_the_four_sections_with_projects_people_milestones_and_money(tmp_path):
+    paula = emails(run(tmp_path))[PAULA]
+    doc = parse(html_of(paula))
+    sections = [h.attrs["id"] for h in doc.find_all("h2")]
+    assert sections == ["section-new", "section-ongoing", "section-at_risk", "section-flagged"]
+    counts = {c.attrs["data-section"]: int(c.text()) for c in doc.find_all("div", class_="count")}
+    assert counts == {"new": 2, "ongoing": 0, "at_risk": 1, "flagged": 1}
+    items = doc.find_all("table", class_="item")
+    assert [i.attrs["data-project"] for i in items] == ["P1", "P3", "P3"]
+    shop = items[0].text()
+    assert "Shop redesign" in shop and "Carla Client" in shop and "Tomas Talent" in shop
+    assert "Halt the project (client contact loss)" in shop and "Why:" in shop and "10 days ago" in shop
+    escrow = items[2].text()
+    assert "€500.00" in escrow and "€400.00" in escrow and "Clara Buyer" in escrow
+    assert doc.find("span", id="manager-name").text() == "Paula Success"
+
+
+def test_a_top_shaker_takeover_lists_every_milestone_and_its_money(tmp_path):
+    pedro = emails(run(tmp_path))[PEDRO]
+    text = text_of(pedro)
+    assert "Assign Top Shaker Toni Top to take over" in text
+    assert "Move Login screens (M2, €3,400.00) to Toni Top" in text
+    assert "Move Store release (M3, €800.00) to Toni Top" in text
+    assert "Reject Teo Absent from the platform" in text
+    assert pedro["Subject"] == "Shakers policy report, night of 2026-11-24: 7 new actions"
+
+
+def test_the_text_part_says_what_the_html_part_says(tmp_path):
+    for msg in emails(run(tmp_path)).values():
+        doc = parse(html_of(msg))
+        text = text_of(msg)
+        for item in doc.find_all("table", class_="item"):
+            assert f"({item.attrs['data-project']})" in text
+        html_text = doc.text()
+        for money in set(re.findall(r"€[\d,]+\.\d\d", html_text)):
+            assert money in text
+        for sentence in (n.text() for n in doc.find_all("div", class_="why")):
+            assert sentence.removeprefix("Why: ") in " ".join(text.split())
+
+
+def test_the_next_night_shows_what_still_holds_as_ongoing(tmp_path):
+    run(tmp_path)
+    second = run(tmp_path, night=busy_night(AS_OF + dt.timedelta(days=1)), as_of=AS_OF + dt.timedelta(days=1))
+    paula = emails(second)[PAULA]
+    assert paula["Subject"] == "Shakers policy report, night of 2026-11-25: 0 new actions (2 ongoing, 1 at risk, 1 flagged)"
+    doc = parse(html_of(paula))
+    ongoing = [i for i in doc.find_all("table", class_="item")][0]
+    assert ongoing.attrs["data-project"] == "P1"
+    assert "Nothing tonight." in text_of(paula).split("== Ongoing actions")[0]
+
+
+def test_the_email_html_is_self_contained_with_no_scripts(tmp_path):
+    for msg in emails(run(tmp_path)).values():
+        doc = parse(html_of(msg))
+        tags = {n.tag for n in doc.iter()}
+        assert not tags & {"script", "link", "img", "iframe", "object", "embed", "style", "form"}
+        for n in doc.iter():
+            for name, value in n.attrs.items():
+                assert not name.startswith("on")
+                assert not (value or "").lower().startswith(("http:", "https:", "javascript:", "//"))
+
+
+def test_hostile_names_and_titles_are_text_not_markup(tmp_path):
+    hostile = '<script>alert("x")</script><img src=x onerror=alert(1)>'
+    night = busy_night(paula_name=f"Paula {hostile}", shop_title=f"Shop {hostile}")
+    paula = emails(run(tmp_path, night=night))[PAULA]
+    html = html_of(paula)
+    doc = parse(html)
+    assert not doc.find_all("script") and not doc.find_all("img")
+    assert hostile in doc.find("span", id="manager-name").text()
+    assert hostile in doc.find_all("table", class_="item")[0].text()
+    assert "&lt;script&gt;" in html
+    assert hostile in text_of(paula)                 # the text part shows it as it is: text is not markup
+
+
+def test_long_sections_are_cut_and_say_how_many_more(tmp_path, monkeypatch):
+    import processor.reports as reports
+
+    monkeypatch.setattr(reports, "MAX_ITEMS_PER_SECTION", 1)
+    paula = emails(run(tmp_path))[PEDRO]
+    assert "… and 1 more in decisions.csv" in html_of(paula)
+
+
+# ---------------------------------------------------------------- the overview page
+
+
+def test_the_overview_page_counts_the_night_per_policy_manager_and_rejects(tmp_path):
+    night = busy_night()
+    night.project("P9", title="Broken", status="paused")        # not a status: rejected with a reason
+    result = run(tmp_path, night=night)
+    page = (result.out_dir / "report.html").read_text(encoding="utf-8")
+    doc = parse(page)
+    bars = {g.attrs["data-policy"]: int(g.attrs["data-total"]) for g in doc.find_all("g", class_="bar")}
+    expected = {p: sum(a.values()) for p, a in result.summary["decisions"]["by_policy"].items() if a}
+    assert bars == expected and bars["talent-contact-loss"] == 6
+    assert doc.find("svg").attrs["role"] == "img"
+    assert int(doc.find(id="fig-decisions").text()) == len(result.decisions)
+    assert int(doc.find(id="fig-rejected").text()) == len(result.rejects) >= 1
+    managers = {tr.attrs["data-manager"]: tr.text() for tr in doc.find_all("tr", class_="manager")}
+    assert sorted(managers) == ["PS1", "PS2"] and "paula@shakers.test" in managers["PS1"]
+    rejects = doc.find("section", id="rejects").text()
+    assert "paused" in rejects and "projects" in rejects
+    assert not {n.tag for n in doc.iter()} & {"script", "link", "img", "iframe"}
+    assert "http://" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "") and "https://" not in page
+
+
+def test_summary_json_tells_what_happened_to_the_reports(tmp_path):
+    result = run(tmp_path)
+    summary = json.loads((result.out_dir / "summary.json").read_text())
+    r = summary["reports"]
+    assert (r["managers"], r["emails_written"], r["sent"], r["undelivered"]) == (2, 2, 0, 0)
+    assert r["overview"] == "report.html" and r["outbox"] == "outbox"
+    assert Path(r["ledger"]) == (tmp_path / "ledger.sqlite").resolve()
+
+
+def test_a_night_without_decisions_writes_no_email_and_still_an_overview(tmp_path):
+    night = busy_night()
+    night.rows["contact_attempts"], night.rows["invoices"] = [], []
+    night.rows["milestones"] = [m for m in night.rows["milestones"] if m["milestone_id"] != "M4"]
+    result = run(tmp_path, night=night)
+    assert result.decisions.empty and result.exit_code == 0
+    assert list((result.out_dir / "outbox").glob("*.eml")) == []
+    assert "No decisions tonight." in (result.out_dir / "report.html").read_text()
+
+
+def test_build_reports_is_a_library_call(tmp_path):
+    from processor.export import read_export
+    from processor.run import decide_night
+    from rules.document import load_policies
+
+    export = read_export(busy_night().write(tmp_path / "export"))
+    decisions, _ev, facts = decide_night(load_policies(POLICIES), export, AS_OF, workers=0)
+    reports = build_reports(decisions.assign(state="new"), facts.projects, facts.milestones, facts.users, AS_OF, "run-1")
+    assert [(r.manager_id, r.email, r.projects) for r in reports] == [("PS1", PAULA, ["P1", "P3"]), ("PS2", PEDRO, ["P2"])]
