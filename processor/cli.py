@@ -141,6 +141,11 @@ def print_summary(result, quiet: bool = False):
         click.echo(f"  {pid:<{width}}  {shown}")
     if s["engine"]["not_evaluated"]:
         click.echo(f"  NOT EVALUATED (the engine crashed on them): {', '.join(s['engine']['not_evaluated'])}")
+    reports = s.get("reports")
+    if reports:
+        click.echo(f"reports:   {reports['emails_written']:,} emails in {result.out_dir / reports['outbox']} — "
+                   f"{reports['sent']:,} sent, {reports['undelivered']:,} not delivered; {reports['smtp']}")
+        click.echo(f"overview:  {result.out_dir / reports['overview']}")
     click.echo(f"decisions: {result.out_dir / 'decisions.csv'}")
     click.echo(f"rejects:   {result.out_dir / 'rejects.csv'}")
     click.echo(f"summary:   {result.out_dir / 'summary.json'}")
