@@ -71,8 +71,8 @@ class LedgerBusy(Exception):
         self.ledger_path, self.lock_file, self.holder = ledger_path, lock_file, holder
         super().__init__(
             f"another run holds the ledger {ledger_path}: {holder.describe()}. "
-            f"Nothing was done; this run will be retried by the next scheduled start. If no such process is running, "
-            f"the lock is released already and a new start will go ahead (lock file: {lock_file})."
+            f"Nothing was done: wait for that run to finish, then start again (the nightly job catches up by itself). "
+            f"A lock is never left behind by a dead process: its lock file ({lock_file}) needs no cleaning."
         )
 
 
