@@ -5,11 +5,11 @@ worker, never the run. A chunk whose worker died is split and retried; a
 project that still kills its worker on its own is reported as not evaluated —
 never silently missing.
 
-Only candidate projects go to the engine: those with at least one fact that
-satisfies some policy's conditions, found with pandas masks compiled from the
-same policies (rules.compile.mask). Every rule reads one fact, so a project
-with no such fact cannot fire anything; tests check that the decisions with and
-without this pre-filter are identical.
+Only candidate facts go to the engine: those that satisfy some policy's
+conditions, found with pandas masks compiled from the same policies
+(rules.compile.mask; see processor.partition). Every rule reads one fact, so a
+fact that satisfies none cannot fire anything; tests/test_prefilter.py checks
+that the decisions with and without this pre-filter are identical.
 """
 from __future__ import annotations
 
@@ -23,12 +23,12 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from rules.compile import mask, to_ruleset
+from rules.compile import to_ruleset
 from rules.document import PolicySet
 from rules.engine import PolicyEngine
-from rules.vocabulary import FACT_KINDS
 
 from processor.facts import Facts
+from processor.partition import candidate_facts, engine_records, fired_rows, project_ids, split_by_project
 from processor.killpoints import kill_point
 
 CHUNK_PROJECTS = 20_000
@@ -43,32 +43,19 @@ class Evaluation:
     projects_sent: int               # how many went through durable-rules
     not_evaluated: list[str] = field(default_factory=list)  # projects whose evaluation crashed the engine
     worker_crashes: int = 0
+    # Per fact kind, the row labels (in facts.frames[kind]) of the facts that fired: lets the
+    # decisions pick them without matching fact ids against the whole night again.
+    fired_rows: dict[str, pd.Index] = field(default_factory=dict)
 
 
 def candidate_projects(policies: PolicySet, facts: Facts) -> np.ndarray:
     """Project ids having a fact that satisfies some policy's conditions."""
-    ids = []
-    for policy in policies.policies:
-        frame = facts.frames[policy.about]
-        hit = mask(policy, frame)
-        if hit.any():
-            ids.append(frame["project_id"].to_numpy()[hit])
-    if not ids:
-        return np.array([], dtype=object)
-    return np.unique(np.concatenate(ids))
+    return project_ids(candidate_facts(policies, facts.frames))
 
 
 def _records(facts_chunk: dict[str, pd.DataFrame]) -> list[list[dict]]:
     """Per project, its facts as flat dicts each with a unique `id` and its `kind`."""
-    by_project: dict[str, list[dict]] = {}
-    for kind, frame in facts_chunk.items():
-        if frame.empty:
-            continue
-        cols = list(FACT_KINDS[kind])
-        recs = frame[cols].assign(kind=kind, id=frame["fact_id"].to_numpy()).to_dict("records")
-        for r in recs:
-            by_project.setdefault(r["project_id"], []).append(r)
-    return list(by_project.values())
+    return engine_records(facts_chunk)
 
 
 # -- worker side -------------------------------------------------------------
@@ -97,7 +84,6 @@ def _die_with_parent():
         os._exit(0)
 
 
-
 def _evaluate_chunk(facts_chunk: dict[str, pd.DataFrame]) -> list[tuple[str, str]]:
     crash_on = os.environ.get(CRASH_HOOK_ENV)
     out: list[tuple[str, str]] = []
@@ -109,17 +95,14 @@ def _evaluate_chunk(facts_chunk: dict[str, pd.DataFrame]) -> list[tuple[str, str
 
 
 # -- driver side -------------------------------------------------------------
-def _split(facts: Facts, project_ids: np.ndarray, size: int) -> list[dict[str, pd.DataFrame]]:
-    chunks = []
-    order = {kind: frame.sort_values("project_id", kind="stable") for kind, frame in facts.frames.items()}
-    for start in range(0, len(project_ids), size):
-        ids = project_ids[start:start + size]
-        chunks.append({kind: frame[frame["project_id"].isin(ids)] for kind, frame in order.items()})
-    return chunks
+def _split(frames: dict[str, pd.DataFrame], ids: np.ndarray, size: int, workers: int) -> list[dict[str, pd.DataFrame]]:
+    # Several chunks per worker, so both cores stay busy and progress moves.
+    size = max(1, min(size, -(-len(ids) // max(1, workers * 4))))
+    return split_by_project(frames, ids, size)
 
 
 def _chunk_projects(chunk: dict[str, pd.DataFrame]) -> np.ndarray:
-    return np.unique(chunk["project"]["project_id"].to_numpy())
+    return project_ids(chunk)
 
 
 def evaluate(policies: PolicySet, facts: Facts, *, workers: int = 1, prefilter: bool = True,
@@ -129,12 +112,12 @@ def evaluate(policies: PolicySet, facts: Facts, *, workers: int = 1, prefilter: 
     workers=0 evaluates in this process (no crash isolation; for debugging)."""
     global _DRIVER_PID
     _DRIVER_PID = os.getpid()
-    all_ids = np.sort(facts.frames["project"]["project_id"].to_numpy().astype(str))
-    ids = np.sort(candidate_projects(policies, facts).astype(str)) if prefilter else all_ids
+    frames = candidate_facts(policies, facts.frames) if prefilter else facts.frames
+    ids = project_ids(frames)
     ruleset = to_ruleset(policies)
-    chunks = _split(facts, ids, chunk_projects)
+    chunks = _split(frames, ids, chunk_projects, workers)
     firings: list[tuple[str, str]] = []
-    result = Evaluation(pd.DataFrame(columns=["policy_id", "fact_id"]), len(all_ids), len(ids))
+    result = Evaluation(pd.DataFrame(columns=["policy_id", "fact_id"]), len(facts.frames["project"]), len(ids))
     done = 0
     if workers <= 0:
         _init_worker(ruleset)
@@ -178,6 +161,7 @@ def evaluate(policies: PolicySet, facts: Facts, *, workers: int = 1, prefilter: 
                     pending.append({k: f[f["project_id"].isin(part)] for k, f in chunk.items()})
     frame = pd.DataFrame(firings, columns=["policy_id", "fact_id"]).drop_duplicates()
     result.firings = frame.sort_values(["policy_id", "fact_id"], kind="stable").reset_index(drop=True)
+    result.fired_rows = fired_rows(frames, result.firings)
     result.not_evaluated.sort()
     return result
 

@@ -1,0 +1,222 @@
+"""The pre-filter never changes a decision.
+
+Only facts that satisfy some policy's pandas mask go to durable-rules
+(processor.partition). These differential tests run the same facts through
+durable-rules twice, once every fact of every project and once pre-filtered,
+and require identical firings and decisions: on generated nights, on facts
+hypothesis makes up in the vocabulary's words, and under policy thresholds
+hypothesis makes up.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import re
+
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from processor.decide import make_decisions
+from processor.evaluate import evaluate
+from processor.export import read_export
+from processor.facts import Facts, build_facts
+from processor.generate import generate_export
+from processor.partition import candidate_facts, engine_records, project_ids, single_fact_rules, split_by_project
+from processor.run import decide_night
+from rules.document import PolicyError, load_policies, parse_policies
+from rules.vocabulary import FACT_KINDS, HOLD_REASONS, MILESTONE_STATUSES
+
+from conftest import POLICIES
+
+AS_OF = dt.date(2026, 11, 24)
+
+
+def both_ways(policies, facts: Facts):
+    """(firings without the pre-filter, firings with it), both through durable-rules in this process."""
+    every = evaluate(policies, facts, workers=0, prefilter=False)
+    filtered = evaluate(policies, facts, workers=0, prefilter=True)
+    assert every.not_evaluated == filtered.not_evaluated == []
+    return every, filtered
+
+
+@pytest.fixture(scope="module")
+def generated_night(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("night") / "export"
+    generate_export(directory, projects=3_000, seed=11, as_of=AS_OF, fmt="parquet")
+    return read_export(directory)
+
+
+@pytest.fixture(scope="module")
+def generated_facts(generated_night):
+    return build_facts(generated_night.tables, AS_OF)
+
+
+# ---------------------------------------------------------------- generated nights
+
+
+def test_the_shipped_policies_each_read_one_fact_so_a_per_fact_cut_is_exact():
+    assert single_fact_rules(load_policies(POLICIES))
+
+
+def test_a_generated_night_gets_the_same_decisions_with_and_without_the_prefilter(generated_night):
+    policies = load_policies(POLICIES)
+    with_all, ev_all, _ = decide_night(policies, generated_night, AS_OF, workers=0, prefilter=False)
+    with_cut, ev_cut, _ = decide_night(policies, generated_night, AS_OF, workers=0, prefilter=True)
+    assert len(with_all) > 100 and with_all["policy_id"].nunique() >= 10  # a night with something in it
+    pd.testing.assert_frame_equal(ev_all.firings, ev_cut.firings)
+    pd.testing.assert_frame_equal(with_all, with_cut)
+    assert ev_cut.projects_sent < ev_all.projects_sent == len(generated_night.tables["projects"])
+
+
+def test_worker_processes_and_the_prefilter_together_change_nothing(generated_night):
+    policies = load_policies(POLICIES)
+    alone, _, _ = decide_night(policies, generated_night, AS_OF, workers=0, prefilter=False)
+    parallel, _, _ = decide_night(policies, generated_night, AS_OF, workers=2, prefilter=True)
+    pd.testing.assert_frame_equal(alone, parallel)
+
+
+def test_a_csv_night_of_another_seed_agrees_too(tmp_path):
+    generate_export(tmp_path / "csv", projects=1_500, seed=12, as_of=AS_OF, fmt="csv")
+    export = read_export(tmp_path / "csv")
+    policies = load_policies(POLICIES)
+    with_all, _, _ = decide_night(policies, export, AS_OF, workers=0, prefilter=False)
+    with_cut, _, _ = decide_night(policies, export, AS_OF, workers=0, prefilter=True)
+    pd.testing.assert_frame_equal(with_all, with_cut)
+
+
+def test_parts_keep_each_projects_facts_together_and_lose_none(generated_facts):
+    frames = candidate_facts(load_policies(POLICIES), generated_facts.frames)
+    ids = project_ids(frames)
+    parts = split_by_project(frames, ids, 97)
+    assert len(parts) == -(-len(ids) // 97)
+    for kind, frame in frames.items():
+        assert sum(len(p[kind]) for p in parts) == len(frame)
+    seen = [set(project_ids(p)) for p in parts]
+    assert sum(len(s) for s in seen) == len(ids)  # no project in two parts
+    records = [r for p in parts for project in engine_records(p) for r in project]
+    assert len({r["id"] for r in records}) == len(records) == sum(len(f) for f in frames.values())
+
+
+# ---------------------------------------------------------------- facts hypothesis makes up
+
+WORDS = {
+    "project_status": ["active", "on_hold", "closed"],
+    "hold_reason": ["none", *HOLD_REASONS],
+    "talent_decision": ["none", "wait", "close", "continue", "halt"],
+    "area": ["development", "design"],
+    "client_status": ["active", "rejected", "none"],
+    "talent_status": ["active", "rejected", "none"],
+    "user_status": ["active", "rejected", "none"],
+    "party": ["client", "talent"],
+    "milestone_status": list(MILESTONE_STATUSES),
+    "invoice_status": ["open", "paid", "void"],
+}
+NUMBERS = {
+    "days_on_hold": st.integers(0, 40),
+    "most_days_overdue": st.integers(0, 40),
+    "unanswered_attempts": st.integers(0, 6),
+    "days_since_oldest_unanswered": st.integers(0, 20),
+    "unanswered_by_project_success": st.integers(0, 4),
+    "amount_cents": st.integers(0, 10 ** 9),
+    "escrow_gap_cents": st.one_of(st.just(0), st.integers(0, 10 ** 6)),
+    "days_overdue": st.integers(-10, 40),
+}
+COMMON = ("project_status", "hold_reason", "talent_decision", "area", "days_on_hold")
+
+
+def _value(field: str, kind: str):
+    if field in WORDS:
+        return st.sampled_from(WORDS[field])
+    if field in NUMBERS:
+        return NUMBERS[field]
+    assert FACT_KINDS[kind][field][0] == "yes/no", field  # a new field: give it a domain above
+    return st.booleans()
+
+
+def _fact(kind: str):
+    own = [f for f in FACT_KINDS[kind] if f not in COMMON and not f.endswith("_id") and f != "party"]
+    return st.fixed_dictionaries({f: _value(f, kind) for f in own})
+
+
+project_strategy = st.fixed_dictionaries({
+    **{f: _value(f, "project") for f in COMMON},
+    "project": _fact("project"),
+    "client": _fact("party"),
+    "talent": _fact("party"),
+    "milestones": st.lists(_fact("milestone"), max_size=3),
+    "invoices": st.lists(_fact("invoice"), max_size=3),
+})
+
+
+def facts_from(projects: list[dict]) -> Facts:
+    rows = {kind: [] for kind in FACT_KINDS}
+    for i, p in enumerate(projects):
+        pid = f"P{i:04d}"
+        common = {"project_id": pid, **{f: p[f] for f in COMMON}}
+        rows["project"].append({**common, **p["project"], "fact_id": f"project:{pid}"})
+        for party in ("client", "talent"):
+            rows["party"].append({**common, **p[party], "party": party, "user_id": f"{party[0].upper()}{i:04d}",
+                                  "fact_id": f"party:{pid}:{party}"})
+        for j, m in enumerate(p["milestones"]):
+            rows["milestone"].append({**common, **m, "milestone_id": f"M{i:04d}{j}", "fact_id": f"milestone:M{i:04d}{j}"})
+        for j, inv in enumerate(p["invoices"]):
+            rows["invoice"].append({**common, **inv, "invoice_id": f"I{i:04d}{j}", "milestone_id": f"M{i:04d}0",
+                                    "fact_id": f"invoice:I{i:04d}{j}"})
+    frames = {kind: pd.DataFrame(r, columns=[*FACT_KINDS[kind], "fact_id"]) for kind, r in rows.items()}
+    empty = pd.DataFrame()
+    return Facts(AS_OF, frames, empty, empty, empty, empty)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(st.lists(project_strategy, min_size=1, max_size=12))
+def test_made_up_facts_fire_the_same_rules_with_and_without_the_prefilter(projects):
+    policies = load_policies(POLICIES)
+    every, filtered = both_ways(policies, facts_from(projects))
+    pd.testing.assert_frame_equal(every.firings, filtered.firings)
+
+
+# ---------------------------------------------------------------- thresholds hypothesis makes up
+
+POLICY_TEXT = POLICIES.read_text(encoding="utf-8")
+THRESHOLDS = {k: v for k, v in load_policies(POLICIES).thresholds.items()
+              if isinstance(v, int) and not isinstance(v, bool) and k != "top_shaker_default_max_active_projects"}
+
+
+def with_thresholds(values: dict[str, int]):
+    text = POLICY_TEXT
+    for name, value in values.items():
+        text, n = re.subn(rf"^(\s+{re.escape(name)}:\s*)-?\d+", rf"\g<1>{value}", text, count=1, flags=re.M)
+        assert n == 1, name
+    return parse_policies(text, "policies.yaml")
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(st.fixed_dictionaries({name: st.integers(0, 2 * default + 3) for name, default in THRESHOLDS.items()}))
+def test_made_up_thresholds_change_nothing_the_prefilter_could_see(generated_facts, thresholds):
+    try:
+        policies = with_thresholds(thresholds)
+    except PolicyError:  # a combination the checker refuses is not a policy anyone can run
+        return
+    sample = set(project_ids({"project": generated_facts.frames["project"]})[:400])
+    facts = Facts(AS_OF, {k: f[f["project_id"].isin(sample)] for k, f in generated_facts.frames.items()},
+                  generated_facts.projects[generated_facts.projects["project_id"].isin(sample)],
+                  generated_facts.milestones[generated_facts.milestones["project_id"].isin(sample)],
+                  generated_facts.invoices[generated_facts.invoices["project_id"].isin(sample)],
+                  generated_facts.users)
+    every, filtered = both_ways(policies, facts)
+    pd.testing.assert_frame_equal(every.firings, filtered.firings)
+    pd.testing.assert_frame_equal(make_decisions(policies, every.firings, facts),
+                                  make_decisions(policies, filtered.firings, facts, fired_rows=filtered.fired_rows))
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(st.fixed_dictionaries({name: st.integers(0, 2 * default + 3) for name, default in THRESHOLDS.items()}),
+       st.lists(project_strategy, min_size=1, max_size=8))
+def test_made_up_thresholds_on_made_up_facts(thresholds, projects):
+    try:
+        policies = with_thresholds(thresholds)
+    except PolicyError:
+        return
+    every, filtered = both_ways(policies, facts_from(projects))
+    pd.testing.assert_frame_equal(every.firings, filtered.firings)
