@@ -8,6 +8,8 @@ order, exactly as SPEC §3 says.
 """
 from __future__ import annotations
 
+import dataclasses
+import heapq
 import json
 from decimal import Decimal
 
@@ -109,16 +111,39 @@ def _expand(policy: Policy, spec: ActionSpec, base: pd.DataFrame, facts: Facts) 
     })
 
 
-def make_decisions(policies: PolicySet, firings: pd.DataFrame, facts: Facts) -> pd.DataFrame:
-    """Decision rows (without run_id/as_of/state), sorted deterministically."""
+def _fired_context(firings: pd.DataFrame, facts: Facts, fired_rows: dict[str, pd.Index] | None = None) -> Facts:
+    """The facts that fired and the context of their projects only: every merge below then
+    touches the night's few fired projects, not all of them.
+
+    fired_rows (from the evaluation) names the fired facts' rows; without it they are found by id."""
+    if fired_rows is not None:
+        frames = {kind: frame.loc[fired_rows.get(kind, frame.index[:0])] for kind, frame in facts.frames.items()}
+    else:
+        fired = pd.Index(firings["fact_id"].unique())
+        frames = {kind: frame[frame["fact_id"].isin(fired)] for kind, frame in facts.frames.items()}
+    ids = pd.Index(pd.unique(np.concatenate([f["project_id"].to_numpy(dtype=object) for f in frames.values()])))
+    return dataclasses.replace(
+        facts, frames=frames,
+        projects=facts.projects[facts.projects["project_id"].isin(ids)],
+        milestones=facts.milestones[facts.milestones["project_id"].isin(ids)],
+        invoices=facts.invoices[facts.invoices["project_id"].isin(ids)],
+    )
+
+
+def make_decisions(policies: PolicySet, firings: pd.DataFrame, facts: Facts,
+                   fired_rows: dict[str, pd.Index] | None = None) -> pd.DataFrame:
+    """Decision rows (without run_id/as_of/state), sorted deterministically.
+
+    fired_rows: Evaluation.fired_rows, when the caller has it (a shortcut, same result)."""
     parts = []
+    context = _fired_context(firings, facts, fired_rows)
     for policy in policies.policies:
         fired = firings.loc[firings["policy_id"] == policy.id, "fact_id"]
         if fired.empty:
             continue
-        base = _fired_frame(policy, fired, facts)
+        base = _fired_frame(policy, fired, context)
         for order, spec in enumerate(policy.then):
-            part = _expand(policy, spec, base, facts)
+            part = _expand(policy, spec, base, context)
             parts.append(part.assign(_order=order))
     if not parts:
         return pd.DataFrame(columns=[c for c in DECISION_COLUMNS if c not in ("run_id", "as_of", "state")])
@@ -151,22 +176,38 @@ def choose_top_shakers(needs: pd.DataFrame, pool: pd.DataFrame) -> dict[str, str
     chosen: dict[str, str | None] = {}
     if needs.empty:
         return chosen
-    areas_of = {u: set(a.split(";")) - {""} for u, a in zip(pool["user_id"], pool["areas"])}
     rating = dict(zip(pool["user_id"], pool["rating"]))
     load = dict(zip(pool["user_id"], pool["load"]))
     capacity = dict(zip(pool["user_id"], pool["capacity"]))
-    by_area: dict[str, list[str]] = {}
-    for user, areas in areas_of.items():
-        for area in areas:
-            by_area.setdefault(area.strip(), []).append(user)
+    # Per area a heap of (-rating, load, user_id): its top is the best Top Shaker once stale
+    # entries (whose load grew since they were pushed) are refreshed on the way, so each
+    # choice costs a few heap steps, not a scan of the area's whole pool.
+    by_area: dict[str, list[tuple[float, int, str]]] = {}
+    for user, areas in zip(pool["user_id"], pool["areas"]):
+        if load[user] < capacity[user]:
+            for area in set(areas.split(";")) - {""}:
+                by_area.setdefault(area.strip(), []).append((-rating[user], load[user], user))
+    for heap in by_area.values():
+        heapq.heapify(heap)
     for project_id, area, absent in sorted(zip(needs["project_id"], needs["area"], needs["talent_id"]), key=lambda r: str(r[0])):
-        candidates = [u for u in by_area.get(area, ()) if u != absent and load[u] < capacity[u]]
-        if not candidates:
-            chosen[project_id] = None
-            continue
-        best = min(candidates, key=lambda u: (-rating[u], load[u], u))
-        load[best] += 1
+        heap = by_area.get(area, [])
+        best, set_aside = None, []
+        while heap:
+            neg_rating, pushed_load, user = heap[0]
+            if load[user] >= capacity[user]:
+                heapq.heappop(heap)  # full for the rest of the night: loads only grow
+            elif pushed_load != load[user]:
+                heapq.heapreplace(heap, (neg_rating, load[user], user))
+            elif user == absent:
+                set_aside.append(heapq.heappop(heap))
+            else:
+                best = user
+                break
+        for entry in set_aside:
+            heapq.heappush(heap, entry)
         chosen[project_id] = best
+        if best is not None:
+            load[best] += 1
     return chosen
 
 

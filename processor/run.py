@@ -63,7 +63,7 @@ def decide_night(policies: PolicySet, export: Export, as_of: dt.date, *, workers
     timings["engine"] = time.perf_counter() - t
     say(f"durable-rules evaluated {ev.projects_sent:,} candidate projects ({len(ev.firings):,} firings)")
     t = time.perf_counter()
-    decisions = make_decisions(policies, ev.firings, facts)
+    decisions = make_decisions(policies, ev.firings, facts, fired_rows=ev.fired_rows)
     timings["decide"] = time.perf_counter() - t
     return decisions, ev, facts
 
