@@ -64,6 +64,12 @@ def write_csv(path: str | Path, frame: pd.DataFrame):
 
 def write_jsonl(path: str | Path, frame: pd.DataFrame, json_columns=()):
     """One JSON object per row; columns named in json_columns hold JSON text and are embedded as objects."""
+    lines = _json_lines(frame, tuple(json_columns))
+    if lines is not None:
+        with atomic_path(path) as tmp:
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.writelines(lines)
+        return
     records = frame.to_dict("records")
     with atomic_path(path) as tmp:
         with open(tmp, "w", encoding="utf-8") as f:
@@ -71,3 +77,37 @@ def write_jsonl(path: str | Path, frame: pd.DataFrame, json_columns=()):
                 for c in json_columns:
                     r[c] = json.loads(r[c]) if r[c] else None
                 f.write(json.dumps(r, sort_keys=False, default=str) + "\n")
+
+
+def _json_lines(frame: pd.DataFrame, json_columns: tuple[str, ...]) -> list[str] | None:
+    """The rows as JSON lines, built column-wise (pandas' encoder, no loop over rows in Python).
+
+    Only for frames of text columns (what decisions are); None otherwise, and the caller
+    encodes row by row. Keys keep the frame's column order; JSON columns are embedded as is."""
+    plain = [c for c in frame.columns if c not in json_columns]
+    if frame.empty or not all(pd.api.types.is_string_dtype(frame[c]) for c in plain):
+        return None if not frame.empty else []
+    pieces: list[pd.Series] = []
+    segment: list[str] = []
+
+    def flush():
+        if segment:
+            text = frame[segment].to_json(orient="records", lines=True, force_ascii=True)
+            # pandas escapes every "/" as "\/" (valid JSON, but noisy); a "\/" is always that escape.
+            inner = pd.Series(text.rstrip("\n").split("\n"), index=frame.index).str.slice(1, -1).str.replace("\\/", "/", regex=False)
+            pieces.append(inner)
+            segment.clear()
+
+    for c in frame.columns:
+        if c in json_columns:
+            flush()
+            raw = frame[c].astype(object)
+            embedded = raw.where(raw.notna() & (raw != ""), "null").astype(str)
+            pieces.append(f'"{c}":' + embedded)
+        else:
+            segment.append(c)
+    flush()
+    body = pieces[0]
+    for p in pieces[1:]:
+        body = body + "," + p
+    return ("{" + body + "}\n").tolist()

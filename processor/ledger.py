@@ -24,7 +24,6 @@ from processor.killpoints import kill_point
 # resolved one can be listed with the same columns the night after.
 DETAIL_COLUMNS = [c for c in DECISION_COLUMNS if c not in ("run_id", "as_of", "state")]
 
-
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     as_of TEXT PRIMARY KEY,
@@ -70,7 +69,12 @@ def default_ledger_path() -> Path:
 def decision_keys(decisions: pd.DataFrame) -> pd.Series:
     if decisions.empty:
         return pd.Series([], dtype=object)
-    return decisions[KEY_COLUMNS].astype(str).agg("|".join, axis=1)
+    # Column-wise concatenation: the same text as "|".join per row, without a loop over rows.
+    cols = [decisions[c].astype(str).astype(object) for c in KEY_COLUMNS]
+    keys = cols[0]
+    for c in cols[1:]:
+        keys = keys + "|" + c
+    return keys
 
 
 class Ledger:
@@ -84,7 +88,6 @@ class Ledger:
         # Ledgers made before decisions kept their full row (needed to list them once resolved).
         if "detail" not in {r[1] for r in self.db.execute("PRAGMA table_info(decision_nights)")}:
             self.db.execute("ALTER TABLE decision_nights ADD COLUMN detail TEXT NOT NULL DEFAULT ''")
-
 
     def close(self):
         self.db.close()
