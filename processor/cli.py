@@ -77,10 +77,13 @@ DAY = Day()
 
 
 def progress_printer(quiet: bool):
-    """Phase messages on stderr when someone is watching; silence under cron unless asked."""
+    """Phase lines on stderr, and a bar for the engine when stderr is a terminal (processor.progress);
+    under cron one plain line per phase. Nothing with --quiet."""
     if quiet:
         return None
-    return lambda msg: err(f"  · {msg}")
+    from processor.progress import Progress
+
+    return Progress(sys.stderr)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -110,19 +113,25 @@ def main():
 @click.option("--workers", type=click.IntRange(0, 64), default=None,
               help="Engine worker processes (default: the machine's cores; 0 = in this process, no crash isolation).")
 @click.option("--no-prefilter", is_flag=True, help="Send every project through durable-rules, not only candidates (slower; same decisions).")
+@click.option("--engine", type=click.Choice(["local", "dask"]), default="local", show_default=True,
+              help="Where durable-rules runs: worker processes on this machine, or a Dask cluster's workers.")
+@click.option("--scheduler", metavar="ADDRESS", default=None,
+              help="With --engine dask: the Dask scheduler, e.g. tcp://10.0.0.5:8786. Default: a local cluster started for the run.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only the final summary line.")
 @guarded
-def run(export_dir, as_of, policies_path, out_dir, ledger_path, workers, no_prefilter, quiet):
+def run(export_dir, as_of, policies_path, out_dir, ledger_path, workers, no_prefilter, engine, scheduler, quiet):
     """Evaluate one night's export and write decisions.csv, decisions.jsonl, rejects.csv and summary.json."""
     from processor.ledger import default_ledger_path
     from processor.lock import LedgerLock
     from processor.run import run_night
 
+    if scheduler and engine != "dask":
+        raise click.UsageError("--scheduler only makes sense with --engine dask")
     ledger_path = ledger_path or default_ledger_path()
     with LedgerLock(ledger_path, command="shakers-rules run", say=err):  # one run at a time per ledger (exit 6)
         result = run_night(export_dir, policies_path=policies_path, as_of=as_of, out_dir=out_dir, ledger_path=ledger_path,
                            workers=(os.cpu_count() or 1) if workers is None else workers, prefilter=not no_prefilter,
-                           progress=progress_printer(quiet))
+                           progress=progress_printer(quiet), engine=engine, scheduler=scheduler)
     print_summary(result, quiet)
     sys.exit(result.exit_code)
 

@@ -21,6 +21,7 @@ from processor.evaluate import Evaluation, evaluate
 from processor.export import Export, read_export
 from processor.facts import Facts, build_facts
 from processor.ledger import Ledger, default_ledger_path
+from processor.progress import counter_of
 
 REJECT_COLUMNS = ["table", "row", "record_id", "column", "value", "reason"]
 
@@ -50,8 +51,12 @@ def resolve_as_of(export: Export, as_of: dt.date | None) -> dt.date:
 
 
 def decide_night(policies: PolicySet, export: Export, as_of: dt.date, *, workers: int = 1, prefilter: bool = True,
-                 progress: Callable[[str], None] | None = None, timings: dict | None = None) -> tuple[pd.DataFrame, Evaluation, Facts]:
-    """The night's decisions (without run_id/as_of/state): nothing is written anywhere."""
+                 progress: Callable[[str], None] | None = None, timings: dict | None = None,
+                 engine: str = "local", scheduler: str | None = None) -> tuple[pd.DataFrame, Evaluation, Facts]:
+    """The night's decisions (without run_id/as_of/state): nothing is written anywhere.
+
+    engine "local": durable-rules in `workers` processes here; "dask": in a Dask cluster's
+    workers (`scheduler` address, else a local cluster), see processor.dask_engine."""
     timings = {} if timings is None else timings
     say = progress or (lambda _msg: None)
     t = time.perf_counter()
@@ -59,18 +64,27 @@ def decide_night(policies: PolicySet, export: Export, as_of: dt.date, *, workers
     timings["facts"] = time.perf_counter() - t
     say(f"facts built for {len(facts.frames['project']):,} projects")
     t = time.perf_counter()
-    ev = evaluate(policies, facts, workers=workers, prefilter=prefilter)
+    counter = counter_of(progress, "durable-rules")
+    if engine == "dask":
+        from processor.dask_engine import evaluate_on_dask
+
+        ev = evaluate_on_dask(policies, facts, scheduler=scheduler, prefilter=prefilter, progress=counter,
+                              workers=workers if workers > 0 else 2)
+    else:
+        ev = evaluate(policies, facts, workers=workers, prefilter=prefilter, progress=counter)
     timings["engine"] = time.perf_counter() - t
     say(f"durable-rules evaluated {ev.projects_sent:,} candidate projects ({len(ev.firings):,} firings)")
     t = time.perf_counter()
     decisions = make_decisions(policies, ev.firings, facts, fired_rows=ev.fired_rows)
     timings["decide"] = time.perf_counter() - t
+    say(f"{len(decisions):,} decisions made")
     return decisions, ev, facts
 
 
 def run_night(export_dir: str | Path, *, policies_path: str | Path = "policies.yaml", as_of: dt.date | None = None,
               out_dir: str | Path | None = None, ledger_path: str | Path | None = None, workers: int = 1,
-              prefilter: bool = True, progress: Callable[[str], None] | None = None) -> NightResult:
+              prefilter: bool = True, progress: Callable[[str], None] | None = None,
+              engine: str = "local", scheduler: str | None = None) -> NightResult:
     """Evaluate one night and write its outputs. Raises PolicyError (exit 3) or InvalidExport (exit 4)."""
     say = progress or (lambda _msg: None)
     timings: dict[str, float] = {}
@@ -87,7 +101,7 @@ def run_night(export_dir: str | Path, *, policies_path: str | Path = "policies.y
     out = Path(out_dir) if out_dir else Path("runs") / as_of.isoformat()
     files.remove_partials(out)  # temporary files of a run that was killed while writing
     decisions, ev, facts = decide_night(policies, export, as_of, workers=workers, prefilter=prefilter,
-                                        progress=progress, timings=timings)
+                                        progress=progress, timings=timings, engine=engine, scheduler=scheduler)
 
     t = time.perf_counter()
     with Ledger(ledger_path or default_ledger_path()) as ledger:
@@ -105,6 +119,7 @@ def run_night(export_dir: str | Path, *, policies_path: str | Path = "policies.y
         files.write_csv(out / "rejects.csv", rejects)
         files.write_csv(out / "resolved.csv", resolved)
         timings["write"] = time.perf_counter() - t
+        say(f"decisions, rejects and resolved written to {out}")
         timings["total"] = time.perf_counter() - started
         summary = make_summary(run_id, as_of, export, policies, decisions, ev, timings, out)
         summary["decisions"]["resolved"] = int(len(resolved))
@@ -114,10 +129,17 @@ def run_night(export_dir: str | Path, *, policies_path: str | Path = "policies.y
         t = time.perf_counter()
         ledger.record_night(as_of, run_id, policies.sha256, str(out), decisions, resolved=resolved)
         timings["ledger"] += time.perf_counter() - t
+        say("ledger updated")
         # Reports to Project Success (SPEC §6): outbox, delivery, report.html; summary.json gains `reports`.
         from processor.reports import publish_night
+        t = time.perf_counter()
         published = publish_night(out, as_of, run_id, decisions, rejects, facts, summary, ledger, progress=progress,
                                   descriptions={p.id: p.description for p in policies.policies})
+        timings["reports"] = time.perf_counter() - t
+        timings["total"] = time.perf_counter() - started
+        # The final timings (ledger and reports included) replace the ones written before them.
+        summary["timings_seconds"] = {k: round(v, 3) for k, v in timings.items()}
+        files.write_json(out / "summary.json", summary)
     exit_code = 1 if ev.not_evaluated else 5 if published.undelivered else 0
     return NightResult(out, run_id, as_of, decisions, rejects, summary, ev, exit_code, timings, resolved=resolved)
 

@@ -1,0 +1,128 @@
+"""The engine phase on a Dask cluster (`shakers-rules run --engine dask`).
+
+What runs where:
+
+* on the driver (the `shakers-rules run` process): reading and checking the
+  export, the facts, the pre-filter (processor.partition), cutting the
+  candidate facts into parts by project id, and — once the firings are
+  gathered — decisions, Top Shaker choice, ledger, files and reports;
+* on the workers: durable-rules. Each part (every fact of its projects that
+  could fire) is evaluated by one PolicyEngine per worker process, one
+  project at a time, inside the envelope of DURABLE_RULES.md.
+
+Without a scheduler address a LocalCluster of worker processes is started on
+127.0.0.1 (two processes, one thread each, no dashboard) and shut down after.
+With `--scheduler tcp://host:8786` the parts go to that cluster; its workers
+need shakers-rules installed (same version as the driver).
+
+A worker killed by a crash of durable-rules' C core is noticed by Dask; when
+Dask gives up on a part (KilledWorker) the part is split in halves and sent
+again, down to a single project, which is then reported as not evaluated —
+never silently dropped.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import threading
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
+import pandas as pd
+
+from rules.compile import to_ruleset
+from rules.document import PolicySet
+from rules.engine import PolicyEngine
+
+from processor.evaluate import CRASH_HOOK_ENV, Evaluation
+from processor.facts import Facts
+from processor.partition import candidate_facts, fired_rows, iter_firings, project_ids, split_by_project
+
+PARTS_PER_WORKER = 4
+LOCAL_WORKERS = 2
+
+# -- worker side ---------------------------------------------------------------
+_ENGINES: dict[str, PolicyEngine] = {}
+_ENGINE_LOCK = threading.Lock()  # durable-rules is per-process state; a worker with threads takes turns
+
+
+def _evaluate_part(part: dict[str, pd.DataFrame], ruleset_json: str, ruleset_key: str) -> list[tuple[str, str]]:
+    """Runs in a Dask worker: the (policy id, fact id) pairs that fired for this part's facts."""
+    with _ENGINE_LOCK:
+        engine = _ENGINES.get(ruleset_key)
+        if engine is None:
+            _ENGINES.clear()  # a new policies file: the old engine goes
+            engine = _ENGINES[ruleset_key] = PolicyEngine(json.loads(ruleset_json))
+        return list(iter_firings(engine, part, crash_on=os.environ.get(CRASH_HOOK_ENV)))
+
+
+# -- driver side ---------------------------------------------------------------
+@contextmanager
+def dask_client(scheduler: str | None = None, *, workers: int = LOCAL_WORKERS) -> Iterator:
+    """A distributed Client: to `scheduler` when given, else to a LocalCluster started for the run."""
+    from distributed import Client, LocalCluster
+
+    if scheduler:
+        with Client(scheduler, timeout="30s") as client:
+            yield client
+        return
+    import dask
+
+    # A part whose worker died is split at once (see evaluate_on_dask), not retried whole.
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0,
+                          "logging.distributed": "error"}):
+        # No dashboard; the scheduler's small HTTP server (health checks) on any free port, not 8787.
+        with LocalCluster(n_workers=max(1, workers), threads_per_worker=1, processes=True, dashboard_address=None,
+                          scheduler_kwargs={"dashboard_address": "127.0.0.1:0"}, host="127.0.0.1",
+                          silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
+            yield client
+
+
+def evaluate_on_dask(policies: PolicySet, facts: Facts, *, scheduler: str | None = None, prefilter: bool = True,
+                     workers: int = LOCAL_WORKERS, parts_per_worker: int = PARTS_PER_WORKER,
+                     progress: Callable[[int, int], None] | None = None) -> Evaluation:
+    """Like processor.evaluate.evaluate, with durable-rules running in a Dask cluster's workers."""
+    from distributed import as_completed
+    from distributed.scheduler import KilledWorker
+
+    frames = candidate_facts(policies, facts.frames) if prefilter else facts.frames
+    ids = project_ids(frames)
+    result = Evaluation(pd.DataFrame(columns=["policy_id", "fact_id"]), len(facts.frames["project"]), len(ids))
+    ruleset_json = json.dumps(to_ruleset(policies), sort_keys=True)
+    key = hashlib.sha256(ruleset_json.encode()).hexdigest()[:16]
+    firings: list[tuple[str, str]] = []
+    done = 0
+    with dask_client(scheduler, workers=workers) as client:
+        n_workers = max(1, len(client.scheduler_info().get("workers", {})))
+        size = max(1, -(-len(ids) // (n_workers * parts_per_worker)))
+        pending = split_by_project(frames, ids, size) if len(ids) else []
+        while pending:
+            futures = {client.submit(_evaluate_part, part, ruleset_json, key, pure=False): part for part in pending}
+            pending = []
+            crashed = False
+            for future in as_completed(futures):
+                part = futures[future]
+                try:
+                    firings.extend(future.result())
+                    done += len(project_ids(part))
+                    if progress:
+                        progress(done, len(ids))
+                except KilledWorker:
+                    crashed = True
+                    pids = project_ids(part)
+                    if len(pids) == 1:
+                        # Alone, and it still kills its worker: say so, do not guess.
+                        result.not_evaluated.append(str(pids[0]))
+                        done += 1
+                        continue
+                    half = len(pids) // 2
+                    pending += [split_by_project(part, pids[:half], half)[0], split_by_project(part, pids[half:], len(pids) - half)[0]]
+            if crashed:
+                result.worker_crashes += 1
+    frame = pd.DataFrame(firings, columns=["policy_id", "fact_id"]).drop_duplicates()
+    result.firings = frame.sort_values(["policy_id", "fact_id"], kind="stable").reset_index(drop=True)
+    result.fired_rows = fired_rows(frames, result.firings)
+    result.not_evaluated.sort()
+    return result

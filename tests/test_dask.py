@@ -1,0 +1,86 @@
+"""`--engine dask` decides exactly what the local engine decides.
+
+A small generated night goes through durable-rules twice: in local worker
+processes, and in the workers of a Dask LocalCluster (two processes, one
+thread each). Decisions, firings and what each engine reports must match.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import pandas as pd
+import pytest
+
+from processor.dask_engine import dask_client, evaluate_on_dask
+from processor.evaluate import CRASH_HOOK_ENV
+from processor.export import read_export
+from processor.facts import build_facts
+from processor.generate import generate_export
+from processor.run import decide_night, run_night
+from rules.document import load_policies
+
+from conftest import POLICIES
+
+AS_OF = dt.date(2026, 11, 24)
+
+
+@pytest.fixture(scope="module")
+def night(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("dask") / "export"
+    generate_export(directory, projects=1_500, seed=21, as_of=AS_OF, fmt="parquet")
+    return directory
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """One local cluster for the module's tests that share it (starting one takes seconds)."""
+    with dask_client(None, workers=2) as client:
+        yield client.scheduler.address
+
+
+def test_a_night_on_a_local_dask_cluster_gets_the_local_engines_decisions(night):
+    policies = load_policies(POLICIES)
+    export = read_export(night)
+    local, ev_local, _ = decide_night(policies, export, AS_OF, workers=2)
+    on_dask, ev_dask, _ = decide_night(policies, export, AS_OF, engine="dask")
+    assert len(local) > 50
+    pd.testing.assert_frame_equal(ev_local.firings, ev_dask.firings)
+    pd.testing.assert_frame_equal(local, on_dask)
+    assert ev_dask.projects_sent == ev_local.projects_sent
+    assert ev_dask.not_evaluated == [] and ev_dask.worker_crashes == 0
+
+
+def test_a_scheduler_address_sends_the_work_to_that_cluster(night, cluster):
+    policies = load_policies(POLICIES)
+    facts = build_facts(read_export(night).tables, AS_OF)
+    seen = []
+    ev = evaluate_on_dask(policies, facts, scheduler=cluster, progress=lambda done, total: seen.append((done, total)))
+    every = evaluate_on_dask(policies, facts, scheduler=cluster, prefilter=False)
+    pd.testing.assert_frame_equal(ev.firings, every.firings)
+    assert seen and seen[-1][0] == seen[-1][1] == ev.projects_sent
+    assert set(ev.fired_rows) == set(facts.frames)
+
+
+def test_the_whole_run_with_the_dask_engine_writes_the_same_decisions(night, cluster, tmp_path):
+    kw = dict(policies_path=POLICIES, as_of=AS_OF, ledger_path=tmp_path / "ledger.sqlite")
+    local = run_night(night, out_dir=tmp_path / "local", workers=1, **kw)
+    on_dask = run_night(night, out_dir=tmp_path / "dask", engine="dask", scheduler=cluster, **{**kw, "ledger_path": tmp_path / "l2.sqlite"})
+    assert (tmp_path / "local" / "decisions.csv").read_text() == (tmp_path / "dask" / "decisions.csv").read_text()
+    assert on_dask.summary["engine"]["sent_to_engine"] == local.summary["engine"]["sent_to_engine"]
+
+
+def test_a_project_that_kills_its_dask_worker_is_reported_not_dropped(night, monkeypatch):
+    from processor.evaluate import evaluate
+
+    policies = load_policies(POLICIES)
+    facts = build_facts(read_export(night).tables, AS_OF)
+    reference = evaluate(policies, facts, workers=0)
+    fired = pd.concat([f.loc[f["fact_id"].isin(reference.firings["fact_id"]), ["fact_id", "project_id"]]
+                       for f in facts.frames.values()])
+    victim = sorted(fired["project_id"])[0]
+    # Read by the workers, which the local cluster started below inherit.
+    monkeypatch.setenv(CRASH_HOOK_ENV, victim)
+    ev = evaluate_on_dask(policies, facts, workers=2, parts_per_worker=2)
+    assert ev.not_evaluated == [victim]
+    assert ev.worker_crashes >= 1
+    kept = reference.firings[~reference.firings["fact_id"].isin(fired.loc[fired["project_id"] == victim, "fact_id"])]
+    pd.testing.assert_frame_equal(ev.firings, kept.reset_index(drop=True))
