@@ -39,13 +39,16 @@ def send(run_dir, ledger_path):
     Exit status 5 when some emails are still owed."""
     from processor import mail
     from processor.ledger import Ledger
+    from processor.lock import LedgerLock
 
     outbox = run_dir / "outbox"
     if not outbox.is_dir():
         err(f"{run_dir} has no outbox/ directory — give the run directory of a night (the --out of `shakers-rules run`)")
         sys.exit(EXIT_USAGE)
+    ledger_file = _ledger_of(run_dir, ledger_path)
     try:
-        with Ledger(_ledger_of(run_dir, ledger_path)) as ledger:
+        # One process at a time per ledger (exit 6), as for `run`; nested inside `nightly` it does not block.
+        with LedgerLock(ledger_file, command="shakers-rules send", say=err), Ledger(ledger_file) as ledger:
             result, owed, settings = mail.send_run(run_dir, ledger, progress=lambda m: err(f"  · {m}"))
     except mail.MailConfigError as e:
         err(f"cannot send: {e}")

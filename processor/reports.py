@@ -34,6 +34,7 @@ SECTIONS = (
     ("ongoing", "Ongoing actions", "Still holding since an earlier night: check they are being carried out."),
     ("at_risk", "Projects at risk", "A party has stopped answering; contact is not lost yet."),
     ("flagged", "Flagged for review", "Something does not add up and needs a person to look."),
+    ("resolved", "Resolved since the last night", "These held on the previous night and no longer do: nothing to do, listed once."),
 )
 # A section longer than this is cut in the email (the whole list is in decisions.csv):
 # long emails get clipped by mail clients and nobody reads item 500.
@@ -264,7 +265,8 @@ def _section_of(frame: pd.DataFrame) -> pd.Series:
     flagged = frame["action"] == "flag_for_review"
     at_risk = flagged & (frame["reason"] == AT_RISK_REASON)
     return pd.Series(
-        [("at_risk" if r else "flagged" if f else s) for r, f, s in zip(at_risk, flagged, frame["state"])],
+        [("resolved" if s == "resolved" else "at_risk" if r else "flagged" if f else s)
+         for r, f, s in zip(at_risk, flagged, frame["state"])],
         index=frame.index, dtype=object)
 
 
@@ -289,17 +291,24 @@ def build_reports(decisions: pd.DataFrame, projects: pd.DataFrame, milestones: p
     d["_party_user"] = d["subject_id"]
     env = environment()
     reports = []
+    # The rows as dicts once (not per group: pandas' to_dict per group dominated big nights), grouped by
+    # manager, section and firing in the decisions' order, as the group-bys below would.
+    firings_of: dict[tuple, dict[tuple, list[dict]]] = {}
+    for row in d.to_dict("records"):
+        firings_of.setdefault((row["project_success_id"], row["_section"]), {}).setdefault(
+            (row["project_id"], row["policy_id"], row["evidence"]), []).append(row)
     for manager_id, mine in d.groupby("project_success_id", sort=True):
+        if (mine["_section"] == "resolved").all():
+            continue  # nothing to act on: no email just to say that something went away
+        groups_of = {key: firings_of.get((manager_id, key), {}) for key, _title, _hint in SECTIONS}
         manager_id = plain(manager_id)
         sections = []
         counts = {}
         for key, title, hint in SECTIONS:
-            part = mine[mine["_section"] == key]
-            counts[key] = int(len(part))   # actions (decision rows), not items
+            counts[key] = sum(len(rows) for rows in groups_of[key].values())   # actions (decision rows), not items
             items: list[Item] = []
             # Actions of one firing share its evidence: they make one item with one why.
-            for (project_id, policy_id, evidence), group in part.groupby(["project_id", "policy_id", "evidence"], sort=False):
-                rows = group.to_dict("records")
+            for (project_id, policy_id, evidence), rows in groups_of[key].items():
                 first = rows[0]
                 party = ""
                 try:
@@ -327,7 +336,8 @@ def build_reports(decisions: pd.DataFrame, projects: pd.DataFrame, milestones: p
             sections.append({"key": key, "title": title, "hint": hint, "items": items[:MAX_ITEMS_PER_SECTION],
                              "more": max(0, len(items) - MAX_ITEMS_PER_SECTION), "count": counts[key]})
         new_total = int((mine["state"] == "new").sum())
-        others = [f"{counts[k]:,} {label}" for k, label in (("ongoing", "ongoing"), ("at_risk", "at risk"), ("flagged", "flagged"))
+        others = [f"{counts[k]:,} {label}" for k, label in (("ongoing", "ongoing"), ("at_risk", "at risk"), ("flagged", "flagged"),
+                                                             ("resolved", "resolved"))
                   if counts[k]]
         subject = f"Shakers policy report, night of {as_of}: {_plural(counts['new'], 'new action')}" \
             + (f" ({', '.join(others)})" if others else "")
@@ -399,7 +409,8 @@ class Publication:
 
 def publish_night(out: Path, as_of: dt.date, run_id: str, decisions: pd.DataFrame, rejects: pd.DataFrame, facts,
                   summary: dict, ledger, descriptions: Mapping[str, str] | None = None,
-                  progress: Callable[[str], None] | None = None, env: Mapping[str, str] | None = None) -> Publication:
+                  progress: Callable[[str], None] | None = None, env: Mapping[str, str] | None = None,
+                  resolved: pd.DataFrame | None = None) -> Publication:
     """Build the reports, write the outbox, send what is owed, write report.html and the final summary.json.
 
     Returns how many emails stay undelivered (the run exits 5 when any do)."""
@@ -407,7 +418,9 @@ def publish_night(out: Path, as_of: dt.date, run_id: str, decisions: pd.DataFram
 
     say = progress or (lambda _msg: None)
     out = Path(out)
-    reports = build_reports(decisions, facts.projects, facts.milestones, facts.users, as_of, run_id, descriptions)
+    # Decisions that stopped holding are listed once, in this night's report (their state is `resolved`).
+    reported = decisions if resolved is None or resolved.empty else pd.concat([decisions, resolved], ignore_index=True)
+    reports = build_reports(reported, facts.projects, facts.milestones, facts.users, as_of, run_id, descriptions)
     outcome = mail.publish(out / "outbox", reports, ledger, env=env, progress=say)
     summary["reports"] = {**outcome.summary, "overview": "report.html", "outbox": "outbox",
                           "ledger": str(Path(ledger.path).resolve())}

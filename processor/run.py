@@ -134,7 +134,7 @@ def run_night(export_dir: str | Path, *, policies_path: str | Path = "policies.y
         from processor.reports import publish_night
         t = time.perf_counter()
         published = publish_night(out, as_of, run_id, decisions, rejects, facts, summary, ledger, progress=progress,
-                                  descriptions={p.id: p.description for p in policies.policies})
+                                  descriptions={p.id: p.description for p in policies.policies}, resolved=resolved)
         timings["reports"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - started
         # The final timings (ledger and reports included) replace the ones written before them.

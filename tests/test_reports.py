@@ -98,13 +98,13 @@ def test_only_managers_with_something_to_act_on_get_a_report(tmp_path):
     assert result.summary["reports"]["managers"] == 2
 
 
-def test_a_report_has_the_four_sections_with_projects_people_milestones_and_money(tmp_path):
+def test_a_report_has_its_sections_with_projects_people_milestones_and_money(tmp_path):
     paula = emails(run(tmp_path))[PAULA]
     doc = parse(html_of(paula))
     sections = [h.attrs["id"] for h in doc.find_all("h2")]
-    assert sections == ["section-new", "section-ongoing", "section-at_risk", "section-flagged"]
+    assert sections == ["section-new", "section-ongoing", "section-at_risk", "section-flagged", "section-resolved"]
     counts = {c.attrs["data-section"]: int(c.text()) for c in doc.find_all("div", class_="count")}
-    assert counts == {"new": 2, "ongoing": 0, "at_risk": 1, "flagged": 1}
+    assert counts == {"new": 2, "ongoing": 0, "at_risk": 1, "flagged": 1, "resolved": 0}
     items = doc.find_all("table", class_="item")
     assert [i.attrs["data-project"] for i in items] == ["P1", "P3", "P3"]
     shop = items[0].text()
@@ -147,6 +147,30 @@ def test_the_next_night_shows_what_still_holds_as_ongoing(tmp_path):
     ongoing = [i for i in doc.find_all("table", class_="item")][0]
     assert ongoing.attrs["data-project"] == "P1"
     assert "Nothing tonight." in text_of(paula).split("== Ongoing actions")[0]
+
+
+def test_a_decision_that_no_longer_holds_is_listed_once_as_resolved(tmp_path):
+    run(tmp_path)
+    calmer = busy_night(AS_OF + dt.timedelta(days=1))
+    calmer.rows["milestones"] = [m if m["milestone_id"] != "M4" else {**m, "escrow_amount": "500.00"}
+                                 for m in calmer.rows["milestones"]]   # the escrow was paid in
+    second = run(tmp_path, night=calmer, as_of=AS_OF + dt.timedelta(days=1))
+    paula = emails(second)[PAULA]
+    doc = parse(html_of(paula))
+    counts = {c.attrs["data-section"]: int(c.text()) for c in doc.find_all("div", class_="count")}
+    assert counts["resolved"] == 1 and counts["flagged"] == 0
+    assert "1 resolved" in paula["Subject"]
+    assert "escrow shortfall" in text_of(paula).split("== Resolved since the last night")[1].lower()
+    third = run(tmp_path, night=_same(calmer, 2), as_of=AS_OF + dt.timedelta(days=2))
+    assert "resolved" not in emails(third)[PAULA]["Subject"]  # listed once, not every night after
+
+
+def _same(night, days):
+    """The same night's rows, moved `days` after AS_OF (the attempts keep their dates)."""
+    import copy
+    moved = copy.deepcopy(night)
+    moved.as_of = AS_OF + dt.timedelta(days=days)
+    return moved
 
 
 def test_the_email_html_is_self_contained_with_no_scripts(tmp_path):
