@@ -277,6 +277,12 @@ def build_reports(decisions: pd.DataFrame, projects: pd.DataFrame, milestones: p
     descriptions = descriptions or {}
     if decisions.empty:
         return []
+    # Only the rows the decisions mention reach a report: look up those, not the whole night's tables.
+    projects = projects[projects["project_id"].isin(decisions["project_id"].unique())]
+    milestones = milestones[milestones["milestone_id"].isin(decisions["milestone_id"].unique())]
+    mentioned = pd.concat([decisions["subject_id"], decisions["assignee_id"], decisions["project_success_id"],
+                           projects["client_id"], projects["talent_id"]]).astype(str).unique()
+    users = users[users["user_id"].astype(str).isin(mentioned)]
     names = {plain(u): plain(n) or plain(u) for u, n in zip(users["user_id"], users["name"])}
     emails = {plain(u): plain(e) for u, e in zip(users["user_id"], users["email"])}
     titles = {plain(p): plain(t) for p, t in zip(projects["project_id"], projects["title"])}
