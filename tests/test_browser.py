@@ -146,7 +146,7 @@ def test_the_browser_builds_the_report_email_with_its_projects_and_figures(night
     assert doc.find("span", id="manager-name").text() == "Paula Success"
     assert [t.attrs["data-project"] for t in doc.find_all("table", class_="item")] == ["P1", "P3", "P3"]
     counts = {c.attrs["data-section"]: c.text() for c in doc.find_all("div", class_="count")}
-    assert counts == {"new": "2", "ongoing": "0", "at_risk": "1", "flagged": "1"}
+    assert counts == {"new": "2", "ongoing": "0", "at_risk": "1", "flagged": "1", "resolved": "0"}
     text = doc.text()
     for expected in ("Shop redesign", "Data pipeline", "Carla Client", "Tina Risky", "€500.00", "€400.00"):
         assert expected in text
