@@ -19,7 +19,7 @@ import pandas as pd
 from rules.compile import evidence_fields, evidence_thresholds
 from rules.document import ActionSpec, Policy, PolicySet
 
-from processor.facts import Facts
+from processor.facts import Facts, is_in
 
 DECISION_COLUMNS = [
     "run_id", "as_of", "policy_id", "action", "project_id", "subject_id", "milestone_id", "invoice_id",
@@ -46,7 +46,7 @@ def cents_to_decimal(text: str) -> Decimal | None:
 
 def _fired_frame(policy: Policy, fired_ids: pd.Series, facts: Facts) -> pd.DataFrame:
     frame = facts.frames[policy.about]
-    rows = frame[frame["fact_id"].isin(fired_ids)]
+    rows = frame[is_in(frame["fact_id"], fired_ids)]
     fields = evidence_fields(policy)
     thresholds = evidence_thresholds(policy)
     records = rows[fields].to_dict("records")
@@ -119,14 +119,14 @@ def _fired_context(firings: pd.DataFrame, facts: Facts, fired_rows: dict[str, pd
     if fired_rows is not None:
         frames = {kind: frame.loc[fired_rows.get(kind, frame.index[:0])] for kind, frame in facts.frames.items()}
     else:
-        fired = pd.Index(firings["fact_id"].unique())
-        frames = {kind: frame[frame["fact_id"].isin(fired)] for kind, frame in facts.frames.items()}
+        fired = pd.Series(firings["fact_id"].unique())
+        frames = {kind: frame[is_in(frame["fact_id"], fired)] for kind, frame in facts.frames.items()}
     ids = pd.Index(pd.unique(np.concatenate([f["project_id"].to_numpy(dtype=object) for f in frames.values()])))
     return dataclasses.replace(
         facts, frames=frames,
-        projects=facts.projects[facts.projects["project_id"].isin(ids)],
-        milestones=facts.milestones[facts.milestones["project_id"].isin(ids)],
-        invoices=facts.invoices[facts.invoices["project_id"].isin(ids)],
+        projects=facts.projects[is_in(facts.projects["project_id"], ids)],
+        milestones=facts.milestones[is_in(facts.milestones["project_id"], ids)],
+        invoices=facts.invoices[is_in(facts.invoices["project_id"], ids)],
     )
 
 

@@ -27,7 +27,7 @@ from rules.compile import to_ruleset
 from rules.document import PolicySet
 from rules.engine import PolicyEngine
 
-from processor.facts import Facts
+from processor.facts import Facts, is_in
 from processor.partition import candidate_facts, engine_records, fired_rows, project_ids, split_by_project
 from processor.killpoints import kill_point
 
@@ -158,7 +158,7 @@ def evaluate(policies: PolicySet, facts: Facts, *, workers: int = 1, prefilter: 
                     continue
                 half = len(pids) // 2
                 for part in (pids[:half], pids[half:]):
-                    pending.append({k: f[f["project_id"].isin(part)] for k, f in chunk.items()})
+                    pending.append({k: f[is_in(f["project_id"], part)] for k, f in chunk.items()})
     frame = pd.DataFrame(firings, columns=["policy_id", "fact_id"]).drop_duplicates()
     result.firings = frame.sort_values(["policy_id", "fact_id"], kind="stable").reset_index(drop=True)
     result.fired_rows = fired_rows(frames, result.firings)

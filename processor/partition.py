@@ -27,6 +27,8 @@ from rules.compile import mask, to_ruleset
 from rules.document import PolicySet
 from rules.vocabulary import FACT_KINDS
 
+from processor.facts import is_in
+
 Frames = dict[str, pd.DataFrame]
 
 
@@ -55,7 +57,7 @@ def candidate_facts(policies: PolicySet, frames: Frames) -> Frames:
     if single_fact_rules(policies):
         return {kind: frame[masks[kind]] for kind, frame in frames.items()}
     ids = project_ids({kind: frame[masks[kind]] for kind, frame in frames.items()})
-    return {kind: frame[frame["project_id"].isin(ids)] for kind, frame in frames.items()}
+    return {kind: frame[is_in(frame["project_id"], ids)] for kind, frame in frames.items()}
 
 
 def project_ids(frames: Frames) -> np.ndarray:
@@ -125,5 +127,5 @@ def iter_firings(engine, frames: Frames, crash_on: str | None = None) -> Iterato
 def fired_rows(frames: Frames, firings: pd.DataFrame) -> dict[str, pd.Index]:
     """Per kind, the row labels of the facts that fired, found among the facts that were sent
     (few, once pre-filtered) rather than among the whole night's."""
-    fired = pd.Index(firings["fact_id"].unique())
-    return {kind: frame.index[frame["fact_id"].isin(fired)] for kind, frame in frames.items()}
+    fired = pd.Series(firings["fact_id"].unique())
+    return {kind: frame.index[is_in(frame["fact_id"], fired)] for kind, frame in frames.items()}

@@ -102,6 +102,9 @@ def run_night(export_dir: str | Path, *, policies_path: str | Path = "policies.y
     files.remove_partials(out)  # temporary files of a run that was killed while writing
     decisions, ev, facts = decide_night(policies, export, as_of, workers=workers, prefilter=prefilter,
                                         progress=progress, timings=timings, engine=engine, scheduler=scheduler)
+    # Nothing below reads the raw tables or the per-kind facts again: let them go before the
+    # ledger, the files and the reports add their own (the night's peak memory).
+    export.tables, facts.frames = {}, {}
 
     t = time.perf_counter()
     with Ledger(ledger_path or default_ledger_path()) as ledger:
