@@ -1,0 +1,381 @@
+#!/usr/bin/env python
+"""Benchmark of a whole night against the cost of merely reading its export.
+
+For each size (--projects) and format (--formats) it:
+
+1. generates the night once with `shakers-rules generate --seed 5 --as-of
+   2026-11-24` into bench/.cache/ (reused while processor/generate.py is
+   unchanged);
+2. measures the read floor in this process: pandas reading the five files and
+   nothing else (read_parquet / read_csv), best of --floor-repeats;
+3. runs `shakers-rules run` on it as a child process (a fresh ledger, output in
+   a temporary directory), timing the whole command and taking the time of each
+   phase from the run's summary.json, while a sampling thread adds up the
+   proportional memory (PSS) of the run and all its worker processes;
+4. measures the engine baseline: every project's facts through durable-rules one
+   by one on one core (`evaluate(workers=0, prefilter=False)`) on a sample of
+   --baseline-sample projects of the same night, scaled to the night's size;
+   and checks that the optimized engine gives identical firings and decisions
+   on that sample.
+
+Targets (issue 6), checked on the Parquet nights: the whole run <= 10x the read
+floor; the engine phase >= 10x faster than the baseline; peak memory <= 4 GB.
+The exit status is 1 when one is missed (CSV figures are reported, not judged).
+
+    .venv/bin/python bench/run_bench.py                      # 100k and 1M, Parquet and CSV
+    .venv/bin/python bench/run_bench.py --projects 100000    # a quick run
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import hashlib
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+TABLES = ("users", "projects", "milestones", "invoices", "contact_attempts")
+PHASES = ("read", "validate", "facts", "engine", "decide", "ledger", "write", "reports")
+TARGET_RUN_OVER_FLOOR = 10.0
+TARGET_ENGINE_SPEEDUP = 10.0
+TARGET_PEAK_BYTES = 4 * 1024 ** 3
+AS_OF = "2026-11-24"
+SEED = 5
+
+
+def say(msg: str):
+    print(msg, file=sys.stderr, flush=True)
+
+
+def cli() -> list[str]:
+    exe = Path(sys.executable).with_name("shakers-rules")
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "processor.cli"]
+
+
+# --------------------------------------------------------------------------- the nights
+def generator_version() -> str:
+    return hashlib.sha256((ROOT / "processor" / "generate.py").read_bytes()).hexdigest()[:10]
+
+
+def night_dir(cache: Path, projects: int, fmt: str) -> Path:
+    """The cached night; generated on first use."""
+    where = cache / f"{fmt}-{projects}-seed{SEED}-{AS_OF}-{generator_version()}"
+    if (where / "manifest.json").is_file():
+        return where
+    tmp = where.with_name(where.name + ".part")
+    shutil.rmtree(tmp, ignore_errors=True)
+    say(f"generating {projects:,} projects as {fmt} into {where} ...")
+    t = time.perf_counter()
+    subprocess.run(cli() + ["generate", "--projects", str(projects), "--seed", str(SEED), "--format", fmt,
+                            "--as-of", AS_OF, "--out", str(tmp)], check=True, stdout=subprocess.DEVNULL)
+    tmp.rename(where)
+    say(f"  generated in {time.perf_counter() - t:.1f}s")
+    return where
+
+
+# --------------------------------------------------------------------------- the read floor
+def read_floor(directory: Path, fmt: str, repeats: int) -> float:
+    """Seconds pandas takes merely to read the five files (best of `repeats`)."""
+    import pandas as pd
+
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        for name in TABLES:
+            if fmt == "parquet":
+                frame = pd.read_parquet(directory / f"{name}.parquet")
+            else:
+                frame = pd.read_csv(directory / f"{name}.csv")
+            del frame
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+# --------------------------------------------------------------------------- memory
+class TreeMemory:
+    """Samples the proportional set size (PSS) of a process and all its descendants.
+
+    PSS shares pages that forked workers have in common with their parent, so
+    the sum is what the run really occupies. Falls back to RSS where PSS is unreadable."""
+
+    def __init__(self, pid: int, every: float = 0.05):
+        self.pid, self.every, self.peak = pid, every, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    def _loop(self):
+        import psutil
+
+        try:
+            root = psutil.Process(self.pid)
+        except psutil.Error:
+            return
+        while not self._stop.is_set():
+            total = 0
+            try:
+                procs = [root] + root.children(recursive=True)
+            except psutil.Error:
+                break
+            for p in procs:
+                total += _pss(p)
+            self.peak = max(self.peak, total)
+            self._stop.wait(self.every)
+
+
+def _pss(proc) -> int:
+    try:
+        with open(f"/proc/{proc.pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return proc.memory_info().rss
+    except Exception:
+        return 0
+
+
+# --------------------------------------------------------------------------- the run
+def full_run(directory: Path, engine: str, workers: int | None, keep: Path | None) -> dict:
+    """`shakers-rules run` on the night; wall time, phases, peak memory, decision counts."""
+    work = Path(tempfile.mkdtemp(prefix="shakers-bench-"))
+    out = work / "run"
+    cmd = cli() + ["run", "--export", str(directory), "--as-of", AS_OF, "--out", str(out),
+                   "--ledger", str(work / "ledger.sqlite"), "--policies", str(ROOT / "policies.yaml"),
+                   "-q"]
+    if engine != "local":
+        cmd += ["--engine", engine]
+    if workers is not None:
+        cmd += ["--workers", str(workers)]
+    env = dict(os.environ)
+    env.pop("SHAKERS_SMTP_HOST", None)  # never send mail from a benchmark: the outbox only
+    log = open(work / "stderr.log", "w")
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    load_before = os.getloadavg()[0]
+    t = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, env=env, cwd=str(work))
+    with TreeMemory(proc.pid) as mem:
+        stdout, _ = proc.communicate()
+    wall = time.perf_counter() - t
+    log.close()
+    maxrss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+    if proc.returncode not in (0, 5):  # 5: decisions written, mail not delivered (no SMTP here)
+        say((work / "stderr.log").read_text()[-3000:])
+        raise SystemExit(f"shakers-rules run failed with exit status {proc.returncode}: {' '.join(cmd)}")
+    summary = json.loads((out / "summary.json").read_text())
+    decided = _projects_with_decisions(out / "decisions.csv")
+    result = {
+        "wall": wall, "timings": summary.get("timings_seconds", {}), "peak_pss": mem.peak,
+        "peak_rss_largest_process": maxrss if maxrss > before * 1024 else None,
+        "decisions": summary["decisions"]["total"], "projects": summary["engine"]["projects"],
+        "sent_to_engine": summary["engine"]["sent_to_engine"], "projects_with_decisions": decided,
+        "exit": proc.returncode, "stdout": stdout.decode().strip().splitlines()[:1],
+        "not_evaluated": len(summary["engine"].get("not_evaluated", [])),
+        "load": (load_before, os.getloadavg()[0]),
+    }
+    if keep:
+        shutil.rmtree(keep, ignore_errors=True)
+        shutil.copytree(out, keep)
+    shutil.rmtree(work, ignore_errors=True)
+    return result
+
+
+def _projects_with_decisions(path: Path) -> int:
+    import pandas as pd
+
+    return int(pd.read_csv(path, usecols=["project_id"], dtype=str)["project_id"].nunique())
+
+
+# --------------------------------------------------------------------------- the engine baseline
+def engine_baseline(directory: Path, sample: int, workers: int) -> dict:
+    """Every project's facts through durable-rules one by one on one core, on a sample; and a
+    check that the optimized engine gives identical firings and decisions on it."""
+    import numpy as np
+    import pandas as pd
+
+    from processor.decide import make_decisions
+    from processor.evaluate import evaluate
+    from processor.export import read_export
+    from processor.facts import Facts, build_facts
+    from rules.document import load_policies
+
+    policies = load_policies(ROOT / "policies.yaml")
+    export = read_export(directory)
+    facts = build_facts(export.tables, dt.date.fromisoformat(AS_OF))
+    all_ids = np.sort(facts.frames["project"]["project_id"].to_numpy(dtype=object).astype(str))
+    ids = set(all_ids[:sample])
+    part = Facts(
+        facts.as_of,
+        {k: f[f["project_id"].isin(ids)] for k, f in facts.frames.items()},
+        facts.projects[facts.projects["project_id"].isin(ids)],
+        facts.milestones[facts.milestones["project_id"].isin(ids)],
+        facts.invoices[facts.invoices["project_id"].isin(ids)],
+        facts.users,
+    )
+    del export, facts
+    t = time.perf_counter()
+    base = evaluate(policies, part, workers=0, prefilter=False)
+    baseline = time.perf_counter() - t
+    t = time.perf_counter()
+    fast = evaluate(policies, part, workers=workers, prefilter=True)
+    fast_time = time.perf_counter() - t
+    same_firings = base.firings.reset_index(drop=True).equals(fast.firings.reset_index(drop=True))
+    d_base = make_decisions(policies, base.firings, part)
+    d_fast = make_decisions(policies, fast.firings, part)
+    same_decisions = d_base.reset_index(drop=True).equals(d_fast.reset_index(drop=True))
+    return {"sample": len(ids), "seconds": baseline, "per_project": baseline / max(1, len(ids)),
+            "optimized_seconds_on_sample": fast_time, "identical_firings": bool(same_firings),
+            "identical_decisions": bool(same_decisions), "firings": int(len(base.firings)),
+            "decisions": int(len(d_base))}
+
+
+# --------------------------------------------------------------------------- report
+def gib(n: float | None) -> str:
+    return "-" if n is None else f"{n / 1024 ** 3:.2f} GB"
+
+
+def secs(x) -> str:
+    return "-" if x is None else f"{x:.2f}"
+
+
+def phases_of(r: dict) -> dict:
+    """The phases of a run from its timings; `validate` when the reader reports it separately."""
+    t = r["timings"]
+    return {p: t.get(p) for p in PHASES}
+
+
+def report(results: list[dict]) -> tuple[str, list[str]]:
+    lines, missed = [], []
+    head = ("night", "read floor", "run", "run/floor", *PHASES, "engine baseline", "engine speedup", "peak mem",
+            "decisions", "projects decided")
+    rows = []
+    for r in results:
+        run, ph = r["run"], phases_of(r["run"])
+        ratio = run["wall"] / r["floor"]
+        speed = r["baseline_total"] / ph["engine"] if ph.get("engine") else None
+        decided = run["projects_with_decisions"] / max(1, run["projects"])
+        rows.append((f"{r['projects']:,} {r['format']}", secs(r["floor"]), secs(run["wall"]), f"{ratio:.1f}x",
+                     *(secs(ph[p]) for p in PHASES),
+                     f"{secs(r['baseline_total'])} (scaled from {r['baseline']['sample']:,})",
+                     "-" if speed is None else f"{speed:.1f}x", gib(run["peak_pss"]),
+                     f"{run['decisions']:,}", f"{decided:.1%}"))
+        if r["format"] == "parquet":
+            name = f"{r['projects']:,} projects (parquet)"
+            if ratio > TARGET_RUN_OVER_FLOOR:
+                missed.append(f"{name}: run {ratio:.1f}x the read floor (target <= {TARGET_RUN_OVER_FLOOR:g}x)")
+            if speed is None or speed < TARGET_ENGINE_SPEEDUP:
+                missed.append(f"{name}: engine {speed or 0:.1f}x faster than the baseline (target >= {TARGET_ENGINE_SPEEDUP:g}x)")
+            if run["peak_pss"] > TARGET_PEAK_BYTES:
+                missed.append(f"{name}: peak memory {gib(run['peak_pss'])} (target <= 4 GB)")
+            if run["not_evaluated"]:
+                missed.append(f"{name}: {run['not_evaluated']} project(s) not evaluated (engine crashes)")
+            if not (r["baseline"]["identical_firings"] and r["baseline"]["identical_decisions"]):
+                missed.append(f"{name}: the optimized engine's decisions differ from the baseline's on the sample")
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
+    fmt_row = lambda row: "| " + " | ".join(str(x).ljust(w) for x, w in zip(row, widths)) + " |"
+    lines.append(fmt_row(head))
+    lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    lines += [fmt_row(row) for row in rows]
+    growth = _growth(results)
+    if growth:
+        lines += ["", growth]
+    checks = []
+    for r in results:
+        b = r["baseline"]
+        checks.append(f"{r['projects']:,} {r['format']}: baseline on {b['sample']:,} projects "
+                      f"{b['seconds']:.1f}s ({b['firings']:,} firings, {b['decisions']:,} decisions); "
+                      f"optimized engine on the same sample {b['optimized_seconds_on_sample']:.2f}s; "
+                      f"identical firings: {b['identical_firings']}, identical decisions: {b['identical_decisions']}; "
+                      f"{r['run']['sent_to_engine']:,} of {r['run']['projects']:,} projects sent to durable-rules")
+    lines += [""] + checks
+    busy = [r for r in results if max(r["run"]["load"]) > (os.cpu_count() or 1) + 0.5]
+    if busy:
+        lines += ["", "note: the machine was busy with other work during " + ", ".join(
+            f"{r['projects']:,} {r['format']} (load {r['run']['load'][0]:.1f} -> {r['run']['load'][1]:.1f})" for r in busy)
+            + "; wall times there are inflated"]
+    return "\n".join(lines), missed
+
+
+def _growth(results: list[dict]) -> str:
+    """How each phase grows from the smallest to the largest night, per format."""
+    out = []
+    for fmt in ("parquet", "csv"):
+        rs = sorted((r for r in results if r["format"] == fmt), key=lambda r: r["projects"])
+        if len(rs) < 2:
+            continue
+        a, b = rs[0], rs[-1]
+        size = b["projects"] / a["projects"]
+        pa_, pb = phases_of(a["run"]), phases_of(b["run"])
+        parts = [f"floor {b['floor'] / a['floor']:.1f}x", f"run {b['run']['wall'] / a['run']['wall']:.1f}x"]
+        parts += [f"{p} {pb[p] / pa_[p]:.1f}x" for p in PHASES if pa_.get(p) and pb.get(p)]
+        out.append(f"growth {a['projects']:,} -> {b['projects']:,} {fmt} ({size:.0f}x the projects): " + ", ".join(parts))
+    return "\n".join(out)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--projects", type=int, nargs="+", default=[100_000, 1_000_000], help="night sizes (default: 100000 1000000)")
+    ap.add_argument("--formats", nargs="+", choices=("parquet", "csv"), default=["parquet", "csv"])
+    ap.add_argument("--engine", choices=("local", "dask"), default="local")
+    ap.add_argument("--workers", type=int, default=None, help="engine workers for the run (default: the run's own default)")
+    ap.add_argument("--baseline-sample", type=int, default=100_000, help="projects the baseline is measured on (then scaled)")
+    ap.add_argument("--floor-repeats", type=int, default=3)
+    ap.add_argument("--cache", type=Path, default=ROOT / "bench" / ".cache")
+    ap.add_argument("--keep-runs", type=Path, default=None, help="copy each run's output directory here")
+    ap.add_argument("--json", type=Path, default=None, help="also write the raw measurements here")
+    args = ap.parse_args(argv)
+
+    results = []
+    baselines: dict[int, dict] = {}
+    for projects in args.projects:
+        for fmt in args.formats:
+            directory = night_dir(args.cache, projects, fmt)
+            say(f"[{projects:,} {fmt}] read floor ...")
+            read_floor(directory, fmt, 1)  # warm the page cache, as the run will find it
+            floor = read_floor(directory, fmt, args.floor_repeats)
+            say(f"[{projects:,} {fmt}] read floor {floor:.2f}s; full run ...")
+            keep = args.keep_runs / f"{fmt}-{projects}" if args.keep_runs else None
+            run = full_run(directory, args.engine, args.workers, keep)
+            say(f"[{projects:,} {fmt}] run {run['wall']:.1f}s, phases {run['timings']}")
+            if projects not in baselines:  # the engine does not care about the file format
+                say(f"[{projects:,}] engine baseline on {min(projects, args.baseline_sample):,} projects ...")
+                baselines[projects] = engine_baseline(directory, args.baseline_sample, args.workers or (os.cpu_count() or 1))
+            base = baselines[projects]
+            results.append({"projects": projects, "format": fmt, "floor": floor, "run": run, "baseline": base,
+                            "baseline_total": base["per_project"] * run["projects"]})
+    text, missed = report(results)
+    cmd = "bench/run_bench.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    print(f"$ {cmd.strip()}   # {os.cpu_count()} cores, {dt.datetime.now(dt.timezone.utc):%Y-%m-%d}")
+    print(text)
+    print()
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2, default=str))
+    if missed:
+        print("TARGETS MISSED:\n  " + "\n  ".join(missed))
+        return 1
+    judged = [r for r in results if r["format"] == "parquet"]
+    print("all targets met" + ("" if judged else " (no Parquet night measured: nothing judged)"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
