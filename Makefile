@@ -24,6 +24,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+	$(BIN)/shakers-rules test policies.yaml
 
 clean:
 	rm -rf $(VENV) demo .pytest_cache .hypothesis
