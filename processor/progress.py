@@ -11,6 +11,7 @@ asks it for a `counter`.
 """
 from __future__ import annotations
 
+import shutil
 import sys
 import time
 from typing import Callable, TextIO
@@ -42,8 +43,10 @@ class Progress:
             if self._bar is None:
                 from tqdm import tqdm
 
+                # A terminal that reports no size (some ptys) would get no bar at all: assume 80x20.
+                size = shutil.get_terminal_size((80, 20))
                 self._bar = tqdm(total=total, desc=f"{self.prefix}{label}", unit=f" {unit}", unit_scale=True,
-                                 file=self.stream, leave=False, dynamic_ncols=True)
+                                 file=self.stream, leave=False, ncols=min(size.columns, 120), nrows=max(size.lines, 2))
             self._bar.total = total
             self._bar.update(done - self._bar.n)
 
