@@ -173,8 +173,14 @@ def full_run(directory: Path, engine: str, workers: int | None, keep: Path | Non
     load_before = os.getloadavg()[0]
     t = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, env=env, cwd=str(work))
-    with TreeMemory(proc.pid) as mem:
-        stdout, _ = proc.communicate()
+    try:
+        with TreeMemory(proc.pid) as mem:
+            stdout, _ = proc.communicate()
+    except BaseException:  # interrupted: leave no run or temporary directory behind
+        proc.kill()
+        proc.wait()
+        shutil.rmtree(work, ignore_errors=True)
+        raise
     wall = time.perf_counter() - t
     log.close()
     maxrss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
