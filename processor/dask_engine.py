@@ -34,7 +34,7 @@ import pandas as pd
 
 from rules.compile import to_ruleset
 from rules.document import PolicySet
-from rules.engine import PolicyEngine
+from rules.engine import EngineError, PolicyEngine
 
 from processor.evaluate import CRASH_HOOK_ENV, Evaluation
 from processor.facts import Facts
@@ -42,6 +42,8 @@ from processor.partition import candidate_facts, fired_rows, iter_firings, proje
 
 PARTS_PER_WORKER = 4
 LOCAL_WORKERS = 2
+# A cluster that finishes no part for this long (all workers gone, say) fails the run instead of hanging it.
+STALL_SECONDS = 900.0
 
 # -- worker side ---------------------------------------------------------------
 _ENGINES: dict[str, PolicyEngine] = {}
@@ -76,15 +78,15 @@ def dask_client(scheduler: str | None = None, *, workers: int = LOCAL_WORKERS) -
         # No dashboard; the scheduler's small HTTP server (health checks) on any free port, not 8787.
         with LocalCluster(n_workers=max(1, workers), threads_per_worker=1, processes=True, dashboard_address=None,
                           scheduler_kwargs={"dashboard_address": "127.0.0.1:0"}, host="127.0.0.1",
-                          silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
+                          silence_logs=logging.CRITICAL) as cluster, Client(cluster) as client:
             yield client
 
 
 def evaluate_on_dask(policies: PolicySet, facts: Facts, *, scheduler: str | None = None, prefilter: bool = True,
                      workers: int = LOCAL_WORKERS, parts_per_worker: int = PARTS_PER_WORKER,
-                     progress: Callable[[int, int], None] | None = None) -> Evaluation:
+                     progress: Callable[[int, int], None] | None = None,
+                     stall_seconds: float = STALL_SECONDS) -> Evaluation:
     """Like processor.evaluate.evaluate, with durable-rules running in a Dask cluster's workers."""
-    from distributed import as_completed
     from distributed.scheduler import KilledWorker
 
     frames = candidate_facts(policies, facts.frames) if prefilter else facts.frames
@@ -98,11 +100,12 @@ def evaluate_on_dask(policies: PolicySet, facts: Facts, *, scheduler: str | None
         n_workers = max(1, len(client.scheduler_info().get("workers", {})))
         size = max(1, -(-len(ids) // (n_workers * parts_per_worker)))
         pending = split_by_project(frames, ids, size) if len(ids) else []
+        suspects: list[dict[str, pd.DataFrame]] = []  # single projects whose part died with a worker
         while pending:
             futures = {client.submit(_evaluate_part, part, ruleset_json, key, pure=False): part for part in pending}
             pending = []
             crashed = False
-            for future in as_completed(futures):
+            for future in _as_completed(futures, stall_seconds):
                 part = futures[future]
                 try:
                     firings.extend(future.result())
@@ -110,19 +113,43 @@ def evaluate_on_dask(policies: PolicySet, facts: Facts, *, scheduler: str | None
                     if progress:
                         progress(done, len(ids))
                 except KilledWorker:
+                    # Every part queued on a dying worker fails with it, guilty or not: split and retry.
                     crashed = True
                     pids = project_ids(part)
                     if len(pids) == 1:
-                        # Alone, and it still kills its worker: say so, do not guess.
-                        result.not_evaluated.append(str(pids[0]))
-                        done += 1
+                        suspects.append(part)
                         continue
                     half = len(pids) // 2
                     pending += [split_by_project(part, pids[:half], half)[0], split_by_project(part, pids[half:], len(pids) - half)[0]]
             if crashed:
                 result.worker_crashes += 1
+        # Each suspect alone on the cluster, one at a time: no other part can take it down with it.
+        for part in suspects:
+            try:
+                firings.extend(client.submit(_evaluate_part, part, ruleset_json, key, pure=False).result(timeout=stall_seconds))
+            except TimeoutError:
+                raise EngineError(f"the Dask cluster made no progress for {stall_seconds:g}s; is it still running?") from None
+            except KilledWorker:
+                # Alone, and it still kills its worker: say so, do not guess.
+                result.not_evaluated.append(str(project_ids(part)[0]))
+            done += 1
+            if progress:
+                progress(done, len(ids))
     frame = pd.DataFrame(firings, columns=["policy_id", "fact_id"]).drop_duplicates()
     result.firings = frame.sort_values(["policy_id", "fact_id"], kind="stable").reset_index(drop=True)
     result.fired_rows = fired_rows(frames, result.firings)
     result.not_evaluated.sort()
     return result
+
+
+def _as_completed(futures, stall_seconds: float):
+    """The futures as they finish; EngineError when none finishes for `stall_seconds`."""
+    from distributed import wait
+
+    remaining = set(futures)
+    while remaining:
+        try:
+            finished, remaining = wait(remaining, timeout=stall_seconds, return_when="FIRST_COMPLETED")
+        except TimeoutError:
+            raise EngineError(f"the Dask cluster made no progress for {stall_seconds:g}s; is it still running?") from None
+        yield from finished

@@ -84,3 +84,16 @@ def test_a_project_that_kills_its_dask_worker_is_reported_not_dropped(night, mon
     assert ev.worker_crashes >= 1
     kept = reference.firings[~reference.firings["fact_id"].isin(fired.loc[fired["project_id"] == victim, "fact_id"])]
     pd.testing.assert_frame_equal(ev.firings, kept.reset_index(drop=True))
+
+
+def test_a_cluster_without_workers_fails_the_run_instead_of_hanging_it(night):
+    from distributed import LocalCluster
+
+    from rules.engine import EngineError
+
+    policies = load_policies(POLICIES)
+    facts = build_facts(read_export(night).tables, AS_OF)
+    with LocalCluster(n_workers=0, processes=True, dashboard_address=None, host="127.0.0.1",
+                      scheduler_kwargs={"dashboard_address": "127.0.0.1:0"}) as empty:
+        with pytest.raises(EngineError, match="no progress"):
+            evaluate_on_dask(policies, facts, scheduler=empty.scheduler_address, stall_seconds=3)
