@@ -21,7 +21,7 @@ import pandas as pd
 from rules.compile import explain_fact
 from rules.document import PolicySet, did_you_mean
 
-from processor.policytest import describe
+from processor.policytest import describe, retire_in_process_engine
 
 # Above this many projects the night is evaluated in worker processes.
 IN_PROCESS_PROJECTS = 20_000
@@ -57,7 +57,10 @@ def explain_project(policies: PolicySet, export_dir: str | Path, project_id: str
                               f"give a project_id from its projects table")
     if workers is None:
         workers = 0 if len(projects) <= IN_PROCESS_PROJECTS else (os.cpu_count() or 1)
-    decisions, evaluation, facts = decide_night(policies, export, as_of, workers=workers)
+    try:
+        decisions, evaluation, facts = decide_night(policies, export, as_of, workers=workers)
+    finally:
+        retire_in_process_engine()
     mine = decisions[decisions["project_id"].astype(str) == project_id].fillna("")
     context = facts.projects[facts.projects["project_id"].astype(str) == project_id].iloc[0].to_dict()
     out["project"] = {k: _plain(v) for k, v in context.items()}
@@ -129,7 +132,7 @@ def explanation_lines(ex: dict) -> list[str]:
     fired = [x for x in ex["policies"] if x["fired"]]
     lines.append(f"project {ex['project_id']} \"{p.get('title', '')}\" — {p.get('status')}, area {p.get('area')}; "
                  f"client {p.get('client_id')}, talent {p.get('talent_id')}, Project Success {p.get('project_success_id')}")
-    lines.append(f"night {ex['as_of']}, policies {ex['policies_file']}: {len(fired)} of {len(ex['policies'])} policies fired")
+    lines.append(f"night {ex['as_of']}, policies {ex['policies_file']}: {len(fired)} of the {len(ex['policies'])} policies shown fired")
     if ex.get("not_evaluated"):
         lines.append("WARNING: durable-rules crashed on this project: it was NOT evaluated tonight.")
     for pol in ex["policies"]:
