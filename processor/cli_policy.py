@@ -28,7 +28,22 @@ def _guarded(fn):
             # Libraries' deprecation notices are for us, not for a policy editor's terminal.
             warnings.simplefilter("ignore", FutureWarning)
             warnings.simplefilter("ignore", DeprecationWarning)
-            return guarded(fn)(*args, **kwargs)
+            return guarded(_pipe_safe(fn))(*args, **kwargs)
+
+    return wrapper
+
+
+def _pipe_safe(fn):
+    """`shakers-rules test | head`: the reader left; stop quietly (Python's documented recipe), no 'unexpected failure'."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except BrokenPipeError:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            sys.exit(1)
 
     return wrapper
 
@@ -114,19 +129,26 @@ def test_policies(policies_path, case_paths, quiet):
 @click.option("--project", "project_id", required=True, help="The project to explain.")
 @click.option("--as-of", type=DAY, default=None, help="The night. Default: the manifest's export date, else today (UTC).")
 @click.option("--policies", "policies_path", default="policies.yaml", show_default=True, type=_POLICIES_FILE, help="The policies file.")
+@click.option("--policy", "only", multiple=True, metavar="ID", help="Show only this policy (repeatable). Default: every policy.")
 @click.option("--json", "as_json", is_flag=True, help="Print the explanation as JSON.")
 @_guarded
-def explain(export_dir, project_id, as_of, policies_path, as_json):
+def explain(export_dir, project_id, as_of, policies_path, only, as_json):
     """For one project: every policy, whether it fired, and each condition's actual value against its threshold."""
     from processor.explain import ProjectNotFound, explain_project, explanation_lines
-    from rules.document import load_policies
+    from rules.document import did_you_mean, load_policies
 
     policies = load_policies(policies_path)
+    ids = [p.id for p in policies.policies]
+    for policy_id in only:
+        if policy_id not in ids:
+            raise click.BadParameter(f"'{policy_id}' is not a policy of {policies_path}{did_you_mean(policy_id, ids)}", param_hint="--policy")
     try:
         explanation = explain_project(policies, export_dir, project_id, as_of)
     except ProjectNotFound as e:
         _err(str(e))
         sys.exit(2)
+    if only:
+        explanation["policies"] = [p for p in explanation["policies"] if p["id"] in only]
     if as_json:
         click.echo(json.dumps(explanation, indent=2, default=str))
     else:
