@@ -244,6 +244,8 @@ class PolicySet:
     thresholds: dict[str, int]
     policies: list[Policy]
     conditions: dict[str, All] = field(default_factory=dict)
+    # Not errors, but likely slips: a threshold or named condition nothing uses.
+    notes: list[Problem] = field(default_factory=list)
 
     def policy(self, policy_id: str) -> Policy:
         return next(p for p in self.policies if p.id == policy_id)
@@ -441,6 +443,7 @@ class _Checker:
         self.problems = problems
         self.bad_thresholds: set[str] = set()   # defined, but with a wrong value (reported where defined)
         self.bad_conditions: set[str] = set()   # defined, but with a problem inside (reported there)
+        self.referenced: set[str] = set()        # named conditions some condition uses
         self.condition_lines: dict[str, int] = {}
 
     def bad(self, n: _Node, message: str, beyond_schema: bool = False):
@@ -540,6 +543,7 @@ class _Checker:
         return self.test(n.keys[key], key, body, kind, thresholds)
 
     def named_condition(self, n: _Node, name: str, kind, named, defining):
+        self.referenced.add(name)
         if name in named:
             group = named[name]
             if kind is not None:
@@ -835,7 +839,27 @@ def parse_policies(text: str, filename: str = "policies.yaml") -> PolicySet:
                       "a policies file is a few dozen policies; remove some, or merge tests into one_of lists", beyond_schema=True)
     if ck.problems:
         raise PolicyError(filename, ck.problems)
-    return PolicySet(filename, hashlib.sha256(text.encode()).hexdigest(), SUPPORTED_VERSION, thresholds, policies, named)
+    notes = _unused(top, thresholds, named, policies, ck.referenced)
+    return PolicySet(filename, hashlib.sha256(text.encode()).hexdigest(), SUPPORTED_VERSION, thresholds, policies, named, notes)
+
+
+def _unused(top: dict, thresholds: dict, named: dict, policies: list[Policy], referenced: set[str]) -> list[Problem]:
+    """Thresholds and named conditions that nothing uses: a value changed there would change nothing."""
+    used = {t.threshold for group in [*(p.when for p in policies), *named.values()] for t in iter_tests(group) if t.threshold}
+    notes = []
+    tnode = top.get("thresholds")
+    for name in thresholds:
+        if name not in used and name not in REQUIRED_THRESHOLDS:
+            key = tnode.keys[name]
+            notes.append(Problem(key.line, key.col, f"note: threshold '{name}' is not used by any condition — changing it changes nothing; "
+                                                    f"use it as e.g. '{{at_least: {name}}}', or remove it", beyond_schema=True))
+    cnode = top.get("conditions")
+    for name in named:
+        if name not in referenced:
+            key = cnode.keys[name]
+            notes.append(Problem(key.line, key.col, f"note: condition '{name}' is not used by any policy — add '- {name}' under a policy's 'when', "
+                                                    f"or remove it", beyond_schema=True))
+    return notes
 
 
 def _policy(ck: _Checker, item: _Node, thresholds, named, seen: dict[str, int]) -> Policy | None:

@@ -683,3 +683,19 @@ def test_the_guide_holds_the_vocabulary_the_program_generates():
     assert vocabulary_markdown() in guide, "docs/policies.md is stale: paste `shakers-rules schema --markdown` into it"
     for command in ("shakers-rules validate", "shakers-rules test", "shakers-rules explain", "shakers-rules diff", "shakers-rules schema"):
         assert command in guide
+
+
+# =========================================================================== validate
+def test_validate_notes_a_threshold_or_condition_nothing_uses_but_accepts_the_file(tmp_path):
+    copy = tmp_path / "policies.yaml"
+    copy.write_text(POLICIES.read_text()
+                    .replace("  invoice_grace_days: 0 ", "  invoice_grace_days: 0\n  invoice_grace_dayz: 2 ", 1)
+                    .replace("conditions:\n", "conditions:\n  never_used:\n    - project_status: active\n", 1))
+    result = invoke("validate", copy)
+    assert result.exit_code == 0, result.output
+    shipped = load_policies(POLICIES)
+    assert f"OK — {len(shipped.policies)} policies, {len(shipped.thresholds) + 1} thresholds" in result.stdout
+    line = next(i for i, text in enumerate(copy.read_text().splitlines(), 1) if "invoice_grace_dayz" in text)
+    assert f"{copy}:{line}:3: note: threshold 'invoice_grace_dayz' is not used by any condition" in result.stderr
+    assert re.search(rf"{re.escape(str(copy))}:\d+:3: note: condition 'never_used' is not used by any policy", result.stderr)
+    assert load_policies(POLICIES).notes == []
