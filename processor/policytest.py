@@ -258,7 +258,7 @@ class _CaseReader:
 
     def given(self, n, as_of: dt.date) -> dict[str, list[dict]]:
         night = _Night(as_of)
-        if n is None:
+        if n is None or n.value is None:  # no 'given', or 'given:' with nothing under it
             night.default_project()
             return night.tables
         g = self.mapping(n, "'given'", tuple(COLUMNS))

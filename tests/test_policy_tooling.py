@@ -699,3 +699,11 @@ def test_validate_notes_a_threshold_or_condition_nothing_uses_but_accepts_the_fi
     assert f"{copy}:{line}:3: note: threshold 'invoice_grace_dayz' is not used by any condition" in result.stderr
     assert re.search(rf"{re.escape(str(copy))}:\d+:3: note: condition 'never_used' is not used by any policy", result.stderr)
     assert load_policies(POLICIES).notes == []
+
+
+def test_a_case_with_an_empty_given_is_the_default_night(tmp_path):
+    cases = tmp_path / "empty_given.yaml"
+    cases.write_text("cases:\n  - name: the default night is quiet\n    given:\n    exactly: true\n")
+    result = invoke("test", POLICIES, "--cases", cases)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[-1] == "1 passed, 0 failed"
