@@ -429,33 +429,6 @@ class Outcome:
     by_manager: dict[str, dict]
 
 
-# Encoding a big night's emails (thousands of managers) is CPU-bound pure Python: spread it over the cores.
-PARALLEL_FROM = 64
-_TO_ENCODE: tuple = ()
-
-
-def _encode_one(i: int) -> tuple[str, bytes]:
-    reports, mail_from = _TO_ENCODE
-    msg = build_message(reports[i], mail_from)
-    return msg["Message-ID"], msg.as_bytes(policy=email.policy.SMTP)
-
-
-def _encoded(reports: list, mail_from: str) -> list[tuple[str, bytes]]:
-    """(Message-ID, the .eml bytes) per report, in order; in forked worker processes when there are many."""
-    global _TO_ENCODE
-    _TO_ENCODE = (reports, mail_from)
-    try:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        if len(reports) < PARALLEL_FROM or cores < 2:
-            return [_encode_one(i) for i in range(len(reports))]
-        import multiprocessing
-
-        with multiprocessing.get_context("fork").Pool(min(cores, 4)) as pool:
-            return pool.map(_encode_one, range(len(reports)), chunksize=max(1, len(reports) // (cores * 8)))
-    finally:
-        _TO_ENCODE = ()
-
-
 def write_outbox(outbox: Path, reports, mail_from: str, ledger) -> tuple[list[Outgoing], list[dict]]:
     """Every report as an .eml file (atomically); each becomes owed in the ledger unless already delivered.
 
@@ -463,16 +436,15 @@ def write_outbox(outbox: Path, reports, mail_from: str, ledger) -> tuple[list[Ou
     outbox = Path(outbox)
     outbox.mkdir(parents=True, exist_ok=True)
     outgoing, unaddressed = [], []
-    addressed = []
     for report in reports:
         if not valid_address(report.email):
             unaddressed.append({"manager_id": report.manager_id, "email": plain(report.email)[:120],
                                 "why": "no valid email address in the users table"})
             continue
-        addressed.append(report)
-    for report, (mid, data) in zip(addressed, _encoded(addressed, mail_from)):
+        msg = build_message(report, mail_from)
+        mid = msg["Message-ID"]
         path = (outbox / outbox_name(report.as_of, report.manager_id, mid)).resolve()
-        files.write_bytes(path, data)
+        files.write_bytes(path, msg.as_bytes(policy=email.policy.SMTP))
         ledger.owe_delivery(mid, report.as_of, report.email, str(path))
         outgoing.append(Outgoing(mid, report.as_of, report.email, str(path), report.manager_id))
     # A rerun of the night that no longer reports to someone withdraws the stale email.

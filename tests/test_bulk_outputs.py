@@ -1,15 +1,12 @@
 """The bulk, column-wise ways of writing a night's outputs say exactly what
-the row-by-row ways said: decisions.jsonl, the ledger's decision keys, and the
-emails encoded in worker processes."""
+the row-by-row ways said: decisions.jsonl and the ledger's decision keys."""
 from __future__ import annotations
 
 import json
-import re
-from types import SimpleNamespace
 
 import pandas as pd
 
-from processor import files, mail
+from processor import files
 from processor.decide import KEY_COLUMNS
 from processor.ledger import decision_keys
 
@@ -49,22 +46,3 @@ def test_an_empty_night_writes_an_empty_jsonl(tmp_path):
 def test_ledger_keys_built_column_wise_are_the_joined_key_columns():
     frame = decisions_frame()
     assert decision_keys(frame).tolist() == ["|".join(str(r[c]) for c in KEY_COLUMNS) for r in frame.to_dict("records")]
-
-
-def test_many_emails_encoded_in_worker_processes_are_the_ones_encoded_here():
-    reports = [SimpleNamespace(subject=f"Report {i}", name=f"Manager {i}", email=f"m{i}@example.test",
-                               as_of="2026-11-24", manager_id=f"PS{i}", text=f"Hello {i}\n" * 30,
-                               html=f"<p>Hola {i} — línea</p>" * 50)
-               for i in range(mail.PARALLEL_FROM + 6)]
-    parallel = mail._encoded(reports, "reports@example.test")
-    mail._TO_ENCODE = (reports, "reports@example.test")
-    try:
-        here = [mail._encode_one(i) for i in range(len(reports))]
-    finally:
-        mail._TO_ENCODE = ()
-
-    def same(eml: bytes) -> bytes:  # the Date header and the MIME boundary differ by design
-        return re.sub(rb"=+\d+==", b"BOUNDARY", re.sub(rb"Date: [^\r\n]*", b"", eml))
-
-    assert [mid for mid, _ in parallel] == [mid for mid, _ in here]
-    assert [same(b) for _, b in parallel] == [same(b) for _, b in here]
