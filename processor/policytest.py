@@ -441,34 +441,11 @@ def decide_case(policies: PolicySet, case: Case, workdir: Path) -> tuple[pd.Data
 
 
 def retire_in_process_engine() -> None:
-    """Stop the durable-rules host an in-process evaluation left behind.
-
-    durable-rules' Host re-arms two timer threads every 0.2 s for as long as the process lives,
-    and processor.evaluate makes a new Host for every in-process (workers=0) evaluation: a run of
-    fifty cases would leave a hundred timers ticking. The last Host is never used again, so its
-    timers are disarmed (a timer already firing runs its old function once more, then no other)."""
+    """Kept for callers: processor.evaluate now closes its in-process engine itself."""
     from processor import evaluate
 
-    disarm_host(getattr(getattr(evaluate, "_ENGINE", None), "_host", None))
-
-
-def disarm_host(host) -> None:
-    """Stop a durable-rules Host's two self-re-arming timers (it is never used again)."""
-    if host is None:
-        return
-    for _attempt in range(5):
-        timers = [getattr(host, name, None) for name in ("_d_timer", "_t_timer")]
-        for timer in timers:
-            if timer is not None:
-                timer.function = _nothing
-                timer.cancel()
-        if [getattr(host, name, None) for name in ("_d_timer", "_t_timer")] == timers:
-            return
-        time.sleep(0.001)  # a timer was firing and re-armed itself: disarm the new one too
-
-
-def _nothing(*_args, **_kwargs):
-    return None
+    if getattr(evaluate, "_ENGINE", None) is not None:
+        evaluate._ENGINE.close()
 
 
 def check_case(case: Case, decisions: pd.DataFrame, refused: list[str]) -> list[str]:

@@ -20,7 +20,6 @@ from hypothesis import strategies as st
 
 from conftest import AS_OF, Night
 from processor.cli import main
-from processor.policytest import disarm_host
 from rules.compile import mask, to_ruleset
 from rules.document import (
     KNOWN_TEXT,
@@ -237,7 +236,7 @@ def test_a_valid_generated_document_compiles_and_runs_through_durable_rules(docu
     try:
         fired = set(engine.evaluate(facts))
     finally:
-        disarm_host(engine._host)  # durable-rules' timers would otherwise tick for the rest of the session
+        engine.close()  # durable-rules' timers would otherwise tick for the rest of the session
     # durable-rules and the compiled pandas masks read the same condition tree: they agree fact by fact.
     expected = set()
     for policy in policies.policies:
