@@ -21,7 +21,7 @@ import pandas as pd
 from rules.document import PolicySet
 
 from processor.decide import KEY_COLUMNS
-from processor.policytest import describe, retire_in_process_engine
+from processor.policytest import describe
 
 COMPARED = ["assignee_id", "amount", "currency", "reason", "evidence"]
 ROW_COLUMNS = [*KEY_COLUMNS, "assignee_id", "amount", "currency", "reason", "evidence", "project_success_id"]
@@ -54,14 +54,8 @@ def diff_night(baseline: PolicySet, candidate: PolicySet, export_dir: str | Path
 
     export = read_export(export_dir)
     as_of = resolve_as_of(export, as_of)
-    try:
-        before, ev_before, _ = decide_night(baseline, export, as_of, workers=workers)
-    finally:
-        retire_in_process_engine()
-    try:
-        after, ev_after, _ = decide_night(candidate, export, as_of, workers=workers)
-    finally:
-        retire_in_process_engine()
+    before, ev_before, _ = decide_night(baseline, export, as_of, workers=workers)
+    after, ev_after, _ = decide_night(candidate, export, as_of, workers=workers)
     added, removed, changed = compare(before, after)
     return NightDiff(as_of, str(export_dir), len(export.tables["projects"]), baseline.path, candidate.path,
                      _rows(before), _rows(after), added, removed, changed,

@@ -120,17 +120,12 @@ def evaluate(policies: PolicySet, facts: Facts, *, workers: int = 1, prefilter: 
     result = Evaluation(pd.DataFrame(columns=["policy_id", "fact_id"]), len(facts.frames["project"]), len(ids))
     done = 0
     if workers <= 0:
-        global _ENGINE
         _init_worker(ruleset)
-        try:
-            for chunk in chunks:
-                firings.extend(_evaluate_chunk(chunk))
-                done += len(_chunk_projects(chunk))
-                if progress:
-                    progress(done, len(ids))
-        finally:
-            _ENGINE.close()  # in-process engines would otherwise keep their timer threads for good
-            _ENGINE = None
+        for chunk in chunks:
+            firings.extend(_evaluate_chunk(chunk))
+            done += len(_chunk_projects(chunk))
+            if progress:
+                progress(done, len(ids))
     else:
         pending = chunks
         while pending:

@@ -21,7 +21,7 @@ import pandas as pd
 from rules.compile import explain_fact
 from rules.document import PolicySet, did_you_mean
 
-from processor.policytest import describe, retire_in_process_engine
+from processor.policytest import describe
 
 # Above this many projects the night is evaluated in worker processes.
 IN_PROCESS_PROJECTS = 20_000
@@ -57,10 +57,7 @@ def explain_project(policies: PolicySet, export_dir: str | Path, project_id: str
                               f"give a project_id from its projects table")
     if workers is None:
         workers = 0 if len(projects) <= IN_PROCESS_PROJECTS else (os.cpu_count() or 1)
-    try:
-        decisions, evaluation, facts = decide_night(policies, export, as_of, workers=workers)
-    finally:
-        retire_in_process_engine()
+    decisions, evaluation, facts = decide_night(policies, export, as_of, workers=workers)
     mine = decisions[decisions["project_id"].astype(str) == project_id].fillna("")
     context = facts.projects[facts.projects["project_id"].astype(str) == project_id].iloc[0].to_dict()
     out["project"] = {k: _plain(v) for k, v in context.items()}

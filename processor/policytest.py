@@ -433,19 +433,8 @@ def decide_case(policies: PolicySet, case: Case, workdir: Path) -> tuple[pd.Data
     export = read_export(write_export(case.tables, workdir, case.as_of))
     refused = [f"{r['table']} row {r['row']} ({r['record_id']}): {r['column']} {r['value']!r} — {r['reason']}"
                for r in export.rejects.to_dict("records")]
-    try:
-        decisions, _ev, _facts = decide_night(policies, export, case.as_of, workers=0)
-    finally:
-        retire_in_process_engine()
+    decisions, _ev, _facts = decide_night(policies, export, case.as_of, workers=0)
     return decisions.fillna(""), refused
-
-
-def retire_in_process_engine() -> None:
-    """Kept for callers: processor.evaluate now closes its in-process engine itself."""
-    from processor import evaluate
-
-    if getattr(evaluate, "_ENGINE", None) is not None:
-        evaluate._ENGINE.close()
 
 
 def check_case(case: Case, decisions: pd.DataFrame, refused: list[str]) -> list[str]:

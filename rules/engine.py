@@ -13,7 +13,6 @@ The engine knows nothing of files or pandas: facts in, (policy id, fact id) out.
 from __future__ import annotations
 
 import copy
-import time
 from typing import Iterable
 
 from durable.engine import Host, MessageNotHandledException, MessageObservedException
@@ -52,9 +51,6 @@ def _ignore(c):
     return None
 
 
-def _no_tick(*_args, **_kwargs):
-    return None
-
 
 class PolicyEngine:
     """One durable-rules host with the compiled policies. Not thread-safe; one per process."""
@@ -86,26 +82,6 @@ class PolicyEngine:
             pass
         self._fired.clear()
         return fired
-
-    def close(self) -> None:
-        """Stop the host's two timer threads. durable-rules re-arms them every 0.2-0.5 s for the
-        life of the process, so every engine left open keeps waking up; closed, it is not used again."""
-        host = self._host
-        for _attempt in range(5):
-            timers = [getattr(host, name, None) for name in ("_d_timer", "_t_timer")]
-            for timer in timers:
-                if timer is not None:
-                    timer.function = _no_tick
-                    timer.cancel()
-            if [getattr(host, name, None) for name in ("_d_timer", "_t_timer")] == timers:
-                return
-            time.sleep(0.001)  # a timer was firing and re-armed itself: disarm the new one too
-
-    def __enter__(self) -> "PolicyEngine":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     def evaluate_many(self, projects: Iterable[list[dict]]) -> list[tuple[str, str]]:
         out: list[tuple[str, str]] = []
