@@ -27,7 +27,6 @@ import csv
 import datetime as dt
 import json
 import tempfile
-import time
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -35,20 +34,13 @@ from pathlib import Path
 import pandas as pd
 
 from rules.document import PolicyError, PolicySet, Problem, did_you_mean, located_yaml, read_text
+from processor.contract import TABLES
 
 DEFAULT_AS_OF = dt.date(2026, 11, 24)
 CASES_DIR = "policy_tests"
 
-# The columns of each export table (SPEC §4), in file order.
-COLUMNS = {
-    "users": ["user_id", "role", "name", "email", "status", "is_top_shaker", "areas", "rating", "max_active_projects"],
-    "projects": ["project_id", "title", "client_id", "talent_id", "project_success_id", "area", "status", "hold_reason",
-                 "held_since", "talent_decision", "created_at"],
-    "milestones": ["milestone_id", "project_id", "sequence", "title", "amount", "currency", "status", "payee_id",
-                   "escrow_amount", "activated_at", "completed_at", "validated_at", "released_at"],
-    "invoices": ["invoice_id", "milestone_id", "amount", "currency", "issued_at", "due_date", "status", "paid_at"],
-    "contact_attempts": ["attempt_id", "project_id", "target_user_id", "made_by", "channel", "attempted_at", "answered_at"],
-}
+# The columns of each export table (SPEC §4), in file order: the export contract's own.
+COLUMNS = {name: list(table.column_names) for name, table in TABLES.items()}
 # Shorthands a case may use besides the columns, and what they mean.
 SHORTHANDS = {
     "users": {},

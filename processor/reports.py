@@ -386,7 +386,6 @@ def render_overview(summary: dict, decisions: pd.DataFrame, rejects: pd.DataFram
     by_policy = []
     if not decisions.empty:
         states = decisions.groupby(["policy_id", "state"]).size().unstack(fill_value=0)
-        actions = decisions.groupby(["policy_id", "action"]).size()
     for pid, acts in summary["decisions"]["by_policy"].items():
         new = int(states.loc[pid].get("new", 0)) if not decisions.empty and pid in states.index else 0
         ongoing = int(states.loc[pid].get("ongoing", 0)) if not decisions.empty and pid in states.index else 0

@@ -8,15 +8,9 @@ from pathlib import Path
 
 import pandas as pd
 
-COLUMNS = {
-    "users": ["user_id", "role", "name", "email", "status", "is_top_shaker", "areas", "rating", "max_active_projects"],
-    "projects": ["project_id", "title", "client_id", "talent_id", "project_success_id", "area", "status", "hold_reason",
-                 "held_since", "talent_decision", "created_at"],
-    "milestones": ["milestone_id", "project_id", "sequence", "title", "amount", "currency", "status", "payee_id",
-                   "escrow_amount", "activated_at", "completed_at", "validated_at", "released_at"],
-    "invoices": ["invoice_id", "milestone_id", "amount", "currency", "issued_at", "due_date", "status", "paid_at"],
-    "contact_attempts": ["attempt_id", "project_id", "target_user_id", "made_by", "channel", "attempted_at", "answered_at"],
-}
+from processor.contract import TABLES
+
+COLUMNS = {name: list(table.column_names) for name, table in TABLES.items()}  # the contract's, in file order
 
 AS_OF = dt.date(2026, 11, 24)
 
