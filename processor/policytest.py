@@ -89,13 +89,8 @@ class CaseResult:
         return f"{self.file}:{self.line}"
 
 
-class CaseFileError(Exception):
-    """A case file that cannot be read; `problems` are located like a policies file's."""
-
-    def __init__(self, filename: str, problems: list[Problem]):
-        self.filename = filename
-        self.problems = sorted(set(problems), key=lambda p: (p.line, p.col, p.message))
-        super().__init__("\n".join(p.located(filename) for p in self.problems))
+class CaseFileError(PolicyError):
+    """A case file that cannot be read; `problems` are located exactly like a policies file's."""
 
 
 # --------------------------------------------------------------------------- reading case files
