@@ -105,6 +105,8 @@ _CSV_SPECIAL = r'[",\r\n]'
 # What JSON text cannot hold as is (control characters) or pandas' encoder writes as an escape
 # (those and non-ASCII): rows holding such text are left to pandas' own encoder.
 _JSON_CONTROL = r"[\x00-\x1f\x7f]"
+# Text needing any care at all in JSON (most columns are ids and codes: none).
+_JSON_SPECIAL = r'["\\\x00-\x1f\x7f]'
 
 
 def _text_arrays(frame: pd.DataFrame) -> list[pa.Array] | None:
@@ -170,10 +172,12 @@ def json_lines(frame: pd.DataFrame, json_columns: tuple[str, ...] = ()) -> pa.Ar
             empty = pc.fill_null(pc.equal(values, ""), True)
             fields.append(_concat(key, pc.if_else(empty, _text("null"), values)))
             continue
-        odd = pc.or_(pc.invert(pc.string_is_ascii(values)), pc.match_substring_regex(values, _JSON_CONTROL))
-        unplain |= pc.fill_null(odd, True).to_numpy(zero_copy_only=False)
-        escaped = pc.replace_substring(pc.replace_substring(values, "\\", "\\\\"), '"', '\\"')
-        fields.append(_concat(key + '"', escaped, '"'))
+        if values.null_count or not pc.all(pc.string_is_ascii(values)).as_py() or \
+                pc.any(pc.match_substring_regex(values, _JSON_SPECIAL)).as_py():
+            odd = pc.or_(pc.invert(pc.string_is_ascii(values)), pc.match_substring_regex(values, _JSON_CONTROL))
+            unplain |= pc.fill_null(odd, True).to_numpy(zero_copy_only=False)
+            values = pc.replace_substring(pc.replace_substring(values, "\\", "\\\\"), '"', '\\"')
+        fields.append(_concat(key + '"', values, '"'))
     lines = _concat("{", _join(fields, ","), "}")
     if unplain.any():
         where = np.flatnonzero(unplain)
