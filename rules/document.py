@@ -7,7 +7,7 @@ a file once, not once per error.
 
 The JSON Schema of the same document (rules.schema) is built from the same
 vocabulary and the same per-action rules below (`allowed_who`,
-`action_arguments`, `KNOWN_TEXT`), so the editor's checks and this checker say
+`action_arguments`, the vocabulary's `KNOWN_TEXT`), so the editor's checks and this checker say
 the same thing. The few checks a JSON Schema cannot express (a name used
 before it is defined, two policies with one id, a key written twice) are
 marked `beyond_schema` on their Problem; the tests hold the two to that.
@@ -32,6 +32,7 @@ from rules.vocabulary import (
     FACT_KINDS,
     FLAG,
     HOLD_REASONS,
+    KNOWN_TEXT,
     MILESTONE_STATUSES,
     NUMBER,
     WHO,
@@ -64,20 +65,6 @@ TEXT_PATTERN = r"\S"  # a reason code: any text that is not blank
 COMPARISON_OPS = {"at_least": "gte", "at_most": "lte", "more_than": "gt", "less_than": "lt"}
 assert set(COMPARISON_OPS) == set(COMPARISONS)
 TEST_WORDS = (*COMPARISONS, "one_of", "none_of", "not")
-
-# The values a text fact can take; a test against any other value could never hold.
-KNOWN_TEXT: dict[str, tuple[str, ...]] = {
-    "project_status": ("active", "on_hold", "closed"),
-    "hold_reason": (*HOLD_REASONS, "none"),
-    "talent_decision": ("wait", "close", "continue", "halt", "none"),
-    "client_status": ("active", "rejected"),
-    "talent_status": ("active", "rejected"),
-    "user_status": ("active", "rejected"),
-    "party": ("client", "talent"),
-    "milestone_status": MILESTONE_STATUSES,
-    "invoice_status": ("open", "paid", "void"),
-}
-_KNOWN_TEXT = KNOWN_TEXT  # the old private name
 
 # Who an action may concern, where that is narrower than WHO.
 WHO_FOR_ACTION = {"reject_user": ("client", "talent", "party")}

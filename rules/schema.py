@@ -18,7 +18,6 @@ import json
 from pathlib import Path
 
 from rules.document import (
-    KNOWN_TEXT,
     MAX_NUMBER,
     NAME_PATTERN,
     POLICY_ID_PATTERN,
@@ -40,6 +39,7 @@ from rules.vocabulary import (
     FACT_KINDS,
     FLAG,
     HOLD_REASONS,
+    KNOWN_TEXT,
     MILESTONE_STATUSES,
     NUMBER,
 )

@@ -118,6 +118,19 @@ DEFAULT_WHO = {
 HOLD_REASONS = ("client_contact_loss", "talent_contact_loss", "non_payment", "other")
 MILESTONE_STATUSES = ("pending", "active", "completed", "validated", "released")
 
+# The values a text fact can take; a test against any other value could never hold.
+KNOWN_TEXT: dict[str, tuple[str, ...]] = {
+    "project_status": ("active", "on_hold", "closed"),
+    "hold_reason": (*HOLD_REASONS, "none"),
+    "talent_decision": ("wait", "close", "continue", "halt", "none"),
+    "client_status": ("active", "rejected"),
+    "talent_status": ("active", "rejected"),
+    "user_status": ("active", "rejected"),
+    "party": ("client", "talent"),
+    "milestone_status": MILESTONE_STATUSES,
+    "invoice_status": ("open", "paid", "void"),
+}
+
 # Comparison words of a condition, and the durable-rules operator each becomes.
 COMPARISONS = {
     "at_least": "$gte",
