@@ -115,24 +115,12 @@ def run_night(export_dir: str | Path, *, policies_path: str | Path = "policies.y
         resolved = ledger.resolved(as_of, decisions, ev.not_evaluated).assign(
             run_id=run_id, as_of=as_of.isoformat(), state="resolved")[DECISION_COLUMNS]
         timings["ledger"] = time.perf_counter() - t
-        t = time.perf_counter()
         rejects = export.rejects[REJECT_COLUMNS] if len(export.rejects) else pd.DataFrame(columns=REJECT_COLUMNS)
-        files.write_csv(out / "decisions.csv", decisions)
-        files.write_jsonl(out / "decisions.jsonl", decisions, json_columns=("evidence",))
-        files.write_csv(out / "rejects.csv", rejects)
-        files.write_csv(out / "resolved.csv", resolved)
-        timings["write"] = time.perf_counter() - t
-        say(f"decisions, rejects and resolved written to {out}")
-        timings["total"] = time.perf_counter() - started
         summary = make_summary(run_id, as_of, export, policies, decisions, ev, timings, out)
         summary["decisions"]["resolved"] = int(len(resolved))
         summary["outputs"]["resolved_csv"] = "resolved.csv"
-        files.write_json(out / "summary.json", summary)
-        # The ledger learns of the night last: a run killed before this point left no trace there.
-        t = time.perf_counter()
-        ledger.record_night(as_of, run_id, policies.sha256, str(out), decisions, resolved=resolved)
-        timings["ledger"] += time.perf_counter() - t
-        say("ledger updated")
+        _write_and_record(out, ledger, as_of, run_id, policies.sha256, decisions, rejects, resolved, summary,
+                          timings, say)
         # Reports to Project Success (SPEC §6): outbox, delivery, report.html; summary.json gains `reports`.
         from processor.reports import publish_night
         t = time.perf_counter()
@@ -145,6 +133,25 @@ def run_night(export_dir: str | Path, *, policies_path: str | Path = "policies.y
         files.write_json(out / "summary.json", summary)
     exit_code = 1 if ev.not_evaluated else 5 if published.undelivered else 0
     return NightResult(out, run_id, as_of, decisions, rejects, summary, ev, exit_code, timings, resolved=resolved)
+
+
+def _write_and_record(out: Path, ledger: Ledger, as_of: dt.date, run_id: str, policies_sha: str,
+                      decisions: pd.DataFrame, rejects: pd.DataFrame, resolved: pd.DataFrame, summary: dict,
+                      timings: dict, say: Callable[[str], None]) -> None:
+    """The night's files, then its record in the ledger: the ledger learns of the night last,
+    so a run killed before that left no trace there."""
+    t = time.perf_counter()
+    files.write_csv(out / "decisions.csv", decisions)
+    files.write_jsonl(out / "decisions.jsonl", decisions, json_columns=("evidence",))
+    files.write_csv(out / "rejects.csv", rejects)
+    files.write_csv(out / "resolved.csv", resolved)
+    files.write_json(out / "summary.json", summary)
+    timings["write"] = time.perf_counter() - t
+    say(f"decisions, rejects and resolved written to {out}")
+    t = time.perf_counter()
+    ledger.record_night(as_of, run_id, policies_sha, str(out), decisions, resolved=resolved)
+    timings["ledger"] = timings.get("ledger", 0.0) + time.perf_counter() - t
+    say("ledger updated")
 
 
 def make_summary(run_id, as_of, export: Export, policies: PolicySet, decisions: pd.DataFrame, ev: Evaluation,
