@@ -105,8 +105,6 @@ _CSV_SPECIAL = r'[",\r\n]'
 # What JSON text cannot hold as is (control characters) or pandas' encoder writes as an escape
 # (those and non-ASCII): rows holding such text are left to pandas' own encoder.
 _JSON_CONTROL = r"[\x00-\x1f\x7f]"
-# Text needing any care at all in JSON (most columns are ids and codes: none).
-_JSON_SPECIAL = r'["\\\x00-\x1f\x7f]'
 
 
 def _text_arrays(frame: pd.DataFrame) -> list[pa.Array] | None:
@@ -143,15 +141,16 @@ def _csv_body(frame: pd.DataFrame) -> memoryview | None:
     columns = _text_arrays(frame) if frame.shape[1] > 1 else None
     if columns is None:
         return None
-    fields = []
+    parts: list = []
     for values in columns:
         values = pc.fill_null(values, "")
         special = pc.match_substring_regex(values, _CSV_SPECIAL)
         if pc.any(special).as_py():
             quoted = _concat('"', pc.replace_substring(values, '"', '""'), '"')
             values = pc.if_else(special, quoted, values)
-        fields.append(values)
-    return _joined(_concat(_join(fields, ","), "\n"))
+        parts += [values, ","]
+    parts[-1] = "\n"
+    return _joined(_concat(*parts))
 
 
 def json_lines(frame: pd.DataFrame, json_columns: tuple[str, ...] = ()) -> pa.Array | None:
@@ -165,20 +164,25 @@ def json_lines(frame: pd.DataFrame, json_columns: tuple[str, ...] = ()) -> pa.Ar
     if columns is None:
         return None if not frame.empty else pa.array([], pa.large_string())
     unplain = np.zeros(len(frame), dtype=bool)
-    fields = []
+    # The whole line in one concatenation: literal text (braces, keys, quotes) between the values.
+    parts: list = []
+    opening = "{"
     for name, values in zip(frame.columns, columns):
-        key = json.dumps(str(name)) + ":"
+        key = opening + json.dumps(str(name)) + ":"
+        opening = ","
         if name in json_columns:
             empty = pc.fill_null(pc.equal(values, ""), True)
-            fields.append(_concat(key, pc.if_else(empty, _text("null"), values)))
+            parts += [key, pc.if_else(empty, _text("null"), values)]
             continue
-        if values.null_count or not pc.all(pc.string_is_ascii(values)).as_py() or \
-                pc.any(pc.match_substring_regex(values, _JSON_SPECIAL)).as_py():
-            odd = pc.or_(pc.invert(pc.string_is_ascii(values)), pc.match_substring_regex(values, _JSON_CONTROL))
-            unplain |= pc.fill_null(odd, True).to_numpy(zero_copy_only=False)
-            values = pc.replace_substring(pc.replace_substring(values, "\\", "\\\\"), '"', '\\"')
-        fields.append(_concat(key + '"', values, '"'))
-    lines = _concat("{", _join(fields, ","), "}")
+        ascii = pc.string_is_ascii(values)
+        control = pc.match_substring_regex(values, _JSON_CONTROL)
+        if values.null_count or not pc.all(ascii).as_py() or pc.any(control).as_py():
+            unplain |= pc.fill_null(pc.or_(pc.invert(ascii), control), True).to_numpy(zero_copy_only=False)
+        for char, escaped in (("\\", "\\\\"), ('"', '\\"')):  # the backslash first
+            if pc.any(pc.match_substring(values, char)).as_py():
+                values = pc.replace_substring(values, char, escaped)
+        parts += [key + '"', values, '"']
+    lines = _concat(*_merge_literals(parts), "}")
     if unplain.any():
         where = np.flatnonzero(unplain)
         lines = pc.replace_with_mask(lines, pa.array(unplain), pa.array(_pandas_json_lines(frame.iloc[where], json_columns),
@@ -212,6 +216,25 @@ def _pandas_json_lines(frame: pd.DataFrame, json_columns: tuple[str, ...]) -> li
     for p in pieces[1:]:
         body = body + "," + p
     return ("{" + body + "}").tolist()
+
+
+def joined_columns(frame: pd.DataFrame, separator: str) -> pa.Array:
+    """Each row's text columns joined by `separator` (a null field as empty text)."""
+    columns = _text_arrays(frame)
+    if columns is None:
+        raise TypeError("joined_columns takes columns of text")
+    return _join([pc.fill_null(c, "") for c in columns], separator)
+
+
+def _merge_literals(parts: list) -> list:
+    """Adjacent literal strings made one (fewer arguments to the concatenation kernel)."""
+    out: list = []
+    for part in parts:
+        if isinstance(part, str) and out and isinstance(out[-1], str):
+            out[-1] += part
+        else:
+            out.append(part)
+    return out
 
 
 def _text(value: str) -> pa.Scalar:

@@ -70,14 +70,10 @@ def default_ledger_path() -> Path:
 
 
 def decision_keys(decisions: pd.DataFrame) -> pd.Series:
+    """Each decision's key: its KEY_COLUMNS joined by "|" (built a column at a time)."""
     if decisions.empty:
         return pd.Series([], dtype=object)
-    # Column-wise concatenation: the same text as "|".join per row, without a loop over rows.
-    cols = [decisions[c].astype(str).astype(object) for c in KEY_COLUMNS]
-    keys = cols[0]
-    for c in cols[1:]:
-        keys = keys + "|" + c
-    return keys
+    return pd.Series(files.joined_columns(decisions[KEY_COLUMNS].astype(str), "|"), index=decisions.index, dtype="str")
 
 
 class Ledger:
