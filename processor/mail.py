@@ -1,13 +1,15 @@
 """Reports -> emails in the run's outbox -> SMTP, each Message-ID delivered once.
 
-* Every email is built with the `email` package's header registry: display
-  names are stripped of control characters and line breaks and go through
-  `Address`, so nothing from the export can add or change a header.
+* Every email's headers are built with the `email` package's header registry:
+  display names are stripped of control characters and line breaks and go
+  through `Address`, so nothing from the export can add or change a header.
+  Its two parts (text, HTML) are base64, encoded and assembled here at C speed.
 * The Message-ID is derived from the night and the recipient: rebuilding the
   same night's report gives the same id, and the ledger's `deliveries` table
   remembers which ids were delivered, so a rerun emails nobody twice.
-* Every email is written to `RUN_DIR/outbox/*.eml` (atomically) before any
-  sending; what could not be sent stays owed in the ledger and is sent by the
+* Every email is written to `RUN_DIR/outbox/*.eml` (atomically, on disk before
+  the ledger counts it as owed) before any sending, by one process per core on
+  big nights; what could not be sent stays owed in the ledger and is sent by the
   next run or by `shakers-rules send --run RUN_DIR`.
 * Settings come from the environment (SPEC §6). The password is never put in a
   log line, an output file or an error message.
@@ -15,24 +17,33 @@
 from __future__ import annotations
 
 import base64
+import binascii
 import datetime as dt
 import email
 import email.policy
 import email.utils
+import functools
 import hashlib
+import multiprocessing
 import os
 import re
 import smtplib
 import socket
 import ssl
+import tempfile
 import time
+import traceback
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from email.headerregistry import Address
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
+import numpy as np
+
 from processor import files
+from processor.killpoints import kill_point
 
 TLS_MODES = ("none", "starttls", "ssl")
 DEFAULT_PORTS = {"starttls": 587, "ssl": 465, "none": 25}
@@ -171,8 +182,8 @@ def message_id(as_of: str, recipient: str, manager_id: str) -> str:
     return f"<report.{as_of}.{digest}@{MESSAGE_ID_DOMAIN}>"
 
 
-def build_message(report, mail_from: str) -> EmailMessage:
-    """multipart/alternative (text, then HTML) for one manager's report."""
+def headers(report, mail_from: str) -> EmailMessage:
+    """The headers of one manager's report (no body): every user-provided text goes through the header registry."""
     msg = EmailMessage(policy=email.policy.SMTP)
     msg["Subject"] = plain(report.subject)
     msg["From"] = sender_address(mail_from)
@@ -181,9 +192,50 @@ def build_message(report, mail_from: str) -> EmailMessage:
     msg["Message-ID"] = message_id(report.as_of, report.email, report.manager_id)
     msg["Auto-Submitted"] = "auto-generated"
     msg["X-Shakers-Night"] = plain(report.as_of)
-    msg.set_content(report.text, subtype="plain", charset="utf-8")
-    msg.add_alternative(report.html, subtype="html", charset="utf-8")
+    msg["MIME-Version"] = "1.0"
+    msg["Content-Type"] = f'multipart/alternative; boundary="{boundary(msg["Message-ID"])}"'
     return msg
+
+
+def boundary(mid: str) -> str:
+    """The multipart boundary of a message: the same for every build of it, and never inside its parts.
+
+    The parts are base64 (letters, digits, `+/=` and line breaks) under fixed headers; a `-` cannot
+    occur in them, so the delimiter line `--shakers-report-…` cannot either."""
+    return f"shakers-report-{hashlib.sha256(mid.encode()).hexdigest()[:24]}"
+
+
+def base64_body(text: str) -> bytes:
+    """`text` in canonical form (UTF-8, CRLF line breaks, ending with one) as base64 lines of 76 characters.
+
+    binascii encodes the whole text at C speed and numpy cuts it into lines: `base64.encodebytes`
+    would loop in Python over every 57 bytes."""
+    data = text.encode("utf-8").replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+    if not data.endswith(b"\n"):
+        data += b"\n"
+    encoded = binascii.b2a_base64(data.replace(b"\n", b"\r\n"), newline=False)
+    full = len(encoded) // 76
+    lines = np.empty((full, 78), dtype=np.uint8)
+    lines[:, :76] = np.frombuffer(encoded, dtype=np.uint8, count=full * 76).reshape(full, 76)
+    lines[:, 76:] = (13, 10)
+    rest = encoded[full * 76:]
+    return lines.tobytes() + (rest + b"\r\n" if rest else b"")
+
+
+def build_message(report, mail_from: str) -> tuple[str, bytes]:
+    """(Message-ID, the email as sent) for one manager's report: multipart/alternative, text then HTML.
+
+    The `email` package builds and folds the headers; the two parts are assembled here, base64
+    at C speed (its pure-Python quoted-printable and generator dominated big nights)."""
+    msg = headers(report, mail_from)
+    mid = msg["Message-ID"]
+    delimiter = f"--{boundary(mid)}".encode()
+    out = [b"".join(msg.policy.fold_binary(name, value) for name, value in msg.raw_items()), b"\r\n"]
+    for subtype, text in (("plain", report.text), ("html", report.html)):
+        out += [delimiter, f"\r\nContent-Type: text/{subtype}; charset=\"utf-8\"\r\n"
+                           "Content-Transfer-Encoding: base64\r\n\r\n".encode(), base64_body(text)]
+    out += [delimiter, b"--\r\n"]
+    return str(mid), b"".join(out)
 
 
 def outbox_name(as_of: str, manager_id: str, mid: str) -> str:
@@ -429,24 +481,38 @@ class Outcome:
     by_manager: dict[str, dict]
 
 
-def write_outbox(outbox: Path, reports, mail_from: str, ledger) -> tuple[list[Outgoing], list[dict]]:
+def write_outbox(outbox: Path, reports, mail_from: str, ledger, workers: int | None = None
+                 ) -> tuple[list[Outgoing], list[dict]]:
     """Every report as an .eml file (atomically); each becomes owed in the ledger unless already delivered.
 
-    Returns the outgoing emails and the reports that could not be addressed (bad or missing email)."""
+    The emails are rendered, encoded and written beside their final names by `workers` processes
+    (default: one per core on a big night), all fsynced, then renamed into place; only then does the
+    ledger learn, in one transaction, that they are owed. Returns the outgoing emails and the reports
+    that could not be addressed (bad or missing email)."""
     outbox = Path(outbox)
     outbox.mkdir(parents=True, exist_ok=True)
-    outgoing, unaddressed = [], []
+    addressed, unaddressed = [], []
     for report in reports:
-        if not valid_address(report.email):
+        if valid_address(report.email):
+            addressed.append(report)
+        else:
             unaddressed.append({"manager_id": report.manager_id, "email": plain(report.email)[:120],
                                 "why": "no valid email address in the users table"})
-            continue
-        msg = build_message(report, mail_from)
-        mid = msg["Message-ID"]
-        path = (outbox / outbox_name(report.as_of, report.manager_id, mid)).resolve()
-        files.write_bytes(path, msg.as_bytes(policy=email.policy.SMTP))
-        ledger.owe_delivery(mid, report.as_of, report.email, str(path))
-        outgoing.append(Outgoing(mid, report.as_of, report.email, str(path), report.manager_id))
+    mids = [message_id(r.as_of, r.email, r.manager_id) for r in addressed]
+    paths = [(outbox / outbox_name(r.as_of, r.manager_id, mid)).resolve() for r, mid in zip(addressed, mids)]
+    if workers is None:
+        workers = min(_cores(), len(addressed) // REPORTS_PER_WRITER)
+    try:
+        written = _in_processes(functools.partial(_write_emails, mail_from), list(zip(addressed, paths)), workers)
+    except BaseException:
+        files.remove_partials(outbox)  # what the writers that did not fail wrote
+        raise
+    kill_point("write")  # test hook: die with the emails written beside, not yet in place
+    for temporary, path in zip(written, paths):
+        os.replace(temporary, path)
+    _fsync_directory(outbox)
+    outgoing = [Outgoing(mid, r.as_of, r.email, str(path), r.manager_id) for r, mid, path in zip(addressed, mids, paths)]
+    ledger.owe_deliveries((o.message_id, o.as_of, o.recipient, o.eml_path) for o in outgoing)
     # A rerun of the night that no longer reports to someone withdraws the stale email.
     keep = {Path(o.eml_path).name for o in outgoing}
     for stale in outbox.glob("*.eml"):
@@ -456,6 +522,99 @@ def write_outbox(outbox: Path, reports, mail_from: str, ledger) -> tuple[list[Ou
                 ledger.withdraw_delivery(old.message_id)
             stale.unlink()
     return outgoing, unaddressed
+
+
+# A process is worth forking for this many emails or more (a fork of a big night costs ~0.1 s).
+REPORTS_PER_WRITER = 100
+# fsync waits on the disk, not the CPU: threads let the journal commit many files at once.
+FSYNC_THREADS = 8
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _write_emails(mail_from: str, emails: list) -> list[str]:
+    """Build each (report, path)'s email and write it beside `path`, fsynced; the temporary paths, in order.
+
+    Nothing is left behind on failure. Runs in a writer process: it returns only file names."""
+    temporaries: list[str] = []
+    try:
+        with ThreadPoolExecutor(FSYNC_THREADS) as syncing:
+            synced = []
+            for report, path in emails:
+                _mid, data = build_message(report, mail_from)
+                fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+                temporaries.append(temporary)
+                with open(fd, "wb", closefd=False) as f:
+                    f.write(data)
+                synced.append(syncing.submit(_fsync_and_close, fd))
+            for done in synced:
+                done.result()
+    except BaseException:
+        for temporary in temporaries:
+            Path(temporary).unlink(missing_ok=True)
+        raise
+    return temporaries
+
+
+def _fsync_and_close(fd: int):
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_directory(directory: Path):
+    """Make the renames into `directory` durable too."""
+    fd = os.open(directory, os.O_RDONLY)
+    _fsync_and_close(fd)
+
+
+def _in_processes(work: Callable[[list], list], items: list, workers: int) -> list:
+    """`work(items)`, with the items dealt round-robin to `workers` processes; its results in the items' order.
+
+    The processes are forked: they see the parent's memory as it is, so nothing is pickled to them,
+    and only `work`'s (small) results come back. The parent does one share itself."""
+    if workers <= 1 or len(items) < 2:
+        return work(items)
+    context = multiprocessing.get_context("fork")
+    shares = [items[i::workers] for i in range(workers)]
+    children = []
+    try:
+        for share in shares[1:]:
+            receive, send = context.Pipe(duplex=False)
+            child = context.Process(target=_child, args=(work, share, send), daemon=True)
+            child.start()
+            send.close()
+            children.append((child, receive))
+        results = [work(shares[0])]
+        for child, receive in children:
+            try:
+                ok, value = receive.recv()
+            except EOFError:
+                child.join()
+                raise RuntimeError(f"an outbox writer process died (exit code {child.exitcode})") from None
+            if not ok:
+                raise RuntimeError(f"an outbox writer process failed: {value}")
+            results.append(value)
+    finally:
+        for child, receive in children:
+            receive.close()
+            child.join()
+    merged: list = [None] * len(items)
+    for i, result in enumerate(results):
+        merged[i::workers] = result
+    return merged
+
+
+def _child(work, share, send):
+    try:
+        send.send((True, work(share)))
+    except BaseException:
+        send.send((False, traceback.format_exc()))
+    finally:
+        send.close()
 
 
 def publish(outbox: Path, reports, ledger, *, env: Mapping[str, str] | None = None,
@@ -481,10 +640,11 @@ def publish(outbox: Path, reports, ledger, *, env: Mapping[str, str] | None = No
             + (f", and {len(earlier):,} owed by earlier nights" if earlier else ""))
         result = deliver(outgoing + earlier, settings, ledger, sleep=sleep, progress=say)
     by_id = {o.message_id: o for o in outgoing}
-    owed_now = [o for o in outgoing if (ledger.delivery(o.message_id) or {}).get("status") != "sent"]
+    statuses = ledger.delivery_statuses(by_id)
+    owed_now = [o for o in outgoing if statuses.get(o.message_id) != "sent"]
     by_manager = {}
     for o in outgoing:
-        status = (ledger.delivery(o.message_id) or {}).get("status", "owed")
+        status = statuses.get(o.message_id, "owed")
         by_manager[o.manager_id] = {"status": {"sent": "sent", "failed": "failed", "pending": "outbox only"}.get(status, status),
                                     "message_id": o.message_id, "file": Path(o.eml_path).name,
                                     "error": result.failed.get(o.message_id, "")}
@@ -514,8 +674,7 @@ def send_run(run_dir: Path, ledger, *, env: Mapping[str, str] | None = None, pro
     """`shakers-rules send`: deliver what RUN_DIR/outbox still owes. Returns (result, still owed, settings)."""
     settings = SmtpSettings.from_env(env)
     outgoing = [o for o in (read_eml(p) for p in sorted(Path(run_dir, "outbox").glob("*.eml"))) if o is not None]
-    for o in outgoing:
-        ledger.owe_delivery(o.message_id, o.as_of, o.recipient, o.eml_path)
+    ledger.owe_deliveries((o.message_id, o.as_of, o.recipient, o.eml_path) for o in outgoing)
     if not settings.host:
         owed = sum(1 for o in outgoing if (ledger.delivery(o.message_id) or {}).get("status") != "sent")
         return DeliveryResult(error="SHAKERS_SMTP_HOST is not set"), owed, settings

@@ -227,8 +227,17 @@ class ManagerReport:
     sections: list[dict]         # {"key", "title", "hint", "items": [Item], "more": int}
     counts: dict[str, int]
     projects: list[str]
-    html: str = ""
-    text: str = ""
+
+    # Rendered when asked for, not kept: the outbox writers render each email in their own process.
+    @property
+    def html(self) -> str:
+        """The email's HTML part."""
+        return environment().get_template("report.html").render(r=self, money=format_money)
+
+    @property
+    def text(self) -> str:
+        """The email's plain-text part, saying what the HTML part says."""
+        return environment().get_template("report.txt").render(r=self, money=format_money)
 
 
 def _environment() -> Environment:
@@ -272,7 +281,7 @@ def _section_of(frame: pd.DataFrame) -> pd.Series:
 
 def build_reports(decisions: pd.DataFrame, projects: pd.DataFrame, milestones: pd.DataFrame, users: pd.DataFrame,
                   as_of: dt.date | str, run_id: str, descriptions: Mapping[str, str] | None = None) -> list[ManagerReport]:
-    """One ManagerReport per Project Success manager with any decision, rendered (html and text), by manager id."""
+    """One ManagerReport per Project Success manager with any decision, by manager id (rendered when asked for)."""
     as_of = as_of.isoformat() if isinstance(as_of, dt.date) else str(as_of)
     descriptions = descriptions or {}
     if decisions.empty:
@@ -297,7 +306,6 @@ def build_reports(decisions: pd.DataFrame, projects: pd.DataFrame, milestones: p
     d["_section"] = _section_of(d)
     # the party a party-fact is about: the flagged subject for flags, else whoever the evidence names
     d["_party_user"] = d["subject_id"]
-    env = environment()
     reports = []
     # The rows as dicts once (not per group: pandas' to_dict per group dominated big nights), grouped by
     # manager, section and firing in the decisions' order, as the group-bys below would.
@@ -356,9 +364,6 @@ def build_reports(decisions: pd.DataFrame, projects: pd.DataFrame, milestones: p
             counts={**counts, "new_total": new_total, "decisions": int(len(mine))},
             projects=sorted({plain(p) for p in mine["project_id"]}),
         )
-        context = {"r": report, "money": format_money}
-        report.html = env.get_template("report.html").render(context)
-        report.text = env.get_template("report.txt").render(context)
         reports.append(report)
     return reports
 
