@@ -36,7 +36,6 @@ import traceback
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from email.headerregistry import Address
-from email.message import EmailMessage
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
@@ -182,19 +181,42 @@ def message_id(as_of: str, recipient: str, manager_id: str) -> str:
     return f"<report.{as_of}.{digest}@{MESSAGE_ID_DOMAIN}>"
 
 
-def headers(report, mail_from: str) -> EmailMessage:
-    """The headers of one manager's report (no body): every user-provided text goes through the header registry."""
-    msg = EmailMessage(policy=email.policy.SMTP)
-    msg["Subject"] = plain(report.subject)
-    msg["From"] = sender_address(mail_from)
-    msg["To"] = mailbox(report.name, report.email)
-    msg["Date"] = email.utils.format_datetime(dt.datetime.now(dt.timezone.utc))
-    msg["Message-ID"] = message_id(report.as_of, report.email, report.manager_id)
-    msg["Auto-Submitted"] = "auto-generated"
-    msg["X-Shakers-Night"] = plain(report.as_of)
-    msg["MIME-Version"] = "1.0"
-    msg["Content-Type"] = f'multipart/alternative; boundary="{boundary(msg["Message-ID"])}"'
-    return msg
+POLICY = email.policy.SMTP
+
+
+@functools.lru_cache(maxsize=None)
+def _header_class(name: str):
+    return POLICY.header_factory[name]   # the registry builds a new class on every lookup: once per name is enough
+
+
+def _folded(name: str, value) -> bytes:
+    """One header line as the `email` package writes it: parsed by its header registry (names and
+    subjects from the export are encoded, never able to start another header), folded, CRLF."""
+    return POLICY.fold_binary(name, _header_class(name.lower())(name, value))
+
+
+# The headers every email of a night shares are folded once.
+_shared = functools.lru_cache(maxsize=64)(_folded)
+
+
+@functools.lru_cache(maxsize=8)
+def _sender(mail_from: str) -> bytes:
+    return _folded("From", sender_address(mail_from))
+
+
+def headers(report, mail_from: str, date: str, mid: str) -> bytes:
+    """The header block of one manager's report (ending with its blank line)."""
+    return b"".join((
+        _folded("Subject", plain(report.subject)),
+        _sender(mail_from),
+        _folded("To", mailbox(report.name, report.email)),
+        _shared("Date", date),
+        _folded("Message-ID", mid),
+        b"Auto-Submitted: auto-generated\r\n",
+        _shared("X-Shakers-Night", plain(report.as_of)),
+        b"MIME-Version: 1.0\r\n",
+        f'Content-Type: multipart/alternative;\r\n boundary="{boundary(mid)}"\r\n\r\n'.encode(),
+    ))
 
 
 def boundary(mid: str) -> str:
@@ -222,20 +244,21 @@ def base64_body(text: str) -> bytes:
     return lines.tobytes() + (rest + b"\r\n" if rest else b"")
 
 
-def build_message(report, mail_from: str) -> tuple[str, bytes]:
+def build_message(report, mail_from: str, date: str | None = None) -> tuple[str, bytes]:
     """(Message-ID, the email as sent) for one manager's report: multipart/alternative, text then HTML.
 
-    The `email` package builds and folds the headers; the two parts are assembled here, base64
-    at C speed (its pure-Python quoted-printable and generator dominated big nights)."""
-    msg = headers(report, mail_from)
-    mid = msg["Message-ID"]
+    `date` (RFC 5322) defaults to now. The `email` package builds and folds the headers; the two
+    parts are assembled here, base64 at C speed (its pure-Python quoted-printable and generator
+    dominated big nights)."""
+    mid = message_id(report.as_of, report.email, report.manager_id)
+    date = date or email.utils.format_datetime(dt.datetime.now(dt.timezone.utc))
     delimiter = f"--{boundary(mid)}".encode()
-    out = [b"".join(msg.policy.fold_binary(name, value) for name, value in msg.raw_items()), b"\r\n"]
+    out = [headers(report, mail_from, date, mid)]
     for subtype, text in (("plain", report.text), ("html", report.html)):
         out += [delimiter, f"\r\nContent-Type: text/{subtype}; charset=\"utf-8\"\r\n"
                            "Content-Transfer-Encoding: base64\r\n\r\n".encode(), base64_body(text)]
     out += [delimiter, b"--\r\n"]
-    return str(mid), b"".join(out)
+    return mid, b"".join(out)
 
 
 def outbox_name(as_of: str, manager_id: str, mid: str) -> str:
@@ -502,8 +525,9 @@ def write_outbox(outbox: Path, reports, mail_from: str, ledger, workers: int | N
     paths = [(outbox / outbox_name(r.as_of, r.manager_id, mid)).resolve() for r, mid in zip(addressed, mids)]
     if workers is None:
         workers = min(_cores(), len(addressed) // REPORTS_PER_WRITER)
+    date = email.utils.format_datetime(dt.datetime.now(dt.timezone.utc))   # one Date for the night's outbox
     try:
-        written = _in_processes(functools.partial(_write_emails, mail_from), list(zip(addressed, paths)), workers)
+        written = _in_processes(functools.partial(_write_emails, mail_from, date), list(zip(addressed, paths)), workers)
     except BaseException:
         files.remove_partials(outbox)  # what the writers that did not fail wrote
         raise
@@ -534,7 +558,7 @@ def _cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def _write_emails(mail_from: str, emails: list) -> list[str]:
+def _write_emails(mail_from: str, date: str, emails: list) -> list[str]:
     """Build each (report, path)'s email and write it beside `path`, fsynced; the temporary paths, in order.
 
     Nothing is left behind on failure. Runs in a writer process: it returns only file names."""
@@ -543,7 +567,7 @@ def _write_emails(mail_from: str, emails: list) -> list[str]:
         with ThreadPoolExecutor(FSYNC_THREADS) as syncing:
             synced = []
             for report, path in emails:
-                _mid, data = build_message(report, mail_from)
+                _mid, data = build_message(report, mail_from, date)
                 fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
                 temporaries.append(temporary)
                 with open(fd, "wb", closefd=False) as f:

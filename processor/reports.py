@@ -21,8 +21,12 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Callable, Mapping
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+from markupsafe import Markup
 
 from processor import files
 
@@ -79,143 +83,264 @@ def _words(code: str) -> str:
     return plain(code).replace("_", " ")
 
 
-# --------------------------------------------------------------------------- the why
-def why(decision: Mapping, people: Mapping[str, str]) -> str:
-    """One plain sentence from the decision's evidence (facts and thresholds).
+# --------------------------------------------------------------------------- whole columns of text
+# A big night has ~230,000 decisions and every one is said in words: the words are made a whole
+# column at a time with pyarrow's string kernels (C speed), never row by row in Python. Python
+# only runs once per *distinct* value where a column has few (amounts, evidence, first letters).
+TEXT = pa.large_string()
+# What plain() turns into one space: control characters and everything str.split() splits on.
+_BLANKS = "[" + "".join(f"\\x{{{ord(c):x}}}" for c in map(chr, range(0x3001)) if c.isspace() or _CONTROL.match(c)) + "]+"
 
-    Built from the facts present, so it stays right when a policy editor renames
-    a policy or moves a threshold; falls back to nothing (the caller shows the
-    policy's description) when no fact is known."""
+
+def _text(values) -> pa.Array:
+    """A column (pandas, arrow or a list) as arrow text; nulls become ''."""
+    if not isinstance(values, (pa.Array, pa.ChunkedArray)):
+        values = pa.array(values, from_pandas=True)
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    return pc.fill_null(values.cast(TEXT), _arg(""))
+
+
+def _arg(value):
+    return value if isinstance(value, (pa.Array, pa.ChunkedArray, pa.Scalar)) else pa.scalar(value, TEXT)
+
+
+def _cat(*pieces) -> pa.Array:
+    """Columns and constants end to end, row by row; null where any piece is null."""
+    return pc.binary_join_element_wise(*map(_arg, pieces), _arg(""))
+
+
+def _if(mask, then, otherwise="") -> pa.Array:
+    return pc.if_else(mask, _arg(then), _arg(otherwise))
+
+
+def _present(values) -> pa.Array:
+    """True where the text is not empty (nor null)."""
+    return pc.fill_null(pc.not_equal(values, _arg("")), False)
+
+
+def _or(values, otherwise) -> pa.Array:
+    """`values or otherwise`, row by row."""
+    return _if(_present(values), values, otherwise)
+
+
+def _plain(values) -> pa.Array:
+    """plain() of every value of a column."""
+    return pc.utf8_trim(pc.replace_substring_regex(_text(values), _BLANKS, " "), " ")
+
+
+def _words_of(values) -> pa.Array:
+    """_words() of every value of a column."""
+    return pc.replace_substring(_plain(values), "_", " ")
+
+
+def escape(values) -> pa.Array:
+    """markupsafe.escape() of every value of a column (what Jinja's autoescape does to one value)."""
+    for char, entity in (("&", "&amp;"), ("<", "&lt;"), (">", "&gt;"), ('"', "&#34;"), ("'", "&#39;")):
+        values = pc.replace_substring(values, char, entity)
+    return values
+
+
+def _per_distinct(function: Callable[..., str | None], *columns) -> pa.Array:
+    """function(*values) for every row, called once per distinct combination of the columns' values."""
+    codes, distinct = pd.MultiIndex.from_arrays([_text(c).to_numpy(zero_copy_only=False) for c in columns]).factorize()
+    return pc.take(pa.array([function(*values) for values in distinct], TEXT), pa.array(codes))
+
+
+def _choose(key, texts: Mapping[str, object], otherwise) -> pa.Array:
+    """texts[key] row by row (each a column or a constant); `otherwise` for other keys."""
+    masks = [pc.equal(key, _arg(k)) for k in texts]
+    return pc.case_when(pc.make_struct(*masks, field_names=[str(i) for i in range(len(masks))]),
+                        *map(_arg, texts.values()), _arg(otherwise))
+
+
+class _People:
+    """Display names by user id: plain(name), else the plain id (the users a night's decisions mention)."""
+
+    def __init__(self, ids, names):
+        self.ids = _text(ids)
+        self.names = _text(names)
+
+    @classmethod
+    def of(cls, users: pd.DataFrame) -> "_People":
+        ids = _plain(users["user_id"])
+        return cls(ids, _or(_plain(users["name"]), ids))
+
+    def name(self, ids, missing="") -> pa.Array:
+        """The name of every id of a column; `missing` (a column or a constant) where the id is unknown."""
+        return _take(_text(ids), self.ids, self.names, missing)
+
+
+def _take(keys: pa.Array, known: pa.Array, values: pa.Array, missing="") -> pa.Array:
+    """values[position of key in known], row by row; `missing` where the key is not known."""
+    at = pc.index_in(keys, value_set=known)
+    return pc.if_else(pc.is_null(at), _arg(missing), pc.take(values, at))
+
+
+def _groups_joined(values: pa.Array, starts: np.ndarray) -> pa.Array:
+    """The values of each run (starting at `starts`, the last one running to the end) joined end to end."""
+    offsets = pa.array(np.append(starts, len(values)), pa.int64())
+    return pc.binary_join(pa.LargeListArray.from_arrays(offsets, values), _arg(""))
+
+
+# --------------------------------------------------------------------------- the why
+def _evidence_words(text: str) -> dict[str, str | None]:
+    """What a decision's evidence (facts and thresholds, JSON) lets the why say without the decision's row.
+
+    Keys: `party`; `unanswered` (what follows "<who> (<party>) has not answered "), `limits`, `middle`,
+    `most`, `release` (whole clauses), `user_rejected` ('1' or None), `overdue` (what follows
+    "invoice <id> (<money>)"), `gap_cents` and `limit_suffix`; None when the evidence has nothing for it."""
     try:
-        evidence = json.loads(decision.get("evidence") or "{}")
+        evidence = json.loads(text or "{}")
     except ValueError:
         evidence = {}
     facts = evidence.get("facts") or {}
     limits = evidence.get("thresholds") or {}
-    clauses: list[str] = []
-    subject = people.get(decision.get("subject_id") or "", "") or plain(decision.get("subject_id"))
 
+    def clauses(*parts):
+        said = [p for p in parts if p]
+        return "; ".join(said) if said else None
+
+    unanswered = limit_clauses = overdue = most = None
     if "unanswered_attempts" in facts:
-        party = facts.get("party") or decision.get("_party") or ""
-        who = people.get(decision.get("_party_user") or "", "") if party else ""
-        who = who or subject or "the party"
-        n = int(facts.get("unanswered_attempts", 0))
-        clause = f"{who}{f' ({party})' if party else ''} has not answered {_plural(n, 'contact attempt')}"
+        unanswered = _plural(int(facts.get("unanswered_attempts", 0)), "contact attempt")
         if "days_since_oldest_unanswered" in facts:
-            clause += f", the oldest {_plural(int(facts['days_since_oldest_unanswered']), 'day')} ago"
+            unanswered += f", the oldest {_plural(int(facts['days_since_oldest_unanswered']), 'day')} ago"
         if "unanswered_by_project_success" in facts:
-            clause += f", {int(facts['unanswered_by_project_success']):,} of them by Project Success"
-        clauses.append(clause)
+            unanswered += f", {int(facts['unanswered_by_project_success']):,} of them by Project Success"
         loss = [limits.get(k) for k in ("contact_loss_unanswered_attempts", "contact_loss_days_since_oldest",
                                         "contact_loss_attempts_by_project_success")]
-        if "at_risk_unanswered_attempts" in limits:
-            clauses.append(f"{_plural(int(limits['at_risk_unanswered_attempts']), 'unanswered attempt')} put a project at risk")
-        if all(v is not None for v in loss):
-            clauses.append(f"contact counts as lost at {_plural(int(loss[0]), 'attempt')} over {_plural(int(loss[1]), 'day')} "
-                           f"with {int(loss[2]):,} by Project Success")
-    if facts.get("user_status") == "rejected":
-        clauses.append(f"{subject or 'a party'} was rejected from the platform but is still on this active project")
-    for role in ("client", "talent"):
-        if facts.get(f"{role}_status") == "rejected":
-            clauses.append(f"the {role} was rejected from the platform but the project is active")
+        limit_clauses = clauses(
+            f"{_plural(int(limits['at_risk_unanswered_attempts']), 'unanswered attempt')} put a project at risk"
+            if "at_risk_unanswered_attempts" in limits else None,
+            f"contact counts as lost at {_plural(int(loss[0]), 'attempt')} over {_plural(int(loss[1]), 'day')} "
+            f"with {int(loss[2]):,} by Project Success" if all(v is not None for v in loss) else None)
+    roles = [f"the {role} was rejected from the platform but the project is active"
+             for role in ("client", "talent") if facts.get(f"{role}_status") == "rejected"]
+    hold = None
     if facts.get("project_status") == "on_hold":
         reason = facts.get("hold_reason")
-        clause = "the project has been on hold"
+        hold = "the project has been on hold"
         if reason not in (None, "none"):
-            clause += f" for {_words(reason)}"
+            hold += f" for {_words(reason)}"
         if facts.get("days_on_hold"):
-            clause += f" for {_plural(int(facts['days_on_hold']), 'day')}" if reason in (None, "none") \
+            hold += f" for {_plural(int(facts['days_on_hold']), 'day')}" if reason in (None, "none") \
                 else f" ({_plural(int(facts['days_on_hold']), 'day')})"
-        clauses.append(clause)
+    decided = None
     if facts.get("talent_decision") == "none":
-        clauses.append("the talent has not decided yet")
+        decided = "the talent has not decided yet"
     elif "talent_decision" in facts:
-        clauses.append(f"the talent decided to {_words(facts['talent_decision'])}")
-    if facts.get("answered_since_hold") is True or facts.get("client_answered_since_hold") is True:
-        clauses.append("the client answered again after the hold")
+        decided = f"the talent decided to {_words(facts['talent_decision'])}"
+    answered = "the client answered again after the hold" \
+        if facts.get("answered_since_hold") is True or facts.get("client_answered_since_hold") is True else None
     if "days_overdue" in facts:
-        money = format_money(decision.get("amount"), decision.get("currency"))
         grace = limits.get("invoice_grace_days")
-        clause = f"invoice {plain(decision.get('invoice_id')) or ''}{f' ({money})' if money else ''} is " \
-                 f"{_plural(int(facts['days_overdue']), 'day')} past its due date"
-        clauses.append(clause + (f" (grace: {_plural(int(grace), 'day')})" if grace is not None else ""))
+        overdue = f" is {_plural(int(facts['days_overdue']), 'day')} past its due date" \
+                  + (f" (grace: {_plural(int(grace), 'day')})" if grace is not None else "")
     if "most_days_overdue" in facts:
         d = int(facts["most_days_overdue"])
-        clauses.append(f"the most overdue invoice is {_plural(d, 'day')} late" if d > 0 else "no invoice is overdue any more")
-    if "escrow_gap_cents" in facts:
-        gap = format_cents(facts["escrow_gap_cents"], decision.get("currency"))
-        whole = format_money(decision.get("amount"), decision.get("currency"))
-        clauses.append(f"escrow holds {gap} less than the milestone's {whole}" if whole else f"escrow is {gap} short")
+        most = f"the most overdue invoice is {_plural(d, 'day')} late" if d > 0 else "no invoice is overdue any more"
     status = facts.get("milestone_status")
-    if status == "validated":
-        clauses.append("the client validated the work, so the held money is due to the payee")
-    if status == "released" and facts.get("has_validated_at") is False:
-        clauses.append("the money was released but the client never validated the work")
+    release = clauses("the client validated the work, so the held money is due to the payee" if status == "validated" else None,
+                      "the money was released but the client never validated the work"
+                      if status == "released" and facts.get("has_validated_at") is False else None)
     # thresholds no phrase above speaks of (a policy editor's new ones) still show, by name
     spoken = {"contact_loss_unanswered_attempts", "contact_loss_days_since_oldest", "contact_loss_attempts_by_project_success",
               "at_risk_unanswered_attempts", "invoice_grace_days"}
     others = [f"{_words(k)} {v}" for k, v in sorted(limits.items()) if k not in spoken]
-    if others and clauses:
-        clauses[-1] += f" (limit: {', '.join(others)})"
-    if not clauses:
-        return ""
-    sentence = "; ".join(clauses)
-    return sentence[0].upper() + sentence[1:] + "."
+    return {"party": str(facts.get("party") or ""), "unanswered": unanswered, "limits": limit_clauses,
+            "user_rejected": "1" if facts.get("user_status") == "rejected" else None,
+            "middle": clauses(*roles, hold, decided, answered), "overdue": overdue, "most": most,
+            "gap_cents": str(int(facts["escrow_gap_cents"])) if "escrow_gap_cents" in facts else None, "release": release,
+            "limit_suffix": f" (limit: {', '.join(others)})" if others else ""}
 
 
-# --------------------------------------------------------------------------- one action, in words
-def action_line(d: Mapping, people: Mapping[str, str], milestone_titles: Mapping[str, str]) -> str:
-    def name(uid):
-        uid = plain(uid)
-        return people.get(uid) or uid or "—"
+def _evidence_columns(evidence, keys) -> dict[str, pa.Array]:
+    """_evidence_words of every row's evidence (parsed once per distinct evidence), as columns."""
+    codes, distinct = pd.factorize(_text(evidence).to_numpy(zero_copy_only=False))
+    words = [_evidence_words(text) for text in distinct]
+    return {k: pc.take(pa.array([w[k] for w in words], TEXT), pa.array(codes)) for k in keys}
 
-    money = format_money(d.get("amount"), d.get("currency"))
-    ms_id = plain(d.get("milestone_id"))
-    milestone = f"{milestone_titles.get(ms_id) or 'milestone'} ({ms_id})" if ms_id else ""
-    action = d.get("action")
-    reason = _words(d.get("reason") or "")
-    if action == "halt_project":
-        return f"Halt the project{f' ({reason})' if reason else ''}"
-    if action == "request_talent_decision":
-        return f"Ask {name(d.get('subject_id'))} to wait for the client or close their work"
-    if action == "release_milestone_payment":
-        return f"Release {money or 'the held money'} for {milestone or 'the milestone'} to {name(d.get('assignee_id') or d.get('subject_id'))}"
-    if action == "close_project":
-        return "Close the project"
-    if action in ("notify_client", "notify_talent"):
-        return f"Tell {name(d.get('subject_id'))} ({action.split('_')[1]}) what is happening"
-    if action == "reject_user":
-        return f"Reject {name(d.get('subject_id'))} from the platform"
-    if action == "assign_top_shaker":
-        return f"Assign Top Shaker {name(d.get('assignee_id'))} to take over"
-    if action == "reassign_milestone":
-        what = f"{milestone_titles.get(ms_id) or 'milestone'} ({ms_id}{f', {money}' if money else ''})" if ms_id else "the milestone"
-        return f"Move {what} to {name(d.get('assignee_id'))}"
-    if action == "notify_talent_non_payment":
-        inv = plain(d.get("invoice_id"))
-        return f"Tell {name(d.get('subject_id'))} that invoice {inv}{f' ({money})' if money else ''} is unpaid: continue or halt"
-    if action == "resume_project":
-        return "Resume the project"
-    if action == "flag_for_review":
-        about = f" — {name(d.get('subject_id'))}" if plain(d.get("subject_id")) else ""
-        return f"Review: {reason or 'flagged'}{about}"
-    return _words(action or "")
+
+def _whys(rows: pd.DataFrame, people: _People) -> pa.Array:
+    """One plain sentence per row from its evidence (facts and thresholds).
+
+    Built from the facts present, so it stays right when a policy editor renames a policy or moves a
+    threshold; '' (the report shows the policy's description) when no fact is known. Reads the rows'
+    evidence, subject_id, invoice_id, amount, currency and, when known, `_party` (client or talent)
+    and `_party_user` (who that party is)."""
+    ev = _evidence_columns(rows["evidence"], ("party", "unanswered", "limits", "user_rejected", "middle", "overdue",
+                                              "most", "gap_cents", "release", "limit_suffix"))
+    subject_id = _text(rows["subject_id"])
+    subject = _or(people.name(subject_id), _plain(subject_id))
+    party = _or(ev["party"], _text(rows["_party"]))
+    who = _or(_or(_if(_present(party), people.name(_text(rows["_party_user"])), ""), subject), "the party")
+    money = _per_distinct(format_money, rows["amount"], rows["currency"])
+    gap = _per_distinct(lambda cents, currency: format_cents(cents, currency) if cents else None,
+                        ev["gap_cents"], rows["currency"])
+    sentence = pc.binary_join_element_wise(
+        _cat(who, _if(_present(party), _cat(" (", party, ")")), " has not answered ", ev["unanswered"]),
+        ev["limits"],
+        _if(pc.is_valid(ev["user_rejected"]),
+            _cat(_or(subject, "a party"), " was rejected from the platform but is still on this active project"), None),
+        ev["middle"],
+        _cat("invoice ", _plain(rows["invoice_id"]), _if(_present(money), _cat(" (", money, ")")), ev["overdue"]),
+        ev["most"],
+        _if(_present(money), _cat("escrow holds ", gap, " less than the milestone's ", money), _cat("escrow is ", gap, " short")),
+        ev["release"],
+        _arg("; "), null_handling="skip")
+    said = _present(sentence)
+    first = _per_distinct(str.upper, pc.utf8_slice_codeunits(sentence, 0, 1))
+    return _if(said, _cat(first, pc.utf8_slice_codeunits(sentence, 1), ev["limit_suffix"], "."), "")
+
+
+def why(decision: Mapping, people: Mapping[str, str]) -> str:
+    """The why of one decision (a row of the decisions as a mapping, names by user id): see _whys."""
+    row = pd.DataFrame([{c: decision.get(c) or "" for c in ("evidence", "subject_id", "invoice_id", "amount", "currency",
+                                                              "_party", "_party_user")}], dtype=object)
+    return _whys(row, _People(list(people), list(people.values()))).to_pylist()[0]
+
+
+# --------------------------------------------------------------------------- each action, in words
+def _actions(rows: pd.DataFrame, people: _People, milestone_titles: _People) -> tuple[pa.Array, pa.Array]:
+    """(what to do, the money column) for every decision row; the money column shows what the sentence does not say."""
+    money = _per_distinct(format_money, rows["amount"], rows["currency"])
+    reason = _words_of(rows["reason"])
+    subject_id, assignee_id = _plain(rows["subject_id"]), _plain(rows["assignee_id"])
+
+    def name(ids):
+        return _or(people.name(ids, ids), "—")
+
+    subject, assignee = name(subject_id), name(assignee_id)
+    ms_id = _plain(rows["milestone_id"])
+    ms_title = _or(milestone_titles.name(ms_id), "milestone")
+    with_money = _if(_present(money), _cat(" (", money, ")"))
+    raw_assignee = _text(rows["assignee_id"])
+    text = _choose(_text(rows["action"]), {
+        "halt_project": _cat("Halt the project", _if(_present(reason), _cat(" (", reason, ")"))),
+        "request_talent_decision": _cat("Ask ", subject, " to wait for the client or close their work"),
+        "release_milestone_payment": _cat("Release ", _or(money, "the held money"), " for ",
+                                          _if(_present(ms_id), _cat(ms_title, " (", ms_id, ")"), "the milestone"), " to ",
+                                          name(_plain(_or(raw_assignee, _text(rows["subject_id"]))))),
+        "close_project": "Close the project",
+        "notify_client": _cat("Tell ", subject, " (client) what is happening"),
+        "notify_talent": _cat("Tell ", subject, " (talent) what is happening"),
+        "reject_user": _cat("Reject ", subject, " from the platform"),
+        "assign_top_shaker": _cat("Assign Top Shaker ", assignee, " to take over"),
+        "reassign_milestone": _cat("Move ", _if(_present(ms_id), _cat(ms_title, " (", ms_id, _if(_present(money), _cat(", ", money)), ")"),
+                                                "the milestone"), " to ", assignee),
+        "notify_talent_non_payment": _cat("Tell ", subject, " that invoice ", _plain(rows["invoice_id"]), with_money,
+                                          " is unpaid: continue or halt"),
+        "resume_project": "Resume the project",
+        "flag_for_review": _cat("Review: ", _or(reason, "flagged"), _if(_present(subject_id), _cat(" — ", subject))),
+    }, _words_of(rows["action"]))
+    string = np.dtypes.StringDType()
+    said = np.strings.find(np.asarray(text.to_numpy(zero_copy_only=False), dtype=string),
+                           np.asarray(money.to_numpy(zero_copy_only=False), dtype=string)) >= 0
+    return text, _if(pa.array(said & _present(money).to_numpy(zero_copy_only=False)), "", money)
 
 
 # --------------------------------------------------------------------------- per manager
-@dataclass
-class Item:
-    project_id: str
-    title: str
-    client: str
-    talent: str
-    policy_id: str
-    policy_description: str
-    state: str
-    why: str
-    actions: list[dict]          # {"text", "milestone", "money"}
-
-
 @dataclass
 class ManagerReport:
     manager_id: str
@@ -224,20 +349,21 @@ class ManagerReport:
     as_of: str
     run_id: str
     subject: str
-    sections: list[dict]         # {"key", "title", "hint", "items": [Item], "more": int}
+    sections: list[dict]         # {"key", "title", "hint", "count", "more", "items_html", "items_text"}
     counts: dict[str, int]
     projects: list[str]
 
     # Rendered when asked for, not kept: the outbox writers render each email in their own process.
     @property
     def html(self) -> str:
-        """The email's HTML part."""
-        return environment().get_template("report.html").render(r=self, money=format_money)
+        """The email's HTML part. The items were escaped as they were written (build_reports)."""
+        sections = [{**s, "items_html": Markup(s["items_html"])} for s in self.sections]
+        return environment().get_template("report.html").render(r=self, sections=sections)
 
     @property
     def text(self) -> str:
         """The email's plain-text part, saying what the HTML part says."""
-        return environment().get_template("report.txt").render(r=self, money=format_money)
+        return environment().get_template("report.txt").render(r=self)
 
 
 def _environment() -> Environment:
@@ -246,6 +372,7 @@ def _environment() -> Environment:
         autoescape=select_autoescape(enabled_extensions=("html", "htm", "xml"), disabled_extensions=("txt",),
                                      default_for_string=True, default=True),
         undefined=StrictUndefined,
+        auto_reload=False,   # the templates are part of the package: no stat() per email to see if they changed
         trim_blocks=True,
         lstrip_blocks=True,
         keep_trailing_newline=True,
@@ -263,27 +390,66 @@ def environment() -> Environment:
     return _ENV
 
 
-def _action(row: Mapping, names, milestone_titles) -> dict:
-    text = action_line(row, names, milestone_titles)
-    money = format_money(row["amount"], row["currency"])
-    # the money column shows what the sentence does not already say
-    return {"text": text, "money": "" if money and money in text else money}
+SECTION_KEYS = [key for key, _title, _hint in SECTIONS]
+BORDER_COLOURS = {"new": "#2563eb", "ongoing": "#9ca3af", "at_risk": "#d97706", "flagged": "#dc2626", "resolved": "#16a34a"}
+FLAGS = ("at_risk", "flagged")   # sections whose items show whether they are new
 
 
-def _section_of(frame: pd.DataFrame) -> pd.Series:
-    flagged = frame["action"] == "flag_for_review"
-    at_risk = flagged & (frame["reason"] == AT_RISK_REASON)
-    return pd.Series(
-        [("resolved" if s == "resolved" else "at_risk" if r else "flagged" if f else s)
-         for r, f, s in zip(at_risk, flagged, frame["state"])],
-        index=frame.index, dtype=object)
+def _item_html(f: dict[str, pa.Array], actions: pa.Array) -> pa.Array:
+    """Each item (one firing: a project, a rule, its actions) as the email's HTML; every value escaped."""
+    e = {k: escape(v) for k, v in f.items() if k not in ("section", "flag")}
+    return _cat(
+        '    <table role="presentation" class="item" data-project="', e["project_id"], '" width="100%" cellpadding="0" '
+        'cellspacing="0" border="0" style="margin:0 0 10px 0;border:1px solid #e5e7eb;border-left:4px solid ',
+        _choose(f["section"], BORDER_COLOURS, ""), ';">\n'
+        '      <tr><td style="padding:10px 12px;">\n'
+        '        <div style="font-size:15px;font-weight:bold;color:#111827;">', _or(e["title"], e["project_id"]),
+        ' <span style="font-weight:normal;color:#6b7280;font-size:13px;">(', e["project_id"], ')</span>\n',
+        _if(f["flag"], _cat('<span style="font-size:11px;font-weight:normal;color:#ffffff;background:',
+                            _if(pc.equal(f["state"], _arg("new")), "#2563eb", "#6b7280"),
+                            ';padding:1px 6px;margin-left:4px;">', e["state"], "</span>")),
+        '        </div>\n'
+        '        <div style="font-size:13px;color:#374151;margin-top:3px;">Client: <b>', e["client"],
+        '</b> · Talent: <b>', e["talent"], '</b></div>\n'
+        '        <table role="presentation" width="100%" cellpadding="0" cellspacing="0" border="0" '
+        'style="margin-top:8px;font-size:13px;">\n',
+        actions,
+        '        </table>\n',
+        _if(_present(f["why"]), _cat('<div class="why" style="font-size:13px;color:#374151;margin-top:8px;background:#f9fafb;'
+                                     'padding:6px 8px;"><b>Why:</b> ', e["why"], "</div>")),
+        '        <div style="font-size:11px;color:#6b7280;margin-top:6px;">Rule <code>', e["policy_id"], "</code>",
+        _if(_present(f["description"]), _cat(": ", e["description"])), "</div>\n"
+        "      </td></tr>\n"
+        "    </table>\n")
+
+
+def _action_html(text: pa.Array, money: pa.Array) -> pa.Array:
+    return _cat('          <tr>\n            <td valign="top" style="padding:3px 0;color:#111827;">&#8226; ', escape(text),
+                '</td>\n            <td valign="top" align="right" class="money" style="padding:3px 0 3px 8px;white-space:nowrap;'
+                'font-weight:bold;color:#111827;">', escape(money), "</td>\n          </tr>\n")
+
+
+def _item_text(f: dict[str, pa.Array], actions: pa.Array) -> pa.Array:
+    """Each item as the email's plain text."""
+    return _cat("* ", _or(f["title"], f["project_id"]), " (", f["project_id"], ")", _if(f["flag"], _cat(" [", f["state"], "]")),
+                "\n  Client: ", f["client"], " | Talent: ", f["talent"], "\n", actions,
+                _if(_present(f["why"]), _cat("  Why: ", f["why"], "\n")),
+                "  Rule ", f["policy_id"], _if(_present(f["description"]), _cat(": ", f["description"])), "\n\n")
+
+
+def _action_text(text: pa.Array, money: pa.Array) -> pa.Array:
+    return _cat("  - ", text, _if(_present(money), _cat("  [", money, "]")), "\n")
 
 
 def build_reports(decisions: pd.DataFrame, projects: pd.DataFrame, milestones: pd.DataFrame, users: pd.DataFrame,
                   as_of: dt.date | str, run_id: str, descriptions: Mapping[str, str] | None = None) -> list[ManagerReport]:
-    """One ManagerReport per Project Success manager with any decision, by manager id (rendered when asked for)."""
+    """One ManagerReport per Project Success manager with anything to act on, by manager id.
+
+    Its sections hold their items already written (HTML and text), each item one firing: the actions
+    one rule calls for on one project, with one why; the page around them is rendered when asked for."""
     as_of = as_of.isoformat() if isinstance(as_of, dt.date) else str(as_of)
     descriptions = descriptions or {}
+    decisions = decisions[decisions["project_success_id"].notna()]
     if decisions.empty:
         return []
     # Only the rows the decisions mention reach a report: look up those, not the whole night's tables.
@@ -294,77 +460,91 @@ def build_reports(decisions: pd.DataFrame, projects: pd.DataFrame, milestones: p
     mentioned = pd.concat([decisions["subject_id"], decisions["assignee_id"], decisions["project_success_id"],
                            projects["client_id"], projects["talent_id"]]).astype(str).unique()
     users = users[is_in(users["user_id"], mentioned)]
-    names = {plain(u): plain(n) or plain(u) for u, n in zip(users["user_id"], users["name"])}
-    emails = {plain(u): plain(e) for u, e in zip(users["user_id"], users["email"])}
-    titles = {plain(p): plain(t) for p, t in zip(projects["project_id"], projects["title"])}
-    proj = projects.set_index(projects["project_id"].astype(str))
-    client_of = proj["client_id"].astype(str).to_dict()
-    talent_of = proj["talent_id"].astype(str).to_dict()
-    milestone_titles = {plain(m): plain(t) for m, t in zip(milestones["milestone_id"], milestones["title"])}
+    people = _People.of(users)
+    milestone_titles = _People(_plain(milestones["milestone_id"]), _plain(milestones["title"]))
 
-    d = decisions.copy()
-    d["_section"] = _section_of(d)
-    # the party a party-fact is about: the flagged subject for flags, else whoever the evidence names
-    d["_party_user"] = d["subject_id"]
+    # Rows in report order: by manager, section, then item (a firing, in the order the night first
+    # found it), its actions in decision order. A state no section shows counts, and is not shown.
+    flagged = (decisions["action"] == "flag_for_review").to_numpy(dtype=bool, na_value=False)
+    at_risk = flagged & (decisions["reason"] == AT_RISK_REASON).to_numpy(dtype=bool, na_value=False)
+    state = decisions["state"].astype(object).to_numpy()
+    section = np.select([state == "resolved", at_risk, flagged], ["resolved", "at_risk", "flagged"], state).astype(object)
+    manager, managers = pd.factorize(decisions["project_success_id"], sort=True)
+    rank = pd.Series(section).map({k: i for i, k in enumerate(SECTION_KEYS)}).fillna(len(SECTION_KEYS)).to_numpy(int)
+    firing = pd.DataFrame({"m": manager, "s": section, "p": decisions["project_id"].to_numpy(),
+                           "r": decisions["policy_id"].to_numpy(), "e": decisions["evidence"].to_numpy()}
+                          ).groupby(["m", "s", "p", "r", "e"], sort=False, dropna=False).ngroup().to_numpy()
+    order = np.lexsort((firing, rank, manager))
+    rows = decisions.iloc[order].reset_index(drop=True)
+    manager, rank, firing, section = manager[order], rank[order], firing[order], section[order]
+    width = len(SECTION_KEYS) + 1
+    per_section = np.bincount(manager * width + rank, minlength=len(managers) * width).reshape(len(managers), width)
+    new_total = np.bincount(manager, weights=(rows["state"] == "new").to_numpy(dtype=bool, na_value=False),
+                            minlength=len(managers))
+    projects_of = pd.DataFrame({"m": manager, "p": _plain(rows["project_id"]).to_numpy(zero_copy_only=False)}
+                               ).drop_duplicates().sort_values(["m", "p"]).groupby("m")["p"].agg(list)
+
+    shown = rank < len(SECTION_KEYS)
+    rows, manager, rank, firing, section = rows[shown].reset_index(drop=True), manager[shown], rank[shown], firing[shown], section[shown]
+    texts, money = _actions(rows, people, milestone_titles)
+    # One item per firing, from its first row.
+    starts = np.flatnonzero(np.r_[True, firing[1:] != firing[:-1]]) if len(rows) else np.array([], dtype=int)
+    first = rows.iloc[starts].reset_index(drop=True)
+    project_id = _text(first["project_id"])
+    clients = _take(project_id, _text(projects["project_id"]), _text(projects["client_id"]))
+    talents = _take(project_id, _text(projects["project_id"]), _text(projects["talent_id"]))
+    # The party a party-fact is about: whoever the evidence names, else for flags a guess from the subject.
+    party = _evidence_columns(first["evidence"], ("party",))["party"]
+    subject = _plain(first["subject_id"])
+    named = pc.is_in(party, pa.array(["client", "talent"], TEXT))
+    flag = pa.array(np.isin(section[starts], FLAGS))
+    first["_party"] = _if(named, party, _if(flag, _if(pc.equal(clients, subject), "client",
+                                                        _if(pc.equal(talents, subject), "talent", "")), ""))
+    first["_party_user"] = _if(named, _if(pc.equal(party, _arg("client")), clients, talents), _text(first["subject_id"]))
+    policy_id = _text(first["policy_id"])
+    item = {"section": pa.array(section[starts], TEXT), "flag": flag, "project_id": _plain(project_id),
+            "title": _take(_plain(project_id), _plain(projects["project_id"]), _plain(projects["title"])),
+            "client": people.name(clients, clients), "talent": people.name(talents, talents),
+            "policy_id": _plain(policy_id), "state": _plain(first["state"]), "why": _whys(first, people),
+            "description": _per_distinct(lambda pid: plain(descriptions.get(pid, "")), policy_id)}
+    item_html = _item_html(item, _groups_joined(_action_html(texts, money), starts))
+    item_text = _item_text(item, _groups_joined(_action_text(texts, money), starts))
+
+    # Each section's first MAX_ITEMS_PER_SECTION items, written end to end.
+    group = manager[starts] * width + rank[starts]
+    group_starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]]) if len(group) else np.array([], dtype=int)
+    sizes = np.diff(np.append(group_starts, len(group)))
+    ids_of_groups = group[group_starts].tolist()
+    if sizes.max(initial=0) > MAX_ITEMS_PER_SECTION:
+        kept = np.flatnonzero(np.arange(len(group)) - np.repeat(group_starts, sizes) < MAX_ITEMS_PER_SECTION)
+        item_html, item_text, group_starts = item_html.take(kept), item_text.take(kept), np.searchsorted(kept, group_starts)
+    written = dict(zip(ids_of_groups,
+                       zip(_groups_joined(item_html, group_starts).to_pylist(),
+                           _groups_joined(item_text, group_starts).to_pylist(),
+                           np.maximum(sizes - MAX_ITEMS_PER_SECTION, 0).tolist())))
+
+    ids = _plain(pa.array(managers, from_pandas=True))
+    names = people.name(ids, ids).to_pylist()
+    emails = _take(ids, people.ids, _plain(users["email"])).to_pylist()
+    resolved = SECTION_KEYS.index("resolved")
     reports = []
-    # The rows as dicts once (not per group: pandas' to_dict per group dominated big nights), grouped by
-    # manager, section and firing in the decisions' order, as the group-bys below would.
-    firings_of: dict[tuple, dict[tuple, list[dict]]] = {}
-    columns = list(d.columns)
-    for row in (dict(zip(columns, values)) for values in zip(*(d[c].tolist() for c in columns))):  # faster than to_dict
-        firings_of.setdefault((row["project_success_id"], row["_section"]), {}).setdefault(
-            (row["project_id"], row["policy_id"], row["evidence"]), []).append(row)
-    for manager_id, mine in d.groupby("project_success_id", sort=True):
-        if (mine["_section"] == "resolved").all():
+    for m, manager_id in enumerate(ids.to_pylist()):
+        if per_section[m, resolved] == per_section[m].sum():
             continue  # nothing to act on: no email just to say that something went away
-        groups_of = {key: firings_of.get((manager_id, key), {}) for key, _title, _hint in SECTIONS}
-        manager_id = plain(manager_id)
+        counts = dict(zip(SECTION_KEYS, per_section[m, :-1].tolist()))
         sections = []
-        counts = {}
-        for key, title, hint in SECTIONS:
-            counts[key] = sum(len(rows) for rows in groups_of[key].values())   # actions (decision rows), not items
-            items: list[Item] = []
-            # Actions of one firing share its evidence: they make one item with one why.
-            for (project_id, policy_id, evidence), rows in groups_of[key].items():
-                first = rows[0]
-                party = ""
-                try:
-                    party = json.loads(evidence or "{}").get("facts", {}).get("party", "")
-                except ValueError:
-                    pass
-                if party in ("client", "talent"):
-                    first = {**first, "_party": party,
-                             "_party_user": (client_of if party == "client" else talent_of).get(project_id, "")}
-                elif key in ("at_risk", "flagged"):
-                    pu = plain(first["subject_id"])
-                    guess = "client" if client_of.get(project_id) == pu else "talent" if talent_of.get(project_id) == pu else ""
-                    first = {**first, "_party": guess}
-                items.append(Item(
-                    project_id=plain(project_id),
-                    title=titles.get(plain(project_id), ""),
-                    client=names.get(client_of.get(project_id, ""), client_of.get(project_id, "")),
-                    talent=names.get(talent_of.get(project_id, ""), talent_of.get(project_id, "")),
-                    policy_id=plain(policy_id),
-                    policy_description=plain(descriptions.get(policy_id, "")),
-                    state=plain(first["state"]),
-                    why=why(first, names),
-                    actions=[_action(r, names, milestone_titles) for r in rows],
-                ))
-            sections.append({"key": key, "title": title, "hint": hint, "items": items[:MAX_ITEMS_PER_SECTION],
-                             "more": max(0, len(items) - MAX_ITEMS_PER_SECTION), "count": counts[key]})
-        new_total = int((mine["state"] == "new").sum())
-        others = [f"{counts[k]:,} {label}" for k, label in (("ongoing", "ongoing"), ("at_risk", "at risk"), ("flagged", "flagged"),
-                                                             ("resolved", "resolved"))
-                  if counts[k]]
+        for r, (key, title, hint) in enumerate(SECTIONS):
+            html, text, more = written.get(m * width + r, ("", "", 0))
+            sections.append({"key": key, "title": title, "hint": hint, "count": counts[key], "more": more,
+                             "items_html": html, "items_text": text})
+        others = [f"{counts[k]:,} {label}" for k, label in (("ongoing", "ongoing"), ("at_risk", "at risk"),
+                                                             ("flagged", "flagged"), ("resolved", "resolved")) if counts[k]]
         subject = f"Shakers policy report, night of {as_of}: {_plural(counts['new'], 'new action')}" \
             + (f" ({', '.join(others)})" if others else "")
-        report = ManagerReport(
-            manager_id=manager_id, name=names.get(manager_id, manager_id), email=emails.get(manager_id, ""),
-            as_of=as_of, run_id=plain(run_id), subject=subject, sections=sections,
-            counts={**counts, "new_total": new_total, "decisions": int(len(mine))},
-            projects=sorted({plain(p) for p in mine["project_id"]}),
-        )
-        reports.append(report)
+        reports.append(ManagerReport(
+            manager_id=manager_id, name=names[m], email=emails[m], as_of=as_of, run_id=plain(run_id), subject=subject,
+            sections=sections, counts={**counts, "new_total": int(new_total[m]), "decisions": int(per_section[m].sum())},
+            projects=projects_of[m]))
     return reports
 
 

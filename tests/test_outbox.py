@@ -113,10 +113,10 @@ def test_forked_writers_write_the_same_outbox_as_one_process_and_the_ledger_owes
 
 @pytest.mark.parametrize("failing, error", [("PS1", RuntimeError), ("PS2", ValueError)])   # in the forked writer, in this process
 def test_a_writer_that_fails_fails_the_outbox_and_the_ledger_owes_nothing(tmp_path, monkeypatch, failing, error):
-    def broken(report, mail_from):
+    def broken(report, mail_from, date=None):
         if report.manager_id == failing:
             raise ValueError(f"cannot render {failing}")
-        return real(report, mail_from)
+        return real(report, mail_from, date)
 
     real = mail.build_message
     monkeypatch.setattr(mail, "build_message", broken)
