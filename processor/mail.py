@@ -37,7 +37,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from email.headerregistry import Address
 from pathlib import Path
-from typing import Callable, Iterable, Mapping
+from typing import Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 
@@ -244,8 +244,8 @@ def base64_body(text: str) -> bytes:
     return lines.tobytes() + (rest + b"\r\n" if rest else b"")
 
 
-def build_message(report, mail_from: str, date: str | None = None) -> tuple[str, bytes]:
-    """(Message-ID, the email as sent) for one manager's report: multipart/alternative, text then HTML.
+def build_message(report, text: str, html: str, mail_from: str, date: str | None = None) -> tuple[str, bytes]:
+    """(Message-ID, the email as sent) for one manager's report: multipart/alternative, `text` then `html`.
 
     `date` (RFC 5322) defaults to now. The `email` package builds and folds the headers; the two
     parts are assembled here, base64 at C speed (its pure-Python quoted-printable and generator
@@ -254,9 +254,9 @@ def build_message(report, mail_from: str, date: str | None = None) -> tuple[str,
     date = date or email.utils.format_datetime(dt.datetime.now(dt.timezone.utc))
     delimiter = f"--{boundary(mid)}".encode()
     out = [headers(report, mail_from, date, mid)]
-    for subtype, text in (("plain", report.text), ("html", report.html)):
+    for subtype, part in (("plain", text), ("html", html)):
         out += [delimiter, f"\r\nContent-Type: text/{subtype}; charset=\"utf-8\"\r\n"
-                           "Content-Transfer-Encoding: base64\r\n\r\n".encode(), base64_body(text)]
+                           "Content-Transfer-Encoding: base64\r\n\r\n".encode(), base64_body(part)]
     out += [delimiter, b"--\r\n"]
     return mid, b"".join(out)
 
@@ -504,10 +504,15 @@ class Outcome:
     by_manager: dict[str, dict]
 
 
-def write_outbox(outbox: Path, reports, mail_from: str, ledger, workers: int | None = None
-                 ) -> tuple[list[Outgoing], list[dict]]:
+def _parts(reports) -> Iterator[tuple[str, str]]:
+    return ((report.text, report.html) for report in reports)
+
+
+def write_outbox(outbox: Path, reports, mail_from: str, ledger, workers: int | None = None,
+                 render: Callable[[list], Iterable[tuple[str, str]]] = _parts) -> tuple[list[Outgoing], list[dict]]:
     """Every report as an .eml file (atomically); each becomes owed in the ledger unless already delivered.
 
+    `render(reports)` gives each report's (text, HTML) parts, in order (default: its `text` and `html`).
     The emails are rendered, encoded and written beside their final names by `workers` processes
     (default: one per core on a big night), all fsynced, then renamed into place; only then does the
     ledger learn, in one transaction, that they are owed. Returns the outgoing emails and the reports
@@ -527,7 +532,7 @@ def write_outbox(outbox: Path, reports, mail_from: str, ledger, workers: int | N
         workers = min(_cores(), len(addressed) // REPORTS_PER_WRITER)
     date = email.utils.format_datetime(dt.datetime.now(dt.timezone.utc))   # one Date for the night's outbox
     try:
-        written = _in_processes(functools.partial(_write_emails, mail_from, date), list(zip(addressed, paths)), workers)
+        written = _in_processes(functools.partial(_write_emails, mail_from, date, render), list(zip(addressed, paths)), workers)
     except BaseException:
         files.remove_partials(outbox)  # what the writers that did not fail wrote
         raise
@@ -558,7 +563,7 @@ def _cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def _write_emails(mail_from: str, date: str, emails: list) -> list[str]:
+def _write_emails(mail_from: str, date: str, render, emails: list) -> list[str]:
     """Build each (report, path)'s email and write it beside `path`, fsynced; the temporary paths, in order.
 
     Nothing is left behind on failure. Runs in a writer process: it returns only file names."""
@@ -566,8 +571,8 @@ def _write_emails(mail_from: str, date: str, emails: list) -> list[str]:
     try:
         with ThreadPoolExecutor(FSYNC_THREADS) as syncing:
             synced = []
-            for report, path in emails:
-                _mid, data = build_message(report, mail_from, date)
+            for (report, path), (text, html) in zip(emails, render([report for report, _path in emails])):
+                _mid, data = build_message(report, text, html, mail_from, date)
                 fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
                 temporaries.append(temporary)
                 with open(fd, "wb", closefd=False) as f:
@@ -642,15 +647,18 @@ def _child(work, share, send):
 
 
 def publish(outbox: Path, reports, ledger, *, env: Mapping[str, str] | None = None,
-            progress: Callable[[str], None] | None = None, sleep: Callable[[float], None] = time.sleep) -> Outcome:
-    """The nightly step: write the outbox, send this night's emails and whatever earlier nights still owe."""
+            progress: Callable[[str], None] | None = None, sleep: Callable[[float], None] = time.sleep,
+            render: Callable[[list], Iterable[tuple[str, str]]] = _parts) -> Outcome:
+    """The nightly step: write the outbox, send this night's emails and whatever earlier nights still owe.
+
+    `render` gives the reports' (text, HTML) parts: see write_outbox."""
     say = progress or (lambda _m: None)
     try:
         settings = SmtpSettings.from_env(env)
         config_error = ""
     except MailConfigError as e:
         settings, config_error = SmtpSettings(), str(e)
-    outgoing, unaddressed = write_outbox(outbox, reports, settings.mail_from, ledger)
+    outgoing, unaddressed = write_outbox(outbox, reports, settings.mail_from, ledger, render=render)
     for u in unaddressed:
         say(f"no report email for manager {u['manager_id']}: {u['why']} (got '{u['email']}')")
     earlier = [Outgoing(r["message_id"], r["as_of"], r["recipient"], r["eml_path"]) for r in ledger.deliveries_owed()

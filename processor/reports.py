@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Callable, Iterator, Mapping
 
 import numpy as np
 import pandas as pd
@@ -102,7 +102,9 @@ def _text(values) -> pa.Array:
 
 
 def _arg(value):
-    return value if isinstance(value, (pa.Array, pa.ChunkedArray, pa.Scalar)) else pa.scalar(value, TEXT)
+    if isinstance(value, pa.ChunkedArray):
+        return value.combine_chunks()
+    return value if isinstance(value, (pa.Array, pa.Scalar)) else pa.scalar(value, TEXT)
 
 
 def _cat(*pieces) -> pa.Array:
@@ -154,27 +156,22 @@ def _choose(key, texts: Mapping[str, object], otherwise) -> pa.Array:
                         *map(_arg, texts.values()), _arg(otherwise))
 
 
-class _People:
-    """Display names by user id: plain(name), else the plain id (the users a night's decisions mention)."""
+class _Lookup:
+    """Text values by text key, for whole columns of keys at once (first key wins)."""
 
-    def __init__(self, ids, names):
-        self.ids = _text(ids)
-        self.names = _text(names)
+    def __init__(self, keys, values):
+        self.keys, self.values = _text(keys), _text(values)
 
-    @classmethod
-    def of(cls, users: pd.DataFrame) -> "_People":
-        ids = _plain(users["user_id"])
-        return cls(ids, _or(_plain(users["name"]), ids))
-
-    def name(self, ids, missing="") -> pa.Array:
-        """The name of every id of a column; `missing` (a column or a constant) where the id is unknown."""
-        return _take(_text(ids), self.ids, self.names, missing)
+    def get(self, keys, missing="") -> pa.Array:
+        """The value of every key of a column; `missing` (a column or a constant) where the key is unknown."""
+        at = pc.index_in(_text(keys), value_set=self.keys)
+        return pc.if_else(pc.is_null(at), _arg(missing), pc.take(self.values, at))
 
 
-def _take(keys: pa.Array, known: pa.Array, values: pa.Array, missing="") -> pa.Array:
-    """values[position of key in known], row by row; `missing` where the key is not known."""
-    at = pc.index_in(keys, value_set=known)
-    return pc.if_else(pc.is_null(at), _arg(missing), pc.take(values, at))
+def _people(users: pd.DataFrame) -> _Lookup:
+    """Display names by user id: plain(name), else the plain id (of the users a night's decisions mention)."""
+    ids = _plain(users["user_id"])
+    return _Lookup(ids, _or(_plain(users["name"]), ids))
 
 
 def _groups_joined(values: pa.Array, starts: np.ndarray) -> pa.Array:
@@ -255,73 +252,99 @@ def _evidence_words(text: str) -> dict[str, str | None]:
             "limit_suffix": f" (limit: {', '.join(others)})" if others else ""}
 
 
-def _evidence_columns(evidence, keys) -> dict[str, pa.Array]:
-    """_evidence_words of every row's evidence (parsed once per distinct evidence), as columns."""
+EVIDENCE_WORDS = ("party", "unanswered", "limits", "user_rejected", "middle", "overdue", "most", "gap_cents", "release",
+                  "limit_suffix")
+
+
+def _evidence_columns(evidence) -> dict[str, pa.Array]:
+    """_evidence_words of every row's evidence (parsed once per distinct evidence), as columns `_ev_<word>`."""
     codes, distinct = pd.factorize(_text(evidence).to_numpy(zero_copy_only=False))
     words = [_evidence_words(text) for text in distinct]
-    return {k: pc.take(pa.array([w[k] for w in words], TEXT), pa.array(codes)) for k in keys}
+    return {f"_ev_{k}": pc.take(pa.array([w[k] for w in words], TEXT), pa.array(codes)) for k in EVIDENCE_WORDS}
 
 
-def _whys(rows: pd.DataFrame, people: _People) -> pa.Array:
+def _looked_up(rows: pd.DataFrame, people: _Lookup, milestone_titles: _Lookup, titles: _Lookup, clients: _Lookup,
+               talents: _Lookup) -> pa.Table:
+    """The decision rows as an arrow table of text, with what the reports say of each row looked up once
+    for the whole night: names, titles, the project's client and talent, money, the evidence's words."""
+    table = {c: _text(rows[c]) for c in ("project_id", "policy_id", "action", "subject_id", "milestone_id", "invoice_id",
+                                         "assignee_id", "amount", "currency", "reason", "evidence", "state")}
+
+    def label(ids):
+        return _or(people.get(ids, ids), "—")
+
+    subject, assignee = _plain(table["subject_id"]), _plain(table["assignee_id"])
+    table.update(_evidence_columns(table["evidence"]))
+    table["_money"] = _per_distinct(format_money, table["amount"], table["currency"])
+    table["_gap"] = _per_distinct(lambda cents, currency: format_cents(cents, currency) if cents else None,
+                                  table["_ev_gap_cents"], table["currency"])
+    table["_subject_name"] = people.get(table["subject_id"])
+    table["_subject_label"], table["_assignee_label"] = label(subject), label(assignee)
+    table["_payee_label"] = label(_plain(_or(table["assignee_id"], table["subject_id"])))
+    table["_milestone_title"] = milestone_titles.get(_plain(table["milestone_id"]))
+    table["_title"] = titles.get(_plain(table["project_id"]))
+    table["_client_id"], table["_talent_id"] = clients.get(table["project_id"]), talents.get(table["project_id"])
+    table["_client_name"], table["_talent_name"] = people.get(table["_client_id"]), people.get(table["_talent_id"])
+    return pa.table(table)
+
+
+def _whys(rows) -> pa.Array:
     """One plain sentence per row from its evidence (facts and thresholds).
 
     Built from the facts present, so it stays right when a policy editor renames a policy or moves a
     threshold; '' (the report shows the policy's description) when no fact is known. Reads the rows'
-    evidence, subject_id, invoice_id, amount, currency and, when known, `_party` (client or talent)
-    and `_party_user` (who that party is)."""
-    ev = _evidence_columns(rows["evidence"], ("party", "unanswered", "limits", "user_rejected", "middle", "overdue",
-                                              "most", "gap_cents", "release", "limit_suffix"))
-    subject_id = _text(rows["subject_id"])
-    subject = _or(people.name(subject_id), _plain(subject_id))
-    party = _or(ev["party"], _text(rows["_party"]))
-    who = _or(_or(_if(_present(party), people.name(_text(rows["_party_user"])), ""), subject), "the party")
-    money = _per_distinct(format_money, rows["amount"], rows["currency"])
-    gap = _per_distinct(lambda cents, currency: format_cents(cents, currency) if cents else None,
-                        ev["gap_cents"], rows["currency"])
+    evidence words (_looked_up), subject_id, its name, invoice_id, money and `_party` (client or talent,
+    when known) and `_party_name` (that party's name)."""
+    subject = _or(_text(rows["_subject_name"]), _plain(rows["subject_id"]))
+    party = _or(_text(rows["_ev_party"]), _text(rows["_party"]))
+    who = _or(_or(_if(_present(party), _text(rows["_party_name"]), ""), subject), "the party")
+    money, gap = _text(rows["_money"]), _arg(rows["_gap"])  # null: no gap
     sentence = pc.binary_join_element_wise(
-        _cat(who, _if(_present(party), _cat(" (", party, ")")), " has not answered ", ev["unanswered"]),
-        ev["limits"],
-        _if(pc.is_valid(ev["user_rejected"]),
+        _cat(who, _if(_present(party), _cat(" (", party, ")")), " has not answered ", rows["_ev_unanswered"]),
+        _arg(rows["_ev_limits"]),
+        _if(pc.is_valid(rows["_ev_user_rejected"]),
             _cat(_or(subject, "a party"), " was rejected from the platform but is still on this active project"), None),
-        ev["middle"],
-        _cat("invoice ", _plain(rows["invoice_id"]), _if(_present(money), _cat(" (", money, ")")), ev["overdue"]),
-        ev["most"],
+        _arg(rows["_ev_middle"]),
+        _cat("invoice ", _plain(rows["invoice_id"]), _if(_present(money), _cat(" (", money, ")")), rows["_ev_overdue"]),
+        _arg(rows["_ev_most"]),
         _if(_present(money), _cat("escrow holds ", gap, " less than the milestone's ", money), _cat("escrow is ", gap, " short")),
-        ev["release"],
+        _arg(rows["_ev_release"]),
         _arg("; "), null_handling="skip")
     said = _present(sentence)
     first = _per_distinct(str.upper, pc.utf8_slice_codeunits(sentence, 0, 1))
-    return _if(said, _cat(first, pc.utf8_slice_codeunits(sentence, 1), ev["limit_suffix"], "."), "")
+    return _if(said, _cat(first, pc.utf8_slice_codeunits(sentence, 1), rows["_ev_limit_suffix"], "."), "")
 
 
 def why(decision: Mapping, people: Mapping[str, str]) -> str:
-    """The why of one decision (a row of the decisions as a mapping, names by user id): see _whys."""
-    row = pd.DataFrame([{c: decision.get(c) or "" for c in ("evidence", "subject_id", "invoice_id", "amount", "currency",
-                                                              "_party", "_party_user")}], dtype=object)
-    return _whys(row, _People(list(people), list(people.values()))).to_pylist()[0]
+    """The why of one decision (a row of the decisions as a mapping, names by user id): see _whys.
+
+    `_party` (client or talent) and `_party_user` (who that party is) may say whom a party-fact is about."""
+    names = _Lookup(list(people), list(people.values()))
+    row = {c: _text([decision.get(c) or ""]) for c in ("evidence", "subject_id", "invoice_id", "amount", "currency", "_party")}
+    row.update(_evidence_columns(row["evidence"]))
+    row["_money"] = _text([format_money(decision.get("amount"), decision.get("currency"))])
+    gap = row["_ev_gap_cents"][0].as_py()
+    row["_gap"] = pa.array([format_cents(gap, decision.get("currency")) if gap else None], TEXT)
+    row["_subject_name"] = names.get(row["subject_id"])
+    row["_party_name"] = names.get(_text([decision.get("_party_user") or ""]))
+    return _whys(row).to_pylist()[0]
 
 
 # --------------------------------------------------------------------------- each action, in words
-def _actions(rows: pd.DataFrame, people: _People, milestone_titles: _People) -> tuple[pa.Array, pa.Array]:
-    """(what to do, the money column) for every decision row; the money column shows what the sentence does not say."""
-    money = _per_distinct(format_money, rows["amount"], rows["currency"])
+def _actions(rows) -> tuple[pa.Array, pa.Array]:
+    """(what to do, the money column) for every decision row (_looked_up); the money column shows what
+    the sentence does not say."""
+    money = _text(rows["_money"])
     reason = _words_of(rows["reason"])
-    subject_id, assignee_id = _plain(rows["subject_id"]), _plain(rows["assignee_id"])
-
-    def name(ids):
-        return _or(people.name(ids, ids), "—")
-
-    subject, assignee = name(subject_id), name(assignee_id)
+    subject, assignee = _text(rows["_subject_label"]), _text(rows["_assignee_label"])
     ms_id = _plain(rows["milestone_id"])
-    ms_title = _or(milestone_titles.name(ms_id), "milestone")
-    with_money = _if(_present(money), _cat(" (", money, ")"))
-    raw_assignee = _text(rows["assignee_id"])
+    ms_title = _or(_text(rows["_milestone_title"]), "milestone")
     text = _choose(_text(rows["action"]), {
         "halt_project": _cat("Halt the project", _if(_present(reason), _cat(" (", reason, ")"))),
         "request_talent_decision": _cat("Ask ", subject, " to wait for the client or close their work"),
         "release_milestone_payment": _cat("Release ", _or(money, "the held money"), " for ",
                                           _if(_present(ms_id), _cat(ms_title, " (", ms_id, ")"), "the milestone"), " to ",
-                                          name(_plain(_or(raw_assignee, _text(rows["subject_id"]))))),
+                                          rows["_payee_label"]),
         "close_project": "Close the project",
         "notify_client": _cat("Tell ", subject, " (client) what is happening"),
         "notify_talent": _cat("Tell ", subject, " (talent) what is happening"),
@@ -329,10 +352,11 @@ def _actions(rows: pd.DataFrame, people: _People, milestone_titles: _People) -> 
         "assign_top_shaker": _cat("Assign Top Shaker ", assignee, " to take over"),
         "reassign_milestone": _cat("Move ", _if(_present(ms_id), _cat(ms_title, " (", ms_id, _if(_present(money), _cat(", ", money)), ")"),
                                                 "the milestone"), " to ", assignee),
-        "notify_talent_non_payment": _cat("Tell ", subject, " that invoice ", _plain(rows["invoice_id"]), with_money,
-                                          " is unpaid: continue or halt"),
+        "notify_talent_non_payment": _cat("Tell ", subject, " that invoice ", _plain(rows["invoice_id"]),
+                                          _if(_present(money), _cat(" (", money, ")")), " is unpaid: continue or halt"),
         "resume_project": "Resume the project",
-        "flag_for_review": _cat("Review: ", _or(reason, "flagged"), _if(_present(subject_id), _cat(" — ", subject))),
+        "flag_for_review": _cat("Review: ", _or(reason, "flagged"),
+                                _if(_present(_plain(rows["subject_id"])), _cat(" — ", subject))),
     }, _words_of(rows["action"]))
     string = np.dtypes.StringDType()
     said = np.strings.find(np.asarray(text.to_numpy(zero_copy_only=False), dtype=string),
@@ -342,6 +366,18 @@ def _actions(rows: pd.DataFrame, people: _People, milestone_titles: _People) -> 
 
 # --------------------------------------------------------------------------- per manager
 @dataclass
+class _Night:
+    """What writing a night's reports needs: the rows they show, in report order (by manager, section,
+    then item: a firing, in the order the night first found it, its actions in decision order), and
+    the people, projects and milestones those rows name."""
+
+    rows: pa.Table               # the decision rows, with what is said of them looked up (_looked_up)
+    rank: np.ndarray             # each row's section, as its position in SECTIONS
+    firing: np.ndarray           # each row's firing (manager, section, project, policy, evidence)
+    descriptions: Mapping[str, str]
+
+
+@dataclass
 class ManagerReport:
     manager_id: str
     name: str
@@ -349,21 +385,30 @@ class ManagerReport:
     as_of: str
     run_id: str
     subject: str
-    sections: list[dict]         # {"key", "title", "hint", "count", "more", "items_html", "items_text"}
-    counts: dict[str, int]
+    counts: dict[str, int]       # actions (decision rows) per section, new_total, decisions
     projects: list[str]
+    night: _Night = field(repr=False, compare=False)
+    rows: slice                  # this manager's rows in night.rows
 
-    # Rendered when asked for, not kept: the outbox writers render each email in their own process.
+    # Written when asked for, not kept: the outbox writers write each email in their own process.
     @property
     def html(self) -> str:
-        """The email's HTML part. The items were escaped as they were written (build_reports)."""
-        sections = [{**s, "items_html": Markup(s["items_html"])} for s in self.sections]
-        return environment().get_template("report.html").render(r=self, sections=sections)
+        """The email's HTML part (render_reports writes many reports faster than one by one)."""
+        return next(render_reports([self]))[1]
 
     @property
     def text(self) -> str:
         """The email's plain-text part, saying what the HTML part says."""
-        return environment().get_template("report.txt").render(r=self)
+        return next(render_reports([self]))[0]
+
+    def page(self, template: str, written: list[tuple[str, str, int]]) -> str:
+        """The report rendered with `template` around its sections' items (HTML, text, how many were cut)."""
+        html = template.endswith(".html")
+        sections = [{"key": key, "title": title, "hint": hint, "count": self.counts[key], "more": more,
+                     # the HTML items were escaped value by value as they were written (_item_html)
+                     "items": Markup(items_html) if html else items_text}
+                    for (key, title, hint), (items_html, items_text, more) in zip(SECTIONS, written)]
+        return environment().get_template(template).render(r=self, sections=sections)
 
 
 def _environment() -> Environment:
@@ -445,8 +490,8 @@ def build_reports(decisions: pd.DataFrame, projects: pd.DataFrame, milestones: p
                   as_of: dt.date | str, run_id: str, descriptions: Mapping[str, str] | None = None) -> list[ManagerReport]:
     """One ManagerReport per Project Success manager with anything to act on, by manager id.
 
-    Its sections hold their items already written (HTML and text), each item one firing: the actions
-    one rule calls for on one project, with one why; the page around them is rendered when asked for."""
+    What it says is written when asked for (render_reports): each section lists items, an item being
+    one firing (the actions one rule calls for on one project, with one why)."""
     as_of = as_of.isoformat() if isinstance(as_of, dt.date) else str(as_of)
     descriptions = descriptions or {}
     decisions = decisions[decisions["project_success_id"].notna()]
@@ -460,8 +505,7 @@ def build_reports(decisions: pd.DataFrame, projects: pd.DataFrame, milestones: p
     mentioned = pd.concat([decisions["subject_id"], decisions["assignee_id"], decisions["project_success_id"],
                            projects["client_id"], projects["talent_id"]]).astype(str).unique()
     users = users[is_in(users["user_id"], mentioned)]
-    people = _People.of(users)
-    milestone_titles = _People(_plain(milestones["milestone_id"]), _plain(milestones["title"]))
+    people = _people(users)
 
     # Rows in report order: by manager, section, then item (a firing, in the order the night first
     # found it), its actions in decision order. A state no section shows counts, and is not shown.
@@ -481,71 +525,94 @@ def build_reports(decisions: pd.DataFrame, projects: pd.DataFrame, milestones: p
     per_section = np.bincount(manager * width + rank, minlength=len(managers) * width).reshape(len(managers), width)
     new_total = np.bincount(manager, weights=(rows["state"] == "new").to_numpy(dtype=bool, na_value=False),
                             minlength=len(managers))
-    projects_of = pd.DataFrame({"m": manager, "p": _plain(rows["project_id"]).to_numpy(zero_copy_only=False)}
-                               ).drop_duplicates().sort_values(["m", "p"]).groupby("m")["p"].agg(list)
+    pairs = pd.DataFrame({"m": manager, "p": _plain(rows["project_id"]).to_numpy(zero_copy_only=False)}
+                         ).drop_duplicates().sort_values(["m", "p"])
+    cuts, listed = np.searchsorted(pairs["m"].to_numpy(), np.arange(len(managers) + 1)), pairs["p"].tolist()
 
     shown = rank < len(SECTION_KEYS)
-    rows, manager, rank, firing, section = rows[shown].reset_index(drop=True), manager[shown], rank[shown], firing[shown], section[shown]
-    texts, money = _actions(rows, people, milestone_titles)
-    # One item per firing, from its first row.
-    starts = np.flatnonzero(np.r_[True, firing[1:] != firing[:-1]]) if len(rows) else np.array([], dtype=int)
-    first = rows.iloc[starts].reset_index(drop=True)
-    project_id = _text(first["project_id"])
-    clients = _take(project_id, _text(projects["project_id"]), _text(projects["client_id"]))
-    talents = _take(project_id, _text(projects["project_id"]), _text(projects["talent_id"]))
-    # The party a party-fact is about: whoever the evidence names, else for flags a guess from the subject.
-    party = _evidence_columns(first["evidence"], ("party",))["party"]
-    subject = _plain(first["subject_id"])
-    named = pc.is_in(party, pa.array(["client", "talent"], TEXT))
-    flag = pa.array(np.isin(section[starts], FLAGS))
-    first["_party"] = _if(named, party, _if(flag, _if(pc.equal(clients, subject), "client",
-                                                        _if(pc.equal(talents, subject), "talent", "")), ""))
-    first["_party_user"] = _if(named, _if(pc.equal(party, _arg("client")), clients, talents), _text(first["subject_id"]))
-    policy_id = _text(first["policy_id"])
-    item = {"section": pa.array(section[starts], TEXT), "flag": flag, "project_id": _plain(project_id),
-            "title": _take(_plain(project_id), _plain(projects["project_id"]), _plain(projects["title"])),
-            "client": people.name(clients, clients), "talent": people.name(talents, talents),
-            "policy_id": _plain(policy_id), "state": _plain(first["state"]), "why": _whys(first, people),
-            "description": _per_distinct(lambda pid: plain(descriptions.get(pid, "")), policy_id)}
-    item_html = _item_html(item, _groups_joined(_action_html(texts, money), starts))
-    item_text = _item_text(item, _groups_joined(_action_text(texts, money), starts))
-
-    # Each section's first MAX_ITEMS_PER_SECTION items, written end to end.
-    group = manager[starts] * width + rank[starts]
-    group_starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]]) if len(group) else np.array([], dtype=int)
-    sizes = np.diff(np.append(group_starts, len(group)))
-    ids_of_groups = group[group_starts].tolist()
-    if sizes.max(initial=0) > MAX_ITEMS_PER_SECTION:
-        kept = np.flatnonzero(np.arange(len(group)) - np.repeat(group_starts, sizes) < MAX_ITEMS_PER_SECTION)
-        item_html, item_text, group_starts = item_html.take(kept), item_text.take(kept), np.searchsorted(kept, group_starts)
-    written = dict(zip(ids_of_groups,
-                       zip(_groups_joined(item_html, group_starts).to_pylist(),
-                           _groups_joined(item_text, group_starts).to_pylist(),
-                           np.maximum(sizes - MAX_ITEMS_PER_SECTION, 0).tolist())))
-
+    shown_rows = rows[shown]
+    night = _Night(_looked_up(shown_rows, people,
+                              milestone_titles=_Lookup(_plain(milestones["milestone_id"]), _plain(milestones["title"])),
+                              titles=_Lookup(_plain(projects["project_id"]), _plain(projects["title"])),
+                              clients=_Lookup(projects["project_id"], projects["client_id"]),
+                              talents=_Lookup(projects["project_id"], projects["talent_id"])),
+                   rank[shown], firing[shown], descriptions)
+    bounds = np.searchsorted(manager[shown], np.arange(len(managers) + 1))
     ids = _plain(pa.array(managers, from_pandas=True))
-    names = people.name(ids, ids).to_pylist()
-    emails = _take(ids, people.ids, _plain(users["email"])).to_pylist()
+    names = people.get(ids, ids).to_pylist()
+    emails = _Lookup(_plain(users["user_id"]), _plain(users["email"])).get(ids).to_pylist()
     resolved = SECTION_KEYS.index("resolved")
     reports = []
     for m, manager_id in enumerate(ids.to_pylist()):
         if per_section[m, resolved] == per_section[m].sum():
             continue  # nothing to act on: no email just to say that something went away
         counts = dict(zip(SECTION_KEYS, per_section[m, :-1].tolist()))
-        sections = []
-        for r, (key, title, hint) in enumerate(SECTIONS):
-            html, text, more = written.get(m * width + r, ("", "", 0))
-            sections.append({"key": key, "title": title, "hint": hint, "count": counts[key], "more": more,
-                             "items_html": html, "items_text": text})
         others = [f"{counts[k]:,} {label}" for k, label in (("ongoing", "ongoing"), ("at_risk", "at risk"),
                                                              ("flagged", "flagged"), ("resolved", "resolved")) if counts[k]]
         subject = f"Shakers policy report, night of {as_of}: {_plural(counts['new'], 'new action')}" \
             + (f" ({', '.join(others)})" if others else "")
         reports.append(ManagerReport(
             manager_id=manager_id, name=names[m], email=emails[m], as_of=as_of, run_id=plain(run_id), subject=subject,
-            sections=sections, counts={**counts, "new_total": int(new_total[m]), "decisions": int(per_section[m].sum())},
-            projects=projects_of[m]))
+            counts={**counts, "new_total": int(new_total[m]), "decisions": int(per_section[m].sum())},
+            projects=listed[cuts[m]:cuts[m + 1]], night=night, rows=slice(bounds[m], bounds[m + 1])))
     return reports
+
+
+# Reports whose items are written column-wise at once: big enough for whole-column work to pay,
+# small enough to keep the memory of a writer process low.
+REPORTS_PER_BATCH = 1000
+
+
+def render_reports(reports: list[ManagerReport]) -> Iterator[tuple[str, str]]:
+    """(text, HTML) of each report of one night, in order."""
+    for start in range(0, len(reports), REPORTS_PER_BATCH):
+        batch = reports[start:start + REPORTS_PER_BATCH]
+        for report, written in zip(batch, _write_items(batch)):
+            yield report.page("report.txt", written), report.page("report.html", written)
+
+
+def _write_items(reports: list[ManagerReport]) -> list[list[tuple[str, str, int]]]:
+    """Each report's sections' items, written end to end as HTML and as text, and how many were cut
+    (a section shows its first MAX_ITEMS_PER_SECTION items)."""
+    night = reports[0].night
+    at = np.concatenate([np.arange(r.rows.start, r.rows.stop) for r in reports])
+    rows, rank, firing = night.rows.take(pa.array(at)), night.rank[at], night.firing[at]
+    owner = np.repeat(np.arange(len(reports)), [r.rows.stop - r.rows.start for r in reports])
+    section = np.array(SECTION_KEYS, dtype=object)[rank]
+    texts, money = _actions(rows)
+    # One item per firing, from its first row.
+    starts = np.flatnonzero(np.r_[True, firing[1:] != firing[:-1]])
+    first = {name: _arg(column) for name, column in zip(rows.column_names, rows.take(pa.array(starts)).columns)}
+    clients, talents = first["_client_id"], first["_talent_id"]
+    # The party a party-fact is about: whoever the evidence names, else for flags a guess from the subject.
+    party = first["_ev_party"]
+    subject = _plain(first["subject_id"])
+    named = pc.is_in(party, pa.array(["client", "talent"], TEXT))
+    is_client = pc.equal(party, _arg("client"))
+    flag = pa.array(np.isin(section[starts], FLAGS))
+    first["_party"] = _if(named, party, _if(flag, _if(pc.equal(clients, subject), "client",
+                                                        _if(pc.equal(talents, subject), "talent", "")), ""))
+    first["_party_name"] = _if(named, _if(is_client, first["_client_name"], first["_talent_name"]), first["_subject_name"])
+    item = {"section": pa.array(section[starts], TEXT), "flag": flag, "project_id": _plain(first["project_id"]),
+            "title": first["_title"], "client": _or(first["_client_name"], clients), "talent": _or(first["_talent_name"], talents),
+            "policy_id": _plain(first["policy_id"]), "state": _plain(first["state"]), "why": _whys(first),
+            "description": _per_distinct(lambda pid: plain(night.descriptions.get(pid, "")), first["policy_id"])}
+    item_html = _item_html(item, _groups_joined(_action_html(texts, money), starts))
+    item_text = _item_text(item, _groups_joined(_action_text(texts, money), starts))
+
+    # Each section's first MAX_ITEMS_PER_SECTION items, end to end.
+    width = len(SECTION_KEYS)
+    group = owner[starts] * width + rank[starts]
+    group_starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]])
+    sizes = np.diff(np.append(group_starts, len(group)))
+    groups = group[group_starts].tolist()
+    if sizes.max(initial=0) > MAX_ITEMS_PER_SECTION:
+        kept = np.flatnonzero(np.arange(len(group)) - np.repeat(group_starts, sizes) < MAX_ITEMS_PER_SECTION)
+        item_html, item_text, group_starts = item_html.take(kept), item_text.take(kept), np.searchsorted(kept, group_starts)
+    written = dict(zip(groups, zip(_groups_joined(item_html, group_starts).to_pylist(),
+                                   _groups_joined(item_text, group_starts).to_pylist(),
+                                   np.maximum(sizes - MAX_ITEMS_PER_SECTION, 0).tolist())))
+    return [[written.get(b * width + r, ("", "", 0)) for r in range(width)] for b in range(len(reports))]
 
 
 # --------------------------------------------------------------------------- the overview page
@@ -614,7 +681,7 @@ def publish_night(out: Path, as_of: dt.date, run_id: str, decisions: pd.DataFram
     # Decisions that stopped holding are listed once, in this night's report (their state is `resolved`).
     reported = decisions if resolved is None or resolved.empty else pd.concat([decisions, resolved], ignore_index=True)
     reports = build_reports(reported, facts.projects, facts.milestones, facts.users, as_of, run_id, descriptions)
-    outcome = mail.publish(out / "outbox", reports, ledger, env=env, progress=say)
+    outcome = mail.publish(out / "outbox", reports, ledger, env=env, progress=say, render=render_reports)
     summary["reports"] = {**outcome.summary, "overview": "report.html", "outbox": "outbox",
                           "ledger": str(Path(ledger.path).resolve())}
     files.write_text(out / "report.html", render_overview(summary, decisions, rejects, reports, outcome.by_manager, descriptions))

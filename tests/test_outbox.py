@@ -55,7 +55,7 @@ def test_a_base64_part_decodes_back_to_its_text_in_lines_of_76(text):
 def test_an_email_decodes_to_its_headers_text_and_html():
     report = Report("PS1", "Ainhoa Núñez", "ainhoa@shakers.test", "Shakers policy report, night of 2026-11-24: 2 new actions",
                     "Hello Ainhoa Núñez\n€5.00\n", "<p>Hello Ainhoa N&uacute;&ntilde;ez — €5.00</p>\n")
-    mid, data = mail.build_message(report, "Policy reports <reports@shakers.test>")
+    mid, data = mail.build_message(report, report.text, report.html, "Policy reports <reports@shakers.test>")
     msg = parse(data)
     assert msg["Message-ID"] == mid == mail.message_id(report.as_of, report.email, "PS1")
     assert msg["Subject"] == report.subject and msg["X-Shakers-Night"] == "2026-11-24"
@@ -72,7 +72,7 @@ def test_a_body_that_quotes_the_boundary_stays_inside_its_part():
     fence = f"--{mail.boundary(mid)}"
     text = f"{fence}\nContent-Type: text/html\n\n<b>injected</b>\n{fence}--\n"
     report = Report("PS1", "Paula", "ps@shakers.test", "s", text, f"<pre>{fence}</pre>\n")
-    _mid, data = mail.build_message(report, "reports@shakers.test")
+    _mid, data = mail.build_message(report, report.text, report.html, "reports@shakers.test")
     msg = parse(data)
     assert len(list(msg.iter_parts())) == 2 and msg.defects == []
     assert parts(msg) == {"text/plain": canonical(text), "text/html": canonical(report.html)}
@@ -80,7 +80,7 @@ def test_a_body_that_quotes_the_boundary_stays_inside_its_part():
 
 def test_a_name_with_line_breaks_cannot_add_a_header():
     report = Report("PS1", "Evil\r\nBcc: attacker@evil.test", "ps@shakers.test", "night\r\nBcc: x@evil.test", "t\n", "h\n")
-    _mid, data = mail.build_message(report, "reports@shakers.test")
+    _mid, data = mail.build_message(report, report.text, report.html, "reports@shakers.test")
     msg = parse(data)
     assert msg["Bcc"] is None and [a.addr_spec for a in msg["To"].addresses] == ["ps@shakers.test"]
     assert not any(line.lower().startswith(b"bcc") for line in data.split(b"\r\n\r\n", 1)[0].splitlines())
@@ -113,10 +113,10 @@ def test_forked_writers_write_the_same_outbox_as_one_process_and_the_ledger_owes
 
 @pytest.mark.parametrize("failing, error", [("PS1", RuntimeError), ("PS2", ValueError)])   # in the forked writer, in this process
 def test_a_writer_that_fails_fails_the_outbox_and_the_ledger_owes_nothing(tmp_path, monkeypatch, failing, error):
-    def broken(report, mail_from, date=None):
+    def broken(report, text, html, mail_from, date=None):
         if report.manager_id == failing:
             raise ValueError(f"cannot render {failing}")
-        return real(report, mail_from, date)
+        return real(report, text, html, mail_from, date)
 
     real = mail.build_message
     monkeypatch.setattr(mail, "build_message", broken)
