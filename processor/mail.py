@@ -175,6 +175,9 @@ def sender_address(value: str) -> Address:
     return Address(display_name=plain(name) or SENDER_NAME, addr_spec=addr)
 
 
+_OWN_MESSAGE_ID = re.compile(rf"<report\.\d{{4}}-\d{{2}}-\d{{2}}\.[0-9a-f]{{24}}@{re.escape(MESSAGE_ID_DOMAIN)}>")
+
+
 def message_id(as_of: str, recipient: str, manager_id: str) -> str:
     """Same night + same recipient -> same Message-ID, whatever the content or the run."""
     digest = hashlib.sha256(f"{as_of}\0{recipient.lower()}\0{manager_id}".encode()).hexdigest()[:24]
@@ -195,8 +198,8 @@ def _folded(name: str, value) -> bytes:
     return POLICY.fold_binary(name, _header_class(name.lower())(name, value))
 
 
-# The headers every email of a night shares are folded once.
-_shared = functools.lru_cache(maxsize=64)(_folded)
+# The headers many emails of a night share (the date, the night, subjects: counts repeat) are folded once.
+_shared = functools.lru_cache(maxsize=4096)(_folded)
 
 
 @functools.lru_cache(maxsize=8)
@@ -207,11 +210,12 @@ def _sender(mail_from: str) -> bytes:
 def headers(report, mail_from: str, date: str, mid: str) -> bytes:
     """The header block of one manager's report (ending with its blank line)."""
     return b"".join((
-        _folded("Subject", plain(report.subject)),
+        _shared("Subject", plain(report.subject)),
         _sender(mail_from),
         _folded("To", mailbox(report.name, report.email)),
         _shared("Date", date),
-        _folded("Message-ID", mid),
+        # made here of the night's date, hex digits and our domain: nothing to encode or fold
+        f"Message-ID: {mid}\r\n".encode("ascii") if _OWN_MESSAGE_ID.fullmatch(mid) else _folded("Message-ID", mid),
         b"Auto-Submitted: auto-generated\r\n",
         _shared("X-Shakers-Night", plain(report.as_of)),
         b"MIME-Version: 1.0\r\n",
@@ -232,7 +236,9 @@ def base64_body(text: str) -> bytes:
 
     binascii encodes the whole text at C speed and numpy cuts it into lines: `base64.encodebytes`
     would loop in Python over every 57 bytes."""
-    data = text.encode("utf-8").replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+    data = text.encode("utf-8")
+    if b"\r" in data:
+        data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
     if not data.endswith(b"\n"):
         data += b"\n"
     encoded = binascii.b2a_base64(data.replace(b"\n", b"\r\n"), newline=False)

@@ -143,10 +143,23 @@ def escape(values) -> pa.Array:
     return values
 
 
+def _first_seen(*columns) -> np.ndarray:
+    """A number per distinct combination of the columns' values, numbered in order of first appearance."""
+    ids = np.zeros(len(columns[0]), dtype=np.int64)
+    for column in columns:
+        encoded = pc.dictionary_encode(_arg(column), null_encoding="encode")
+        codes = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+        ids = pd.factorize(ids * (len(encoded.dictionary) + 1) + codes)[0]
+    return ids
+
+
 def _per_distinct(function: Callable[..., str | None], *columns) -> pa.Array:
     """function(*values) for every row, called once per distinct combination of the columns' values."""
-    codes, distinct = pd.MultiIndex.from_arrays([_text(c).to_numpy(zero_copy_only=False) for c in columns]).factorize()
-    return pc.take(pa.array([function(*values) for values in distinct], TEXT), pa.array(codes))
+    columns = [_text(c) for c in columns]
+    ids = _first_seen(*columns)
+    first = pa.array(np.unique(ids, return_index=True)[1])
+    distinct = zip(*(c.take(first).to_pylist() for c in columns))
+    return pc.take(pa.array([function(*values) for values in distinct], TEXT), pa.array(ids))
 
 
 def _choose(key, texts: Mapping[str, object], otherwise) -> pa.Array:
@@ -162,16 +175,13 @@ class _Lookup:
     def __init__(self, keys, values):
         self.keys, self.values = _text(keys), _text(values)
 
-    def get(self, keys, missing="") -> pa.Array:
-        """The value of every key of a column; `missing` (a column or a constant) where the key is unknown."""
-        at = pc.index_in(_text(keys), value_set=self.keys)
-        return pc.if_else(pc.is_null(at), _arg(missing), pc.take(self.values, at))
-
-
-def _people(users: pd.DataFrame) -> _Lookup:
-    """Display names by user id: plain(name), else the plain id (of the users a night's decisions mention)."""
-    ids = _plain(users["user_id"])
-    return _Lookup(ids, _or(_plain(users["name"]), ids))
+    def get(self, *keys) -> list[pa.Array]:
+        """The value of every key of each column ('' where the key is unknown); one hash of the known keys for all."""
+        keys = [_text(k) for k in keys]
+        at = pc.index_in(pa.concat_arrays(keys), value_set=self.keys)
+        found = pc.if_else(pc.is_null(at), _arg(""), pc.take(self.values, at))
+        cuts = np.cumsum([0] + [len(k) for k in keys])
+        return [found.slice(start, stop - start) for start, stop in zip(cuts[:-1], cuts[1:])]
 
 
 def _groups_joined(values: pa.Array, starts: np.ndarray) -> pa.Array:
@@ -263,28 +273,31 @@ def _evidence_columns(evidence) -> dict[str, pa.Array]:
     return {f"_ev_{k}": pc.take(pa.array([w[k] for w in words], TEXT), pa.array(codes)) for k in EVIDENCE_WORDS}
 
 
-def _looked_up(rows: pd.DataFrame, people: _Lookup, milestone_titles: _Lookup, titles: _Lookup, clients: _Lookup,
-               talents: _Lookup) -> pa.Table:
-    """The decision rows as an arrow table of text, with what the reports say of each row looked up once
-    for the whole night: names, titles, the project's client and talent, money, the evidence's words."""
-    table = {c: _text(rows[c]) for c in ("project_id", "policy_id", "action", "subject_id", "milestone_id", "invoice_id",
-                                         "assignee_id", "amount", "currency", "reason", "evidence", "state")}
-
-    def label(ids):
-        return _or(people.get(ids, ids), "—")
-
-    subject, assignee = _plain(table["subject_id"]), _plain(table["assignee_id"])
+def _looked_up(decisions: pd.DataFrame, order: np.ndarray, people: _Lookup, milestone_titles: _Lookup, titles: _Lookup,
+               clients: _Lookup, talents: _Lookup) -> pa.Table:
+    """The decision rows at `order` as an arrow table of text, with what the reports say of each row
+    looked up once for the whole night: names, titles, the project's client and talent, money, the
+    evidence's words."""
+    at = pa.array(order)
+    table = {c: _text(pa.array(decisions[c], from_pandas=True).take(at))
+             for c in ("project_id", "policy_id", "action", "subject_id", "milestone_id", "invoice_id", "assignee_id",
+                       "amount", "currency", "reason", "evidence", "state")}
     table.update(_evidence_columns(table["evidence"]))
     table["_money"] = _per_distinct(format_money, table["amount"], table["currency"])
     table["_gap"] = _per_distinct(lambda cents, currency: format_cents(cents, currency) if cents else None,
                                   table["_ev_gap_cents"], table["currency"])
-    table["_subject_name"] = people.get(table["subject_id"])
-    table["_subject_label"], table["_assignee_label"] = label(subject), label(assignee)
-    table["_payee_label"] = label(_plain(_or(table["assignee_id"], table["subject_id"])))
-    table["_milestone_title"] = milestone_titles.get(_plain(table["milestone_id"]))
-    table["_title"] = titles.get(_plain(table["project_id"]))
-    table["_client_id"], table["_talent_id"] = clients.get(table["project_id"]), talents.get(table["project_id"])
-    table["_client_name"], table["_talent_name"] = people.get(table["_client_id"]), people.get(table["_talent_id"])
+    subject, assignee = _plain(table["subject_id"]), _plain(table["assignee_id"])
+    payee = _plain(_or(table["assignee_id"], table["subject_id"]))
+    project = _plain(table["project_id"])
+    (table["_milestone_title"],) = milestone_titles.get(_plain(table["milestone_id"]))
+    (table["_title"],) = titles.get(project)
+    (table["_client_id"],), (table["_talent_id"],) = clients.get(table["project_id"]), talents.get(table["project_id"])
+    table["_subject_name"], by_plain_subject, by_assignee, by_payee, table["_client_name"], table["_talent_name"] = people.get(
+        table["subject_id"], subject, assignee, payee, table["_client_id"], table["_talent_id"])
+    table["_subject_label"], table["_assignee_label"], table["_payee_label"] = (
+        _or(_or(name, ids), "—") for name, ids in ((by_plain_subject, subject), (by_assignee, assignee), (by_payee, payee)))
+    for consumed in ("evidence", "amount", "currency", "assignee_id", "_ev_gap_cents"):  # said in the columns above
+        del table[consumed]
     return pa.table(table)
 
 
@@ -319,14 +332,13 @@ def why(decision: Mapping, people: Mapping[str, str]) -> str:
     """The why of one decision (a row of the decisions as a mapping, names by user id): see _whys.
 
     `_party` (client or talent) and `_party_user` (who that party is) may say whom a party-fact is about."""
-    names = _Lookup(list(people), list(people.values()))
     row = {c: _text([decision.get(c) or ""]) for c in ("evidence", "subject_id", "invoice_id", "amount", "currency", "_party")}
     row.update(_evidence_columns(row["evidence"]))
     row["_money"] = _text([format_money(decision.get("amount"), decision.get("currency"))])
     gap = row["_ev_gap_cents"][0].as_py()
     row["_gap"] = pa.array([format_cents(gap, decision.get("currency")) if gap else None], TEXT)
-    row["_subject_name"] = names.get(row["subject_id"])
-    row["_party_name"] = names.get(_text([decision.get("_party_user") or ""]))
+    row["_subject_name"], row["_party_name"] = _Lookup(list(people), list(people.values())).get(
+        row["subject_id"], [decision.get("_party_user") or ""])
     return _whys(row).to_pylist()[0]
 
 
@@ -500,12 +512,18 @@ def build_reports(decisions: pd.DataFrame, projects: pd.DataFrame, milestones: p
     # Only the rows the decisions mention reach a report: look up those, not the whole night's tables.
     from processor.facts import is_in  # pyarrow's hash: pandas' isin on arrow text is slow for many ids
 
-    projects = projects[is_in(projects["project_id"], decisions["project_id"])]
-    milestones = milestones[is_in(milestones["milestone_id"], decisions["milestone_id"])]
-    mentioned = pd.concat([decisions["subject_id"], decisions["assignee_id"], decisions["project_success_id"],
-                           projects["client_id"], projects["talent_id"]]).astype(str).unique()
-    users = users[is_in(users["user_id"], mentioned)]
-    people = _people(users)
+    def mentioned(frame, key, among, *columns):
+        keep = pa.array(is_in(frame[key], among))
+        return [pa.array(frame[c], from_pandas=True).filter(keep) for c in (key, *columns)]
+
+    project_id, title, client_id, talent_id = mentioned(projects, "project_id", decisions["project_id"], "title",
+                                                        "client_id", "talent_id")
+    milestone_id, milestone_title = mentioned(milestones, "milestone_id", decisions["milestone_id"], "title")
+    named = pd.concat([decisions[c].astype(object) for c in ("subject_id", "assignee_id", "project_success_id")]
+                      + [pd.Series(c.to_numpy(zero_copy_only=False)) for c in (client_id, talent_id)])
+    user_id, name, email = mentioned(users, "user_id", named, "name", "email")
+    user_id = _plain(user_id)
+    people = _Lookup(user_id, _or(_plain(name), user_id))
 
     # Rows in report order: by manager, section, then item (a firing, in the order the night first
     # found it), its actions in decision order. A state no section shows counts, and is not shown.
@@ -515,32 +533,26 @@ def build_reports(decisions: pd.DataFrame, projects: pd.DataFrame, milestones: p
     section = np.select([state == "resolved", at_risk, flagged], ["resolved", "at_risk", "flagged"], state).astype(object)
     manager, managers = pd.factorize(decisions["project_success_id"], sort=True)
     rank = pd.Series(section).map({k: i for i, k in enumerate(SECTION_KEYS)}).fillna(len(SECTION_KEYS)).to_numpy(int)
-    firing = pd.DataFrame({"m": manager, "s": section, "p": decisions["project_id"].to_numpy(),
-                           "r": decisions["policy_id"].to_numpy(), "e": decisions["evidence"].to_numpy()}
-                          ).groupby(["m", "s", "p", "r", "e"], sort=False, dropna=False).ngroup().to_numpy()
+    firing = _first_seen(pa.array(manager), pa.array(section), *(pa.array(decisions[c], from_pandas=True)
+                                                                 for c in ("project_id", "policy_id", "evidence")))
     order = np.lexsort((firing, rank, manager))
-    rows = decisions.iloc[order].reset_index(drop=True)
-    manager, rank, firing, section = manager[order], rank[order], firing[order], section[order]
     width = len(SECTION_KEYS) + 1
     per_section = np.bincount(manager * width + rank, minlength=len(managers) * width).reshape(len(managers), width)
-    new_total = np.bincount(manager, weights=(rows["state"] == "new").to_numpy(dtype=bool, na_value=False),
-                            minlength=len(managers))
-    pairs = pd.DataFrame({"m": manager, "p": _plain(rows["project_id"]).to_numpy(zero_copy_only=False)}
+    new_total = np.bincount(manager, weights=(state == "new"), minlength=len(managers))
+    pairs = pd.DataFrame({"m": manager, "p": _plain(decisions["project_id"]).to_numpy(zero_copy_only=False)}
                          ).drop_duplicates().sort_values(["m", "p"])
     cuts, listed = np.searchsorted(pairs["m"].to_numpy(), np.arange(len(managers) + 1)), pairs["p"].tolist()
 
-    shown = rank < len(SECTION_KEYS)
-    shown_rows = rows[shown]
-    night = _Night(_looked_up(shown_rows, people,
-                              milestone_titles=_Lookup(_plain(milestones["milestone_id"]), _plain(milestones["title"])),
-                              titles=_Lookup(_plain(projects["project_id"]), _plain(projects["title"])),
-                              clients=_Lookup(projects["project_id"], projects["client_id"]),
-                              talents=_Lookup(projects["project_id"], projects["talent_id"])),
+    shown = order[rank[order] < len(SECTION_KEYS)]
+    night = _Night(_looked_up(decisions, shown, people,
+                              milestone_titles=_Lookup(_plain(milestone_id), _plain(milestone_title)),
+                              titles=_Lookup(_plain(project_id), _plain(title)),
+                              clients=_Lookup(project_id, client_id), talents=_Lookup(project_id, talent_id)),
                    rank[shown], firing[shown], descriptions)
     bounds = np.searchsorted(manager[shown], np.arange(len(managers) + 1))
     ids = _plain(pa.array(managers, from_pandas=True))
-    names = people.get(ids, ids).to_pylist()
-    emails = _Lookup(_plain(users["user_id"]), _plain(users["email"])).get(ids).to_pylist()
+    (names,), (emails,) = people.get(ids), _Lookup(user_id, _plain(email)).get(ids)
+    names, emails = _or(names, ids).to_pylist(), emails.to_pylist()
     resolved = SECTION_KEYS.index("resolved")
     reports = []
     for m, manager_id in enumerate(ids.to_pylist()):
