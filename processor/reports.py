@@ -6,8 +6,16 @@ projects. Its sections: new actions, ongoing actions, projects at risk
 the project, the people, the milestone and money, and says why in one sentence
 built from the decision's evidence and the policy's own description.
 
-Everything user-provided (names, titles, emails, ids) reaches HTML only through
-Jinja2 with autoescaping, and reaches mail headers only through processor.mail.
+A big night has ~230,000 decisions for ~2,000 managers, so the words are made
+a whole column at a time (pyarrow's string kernels), never row by row in Python:
+`build_reports` makes each report's head (counts, subject, projects) and looks up,
+once for the night, what is said of every row (names, titles, money, the
+evidence's words); `render_reports` writes the items and pages of a batch of
+reports in whichever process asks for them (the outbox writers, one per core).
+
+Everything user-provided (names, titles, emails, ids) reaches HTML escaped: the
+page through Jinja2's autoescaping, the items column-wise by `escape` (the same
+rules, markupsafe's), and reaches mail headers only through processor.mail.
 `publish_night` is the one call the nightly run makes after it recorded the night.
 """
 from __future__ import annotations
@@ -84,9 +92,7 @@ def _words(code: str) -> str:
 
 
 # --------------------------------------------------------------------------- whole columns of text
-# A big night has ~230,000 decisions and every one is said in words: the words are made a whole
-# column at a time with pyarrow's string kernels (C speed), never row by row in Python. Python
-# only runs once per *distinct* value where a column has few (amounts, evidence, first letters).
+# Python only runs once per *distinct* value where a column has few (amounts, evidence, first letters).
 TEXT = pa.large_string()
 # What plain() turns into one space: control characters and everything str.split() splits on.
 _BLANKS = "[" + "".join(f"\\x{{{ord(c):x}}}" for c in map(chr, range(0x3001)) if c.isspace() or _CONTROL.match(c)) + "]+"
@@ -276,8 +282,7 @@ def _evidence_columns(evidence) -> dict[str, pa.Array]:
 def _looked_up(decisions: pd.DataFrame, order: np.ndarray, people: _Lookup, milestone_titles: _Lookup, titles: _Lookup,
                clients: _Lookup, talents: _Lookup) -> pa.Table:
     """The decision rows at `order` as an arrow table of text, with what the reports say of each row
-    looked up once for the whole night: names, titles, the project's client and talent, money, the
-    evidence's words."""
+    looked up: names, titles, the project's client and talent, money, the evidence's words."""
     at = pa.array(order)
     table = {c: _text(pa.array(decisions[c], from_pandas=True).take(at))
              for c in ("project_id", "policy_id", "action", "subject_id", "milestone_id", "invoice_id", "assignee_id",
@@ -379,13 +384,19 @@ def _actions(rows) -> tuple[pa.Array, pa.Array]:
 # --------------------------------------------------------------------------- per manager
 @dataclass
 class _Night:
-    """What writing a night's reports needs: the rows they show, in report order (by manager, section,
-    then item: a firing, in the order the night first found it, its actions in decision order), and
-    the people, projects and milestones those rows name."""
+    """What writing a night's reports needs: its decisions, the positions of the rows they show in
+    report order (by manager, section, then item: a firing, in the order the night first found it,
+    its actions in decision order), and where to look up what is said of them (_looked_up)."""
 
-    rows: pa.Table               # the decision rows, with what is said of them looked up (_looked_up)
-    rank: np.ndarray             # each row's section, as its position in SECTIONS
-    firing: np.ndarray           # each row's firing (manager, section, project, policy, evidence)
+    decisions: pd.DataFrame
+    shown: np.ndarray            # positions in decisions, in report order
+    rank: np.ndarray             # each shown row's section, as its position in SECTIONS
+    firing: np.ndarray           # each shown row's firing (manager, section, project, policy, evidence)
+    people: _Lookup              # display names by user id
+    milestone_titles: _Lookup    # by milestone id
+    titles: _Lookup              # project titles by project id
+    clients: _Lookup             # client ids by project id
+    talents: _Lookup             # talent ids by project id
     descriptions: Mapping[str, str]
 
 
@@ -400,7 +411,7 @@ class ManagerReport:
     counts: dict[str, int]       # actions (decision rows) per section, new_total, decisions
     projects: list[str]
     night: _Night = field(repr=False, compare=False)
-    rows: slice                  # this manager's rows in night.rows
+    rows: slice                  # this manager's rows among night.shown
 
     # Written when asked for, not kept: the outbox writers write each email in their own process.
     @property
@@ -544,11 +555,10 @@ def build_reports(decisions: pd.DataFrame, projects: pd.DataFrame, milestones: p
     cuts, listed = np.searchsorted(pairs["m"].to_numpy(), np.arange(len(managers) + 1)), pairs["p"].tolist()
 
     shown = order[rank[order] < len(SECTION_KEYS)]
-    night = _Night(_looked_up(decisions, shown, people,
-                              milestone_titles=_Lookup(_plain(milestone_id), _plain(milestone_title)),
-                              titles=_Lookup(_plain(project_id), _plain(title)),
-                              clients=_Lookup(project_id, client_id), talents=_Lookup(project_id, talent_id)),
-                   rank[shown], firing[shown], descriptions)
+    night = _Night(decisions, shown, rank[shown], firing[shown], people,
+                   milestone_titles=_Lookup(_plain(milestone_id), _plain(milestone_title)),
+                   titles=_Lookup(_plain(project_id), _plain(title)),
+                   clients=_Lookup(project_id, client_id), talents=_Lookup(project_id, talent_id), descriptions=descriptions)
     bounds = np.searchsorted(manager[shown], np.arange(len(managers) + 1))
     ids = _plain(pa.array(managers, from_pandas=True))
     (names,), (emails,) = people.get(ids), _Lookup(user_id, _plain(email)).get(ids)
@@ -576,20 +586,34 @@ REPORTS_PER_BATCH = 1000
 
 
 def render_reports(reports: list[ManagerReport]) -> Iterator[tuple[str, str]]:
-    """(text, HTML) of each report of one night, in order."""
-    for start in range(0, len(reports), REPORTS_PER_BATCH):
-        batch = reports[start:start + REPORTS_PER_BATCH]
-        for report, written in zip(batch, _write_items(batch)):
-            yield report.page("report.txt", written), report.page("report.html", written)
+    """(text, HTML) of each report of one night, in order.
 
-
-def _write_items(reports: list[ManagerReport]) -> list[list[tuple[str, str, int]]]:
-    """Each report's sections' items, written end to end as HTML and as text, and how many were cut
-    (a section shows its first MAX_ITEMS_PER_SECTION items)."""
+    What is said of their rows is looked up once per call (in each outbox writer: both cores share
+    the work), the items are written a batch of reports at a time."""
+    if not reports:
+        return
     night = reports[0].night
-    at = np.concatenate([np.arange(r.rows.start, r.rows.stop) for r in reports])
-    rows, rank, firing = night.rows.take(pa.array(at)), night.rank[at], night.firing[at]
-    owner = np.repeat(np.arange(len(reports)), [r.rows.stop - r.rows.start for r in reports])
+    sizes = [r.rows.stop - r.rows.start for r in reports]
+    at = np.concatenate([np.arange(r.rows.start, r.rows.stop) for r in reports] + [np.zeros(0, dtype=np.int64)])
+    rows = _looked_up(night.decisions, night.shown[at], night.people, night.milestone_titles, night.titles, night.clients,
+                      night.talents)
+    cuts = np.cumsum([0] + sizes)
+    for start in range(0, len(reports), REPORTS_PER_BATCH):
+        stop = min(start + REPORTS_PER_BATCH, len(reports))
+        a, b = cuts[start], cuts[stop]
+        written = _write_items(rows.slice(a, b - a), night.rank[at[a:b]], night.firing[at[a:b]], sizes[start:stop],
+                               night.descriptions)
+        for report, sections in zip(reports[start:stop], written):
+            yield report.page("report.txt", sections), report.page("report.html", sections)
+
+
+def _write_items(rows: pa.Table, rank: np.ndarray, firing: np.ndarray, sizes: list[int],
+                 descriptions: Mapping[str, str]) -> list[list[tuple[str, str, int]]]:
+    """For consecutive reports of `sizes` rows each: their sections' items, written end to end as HTML
+    and as text, and how many were cut (a section shows its first MAX_ITEMS_PER_SECTION items)."""
+    if not len(rows):
+        return [[("", "", 0)] * len(SECTION_KEYS) for _size in sizes]
+    owner = np.repeat(np.arange(len(sizes)), sizes)
     section = np.array(SECTION_KEYS, dtype=object)[rank]
     texts, money = _actions(rows)
     # One item per firing, from its first row.
@@ -608,7 +632,7 @@ def _write_items(reports: list[ManagerReport]) -> list[list[tuple[str, str, int]
     item = {"section": pa.array(section[starts], TEXT), "flag": flag, "project_id": _plain(first["project_id"]),
             "title": first["_title"], "client": _or(first["_client_name"], clients), "talent": _or(first["_talent_name"], talents),
             "policy_id": _plain(first["policy_id"]), "state": _plain(first["state"]), "why": _whys(first),
-            "description": _per_distinct(lambda pid: plain(night.descriptions.get(pid, "")), first["policy_id"])}
+            "description": _per_distinct(lambda pid: plain(descriptions.get(pid, "")), first["policy_id"])}
     item_html = _item_html(item, _groups_joined(_action_html(texts, money), starts))
     item_text = _item_text(item, _groups_joined(_action_text(texts, money), starts))
 
@@ -624,7 +648,7 @@ def _write_items(reports: list[ManagerReport]) -> list[list[tuple[str, str, int]
     written = dict(zip(groups, zip(_groups_joined(item_html, group_starts).to_pylist(),
                                    _groups_joined(item_text, group_starts).to_pylist(),
                                    np.maximum(sizes - MAX_ITEMS_PER_SECTION, 0).tolist())))
-    return [[written.get(b * width + r, ("", "", 0)) for r in range(width)] for b in range(len(reports))]
+    return [[written.get(b * width + r, ("", "", 0)) for r in range(width)] for b in range(len(sizes))]
 
 
 # --------------------------------------------------------------------------- the overview page
