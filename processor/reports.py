@@ -95,7 +95,10 @@ def _words(code: str) -> str:
 # Python only runs once per *distinct* value where a column has few (amounts, evidence, first letters).
 TEXT = pa.large_string()
 # What plain() turns into one space: control characters and everything str.split() splits on.
-_BLANKS = "[" + "".join(f"\\x{{{ord(c):x}}}" for c in map(chr, range(0x3001)) if c.isspace() or _CONTROL.match(c)) + "]+"
+_BLANK = [c for c in map(chr, range(0x3001)) if c.isspace() or _CONTROL.match(c)]
+_BLANKS = "[" + "".join(f"\\x{{{ord(c):x}}}" for c in _BLANK) + "]+"
+# Text plain() changes: it has such a character other than a space, or spaces at an end or side by side.
+_NOT_PLAIN = "[" + "".join(f"\\x{{{ord(c):x}}}" for c in _BLANK if c != " ") + "]|^ | $|  "
 
 
 def _text(values) -> pa.Array:
@@ -134,7 +137,10 @@ def _or(values, otherwise) -> pa.Array:
 
 def _plain(values) -> pa.Array:
     """plain() of every value of a column."""
-    return pc.utf8_trim(pc.replace_substring_regex(_text(values), _BLANKS, " "), " ")
+    values = _text(values)
+    if not pc.any(pc.match_substring_regex(values, _NOT_PLAIN)).as_py():
+        return values   # nothing to change (the usual case, and 4x faster to find out than to change)
+    return pc.utf8_trim(pc.replace_substring_regex(values, _BLANKS, " "), " ")
 
 
 def _words_of(values) -> pa.Array:
@@ -521,17 +527,15 @@ def build_reports(decisions: pd.DataFrame, projects: pd.DataFrame, milestones: p
     if decisions.empty:
         return []
     # Only the rows the decisions mention reach a report: look up those, not the whole night's tables.
-    from processor.facts import is_in  # pyarrow's hash: pandas' isin on arrow text is slow for many ids
-
     def mentioned(frame, key, among, *columns):
-        keep = pa.array(is_in(frame[key], among))
-        return [pa.array(frame[c], from_pandas=True).filter(keep) for c in (key, *columns)]
+        keep = pc.fill_null(pc.is_in(_text(frame[key]), value_set=among), False)
+        return [_text(frame[c]).filter(keep) for c in (key, *columns)]
 
-    project_id, title, client_id, talent_id = mentioned(projects, "project_id", decisions["project_id"], "title",
+    project_id, title, client_id, talent_id = mentioned(projects, "project_id", _text(decisions["project_id"]), "title",
                                                         "client_id", "talent_id")
-    milestone_id, milestone_title = mentioned(milestones, "milestone_id", decisions["milestone_id"], "title")
-    named = pd.concat([decisions[c].astype(object) for c in ("subject_id", "assignee_id", "project_success_id")]
-                      + [pd.Series(c.to_numpy(zero_copy_only=False)) for c in (client_id, talent_id)])
+    milestone_id, milestone_title = mentioned(milestones, "milestone_id", _text(decisions["milestone_id"]), "title")
+    named = pa.concat_arrays([_text(decisions[c]) for c in ("subject_id", "assignee_id", "project_success_id")]
+                             + [client_id, talent_id])
     user_id, name, email = mentioned(users, "user_id", named, "name", "email")
     user_id = _plain(user_id)
     people = _Lookup(user_id, _or(_plain(name), user_id))
@@ -618,7 +622,9 @@ def _write_items(rows: pa.Table, rank: np.ndarray, firing: np.ndarray, sizes: li
     texts, money = _actions(rows)
     # One item per firing, from its first row.
     starts = np.flatnonzero(np.r_[True, firing[1:] != firing[:-1]])
-    first = {name: _arg(column) for name, column in zip(rows.column_names, rows.take(pa.array(starts)).columns)}
+    said_once = ("project_id", "policy_id", "subject_id", "state", "invoice_id", "_money", "_gap", "_title", "_client_id",
+                 "_talent_id", "_client_name", "_talent_name", "_subject_name", *(f"_ev_{w}" for w in EVIDENCE_WORDS if w != "gap_cents"))
+    first = {name: _arg(column) for name, column in zip(said_once, rows.select(said_once).take(pa.array(starts)).columns)}
     clients, talents = first["_client_id"], first["_talent_id"]
     # The party a party-fact is about: whoever the evidence names, else for flags a guess from the subject.
     party = first["_ev_party"]
