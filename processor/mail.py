@@ -31,6 +31,7 @@ import smtplib
 import socket
 import ssl
 import tempfile
+import threading
 import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
@@ -644,6 +645,14 @@ def _in_processes(work: Callable[[list], list], items: list, workers: int) -> li
 
 
 def _child(work, share, send):
+    parent = os.getppid()
+
+    def outlive_nobody():
+        while os.getppid() == parent:
+            time.sleep(0.1)
+        os._exit(1)  # the run was killed: stop writing now (the next run removes the temporary files)
+
+    threading.Thread(target=outlive_nobody, daemon=True).start()
     try:
         send.send((True, work(share)))
     except BaseException:

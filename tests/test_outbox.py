@@ -125,3 +125,43 @@ def test_a_writer_that_fails_fails_the_outbox_and_the_ledger_owes_nothing(tmp_pa
             mail.write_outbox(tmp_path / "outbox", reports(4), "reports@shakers.test", ledger, workers=2)
         assert ledger.delivery_statuses(mail.message_id("2026-11-24", r.email, r.manager_id) for r in reports(4)) == {}
     assert list((tmp_path / "outbox").iterdir()) == []
+
+
+def test_a_forked_writer_does_not_outlive_a_killed_run(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    pid_file = tmp_path / "writer.pid"
+    script = f"""
+import os, time
+from processor import mail
+
+def work(share):
+    if share == [1]:  # the forked writer's share
+        open({str(pid_file)!r}, "w").write(str(os.getpid()))
+    time.sleep(60)
+    return share
+
+mail._in_processes(work, [0, 1], 2)
+"""
+    run = subprocess.Popen([sys.executable, "-c", script], env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    deadline = time.monotonic() + 30
+    while not (pid_file.exists() and pid_file.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    writer = int(pid_file.read_text())
+    os.kill(run.pid, signal.SIGKILL)
+    run.wait()
+
+    def alive() -> bool:
+        try:
+            return Path(f"/proc/{writer}/stat").read_text().split(") ")[1][0] != "Z"
+        except (OSError, IndexError):
+            return False
+
+    deadline = time.monotonic() + 10
+    while alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not alive()
