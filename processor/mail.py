@@ -23,6 +23,7 @@ import email
 import email.policy
 import email.utils
 import functools
+import gc
 import hashlib
 import multiprocessing
 import os
@@ -617,6 +618,10 @@ def _in_processes(work: Callable[[list], list], items: list, workers: int) -> li
     context = multiprocessing.get_context("fork")
     shares = [items[i::workers] for i in range(workers)]
     children = []
+    # The night's objects are hidden from the garbage collector while the writers work: a child's
+    # collections would write to (and so copy) every page of a big parent's memory, and the parent's
+    # would walk the millions of objects the night still holds.
+    gc.freeze()
     try:
         for share in shares[1:]:
             receive, send = context.Pipe(duplex=False)
@@ -638,6 +643,7 @@ def _in_processes(work: Callable[[list], list], items: list, workers: int) -> li
         for child, receive in children:
             receive.close()
             child.join()
+        gc.unfreeze()
     merged: list = [None] * len(items)
     for i, result in enumerate(results):
         merged[i::workers] = result
