@@ -14,6 +14,7 @@ import json
 import os
 import sqlite3
 from pathlib import Path
+from typing import Iterable
 
 import pandas as pd
 
@@ -193,15 +194,34 @@ class Ledger:
         row = cur.fetchone()
         return dict(zip([c[0] for c in cur.description], row)) if row else None
 
-    def owe_delivery(self, message_id: str, as_of: str, recipient: str, eml_path: str):
-        """The email is in the outbox and owed, unless it was delivered already (then nothing changes)."""
-        self.db.execute(
-            "INSERT INTO deliveries (message_id, as_of, recipient, eml_path, status, attempts, last_error, updated_at) "
-            "VALUES (?, ?, ?, ?, 'pending', 0, '', ?) "
-            "ON CONFLICT(message_id) DO UPDATE SET eml_path = excluded.eml_path, recipient = excluded.recipient, "
-            "status = CASE WHEN status = 'withdrawn' THEN 'pending' ELSE status END, updated_at = excluded.updated_at "
-            "WHERE deliveries.status != 'sent'",
-            (message_id, as_of, recipient, eml_path, _now()))
+    def delivery_statuses(self, message_ids: Iterable[str]) -> dict[str, str]:
+        """Message-ID -> status of those the ledger knows."""
+        wanted = list(message_ids)
+        statuses = {}
+        for start in range(0, len(wanted), 500):   # SQLite's limit on host parameters
+            chunk = wanted[start:start + 500]
+            statuses.update(self.db.execute(
+                f"SELECT message_id, status FROM deliveries WHERE message_id IN ({','.join('?' * len(chunk))})", chunk))
+        return statuses
+
+    def owe_deliveries(self, emails: Iterable[tuple[str, str, str, str]]):
+        """These emails (message_id, as_of, recipient, eml_path) are in the outbox and owed, unless one was
+        delivered already (then nothing changes for it). One transaction for all of them."""
+        now = _now()
+        cur = self.db.cursor()
+        cur.execute("BEGIN IMMEDIATE")
+        try:
+            cur.executemany(
+                "INSERT INTO deliveries (message_id, as_of, recipient, eml_path, status, attempts, last_error, updated_at) "
+                "VALUES (?, ?, ?, ?, 'pending', 0, '', ?) "
+                "ON CONFLICT(message_id) DO UPDATE SET eml_path = excluded.eml_path, recipient = excluded.recipient, "
+                "status = CASE WHEN status = 'withdrawn' THEN 'pending' ELSE status END, updated_at = excluded.updated_at "
+                "WHERE deliveries.status != 'sent'",
+                [(*email, now) for email in emails])
+            cur.execute("COMMIT")
+        except BaseException:
+            cur.execute("ROLLBACK")
+            raise
 
     def claim_delivery(self, message_id: str, as_of: str, recipient: str, eml_path: str, stale_after: float = 900) -> bool:
         """Mark the email as being sent by this process; False when it was sent, or another sender holds it."""

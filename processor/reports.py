@@ -6,8 +6,16 @@ projects. Its sections: new actions, ongoing actions, projects at risk
 the project, the people, the milestone and money, and says why in one sentence
 built from the decision's evidence and the policy's own description.
 
-Everything user-provided (names, titles, emails, ids) reaches HTML only through
-Jinja2 with autoescaping, and reaches mail headers only through processor.mail.
+A big night has ~230,000 decisions for ~2,000 managers, so the words are made
+a whole column at a time (pyarrow's string kernels), never row by row in Python:
+`build_reports` makes each report's head (counts, subject, projects) and looks up,
+once for the night, what is said of every row (names, titles, money, the
+evidence's words); `render_reports` writes the items and pages of a batch of
+reports in whichever process asks for them (the outbox writers, one per core).
+
+Everything user-provided (names, titles, emails, ids) reaches HTML escaped: the
+page through Jinja2's autoescaping, the items column-wise by `escape` (the same
+rules, markupsafe's), and reaches mail headers only through processor.mail.
 `publish_night` is the one call the nightly run makes after it recorded the night.
 """
 from __future__ import annotations
@@ -19,10 +27,14 @@ import re
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Callable, Iterator, Mapping
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+from markupsafe import Markup
 
 from processor import files
 
@@ -79,141 +91,319 @@ def _words(code: str) -> str:
     return plain(code).replace("_", " ")
 
 
-# --------------------------------------------------------------------------- the why
-def why(decision: Mapping, people: Mapping[str, str]) -> str:
-    """One plain sentence from the decision's evidence (facts and thresholds).
+# --------------------------------------------------------------------------- whole columns of text
+# Python only runs once per *distinct* value where a column has few (amounts, evidence, first letters).
+TEXT = pa.large_string()
+# What plain() turns into one space: control characters and everything str.split() splits on.
+_BLANK = [c for c in map(chr, range(0x3001)) if c.isspace() or _CONTROL.match(c)]
+_BLANKS = "[" + "".join(f"\\x{{{ord(c):x}}}" for c in _BLANK) + "]+"
+# Text plain() changes: it has such a character other than a space, or spaces at an end or side by side.
+_NOT_PLAIN = "[" + "".join(f"\\x{{{ord(c):x}}}" for c in _BLANK if c != " ") + "]|^ | $|  "
 
-    Built from the facts present, so it stays right when a policy editor renames
-    a policy or moves a threshold; falls back to nothing (the caller shows the
-    policy's description) when no fact is known."""
+
+def _text(values) -> pa.Array:
+    """A column (pandas, arrow or a list) as arrow text; nulls become ''."""
+    if not isinstance(values, (pa.Array, pa.ChunkedArray)):
+        values = pa.array(values, from_pandas=True)
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    return pc.fill_null(values.cast(TEXT), _arg(""))
+
+
+def _arg(value):
+    if isinstance(value, pa.ChunkedArray):
+        return value.combine_chunks()
+    return value if isinstance(value, (pa.Array, pa.Scalar)) else pa.scalar(value, TEXT)
+
+
+def _cat(*pieces) -> pa.Array:
+    """Columns and constants end to end, row by row; null where any piece is null."""
+    return pc.binary_join_element_wise(*map(_arg, pieces), _arg(""))
+
+
+def _if(mask, then, otherwise="") -> pa.Array:
+    return pc.if_else(mask, _arg(then), _arg(otherwise))
+
+
+def _present(values) -> pa.Array:
+    """True where the text is not empty (nor null)."""
+    return pc.fill_null(pc.not_equal(values, _arg("")), False)
+
+
+def _or(values, otherwise) -> pa.Array:
+    """`values or otherwise`, row by row."""
+    return _if(_present(values), values, otherwise)
+
+
+def _plain(values) -> pa.Array:
+    """plain() of every value of a column."""
+    values = _text(values)
+    if not pc.any(pc.match_substring_regex(values, _NOT_PLAIN)).as_py():
+        return values   # nothing to change (the usual case, and 4x faster to find out than to change)
+    return pc.utf8_trim(pc.replace_substring_regex(values, _BLANKS, " "), " ")
+
+
+def _words_of(values) -> pa.Array:
+    """_words() of every value of a column."""
+    return pc.replace_substring(_plain(values), "_", " ")
+
+
+def escape(values) -> pa.Array:
+    """markupsafe.escape() of every value of a column (what Jinja's autoescape does to one value)."""
+    for char, entity in (("&", "&amp;"), ("<", "&lt;"), (">", "&gt;"), ('"', "&#34;"), ("'", "&#39;")):
+        values = pc.replace_substring(values, char, entity)
+    return values
+
+
+def _first_seen(*columns) -> np.ndarray:
+    """A number per distinct combination of the columns' values, numbered in order of first appearance."""
+    ids = np.zeros(len(columns[0]), dtype=np.int64)
+    for column in columns:
+        encoded = pc.dictionary_encode(_arg(column), null_encoding="encode")
+        codes = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+        ids = pd.factorize(ids * (len(encoded.dictionary) + 1) + codes)[0]
+    return ids
+
+
+def _per_distinct(function: Callable[..., str | None], *columns) -> pa.Array:
+    """function(*values) for every row, called once per distinct combination of the columns' values."""
+    columns = [_text(c) for c in columns]
+    ids = _first_seen(*columns)
+    first = pa.array(np.unique(ids, return_index=True)[1])
+    distinct = zip(*(c.take(first).to_pylist() for c in columns))
+    return pc.take(pa.array([function(*values) for values in distinct], TEXT), pa.array(ids))
+
+
+def _choose(key, texts: Mapping[str, object], otherwise) -> pa.Array:
+    """texts[key] row by row (each a column or a constant); `otherwise` for other keys."""
+    masks = [pc.equal(key, _arg(k)) for k in texts]
+    return pc.case_when(pc.make_struct(*masks, field_names=[str(i) for i in range(len(masks))]),
+                        *map(_arg, texts.values()), _arg(otherwise))
+
+
+class _Lookup:
+    """Text values by text key, for whole columns of keys at once (first key wins)."""
+
+    def __init__(self, keys, values):
+        self.keys, self.values = _text(keys), _text(values)
+
+    def get(self, *keys) -> list[pa.Array]:
+        """The value of every key of each column ('' where the key is unknown); one hash of the known keys for all."""
+        keys = [_text(k) for k in keys]
+        at = pc.index_in(pa.concat_arrays(keys), value_set=self.keys)
+        found = pc.if_else(pc.is_null(at), _arg(""), pc.take(self.values, at))
+        cuts = np.cumsum([0] + [len(k) for k in keys])
+        return [found.slice(start, stop - start) for start, stop in zip(cuts[:-1], cuts[1:])]
+
+
+def _groups_joined(values: pa.Array, starts: np.ndarray) -> pa.Array:
+    """The values of each run (starting at `starts`, the last one running to the end) joined end to end."""
+    offsets = pa.array(np.append(starts, len(values)), pa.int64())
+    return pc.binary_join(pa.LargeListArray.from_arrays(offsets, values), _arg(""))
+
+
+# --------------------------------------------------------------------------- the why
+def _evidence_words(text: str) -> dict[str, str | None]:
+    """What a decision's evidence (facts and thresholds, JSON) lets the why say without the decision's row.
+
+    Keys: `party`; `unanswered` (what follows "<who> (<party>) has not answered "), `limits`, `middle`,
+    `most`, `release` (whole clauses), `user_rejected` ('1' or None), `overdue` (what follows
+    "invoice <id> (<money>)"), `gap_cents` and `limit_suffix`; None when the evidence has nothing for it."""
     try:
-        evidence = json.loads(decision.get("evidence") or "{}")
+        evidence = json.loads(text or "{}")
     except ValueError:
         evidence = {}
     facts = evidence.get("facts") or {}
     limits = evidence.get("thresholds") or {}
-    clauses: list[str] = []
-    subject = people.get(decision.get("subject_id") or "", "") or plain(decision.get("subject_id"))
 
+    def clauses(*parts):
+        said = [p for p in parts if p]
+        return "; ".join(said) if said else None
+
+    unanswered = limit_clauses = overdue = most = None
     if "unanswered_attempts" in facts:
-        party = facts.get("party") or decision.get("_party") or ""
-        who = people.get(decision.get("_party_user") or "", "") if party else ""
-        who = who or subject or "the party"
-        n = int(facts.get("unanswered_attempts", 0))
-        clause = f"{who}{f' ({party})' if party else ''} has not answered {_plural(n, 'contact attempt')}"
+        unanswered = _plural(int(facts.get("unanswered_attempts", 0)), "contact attempt")
         if "days_since_oldest_unanswered" in facts:
-            clause += f", the oldest {_plural(int(facts['days_since_oldest_unanswered']), 'day')} ago"
+            unanswered += f", the oldest {_plural(int(facts['days_since_oldest_unanswered']), 'day')} ago"
         if "unanswered_by_project_success" in facts:
-            clause += f", {int(facts['unanswered_by_project_success']):,} of them by Project Success"
-        clauses.append(clause)
+            unanswered += f", {int(facts['unanswered_by_project_success']):,} of them by Project Success"
         loss = [limits.get(k) for k in ("contact_loss_unanswered_attempts", "contact_loss_days_since_oldest",
                                         "contact_loss_attempts_by_project_success")]
-        if "at_risk_unanswered_attempts" in limits:
-            clauses.append(f"{_plural(int(limits['at_risk_unanswered_attempts']), 'unanswered attempt')} put a project at risk")
-        if all(v is not None for v in loss):
-            clauses.append(f"contact counts as lost at {_plural(int(loss[0]), 'attempt')} over {_plural(int(loss[1]), 'day')} "
-                           f"with {int(loss[2]):,} by Project Success")
-    if facts.get("user_status") == "rejected":
-        clauses.append(f"{subject or 'a party'} was rejected from the platform but is still on this active project")
-    for role in ("client", "talent"):
-        if facts.get(f"{role}_status") == "rejected":
-            clauses.append(f"the {role} was rejected from the platform but the project is active")
+        limit_clauses = clauses(
+            f"{_plural(int(limits['at_risk_unanswered_attempts']), 'unanswered attempt')} put a project at risk"
+            if "at_risk_unanswered_attempts" in limits else None,
+            f"contact counts as lost at {_plural(int(loss[0]), 'attempt')} over {_plural(int(loss[1]), 'day')} "
+            f"with {int(loss[2]):,} by Project Success" if all(v is not None for v in loss) else None)
+    roles = [f"the {role} was rejected from the platform but the project is active"
+             for role in ("client", "talent") if facts.get(f"{role}_status") == "rejected"]
+    hold = None
     if facts.get("project_status") == "on_hold":
         reason = facts.get("hold_reason")
-        clause = "the project has been on hold"
+        hold = "the project has been on hold"
         if reason not in (None, "none"):
-            clause += f" for {_words(reason)}"
+            hold += f" for {_words(reason)}"
         if facts.get("days_on_hold"):
-            clause += f" for {_plural(int(facts['days_on_hold']), 'day')}" if reason in (None, "none") \
+            hold += f" for {_plural(int(facts['days_on_hold']), 'day')}" if reason in (None, "none") \
                 else f" ({_plural(int(facts['days_on_hold']), 'day')})"
-        clauses.append(clause)
+    decided = None
     if facts.get("talent_decision") == "none":
-        clauses.append("the talent has not decided yet")
+        decided = "the talent has not decided yet"
     elif "talent_decision" in facts:
-        clauses.append(f"the talent decided to {_words(facts['talent_decision'])}")
-    if facts.get("answered_since_hold") is True or facts.get("client_answered_since_hold") is True:
-        clauses.append("the client answered again after the hold")
+        decided = f"the talent decided to {_words(facts['talent_decision'])}"
+    answered = "the client answered again after the hold" \
+        if facts.get("answered_since_hold") is True or facts.get("client_answered_since_hold") is True else None
     if "days_overdue" in facts:
-        money = format_money(decision.get("amount"), decision.get("currency"))
         grace = limits.get("invoice_grace_days")
-        clause = f"invoice {plain(decision.get('invoice_id')) or ''}{f' ({money})' if money else ''} is " \
-                 f"{_plural(int(facts['days_overdue']), 'day')} past its due date"
-        clauses.append(clause + (f" (grace: {_plural(int(grace), 'day')})" if grace is not None else ""))
+        overdue = f" is {_plural(int(facts['days_overdue']), 'day')} past its due date" \
+                  + (f" (grace: {_plural(int(grace), 'day')})" if grace is not None else "")
     if "most_days_overdue" in facts:
         d = int(facts["most_days_overdue"])
-        clauses.append(f"the most overdue invoice is {_plural(d, 'day')} late" if d > 0 else "no invoice is overdue any more")
-    if "escrow_gap_cents" in facts:
-        gap = format_cents(facts["escrow_gap_cents"], decision.get("currency"))
-        whole = format_money(decision.get("amount"), decision.get("currency"))
-        clauses.append(f"escrow holds {gap} less than the milestone's {whole}" if whole else f"escrow is {gap} short")
+        most = f"the most overdue invoice is {_plural(d, 'day')} late" if d > 0 else "no invoice is overdue any more"
     status = facts.get("milestone_status")
-    if status == "validated":
-        clauses.append("the client validated the work, so the held money is due to the payee")
-    if status == "released" and facts.get("has_validated_at") is False:
-        clauses.append("the money was released but the client never validated the work")
+    release = clauses("the client validated the work, so the held money is due to the payee" if status == "validated" else None,
+                      "the money was released but the client never validated the work"
+                      if status == "released" and facts.get("has_validated_at") is False else None)
     # thresholds no phrase above speaks of (a policy editor's new ones) still show, by name
     spoken = {"contact_loss_unanswered_attempts", "contact_loss_days_since_oldest", "contact_loss_attempts_by_project_success",
               "at_risk_unanswered_attempts", "invoice_grace_days"}
     others = [f"{_words(k)} {v}" for k, v in sorted(limits.items()) if k not in spoken]
-    if others and clauses:
-        clauses[-1] += f" (limit: {', '.join(others)})"
-    if not clauses:
-        return ""
-    sentence = "; ".join(clauses)
-    return sentence[0].upper() + sentence[1:] + "."
+    return {"party": str(facts.get("party") or ""), "unanswered": unanswered, "limits": limit_clauses,
+            "user_rejected": "1" if facts.get("user_status") == "rejected" else None,
+            "middle": clauses(*roles, hold, decided, answered), "overdue": overdue, "most": most,
+            "gap_cents": str(int(facts["escrow_gap_cents"])) if "escrow_gap_cents" in facts else None, "release": release,
+            "limit_suffix": f" (limit: {', '.join(others)})" if others else ""}
 
 
-# --------------------------------------------------------------------------- one action, in words
-def action_line(d: Mapping, people: Mapping[str, str], milestone_titles: Mapping[str, str]) -> str:
-    def name(uid):
-        uid = plain(uid)
-        return people.get(uid) or uid or "—"
+EVIDENCE_WORDS = ("party", "unanswered", "limits", "user_rejected", "middle", "overdue", "most", "gap_cents", "release",
+                  "limit_suffix")
 
-    money = format_money(d.get("amount"), d.get("currency"))
-    ms_id = plain(d.get("milestone_id"))
-    milestone = f"{milestone_titles.get(ms_id) or 'milestone'} ({ms_id})" if ms_id else ""
-    action = d.get("action")
-    reason = _words(d.get("reason") or "")
-    if action == "halt_project":
-        return f"Halt the project{f' ({reason})' if reason else ''}"
-    if action == "request_talent_decision":
-        return f"Ask {name(d.get('subject_id'))} to wait for the client or close their work"
-    if action == "release_milestone_payment":
-        return f"Release {money or 'the held money'} for {milestone or 'the milestone'} to {name(d.get('assignee_id') or d.get('subject_id'))}"
-    if action == "close_project":
-        return "Close the project"
-    if action in ("notify_client", "notify_talent"):
-        return f"Tell {name(d.get('subject_id'))} ({action.split('_')[1]}) what is happening"
-    if action == "reject_user":
-        return f"Reject {name(d.get('subject_id'))} from the platform"
-    if action == "assign_top_shaker":
-        return f"Assign Top Shaker {name(d.get('assignee_id'))} to take over"
-    if action == "reassign_milestone":
-        what = f"{milestone_titles.get(ms_id) or 'milestone'} ({ms_id}{f', {money}' if money else ''})" if ms_id else "the milestone"
-        return f"Move {what} to {name(d.get('assignee_id'))}"
-    if action == "notify_talent_non_payment":
-        inv = plain(d.get("invoice_id"))
-        return f"Tell {name(d.get('subject_id'))} that invoice {inv}{f' ({money})' if money else ''} is unpaid: continue or halt"
-    if action == "resume_project":
-        return "Resume the project"
-    if action == "flag_for_review":
-        about = f" — {name(d.get('subject_id'))}" if plain(d.get("subject_id")) else ""
-        return f"Review: {reason or 'flagged'}{about}"
-    return _words(action or "")
+
+def _evidence_columns(evidence) -> dict[str, pa.Array]:
+    """_evidence_words of every row's evidence (parsed once per distinct evidence), as columns `_ev_<word>`."""
+    codes, distinct = pd.factorize(_text(evidence).to_numpy(zero_copy_only=False))
+    words = [_evidence_words(text) for text in distinct]
+    return {f"_ev_{k}": pc.take(pa.array([w[k] for w in words], TEXT), pa.array(codes)) for k in EVIDENCE_WORDS}
+
+
+def _looked_up(decisions: pd.DataFrame, order: np.ndarray, people: _Lookup, milestone_titles: _Lookup, titles: _Lookup,
+               clients: _Lookup, talents: _Lookup) -> pa.Table:
+    """The decision rows at `order` as an arrow table of text, with what the reports say of each row
+    looked up: names, titles, the project's client and talent, money, the evidence's words."""
+    at = pa.array(order)
+    table = {c: _text(pa.array(decisions[c], from_pandas=True).take(at))
+             for c in ("project_id", "policy_id", "action", "subject_id", "milestone_id", "invoice_id", "assignee_id",
+                       "amount", "currency", "reason", "evidence", "state")}
+    table.update(_evidence_columns(table["evidence"]))
+    table["_money"] = _per_distinct(format_money, table["amount"], table["currency"])
+    table["_gap"] = _per_distinct(lambda cents, currency: format_cents(cents, currency) if cents else None,
+                                  table["_ev_gap_cents"], table["currency"])
+    subject, assignee = _plain(table["subject_id"]), _plain(table["assignee_id"])
+    payee = _plain(_or(table["assignee_id"], table["subject_id"]))
+    project = _plain(table["project_id"])
+    (table["_milestone_title"],) = milestone_titles.get(_plain(table["milestone_id"]))
+    (table["_title"],) = titles.get(project)
+    (table["_client_id"],), (table["_talent_id"],) = clients.get(table["project_id"]), talents.get(table["project_id"])
+    table["_subject_name"], by_plain_subject, by_assignee, by_payee, table["_client_name"], table["_talent_name"] = people.get(
+        table["subject_id"], subject, assignee, payee, table["_client_id"], table["_talent_id"])
+    table["_subject_label"], table["_assignee_label"], table["_payee_label"] = (
+        _or(_or(name, ids), "—") for name, ids in ((by_plain_subject, subject), (by_assignee, assignee), (by_payee, payee)))
+    for consumed in ("evidence", "amount", "currency", "assignee_id", "_ev_gap_cents"):  # said in the columns above
+        del table[consumed]
+    return pa.table(table)
+
+
+def _whys(rows) -> pa.Array:
+    """One plain sentence per row from its evidence (facts and thresholds).
+
+    Built from the facts present, so it stays right when a policy editor renames a policy or moves a
+    threshold; '' (the report shows the policy's description) when no fact is known. Reads the rows'
+    evidence words (_looked_up), subject_id, its name, invoice_id, money and `_party` (client or talent,
+    when known) and `_party_name` (that party's name)."""
+    subject = _or(_text(rows["_subject_name"]), _plain(rows["subject_id"]))
+    party = _or(_text(rows["_ev_party"]), _text(rows["_party"]))
+    who = _or(_or(_if(_present(party), _text(rows["_party_name"]), ""), subject), "the party")
+    money, gap = _text(rows["_money"]), _arg(rows["_gap"])  # null: no gap
+    sentence = pc.binary_join_element_wise(
+        _cat(who, _if(_present(party), _cat(" (", party, ")")), " has not answered ", rows["_ev_unanswered"]),
+        _arg(rows["_ev_limits"]),
+        _if(pc.is_valid(rows["_ev_user_rejected"]),
+            _cat(_or(subject, "a party"), " was rejected from the platform but is still on this active project"), None),
+        _arg(rows["_ev_middle"]),
+        _cat("invoice ", _plain(rows["invoice_id"]), _if(_present(money), _cat(" (", money, ")")), rows["_ev_overdue"]),
+        _arg(rows["_ev_most"]),
+        _if(_present(money), _cat("escrow holds ", gap, " less than the milestone's ", money), _cat("escrow is ", gap, " short")),
+        _arg(rows["_ev_release"]),
+        _arg("; "), null_handling="skip")
+    said = _present(sentence)
+    first = _per_distinct(str.upper, pc.utf8_slice_codeunits(sentence, 0, 1))
+    return _if(said, _cat(first, pc.utf8_slice_codeunits(sentence, 1), rows["_ev_limit_suffix"], "."), "")
+
+
+def why(decision: Mapping, people: Mapping[str, str]) -> str:
+    """The why of one decision (a row of the decisions as a mapping, names by user id): see _whys.
+
+    `_party` (client or talent) and `_party_user` (who that party is) may say whom a party-fact is about."""
+    row = {c: _text([decision.get(c) or ""]) for c in ("evidence", "subject_id", "invoice_id", "amount", "currency", "_party")}
+    row.update(_evidence_columns(row["evidence"]))
+    row["_money"] = _text([format_money(decision.get("amount"), decision.get("currency"))])
+    gap = row["_ev_gap_cents"][0].as_py()
+    row["_gap"] = pa.array([format_cents(gap, decision.get("currency")) if gap else None], TEXT)
+    row["_subject_name"], row["_party_name"] = _Lookup(list(people), list(people.values())).get(
+        row["subject_id"], [decision.get("_party_user") or ""])
+    return _whys(row).to_pylist()[0]
+
+
+# --------------------------------------------------------------------------- each action, in words
+def _actions(rows) -> tuple[pa.Array, pa.Array]:
+    """(what to do, the money column) for every decision row (_looked_up); the money column shows what
+    the sentence does not say."""
+    money = _text(rows["_money"])
+    reason = _words_of(rows["reason"])
+    subject, assignee = _text(rows["_subject_label"]), _text(rows["_assignee_label"])
+    ms_id = _plain(rows["milestone_id"])
+    ms_title = _or(_text(rows["_milestone_title"]), "milestone")
+    text = _choose(_text(rows["action"]), {
+        "halt_project": _cat("Halt the project", _if(_present(reason), _cat(" (", reason, ")"))),
+        "request_talent_decision": _cat("Ask ", subject, " to wait for the client or close their work"),
+        "release_milestone_payment": _cat("Release ", _or(money, "the held money"), " for ",
+                                          _if(_present(ms_id), _cat(ms_title, " (", ms_id, ")"), "the milestone"), " to ",
+                                          rows["_payee_label"]),
+        "close_project": "Close the project",
+        "notify_client": _cat("Tell ", subject, " (client) what is happening"),
+        "notify_talent": _cat("Tell ", subject, " (talent) what is happening"),
+        "reject_user": _cat("Reject ", subject, " from the platform"),
+        "assign_top_shaker": _cat("Assign Top Shaker ", assignee, " to take over"),
+        "reassign_milestone": _cat("Move ", _if(_present(ms_id), _cat(ms_title, " (", ms_id, _if(_present(money), _cat(", ", money)), ")"),
+                                                "the milestone"), " to ", assignee),
+        "notify_talent_non_payment": _cat("Tell ", subject, " that invoice ", _plain(rows["invoice_id"]),
+                                          _if(_present(money), _cat(" (", money, ")")), " is unpaid: continue or halt"),
+        "resume_project": "Resume the project",
+        "flag_for_review": _cat("Review: ", _or(reason, "flagged"),
+                                _if(_present(_plain(rows["subject_id"])), _cat(" — ", subject))),
+    }, _words_of(rows["action"]))
+    string = np.dtypes.StringDType()
+    said = np.strings.find(np.asarray(text.to_numpy(zero_copy_only=False), dtype=string),
+                           np.asarray(money.to_numpy(zero_copy_only=False), dtype=string)) >= 0
+    return text, _if(pa.array(said & _present(money).to_numpy(zero_copy_only=False)), "", money)
 
 
 # --------------------------------------------------------------------------- per manager
 @dataclass
-class Item:
-    project_id: str
-    title: str
-    client: str
-    talent: str
-    policy_id: str
-    policy_description: str
-    state: str
-    why: str
-    actions: list[dict]          # {"text", "milestone", "money"}
+class _Night:
+    """What writing a night's reports needs: its decisions, the positions of the rows they show in
+    report order (by manager, section, then item: a firing, in the order the night first found it,
+    its actions in decision order), and where to look up what is said of them (_looked_up)."""
+
+    decisions: pd.DataFrame
+    shown: np.ndarray            # positions in decisions, in report order
+    rank: np.ndarray             # each shown row's section, as its position in SECTIONS
+    firing: np.ndarray           # each shown row's firing (manager, section, project, policy, evidence)
+    people: _Lookup              # display names by user id
+    milestone_titles: _Lookup    # by milestone id
+    titles: _Lookup              # project titles by project id
+    clients: _Lookup             # client ids by project id
+    talents: _Lookup             # talent ids by project id
+    descriptions: Mapping[str, str]
 
 
 @dataclass
@@ -224,11 +414,30 @@ class ManagerReport:
     as_of: str
     run_id: str
     subject: str
-    sections: list[dict]         # {"key", "title", "hint", "items": [Item], "more": int}
-    counts: dict[str, int]
+    counts: dict[str, int]       # actions (decision rows) per section, new_total, decisions
     projects: list[str]
-    html: str = ""
-    text: str = ""
+    night: _Night = field(repr=False, compare=False)
+    rows: slice                  # this manager's rows among night.shown
+
+    # Written when asked for, not kept: the outbox writers write each email in their own process.
+    @property
+    def html(self) -> str:
+        """The email's HTML part (render_reports writes many reports faster than one by one)."""
+        return next(render_reports([self]))[1]
+
+    @property
+    def text(self) -> str:
+        """The email's plain-text part, saying what the HTML part says."""
+        return next(render_reports([self]))[0]
+
+    def page(self, template: str, written: list[tuple[str, str, int]]) -> str:
+        """The report rendered with `template` around its sections' items (HTML, text, how many were cut)."""
+        html = template.endswith(".html")
+        sections = [{"key": key, "title": title, "hint": hint, "count": self.counts[key], "more": more,
+                     # the HTML items were escaped value by value as they were written (_item_html)
+                     "items": Markup(items_html) if html else items_text}
+                    for (key, title, hint), (items_html, items_text, more) in zip(SECTIONS, written)]
+        return environment().get_template(template).render(r=self, sections=sections)
 
 
 def _environment() -> Environment:
@@ -237,6 +446,7 @@ def _environment() -> Environment:
         autoescape=select_autoescape(enabled_extensions=("html", "htm", "xml"), disabled_extensions=("txt",),
                                      default_for_string=True, default=True),
         undefined=StrictUndefined,
+        auto_reload=False,   # the templates are part of the package: no stat() per email to see if they changed
         trim_blocks=True,
         lstrip_blocks=True,
         keep_trailing_newline=True,
@@ -254,113 +464,197 @@ def environment() -> Environment:
     return _ENV
 
 
-def _action(row: Mapping, names, milestone_titles) -> dict:
-    text = action_line(row, names, milestone_titles)
-    money = format_money(row["amount"], row["currency"])
-    # the money column shows what the sentence does not already say
-    return {"text": text, "money": "" if money and money in text else money}
+SECTION_KEYS = [key for key, _title, _hint in SECTIONS]
+BORDER_COLOURS = {"new": "#2563eb", "ongoing": "#9ca3af", "at_risk": "#d97706", "flagged": "#dc2626", "resolved": "#16a34a"}
+FLAGS = ("at_risk", "flagged")   # sections whose items show whether they are new
 
 
-def _section_of(frame: pd.DataFrame) -> pd.Series:
-    flagged = frame["action"] == "flag_for_review"
-    at_risk = flagged & (frame["reason"] == AT_RISK_REASON)
-    return pd.Series(
-        [("resolved" if s == "resolved" else "at_risk" if r else "flagged" if f else s)
-         for r, f, s in zip(at_risk, flagged, frame["state"])],
-        index=frame.index, dtype=object)
+def _item_html(f: dict[str, pa.Array], actions: pa.Array) -> pa.Array:
+    """Each item (one firing: a project, a rule, its actions) as the email's HTML; every value escaped."""
+    e = {k: escape(v) for k, v in f.items() if k not in ("section", "flag")}
+    return _cat(
+        '    <table role="presentation" class="item" data-project="', e["project_id"], '" width="100%" cellpadding="0" '
+        'cellspacing="0" border="0" style="margin:0 0 10px 0;border:1px solid #e5e7eb;border-left:4px solid ',
+        _choose(f["section"], BORDER_COLOURS, ""), ';">\n'
+        '      <tr><td style="padding:10px 12px;">\n'
+        '        <div style="font-size:15px;font-weight:bold;color:#111827;">', _or(e["title"], e["project_id"]),
+        ' <span style="font-weight:normal;color:#6b7280;font-size:13px;">(', e["project_id"], ')</span>\n',
+        _if(f["flag"], _cat('<span style="font-size:11px;font-weight:normal;color:#ffffff;background:',
+                            _if(pc.equal(f["state"], _arg("new")), "#2563eb", "#6b7280"),
+                            ';padding:1px 6px;margin-left:4px;">', e["state"], "</span>")),
+        '        </div>\n'
+        '        <div style="font-size:13px;color:#374151;margin-top:3px;">Client: <b>', e["client"],
+        '</b> · Talent: <b>', e["talent"], '</b></div>\n'
+        '        <table role="presentation" width="100%" cellpadding="0" cellspacing="0" border="0" '
+        'style="margin-top:8px;font-size:13px;">\n',
+        actions,
+        '        </table>\n',
+        _if(_present(f["why"]), _cat('<div class="why" style="font-size:13px;color:#374151;margin-top:8px;background:#f9fafb;'
+                                     'padding:6px 8px;"><b>Why:</b> ', e["why"], "</div>")),
+        '        <div style="font-size:11px;color:#6b7280;margin-top:6px;">Rule <code>', e["policy_id"], "</code>",
+        _if(_present(f["description"]), _cat(": ", e["description"])), "</div>\n"
+        "      </td></tr>\n"
+        "    </table>\n")
+
+
+def _action_html(text: pa.Array, money: pa.Array) -> pa.Array:
+    return _cat('          <tr>\n            <td valign="top" style="padding:3px 0;color:#111827;">&#8226; ', escape(text),
+                '</td>\n            <td valign="top" align="right" class="money" style="padding:3px 0 3px 8px;white-space:nowrap;'
+                'font-weight:bold;color:#111827;">', escape(money), "</td>\n          </tr>\n")
+
+
+def _item_text(f: dict[str, pa.Array], actions: pa.Array) -> pa.Array:
+    """Each item as the email's plain text."""
+    return _cat("* ", _or(f["title"], f["project_id"]), " (", f["project_id"], ")", _if(f["flag"], _cat(" [", f["state"], "]")),
+                "\n  Client: ", f["client"], " | Talent: ", f["talent"], "\n", actions,
+                _if(_present(f["why"]), _cat("  Why: ", f["why"], "\n")),
+                "  Rule ", f["policy_id"], _if(_present(f["description"]), _cat(": ", f["description"])), "\n\n")
+
+
+def _action_text(text: pa.Array, money: pa.Array) -> pa.Array:
+    return _cat("  - ", text, _if(_present(money), _cat("  [", money, "]")), "\n")
 
 
 def build_reports(decisions: pd.DataFrame, projects: pd.DataFrame, milestones: pd.DataFrame, users: pd.DataFrame,
                   as_of: dt.date | str, run_id: str, descriptions: Mapping[str, str] | None = None) -> list[ManagerReport]:
-    """One ManagerReport per Project Success manager with any decision, rendered (html and text), by manager id."""
+    """One ManagerReport per Project Success manager with anything to act on, by manager id.
+
+    What it says is written when asked for (render_reports): each section lists items, an item being
+    one firing (the actions one rule calls for on one project, with one why)."""
     as_of = as_of.isoformat() if isinstance(as_of, dt.date) else str(as_of)
     descriptions = descriptions or {}
+    decisions = decisions[decisions["project_success_id"].notna()]
     if decisions.empty:
         return []
     # Only the rows the decisions mention reach a report: look up those, not the whole night's tables.
-    from processor.facts import is_in  # pyarrow's hash: pandas' isin on arrow text is slow for many ids
+    def mentioned(frame, key, among, *columns):
+        keep = pc.fill_null(pc.is_in(_text(frame[key]), value_set=among), False)
+        return [_text(frame[c]).filter(keep) for c in (key, *columns)]
 
-    projects = projects[is_in(projects["project_id"], decisions["project_id"])]
-    milestones = milestones[is_in(milestones["milestone_id"], decisions["milestone_id"])]
-    mentioned = pd.concat([decisions["subject_id"], decisions["assignee_id"], decisions["project_success_id"],
-                           projects["client_id"], projects["talent_id"]]).astype(str).unique()
-    users = users[is_in(users["user_id"], mentioned)]
-    names = {plain(u): plain(n) or plain(u) for u, n in zip(users["user_id"], users["name"])}
-    emails = {plain(u): plain(e) for u, e in zip(users["user_id"], users["email"])}
-    titles = {plain(p): plain(t) for p, t in zip(projects["project_id"], projects["title"])}
-    proj = projects.set_index(projects["project_id"].astype(str))
-    client_of = proj["client_id"].astype(str).to_dict()
-    talent_of = proj["talent_id"].astype(str).to_dict()
-    milestone_titles = {plain(m): plain(t) for m, t in zip(milestones["milestone_id"], milestones["title"])}
+    project_id, title, client_id, talent_id = mentioned(projects, "project_id", _text(decisions["project_id"]), "title",
+                                                        "client_id", "talent_id")
+    milestone_id, milestone_title = mentioned(milestones, "milestone_id", _text(decisions["milestone_id"]), "title")
+    named = pa.concat_arrays([_text(decisions[c]) for c in ("subject_id", "assignee_id", "project_success_id")]
+                             + [client_id, talent_id])
+    user_id, name, email = mentioned(users, "user_id", named, "name", "email")
+    user_id = _plain(user_id)
+    people = _Lookup(user_id, _or(_plain(name), user_id))
 
-    d = decisions.copy()
-    d["_section"] = _section_of(d)
-    # the party a party-fact is about: the flagged subject for flags, else whoever the evidence names
-    d["_party_user"] = d["subject_id"]
-    env = environment()
+    # Rows in report order: by manager, section, then item (a firing, in the order the night first
+    # found it), its actions in decision order. A state no section shows counts, and is not shown.
+    flagged = (decisions["action"] == "flag_for_review").to_numpy(dtype=bool, na_value=False)
+    at_risk = flagged & (decisions["reason"] == AT_RISK_REASON).to_numpy(dtype=bool, na_value=False)
+    state = decisions["state"].astype(object).to_numpy()
+    section = np.select([state == "resolved", at_risk, flagged], ["resolved", "at_risk", "flagged"], state).astype(object)
+    manager, managers = pd.factorize(decisions["project_success_id"], sort=True)
+    rank = pd.Series(section).map({k: i for i, k in enumerate(SECTION_KEYS)}).fillna(len(SECTION_KEYS)).to_numpy(int)
+    firing = _first_seen(pa.array(manager), pa.array(section), *(pa.array(decisions[c], from_pandas=True)
+                                                                 for c in ("project_id", "policy_id", "evidence")))
+    order = np.lexsort((firing, rank, manager))
+    width = len(SECTION_KEYS) + 1
+    per_section = np.bincount(manager * width + rank, minlength=len(managers) * width).reshape(len(managers), width)
+    new_total = np.bincount(manager, weights=(state == "new"), minlength=len(managers))
+    pairs = pd.DataFrame({"m": manager, "p": _plain(decisions["project_id"]).to_numpy(zero_copy_only=False)}
+                         ).drop_duplicates().sort_values(["m", "p"])
+    cuts, listed = np.searchsorted(pairs["m"].to_numpy(), np.arange(len(managers) + 1)), pairs["p"].tolist()
+
+    shown = order[rank[order] < len(SECTION_KEYS)]
+    night = _Night(decisions, shown, rank[shown], firing[shown], people,
+                   milestone_titles=_Lookup(_plain(milestone_id), _plain(milestone_title)),
+                   titles=_Lookup(_plain(project_id), _plain(title)),
+                   clients=_Lookup(project_id, client_id), talents=_Lookup(project_id, talent_id), descriptions=descriptions)
+    bounds = np.searchsorted(manager[shown], np.arange(len(managers) + 1))
+    ids = _plain(pa.array(managers, from_pandas=True))
+    (names,), (emails,) = people.get(ids), _Lookup(user_id, _plain(email)).get(ids)
+    names, emails = _or(names, ids).to_pylist(), emails.to_pylist()
+    resolved = SECTION_KEYS.index("resolved")
     reports = []
-    # The rows as dicts once (not per group: pandas' to_dict per group dominated big nights), grouped by
-    # manager, section and firing in the decisions' order, as the group-bys below would.
-    firings_of: dict[tuple, dict[tuple, list[dict]]] = {}
-    columns = list(d.columns)
-    for row in (dict(zip(columns, values)) for values in zip(*(d[c].tolist() for c in columns))):  # faster than to_dict
-        firings_of.setdefault((row["project_success_id"], row["_section"]), {}).setdefault(
-            (row["project_id"], row["policy_id"], row["evidence"]), []).append(row)
-    for manager_id, mine in d.groupby("project_success_id", sort=True):
-        if (mine["_section"] == "resolved").all():
+    for m, manager_id in enumerate(ids.to_pylist()):
+        if per_section[m, resolved] == per_section[m].sum():
             continue  # nothing to act on: no email just to say that something went away
-        groups_of = {key: firings_of.get((manager_id, key), {}) for key, _title, _hint in SECTIONS}
-        manager_id = plain(manager_id)
-        sections = []
-        counts = {}
-        for key, title, hint in SECTIONS:
-            counts[key] = sum(len(rows) for rows in groups_of[key].values())   # actions (decision rows), not items
-            items: list[Item] = []
-            # Actions of one firing share its evidence: they make one item with one why.
-            for (project_id, policy_id, evidence), rows in groups_of[key].items():
-                first = rows[0]
-                party = ""
-                try:
-                    party = json.loads(evidence or "{}").get("facts", {}).get("party", "")
-                except ValueError:
-                    pass
-                if party in ("client", "talent"):
-                    first = {**first, "_party": party,
-                             "_party_user": (client_of if party == "client" else talent_of).get(project_id, "")}
-                elif key in ("at_risk", "flagged"):
-                    pu = plain(first["subject_id"])
-                    guess = "client" if client_of.get(project_id) == pu else "talent" if talent_of.get(project_id) == pu else ""
-                    first = {**first, "_party": guess}
-                items.append(Item(
-                    project_id=plain(project_id),
-                    title=titles.get(plain(project_id), ""),
-                    client=names.get(client_of.get(project_id, ""), client_of.get(project_id, "")),
-                    talent=names.get(talent_of.get(project_id, ""), talent_of.get(project_id, "")),
-                    policy_id=plain(policy_id),
-                    policy_description=plain(descriptions.get(policy_id, "")),
-                    state=plain(first["state"]),
-                    why=why(first, names),
-                    actions=[_action(r, names, milestone_titles) for r in rows],
-                ))
-            sections.append({"key": key, "title": title, "hint": hint, "items": items[:MAX_ITEMS_PER_SECTION],
-                             "more": max(0, len(items) - MAX_ITEMS_PER_SECTION), "count": counts[key]})
-        new_total = int((mine["state"] == "new").sum())
-        others = [f"{counts[k]:,} {label}" for k, label in (("ongoing", "ongoing"), ("at_risk", "at risk"), ("flagged", "flagged"),
-                                                             ("resolved", "resolved"))
-                  if counts[k]]
+        counts = dict(zip(SECTION_KEYS, per_section[m, :-1].tolist()))
+        others = [f"{counts[k]:,} {label}" for k, label in (("ongoing", "ongoing"), ("at_risk", "at risk"),
+                                                             ("flagged", "flagged"), ("resolved", "resolved")) if counts[k]]
         subject = f"Shakers policy report, night of {as_of}: {_plural(counts['new'], 'new action')}" \
             + (f" ({', '.join(others)})" if others else "")
-        report = ManagerReport(
-            manager_id=manager_id, name=names.get(manager_id, manager_id), email=emails.get(manager_id, ""),
-            as_of=as_of, run_id=plain(run_id), subject=subject, sections=sections,
-            counts={**counts, "new_total": new_total, "decisions": int(len(mine))},
-            projects=sorted({plain(p) for p in mine["project_id"]}),
-        )
-        context = {"r": report, "money": format_money}
-        report.html = env.get_template("report.html").render(context)
-        report.text = env.get_template("report.txt").render(context)
-        reports.append(report)
+        reports.append(ManagerReport(
+            manager_id=manager_id, name=names[m], email=emails[m], as_of=as_of, run_id=plain(run_id), subject=subject,
+            counts={**counts, "new_total": int(new_total[m]), "decisions": int(per_section[m].sum())},
+            projects=listed[cuts[m]:cuts[m + 1]], night=night, rows=slice(bounds[m], bounds[m + 1])))
     return reports
+
+
+# Reports whose items are written column-wise at once: big enough for whole-column work to pay,
+# small enough to keep the memory of a writer process low.
+REPORTS_PER_BATCH = 1000
+
+
+def render_reports(reports: list[ManagerReport]) -> Iterator[tuple[str, str]]:
+    """(text, HTML) of each report of one night, in order.
+
+    What is said of their rows is looked up once per call (in each outbox writer: both cores share
+    the work), the items are written a batch of reports at a time."""
+    if not reports:
+        return
+    night = reports[0].night
+    sizes = [r.rows.stop - r.rows.start for r in reports]
+    at = np.concatenate([np.arange(r.rows.start, r.rows.stop) for r in reports] + [np.zeros(0, dtype=np.int64)])
+    rows = _looked_up(night.decisions, night.shown[at], night.people, night.milestone_titles, night.titles, night.clients,
+                      night.talents)
+    cuts = np.cumsum([0] + sizes)
+    for start in range(0, len(reports), REPORTS_PER_BATCH):
+        stop = min(start + REPORTS_PER_BATCH, len(reports))
+        a, b = cuts[start], cuts[stop]
+        written = _write_items(rows.slice(a, b - a), night.rank[at[a:b]], night.firing[at[a:b]], sizes[start:stop],
+                               night.descriptions)
+        for report, sections in zip(reports[start:stop], written):
+            yield report.page("report.txt", sections), report.page("report.html", sections)
+
+
+def _write_items(rows: pa.Table, rank: np.ndarray, firing: np.ndarray, sizes: list[int],
+                 descriptions: Mapping[str, str]) -> list[list[tuple[str, str, int]]]:
+    """For consecutive reports of `sizes` rows each: their sections' items, written end to end as HTML
+    and as text, and how many were cut (a section shows its first MAX_ITEMS_PER_SECTION items)."""
+    if not len(rows):
+        return [[("", "", 0)] * len(SECTION_KEYS) for _size in sizes]
+    owner = np.repeat(np.arange(len(sizes)), sizes)
+    section = np.array(SECTION_KEYS, dtype=object)[rank]
+    texts, money = _actions(rows)
+    # One item per firing, from its first row.
+    starts = np.flatnonzero(np.r_[True, firing[1:] != firing[:-1]])
+    said_once = ("project_id", "policy_id", "subject_id", "state", "invoice_id", "_money", "_gap", "_title", "_client_id",
+                 "_talent_id", "_client_name", "_talent_name", "_subject_name", *(f"_ev_{w}" for w in EVIDENCE_WORDS if w != "gap_cents"))
+    first = {name: _arg(column) for name, column in zip(said_once, rows.select(said_once).take(pa.array(starts)).columns)}
+    clients, talents = first["_client_id"], first["_talent_id"]
+    # The party a party-fact is about: whoever the evidence names, else for flags a guess from the subject.
+    party = first["_ev_party"]
+    subject = _plain(first["subject_id"])
+    named = pc.is_in(party, pa.array(["client", "talent"], TEXT))
+    is_client = pc.equal(party, _arg("client"))
+    flag = pa.array(np.isin(section[starts], FLAGS))
+    first["_party"] = _if(named, party, _if(flag, _if(pc.equal(clients, subject), "client",
+                                                        _if(pc.equal(talents, subject), "talent", "")), ""))
+    first["_party_name"] = _if(named, _if(is_client, first["_client_name"], first["_talent_name"]), first["_subject_name"])
+    item = {"section": pa.array(section[starts], TEXT), "flag": flag, "project_id": _plain(first["project_id"]),
+            "title": first["_title"], "client": _or(first["_client_name"], clients), "talent": _or(first["_talent_name"], talents),
+            "policy_id": _plain(first["policy_id"]), "state": _plain(first["state"]), "why": _whys(first),
+            "description": _per_distinct(lambda pid: plain(descriptions.get(pid, "")), first["policy_id"])}
+    item_html = _item_html(item, _groups_joined(_action_html(texts, money), starts))
+    item_text = _item_text(item, _groups_joined(_action_text(texts, money), starts))
+
+    # Each section's first MAX_ITEMS_PER_SECTION items, end to end.
+    width = len(SECTION_KEYS)
+    group = owner[starts] * width + rank[starts]
+    group_starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]])
+    sizes = np.diff(np.append(group_starts, len(group)))
+    groups = group[group_starts].tolist()
+    if sizes.max(initial=0) > MAX_ITEMS_PER_SECTION:
+        kept = np.flatnonzero(np.arange(len(group)) - np.repeat(group_starts, sizes) < MAX_ITEMS_PER_SECTION)
+        item_html, item_text, group_starts = item_html.take(kept), item_text.take(kept), np.searchsorted(kept, group_starts)
+    written = dict(zip(groups, zip(_groups_joined(item_html, group_starts).to_pylist(),
+                                   _groups_joined(item_text, group_starts).to_pylist(),
+                                   np.maximum(sizes - MAX_ITEMS_PER_SECTION, 0).tolist())))
+    return [[written.get(b * width + r, ("", "", 0)) for r in range(width)] for b in range(len(sizes))]
 
 
 # --------------------------------------------------------------------------- the overview page
@@ -429,7 +723,7 @@ def publish_night(out: Path, as_of: dt.date, run_id: str, decisions: pd.DataFram
     # Decisions that stopped holding are listed once, in this night's report (their state is `resolved`).
     reported = decisions if resolved is None or resolved.empty else pd.concat([decisions, resolved], ignore_index=True)
     reports = build_reports(reported, facts.projects, facts.milestones, facts.users, as_of, run_id, descriptions)
-    outcome = mail.publish(out / "outbox", reports, ledger, env=env, progress=say)
+    outcome = mail.publish(out / "outbox", reports, ledger, env=env, progress=say, render=render_reports)
     summary["reports"] = {**outcome.summary, "overview": "report.html", "outbox": "outbox",
                           "ledger": str(Path(ledger.path).resolve())}
     files.write_text(out / "report.html", render_overview(summary, decisions, rejects, reports, outcome.by_manager, descriptions))

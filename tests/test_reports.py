@@ -256,3 +256,19 @@ def test_build_reports_is_a_library_call(tmp_path):
     decisions, _ev, facts = decide_night(load_policies(POLICIES), export, AS_OF, workers=0)
     reports = build_reports(decisions.assign(state="new"), facts.projects, facts.milestones, facts.users, AS_OF, "run-1")
     assert [(r.manager_id, r.email, r.projects) for r in reports] == [("PS1", PAULA, ["P1", "P3"]), ("PS2", PEDRO, ["P2"])]
+
+
+def test_reports_written_a_batch_at_a_time_say_what_each_says_alone(tmp_path, monkeypatch):
+    """The outbox writers write many reports at once; a report written alone says the same."""
+    import processor.reports as reports
+    from processor.export import read_export
+    from processor.run import decide_night
+    from rules.document import load_policies
+
+    export = read_export(busy_night().write(tmp_path / "export"))
+    decisions, _ev, facts = decide_night(load_policies(POLICIES), export, AS_OF, workers=0)
+    built = build_reports(decisions.assign(state="new"), facts.projects, facts.milestones, facts.users, AS_OF, "run-1")
+    together = list(reports.render_reports(built))
+    monkeypatch.setattr(reports, "REPORTS_PER_BATCH", 1)
+    assert list(reports.render_reports(built)) == together == [(r.text, r.html) for r in built]
+    assert all("Shop redesign" in html for _text, html in together[:1])

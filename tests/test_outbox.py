@@ -1,0 +1,167 @@
+"""The outbox's emails as bytes: base64 parts that decode back to the exact text, a boundary that no
+content can break, and the same outbox whether one process or several wrote it."""
+from __future__ import annotations
+
+import base64
+import email
+import email.policy
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from processor import mail
+from processor.ledger import Ledger
+
+
+@dataclass
+class Report:
+    """What processor.mail reads of a report (processor.reports.ManagerReport has these too)."""
+
+    manager_id: str
+    name: str
+    email: str
+    subject: str
+    text: str
+    html: str
+    as_of: str = "2026-11-24"
+
+
+def parse(data: bytes) -> email.message.EmailMessage:
+    return email.message_from_bytes(data, policy=email.policy.default)
+
+
+def parts(msg) -> dict[str, str]:
+    return {p.get_content_type(): p.get_content() for p in msg.iter_parts()}
+
+
+def canonical(text: str) -> str:
+    """What a text part decodes to: CRLF line breaks, ending with one (as the `email` package made it)."""
+    return text.replace("\n", "\r\n") + ("" if text.endswith("\n") else "\r\n")
+
+
+@pytest.mark.parametrize("text", [
+    "", "a", "one line\n", "ünïcödé €1,200.50 — Ainhoa Núñez 日本\n\n", "x" * 57, "x" * 58 + "\n", "y\n" * 1000,
+    "no final newline\nsecond", "=3D ==\n.\nFrom here\n",
+])
+def test_a_base64_part_decodes_back_to_its_text_in_lines_of_76(text):
+    encoded = mail.base64_body(text)
+    lines = encoded.split(b"\r\n")
+    assert lines[-1] == b"" and all(0 < len(line) <= 76 for line in lines[:-1])
+    assert all(len(line) == 76 for line in lines[:-2])
+    assert base64.b64decode(encoded).decode("utf-8") == canonical(text)
+
+
+def test_an_email_decodes_to_its_headers_text_and_html():
+    report = Report("PS1", "Ainhoa Núñez", "ainhoa@shakers.test", "Shakers policy report, night of 2026-11-24: 2 new actions",
+                    "Hello Ainhoa Núñez\n€5.00\n", "<p>Hello Ainhoa N&uacute;&ntilde;ez — €5.00</p>\n")
+    mid, data = mail.build_message(report, report.text, report.html, "Policy reports <reports@shakers.test>")
+    msg = parse(data)
+    assert msg["Message-ID"] == mid == mail.message_id(report.as_of, report.email, "PS1")
+    assert msg["Subject"] == report.subject and msg["X-Shakers-Night"] == "2026-11-24"
+    assert msg["To"].addresses[0].display_name == "Ainhoa Núñez" and msg["To"].addresses[0].addr_spec == report.email
+    assert str(msg["From"]) == "Policy reports <reports@shakers.test>"
+    assert msg.get_content_type() == "multipart/alternative" and msg.defects == []
+    assert [p.get_content_type() for p in msg.iter_parts()] == ["text/plain", "text/html"]
+    assert parts(msg) == {"text/plain": canonical(report.text), "text/html": canonical(report.html)}
+    assert data.isascii() and max(len(line) for line in data.split(b"\r\n")) <= 78
+
+
+def test_a_body_that_quotes_the_boundary_stays_inside_its_part():
+    mid = mail.message_id("2026-11-24", "ps@shakers.test", "PS1")
+    fence = f"--{mail.boundary(mid)}"
+    text = f"{fence}\nContent-Type: text/html\n\n<b>injected</b>\n{fence}--\n"
+    report = Report("PS1", "Paula", "ps@shakers.test", "s", text, f"<pre>{fence}</pre>\n")
+    _mid, data = mail.build_message(report, report.text, report.html, "reports@shakers.test")
+    msg = parse(data)
+    assert len(list(msg.iter_parts())) == 2 and msg.defects == []
+    assert parts(msg) == {"text/plain": canonical(text), "text/html": canonical(report.html)}
+
+
+def test_a_name_with_line_breaks_cannot_add_a_header():
+    report = Report("PS1", "Evil\r\nBcc: attacker@evil.test", "ps@shakers.test", "night\r\nBcc: x@evil.test", "t\n", "h\n")
+    _mid, data = mail.build_message(report, report.text, report.html, "reports@shakers.test")
+    msg = parse(data)
+    assert msg["Bcc"] is None and [a.addr_spec for a in msg["To"].addresses] == ["ps@shakers.test"]
+    assert not any(line.lower().startswith(b"bcc") for line in data.split(b"\r\n\r\n", 1)[0].splitlines())
+
+
+def reports(n: int) -> list[Report]:
+    return [Report(f"PS{i}", f"Manager Nº{i}", f"ps{i}@shakers.test", f"report {i}", f"text {i} é\n" * (i + 1),
+                   f"<p>html {i} €</p>\n" * (i + 1)) for i in range(n)]
+
+
+def outbox_of(directory: Path) -> dict[str, tuple]:
+    got = {}
+    for path in sorted(directory.glob("*")):
+        msg = parse(path.read_bytes())
+        got[path.name] = ([(k, str(v)) for k, v in msg.items() if k != "Date"], parts(msg))
+    return got
+
+
+def test_forked_writers_write_the_same_outbox_as_one_process_and_the_ledger_owes_each_email(tmp_path):
+    with Ledger(tmp_path / "one.sqlite") as one, Ledger(tmp_path / "three.sqlite") as three:
+        alone, _ = mail.write_outbox(tmp_path / "alone", reports(7), "reports@shakers.test", one, workers=1)
+        forked, _ = mail.write_outbox(tmp_path / "forked", reports(7), "reports@shakers.test", three, workers=3)
+        assert [(o.message_id, Path(o.eml_path).name, o.manager_id) for o in alone] == \
+               [(o.message_id, Path(o.eml_path).name, o.manager_id) for o in forked]
+        assert outbox_of(tmp_path / "alone") == outbox_of(tmp_path / "forked")   # no temporary file left either
+        assert len(outbox_of(tmp_path / "forked")) == 7
+        assert set(three.delivery_statuses(o.message_id for o in forked).values()) == {"pending"}
+        assert all(three.delivery(o.message_id)["eml_path"] == o.eml_path for o in forked)
+
+
+@pytest.mark.parametrize("failing, error", [("PS1", RuntimeError), ("PS2", ValueError)])   # in the forked writer, in this process
+def test_a_writer_that_fails_fails_the_outbox_and_the_ledger_owes_nothing(tmp_path, monkeypatch, failing, error):
+    def broken(report, text, html, mail_from, date=None):
+        if report.manager_id == failing:
+            raise ValueError(f"cannot render {failing}")
+        return real(report, text, html, mail_from, date)
+
+    real = mail.build_message
+    monkeypatch.setattr(mail, "build_message", broken)
+    with Ledger(tmp_path / "ledger.sqlite") as ledger:
+        with pytest.raises(error, match=f"cannot render {failing}"):
+            mail.write_outbox(tmp_path / "outbox", reports(4), "reports@shakers.test", ledger, workers=2)
+        assert ledger.delivery_statuses(mail.message_id("2026-11-24", r.email, r.manager_id) for r in reports(4)) == {}
+    assert list((tmp_path / "outbox").iterdir()) == []
+
+
+def test_a_forked_writer_does_not_outlive_a_killed_run(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    pid_file = tmp_path / "writer.pid"
+    script = f"""
+import os, time
+from processor import mail
+
+def work(share):
+    if share == [1]:  # the forked writer's share
+        open({str(pid_file)!r}, "w").write(str(os.getpid()))
+    time.sleep(60)
+    return share
+
+mail._in_processes(work, [0, 1], 2)
+"""
+    run = subprocess.Popen([sys.executable, "-c", script], env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    deadline = time.monotonic() + 30
+    while not (pid_file.exists() and pid_file.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    writer = int(pid_file.read_text())
+    os.kill(run.pid, signal.SIGKILL)
+    run.wait()
+
+    def alive() -> bool:
+        try:
+            return Path(f"/proc/{writer}/stat").read_text().split(") ")[1][0] != "Z"
+        except (OSError, IndexError):
+            return False
+
+    deadline = time.monotonic() + 10
+    while alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not alive()
