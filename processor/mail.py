@@ -517,7 +517,8 @@ def _parts(reports) -> Iterator[tuple[str, str]]:
 
 
 def write_outbox(outbox: Path, reports, mail_from: str, ledger, workers: int | None = None,
-                 render: Callable[[list], Iterable[tuple[str, str]]] = _parts) -> tuple[list[Outgoing], list[dict]]:
+                 render: Callable[[list], Iterable[tuple[str, str]]] = _parts,
+                 meanwhile: Callable[[], None] | None = None) -> tuple[list[Outgoing], list[dict]]:
     """Every report as an .eml file (atomically); each becomes owed in the ledger unless already delivered.
 
     `render(reports)` gives each report's (text, HTML) parts, in order (default: its `text` and `html`).
@@ -540,7 +541,8 @@ def write_outbox(outbox: Path, reports, mail_from: str, ledger, workers: int | N
         workers = min(_cores(), len(addressed) // REPORTS_PER_WRITER)
     date = email.utils.format_datetime(dt.datetime.now(dt.timezone.utc))   # one Date for the night's outbox
     try:
-        written = _in_processes(functools.partial(_write_emails, mail_from, date, render), list(zip(addressed, paths)), workers)
+        written = _in_processes(functools.partial(_write_emails, mail_from, date, render), list(zip(addressed, paths)),
+                                workers, meanwhile)
     except BaseException:
         files.remove_partials(outbox)  # what the writers that did not fail wrote
         raise
@@ -608,12 +610,17 @@ def _fsync_directory(directory: Path):
     _fsync_and_close(fd)
 
 
-def _in_processes(work: Callable[[list], list], items: list, workers: int) -> list:
+def _in_processes(work: Callable[[list], list], items: list, workers: int,
+                  meanwhile: Callable[[], None] | None = None) -> list:
     """`work(items)`, with the items dealt round-robin to `workers` processes; its results in the items' order.
 
     The processes are forked: they see the parent's memory as it is, so nothing is pickled to them,
-    and only `work`'s (small) results come back. The parent does one share itself."""
+    and only `work`'s (small) results come back. The parent does one share itself, or, given
+    `meanwhile`, runs that while every share is done by a child (no threads: the children are
+    forked first). With one process, `meanwhile` runs first, then the work."""
     if workers <= 1 or len(items) < 2:
+        if meanwhile is not None:
+            meanwhile()
         return work(items)
     context = multiprocessing.get_context("fork")
     shares = [items[i::workers] for i in range(workers)]
@@ -623,13 +630,17 @@ def _in_processes(work: Callable[[list], list], items: list, workers: int) -> li
     # would walk the millions of objects the night still holds.
     gc.freeze()
     try:
-        for share in shares[1:]:
+        for share in shares[1:] if meanwhile is None else shares:
             receive, send = context.Pipe(duplex=False)
             child = context.Process(target=_child, args=(work, share, send), daemon=True)
             child.start()
             send.close()
             children.append((child, receive))
-        results = [work(shares[0])]
+        if meanwhile is None:
+            results = [work(shares[0])]
+        else:
+            meanwhile()
+            results = []
         for child, receive in children:
             try:
                 ok, value = receive.recv()
@@ -669,17 +680,19 @@ def _child(work, share, send):
 
 def publish(outbox: Path, reports, ledger, *, env: Mapping[str, str] | None = None,
             progress: Callable[[str], None] | None = None, sleep: Callable[[float], None] = time.sleep,
-            render: Callable[[list], Iterable[tuple[str, str]]] = _parts) -> Outcome:
+            render: Callable[[list], Iterable[tuple[str, str]]] = _parts,
+            meanwhile: Callable[[], None] | None = None) -> Outcome:
     """The nightly step: write the outbox, send this night's emails and whatever earlier nights still owe.
 
-    `render` gives the reports' (text, HTML) parts: see write_outbox."""
+    `render` gives the reports' (text, HTML) parts and `meanwhile` runs while they are written:
+    see write_outbox."""
     say = progress or (lambda _m: None)
     try:
         settings = SmtpSettings.from_env(env)
         config_error = ""
     except MailConfigError as e:
         settings, config_error = SmtpSettings(), str(e)
-    outgoing, unaddressed = write_outbox(outbox, reports, settings.mail_from, ledger, render=render)
+    outgoing, unaddressed = write_outbox(outbox, reports, settings.mail_from, ledger, render=render, meanwhile=meanwhile)
     for u in unaddressed:
         say(f"no report email for manager {u['manager_id']}: {u['why']} (got '{u['email']}')")
     earlier = [Outgoing(r["message_id"], r["as_of"], r["recipient"], r["eml_path"]) for r in ledger.deliveries_owed()

@@ -5,6 +5,7 @@ This is the library the CLI and the nightly job call; tests call it directly.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -119,13 +120,21 @@ def run_night(export_dir: str | Path, *, policies_path: str | Path = "policies.y
         summary = make_summary(run_id, as_of, export, policies, decisions, ev, timings, out)
         summary["decisions"]["resolved"] = int(len(resolved))
         summary["outputs"]["resolved_csv"] = "resolved.csv"
-        _write_and_record(out, ledger, as_of, run_id, policies.sha256, decisions, rejects, resolved, summary,
-                          timings, say)
+        # The night's files and ledger record are written while the report writers work (they run
+        # in other processes), and always before any email is owed; if the reports fail first,
+        # they are written all the same.
+        record = _Once(functools.partial(_write_and_record, out, ledger, as_of, run_id, policies.sha256, decisions,
+                                         rejects, resolved, summary, timings, say))
         # Reports to Project Success (SPEC §6): outbox, delivery, report.html; summary.json gains `reports`.
         from processor.reports import publish_night
         t = time.perf_counter()
-        published = publish_night(out, as_of, run_id, decisions, rejects, facts, summary, ledger, progress=progress,
-                                  descriptions={p.id: p.description for p in policies.policies}, resolved=resolved)
+        try:
+            published = publish_night(out, as_of, run_id, decisions, rejects, facts, summary, ledger,
+                                      progress=progress, descriptions={p.id: p.description for p in policies.policies},
+                                      resolved=resolved, meanwhile=record)
+        finally:
+            record()
+        # Reports is the phase's whole wall time; the files and ledger written during it are timed apart.
         timings["reports"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - started
         # The final timings (ledger and reports included) replace the ones written before them.
@@ -133,6 +142,18 @@ def run_night(export_dir: str | Path, *, policies_path: str | Path = "policies.y
         files.write_json(out / "summary.json", summary)
     exit_code = 1 if ev.not_evaluated else 5 if published.undelivered else 0
     return NightResult(out, run_id, as_of, decisions, rejects, summary, ev, exit_code, timings, resolved=resolved)
+
+
+class _Once:
+    """A call made at most once, however often it is asked for."""
+
+    def __init__(self, call: Callable[[], None]):
+        self._call, self.done = call, False
+
+    def __call__(self) -> None:
+        if not self.done:
+            self.done = True
+            self._call()
 
 
 def _write_and_record(out: Path, ledger: Ledger, as_of: dt.date, run_id: str, policies_sha: str,

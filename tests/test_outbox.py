@@ -165,3 +165,26 @@ mail._in_processes(work, [0, 1], 2)
     while alive() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not alive()
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_the_nights_own_work_runs_while_the_writers_work_and_before_any_email_is_owed(tmp_path, workers):
+    seen = {}
+    with Ledger(tmp_path / "ledger.sqlite") as ledger:
+        def meanwhile():
+            import os
+            seen["pid"] = os.getpid()
+            seen["owed then"] = ledger.delivery_statuses(mail.message_id("2026-11-24", r.email, r.manager_id)
+                                                         for r in reports(5))
+        written, _ = mail.write_outbox(tmp_path / "outbox", reports(5), "reports@shakers.test", ledger,
+                                       workers=workers, meanwhile=meanwhile)
+        import os
+        assert seen == {"pid": os.getpid(), "owed then": {}}   # in this process, before the ledger owed anything
+        assert set(ledger.delivery_statuses(o.message_id for o in written).values()) == {"pending"}
+    assert len(list((tmp_path / "outbox").glob("*.eml"))) == 5
+
+
+def test_work_dealt_to_forked_processes_while_the_parent_is_busy_comes_back_in_order():
+    calls = []
+    got = mail._in_processes(lambda share: [x * 10 for x in share], list(range(7)), 3, meanwhile=lambda: calls.append(1))
+    assert got == [x * 10 for x in range(7)] and calls == [1]

@@ -59,6 +59,21 @@ def test_a_night_writes_decisions_rejects_and_summary(tmp_path):
     assert not list(out.glob("*.part")) and not list(out.glob(".*"))
 
 
+def test_when_the_reports_fail_the_nights_decisions_and_ledger_record_are_still_written(tmp_path, monkeypatch):
+    import processor.reports
+    from processor.ledger import Ledger
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a report template is broken")
+
+    monkeypatch.setattr(processor.reports, "build_reports", broken)
+    with pytest.raises(RuntimeError, match="template is broken"):
+        run(tmp_path, busy_night())
+    assert len(list(csv.DictReader(open(tmp_path / "run" / "decisions.csv")))) > 0
+    with Ledger(tmp_path / "ledger.sqlite") as ledger:
+        assert ledger.nights() == ["2026-11-24"]
+
+
 def test_a_decision_is_new_the_first_night_and_ongoing_while_it_holds(tmp_path):
     first = run(tmp_path, busy_night(), "n1")
     import datetime as dt
