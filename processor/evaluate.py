@@ -28,7 +28,7 @@ from rules.document import PolicySet
 from rules.engine import PolicyEngine
 
 from processor.facts import Facts, is_in
-from processor.partition import candidate_facts, engine_records, fired_rows, project_ids, split_by_project
+from processor.partition import candidate_facts, fired_rows, iter_firings, project_ids, split_by_project
 from processor.killpoints import kill_point
 
 CHUNK_PROJECTS = 20_000
@@ -51,11 +51,6 @@ class Evaluation:
 def candidate_projects(policies: PolicySet, facts: Facts) -> np.ndarray:
     """Project ids having a fact that satisfies some policy's conditions."""
     return project_ids(candidate_facts(policies, facts.frames))
-
-
-def _records(facts_chunk: dict[str, pd.DataFrame]) -> list[list[dict]]:
-    """Per project, its facts as flat dicts each with a unique `id` and its `kind`."""
-    return engine_records(facts_chunk)
 
 
 # -- worker side -------------------------------------------------------------
@@ -85,13 +80,7 @@ def _die_with_parent():
 
 
 def _evaluate_chunk(facts_chunk: dict[str, pd.DataFrame]) -> list[tuple[str, str]]:
-    crash_on = os.environ.get(CRASH_HOOK_ENV)
-    out: list[tuple[str, str]] = []
-    for project_facts in _records(facts_chunk):
-        if crash_on and project_facts[0]["project_id"] == crash_on:
-            os._exit(139)
-        out.extend(_ENGINE.evaluate(project_facts))
-    return out
+    return list(iter_firings(_ENGINE, facts_chunk, crash_on=os.environ.get(CRASH_HOOK_ENV)))
 
 
 # -- driver side -------------------------------------------------------------

@@ -30,6 +30,10 @@ from rules.vocabulary import FACT_KINDS
 from processor.facts import is_in
 
 Frames = dict[str, pd.DataFrame]
+# Projects whose facts go to durable-rules in one assertion: each assertion and each action
+# costs a fixed part in durable-rules' Python layer; a few hundred facts at once keep the
+# session small (DURABLE_RULES.md) and that part negligible.
+BATCH_PROJECTS = 100
 
 
 def single_fact_rules(policies: PolicySet) -> bool:
@@ -115,13 +119,20 @@ def engine_records(frames: Frames) -> list[list[dict]]:
     return [ordered[s:e] for s, e in zip(starts, ends)]
 
 
+def engine_batches(frames: Frames, projects: int = BATCH_PROJECTS) -> Iterator[list[dict]]:
+    """The facts of `projects` projects at a time (in project id order), as durable-rules reads them."""
+    per_project = engine_records(frames)
+    for start in range(0, len(per_project), projects):
+        yield [fact for facts in per_project[start:start + projects] for fact in facts]
+
+
 def iter_firings(engine, frames: Frames, crash_on: str | None = None) -> Iterator[tuple[str, str]]:
-    """(policy id, fact id) for every rule that fired, one project's facts at a time."""
-    for project_facts in engine_records(frames):
-        if crash_on and project_facts[0]["project_id"] == crash_on:
+    """(policy id, fact id) for every rule that fired, a batch of whole projects' facts at a time."""
+    for batch in engine_batches(frames):
+        if crash_on and any(fact["project_id"] == crash_on for fact in batch):
             import os
             os._exit(139)  # test hook: die as a crash in durable-rules' C core would
-        yield from engine.evaluate(project_facts)
+        yield from engine.evaluate(batch)
 
 
 def fired_rows(frames: Frames, firings: pd.DataFrame) -> dict[str, pd.Index]:

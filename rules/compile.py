@@ -17,7 +17,7 @@ import pandas as pd
 from rules.document import All, Any_, Not, Policy, PolicySet, Test
 
 RULESET_NAME = "shakers"
-SEEN_RULE = "_every_fact"  # matches every fact, so durable-rules never raises MessageNotHandled
+SEEN_RULE = "_every_fact"  # matches every fact: durable-rules handles each one (see rules.engine)
 
 _DURABLE_OP = {"gte": "$gte", "lte": "$lte", "gt": "$gt", "lt": "$lt"}
 
