@@ -9,6 +9,7 @@ UTC days relative to the as-of date.
 from __future__ import annotations
 
 import datetime as dt
+import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -79,9 +80,7 @@ def positions(keys: pd.Series, ids: pd.Series) -> np.ndarray:
 def _positions(keys: pa.Array, ids: pa.Array) -> np.ndarray:
     if len(keys) == 0:
         return np.zeros(0, dtype=np.intp)
-    differs = pc.not_equal(keys.slice(1), keys.slice(0, len(keys) - 1)).fill_null(True)
-    starts = np.flatnonzero(np.r_[True, differs.to_numpy(zero_copy_only=False)])
-    firsts = keys.take(starts)
+    firsts, starts = _runs(keys)
     sorted_ids, fixed_keys = _fixed_width(ids), _fixed_width(firsts)
     if len(firsts) == len(ids) and pc.all(pc.equal(firsts, ids).fill_null(False)).as_py():
         found = np.arange(len(ids), dtype=np.intp)
@@ -109,11 +108,38 @@ def _fixed_width(text: pa.Array) -> np.ndarray | None:
 
 def is_in(values: pd.Series, among) -> np.ndarray:
     """values.isin(among) as a numpy mask, hashed by pyarrow: pandas' isin on arrow text walks
-    `among` in Python (seconds for a few hundred thousand ids)."""
+    `among` in Python (seconds for a few hundred thousand ids). Like `positions`, only the
+    first value of each run of equal values is looked up."""
     if len(values) == 0:
         return np.zeros(0, dtype=bool)
     among = among if isinstance(among, pd.Series) else pd.Series(np.asarray(among, dtype=object))
-    return pc.is_in(_arrow(values), value_set=_arrow(among)).fill_null(False).to_numpy(zero_copy_only=False)
+    firsts, starts = _runs(_arrow(values))
+    found = pc.is_in(firsts, value_set=_arrow(among)).fill_null(False).to_numpy(zero_copy_only=False)
+    return np.repeat(found, np.diff(np.r_[starts, len(values)]))
+
+
+def _runs(keys: pa.Array) -> tuple[pa.Array, np.ndarray]:
+    """The first key of each run of equal keys, and where each run starts."""
+    differs = pc.not_equal(keys.slice(1), keys.slice(0, len(keys) - 1)).fill_null(True)
+    starts = np.flatnonzero(np.r_[True, differs.to_numpy(zero_copy_only=False)])
+    return keys.take(starts), starts
+
+
+def json_values(values: pd.Series, *, ensure_ascii: bool = True, default=None) -> pa.Array:
+    """json.dumps of each value (as a Python scalar: what .tolist() gives), each distinct value
+    encoded once."""
+    if values.dtype == np.int64:
+        return pa.array(values.to_numpy()).cast(pa.large_string())
+    if isinstance(values.dtype, pd.StringDtype):
+        text = _arrow(values)
+        escapes = pc.any(pc.match_substring_regex(text, r'["\\\x00-\x1f]')).as_py()
+        if not escapes and not (ensure_ascii and pc.all(pc.string_is_ascii(text)).as_py() is False):
+            # Nothing to escape: the text between quotes (a missing value is NaN, as json.dumps writes it).
+            quote = pa.scalar('"', pa.large_string())
+            return pc.binary_join_element_wise(quote, text, quote, pa.scalar("", pa.large_string())).fill_null("NaN")
+    codes, uniques = pd.factorize(values, use_na_sentinel=False)
+    encoded = [json.dumps(v, ensure_ascii=ensure_ascii, default=default) for v in uniques.tolist()]
+    return pa.array(encoded, pa.large_string()).take(codes)
 
 
 def _fact_ids(kind: str, *keys: pa.Array) -> pa.Array:
