@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 
 import durable_rules_engine
 
@@ -34,6 +35,24 @@ from rules.compile import RULESET_NAME, SEEN_RULE
 # rule, 2 some fact's id was already in the session (durable.engine's MessageObservedException).
 _ALL_HANDLED, _NOT_HANDLED, _ALREADY_SEEN = 0, 1, 2
 _SEEN_PREFIX = '{"%s":' % SEEN_RULE  # how the C core begins an action of the catch-all: skipped unread
+
+
+# An action as the C core serializes it: {"<rule>":{"m":<the fact's JSON as asserted>}}. Facts
+# are asserted with their id first, so the rule and the fact id are read from the first bytes.
+_ACTION_HEAD = re.compile(r'\{("(?:[^"\\]|\\.)*"):\{"m":\{"id": ?("(?:[^"\\]|\\.)*")')
+
+
+def _policy_and_fact(message: str) -> tuple[str, str]:
+    """(rule name, fact id) of one action."""
+    head = _ACTION_HEAD.match(message)
+    if head:
+        return _unquote(head[1]), _unquote(head[2])
+    ((policy_id, match),) = json.loads(message).items()  # not in the expected form: read it all
+    return policy_id, match["m"]["id"]
+
+
+def _unquote(literal: str) -> str:
+    return literal[1:-1] if "\\" not in literal else json.loads(literal)
 
 
 class EngineError(Exception):
@@ -53,24 +72,26 @@ class PolicyEngine:
             raise EngineError(f"durable-rules refused the compiled policies: {e}") from None
 
     def evaluate(self, facts: list[dict]) -> list[tuple[str, str]]:
-        """The (policy id, fact id) pairs that fired for a batch of facts (whole projects).
+        """The (policy id, fact id) pairs that fired for a batch of facts (whole projects)."""
+        return self.evaluate_json(json.dumps(facts, ensure_ascii=False)) if facts else []
+
+    def evaluate_json(self, facts: str) -> list[tuple[str, str]]:
+        """Like `evaluate`, the facts given as the JSON array durable-rules reads (each fact's
+        `id` first: see processor.partition.engine_batches).
 
         Each pair appears once even when a rule's `any`/`one_of` let durable-rules
         match the same fact along two branches."""
-        if not facts:
-            return []
-        text = json.dumps(facts, ensure_ascii=False)
-        code, state = durable_rules_engine.assert_facts(self._handle, text)
+        code, state = durable_rules_engine.assert_facts(self._handle, facts)
         fired: list[tuple[str, str]] = []
         started = durable_rules_engine.start_action_for_state(self._handle, state)
         message = started[1] if started else None
         while message:
             if not message.startswith(_SEEN_PREFIX):
-                ((policy_id, match),) = json.loads(message).items()
-                fired.append((policy_id, match["m"]["id"]))
+                fired.append(_policy_and_fact(message))
             message = durable_rules_engine.complete_and_start_action(self._handle, state)
-        durable_rules_engine.retract_facts(self._handle, text)
+        durable_rules_engine.retract_facts(self._handle, facts)
         if code != _ALL_HANDLED:
             what = "an id already seen" if code == _ALREADY_SEEN else "a fact no rule handles"
-            raise EngineError(f"durable-rules refused a batch of facts ({what}, code {code}); first fact id {facts[0].get('id')}")
+            first = json.loads(facts)[0].get("id")
+            raise EngineError(f"durable-rules refused a batch of facts ({what}, code {code}); first fact id {first}")
         return list(dict.fromkeys(fired))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import json
 
 import pytest
 from durable.engine import Host
@@ -14,10 +15,11 @@ from hypothesis import strategies as st
 from processor.export import read_export
 from processor.facts import build_facts
 from processor.generate import generate_export
-from processor.partition import engine_batches, engine_records
+from processor.partition import engine_batches
 from rules.compile import RULESET_NAME, SEEN_RULE, to_ruleset
 from rules.document import load_policies
 from rules.engine import EngineError, PolicyEngine
+from rules.vocabulary import FACT_KINDS
 
 from conftest import POLICIES
 from test_prefilter import facts_from, project_strategy
@@ -48,9 +50,14 @@ class _HostFirings(Host):
         return set(self.fired)
 
 
-def _batched(per_project_frames, projects: int) -> set[tuple[str, str]]:
+def _batched(frames, projects: int) -> set[tuple[str, str]]:
     engine = PolicyEngine(to_ruleset(load_policies(POLICIES)))
-    return {pair for batch in engine_batches(per_project_frames, projects) for pair in engine.evaluate(batch)}
+    return {pair for _, batch in engine_batches(frames, projects) for pair in engine.evaluate_json(batch)}
+
+
+def engine_records(frames) -> list[list[dict]]:
+    """Per project, its facts as the dicts durable-rules reads."""
+    return [json.loads(batch) for _, batch in engine_batches(frames, 1)]
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +84,7 @@ def test_made_up_facts_fire_the_same_in_batches_as_one_project_at_a_time(project
 
 def test_each_firing_is_reported_once_and_nothing_stays_in_the_session(night_frames):
     engine = PolicyEngine(to_ruleset(load_policies(POLICIES)))
-    batch = next(engine_batches(night_frames, 10_000))
+    batch = json.loads(next(engine_batches(night_frames, 10_000))[1])
     first = engine.evaluate(batch)
     assert len(first) == len(set(first)) > 0
     assert engine.evaluate(batch) == first  # retracted: the same facts are new again
@@ -85,7 +92,18 @@ def test_each_firing_is_reported_once_and_nothing_stays_in_the_session(night_fra
 
 def test_a_duplicate_fact_id_is_an_error_and_leaves_nothing_behind(night_frames):
     engine = PolicyEngine(to_ruleset(load_policies(POLICIES)))
-    facts = next(engine_batches(night_frames, 10_000))[:200]
+    facts = json.loads(next(engine_batches(night_frames, 10_000))[1])[:200]
     with pytest.raises(EngineError, match="already seen"):
         engine.evaluate(facts + [facts[0]])
     assert engine.evaluate(facts) == PolicyEngine(to_ruleset(load_policies(POLICIES))).evaluate(facts)
+
+
+def test_the_facts_json_is_what_json_dumps_writes_for_their_plain_values(night_frames):
+    for kind, frame in night_frames.items():
+        sample = frame.iloc[::97]
+        pids, batch = next(engine_batches({kind: sample}, 10_000))
+        expected = [{"id": fid, "kind": kind, **{f: row[f] for f in FACT_KINDS[kind]}}
+                    for fid, row in zip(sample["fact_id"], sample.to_dict("records"))]
+        expected.sort(key=lambda f: f["project_id"])
+        assert batch == "[" + ",".join(json.dumps(f, ensure_ascii=False) for f in expected) + "]"
+        assert list(pids) == [f["project_id"] for f in expected]
