@@ -200,9 +200,22 @@ def make_decisions(policies: PolicySet, firings: pd.DataFrame, facts: Facts,
     decisions = pd.concat(parts, ignore_index=True)
     decisions = assign_top_shakers(policies, decisions, facts)
     policy_rank = {p.id: i for i, p in enumerate(policies.policies)}
-    decisions["_policy"] = decisions["policy_id"].map(policy_rank)
-    decisions = decisions.sort_values(["project_id", "_policy", "_order", "subject_id", "milestone_id", "invoice_id"], kind="stable")
-    return decisions.drop(columns=["_policy", "_order", "_line", "_fallback"]).reset_index(drop=True)
+    order = _sort_order([decisions["project_id"], decisions["policy_id"].map(policy_rank), decisions["_order"],
+                         decisions["subject_id"], decisions["milestone_id"], decisions["invoice_id"]])
+    return decisions.drop(columns=["_order", "_line", "_fallback"]).take(order).reset_index(drop=True)
+
+
+def _sort_order(keys: list[pd.Series]) -> np.ndarray:
+    """The rows in the order sort_values(keys, kind="stable") gives: one stable lexsort over each
+    key's rank (text ranked by its sorted distinct values; missing last)."""
+    ranks = []
+    for key in keys:
+        if pd.api.types.is_numeric_dtype(key.dtype):
+            ranks.append(key.to_numpy())
+        else:
+            codes, uniques = pd.factorize(key, sort=True)
+            ranks.append(np.where(codes < 0, len(uniques), codes))
+    return np.lexsort(ranks[::-1])
 
 
 # --------------------------------------------------------------------------- Top Shakers
@@ -284,4 +297,5 @@ def assign_top_shakers(policies: PolicySet, decisions: pd.DataFrame, facts: Fact
     decisions.loc[flag, "action"] = "flag_for_review"
     decisions.loc[flag, "reason"] = decisions.loc[flag, "_fallback"].replace("", "no_top_shaker_available")
     decisions.loc[flag, ["assignee_id", "amount", "currency"]] = ""
-    return decisions[~(nobody & (decisions["action"] == "reassign_milestone"))]
+    dropped = nobody & (decisions["action"] == "reassign_milestone")
+    return decisions[~dropped] if dropped.any() else decisions

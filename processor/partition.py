@@ -48,10 +48,11 @@ def single_fact_rules(policies: PolicySet) -> bool:
 def candidate_masks(policies: PolicySet, frames: Frames) -> dict[str, np.ndarray]:
     """Per fact kind, the rows that satisfy at least one policy about that kind."""
     out = {kind: np.zeros(len(frame), dtype=bool) for kind, frame in frames.items()}
+    tests: dict[str, dict] = {kind: {} for kind in frames}  # per frame, each comparison made once
     for policy in policies.policies:
         frame = frames.get(policy.about)
         if frame is not None and len(frame):
-            out[policy.about] |= mask(policy, frame)
+            out[policy.about] |= mask(policy, frame, tests[policy.about])
     return out
 
 
