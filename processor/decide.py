@@ -1,8 +1,9 @@
 """What fired -> decision rows (one per action, SPEC §5), with evidence, and
 the Top Shaker chosen for every absent talent.
 
-Each policy's actions are expanded with merges over the fired facts (one loop
-over the policies' few action lines, none over rows). The Top Shaker choice is
+Each policy's actions are expanded with joins by position over the fired facts
+(one loop over the policies' few action lines, none over rows); the evidence
+JSON is written column by column. The Top Shaker choice is
 the one sequential step: capacity is used up across the night, in project_id
 order, exactly as SPEC §3 says.
 """
@@ -21,7 +22,7 @@ import pyarrow.compute as pc
 from rules.compile import evidence_fields, evidence_thresholds
 from rules.document import ActionSpec, Policy, PolicySet
 
-from processor.facts import STR, Facts, is_in, json_values, positions
+from processor.facts import STR, Facts, is_in, json_values, positions, rows_among
 
 DECISION_COLUMNS = [
     "run_id", "as_of", "policy_id", "action", "project_id", "subject_id", "milestone_id", "invoice_id",
@@ -103,17 +104,17 @@ def _expand(policy: Policy, spec: ActionSpec, rows: dict[str, pd.Series], facts:
         rows.update({c: picked[c].iloc[milestone_row].reset_index(drop=True)
                      for c in ("milestone_id", "status", "payee_id", "amount_cents", "currency")})
     n = len(rows["project_id"])
-    blank = pd.Series([""] * n, dtype=object)
+    blank = pd.array(pa.nulls(n, pa.large_string()).fill_null(""), dtype=STR)
 
     def col(name):
-        return rows[name].astype(object).where(rows[name].notna(), "") if name in rows else blank
+        return rows[name].astype(STR).fillna("").array if name in rows else blank
 
     subject = {
         "client": col("client_id"), "talent": col("talent_id"), "project_success": col("project_success_id"),
         "payee": col("payee_id"), "party": col("user_id"), "nobody": blank,
     }[spec.who]
     assignee = col("payee_id") if spec.action == "release_milestone_payment" else blank
-    amount = money(rows["amount_cents"]) if "amount_cents" in rows else blank
+    amount = money(rows["amount_cents"]).array if "amount_cents" in rows else blank
     currency = col("currency")
     with_money = spec.action in ("release_milestone_payment", "reassign_milestone", "notify_talent_non_payment") \
         or policy.about in ("milestone", "invoice")
@@ -122,27 +123,26 @@ def _expand(policy: Policy, spec: ActionSpec, rows: dict[str, pd.Series], facts:
     return pd.DataFrame({
         "policy_id": policy.id,
         "action": spec.action,
-        "project_id": rows["project_id"].to_numpy(),
-        "subject_id": subject.to_numpy(),
-        "milestone_id": col("milestone_id").to_numpy(),
-        "invoice_id": col("invoice_id").to_numpy(),
-        "assignee_id": assignee.to_numpy(),
-        "amount": amount.to_numpy(),
-        "currency": currency.to_numpy(),
+        "project_id": rows["project_id"].astype(STR).array,
+        "subject_id": subject,
+        "milestone_id": col("milestone_id"),
+        "invoice_id": col("invoice_id"),
+        "assignee_id": assignee,
+        "amount": amount,
+        "currency": currency,
         "reason": spec.reason or "",
-        "evidence": rows["evidence"].to_numpy(),
-        "project_success_id": col("project_success_id").to_numpy(),
+        "evidence": rows["evidence"].array,
+        "project_success_id": col("project_success_id"),
         "_line": spec.line,
         "_fallback": spec.if_none_available or "",
     })
 
 
 def _at(values: pd.Series, rows: np.ndarray) -> pd.Series:
-    """values at these positions, missing (NA) where a position is -1 (a left join's miss)."""
-    found = rows >= 0
-    out = values.iloc[np.where(found, rows, 0)].reset_index(drop=True) if len(values) else \
-        pd.Series([None] * len(rows), dtype=values.dtype)
-    return out.where(found) if not found.all() else out
+    """values at these positions, missing where a position is -1 (a left join's miss)."""
+    if (rows >= 0).all():
+        return values.iloc[rows].reset_index(drop=True)
+    return values.reset_index(drop=True).reindex(rows).reset_index(drop=True)  # no row -1: missing
 
 
 def _each_match(keys: pd.Series, among: pd.Series) -> tuple[np.ndarray, np.ndarray]:
@@ -162,7 +162,7 @@ def _each_match(keys: pd.Series, among: pd.Series) -> tuple[np.ndarray, np.ndarr
 
 
 def _fired_context(firings: pd.DataFrame, facts: Facts, fired_rows: dict[str, pd.Index] | None = None) -> Facts:
-    """The facts that fired and the context of their projects only: every merge below then
+    """The facts that fired and the context of their projects only: every join below then
     touches the night's few fired projects, not all of them.
 
     fired_rows (from the evaluation) names the fired facts' rows; without it they are found by id."""
@@ -171,13 +171,18 @@ def _fired_context(firings: pd.DataFrame, facts: Facts, fired_rows: dict[str, pd
     else:
         fired = pd.Series(firings["fact_id"].unique())
         frames = {kind: frame[is_in(frame["fact_id"], fired)] for kind, frame in facts.frames.items()}
-    ids = pd.Index(pd.unique(np.concatenate([f["project_id"].to_numpy(dtype=object) for f in frames.values()])))
+    ids = pd.concat([f["project_id"] for f in frames.values()]).drop_duplicates().sort_values(ignore_index=True)
     return dataclasses.replace(
         facts, frames=frames,
-        projects=facts.projects[is_in(facts.projects["project_id"], ids)],
-        milestones=facts.milestones[is_in(facts.milestones["project_id"], ids)],
-        invoices=facts.invoices[is_in(facts.invoices["project_id"], ids)],
+        projects=_rows(facts.projects, ids, ["project_id", "client_id", "talent_id", "project_success_id"]),
+        milestones=_rows(facts.milestones, ids, ["milestone_id", "project_id", "status", "payee_id", "amount_cents", "currency"]),
+        invoices=_rows(facts.invoices, ids, ["invoice_id", "project_id", "amount_cents", "currency"]),
     )
+
+
+def _rows(table: pd.DataFrame, project_ids: pd.Series, columns: list[str]) -> pd.DataFrame:
+    """The columns the decisions read, of the rows about these projects."""
+    return table[columns].iloc[rows_among(table["project_id"], project_ids)]
 
 
 def make_decisions(policies: PolicySet, firings: pd.DataFrame, facts: Facts,
@@ -198,11 +203,11 @@ def make_decisions(policies: PolicySet, firings: pd.DataFrame, facts: Facts,
     if not parts:
         return pd.DataFrame(columns=[c for c in DECISION_COLUMNS if c not in ("run_id", "as_of", "state")])
     decisions = pd.concat(parts, ignore_index=True)
-    decisions = assign_top_shakers(policies, decisions, facts)
+    kept = assign_top_shakers(policies, decisions, facts)
     policy_rank = {p.id: i for i, p in enumerate(policies.policies)}
     order = _sort_order([decisions["project_id"], decisions["policy_id"].map(policy_rank), decisions["_order"],
                          decisions["subject_id"], decisions["milestone_id"], decisions["invoice_id"]])
-    return decisions.drop(columns=["_order", "_line", "_fallback"]).take(order).reset_index(drop=True)
+    return decisions.drop(columns=["_order", "_line", "_fallback"]).take(order[kept[order]]).reset_index(drop=True)
 
 
 def _sort_order(keys: list[pd.Series]) -> np.ndarray:
@@ -221,8 +226,8 @@ def _sort_order(keys: list[pd.Series]) -> np.ndarray:
 # --------------------------------------------------------------------------- Top Shakers
 def top_shaker_pool(users: pd.DataFrame, projects: pd.DataFrame, default_capacity: int) -> pd.DataFrame:
     """Eligible-in-principle Top Shakers: talent, top, active; with areas, rating, load and capacity."""
-    eligible = (users["role"] == "talent") & users["is_top_shaker"].astype(bool) & (users["status"] == "active")
-    ts = users.loc[eligible.to_numpy(dtype=bool, na_value=False), ["user_id", "areas", "rating", "max_active_projects"]]
+    ts = users.loc[users["is_top_shaker"].astype(bool).to_numpy(), ["user_id", "role", "status", "areas", "rating", "max_active_projects"]]
+    ts = ts[((ts["role"] == "talent") & (ts["status"] == "active")).to_numpy(dtype=bool, na_value=False)]
     # Their active projects as talent: the active projects' talents looked up among them.
     of_active = positions(projects.loc[(projects["status"] == "active").to_numpy(dtype=bool, na_value=False), "talent_id"],
                           ts["user_id"])
@@ -277,18 +282,20 @@ def choose_top_shakers(needs: pd.DataFrame, pool: pd.DataFrame) -> dict[str, str
     return chosen
 
 
-def assign_top_shakers(policies: PolicySet, decisions: pd.DataFrame, facts: Facts) -> pd.DataFrame:
+def assign_top_shakers(policies: PolicySet, decisions: pd.DataFrame, facts: Facts) -> np.ndarray:
+    """Fill in the chosen Top Shakers (in place). Returns which rows stay: without an eligible
+    Top Shaker the assignment becomes a flag and the reassignments go."""
     needing = decisions["action"] == "assign_top_shaker"
     if not needing.any():
-        return decisions
+        return np.ones(len(decisions), dtype=bool)
     needs = decisions.loc[needing, ["project_id", "policy_id", "subject_id"]].drop_duplicates(["project_id"])
     project = positions(needs["project_id"], facts.projects["project_id"])
     needs = needs.reset_index(drop=True).assign(area=_at(facts.projects["area"], project),
                                                 talent_id=_at(facts.projects["talent_id"], project))
     pool = top_shaker_pool(facts.users, facts.projects, policies.thresholds["top_shaker_default_max_active_projects"])
     chosen = choose_top_shakers(needs, pool)
-    takes_top_shaker = decisions["action"].isin(["assign_top_shaker", "reassign_milestone"]) & \
-        decisions["policy_id"].isin(needs["policy_id"])
+    takes_top_shaker = pd.Series(is_in(decisions["action"], ["assign_top_shaker", "reassign_milestone"])
+                                 & is_in(decisions["policy_id"], needs["policy_id"]), index=decisions.index)
     pick = decisions["project_id"].where(takes_top_shaker).map(chosen)
     decisions.loc[takes_top_shaker, "assignee_id"] = pick[takes_top_shaker].astype(object).fillna("")
     nobody = takes_top_shaker & pick.isna()
@@ -297,5 +304,4 @@ def assign_top_shakers(policies: PolicySet, decisions: pd.DataFrame, facts: Fact
     decisions.loc[flag, "action"] = "flag_for_review"
     decisions.loc[flag, "reason"] = decisions.loc[flag, "_fallback"].replace("", "no_top_shaker_available")
     decisions.loc[flag, ["assignee_id", "amount", "currency"]] = ""
-    dropped = nobody & (decisions["action"] == "reassign_milestone")
-    return decisions[~dropped] if dropped.any() else decisions
+    return ~(nobody & (decisions["action"] == "reassign_milestone")).to_numpy()

@@ -81,16 +81,19 @@ def _positions(keys: pa.Array, ids: pa.Array) -> np.ndarray:
     if len(keys) == 0:
         return np.zeros(0, dtype=np.intp)
     firsts, starts = _runs(keys)
-    sorted_ids, fixed_keys = _fixed_width(ids), _fixed_width(firsts)
-    if len(firsts) == len(ids) and pc.all(pc.equal(firsts, ids).fill_null(False)).as_py():
-        found = np.arange(len(ids), dtype=np.intp)
-    elif (sorted_ids is not None and fixed_keys is not None and sorted_ids.dtype == fixed_keys.dtype
-          and bool((sorted_ids[1:] > sorted_ids[:-1]).all()) and bool((fixed_keys[1:] >= fixed_keys[:-1]).all())):
+    return np.repeat(_lookup(firsts, ids), np.diff(np.r_[starts, len(keys)]))
+
+
+def _lookup(keys: pa.Array, ids: pa.Array) -> np.ndarray:
+    """The row of each key among `ids` (unique), -1 when absent."""
+    sorted_ids, fixed_keys = _fixed_width(ids), _fixed_width(keys)
+    if len(keys) == len(ids) and pc.all(pc.equal(keys, ids).fill_null(False)).as_py():
+        return np.arange(len(ids), dtype=np.intp)
+    if (sorted_ids is not None and fixed_keys is not None and sorted_ids.dtype == fixed_keys.dtype
+            and bool((sorted_ids[1:] > sorted_ids[:-1]).all()) and bool((fixed_keys[1:] >= fixed_keys[:-1]).all())):
         at = np.minimum(np.searchsorted(sorted_ids, fixed_keys), len(sorted_ids) - 1)
-        found = np.where(sorted_ids[at] == fixed_keys, at, -1)
-    else:
-        found = pc.index_in(firsts, value_set=ids).fill_null(-1).to_numpy(zero_copy_only=False).astype(np.intp)
-    return np.repeat(found, np.diff(np.r_[starts, len(keys)]))
+        return np.where(sorted_ids[at] == fixed_keys, at, -1)
+    return pc.index_in(keys, value_set=ids).fill_null(-1).to_numpy(zero_copy_only=False).astype(np.intp)
 
 
 def _fixed_width(text: pa.Array) -> np.ndarray | None:
@@ -107,15 +110,25 @@ def _fixed_width(text: pa.Array) -> np.ndarray | None:
 
 
 def is_in(values: pd.Series, among) -> np.ndarray:
-    """values.isin(among) as a numpy mask, hashed by pyarrow: pandas' isin on arrow text walks
-    `among` in Python (seconds for a few hundred thousand ids). Like `positions`, only the
-    first value of each run of equal values is looked up."""
+    """values.isin(among) as a numpy mask, found as `positions` finds keys (pandas' isin on arrow
+    text walks `among` in Python: seconds for a few hundred thousand ids)."""
     if len(values) == 0:
         return np.zeros(0, dtype=bool)
     among = among if isinstance(among, pd.Series) else pd.Series(np.asarray(among, dtype=object))
-    firsts, starts = _runs(_arrow(values))
-    found = pc.is_in(firsts, value_set=_arrow(among)).fill_null(False).to_numpy(zero_copy_only=False)
-    return np.repeat(found, np.diff(np.r_[starts, len(values)]))
+    return _positions(_arrow(values), pc.unique(_arrow(among))) >= 0
+
+
+def rows_among(values: pd.Series, among: pd.Series) -> np.ndarray:
+    """The rows (in order) whose value is among `among`: np.flatnonzero(is_in(values, among)).
+    In a table sorted by that value (fixed-width text), each of `among` finds its rows by
+    binary search, without reading the whole column."""
+    text, wanted = _arrow(values), pc.unique(_arrow(among))
+    table, keys = _fixed_width(text), _fixed_width(wanted)
+    if table is None or keys is None or table.dtype != keys.dtype or not bool((table[1:] >= table[:-1]).all()):
+        return np.flatnonzero(is_in(values, among))
+    start, end = np.searchsorted(table, keys, "left"), np.searchsorted(table, keys, "right")
+    n = end - start
+    return np.sort(np.repeat(start - (np.cumsum(n) - n), n) + np.arange(n.sum()))
 
 
 def _runs(keys: pa.Array) -> tuple[pa.Array, np.ndarray]:
