@@ -36,7 +36,6 @@ from rules.compile import RULESET_NAME, SEEN_RULE
 _ALL_HANDLED, _NOT_HANDLED, _ALREADY_SEEN = 0, 1, 2
 _SEEN_PREFIX = '{"%s":' % SEEN_RULE  # how the C core begins an action of the catch-all: skipped unread
 
-
 # An action as the C core serializes it: {"<rule>":{"m":<the fact's JSON as asserted>}}. Facts
 # are asserted with their id first, so the rule and the fact id are read from the first bytes.
 _ACTION_HEAD = re.compile(r'\{("(?:[^"\\]|\\.)*"):\{"m":\{"id": ?("(?:[^"\\]|\\.)*")')
@@ -91,7 +90,7 @@ class PolicyEngine:
             message = durable_rules_engine.complete_and_start_action(self._handle, state)
         durable_rules_engine.retract_facts(self._handle, facts)
         if code != _ALL_HANDLED:
-            what = "an id already seen" if code == _ALREADY_SEEN else "a fact no rule handles"
+            what = {_ALREADY_SEEN: "an id already seen", _NOT_HANDLED: "a fact no rule handles"}.get(code, "an error")
             first = json.loads(facts)[0].get("id")
             raise EngineError(f"durable-rules refused a batch of facts ({what}, code {code}); first fact id {first}")
         return list(dict.fromkeys(fired))
