@@ -33,9 +33,9 @@ from rules.vocabulary import FACT_KINDS
 from processor.facts import is_in, json_values
 
 Frames = dict[str, pd.DataFrame]
-# Projects whose facts go to durable-rules in one assertion: each assertion and each action
-# costs a fixed part in durable-rules' Python layer; a few hundred facts at once keep the
-# session small (DURABLE_RULES.md) and that part negligible.
+# Projects whose facts go to durable-rules in one assertion. Each assertion has a fixed cost
+# (a call into its C core, a retraction, starting the actions): ~120 facts at once make it
+# negligible and keep the session small (DURABLE_RULES.md).
 BATCH_PROJECTS = 100
 
 
@@ -123,7 +123,7 @@ def _fact_json(kind: str, frame: pd.DataFrame) -> pa.Array:
     """Each fact of one kind as a JSON object, written column-wise (what json.dumps(dict,
     ensure_ascii=False) writes for its plain Python values)."""
     text = pa.large_string()
-    parts: list = ['{"id": ', json_values(frame["fact_id"], ensure_ascii=False), ", " + json.dumps({"kind": kind})[1:-1]]
+    parts: list = ['{"id": ', json_values(frame["fact_id"], ensure_ascii=False), ", " + json.dumps({"kind": kind}, ensure_ascii=False)[1:-1]]
     for field in FACT_KINDS[kind]:
         parts += [", " + json.dumps(field, ensure_ascii=False) + ": ", json_values(frame[field], ensure_ascii=False)]
     parts.append("}")
