@@ -7,8 +7,8 @@ What runs where:
   candidate facts into parts by project id, and — once the firings are
   gathered — decisions, Top Shaker choice, ledger, files and reports;
 * on the workers: durable-rules. Each part (every fact of its projects that
-  could fire) is evaluated by one PolicyEngine per worker process, one
-  project at a time, inside the envelope of DURABLE_RULES.md.
+  could fire) is evaluated by one PolicyEngine per worker process, in
+  batches of whole projects, inside the envelope of rules.engine.
 
 Without a scheduler address a LocalCluster of worker processes is started on
 127.0.0.1 (two processes, one thread each, no dashboard) and shut down after.

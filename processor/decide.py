@@ -1,8 +1,9 @@
 """What fired -> decision rows (one per action, SPEC §5), with evidence, and
 the Top Shaker chosen for every absent talent.
 
-Each policy's actions are expanded with merges over the fired facts (one loop
-over the policies' few action lines, none over rows). The Top Shaker choice is
+Each policy's actions are expanded with joins by position over the fired facts
+(one loop over the policies' few action lines, none over rows); the evidence
+JSON is written column by column. The Top Shaker choice is
 the one sequential step: capacity is used up across the night, in project_id
 order, exactly as SPEC §3 says.
 """
@@ -15,11 +16,13 @@ from decimal import Decimal
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from rules.compile import evidence_fields, evidence_thresholds
 from rules.document import ActionSpec, Policy, PolicySet
 
-from processor.facts import Facts, is_in
+from processor.facts import STR, Facts, is_in, json_values, positions, rows_among
 
 DECISION_COLUMNS = [
     "run_id", "as_of", "policy_id", "action", "project_id", "subject_id", "milestone_id", "invoice_id",
@@ -47,12 +50,23 @@ def cents_to_decimal(text: str) -> Decimal | None:
 def _fired_frame(policy: Policy, fired_ids: pd.Series, facts: Facts) -> pd.DataFrame:
     frame = facts.frames[policy.about]
     rows = frame[is_in(frame["fact_id"], fired_ids)]
-    fields = evidence_fields(policy)
-    thresholds = evidence_thresholds(policy)
-    records = rows[fields].to_dict("records")
-    evidence = [json.dumps({"facts": r, "thresholds": thresholds}, sort_keys=True, default=_plain) for r in records]
+    evidence = _evidence(rows, evidence_fields(policy), evidence_thresholds(policy))
     keep = ["project_id", "fact_id"] + [c for c in ("party", "user_id", "milestone_id", "invoice_id") if c in rows.columns]
     return rows[keep].assign(evidence=evidence).reset_index(drop=True)
+
+
+def _evidence(rows: pd.DataFrame, fields: list[str], thresholds: dict) -> pd.arrays.ArrowStringArray:
+    """Per row, json.dumps({"facts": {field: value}, "thresholds": thresholds}, sort_keys=True),
+    written column-wise: each distinct value of a field is encoded once."""
+    text = pa.large_string()
+    parts: list = ['{"facts": {']
+    for i, field in enumerate(sorted(fields)):
+        parts += [(", " if i else "") + json.dumps(field) + ": ", json_values(rows[field], default=_plain)]
+    parts.append("}, " + json.dumps("thresholds") + ": " + json.dumps(thresholds, sort_keys=True, default=_plain) + "}")
+    if len(rows) == 0:
+        return pd.array([], dtype=STR)
+    arrays = [pa.scalar(p, text) if isinstance(p, str) else p for p in parts]
+    return pd.array(pc.binary_join_element_wise(*arrays, pa.scalar("", text)), dtype=STR)
 
 
 def _plain(v):
@@ -63,31 +77,44 @@ def _plain(v):
     return str(v)
 
 
-def _expand(policy: Policy, spec: ActionSpec, base: pd.DataFrame, facts: Facts) -> pd.DataFrame:
-    rows = base.merge(facts.projects[["project_id", "client_id", "talent_id", "project_success_id"]], on="project_id", how="left")
-    ms = facts.milestones[["milestone_id", "project_id", "status", "payee_id", "amount_cents", "currency"]]
+def _with_context(policy: Policy, base: pd.DataFrame, facts: Facts) -> dict[str, pd.Series]:
+    """The fired facts' columns with their project's people and, for a milestone or an invoice,
+    its payee, amount and currency: left joins by position."""
+    rows = {c: base[c] for c in base.columns}
+    project = positions(base["project_id"], facts.projects["project_id"])
+    for c in ("client_id", "talent_id", "project_success_id"):
+        rows[c] = _at(facts.projects[c], project)
     if policy.about == "milestone":
-        rows = rows.merge(ms.drop(columns="project_id"), on="milestone_id", how="left")
+        at = positions(base["milestone_id"], facts.milestones["milestone_id"])
+        rows.update({c: _at(facts.milestones[c], at) for c in ("status", "payee_id", "amount_cents", "currency")})
     elif policy.about == "invoice":
-        inv = facts.invoices[["invoice_id", "amount_cents", "currency"]]
-        rows = rows.merge(inv, on="invoice_id", how="left")
+        at = positions(base["invoice_id"], facts.invoices["invoice_id"])
+        rows.update({c: _at(facts.invoices[c], at) for c in ("amount_cents", "currency")})
+    return rows
+
+
+def _expand(policy: Policy, spec: ActionSpec, rows: dict[str, pd.Series], facts: Facts) -> pd.DataFrame:
+    """One decision row per fired fact (rows: _with_context) for this action line; with
+    `milestones`, one per milestone of the fact's project in those statuses (none: no row)."""
+    ms = facts.milestones
     if spec.milestones and policy.about != "milestone":
-        rows = rows.drop(columns=[c for c in ("milestone_id",) if c in rows.columns])
-        picked = ms[ms["status"].isin(list(spec.milestones))]
-        rows = rows.merge(picked, on="project_id", how="inner")
-    n = len(rows)
-    blank = pd.Series([""] * n, index=rows.index, dtype=object)
+        picked = ms[is_in(ms["status"], pd.Series(spec.milestones))]
+        fact_row, milestone_row = _each_match(rows["project_id"], picked["project_id"])
+        rows = {c: v.iloc[fact_row].reset_index(drop=True) for c, v in rows.items()}
+        rows.update({c: picked[c].iloc[milestone_row].reset_index(drop=True)
+                     for c in ("milestone_id", "status", "payee_id", "amount_cents", "currency")})
+    n = len(rows["project_id"])
+    blank = pd.array(pa.nulls(n, pa.large_string()).fill_null(""), dtype=STR)
 
     def col(name):
-        return rows[name].astype(object).where(rows[name].notna(), "") if name in rows.columns else blank
+        return rows[name].astype(STR).fillna("").array if name in rows else blank
 
     subject = {
         "client": col("client_id"), "talent": col("talent_id"), "project_success": col("project_success_id"),
         "payee": col("payee_id"), "party": col("user_id"), "nobody": blank,
     }[spec.who]
     assignee = col("payee_id") if spec.action == "release_milestone_payment" else blank
-    reason = spec.reason or ""
-    amount = money(rows["amount_cents"]) if "amount_cents" in rows.columns else blank
+    amount = money(rows["amount_cents"]).array if "amount_cents" in rows else blank
     currency = col("currency")
     with_money = spec.action in ("release_milestone_payment", "reassign_milestone", "notify_talent_non_payment") \
         or policy.about in ("milestone", "invoice")
@@ -96,23 +123,46 @@ def _expand(policy: Policy, spec: ActionSpec, base: pd.DataFrame, facts: Facts) 
     return pd.DataFrame({
         "policy_id": policy.id,
         "action": spec.action,
-        "project_id": rows["project_id"].to_numpy(),
-        "subject_id": subject.to_numpy(),
-        "milestone_id": col("milestone_id").to_numpy(),
-        "invoice_id": col("invoice_id").to_numpy(),
-        "assignee_id": assignee.to_numpy(),
-        "amount": amount.to_numpy(),
-        "currency": currency.to_numpy(),
-        "reason": reason,
-        "evidence": rows["evidence"].to_numpy(),
-        "project_success_id": col("project_success_id").to_numpy(),
+        "project_id": rows["project_id"].astype(STR).array,
+        "subject_id": subject,
+        "milestone_id": col("milestone_id"),
+        "invoice_id": col("invoice_id"),
+        "assignee_id": assignee,
+        "amount": amount,
+        "currency": currency,
+        "reason": spec.reason or "",
+        "evidence": rows["evidence"].array,
+        "project_success_id": col("project_success_id"),
         "_line": spec.line,
         "_fallback": spec.if_none_available or "",
     })
 
 
+def _at(values: pd.Series, rows: np.ndarray) -> pd.Series:
+    """values at these positions, missing where a position is -1 (a left join's miss)."""
+    if (rows >= 0).all():
+        return values.iloc[rows].reset_index(drop=True)
+    return values.reset_index(drop=True).reindex(rows).reset_index(drop=True)  # no row -1: missing
+
+
+def _each_match(keys: pd.Series, among: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """The row pairs of an inner join of `keys` with `among` (which may repeat a key): in the
+    order of `keys`, and for each key its matches in the order of `among`."""
+    codes, uniques = pd.factorize(among)
+    order = np.argsort(codes, kind="stable")  # `among`'s rows grouped by key, in their order
+    counts = np.bincount(codes, minlength=len(uniques))
+    first = np.cumsum(counts) - counts
+    key = positions(keys, pd.Series(uniques, dtype=object))
+    found = key >= 0
+    n = np.zeros(len(keys), dtype=np.intp)
+    n[found] = counts[key[found]]
+    left = np.repeat(np.arange(len(keys)), n)
+    within = np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n)
+    return left, order[np.repeat(first[key[found]], n[found]) + within]
+
+
 def _fired_context(firings: pd.DataFrame, facts: Facts, fired_rows: dict[str, pd.Index] | None = None) -> Facts:
-    """The facts that fired and the context of their projects only: every merge below then
+    """The facts that fired and the context of their projects only: every join below then
     touches the night's few fired projects, not all of them.
 
     fired_rows (from the evaluation) names the fired facts' rows; without it they are found by id."""
@@ -121,13 +171,18 @@ def _fired_context(firings: pd.DataFrame, facts: Facts, fired_rows: dict[str, pd
     else:
         fired = pd.Series(firings["fact_id"].unique())
         frames = {kind: frame[is_in(frame["fact_id"], fired)] for kind, frame in facts.frames.items()}
-    ids = pd.Index(pd.unique(np.concatenate([f["project_id"].to_numpy(dtype=object) for f in frames.values()])))
+    ids = pd.concat([f["project_id"] for f in frames.values()]).drop_duplicates().sort_values(ignore_index=True)
     return dataclasses.replace(
         facts, frames=frames,
-        projects=facts.projects[is_in(facts.projects["project_id"], ids)],
-        milestones=facts.milestones[is_in(facts.milestones["project_id"], ids)],
-        invoices=facts.invoices[is_in(facts.invoices["project_id"], ids)],
+        projects=_rows(facts.projects, ids, ["project_id", "client_id", "talent_id", "project_success_id"]),
+        milestones=_rows(facts.milestones, ids, ["milestone_id", "project_id", "status", "payee_id", "amount_cents", "currency"]),
+        invoices=_rows(facts.invoices, ids, ["invoice_id", "project_id", "amount_cents", "currency"]),
     )
+
+
+def _rows(table: pd.DataFrame, project_ids: pd.Series, columns: list[str]) -> pd.DataFrame:
+    """The columns the decisions read, of the rows about these projects."""
+    return table[columns].iloc[rows_among(table["project_id"], project_ids)]
 
 
 def make_decisions(policies: PolicySet, firings: pd.DataFrame, facts: Facts,
@@ -141,30 +196,46 @@ def make_decisions(policies: PolicySet, firings: pd.DataFrame, facts: Facts,
         fired = firings.loc[firings["policy_id"] == policy.id, "fact_id"]
         if fired.empty:
             continue
-        base = _fired_frame(policy, fired, context)
+        rows = _with_context(policy, _fired_frame(policy, fired, context), context)
         for order, spec in enumerate(policy.then):
-            part = _expand(policy, spec, base, context)
+            part = _expand(policy, spec, rows, context)
             parts.append(part.assign(_order=order))
     if not parts:
         return pd.DataFrame(columns=[c for c in DECISION_COLUMNS if c not in ("run_id", "as_of", "state")])
     decisions = pd.concat(parts, ignore_index=True)
-    decisions = assign_top_shakers(policies, decisions, facts)
+    kept = assign_top_shakers(policies, decisions, facts)
     policy_rank = {p.id: i for i, p in enumerate(policies.policies)}
-    decisions["_policy"] = decisions["policy_id"].map(policy_rank)
-    decisions = decisions.sort_values(["project_id", "_policy", "_order", "subject_id", "milestone_id", "invoice_id"], kind="stable")
-    return decisions.drop(columns=["_policy", "_order", "_line", "_fallback"]).reset_index(drop=True)
+    order = _sort_order([decisions["project_id"], decisions["policy_id"].map(policy_rank), decisions["_order"],
+                         decisions["subject_id"], decisions["milestone_id"], decisions["invoice_id"]])
+    return decisions.drop(columns=["_order", "_line", "_fallback"]).take(order[kept[order]]).reset_index(drop=True)
+
+
+def _sort_order(keys: list[pd.Series]) -> np.ndarray:
+    """The rows in the order sort_values(keys, kind="stable") gives: one stable lexsort over each
+    key's rank (text ranked by its sorted distinct values; missing last)."""
+    ranks = []
+    for key in keys:
+        if pd.api.types.is_numeric_dtype(key.dtype):
+            ranks.append(key.to_numpy())
+        else:
+            codes, uniques = pd.factorize(key, sort=True)
+            ranks.append(np.where(codes < 0, len(uniques), codes))
+    return np.lexsort(ranks[::-1])
 
 
 # --------------------------------------------------------------------------- Top Shakers
 def top_shaker_pool(users: pd.DataFrame, projects: pd.DataFrame, default_capacity: int) -> pd.DataFrame:
     """Eligible-in-principle Top Shakers: talent, top, active; with areas, rating, load and capacity."""
-    ts = users[(users["role"] == "talent") & users["is_top_shaker"].astype(bool) & (users["status"] == "active")]
-    active = projects[projects["status"] == "active"].groupby("talent_id").size()
+    ts = users.loc[users["is_top_shaker"].astype(bool).to_numpy(), ["user_id", "role", "status", "areas", "rating", "max_active_projects"]]
+    ts = ts[((ts["role"] == "talent") & (ts["status"] == "active")).to_numpy(dtype=bool, na_value=False)]
+    # Their active projects as talent: the active projects' talents looked up among them.
+    of_active = positions(projects.loc[(projects["status"] == "active").to_numpy(dtype=bool, na_value=False), "talent_id"],
+                          ts["user_id"])
     return pd.DataFrame({
         "user_id": ts["user_id"].astype(str).to_numpy(),
         "areas": ts["areas"].astype(object).where(ts["areas"].notna(), "").astype(str).to_numpy(),
         "rating": ts["rating"].astype("float64").fillna(0.0).to_numpy(),
-        "load": ts["user_id"].map(active).fillna(0).astype("int64").to_numpy(),
+        "load": np.bincount(of_active[of_active >= 0], minlength=len(ts)).astype("int64"),
         "capacity": ts["max_active_projects"].astype("Float64").fillna(default_capacity).astype("int64").to_numpy(),
     })
 
@@ -211,22 +282,26 @@ def choose_top_shakers(needs: pd.DataFrame, pool: pd.DataFrame) -> dict[str, str
     return chosen
 
 
-def assign_top_shakers(policies: PolicySet, decisions: pd.DataFrame, facts: Facts) -> pd.DataFrame:
+def assign_top_shakers(policies: PolicySet, decisions: pd.DataFrame, facts: Facts) -> np.ndarray:
+    """Fill in the chosen Top Shakers (in place). Returns which rows stay: without an eligible
+    Top Shaker the assignment becomes a flag and the reassignments go."""
     needing = decisions["action"] == "assign_top_shaker"
     if not needing.any():
-        return decisions
+        return np.ones(len(decisions), dtype=bool)
     needs = decisions.loc[needing, ["project_id", "policy_id", "subject_id"]].drop_duplicates(["project_id"])
-    needs = needs.merge(facts.projects[["project_id", "area", "talent_id"]], on="project_id", how="left")
+    project = positions(needs["project_id"], facts.projects["project_id"])
+    needs = needs.reset_index(drop=True).assign(area=_at(facts.projects["area"], project),
+                                                talent_id=_at(facts.projects["talent_id"], project))
     pool = top_shaker_pool(facts.users, facts.projects, policies.thresholds["top_shaker_default_max_active_projects"])
     chosen = choose_top_shakers(needs, pool)
-    pick = decisions["project_id"].map(chosen)
-    takes_top_shaker = decisions["action"].isin(["assign_top_shaker", "reassign_milestone"]) & \
-        decisions["policy_id"].isin(needs["policy_id"])
-    decisions.loc[takes_top_shaker, "assignee_id"] = pick[takes_top_shaker].fillna("")
+    takes_top_shaker = pd.Series(is_in(decisions["action"], ["assign_top_shaker", "reassign_milestone"])
+                                 & is_in(decisions["policy_id"], needs["policy_id"]), index=decisions.index)
+    pick = decisions["project_id"].where(takes_top_shaker).map(chosen)
+    decisions.loc[takes_top_shaker, "assignee_id"] = pick[takes_top_shaker].astype(object).fillna("")
     nobody = takes_top_shaker & pick.isna()
     # No eligible Top Shaker: the assignment becomes a flag, the reassignments go.
     flag = nobody & (decisions["action"] == "assign_top_shaker")
     decisions.loc[flag, "action"] = "flag_for_review"
     decisions.loc[flag, "reason"] = decisions.loc[flag, "_fallback"].replace("", "no_top_shaker_available")
     decisions.loc[flag, ["assignee_id", "amount", "currency"]] = ""
-    return decisions[~(nobody & (decisions["action"] == "reassign_milestone"))]
+    return ~(nobody & (decisions["action"] == "reassign_milestone")).to_numpy()

@@ -28,7 +28,7 @@ from rules.document import PolicySet
 from rules.engine import PolicyEngine
 
 from processor.facts import Facts, is_in
-from processor.partition import candidate_facts, engine_records, fired_rows, project_ids, split_by_project
+from processor.partition import candidate_facts, fired_rows, iter_firings, project_ids, split_by_project
 from processor.killpoints import kill_point
 
 CHUNK_PROJECTS = 20_000
@@ -51,11 +51,6 @@ class Evaluation:
 def candidate_projects(policies: PolicySet, facts: Facts) -> np.ndarray:
     """Project ids having a fact that satisfies some policy's conditions."""
     return project_ids(candidate_facts(policies, facts.frames))
-
-
-def _records(facts_chunk: dict[str, pd.DataFrame]) -> list[list[dict]]:
-    """Per project, its facts as flat dicts each with a unique `id` and its `kind`."""
-    return engine_records(facts_chunk)
 
 
 # -- worker side -------------------------------------------------------------
@@ -85,24 +80,17 @@ def _die_with_parent():
 
 
 def _evaluate_chunk(facts_chunk: dict[str, pd.DataFrame]) -> list[tuple[str, str]]:
-    crash_on = os.environ.get(CRASH_HOOK_ENV)
-    out: list[tuple[str, str]] = []
-    for project_facts in _records(facts_chunk):
-        if crash_on and project_facts[0]["project_id"] == crash_on:
-            os._exit(139)
-        out.extend(_ENGINE.evaluate(project_facts))
-    return out
+    return list(iter_firings(_ENGINE, facts_chunk, crash_on=os.environ.get(CRASH_HOOK_ENV)))
 
 
 # -- driver side -------------------------------------------------------------
-def _split(frames: dict[str, pd.DataFrame], ids: np.ndarray, size: int, workers: int) -> list[dict[str, pd.DataFrame]]:
+Chunk = tuple[np.ndarray, dict[str, pd.DataFrame]]  # its project ids (sorted), their facts
+
+
+def _split(frames: dict[str, pd.DataFrame], ids: np.ndarray, size: int, workers: int) -> list[Chunk]:
     # Several chunks per worker, so both cores stay busy and progress moves.
     size = max(1, min(size, -(-len(ids) // max(1, workers * 4))))
-    return split_by_project(frames, ids, size)
-
-
-def _chunk_projects(chunk: dict[str, pd.DataFrame]) -> np.ndarray:
-    return project_ids(chunk)
+    return [(ids[i * size:(i + 1) * size], part) for i, part in enumerate(split_by_project(frames, ids, size))]
 
 
 def evaluate(policies: PolicySet, facts: Facts, *, workers: int = 1, prefilter: bool = True,
@@ -121,23 +109,23 @@ def evaluate(policies: PolicySet, facts: Facts, *, workers: int = 1, prefilter: 
     done = 0
     if workers <= 0:
         _init_worker(ruleset)
-        for chunk in chunks:
+        for pids, chunk in chunks:
             firings.extend(_evaluate_chunk(chunk))
-            done += len(_chunk_projects(chunk))
+            done += len(pids)
             if progress:
                 progress(done, len(ids))
     else:
         pending = chunks
         while pending:
-            retry: list[dict[str, pd.DataFrame]] = []
+            retry: list[Chunk] = []
             ctx = mp.get_context("fork")
             with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=(ruleset,)) as pool:
-                futures = [(chunk, pool.submit(_evaluate_chunk, chunk)) for chunk in pending]
+                futures = [(chunk, pool.submit(_evaluate_chunk, chunk[1])) for chunk in pending]
                 kill_point("evaluate")  # test hook: die while the workers are busy
                 for chunk, fut in futures:
                     try:
                         firings.extend(fut.result())
-                        done += len(_chunk_projects(chunk))
+                        done += len(chunk[0])
                         if progress:
                             progress(done, len(ids))
                     except BrokenProcessPool:
@@ -145,8 +133,7 @@ def evaluate(policies: PolicySet, facts: Facts, *, workers: int = 1, prefilter: 
             if retry:
                 result.worker_crashes += 1
             pending = []
-            for chunk in retry:
-                pids = _chunk_projects(chunk)
+            for pids, chunk in retry:
                 if len(pids) == 1:
                     alone = _evaluate_alone(ruleset, chunk)
                     if alone is None:
@@ -158,7 +145,7 @@ def evaluate(policies: PolicySet, facts: Facts, *, workers: int = 1, prefilter: 
                     continue
                 half = len(pids) // 2
                 for part in (pids[:half], pids[half:]):
-                    pending.append({k: f[is_in(f["project_id"], part)] for k, f in chunk.items()})
+                    pending.append((part, {k: f[is_in(f["project_id"], part)] for k, f in chunk.items()}))
     frame = pd.DataFrame(firings, columns=["policy_id", "fact_id"]).drop_duplicates()
     result.firings = frame.sort_values(["policy_id", "fact_id"], kind="stable").reset_index(drop=True)
     result.fired_rows = fired_rows(frames, result.firings)

@@ -1,12 +1,15 @@
 """The export's tables -> the facts the policies read (rules.vocabulary).
 
-Whole-column pandas: merges and group-bys, no loop over rows. Facts are raw
-measurements (counts, days, flags); every threshold stays in policies.yaml.
-All day arithmetic is in whole UTC days relative to the as-of date.
+Whole columns, no loop over rows: joins by position (`positions`), the
+per-(project, party) measurements counted with numpy over the rows of the party
+facts, text kept in pyarrow arrays. Facts are raw measurements (counts, days,
+flags); every threshold stays in policies.yaml. All day arithmetic is in whole
+UTC days relative to the as-of date.
 """
 from __future__ import annotations
 
 import datetime as dt
+import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,6 +20,7 @@ import pyarrow.compute as pc
 from rules.vocabulary import FACT_KINDS
 
 KINDS = tuple(FACT_KINDS)
+STR = pd.StringDtype("pyarrow", na_value=np.nan)  # pandas' `str`: the text columns of the facts
 
 
 @dataclass
@@ -35,169 +39,271 @@ class Facts:
         return pd.Index(self.frames["project"]["project_id"])
 
 
-def _days_before(as_of: pd.Timestamp, when: pd.Series) -> pd.Series:
-    """Whole UTC days from `when` (a date or UTC timestamp) to the as-of date."""
+DAY_NS = 86_400 * 10**9
+NO_TIME = np.iinfo("int64").min  # NaT, as nanoseconds
+
+
+def _utc_ns(when: pd.Series) -> np.ndarray:
+    """A date or timestamp column as nanoseconds since the epoch, UTC (NaT: NO_TIME)."""
     if isinstance(when.dtype, pd.DatetimeTZDtype):
         when = when.dt.tz_convert("UTC").dt.tz_localize(None)
-    return (as_of - when.dt.floor("D")).dt.days
+    return when.to_numpy(dtype="datetime64[ns]").view("int64")
 
 
-def _text(s: pd.Series) -> pd.Series:
-    return s.astype(str).fillna("none")
+def _day(ns: np.ndarray) -> np.ndarray:
+    """The UTC day (days since the epoch) of each time in nanoseconds."""
+    return ns // DAY_NS
 
 
 def _arrow(s: pd.Series) -> pa.Array:
+    """A text column as one pyarrow large_string array (no copy for arrow-backed text)."""
     a = pa.array(s.astype(str), from_pandas=True)
-    return a.combine_chunks() if isinstance(a, pa.ChunkedArray) else a
+    a = a.combine_chunks() if isinstance(a, pa.ChunkedArray) else a
+    return a.cast(pa.large_string())
+
+
+def _text(a: pa.Array, missing: str | None = None) -> pd.arrays.ArrowStringArray:
+    """A pyarrow text array as the `str` column of a frame; `missing` stands in for nulls."""
+    return pd.array(a if missing is None else pc.fill_null(a, missing), dtype=STR)
 
 
 def positions(keys: pd.Series, ids: pd.Series) -> np.ndarray:
-    """The row of each key among `ids` (unique), -1 when absent: a join by position, hashed by pyarrow."""
-    found = pc.index_in(_arrow(keys), value_set=_arrow(ids))
-    return found.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.intp)
+    """The row of each key among `ids` (unique), -1 when absent: a join by position.
+
+    Only the first key of each run of equal keys is looked up, so a table sorted by the key
+    (milestones by project, say) looks up each distinct key once. Sorted keys among sorted ids,
+    all of one length (as exports usually are), are found by binary search on their bytes, in
+    place; others by pyarrow's hash."""
+    return _positions(_arrow(keys), _arrow(ids))
+
+
+def _positions(keys: pa.Array, ids: pa.Array) -> np.ndarray:
+    if len(keys) == 0:
+        return np.zeros(0, dtype=np.intp)
+    firsts, starts = _runs(keys)
+    return np.repeat(_lookup(firsts, ids), np.diff(np.r_[starts, len(keys)]))
+
+
+def _lookup(keys: pa.Array, ids: pa.Array) -> np.ndarray:
+    """The row of each key among `ids` (unique), -1 when absent."""
+    sorted_ids, fixed_keys = _fixed_width(ids), _fixed_width(keys)
+    if len(keys) == len(ids) and pc.all(pc.equal(keys, ids).fill_null(False)).as_py():
+        return np.arange(len(ids), dtype=np.intp)
+    if (sorted_ids is not None and fixed_keys is not None and sorted_ids.dtype == fixed_keys.dtype
+            and bool((sorted_ids[1:] > sorted_ids[:-1]).all()) and bool((fixed_keys[1:] >= fixed_keys[:-1]).all())):
+        at = np.minimum(np.searchsorted(sorted_ids, fixed_keys), len(sorted_ids) - 1)
+        return np.where(sorted_ids[at] == fixed_keys, at, -1)
+    return pc.index_in(keys, value_set=ids).fill_null(-1).to_numpy(zero_copy_only=False).astype(np.intp)
+
+
+def _fixed_width(text: pa.Array) -> np.ndarray | None:
+    """The values as a numpy bytes array over the arrow buffer (no copy) when none is missing
+    and all have the same length in bytes; else None."""
+    if len(text) == 0 or text.null_count:
+        return None
+    lengths = pc.min_max(pc.binary_length(text))
+    width = lengths["min"].as_py()
+    if width == 0 or width != lengths["max"].as_py():
+        return None
+    first = np.frombuffer(text.buffers()[1], dtype=np.int64, count=1, offset=8 * text.offset)[0]
+    return np.frombuffer(text.buffers()[2], dtype=f"S{width}", count=len(text), offset=int(first))
 
 
 def is_in(values: pd.Series, among) -> np.ndarray:
-    """values.isin(among) as a numpy mask, hashed by pyarrow: pandas' isin on arrow text walks
-    `among` in Python (seconds for a few hundred thousand ids)."""
+    """values.isin(among) as a numpy mask, found as `positions` finds keys (pandas' isin on arrow
+    text walks `among` in Python: seconds for a few hundred thousand ids)."""
     if len(values) == 0:
         return np.zeros(0, dtype=bool)
     among = among if isinstance(among, pd.Series) else pd.Series(np.asarray(among, dtype=object))
-    return pc.is_in(_arrow(values), value_set=_arrow(among)).fill_null(False).to_numpy(zero_copy_only=False)
+    return _positions(_arrow(values), pc.unique(_arrow(among))) >= 0
 
 
-def _status_by_position(users: pd.DataFrame):
-    """A lookup of users' status by user id ("none" for an unknown user)."""
-    status = np.append(_text(users["status"]).to_numpy(dtype=object), "none")
+def rows_among(values: pd.Series, among: pd.Series) -> np.ndarray:
+    """The rows (in order) whose value is among `among`: np.flatnonzero(is_in(values, among)).
+    In a table sorted by that value (fixed-width text), each of `among` finds its rows by
+    binary search, without reading the whole column."""
+    text, wanted = _arrow(values), pc.unique(_arrow(among))
+    table, keys = _fixed_width(text), _fixed_width(wanted)
+    if table is None or keys is None or table.dtype != keys.dtype or not bool((table[1:] >= table[:-1]).all()):
+        return np.flatnonzero(is_in(values, among))
+    start, end = np.searchsorted(table, keys, "left"), np.searchsorted(table, keys, "right")
+    n = end - start
+    return np.sort(np.repeat(start - (np.cumsum(n) - n), n) + np.arange(n.sum()))
 
-    def lookup(user_ids: pd.Series) -> pd.Series:
-        return pd.Series(status[positions(user_ids, users["user_id"])], dtype=str)  # -1 takes the "none" at the end
 
-    return lookup
+def _runs(keys: pa.Array) -> tuple[pa.Array, np.ndarray]:
+    """The first key of each run of equal keys, and where each run starts."""
+    differs = pc.not_equal(keys.slice(1), keys.slice(0, len(keys) - 1)).fill_null(True)
+    starts = np.flatnonzero(np.r_[True, differs.to_numpy(zero_copy_only=False)])
+    return keys.take(starts), starts
+
+
+def json_values(values: pd.Series, *, ensure_ascii: bool = True, default=None) -> pa.Array:
+    """json.dumps of each value (as a Python scalar: what .tolist() gives), each distinct value
+    encoded once."""
+    if values.dtype == np.int64:
+        return pa.array(values.to_numpy()).cast(pa.large_string())
+    if isinstance(values.dtype, pd.StringDtype):
+        text = _arrow(values)
+        escapes = pc.any(pc.match_substring_regex(text, r'["\\\x00-\x1f]')).as_py()
+        if not escapes and not (ensure_ascii and pc.all(pc.string_is_ascii(text)).as_py() is False):
+            # Nothing to escape: the text between quotes (a missing value is NaN, as json.dumps writes it).
+            quote = pa.scalar('"', pa.large_string())
+            return pc.binary_join_element_wise(quote, text, quote, pa.scalar("", pa.large_string())).fill_null("NaN")
+    codes, uniques = pd.factorize(values, use_na_sentinel=False)
+    encoded = [json.dumps(v, ensure_ascii=ensure_ascii, default=default) for v in uniques.tolist()]
+    return pa.array(encoded, pa.large_string()).take(codes)
+
+
+def _fact_ids(kind: str, *keys: pa.Array) -> pa.Array:
+    """'<kind>:<key>[:<key>...]' for each row."""
+    return pc.binary_join_element_wise(pa.scalar(kind, pa.large_string()), *keys, pa.scalar(":", pa.large_string()))
+
+
+def _kept(found: np.ndarray) -> np.ndarray | None:
+    """The rows whose key was found (None: all of them, nothing to take)."""
+    return None if (found >= 0).all() else np.flatnonzero(found >= 0)
+
+
+def _take(values, rows: np.ndarray | None):
+    """values[rows] for a pyarrow or numpy array (rows None: all, no copy)."""
+    if rows is None:
+        return values
+    return values.take(rows) if isinstance(values, pa.Array) else values[rows]
+
+
+def _common_frame(common: dict[str, pa.Array | np.ndarray], rows: np.ndarray | None = None) -> dict:
+    """The project's own fields (COMMON_FIELDS) of each fact, taken from its project's row
+    (rows None: one fact per project, in the projects' order)."""
+    common = {name: _take(col, rows) for name, col in common.items()}
+    return {name: _text(col) if isinstance(col, pa.Array) else col for name, col in common.items()}
+
+
+def _sorted_order(ids: pa.Array) -> np.ndarray:
+    """The rows of `ids` in text order (no sort when they already are)."""
+    if len(ids) < 2 or pc.all(pc.less(ids.slice(0, len(ids) - 1), ids.slice(1)).fill_null(False)).as_py():
+        return np.arange(len(ids))
+    return pc.sort_indices(ids).to_numpy()
 
 
 def build_facts(tables: dict[str, pd.DataFrame], as_of: dt.date) -> Facts:
     day = pd.Timestamp(as_of)
-    night_end = pd.Timestamp(as_of + dt.timedelta(days=1), tz="UTC")  # attempts up to the end of the night
+    today = day.value // DAY_NS
+    night_end = day.value + DAY_NS  # attempts up to the end of the night
 
     users = tables["users"]
-    status_of = _status_by_position(users)
     p = tables["projects"]
-    on_hold = p["status"] == "on_hold"
-    held = p["held_since"]
-    common = pd.DataFrame({
-        "project_id": p["project_id"].astype(str).array,
-        "project_status": p["status"].astype(str).array,
-        "hold_reason": _text(p["hold_reason"]).array,
-        "talent_decision": _text(p["talent_decision"]).array,
-        "area": _text(p["area"]).array,
-        "days_on_hold": np.where(on_hold & held.notna(), _days_before(day, held).fillna(0), 0).astype("int64"),
-    })
-    people = pd.DataFrame({
-        "project_id": common["project_id"],
-        "client_id": p["client_id"].astype(str).array,
-        "talent_id": p["talent_id"].astype(str).array,
-        "held_since": held.to_numpy(),
-    })
+    n = len(p)
+    project_ids = _arrow(p["project_id"])
+    client_ids, talent_ids = _arrow(p["client_id"]), _arrow(p["talent_id"])
+    held = _utc_ns(p["held_since"])
+    on_hold = (p["status"] == "on_hold").to_numpy(dtype=bool, na_value=False)
+    common: dict[str, pa.Array | np.ndarray] = {
+        "project_id": project_ids,
+        "project_status": _arrow(p["status"]),
+        "hold_reason": pc.fill_null(_arrow(p["hold_reason"]), "none"),
+        "talent_decision": pc.fill_null(_arrow(p["talent_decision"]), "none"),
+        "area": pc.fill_null(_arrow(p["area"]), "none"),
+        "days_on_hold": np.where(on_hold & (held != NO_TIME), today - _day(held), 0).astype("int64"),
+    }
+    # Users' status by user id ("none" for an unknown user), for the client and the talent block.
+    of_user = _positions(pa.concat_arrays([client_ids, talent_ids]), _arrow(users["user_id"]))
+    status = pc.fill_null(_arrow(users["status"]), "none").take(pa.array(of_user, mask=of_user < 0))
+    user_status = pc.fill_null(status, "none")
 
-    # ---- contact attempts -> per (project, party) measurements
+    # ---- contact attempts -> per (project, party) measurements. A (project, party) is a row of
+    # the party block: the project's row for its client, n + that row for its talent.
     a = tables["contact_attempts"]
-    a = a[a["attempted_at"] < night_end]
-    pos = positions(a["project_id"], common["project_id"])
-    a = a[pos >= 0].reset_index(drop=True)
-    a = pd.concat([a, people.drop(columns="project_id").take(pos[pos >= 0]).reset_index(drop=True)], axis=1)
-    party = np.where(a["target_user_id"] == a["client_id"], "client",
-                     np.where(a["target_user_id"] == a["talent_id"], "talent", ""))
-    a = a.assign(party=party)
-    a = a[a["party"] != ""]
-    answered = a["answered_at"].notna() & (a["answered_at"] < night_end)
-    a = a.assign(answered=answered.to_numpy())
-    last_answer = (a[a["answered"]].groupby(["project_id", "party"])["attempted_at"].max()
-                   .rename("last_answered_attempt").reset_index())
-    a = a.merge(last_answer, on=["project_id", "party"], how="left")
+    attempted = _utc_ns(a["attempted_at"])
+    project = _positions(_arrow(a["project_id"]), project_ids)
+    target = _arrow(a["target_user_id"])
+    known = (attempted != NO_TIME) & (attempted < night_end) & (project >= 0)
+    at = np.where(known, project, 0)
+    is_client = pc.equal(target, client_ids.take(at)).fill_null(False).to_numpy(zero_copy_only=False)
+    is_talent = pc.equal(target, talent_ids.take(at)).fill_null(False).to_numpy(zero_copy_only=False)
+    known &= is_client | is_talent
+    row = (at + np.where(is_client, 0, n))[known]
+    attempted = attempted[known]
+    answered_at = _utc_ns(a["answered_at"])[known]
+    answered = (answered_at != NO_TIME) & (answered_at < night_end)
+    by_project_success = (a["made_by"] == "project_success").to_numpy(dtype=bool, na_value=False)[known]
+    last_answered = np.full(2 * n, NO_TIME)
+    np.maximum.at(last_answered, row[answered], attempted[answered])
     # An attempt counts when nobody answered it and it came after the latest answered one.
-    counts = ~a["answered"] & (a["last_answered_attempt"].isna() | (a["attempted_at"] > a["last_answered_attempt"]))
-    un = a[counts.to_numpy()]
-    un = un.assign(by_project_success=(un["made_by"] == "project_success").to_numpy(dtype="int64"))
-    agg = un.groupby(["project_id", "party"]).agg(
-        unanswered_attempts=("attempt_id", "size"),
-        oldest=("attempted_at", "min"),
-        unanswered_by_project_success=("by_project_success", "sum"),
-    ).reset_index()
-    agg["days_since_oldest_unanswered"] = _days_before(day, agg["oldest"]).astype("int64")
-    answer_day = a["answered_at"].dt.tz_convert("UTC").dt.tz_localize(None).dt.floor("D")
-    since_hold = a["answered"] & a["held_since"].notna() & (answer_day >= a["held_since"])
-    returned = (a.assign(since=since_hold.to_numpy()).groupby(["project_id", "party"])["since"].any()
-                .rename("answered_since_hold").reset_index())
+    counts = ~answered & (attempted > last_answered[row])
+    unanswered = np.bincount(row[counts], minlength=2 * n)
+    oldest = np.full(2 * n, np.iinfo("int64").max)
+    np.minimum.at(oldest, row[counts], attempted[counts])
+    held_of_row = np.concatenate([held, held])[row]
+    since_hold = answered & (held_of_row != NO_TIME)  # ...and answered on or after the day it was held:
+    since_hold[since_hold] = _day(answered_at[since_hold]) * DAY_NS >= held_of_row[since_hold]
+    answered_since_hold = np.bincount(row[since_hold], minlength=2 * n) > 0
 
-    parties = []
-    for role in ("client", "talent"):
-        part = common.assign(party=role, user_id=people[f"{role}_id"].array)
-        parties.append(part)
-    party_facts = pd.concat(parties, ignore_index=True)
-    client_status, talent_status = status_of(people["client_id"]), status_of(people["talent_id"])
-    party_facts["user_status"] = pd.concat([client_status, talent_status], ignore_index=True).array
+    # Ordered by (project_id, party): the client and the talent row of each project, by project id.
+    by_id = _sorted_order(project_ids)
+    rows = np.column_stack([by_id, by_id + n]).ravel()
+    party = pa.array(np.tile(np.array(["client", "talent"], dtype=object), n), pa.large_string())
+    party_facts = pd.DataFrame({
+        **_common_frame(common, np.repeat(by_id, 2)),
+        "party": _text(party),
+        "user_id": _text(pa.concat_arrays([client_ids, talent_ids]).take(rows)),
+        "user_status": _text(user_status.take(rows)),
+        "unanswered_attempts": unanswered[rows].astype("int64"),
+        "unanswered_by_project_success": np.bincount(row[counts & by_project_success], minlength=2 * n)[rows].astype("int64"),
+        "days_since_oldest_unanswered": np.where(unanswered > 0, today - _day(oldest), 0)[rows].astype("int64"),
+        "answered_since_hold": answered_since_hold[rows],
+    })
+    party_facts["fact_id"] = _text(_fact_ids("party", project_ids.take(np.repeat(by_id, 2)), party))
 
-    def party_row(frame: pd.DataFrame) -> np.ndarray:
-        """The row of each (project_id, party) in party_facts: the client block, then the talent block."""
-        return positions(frame["project_id"], common["project_id"]) + np.where(frame["party"] == "talent", len(common), 0)
-
-    at = party_row(agg)
-    for col in ("unanswered_attempts", "unanswered_by_project_success", "days_since_oldest_unanswered"):
-        values = np.zeros(len(party_facts), dtype="int64")  # no unanswered attempt: 0
-        values[at] = agg[col].to_numpy(dtype="int64")
-        party_facts[col] = values
-    answered_since_hold = np.zeros(len(party_facts), dtype=bool)
-    answered_since_hold[party_row(returned)] = returned["answered_since_hold"].to_numpy(dtype=bool)
-    party_facts["answered_since_hold"] = answered_since_hold
-    party_facts["fact_id"] = "party:" + party_facts["project_id"] + ":" + party_facts["party"]
-    # Ordered by (project_id, party): the client block and the talent block interleaved by project id.
-    by_id = common["project_id"].argsort(kind="stable").to_numpy()
-    party_facts = party_facts.take(np.column_stack([by_id, by_id + len(common)]).ravel()).reset_index(drop=True)
-
-    # ---- milestones
+    # ---- milestones (the inner join on project_id)
     m = tables["milestones"]
-    ms = m[["milestone_id", "project_id", "status", "payee_id", "amount_cents", "escrow_amount_cents", "validated_at"]]
-    pos = positions(ms["project_id"], common["project_id"])
-    ms, of_ms = ms[pos >= 0], common.take(pos[pos >= 0])  # the inner join on project_id, by position
+    ms_project = _positions(_arrow(m["project_id"]), project_ids)
+    ms_kept = _kept(ms_project)
+    milestone_ids = _take(_arrow(m["milestone_id"]), ms_kept)
+    amount = _take(m["amount_cents"].to_numpy(dtype="int64"), ms_kept)
     milestone_facts = pd.DataFrame({
-        **{c: of_ms[c].array for c in common.columns},
-        "milestone_id": ms["milestone_id"].astype(str).array,
-        "milestone_status": ms["status"].astype(str).array,
-        "amount_cents": ms["amount_cents"].astype("int64").to_numpy(),
-        "escrow_gap_cents": (ms["amount_cents"] - ms["escrow_amount_cents"]).clip(lower=0).astype("int64").to_numpy(),
-        "has_validated_at": ms["validated_at"].notna().to_numpy(),
+        **_common_frame(common, _take(ms_project, ms_kept)),
+        "milestone_id": _text(milestone_ids),
+        "milestone_status": _text(_take(_arrow(m["status"]), ms_kept)),
+        "amount_cents": amount,
+        "escrow_gap_cents": np.maximum(amount - _take(m["escrow_amount_cents"].to_numpy(dtype="int64"), ms_kept), 0),
+        "has_validated_at": _take(m["validated_at"].notna().to_numpy(), ms_kept),
     })
-    milestone_facts["fact_id"] = "milestone:" + milestone_facts["milestone_id"]
+    milestone_facts["fact_id"] = _text(_fact_ids("milestone", milestone_ids))
 
-    # ---- invoices
+    # ---- invoices (the inner joins on milestone_id, then on the milestone's project_id)
     inv = tables["invoices"]
-    of_milestone = positions(inv["milestone_id"], m["milestone_id"])  # the inner join on milestone_id
-    inv = inv[of_milestone >= 0].assign(project_id=m["project_id"].array.take(of_milestone[of_milestone >= 0]))
-    pos = positions(inv["project_id"], common["project_id"])
-    inv, of_inv = inv[pos >= 0].reset_index(drop=True), common.take(pos[pos >= 0])
-    inv_project = pos[pos >= 0]
-    days_overdue = _days_before(day, inv["due_date"]).astype("int64")
+    of_milestone = _positions(_arrow(inv["milestone_id"]), _arrow(m["milestone_id"]))
+    inv_project = np.where(of_milestone >= 0, ms_project[of_milestone], -1)
+    inv_kept = _kept(inv_project)
+    inv_project = _take(inv_project, inv_kept)
+    inv = inv[["invoice_id", "milestone_id", "status", "due_date", "amount_cents", "currency"]]
+    inv = inv if inv_kept is None else inv.iloc[inv_kept].reset_index(drop=True)
+    invoice_ids = _arrow(inv["invoice_id"])
+    invoice_status = _arrow(inv["status"])
+    days_overdue = today - _day(_utc_ns(inv["due_date"]))
     invoice_facts = pd.DataFrame({
-        **{c: of_inv[c].array for c in common.columns},
-        "invoice_id": inv["invoice_id"].astype(str).array,
-        "milestone_id": inv["milestone_id"].astype(str).array,
-        "invoice_status": inv["status"].astype(str).array,
-        "days_overdue": days_overdue.to_numpy(),
-        "amount_cents": inv["amount_cents"].astype("int64").to_numpy(),
+        **_common_frame(common, inv_project),
+        "invoice_id": _text(invoice_ids),
+        "milestone_id": _text(_arrow(inv["milestone_id"])),
+        "invoice_status": _text(invoice_status),
+        "days_overdue": days_overdue,
+        "amount_cents": inv["amount_cents"].to_numpy(dtype="int64"),
     })
-    invoice_facts["fact_id"] = "invoice:" + invoice_facts["invoice_id"]
+    invoice_facts["fact_id"] = _text(_fact_ids("invoice", invoice_ids))
 
     # ---- projects
-    is_open = (invoice_facts["invoice_status"] == "open").to_numpy()
-    most_overdue = np.zeros(len(common), dtype="int64")  # none open, or none past due: 0
-    np.maximum.at(most_overdue, inv_project[is_open], days_overdue.to_numpy()[is_open])
-    project_facts = common.copy()
-    project_facts["client_status"] = client_status.array
-    project_facts["talent_status"] = talent_status.array
-    project_facts["client_answered_since_hold"] = answered_since_hold[:len(common)]  # the client block
-    project_facts["most_days_overdue"] = most_overdue
-    project_facts["fact_id"] = "project:" + project_facts["project_id"]
+    is_open = pc.equal(invoice_status, "open").fill_null(False).to_numpy(zero_copy_only=False)
+    most_overdue = np.zeros(n, dtype="int64")  # none open, or none past due: 0
+    np.maximum.at(most_overdue, inv_project[is_open], days_overdue[is_open])
+    project_facts = pd.DataFrame({
+        **_common_frame(common),
+        "client_status": _text(user_status.slice(0, n)),
+        "talent_status": _text(user_status.slice(n)),
+        "client_answered_since_hold": answered_since_hold[:n],  # the client block
+        "most_days_overdue": most_overdue,
+        "fact_id": _text(_fact_ids("project", project_ids)),
+    })
 
     frames = {"project": project_facts, "party": party_facts, "milestone": milestone_facts, "invoice": invoice_facts}
     for kind, frame in frames.items():
@@ -205,14 +311,16 @@ def build_facts(tables: dict[str, pd.DataFrame], as_of: dt.date) -> Facts:
         assert not missing, f"facts about {kind} lack {missing}"  # a programming error, not a user one
 
     projects_ctx = pd.DataFrame({
-        "project_id": common["project_id"],
-        "title": _text(p["title"]).array,
-        "client_id": people["client_id"],
-        "talent_id": people["talent_id"],
-        "project_success_id": p["project_success_id"].astype(str).array,
-        "area": common["area"],
-        "status": common["project_status"],
+        "project_id": project_facts["project_id"],
+        "title": _text(_arrow(p["title"]), "none"),
+        "client_id": _text(client_ids),
+        "talent_id": _text(talent_ids),
+        "project_success_id": _text(_arrow(p["project_success_id"])),
+        "area": project_facts["area"],
+        "status": project_facts["project_status"],
     })
     milestones_ctx = m[["milestone_id", "project_id", "title", "status", "payee_id", "amount_cents", "currency"]].copy()
-    invoices_ctx = inv[["invoice_id", "milestone_id", "project_id", "amount_cents", "currency"]].assign(days_overdue=days_overdue.to_numpy())
+    invoices_ctx = inv[["invoice_id", "milestone_id"]].assign(
+        project_id=m["project_id"].array.take(_take(of_milestone, inv_kept)),
+        amount_cents=inv["amount_cents"], currency=inv["currency"], days_overdue=days_overdue)
     return Facts(as_of, frames, projects_ctx, milestones_ctx, invoices_ctx, users)

@@ -1,5 +1,5 @@
 """The engine's input: which facts could fire, cut into parts by project, and
-turned into the flat dicts durable-rules reads.
+written as the JSON durable-rules reads, in batches of whole projects.
 
 Every policy reads exactly one fact (a policy is `about` one kind; the compiled
 ruleset has one fact pattern per rule), so a fact that satisfies no policy's
@@ -12,24 +12,31 @@ differential tests (tests/test_prefilter.py) check that decisions with and
 without the pre-filter are identical.
 
 Both engines use this module: the local worker processes (processor.evaluate)
-and Dask (processor.dask_engine). Nothing here loops over rows except the one
-place that has to: building the dicts handed to durable-rules, and only for the
-facts that go there.
+and Dask (processor.dask_engine). Nothing here loops over rows: even the JSON
+handed to durable-rules is written column by column (each distinct value of a
+field encoded once), and only for the facts that go there.
 """
 from __future__ import annotations
 
+import json
 from typing import Iterator
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from rules.compile import mask, to_ruleset
 from rules.document import PolicySet
 from rules.vocabulary import FACT_KINDS
 
-from processor.facts import is_in
+from processor.facts import is_in, json_values
 
 Frames = dict[str, pd.DataFrame]
+# Projects whose facts go to durable-rules in one assertion. Each assertion has a fixed cost
+# (a call into its C core, a retraction, starting the actions): ~120 facts at once make it
+# negligible and keep the session small (DURABLE_RULES.md).
+BATCH_PROJECTS = 100
 
 
 def single_fact_rules(policies: PolicySet) -> bool:
@@ -41,10 +48,11 @@ def single_fact_rules(policies: PolicySet) -> bool:
 def candidate_masks(policies: PolicySet, frames: Frames) -> dict[str, np.ndarray]:
     """Per fact kind, the rows that satisfy at least one policy about that kind."""
     out = {kind: np.zeros(len(frame), dtype=bool) for kind, frame in frames.items()}
+    tests: dict[str, dict] = {kind: {} for kind in frames}  # per frame, each comparison made once
     for policy in policies.policies:
         frame = frames.get(policy.about)
         if frame is not None and len(frame):
-            out[policy.about] |= mask(policy, frame)
+            out[policy.about] |= mask(policy, frame, tests[policy.about])
     return out
 
 
@@ -89,39 +97,46 @@ def split_by_project(frames: Frames, ids: np.ndarray, size: int) -> list[Frames]
     return parts
 
 
-def engine_records(frames: Frames) -> list[list[dict]]:
-    """Per project (in project id order), its facts as flat dicts: the vocabulary's fields,
-    its `kind` and a unique `id` (the fact_id), in plain Python types."""
+def engine_batches(frames: Frames, projects: int = BATCH_PROJECTS) -> Iterator[tuple[np.ndarray, str]]:
+    """The facts of `projects` projects at a time (in project id order) as durable-rules reads
+    them: a JSON array of flat objects, each its `id` (the fact_id) first, its `kind`, then the
+    vocabulary's fields. Yields each batch's project ids with it."""
+    texts: list[pa.Array] = []
     pids: list[np.ndarray] = []
-    records: list[dict] = []
     for kind, frame in frames.items():
-        if frame.empty:
-            continue
-        fields = list(FACT_KINDS[kind])
-        keys = fields + ["kind", "id"]
-        columns = [frame[c].tolist() for c in fields]
-        columns.append([kind] * len(frame))
-        columns.append(frame["fact_id"].tolist())
-        records.extend(dict(zip(keys, row)) for row in zip(*columns))
-        pids.append(frame["project_id"].to_numpy(dtype=object).astype(str))
-    if not records:
-        return []
+        if len(frame):
+            texts.append(_fact_json(kind, frame))
+            pids.append(frame["project_id"].to_numpy(dtype=object).astype(str))
+    if not texts:
+        return
     pid = np.concatenate(pids)
     order = np.argsort(pid, kind="stable")
     pid = pid[order]
+    text = pa.chunked_array(texts).take(order).to_pylist()
     starts = np.flatnonzero(np.r_[True, pid[1:] != pid[:-1]])
-    ends = np.r_[starts[1:], len(pid)]
-    ordered = [records[i] for i in order]
-    return [ordered[s:e] for s, e in zip(starts, ends)]
+    cuts = np.r_[starts[::projects], len(pid)]
+    for start, end in zip(cuts[:-1], cuts[1:]):
+        yield pid[start:end], "[" + ",".join(text[start:end]) + "]"
+
+
+def _fact_json(kind: str, frame: pd.DataFrame) -> pa.Array:
+    """Each fact of one kind as a JSON object, written column-wise (what json.dumps(dict,
+    ensure_ascii=False) writes for its plain Python values)."""
+    text = pa.large_string()
+    parts: list = ['{"id": ', json_values(frame["fact_id"], ensure_ascii=False), ", " + json.dumps({"kind": kind}, ensure_ascii=False)[1:-1]]
+    for field in FACT_KINDS[kind]:
+        parts += [", " + json.dumps(field, ensure_ascii=False) + ": ", json_values(frame[field], ensure_ascii=False)]
+    parts.append("}")
+    return pc.binary_join_element_wise(*[pa.scalar(p, text) if isinstance(p, str) else p for p in parts], pa.scalar("", text))
 
 
 def iter_firings(engine, frames: Frames, crash_on: str | None = None) -> Iterator[tuple[str, str]]:
-    """(policy id, fact id) for every rule that fired, one project's facts at a time."""
-    for project_facts in engine_records(frames):
-        if crash_on and project_facts[0]["project_id"] == crash_on:
+    """(policy id, fact id) for every rule that fired, a batch of whole projects' facts at a time."""
+    for pids, facts in engine_batches(frames):
+        if crash_on and crash_on in pids:
             import os
             os._exit(139)  # test hook: die as a crash in durable-rules' C core would
-        yield from engine.evaluate(project_facts)
+        yield from engine.evaluate_json(facts)
 
 
 def fired_rows(frames: Frames, firings: pd.DataFrame) -> dict[str, pd.Index]:

@@ -17,7 +17,7 @@ import pandas as pd
 from rules.document import All, Any_, Not, Policy, PolicySet, Test
 
 RULESET_NAME = "shakers"
-SEEN_RULE = "_every_fact"  # matches every fact, so durable-rules never raises MessageNotHandled
+SEEN_RULE = "_every_fact"  # matches every fact: durable-rules handles each one (see rules.engine)
 
 _DURABLE_OP = {"gte": "$gte", "lte": "$lte", "gt": "$gt", "lt": "$lt"}
 
@@ -73,18 +73,24 @@ def to_ruleset(policies: PolicySet) -> dict:
 
 
 # --------------------------------------------------------------------------- pandas
-def _mask(cond, frame: pd.DataFrame) -> np.ndarray:
+def _mask(cond, frame: pd.DataFrame, tests: dict) -> np.ndarray:
     if isinstance(cond, All):
         out = np.ones(len(frame), dtype=bool)
         for i in cond.items:
-            out &= _mask(i, frame)
+            out &= _mask(i, frame, tests)
         return out
     if isinstance(cond, Any_):
         out = np.zeros(len(frame), dtype=bool)
         for i in cond.items:
-            out |= _mask(i, frame)
+            out |= _mask(i, frame, tests)
         return out
-    t: Test = cond
+    key = (cond.field, cond.op, repr(cond.value))
+    if key not in tests:
+        tests[key] = _test(cond, frame)
+    return tests[key]
+
+
+def _test(t: Test, frame: pd.DataFrame) -> np.ndarray:
     col = frame[t.field]
     if t.op == "eq":
         return (col == t.value).to_numpy(dtype=bool)
@@ -97,11 +103,14 @@ def _mask(cond, frame: pd.DataFrame) -> np.ndarray:
     return {"gte": col >= t.value, "lte": col <= t.value, "gt": col > t.value, "lt": col < t.value}[t.op].to_numpy(dtype=bool)
 
 
-def mask(policy: Policy, facts: pd.DataFrame) -> np.ndarray:
-    """Which rows of a frame of `policy.about` facts satisfy the policy's conditions."""
+def mask(policy: Policy, facts: pd.DataFrame, tests: dict | None = None) -> np.ndarray:
+    """Which rows of a frame of `policy.about` facts satisfy the policy's conditions.
+
+    tests: the masks of single comparisons already made on this same frame (filled in), so
+    that policies sharing a comparison (project_status: active, say) make it once."""
     if facts.empty:
         return np.zeros(0, dtype=bool)
-    return _mask(normalize(policy.when), facts)
+    return _mask(normalize(policy.when), facts, {} if tests is None else tests)
 
 
 # --------------------------------------------------------------------------- explanation

@@ -1,90 +1,96 @@
 """Evaluate facts with durable-rules, inside the envelope that was measured to
 hold (see DURABLE_RULES.md):
 
-* one durable-rules session, and one project's facts in it at a time:
-  assert them, collect what fired, retract them, go on;
+* one durable-rules session, and a batch of whole projects' facts in it at a
+  time: assert them, collect what fired, retract them, go on. Every rule reads
+  one fact (processor.partition.single_fact_rules), so facts that share a batch
+  cannot change what fires for each other;
 * every fact carries a unique `id` (its kind and key), so no two facts collide;
-* a catch-all rule matches every fact, so durable-rules never raises
-  MessageNotHandled (which would leave fired actions pending on its timer
-  threads instead of running them now).
+* a catch-all rule matches every fact. durable-rules' C core reports, for a
+  whole batch, only the last fact it could not handle or had already seen;
+  with every fact handled, "already seen" (a duplicate id: an error) cannot be
+  hidden behind a fact that matched no policy.
+
+The actions are taken from durable-rules' C core (`durable_rules_engine`) with
+the calls its Python `Host` makes — `start_action_for_state`, then
+`complete_and_start_action` until none is left — without the Python layer
+`Host` wraps around each action (a closure, the session state serialized and
+saved back, ~22 µs per action): the policies' actions only record what fired
+and change no state. The rete network of the C core decides what fires;
+tests/test_engine.py checks the firings against durable-rules' own `Host`.
 
 The engine knows nothing of files or pandas: facts in, (policy id, fact id) out.
 """
 from __future__ import annotations
 
 import copy
-from typing import Iterable
+import json
+import re
 
-from durable.engine import Host, MessageNotHandledException, MessageObservedException
+import durable_rules_engine
 
 from rules.compile import RULESET_NAME, SEEN_RULE
+
+# The C core answers an assertion with a code: 0 every fact handled, 1 some fact matched no
+# rule, 2 some fact's id was already in the session (durable.engine's MessageObservedException).
+_ALL_HANDLED, _NOT_HANDLED, _ALREADY_SEEN = 0, 1, 2
+_SEEN_PREFIX = '{"%s":' % SEEN_RULE  # how the C core begins an action of the catch-all: skipped unread
+
+# An action as the C core serializes it: {"<rule>":{"m":<the fact's JSON as asserted>}}. Facts
+# are asserted with their id first, so the rule and the fact id are read from the first bytes.
+_ACTION_HEAD = re.compile(r'\{("(?:[^"\\]|\\.)*"):\{"m":\{"id": ?("(?:[^"\\]|\\.)*")')
+
+
+def _policy_and_fact(message: str) -> tuple[str, str]:
+    """(rule name, fact id) of one action."""
+    head = _ACTION_HEAD.match(message)
+    if head:
+        return _unquote(head[1]), _unquote(head[2])
+    ((policy_id, match),) = json.loads(message).items()  # not in the expected form: read it all
+    return policy_id, match["m"]["id"]
+
+
+def _unquote(literal: str) -> str:
+    return literal[1:-1] if "\\" not in literal else json.loads(literal)
 
 
 class EngineError(Exception):
     """durable-rules refused a fact or a ruleset; the message says which."""
 
 
-class _CollectingHost(Host):
-    def __init__(self, fired: list):
-        self._fired = fired
-        super().__init__()
-
-    def get_action(self, action_name):
-        fired = self._fired
-        if action_name == SEEN_RULE:
-            return _ignore
-
-        def record(c):
-            fired.append((action_name, c.m["id"]))
-
-        return record
-
-    def _run(self):
-        """Start no background dispatch threads. Every action already runs synchronously inside
-        assert_facts/retract_facts; a timer thread polling the ruleset could take one of them
-        instead and record it after its project's firings were collected — a firing lost at
-        random (seen: 2 of 16,551 on a busy machine)."""
-        self._d_timer = self._t_timer = None
-
-
-def _ignore(c):
-    return None
-
-
-
 class PolicyEngine:
-    """One durable-rules host with the compiled policies. Not thread-safe; one per process."""
+    """One durable-rules ruleset with the compiled policies. Not thread-safe; one per process."""
 
     def __init__(self, ruleset_definition: dict):
-        self._fired: list[tuple[str, str]] = []
-        self._host = _CollectingHost(self._fired)
+        rules = copy.deepcopy(ruleset_definition[RULESET_NAME])
+        for rule in rules.values():
+            rule.pop("run")  # an action is named after its rule: the policy id
         try:
-            self._host.set_rulesets(copy.deepcopy(ruleset_definition))
+            self._handle = durable_rules_engine.create_ruleset(RULESET_NAME, json.dumps(rules, ensure_ascii=False))
         except Exception as e:  # the C core answers with an error code only
             raise EngineError(f"durable-rules refused the compiled policies: {e}") from None
 
     def evaluate(self, facts: list[dict]) -> list[tuple[str, str]]:
-        """The (policy id, fact id) pairs that fired for one project's facts.
+        """The (policy id, fact id) pairs that fired for a batch of facts (whole projects)."""
+        return self.evaluate_json(json.dumps(facts, ensure_ascii=False)) if facts else []
+
+    def evaluate_json(self, facts: str) -> list[tuple[str, str]]:
+        """Like `evaluate`, the facts given as the JSON array durable-rules reads (each fact's
+        `id` first: see processor.partition.engine_batches).
 
         Each pair appears once even when a rule's `any`/`one_of` let durable-rules
         match the same fact along two branches."""
-        if not facts:
-            return []
-        self._fired.clear()
-        try:
-            self._host.assert_facts(RULESET_NAME, facts)
-        except (MessageNotHandledException, MessageObservedException) as e:
-            raise EngineError(f"durable-rules refused the facts of a project ({type(e).__name__}); first fact id {facts[0].get('id')}") from None
-        fired = list(dict.fromkeys(self._fired))
-        try:
-            self._host.retract_facts(RULESET_NAME, facts)
-        except (MessageNotHandledException, MessageObservedException):
-            pass
-        self._fired.clear()
-        return fired
-
-    def evaluate_many(self, projects: Iterable[list[dict]]) -> list[tuple[str, str]]:
-        out: list[tuple[str, str]] = []
-        for facts in projects:
-            out.extend(self.evaluate(facts))
-        return out
+        code, state = durable_rules_engine.assert_facts(self._handle, facts)
+        fired: list[tuple[str, str]] = []
+        started = durable_rules_engine.start_action_for_state(self._handle, state)
+        message = started[1] if started else None
+        while message:
+            if not message.startswith(_SEEN_PREFIX):
+                fired.append(_policy_and_fact(message))
+            message = durable_rules_engine.complete_and_start_action(self._handle, state)
+        durable_rules_engine.retract_facts(self._handle, facts)
+        if code != _ALL_HANDLED:
+            what = {_ALREADY_SEEN: "an id already seen", _NOT_HANDLED: "a fact no rule handles"}.get(code, "an error")
+            first = json.loads(facts)[0].get("id")
+            raise EngineError(f"durable-rules refused a batch of facts ({what}, code {code}); first fact id {first}")
+        return list(dict.fromkeys(fired))

@@ -10,6 +10,7 @@ hypothesis makes up.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
 
 import pandas as pd
@@ -22,7 +23,7 @@ from processor.evaluate import evaluate
 from processor.export import read_export
 from processor.facts import Facts, build_facts
 from processor.generate import generate_export
-from processor.partition import candidate_facts, engine_records, project_ids, single_fact_rules, split_by_project
+from processor.partition import candidate_facts, engine_batches, project_ids, single_fact_rules, split_by_project
 from processor.run import decide_night
 from rules.document import PolicyError, load_policies, parse_policies
 from rules.vocabulary import FACT_KINDS, HOLD_REASONS, MILESTONE_STATUSES
@@ -94,7 +95,7 @@ def test_parts_keep_each_projects_facts_together_and_lose_none(generated_facts):
         assert sum(len(p[kind]) for p in parts) == len(frame)
     seen = [set(project_ids(p)) for p in parts]
     assert sum(len(s) for s in seen) == len(ids)  # no project in two parts
-    records = [r for p in parts for project in engine_records(p) for r in project]
+    records = [r for p in parts for _, batch in engine_batches(p) for r in json.loads(batch)]
     assert len({r["id"] for r in records}) == len(records) == sum(len(f) for f in frames.values())
 
 

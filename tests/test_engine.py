@@ -1,0 +1,109 @@
+"""rules.engine takes durable-rules' actions straight from its C core, many projects' facts
+at a time. These tests hold it to durable-rules' own Python `Host`, fed one project at a
+time as DURABLE_RULES.md's envelope describes: the same (policy, fact) pairs must fire."""
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import json
+
+import pytest
+from durable.engine import Host
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from processor.export import read_export
+from processor.facts import build_facts
+from processor.generate import generate_export
+from processor.partition import engine_batches
+from rules.compile import RULESET_NAME, SEEN_RULE, to_ruleset
+from rules.document import load_policies
+from rules.engine import EngineError, PolicyEngine
+from rules.vocabulary import FACT_KINDS
+
+from conftest import POLICIES
+from test_prefilter import facts_from, project_strategy
+
+AS_OF = dt.date(2026, 11, 24)
+
+
+class _HostFirings(Host):
+    """durable-rules' own Python host, recording what fires (the reference)."""
+
+    def __init__(self, ruleset: dict):
+        self.fired: list[tuple[str, str]] = []
+        super().__init__()
+        self.set_rulesets(copy.deepcopy(ruleset))
+
+    def get_action(self, action_name):
+        if action_name == SEEN_RULE:
+            return lambda c: None
+        return lambda c: self.fired.append((action_name, c.m["id"]))
+
+    def _run(self):
+        """No timer threads: every action runs inside assert_facts."""
+
+    def evaluate_one_by_one(self, per_project: list[list[dict]]) -> set[tuple[str, str]]:
+        for facts in per_project:
+            self.assert_facts(RULESET_NAME, facts)
+            self.retract_facts(RULESET_NAME, facts)
+        return set(self.fired)
+
+
+def _batched(frames, projects: int) -> set[tuple[str, str]]:
+    engine = PolicyEngine(to_ruleset(load_policies(POLICIES)))
+    return {pair for _, batch in engine_batches(frames, projects) for pair in engine.evaluate_json(batch)}
+
+
+def engine_records(frames) -> list[list[dict]]:
+    """Per project, its facts as the dicts durable-rules reads."""
+    return [json.loads(batch) for _, batch in engine_batches(frames, 1)]
+
+
+@pytest.fixture(scope="module")
+def night_frames(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("night") / "export"
+    generate_export(directory, projects=1_500, seed=21, as_of=AS_OF, fmt="parquet")
+    return build_facts(read_export(directory).tables, AS_OF).frames
+
+
+@pytest.mark.parametrize("projects", [1, 7, 100, 10_000])
+def test_batches_of_projects_fire_what_durable_rules_host_fires_one_project_at_a_time(night_frames, projects):
+    reference = _HostFirings(to_ruleset(load_policies(POLICIES))).evaluate_one_by_one(engine_records(night_frames))
+    assert len(reference) > 100
+    assert _batched(night_frames, projects) == reference
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(st.lists(project_strategy, min_size=1, max_size=12), st.integers(1, 12))
+def test_made_up_facts_fire_the_same_in_batches_as_one_project_at_a_time(projects, batch):
+    frames = facts_from(projects).frames
+    reference = _HostFirings(to_ruleset(load_policies(POLICIES))).evaluate_one_by_one(engine_records(frames))
+    assert _batched(frames, batch) == reference
+
+
+def test_each_firing_is_reported_once_and_nothing_stays_in_the_session(night_frames):
+    engine = PolicyEngine(to_ruleset(load_policies(POLICIES)))
+    batch = json.loads(next(engine_batches(night_frames, 10_000))[1])
+    first = engine.evaluate(batch)
+    assert len(first) == len(set(first)) > 0
+    assert engine.evaluate(batch) == first  # retracted: the same facts are new again
+
+
+def test_a_duplicate_fact_id_is_an_error_and_leaves_nothing_behind(night_frames):
+    engine = PolicyEngine(to_ruleset(load_policies(POLICIES)))
+    facts = json.loads(next(engine_batches(night_frames, 10_000))[1])[:200]
+    with pytest.raises(EngineError, match="already seen"):
+        engine.evaluate(facts + [facts[0]])
+    assert engine.evaluate(facts) == PolicyEngine(to_ruleset(load_policies(POLICIES))).evaluate(facts)
+
+
+def test_the_facts_json_is_what_json_dumps_writes_for_their_plain_values(night_frames):
+    for kind, frame in night_frames.items():
+        sample = frame.iloc[::97]
+        pids, batch = next(engine_batches({kind: sample}, 10_000))
+        expected = [{"id": fid, "kind": kind, **{f: row[f] for f in FACT_KINDS[kind]}}
+                    for fid, row in zip(sample["fact_id"], sample.to_dict("records"))]
+        expected.sort(key=lambda f: f["project_id"])
+        assert batch == "[" + ",".join(json.dumps(f, ensure_ascii=False) for f in expected) + "]"
+        assert list(pids) == [f["project_id"] for f in expected]
