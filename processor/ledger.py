@@ -126,7 +126,7 @@ class Ledger:
             "ORDER BY project_id, decision_key", (prev,)).fetchall()
         tonight = set(decision_keys(decisions))
         skip = set(map(str, not_evaluated))
-        gone = [json.loads(detail) for key, project, detail in rows if key not in tonight and project not in skip and detail]
+        gone = [_decision(detail) for key, project, detail in rows if key not in tonight and project not in skip and detail]
         return pd.DataFrame(gone, columns=DETAIL_COLUMNS).fillna("")
 
     def record_night(self, as_of: dt.date, run_id: str, policies_sha: str, out_dir: str, decisions: pd.DataFrame,
@@ -138,7 +138,8 @@ class Ledger:
             if frame is None or frame.empty:
                 continue
             keys = decision_keys(frame).tolist()
-            details = files.json_lines(frame[DETAIL_COLUMNS])
+            # The evidence (JSON text) is kept embedded as an object: no escaping to do.
+            details = files.json_lines(frame[DETAIL_COLUMNS], json_columns=("evidence",))
             details = details.to_pylist() if details is not None else \
                 frame[DETAIL_COLUMNS].to_json(orient="records", lines=True).splitlines()
             rows += zip([night] * len(keys), keys, *(frame[c].tolist() for c in
@@ -269,6 +270,17 @@ class Ledger:
             "ORDER BY as_of, message_id", (cutoff,))
         names = [c[0] for c in cur.description]
         return [dict(zip(names, r)) for r in cur.fetchall()]
+
+
+def _decision(detail: str) -> dict:
+    """A decision as the ledger kept it. Its evidence was stored as an object (or, by ledgers before
+    2026-11-25, as text): it comes back as the text it was, the canonical json.dumps(sort_keys=True)
+    processor.decide writes."""
+    row = json.loads(detail)
+    evidence = row.get("evidence")
+    if not isinstance(evidence, str):
+        row["evidence"] = "" if evidence is None else json.dumps(evidence, sort_keys=True)
+    return row
 
 
 def _now() -> str:

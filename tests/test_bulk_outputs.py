@@ -96,3 +96,20 @@ def test_a_frame_with_numbers_and_dates_is_written_by_pandas_as_before(tmp_path)
                           "value": ["a,b", None]})
     files.write_csv(tmp_path / "f.csv", frame)
     assert (tmp_path / "f.csv").read_bytes() == frame.to_csv(index=False, lineterminator="\n").encode()
+
+
+def test_a_decision_recorded_with_its_evidence_as_text_or_as_an_object_comes_back_the_same(tmp_path):
+    import datetime as dt
+
+    from processor.ledger import DETAIL_COLUMNS, Ledger
+
+    frame = decisions_frame(6)
+    with Ledger(tmp_path / "ledger.sqlite") as ledger:
+        ledger.record_night(dt.date(2026, 11, 23), "r1", "sha", "out", frame)
+        # Ledgers before 2026-11-25 kept the evidence as JSON text inside the detail.
+        old = frame.iloc[:3][DETAIL_COLUMNS].to_json(orient="records", lines=True).splitlines()
+        ledger.db.executemany("UPDATE decision_nights SET detail = ? WHERE decision_key = ?",
+                              zip(old, decision_keys(frame.iloc[:3])))
+        back = ledger.resolved(dt.date(2026, 11, 24), frame.iloc[:0])
+    expected = frame[DETAIL_COLUMNS].sort_values(["project_id"]).reset_index(drop=True)
+    assert back.sort_values(["project_id"]).reset_index(drop=True).astype(str).equals(expected.astype(str))
