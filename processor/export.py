@@ -68,11 +68,15 @@ MANIFEST = "manifest.json"
 
 # datetime64[ns] covers 1677-09-21..2262-04-11; keep whole years inside it.
 _FIRST_YEAR, _LAST_YEAR = 1678, 2261
+_USABLE_FROM, _USABLE_UNTIL = np.datetime64(f"{_FIRST_YEAR}-01-01", "s"), np.datetime64(f"{_LAST_YEAR + 1}-01-01", "s")
 
 _INT_TEXT = r"-?\d{1,18}"
 _FLOAT_TEXT = r"-?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?"
-_MONEY_TEXT = r"(?P<sign>-?)(?P<units>\d{1,13})(?:\.(?P<decimals>\d+))?"  # 13 digits of units keep cents in int64
+_MONEY_UNITS = 13  # digits before the point: 13 keep cents in int64
+_MONEY_TEXT = rf"-?\d{{1,{_MONEY_UNITS}}}(?:\.\d+)?"
+_MONEY_PARTS = rf"(?P<sign>-?)(?P<units>\d{{1,{_MONEY_UNITS}}})(?:\.(?P<decimals>\d+))?"
 _DATE_TEXT = r"\d{4}-\d{2}-\d{2}"
+_COMMON_TIMESTAMP_TEXT = r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z"  # how exports write times: 2026-11-24T09:30:00Z
 _TIMESTAMP_TEXT = (
     r"\d{4}-\d{2}-\d{2}"
     r"(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,9})?)?(?:Z|[+-]\d{2}(?::?\d{2})?)?)?"
@@ -127,7 +131,7 @@ def read_export(directory: str | Path, timings: dict | None = None) -> Export:
     fmt = _detect_format(directory)
     manifest, exported_at = _read_manifest(directory)
 
-    raw: dict[str, dict[str, pd.Series]] = {}
+    raw: dict[str, dict[str, pa.Array | pd.Series]] = {}
     read_counts: dict[str, int] = {}
     for name, table in TABLES.items():
         path = directory / f"{name}.{fmt}"
@@ -253,12 +257,13 @@ def _require_columns(path: Path, table: Table, present: list[str]) -> None:
         )
 
 
-def _read_csv(path: Path, table: Table) -> tuple[dict[str, pd.Series], int]:
-    """Every contract column as text (empty -> pd.NA); no value is taken for null by its spelling.
+def _read_csv(path: Path, table: Table) -> tuple[dict[str, pa.Array], int]:
+    """Every contract column as text, an empty field as null; no value is taken for null by its spelling.
 
     This has the semantics of ``pd.read_csv(dtype=str, keep_default_na=False,
-    encoding="utf-8")`` but uses Arrow's multi-threaded reader, several times
-    faster on a million-row night, which also refuses rows with too few fields.
+    encoding="utf-8")`` with empty fields as null, but uses Arrow's multi-threaded
+    reader, several times faster on a million-row night, which also refuses rows
+    with too few fields.
     """
     header = _csv_header(path, table)
     _require_columns(path, table, header)
@@ -270,8 +275,9 @@ def _read_csv(path: Path, table: Table) -> tuple[dict[str, pd.Series], int]:
             convert_options=pacsv.ConvertOptions(
                 include_columns=list(table.column_names),
                 column_types={c: pa.large_string() for c in table.column_names},
-                strings_can_be_null=False,
-                quoted_strings_can_be_null=False,
+                null_values=[""],  # only an empty field, quoted or not, is null
+                strings_can_be_null=True,
+                quoted_strings_can_be_null=True,
             ),
         )
     except (pa.ArrowException, ValueError) as error:
@@ -283,12 +289,16 @@ def _read_csv(path: Path, table: Table) -> tuple[dict[str, pd.Series], int]:
         raise InvalidExport(f"{path} is not a readable CSV file ({detail}): re-export the table") from None
     except OSError as error:
         raise InvalidExport(f"{path} cannot be read ({error.strerror or error}): check the file") from None
-    columns = {c: _blank_to_na(data.column(c).to_pandas(types_mapper=_as_string_dtype)) for c in table.column_names}
+    columns = {c: data.column(c).combine_chunks() for c in table.column_names}
     return columns, data.num_rows
 
 
 def _as_string_dtype(arrow_type: pa.DataType):
     return STRING if arrow_type in (pa.string(), pa.large_string()) else None
+
+
+def _as_int64_dtype(arrow_type: pa.DataType):
+    return pd.Int64Dtype() if arrow_type == pa.int64() else None
 
 
 def _csv_header(path: Path, table: Table) -> list[str]:
@@ -309,7 +319,7 @@ def _csv_header(path: Path, table: Table) -> list[str]:
     return header
 
 
-def _read_parquet(path: Path, table: Table) -> tuple[dict[str, pd.Series], int]:
+def _read_parquet(path: Path, table: Table) -> tuple[dict[str, pa.Array | pd.Series], int]:
     try:
         data = pq.read_table(path)
     except (pa.ArrowException, OSError, ValueError) as error:
@@ -320,7 +330,7 @@ def _read_parquet(path: Path, table: Table) -> tuple[dict[str, pd.Series], int]:
     for column in table.columns:
         values = data.column(names.index(column.name))
         try:
-            columns[column.name] = _arrow_to_series(values)
+            columns[column.name] = _raw_column(values)
         except (pa.ArrowException, ValueError, TypeError):
             raise InvalidExport(
                 f"{path} column {column.name} has Parquet type {values.type}, which the export cannot hold: "
@@ -329,14 +339,20 @@ def _read_parquet(path: Path, table: Table) -> tuple[dict[str, pd.Series], int]:
     return columns, data.num_rows
 
 
-def _arrow_to_series(values: pa.ChunkedArray) -> pd.Series:
-    """A Parquet column as a Series: strings as STRING, natural types kept natural."""
+def _raw_column(values: pa.ChunkedArray) -> pa.Array | pd.Series:
+    """A Parquet column as it is checked: text in Arrow, natural types as pandas Series.
+
+    Strings, decimals (exact text like "12.50") and anything else castable to
+    text become one ``large_string`` array with every empty string as null;
+    timestamps, dates, booleans, integers and floats, which need no parsing,
+    become Series of their pandas dtype.
+    """
     kind = values.type
     if pa.types.is_dictionary(kind):
         values = values.cast(kind.value_type)
         kind = values.type
     if pa.types.is_null(kind):
-        return pd.Series(pd.NA, index=pd.RangeIndex(len(values)), dtype=STRING)
+        return pa.nulls(len(values), pa.large_string())
     if pa.types.is_timestamp(kind):
         return values.to_pandas()
     if pa.types.is_date(kind):
@@ -344,14 +360,19 @@ def _arrow_to_series(values: pa.ChunkedArray) -> pd.Series:
     if pa.types.is_boolean(kind):
         return values.to_pandas(types_mapper={pa.bool_(): pd.BooleanDtype()}.get)
     if pa.types.is_integer(kind):
-        return values.cast(pa.int64()).to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get)
+        return values.cast(pa.int64()).to_pandas(types_mapper=_as_int64_dtype)
     if pa.types.is_floating(kind):
         return values.to_pandas().astype("float64")
-    # strings, decimals (exact text like "12.50") and anything else castable to text.
-    return _blank_to_na(pd.Series(pc.cast(values, pa.large_string()).to_pandas()))
+    return _blank_to_null(pc.cast(values, pa.large_string()).combine_chunks())
 
 
 # --------------------------------------------------------------------------- parsing helpers
+
+
+def _blank_to_null(text: pa.Array) -> pa.Array:
+    """Arrow text with every empty string as null."""
+    blank = pc.equal(pc.binary_length(text), 0)
+    return pc.if_else(blank, pa.scalar(None, text.type), text) if pc.any(blank).as_py() else text
 
 
 def _blank_to_na(values: pd.Series) -> pd.Series:
@@ -362,7 +383,7 @@ def _blank_to_na(values: pd.Series) -> pd.Series:
 
 
 def _as_text(values: pd.Series) -> pd.Series:
-    """Any raw column as STRING text (natural Parquet types written out)."""
+    """A natural-typed column (a Series) as STRING text, written out the way pandas writes it."""
     if values.dtype == STRING:
         return values
     if isinstance(values.dtype, pd.BooleanDtype):
@@ -371,17 +392,44 @@ def _as_text(values: pd.Series) -> pd.Series:
     return _blank_to_na(values.astype(STRING))
 
 
+def _text(raw: pa.Array | pd.Series) -> pa.Array:
+    """A raw column as Arrow text (``large_string``, null when empty)."""
+    return raw if isinstance(raw, pa.Array) else _arrow_text(_as_text(raw))
+
+
+def _string_series(text: pa.Array) -> pd.Series:
+    """Arrow text as a STRING Series (the Series holds the same Arrow data, nothing is copied)."""
+    return text.to_pandas(types_mapper=_as_string_dtype)
+
+
+def _missing(raw: pa.Array | pd.Series) -> np.ndarray:
+    return raw.is_null().to_numpy(zero_copy_only=False) if isinstance(raw, pa.Array) else raw.isna().to_numpy()
+
+
 def _mask(values) -> np.ndarray:
-    """A boolean Series/array as numpy bool, with null meaning False."""
+    """A boolean Series, Arrow array or array-like as numpy bool, with null meaning False."""
     if isinstance(values, pd.Series):
         return values.to_numpy(dtype=bool, na_value=False)
+    if isinstance(values, (pa.Array, pa.ChunkedArray)):
+        return pc.fill_null(values, False).to_numpy(zero_copy_only=False)
     return np.asarray(values, dtype=bool)
 
 
-def _matches(text: pd.Series, pattern: str) -> np.ndarray:
+def _matches(text: pa.Array | pd.Series, pattern: str) -> np.ndarray:
     """Whether each whole text matches ``pattern`` (RE2 syntax); null -> False."""
-    matched = pc.match_substring_regex(_arrow_text(text), f"^(?:{pattern})$")
-    return pc.fill_null(matched, False).to_numpy(zero_copy_only=False)
+    values = text if isinstance(text, pa.Array) else _arrow_text(text)
+    return _mask(pc.match_substring_regex(values, f"^(?:{pattern})$"))
+
+
+def _is_one_of(text: pa.Array, values: tuple[str, ...]) -> np.ndarray:
+    return _mask(pc.is_in(text, value_set=pa.array(values, pa.large_string())))
+
+
+def _null_unless(values: pa.Array, keep: np.ndarray) -> pa.Array:
+    """``values`` with null where ``keep`` is False (unchanged when it keeps every present value)."""
+    if np.count_nonzero(keep) + values.null_count == len(values):
+        return values
+    return pc.if_else(pa.array(keep), values, pa.scalar(None, values.type))
 
 
 def _range_sentence(column: Column) -> str:
@@ -412,10 +460,73 @@ def _outside_years(stamps: pd.Series) -> np.ndarray:
 
 
 def _parse_timestamp_text(text: pd.Series) -> tuple[pd.Series, np.ndarray]:
+    """What the contract calls a timestamp: ISO-8601 as pandas reads it, after the shape check."""
     ok = _matches(text, _TIMESTAMP_TEXT)
     parsed = pd.to_datetime(text.where(ok), format="ISO8601", utc=True, errors="coerce", cache=False)
     bad = text.notna().to_numpy() & parsed.isna().to_numpy()
     return parsed, bad
+
+
+def _parse_date_text(text: pd.Series) -> tuple[pd.Series, np.ndarray]:
+    """What the contract calls a date: YYYY-MM-DD, a real day of the calendar."""
+    ok = _matches(text, _DATE_TEXT)
+    parsed = pd.to_datetime(text.where(ok), format="%Y-%m-%d", errors="coerce", cache=False)
+    bad = text.notna().to_numpy() & parsed.isna().to_numpy()
+    return parsed, bad
+
+
+def _parse_common_spelling(text: pa.Array, spelling: str, arrow_type: pa.DataType) -> np.ndarray:
+    """Arrow's reading of the values spelled exactly ``spelling``, as ``datetime64[s]`` (UTC).
+
+    NaT for every other value and for a value outside the usable years. Arrow
+    parses a column at once or not at all: when one value spelled like a date
+    is no date (``2026-02-30``), every value is NaT. A value Arrow reads is one
+    the contract's parser reads the same.
+    """
+    parsed = np.full(len(text), np.datetime64("NaT", "s"))
+    common = _matches(text, spelling)
+    if not common.any():
+        return parsed
+    every = np.count_nonzero(common) + text.null_count == len(text)
+    try:
+        values = pc.cast(text if every else text.filter(pa.array(common)), arrow_type)
+    except pa.ArrowInvalid:
+        return parsed
+    values = values.to_numpy(zero_copy_only=False).astype("datetime64[s]")
+    if every:
+        parsed = values
+    else:
+        parsed[common] = values
+    usable = (parsed >= _USABLE_FROM) & (parsed < _USABLE_UNTIL)
+    return np.where(usable, parsed, np.datetime64("NaT", "s"))
+
+
+def _parse_time_text(text: pa.Array, kind: Kind) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Dates or timestamps from text: (values, not a date/time, outside the usable years).
+
+    Values are naive ``datetime64[ns]``: the UTC time, or a date's midnight;
+    NaT where the text is empty, bad or outside the usable years. The spelling
+    the exports use (``2026-11-24``, ``2026-11-24T09:30:00Z``) is parsed by
+    Arrow; every other value by :func:`_parse_date_text` or
+    :func:`_parse_timestamp_text`, which define what the contract accepts.
+    """
+    if kind is Kind.DATE:
+        fast = _parse_common_spelling(text, _DATE_TEXT, pa.date32())
+    else:
+        fast = _parse_common_spelling(text, _COMMON_TIMESTAMP_TEXT, pa.timestamp("s", tz="UTC"))
+    values = fast.astype("datetime64[ns]")
+    bad = np.zeros(len(text), dtype=bool)
+    far = np.zeros(len(text), dtype=bool)
+    rest = np.flatnonzero(text.is_valid().to_numpy(zero_copy_only=False) & np.isnat(fast))
+    if len(rest):
+        others = _string_series(text.take(pa.array(rest)))
+        parse = _parse_date_text if kind is Kind.DATE else _parse_timestamp_text
+        parsed, bad[rest] = parse(others)
+        if parsed.dt.tz is not None:
+            parsed = parsed.dt.tz_localize(None)  # a UTC time, as the naive values hold it
+        far[rest] = _outside_years(parsed)
+        values[rest] = parsed.where(~far[rest]).to_numpy(dtype="datetime64[ns]")
+    return values, bad, far
 
 
 # --------------------------------------------------------------------------- checking
@@ -435,14 +546,18 @@ class _CheckedTable:
 class _Problems:
     """Collects one line per problem of one table, vectorized by column."""
 
-    def __init__(self, table: Table, raw: dict[str, pd.Series], rows: int):
+    def __init__(self, table: Table, raw: dict[str, pa.Array | pd.Series], rows: int):
         self.table = table
         self.raw = raw
         self.rows = rows
         self.parts: list[pd.DataFrame] = []
 
     def value_text(self, column: str, positions: np.ndarray) -> pd.Series:
-        return _as_text(self.raw[column].iloc[positions]).fillna("").reset_index(drop=True)
+        """The values of ``positions`` as read, as text ("" when empty)."""
+        raw = self.raw[column]
+        if isinstance(raw, pa.Array):
+            return _string_series(pc.fill_null(raw.take(pa.array(positions)), ""))
+        return _as_text(raw.iloc[positions]).fillna("").reset_index(drop=True)
 
     def add(self, bad: np.ndarray, column: str, sentence: str | None = None, *, reason=None) -> None:
         """Record ``bad`` rows of ``column``.
@@ -517,121 +632,134 @@ def _entity(table: str) -> str:
     return table.removesuffix("s").replace("_", " ")
 
 
-def _parse_column(column: Column, raw: pd.Series, problems: _Problems) -> pd.Series:
-    """The column in its canonical dtype; bad values reported and left null."""
+def _parse_column(column: Column, raw: pa.Array | pd.Series, problems: _Problems) -> pd.Series | np.ndarray:
+    """The column in its canonical dtype; bad values reported and left null.
+
+    Text is checked with Arrow kernels; natural Parquet types (Series) are
+    checked as they are.
+    """
     name, kind = column.name, column.kind
-    missing = raw.isna().to_numpy()
+    missing = _missing(raw)
     if column.required:
         problems.empty(missing, column)
 
     if kind in (Kind.ID, Kind.TEXT, Kind.AREAS, Kind.ENUM):
-        text = _as_text(raw)
-        present = text.notna().to_numpy()
+        text = _text(raw)
         if kind is Kind.ENUM:
             problems.add(
-                present & ~text.isin(column.values).to_numpy(),
+                ~missing & ~_is_one_of(text, column.values),
                 name,
                 f"is not one of {_one_of(column.values)}: use one of these",
             )
         if column.pattern:
-            problems.add(present & ~_matches(text, column.pattern), name, column.pattern_hint)
-        return text
+            problems.add(~missing & ~_matches(text, column.pattern), name, column.pattern_hint)
+        return _string_series(text)
 
     if kind is Kind.BOOL:
-        if isinstance(raw.dtype, pd.BooleanDtype):
-            truth = raw
-        else:
-            lower = _as_text(raw).str.lower()
-            truth = pd.Series(pd.NA, index=raw.index, dtype="boolean")
-            truth = truth.mask(_mask(lower == "true"), True).mask(_mask(lower == "false"), False)
-            problems.add(~missing & truth.isna().to_numpy(), name, "is not a boolean: write true or false")
-        return truth.fillna(bool(column.default)).to_numpy(dtype=bool)
+        if isinstance(raw, pd.Series) and isinstance(raw.dtype, pd.BooleanDtype):
+            return raw.fillna(bool(column.default)).to_numpy(dtype=bool)
+        lower = pc.utf8_lower(_text(raw))
+        true, false = _mask(pc.equal(lower, "true")), _mask(pc.equal(lower, "false"))
+        problems.add(~missing & ~true & ~false, name, "is not a boolean: write true or false")
+        return true | (~false & bool(column.default))
 
     if kind is Kind.INT:
-        if isinstance(raw.dtype, pd.Int64Dtype):
+        if isinstance(raw, pd.Series) and isinstance(raw.dtype, pd.Int64Dtype):
             number = raw
-        elif pd.api.types.is_float_dtype(raw.dtype):
+        elif isinstance(raw, pd.Series) and pd.api.types.is_float_dtype(raw.dtype):
             integral = _mask(np.isfinite(raw) & (raw == np.floor(raw)) & (raw.abs() < 1e18))
             problems.add(~missing & ~integral, name, "is not a whole number: write digits like 3")
             number = raw.where(integral).astype("Int64")
         else:
-            text = _as_text(raw)
+            text = _text(raw)
             ok = _matches(text, _INT_TEXT)
             problems.add(~missing & ~ok, name, "is not a whole number: write digits like 3")
-            number = text.where(ok).astype("Int64")
+            number = pc.cast(_null_unless(text, ok), pa.int64()).to_pandas(types_mapper=_as_int64_dtype)
         problems.add(_out_of_range(number, column), name, _range_sentence(column))
         if column.default is not None:
             number = number.fillna(column.default)
         return number
 
     if kind is Kind.FLOAT:
-        if pd.api.types.is_numeric_dtype(raw.dtype) and not pd.api.types.is_bool_dtype(raw.dtype):
-            number = raw.astype("float64")
+        if isinstance(raw, pd.Series) and pd.api.types.is_numeric_dtype(raw.dtype) and not pd.api.types.is_bool_dtype(raw.dtype):
+            number = raw.to_numpy(dtype="float64", na_value=np.nan)
         else:
-            text = _as_text(raw)
+            text = _text(raw)
             ok = _matches(text, _FLOAT_TEXT)
             problems.add(~missing & ~ok, name, "is not a number: write it like 4.5")
-            number = text.where(ok).astype("float64")
-        number = pd.Series(number.to_numpy(dtype="float64", na_value=np.nan), index=raw.index)
+            number = pc.cast(_null_unless(text, ok), pa.float64()).to_numpy(zero_copy_only=False)
+        number = pd.Series(number)
         problems.add(_out_of_range(number, column) | np.isinf(number.to_numpy()), name, _range_sentence(column))
         return number
 
     if kind is Kind.MONEY:
-        parts = pc.extract_regex(_arrow_text(_as_text(raw)), f"^{_MONEY_TEXT}$")
-        ok = parts.is_valid().to_numpy(zero_copy_only=False)
-        problems.add(
-            ~missing & ~ok,
-            name,
-            "is not an amount: write a decimal number with at most 2 decimals, like 1250.00",
-        )
-        # Trailing zeros do not change the amount: 12.500 is exact in cents, 12.505 is not.
-        decimals = pc.utf8_rtrim(pc.fill_null(parts.field("decimals"), ""), characters="0")
-        too_precise = ok & pc.greater(pc.utf8_length(decimals), 2).to_numpy(zero_copy_only=False)
-        problems.add(too_precise, name, "has more than 2 decimals: round it to cents")
-        usable = pa.array(ok & ~too_precise)
-        units = pc.cast(pc.if_else(usable, parts.field("units"), "0"), pa.int64()).to_numpy()
-        cents = pc.cast(pc.if_else(usable, pc.utf8_rpad(decimals, width=2, padding="0"), "0"), pa.int64()).to_numpy()
-        negative = pc.fill_null(pc.equal(parts.field("sign"), "-"), False).to_numpy(zero_copy_only=False)
-        amount = pd.Series(np.where(negative, -1, 1) * (units * 100 + cents), index=raw.index, dtype="int64")
+        amount = _parse_money(_text(raw), missing, column, problems)
         problems.add(_out_of_range(amount, column, scale=100), name, _range_sentence(column))
         if column.default is not None:
             amount = amount.mask(missing, int(round(column.default * 100)))
         return amount
 
     if kind is Kind.DATE:
-        if pd.api.types.is_datetime64_any_dtype(raw.dtype):
+        if isinstance(raw, pd.Series) and pd.api.types.is_datetime64_any_dtype(raw.dtype):
             day = raw.dt.tz_convert("UTC").dt.tz_localize(None) if raw.dt.tz is not None else raw
             not_midnight = _mask(day.notna() & (day != day.dt.normalize()))
             problems.add(not_midnight, name, "is a time, not a date: write YYYY-MM-DD")
             day = day.where(~not_midnight)
+            far = _outside_years(day)
+            day = day.where(~far).astype("datetime64[ns]")
         else:
-            text = _as_text(raw)
-            ok = _matches(text, _DATE_TEXT)
-            day = pd.to_datetime(text.where(ok), format="%Y-%m-%d", errors="coerce", cache=False)
-            problems.add(~missing & day.isna().to_numpy(), name, "is not a date: write YYYY-MM-DD")
-        far = _outside_years(day)
+            values, bad, far = _parse_time_text(_text(raw), kind)
+            problems.add(bad, name, "is not a date: write YYYY-MM-DD")
+            day = pd.Series(values)
         problems.add(far, name, f"is not a usable date: the year must be from {_FIRST_YEAR} to {_LAST_YEAR}")
-        return day.where(~far).astype("datetime64[ns]")
+        return day
 
     if kind is Kind.TIMESTAMP:
-        if pd.api.types.is_datetime64_any_dtype(raw.dtype):
+        if isinstance(raw, pd.Series) and pd.api.types.is_datetime64_any_dtype(raw.dtype):
             stamp = raw.dt.tz_convert("UTC") if raw.dt.tz is not None else raw.dt.tz_localize("UTC")
+            far = _outside_years(stamp)
+            stamp = stamp.where(~far).astype("datetime64[ns, UTC]")
         else:
-            stamp, bad = _parse_timestamp_text(_as_text(raw))
-            problems.add(
-                bad,
-                name,
-                "is not a timestamp: write ISO-8601 in UTC like 2026-11-24T09:30:00Z",
-            )
-        far = _outside_years(stamp)
+            values, bad, far = _parse_time_text(_text(raw), kind)
+            problems.add(bad, name, "is not a timestamp: write ISO-8601 in UTC like 2026-11-24T09:30:00Z")
+            stamp = pd.Series(values).dt.tz_localize("UTC")
         problems.add(far, name, f"is not a usable time: the year must be from {_FIRST_YEAR} to {_LAST_YEAR}")
-        return stamp.where(~far).astype("datetime64[ns, UTC]")
+        return stamp
 
     raise AssertionError(f"unhandled kind {kind}")  # pragma: no cover - the contract is closed
 
 
+def _parse_money(text: pa.Array, missing: np.ndarray, column: Column, problems: _Problems) -> pd.Series:
+    """Decimal text as int64 cents (0 where empty or bad), reporting what is not an amount or not exact in cents."""
+    name = column.name
+    ok = _matches(text, _MONEY_TEXT)
+    problems.add(
+        ~missing & ~ok,
+        name,
+        "is not an amount: write a decimal number with at most 2 decimals, like 1250.00",
+    )
+    usable = _null_unless(text, ok)
+    try:
+        # Arrow refuses the whole column if one value is not exact in cents (12.505):
+        # then each value is taken apart below to find which.
+        cents = pc.multiply(pc.cast(usable, pa.decimal128(_MONEY_UNITS + 2, 2)), 100)
+        return pd.Series(pc.cast(pc.fill_null(cents, 0), pa.int64()).to_numpy(), dtype="int64")
+    except pa.ArrowInvalid:
+        pass
+    parts = pc.extract_regex(usable, f"^{_MONEY_PARTS}$")
+    # Trailing zeros do not change the amount: 12.500 is exact in cents, 12.505 is not.
+    decimals = pc.utf8_rtrim(pc.fill_null(parts.field("decimals"), ""), characters="0")
+    too_precise = ok & _mask(pc.greater(pc.utf8_length(decimals), 2))
+    problems.add(too_precise, name, "has more than 2 decimals: round it to cents")
+    exact = pa.array(ok & ~too_precise)
+    units = pc.cast(pc.if_else(exact, parts.field("units"), "0"), pa.int64()).to_numpy()
+    cents = pc.cast(pc.if_else(exact, pc.utf8_rpad(decimals, width=2, padding="0"), "0"), pa.int64()).to_numpy()
+    negative = _mask(pc.equal(parts.field("sign"), "-"))
+    return pd.Series(np.where(negative, -1, 1) * (units * 100 + cents), dtype="int64")
+
+
 def _check_table(
-    table: Table, file_name: str, raw: dict[str, pd.Series], rows: int, earlier: dict[str, _CheckedTable]
+    table: Table, file_name: str, raw: dict[str, pa.Array | pd.Series], rows: int, earlier: dict[str, _CheckedTable]
 ) -> _CheckedTable:
     problems = _Problems(table, raw, rows)
     parsed = {column.name: _parse_column(column, raw[column.name], problems) for column in table.columns}
@@ -642,7 +770,7 @@ def _check_table(
     first_row_of = _first_rows(ids_arrow)
     own = np.arange(rows)
     id_first_row = np.flatnonzero(first_row_of == own)
-    id_values = ids_arrow.take(pa.array(id_first_row))
+    id_values = ids_arrow if len(id_first_row) == rows else ids_arrow.take(pa.array(id_first_row))
 
     def duplicate_reason(values: pd.Series, at: np.ndarray) -> pd.Series:
         return (
@@ -660,7 +788,9 @@ def _check_table(
 
     rejected = problems.rejected()
     keep = np.flatnonzero(~rejected)
-    frame = pd.DataFrame({column.output_name: _take(parsed[column.name], keep) for column in table.columns})
+    frame = pd.DataFrame(
+        {column.output_name: _take(parsed[column.name], keep, rows) for column in table.columns}, copy=False
+    )
     frame["_row"] = (keep + 1).astype("int64")
     kept_ids = _arrow_text(frame[table.id_column])
     kept_roles = _arrow_text(frame["role"]) if table.name == "users" else None
@@ -678,9 +808,13 @@ def _check_table(
 def _first_rows(values: pa.Array) -> np.ndarray:
     """For each row, the position of the first row holding the same value (-1 for null).
 
-    A stable sort groups equal values with the earliest row first; it is
-    several times faster than hashing on millions of ids.
+    Ids in increasing order, as exports usually write them, are each their
+    own first row. Otherwise a stable sort groups equal values with the
+    earliest row first; it is several times faster than hashing on millions
+    of ids.
     """
+    if values.null_count == 0 and _increasing(values):
+        return np.arange(len(values))
     present = len(values) - values.null_count
     order = pc.array_sort_indices(values).to_numpy()[:present]  # stable; nulls last
     ordered = values.take(pa.array(order))
@@ -690,6 +824,14 @@ def _first_rows(values: pa.Array) -> np.ndarray:
     first = np.full(len(values), -1, dtype="int64")
     first[order] = order[starts][np.cumsum(starts) - 1]
     return first
+
+
+def _increasing(values: pa.Array, *, strictly: bool = True) -> bool:
+    """Whether every value is greater than (or, not ``strictly``, equal to) the one before; no nulls."""
+    if len(values) < 2:
+        return True
+    compare = pc.greater if strictly else pc.greater_equal
+    return bool(pc.all(compare(values.slice(1), values.slice(0, len(values) - 1))).as_py())
 
 
 def _arrow_text(text: pd.Series) -> pa.Array:
@@ -709,7 +851,10 @@ def _numbers(values: np.ndarray) -> pd.Series:
     return pd.Series(np.asarray(values, dtype="int64")).astype(STRING)
 
 
-def _take(values, keep: np.ndarray) -> pd.Series:
+def _take(values: pd.Series | np.ndarray, keep: np.ndarray, rows: int) -> pd.Series:
+    """The kept rows of a parsed column as a Series with a fresh index (as it is when every row is kept)."""
+    if len(keep) == rows:
+        return values if isinstance(values, pd.Series) else pd.Series(values)
     if isinstance(values, pd.Series):
         return values.iloc[keep].reset_index(drop=True)
     return pd.Series(np.asarray(values)[keep])
@@ -719,6 +864,8 @@ def _check_unique_within(
     table: Table, group: list[str], column_name: str, parsed: dict, problems: _Problems
 ) -> None:
     names = [*group, column_name]
+    if _sorted_and_unique([parsed[c] for c in names]):
+        return
     keys = pd.DataFrame({c: pd.Series(parsed[c]).reset_index(drop=True) for c in names})
     complete = keys.notna().all(axis=1).to_numpy()
     repeated = complete & keys.duplicated(keep="first").to_numpy()
@@ -739,6 +886,28 @@ def _check_unique_within(
         )
 
     problems.add(repeated, column_name, reason=reason)
+
+
+def _sorted_and_unique(columns: list[pd.Series]) -> bool:
+    """Whether the rows, as tuples of ``columns``, are in strictly increasing order (so no two are equal).
+
+    Exports usually list a project's milestones together, by sequence; the
+    check is then a comparison of neighbours instead of hashing every row.
+    Any null makes the answer False (the caller then checks row by row).
+    """
+    arrays = [pa.array(c, from_pandas=True) for c in columns]
+    if any(a.null_count for a in arrays):
+        return False
+    if len(arrays[0]) < 2:
+        return True
+    before = [a.slice(0, len(a) - 1) for a in arrays]
+    after = [a.slice(1) for a in arrays]
+    # Going back from the last column: a row is after the one before it when its first
+    # differing column is greater.
+    increasing = pc.greater(after[-1], before[-1])
+    for a, b in zip(reversed(after[:-1]), reversed(before[:-1])):
+        increasing = pc.or_(pc.greater(a, b), pc.and_(pc.equal(a, b), increasing))
+    return bool(pc.all(increasing).as_py())
 
 
 def _check_reference(
