@@ -46,7 +46,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import time
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,7 +78,6 @@ _MONEY_UNITS = 13  # digits before the point: 13 keep cents in int64
 _MONEY_TEXT = rf"-?\d{{1,{_MONEY_UNITS}}}(?:\.\d+)?"
 _MONEY_PARTS = rf"(?P<sign>-?)(?P<units>\d{{1,{_MONEY_UNITS}}})(?:\.(?P<decimals>\d+))?"
 _DATE_TEXT = r"\d{4}-\d{2}-\d{2}"
-_COMMON_TIMESTAMP_TEXT = r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z"  # how exports write times: 2026-11-24T09:30:00Z
 _TIMESTAMP_TEXT = (
     r"\d{4}-\d{2}-\d{2}"
     r"(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,9})?)?(?:Z|[+-]\d{2}(?::?\d{2})?)?)?"
@@ -131,7 +132,7 @@ def read_export(directory: str | Path, timings: dict | None = None) -> Export:
     fmt = _detect_format(directory)
     manifest, exported_at = _read_manifest(directory)
 
-    raw: dict[str, dict[str, pa.Array | pd.Series]] = {}
+    raw: dict[str, dict[str, pa.ChunkedArray | pd.Series]] = {}
     read_counts: dict[str, int] = {}
     for name, table in TABLES.items():
         path = directory / f"{name}.{fmt}"
@@ -142,8 +143,11 @@ def read_export(directory: str | Path, timings: dict | None = None) -> Export:
 
     checking = time.perf_counter()
     checked: dict[str, _CheckedTable] = {}
-    for name, table in TABLES.items():
-        checked[name] = _check_table(table, f"{name}.{fmt}", raw[name], read_counts[name], checked)
+    # The checks are Arrow and numpy kernels, which release the GIL: a table's
+    # columns (and then its references) are checked on every core at once.
+    with ThreadPoolExecutor(max_workers=len(os.sched_getaffinity(0))) as pool:
+        for name, table in TABLES.items():
+            checked[name] = _check_table(table, f"{name}.{fmt}", raw[name], read_counts[name], checked, pool)
     if timings is not None:
         timings["validate"] = time.perf_counter() - checking
 
@@ -257,7 +261,7 @@ def _require_columns(path: Path, table: Table, present: list[str]) -> None:
         )
 
 
-def _read_csv(path: Path, table: Table) -> tuple[dict[str, pa.Array], int]:
+def _read_csv(path: Path, table: Table) -> tuple[dict[str, pa.ChunkedArray], int]:
     """Every contract column as text, an empty field as null; no value is taken for null by its spelling.
 
     This has the semantics of ``pd.read_csv(dtype=str, keep_default_na=False,
@@ -289,7 +293,7 @@ def _read_csv(path: Path, table: Table) -> tuple[dict[str, pa.Array], int]:
         raise InvalidExport(f"{path} is not a readable CSV file ({detail}): re-export the table") from None
     except OSError as error:
         raise InvalidExport(f"{path} cannot be read ({error.strerror or error}): check the file") from None
-    columns = {c: data.column(c).combine_chunks() for c in table.column_names}
+    columns = {c: data.column(c) for c in table.column_names}
     return columns, data.num_rows
 
 
@@ -319,7 +323,7 @@ def _csv_header(path: Path, table: Table) -> list[str]:
     return header
 
 
-def _read_parquet(path: Path, table: Table) -> tuple[dict[str, pa.Array | pd.Series], int]:
+def _read_parquet(path: Path, table: Table) -> tuple[dict[str, pa.ChunkedArray | pd.Series], int]:
     try:
         data = pq.read_table(path)
     except (pa.ArrowException, OSError, ValueError) as error:
@@ -339,11 +343,11 @@ def _read_parquet(path: Path, table: Table) -> tuple[dict[str, pa.Array | pd.Ser
     return columns, data.num_rows
 
 
-def _raw_column(values: pa.ChunkedArray) -> pa.Array | pd.Series:
+def _raw_column(values: pa.ChunkedArray) -> pa.ChunkedArray | pd.Series:
     """A Parquet column as it is checked: text in Arrow, natural types as pandas Series.
 
     Strings, decimals (exact text like "12.50") and anything else castable to
-    text become one ``large_string`` array with every empty string as null;
+    text become ``large_string`` with every empty string as null;
     timestamps, dates, booleans, integers and floats, which need no parsing,
     become Series of their pandas dtype.
     """
@@ -352,7 +356,7 @@ def _raw_column(values: pa.ChunkedArray) -> pa.Array | pd.Series:
         values = values.cast(kind.value_type)
         kind = values.type
     if pa.types.is_null(kind):
-        return pa.nulls(len(values), pa.large_string())
+        return pa.chunked_array([pa.nulls(len(values), pa.large_string())])
     if pa.types.is_timestamp(kind):
         return values.to_pandas()
     if pa.types.is_date(kind):
@@ -363,13 +367,13 @@ def _raw_column(values: pa.ChunkedArray) -> pa.Array | pd.Series:
         return values.cast(pa.int64()).to_pandas(types_mapper=_as_int64_dtype)
     if pa.types.is_floating(kind):
         return values.to_pandas().astype("float64")
-    return _blank_to_null(pc.cast(values, pa.large_string()).combine_chunks())
+    return _blank_to_null(pc.cast(values, pa.large_string()))
 
 
 # --------------------------------------------------------------------------- parsing helpers
 
 
-def _blank_to_null(text: pa.Array) -> pa.Array:
+def _blank_to_null(text: pa.ChunkedArray) -> pa.ChunkedArray:
     """Arrow text with every empty string as null."""
     blank = pc.equal(pc.binary_length(text), 0)
     return pc.if_else(blank, pa.scalar(None, text.type), text) if pc.any(blank).as_py() else text
@@ -392,18 +396,18 @@ def _as_text(values: pd.Series) -> pd.Series:
     return _blank_to_na(values.astype(STRING))
 
 
-def _text(raw: pa.Array | pd.Series) -> pa.Array:
+def _text(raw: pa.ChunkedArray | pd.Series) -> pa.ChunkedArray:
     """A raw column as Arrow text (``large_string``, null when empty)."""
-    return raw if isinstance(raw, pa.Array) else _arrow_text(_as_text(raw))
+    return raw if isinstance(raw, pa.ChunkedArray) else _arrow_text(_as_text(raw))
 
 
-def _string_series(text: pa.Array) -> pd.Series:
+def _string_series(text: pa.ChunkedArray) -> pd.Series:
     """Arrow text as a STRING Series (the Series holds the same Arrow data, nothing is copied)."""
     return text.to_pandas(types_mapper=_as_string_dtype)
 
 
-def _missing(raw: pa.Array | pd.Series) -> np.ndarray:
-    return raw.is_null().to_numpy(zero_copy_only=False) if isinstance(raw, pa.Array) else raw.isna().to_numpy()
+def _missing(raw: pa.ChunkedArray | pd.Series) -> np.ndarray:
+    return raw.is_null().to_numpy(zero_copy_only=False) if isinstance(raw, pa.ChunkedArray) else raw.isna().to_numpy()
 
 
 def _mask(values) -> np.ndarray:
@@ -415,17 +419,17 @@ def _mask(values) -> np.ndarray:
     return np.asarray(values, dtype=bool)
 
 
-def _matches(text: pa.Array | pd.Series, pattern: str) -> np.ndarray:
+def _matches(text: pa.ChunkedArray | pd.Series, pattern: str) -> np.ndarray:
     """Whether each whole text matches ``pattern`` (RE2 syntax); null -> False."""
-    values = text if isinstance(text, pa.Array) else _arrow_text(text)
+    values = text if isinstance(text, pa.ChunkedArray) else _arrow_text(text)
     return _mask(pc.match_substring_regex(values, f"^(?:{pattern})$"))
 
 
-def _is_one_of(text: pa.Array, values: tuple[str, ...]) -> np.ndarray:
+def _is_one_of(text: pa.ChunkedArray, values: tuple[str, ...]) -> np.ndarray:
     return _mask(pc.is_in(text, value_set=pa.array(values, pa.large_string())))
 
 
-def _null_unless(values: pa.Array, keep: np.ndarray) -> pa.Array:
+def _null_unless(values: pa.ChunkedArray, keep: np.ndarray) -> pa.ChunkedArray:
     """``values`` with null where ``keep`` is False (unchanged when it keeps every present value)."""
     if np.count_nonzero(keep) + values.null_count == len(values):
         return values
@@ -475,16 +479,18 @@ def _parse_date_text(text: pd.Series) -> tuple[pd.Series, np.ndarray]:
     return parsed, bad
 
 
-def _parse_common_spelling(text: pa.Array, spelling: str, arrow_type: pa.DataType) -> np.ndarray:
-    """Arrow's reading of the values spelled exactly ``spelling``, as ``datetime64[s]`` (UTC).
+def _parse_common_spelling(text: pa.ChunkedArray, arrow_type: pa.DataType, length: int) -> np.ndarray:
+    """Arrow's reading of the values ``length`` bytes long, as ``datetime64[s]`` (UTC).
 
     NaT for every other value and for a value outside the usable years. Arrow
-    parses a column at once or not at all: when one value spelled like a date
-    is no date (``2026-02-30``), every value is NaT. A value Arrow reads is one
-    the contract's parser reads the same.
+    casts a column at once or not at all: when one of those values is no date
+    (``2026-02-30``), every value is NaT. Of the spellings Arrow's cast accepts,
+    the only one of 10 bytes as a date is ``YYYY-MM-DD``, and the only one of
+    20 bytes as a UTC timestamp is ``YYYY-MM-DD[T ]hh:mm:ssZ``: spellings the
+    contract reads as the same day or time.
     """
     parsed = np.full(len(text), np.datetime64("NaT", "s"))
-    common = _matches(text, spelling)
+    common = _mask(pc.equal(pc.binary_length(text), length))
     if not common.any():
         return parsed
     every = np.count_nonzero(common) + text.null_count == len(text)
@@ -501,7 +507,7 @@ def _parse_common_spelling(text: pa.Array, spelling: str, arrow_type: pa.DataTyp
     return np.where(usable, parsed, np.datetime64("NaT", "s"))
 
 
-def _parse_time_text(text: pa.Array, kind: Kind) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _parse_time_text(text: pa.ChunkedArray, kind: Kind) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Dates or timestamps from text: (values, not a date/time, outside the usable years).
 
     Values are naive ``datetime64[ns]``: the UTC time, or a date's midnight;
@@ -511,9 +517,9 @@ def _parse_time_text(text: pa.Array, kind: Kind) -> tuple[np.ndarray, np.ndarray
     :func:`_parse_timestamp_text`, which define what the contract accepts.
     """
     if kind is Kind.DATE:
-        fast = _parse_common_spelling(text, _DATE_TEXT, pa.date32())
+        fast = _parse_common_spelling(text, pa.date32(), length=len("2026-11-24"))
     else:
-        fast = _parse_common_spelling(text, _COMMON_TIMESTAMP_TEXT, pa.timestamp("s", tz="UTC"))
+        fast = _parse_common_spelling(text, pa.timestamp("s", tz="UTC"), length=len("2026-11-24T09:30:00Z"))
     values = fast.astype("datetime64[ns]")
     bad = np.zeros(len(text), dtype=bool)
     far = np.zeros(len(text), dtype=bool)
@@ -537,16 +543,16 @@ class _CheckedTable:
     frame: pd.DataFrame  # valid rows, canonical dtypes, plus _row
     rejects: pd.DataFrame
     rejected: np.ndarray  # per read row
-    id_values: pa.Array  # every distinct id read (large_string), in order of first row
+    id_values: pa.ChunkedArray  # every distinct id read (large_string), in order of first row
     id_first_row: np.ndarray  # 0-based position of each id_values' first row
-    kept_ids: pa.Array  # ids of the valid rows (unique, large_string)
-    kept_roles: pa.Array | None  # users only: the role of each kept_ids user
+    kept_ids: pa.ChunkedArray  # ids of the valid rows (unique, large_string)
+    kept_roles: pa.ChunkedArray | None  # users only: the role of each kept_ids user
 
 
 class _Problems:
     """Collects one line per problem of one table, vectorized by column."""
 
-    def __init__(self, table: Table, raw: dict[str, pa.Array | pd.Series], rows: int):
+    def __init__(self, table: Table, raw: dict[str, pa.ChunkedArray | pd.Series], rows: int):
         self.table = table
         self.raw = raw
         self.rows = rows
@@ -555,7 +561,7 @@ class _Problems:
     def value_text(self, column: str, positions: np.ndarray) -> pd.Series:
         """The values of ``positions`` as read, as text ("" when empty)."""
         raw = self.raw[column]
-        if isinstance(raw, pa.Array):
+        if isinstance(raw, pa.ChunkedArray):
             return _string_series(pc.fill_null(raw.take(pa.array(positions)), ""))
         return _as_text(raw.iloc[positions]).fillna("").reset_index(drop=True)
 
@@ -632,7 +638,7 @@ def _entity(table: str) -> str:
     return table.removesuffix("s").replace("_", " ")
 
 
-def _parse_column(column: Column, raw: pa.Array | pd.Series, problems: _Problems) -> pd.Series | np.ndarray:
+def _parse_column(column: Column, raw: pa.ChunkedArray | pd.Series, problems: _Problems) -> pd.Series | np.ndarray:
     """The column in its canonical dtype; bad values reported and left null.
 
     Text is checked with Arrow kernels; natural Parquet types (Series) are
@@ -729,7 +735,7 @@ def _parse_column(column: Column, raw: pa.Array | pd.Series, problems: _Problems
     raise AssertionError(f"unhandled kind {kind}")  # pragma: no cover - the contract is closed
 
 
-def _parse_money(text: pa.Array, missing: np.ndarray, column: Column, problems: _Problems) -> pd.Series:
+def _parse_money(text: pa.ChunkedArray, missing: np.ndarray, column: Column, problems: _Problems) -> pd.Series:
     """Decimal text as int64 cents (0 where empty or bad), reporting what is not an amount or not exact in cents."""
     name = column.name
     ok = _matches(text, _MONEY_TEXT)
@@ -748,21 +754,32 @@ def _parse_money(text: pa.Array, missing: np.ndarray, column: Column, problems: 
         pass
     parts = pc.extract_regex(usable, f"^{_MONEY_PARTS}$")
     # Trailing zeros do not change the amount: 12.500 is exact in cents, 12.505 is not.
-    decimals = pc.utf8_rtrim(pc.fill_null(parts.field("decimals"), ""), characters="0")
+    decimals = pc.utf8_rtrim(pc.fill_null(pc.struct_field(parts, "decimals"), ""), characters="0")
     too_precise = ok & _mask(pc.greater(pc.utf8_length(decimals), 2))
     problems.add(too_precise, name, "has more than 2 decimals: round it to cents")
     exact = pa.array(ok & ~too_precise)
-    units = pc.cast(pc.if_else(exact, parts.field("units"), "0"), pa.int64()).to_numpy()
+    units = pc.cast(pc.if_else(exact, pc.struct_field(parts, "units"), "0"), pa.int64()).to_numpy()
     cents = pc.cast(pc.if_else(exact, pc.utf8_rpad(decimals, width=2, padding="0"), "0"), pa.int64()).to_numpy()
-    negative = _mask(pc.equal(parts.field("sign"), "-"))
+    negative = _mask(pc.equal(pc.struct_field(parts, "sign"), "-"))
     return pd.Series(np.where(negative, -1, 1) * (units * 100 + cents), dtype="int64")
 
 
 def _check_table(
-    table: Table, file_name: str, raw: dict[str, pa.Array | pd.Series], rows: int, earlier: dict[str, _CheckedTable]
+    table: Table,
+    file_name: str,
+    raw: dict[str, pa.ChunkedArray | pd.Series],
+    rows: int,
+    earlier: dict[str, _CheckedTable],
+    pool: Executor,
 ) -> _CheckedTable:
+    """Check one table's rows; ``earlier`` holds the checked tables it may reference.
+
+    Each column is parsed, and each reference checked, as one task of ``pool``;
+    a task reports the problems of its own column only.
+    """
     problems = _Problems(table, raw, rows)
-    parsed = {column.name: _parse_column(column, raw[column.name], problems) for column in table.columns}
+    columns = list(pool.map(lambda column: _parse_column(column, raw[column.name], problems), table.columns))
+    parsed = {column.name: values for column, values in zip(table.columns, columns)}
     ids = parsed[table.id_column]
 
     # Duplicate ids: the first row with an id keeps it, every later one is rejected.
@@ -783,8 +800,11 @@ def _check_table(
     for *group, column_name in UNIQUE_WITHIN.get(table.name, ()):
         _check_unique_within(table, group, column_name, parsed, problems)
 
-    for column in table.references:
-        _check_reference(column, file_name, parsed[column.name], earlier[column.references], problems)
+    for _ in pool.map(
+        lambda column: _check_reference(column, file_name, parsed[column.name], earlier[column.references], problems),
+        table.references,
+    ):
+        pass
 
     rejected = problems.rejected()
     keep = np.flatnonzero(~rejected)
@@ -805,7 +825,7 @@ def _check_table(
     )
 
 
-def _first_rows(values: pa.Array) -> np.ndarray:
+def _first_rows(values: pa.ChunkedArray) -> np.ndarray:
     """For each row, the position of the first row holding the same value (-1 for null).
 
     Ids in increasing order, as exports usually write them, are each their
@@ -826,7 +846,7 @@ def _first_rows(values: pa.Array) -> np.ndarray:
     return first
 
 
-def _increasing(values: pa.Array, *, strictly: bool = True) -> bool:
+def _increasing(values: pa.ChunkedArray, *, strictly: bool = True) -> bool:
     """Whether every value is greater than (or, not ``strictly``, equal to) the one before; no nulls."""
     if len(values) < 2:
         return True
@@ -834,15 +854,15 @@ def _increasing(values: pa.Array, *, strictly: bool = True) -> bool:
     return bool(pc.all(compare(values.slice(1), values.slice(0, len(values) - 1))).as_py())
 
 
-def _arrow_text(text: pd.Series) -> pa.Array:
-    """A STRING Series as one large_string Arrow array (nulls kept)."""
+def _arrow_text(text: pd.Series) -> pa.ChunkedArray:
+    """A STRING Series as large_string Arrow text (nulls kept; an Arrow-backed Series is not copied)."""
     values = pa.array(text, from_pandas=True)
-    if isinstance(values, pa.ChunkedArray):
-        values = values.combine_chunks()
+    if isinstance(values, pa.Array):
+        values = pa.chunked_array([values])
     return values if values.type == pa.large_string() else values.cast(pa.large_string())
 
 
-def _lookup(values: pd.Series, value_set: pa.Array) -> np.ndarray:
+def _lookup(values: pd.Series, value_set: pa.ChunkedArray) -> np.ndarray:
     """Position of each of ``values`` in ``value_set`` (all must be found)."""
     return pc.index_in(_arrow_text(values), value_set=value_set).to_numpy(zero_copy_only=False).astype("int64")
 
