@@ -745,13 +745,15 @@ def _parse_money(text: pa.ChunkedArray, missing: np.ndarray, column: Column, pro
         "is not an amount: write a decimal number with at most 2 decimals, like 1250.00",
     )
     usable = _null_unless(text, ok)
-    try:
-        # Arrow refuses the whole column if one value is not exact in cents (12.505):
-        # then each value is taken apart below to find which.
-        cents = pc.multiply(pc.cast(usable, pa.decimal128(_MONEY_UNITS + 2, 2)), 100)
-        return pd.Series(pc.cast(pc.fill_null(cents, 0), pa.int64()).to_numpy(), dtype="int64")
-    except pa.ArrowInvalid:
-        pass
+    # Arrow reads decimal text exactly up to 38 digits (longer, it may silently
+    # give 0) and refuses the whole column if one value is not exact in cents
+    # (12.505); in either case each value is taken apart below instead.
+    if (pc.max(pc.binary_length(usable)).as_py() or 0) <= 38:
+        try:
+            cents = pc.multiply(pc.cast(usable, pa.decimal128(_MONEY_UNITS + 2, 2)), 100)
+            return pd.Series(pc.cast(pc.fill_null(cents, 0), pa.int64()).to_numpy(), dtype="int64")
+        except pa.ArrowInvalid:
+            pass
     parts = pc.extract_regex(usable, f"^{_MONEY_PARTS}$")
     # Trailing zeros do not change the amount: 12.500 is exact in cents, 12.505 is not.
     decimals = pc.utf8_rtrim(pc.fill_null(pc.struct_field(parts, "decimals"), ""), characters="0")
