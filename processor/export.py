@@ -48,7 +48,7 @@ import csv
 import json
 import os
 import time
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -143,11 +143,14 @@ def read_export(directory: str | Path, timings: dict | None = None) -> Export:
 
     checking = time.perf_counter()
     checked: dict[str, _CheckedTable] = {}
-    # The checks are Arrow and numpy kernels, which release the GIL: a table's
-    # columns (and then its references) are checked on every core at once.
+    # The checks are Arrow and numpy kernels, which release the GIL. Every column
+    # of every table is parsed as a task of its own from the start, so all cores
+    # stay busy while the tables' ids and references are checked in turn (a
+    # reference needs the table it points to checked first).
     with ThreadPoolExecutor(max_workers=len(os.sched_getaffinity(0))) as pool:
+        parsing = {name: _start_parsing(table, raw[name], read_counts[name], pool) for name, table in TABLES.items()}
         for name, table in TABLES.items():
-            checked[name] = _check_table(table, f"{name}.{fmt}", raw[name], read_counts[name], checked, pool)
+            checked[name] = _check_table(table, f"{name}.{fmt}", *parsing[name], checked, pool)
     if timings is not None:
         timings["validate"] = time.perf_counter() - checking
 
@@ -766,22 +769,28 @@ def _parse_money(text: pa.ChunkedArray, missing: np.ndarray, column: Column, pro
     return pd.Series(np.where(negative, -1, 1) * (units * 100 + cents), dtype="int64")
 
 
+def _start_parsing(
+    table: Table, raw: dict[str, pa.ChunkedArray | pd.Series], rows: int, pool: Executor
+) -> tuple[_Problems, dict[str, Future]]:
+    """Submit the parsing of each of the table's columns to ``pool``; each task reports its own column's problems."""
+    problems = _Problems(table, raw, rows)
+    return problems, {column.name: pool.submit(_parse_column, column, raw[column.name], problems) for column in table.columns}
+
+
 def _check_table(
     table: Table,
     file_name: str,
-    raw: dict[str, pa.ChunkedArray | pd.Series],
-    rows: int,
+    problems: _Problems,
+    parsing: dict[str, Future],
     earlier: dict[str, _CheckedTable],
     pool: Executor,
 ) -> _CheckedTable:
-    """Check one table's rows; ``earlier`` holds the checked tables it may reference.
+    """Check one table's rows once its columns are parsed; ``earlier`` holds the checked tables it may reference.
 
-    Each column is parsed, and each reference checked, as one task of ``pool``;
-    a task reports the problems of its own column only.
+    Each reference is checked as a task of ``pool``, reporting the problems of its own column.
     """
-    problems = _Problems(table, raw, rows)
-    columns = list(pool.map(lambda column: _parse_column(column, raw[column.name], problems), table.columns))
-    parsed = {column.name: values for column, values in zip(table.columns, columns)}
+    parsed = {name: future.result() for name, future in parsing.items()}
+    rows = problems.rows
     ids = parsed[table.id_column]
 
     # Duplicate ids: the first row with an id keeps it, every later one is rejected.
