@@ -483,7 +483,7 @@ def _parse_date_text(text: pd.Series) -> tuple[pd.Series, np.ndarray]:
 
 
 def _parse_common_spelling(text: pa.ChunkedArray, arrow_type: pa.DataType, length: int) -> np.ndarray:
-    """Arrow's reading of the values ``length`` bytes long, as ``datetime64[s]`` (UTC).
+    """Arrow's reading of the values ``length`` bytes long, as ``datetime64[ns]`` (UTC).
 
     NaT for every other value and for a value outside the usable years. Arrow
     casts a column at once or not at all: when one of those values is no date
@@ -492,22 +492,24 @@ def _parse_common_spelling(text: pa.ChunkedArray, arrow_type: pa.DataType, lengt
     20 bytes as a UTC timestamp is ``YYYY-MM-DD[T ]hh:mm:ssZ``: spellings the
     contract reads as the same day or time.
     """
-    parsed = np.full(len(text), np.datetime64("NaT", "s"))
-    common = _mask(pc.equal(pc.binary_length(text), length))
-    if not common.any():
+    parsed = np.full(len(text), np.datetime64("NaT", "ns"))
+    lengths = pc.binary_length(text)
+    every = pc.min_max(lengths).as_py() == {"min": length, "max": length}  # every value present has the length
+    common = None if every else _mask(pc.equal(lengths, length))
+    if not every and not common.any():
         return parsed
-    every = np.count_nonzero(common) + text.null_count == len(text)
     try:
         values = pc.cast(text if every else text.filter(pa.array(common)), arrow_type)
     except pa.ArrowInvalid:
         return parsed
-    values = values.to_numpy(zero_copy_only=False).astype("datetime64[s]")
+    seconds = pc.cast(values, pa.timestamp("s")).to_numpy(zero_copy_only=False)
+    far = (seconds < _USABLE_FROM) | (seconds >= _USABLE_UNTIL)
+    if far.any():
+        seconds = np.where(far, np.datetime64("NaT", "s"), seconds)
     if every:
-        parsed = values
-    else:
-        parsed[common] = values
-    usable = (parsed >= _USABLE_FROM) & (parsed < _USABLE_UNTIL)
-    return np.where(usable, parsed, np.datetime64("NaT", "s"))
+        return seconds.astype("datetime64[ns]")
+    parsed[common] = seconds
+    return parsed
 
 
 def _parse_time_text(text: pa.ChunkedArray, kind: Kind) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -520,13 +522,12 @@ def _parse_time_text(text: pa.ChunkedArray, kind: Kind) -> tuple[np.ndarray, np.
     :func:`_parse_timestamp_text`, which define what the contract accepts.
     """
     if kind is Kind.DATE:
-        fast = _parse_common_spelling(text, pa.date32(), length=len("2026-11-24"))
+        values = _parse_common_spelling(text, pa.date32(), length=len("2026-11-24"))
     else:
-        fast = _parse_common_spelling(text, pa.timestamp("s", tz="UTC"), length=len("2026-11-24T09:30:00Z"))
-    values = fast.astype("datetime64[ns]")
+        values = _parse_common_spelling(text, pa.timestamp("s", tz="UTC"), length=len("2026-11-24T09:30:00Z"))
     bad = np.zeros(len(text), dtype=bool)
     far = np.zeros(len(text), dtype=bool)
-    rest = np.flatnonzero(text.is_valid().to_numpy(zero_copy_only=False) & np.isnat(fast))
+    rest = np.flatnonzero(text.is_valid().to_numpy(zero_copy_only=False) & np.isnat(values))
     if len(rest):
         others = _string_series(text.take(pa.array(rest)))
         parse = _parse_date_text if kind is Kind.DATE else _parse_timestamp_text
