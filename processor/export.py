@@ -76,6 +76,7 @@ _INT_TEXT = r"-?\d{1,18}"
 _FLOAT_TEXT = r"-?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?"
 _MONEY_UNITS = 13  # digits before the point: 13 keep cents in int64
 _MONEY_TEXT = rf"-?\d{{1,{_MONEY_UNITS}}}(?:\.\d+)?"
+_CENTS_TEXT = rf"-?\d{{1,{_MONEY_UNITS}}}\.\d\d"  # how exports write money: 1250.00
 _MONEY_PARTS = rf"(?P<sign>-?)(?P<units>\d{{1,{_MONEY_UNITS}}})(?:\.(?P<decimals>\d+))?"
 _DATE_TEXT = r"\d{4}-\d{2}-\d{2}"
 _TIMESTAMP_TEXT = (
@@ -410,7 +411,9 @@ def _string_series(text: pa.ChunkedArray) -> pd.Series:
 
 
 def _missing(raw: pa.ChunkedArray | pd.Series) -> np.ndarray:
-    return raw.is_null().to_numpy(zero_copy_only=False) if isinstance(raw, pa.ChunkedArray) else raw.isna().to_numpy()
+    if isinstance(raw, pd.Series):
+        return raw.isna().to_numpy()
+    return raw.is_null().to_numpy(zero_copy_only=False) if raw.null_count else np.zeros(len(raw), dtype=bool)
 
 
 def _mask(values) -> np.ndarray:
@@ -492,24 +495,24 @@ def _parse_common_spelling(text: pa.ChunkedArray, arrow_type: pa.DataType, lengt
     20 bytes as a UTC timestamp is ``YYYY-MM-DD[T ]hh:mm:ssZ``: spellings the
     contract reads as the same day or time.
     """
-    parsed = np.full(len(text), np.datetime64("NaT", "ns"))
     lengths = pc.binary_length(text)
-    every = pc.min_max(lengths).as_py() == {"min": length, "max": length}  # every value present has the length
-    common = None if every else _mask(pc.equal(lengths, length))
-    if not every and not common.any():
-        return parsed
-    try:
-        values = pc.cast(text if every else text.filter(pa.array(common)), arrow_type)
-    except pa.ArrowInvalid:
-        return parsed
-    seconds = pc.cast(values, pa.timestamp("s")).to_numpy(zero_copy_only=False)
-    far = (seconds < _USABLE_FROM) | (seconds >= _USABLE_UNTIL)
-    if far.any():
-        seconds = np.where(far, np.datetime64("NaT", "s"), seconds)
-    if every:
-        return seconds.astype("datetime64[ns]")
-    parsed[common] = seconds
+    if pc.min_max(lengths).as_py() == {"min": length, "max": length}:  # every value present has that length
+        return _cast_times(text, arrow_type)
+    common = _mask(pc.equal(lengths, length))
+    parsed = np.full(len(text), np.datetime64("NaT", "ns"))
+    if common.any():
+        parsed[common] = _cast_times(text.filter(pa.array(common)), arrow_type)
     return parsed
+
+
+def _cast_times(text: pa.ChunkedArray, arrow_type: pa.DataType) -> np.ndarray:
+    """Arrow's cast of ``text`` to ``arrow_type`` as ``datetime64[ns]``, NaT outside the usable years (all NaT if Arrow refuses one)."""
+    try:
+        seconds = pc.cast(pc.cast(text, arrow_type), pa.timestamp("s")).to_numpy(zero_copy_only=False)
+    except pa.ArrowInvalid:
+        return np.full(len(text), np.datetime64("NaT", "ns"))
+    usable = (seconds >= _USABLE_FROM) & (seconds < _USABLE_UNTIL)
+    return np.where(usable, seconds, np.datetime64("NaT", "s")).astype("datetime64[ns]")
 
 
 def _parse_time_text(text: pa.ChunkedArray, kind: Kind) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -742,6 +745,10 @@ def _parse_column(column: Column, raw: pa.ChunkedArray | pd.Series, problems: _P
 def _parse_money(text: pa.ChunkedArray, missing: np.ndarray, column: Column, problems: _Problems) -> pd.Series:
     """Decimal text as int64 cents (0 where empty or bad), reporting what is not an amount or not exact in cents."""
     name = column.name
+    if np.count_nonzero(_matches(text, _CENTS_TEXT)) + text.null_count == len(text):
+        # Every amount is written as exports write them (1250.00): without the point, it is the cents.
+        cents = pc.cast(pc.binary_replace_slice(text, start=-3, stop=-2, replacement=""), pa.int64())
+        return pd.Series(pc.fill_null(cents, 0).to_numpy(), dtype="int64")
     ok = _matches(text, _MONEY_TEXT)
     problems.add(
         ~missing & ~ok,
