@@ -70,7 +70,9 @@ MANIFEST = "manifest.json"
 
 # datetime64[ns] covers 1677-09-21..2262-04-11; keep whole years inside it.
 _FIRST_YEAR, _LAST_YEAR = 1678, 2261
-_USABLE_FROM, _USABLE_UNTIL = np.datetime64(f"{_FIRST_YEAR}-01-01", "s"), np.datetime64(f"{_LAST_YEAR + 1}-01-01", "s")
+# The same years in seconds since 1970, and numpy's NaT as an int64.
+_USABLE_FROM, _USABLE_UNTIL = (int(np.datetime64(f"{year}-01-01", "s").astype("int64")) for year in (_FIRST_YEAR, _LAST_YEAR + 1))
+_NAT = np.datetime64("NaT").astype("int64")
 
 _INT_TEXT = r"-?\d{1,18}"
 _FLOAT_TEXT = r"-?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?"
@@ -511,8 +513,9 @@ def _cast_times(text: pa.ChunkedArray, arrow_type: pa.DataType) -> np.ndarray:
         seconds = pc.cast(pc.cast(text, arrow_type), pa.timestamp("s")).to_numpy(zero_copy_only=False)
     except pa.ArrowInvalid:
         return np.full(len(text), np.datetime64("NaT", "ns"))
+    seconds = seconds.view("int64")  # NaT is the smallest int64: outside the usable years
     usable = (seconds >= _USABLE_FROM) & (seconds < _USABLE_UNTIL)
-    return np.where(usable, seconds, np.datetime64("NaT", "s")).astype("datetime64[ns]")
+    return np.where(usable, seconds * 1_000_000_000, _NAT).view("datetime64[ns]")
 
 
 def _parse_time_text(text: pa.ChunkedArray, kind: Kind) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -735,7 +738,7 @@ def _parse_column(column: Column, raw: pa.ChunkedArray | pd.Series, problems: _P
         else:
             values, bad, far = _parse_time_text(_text(raw), kind)
             problems.add(bad, name, "is not a timestamp: write ISO-8601 in UTC like 2026-11-24T09:30:00Z")
-            stamp = pd.Series(values).dt.tz_localize("UTC")
+            stamp = pd.Series(values, dtype="datetime64[ns, UTC]")
         problems.add(far, name, f"is not a usable time: the year must be from {_FIRST_YEAR} to {_LAST_YEAR}")
         return stamp
 
