@@ -960,13 +960,11 @@ def _check_reference(
     target_table = TABLES[column.references]
     target_file = f"{target_table.name}.{file_name.rsplit('.', 1)[1]}"
     entity = _entity(target_table.name)
-    present = refs.notna().to_numpy()
     refs_arrow = _arrow_text(refs)
-    kept_index = pc.index_in(refs_arrow, value_set=target.kept_ids)
-    kept = kept_index.is_valid().to_numpy(zero_copy_only=False)
+    kept_index = pc.index_in(refs_arrow, value_set=target.kept_ids)  # null: empty, or not a kept row
 
-    dangling = present & ~kept
-    if dangling.any():
+    if kept_index.null_count > refs_arrow.null_count:
+        dangling = ~_missing(refs_arrow) & _missing(kept_index)
         known = np.zeros(len(refs), dtype=bool)
         where = np.flatnonzero(dangling)
         found = pc.is_in(refs_arrow.take(pa.array(where)), value_set=target.id_values)
@@ -987,17 +985,17 @@ def _check_reference(
         problems.add(dangling & known, name, reason=rejected_reason)
 
     if column.role and target.kept_roles is not None:
-        role = target.kept_roles.take(kept_index)
-        wrong = pc.fill_null(pc.not_equal(role, pa.scalar(column.role, pa.large_string())), False)
+        has_role = pc.equal(target.kept_roles, pa.scalar(column.role, pa.large_string()))  # per kept user
+        wrong = pc.invert(pc.take(has_role, kept_index))
 
         def role_reason(values: pd.Series, at: np.ndarray) -> pd.Series:
-            actual = role.take(pa.array(at)).to_pandas(types_mapper=_as_string_dtype).fillna("")
+            actual = _string_series(target.kept_roles.take(kept_index.take(pa.array(at)))).fillna("")
             return (
                 f"{name} '" + values + "' is a " + actual + f" user, not a {column.role}: "
                 f"point {name} at a user whose role is {column.role}"
             )
 
-        problems.add(wrong.to_numpy(zero_copy_only=False), name, reason=role_reason)
+        problems.add(_mask(wrong), name, reason=role_reason)
 
 
 def _empty_rejects() -> pd.DataFrame:
