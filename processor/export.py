@@ -71,7 +71,9 @@ MANIFEST = "manifest.json"
 # datetime64[ns] covers 1677-09-21..2262-04-11; keep whole years inside it.
 _FIRST_YEAR, _LAST_YEAR = 1678, 2261
 # The same years in seconds since 1970, and numpy's NaT as an int64.
-_USABLE_FROM, _USABLE_UNTIL = (int(np.datetime64(f"{year}-01-01", "s").astype("int64")) for year in (_FIRST_YEAR, _LAST_YEAR + 1))
+_USABLE_FROM, _USABLE_UNTIL = (
+    int(np.datetime64(f"{year}-01-01", "s").astype("int64")) for year in (_FIRST_YEAR, _LAST_YEAR + 1)
+)
 _NAT = np.datetime64("NaT").astype("int64")
 
 _INT_TEXT = r"-?\d{1,18}"
@@ -381,7 +383,7 @@ def _raw_column(values: pa.ChunkedArray) -> pa.ChunkedArray | pd.Series:
 
 def _blank_to_null(text: pa.ChunkedArray) -> pa.ChunkedArray:
     """Arrow text with every empty string as null."""
-    blank = pc.equal(pc.binary_length(text), 0)
+    blank = pc.equal(text, "")
     return pc.if_else(blank, pa.scalar(None, text.type), text) if pc.any(blank).as_py() else text
 
 
@@ -508,7 +510,10 @@ def _parse_common_spelling(text: pa.ChunkedArray, arrow_type: pa.DataType, lengt
 
 
 def _cast_times(text: pa.ChunkedArray, arrow_type: pa.DataType) -> np.ndarray:
-    """Arrow's cast of ``text`` to ``arrow_type`` as ``datetime64[ns]``, NaT outside the usable years (all NaT if Arrow refuses one)."""
+    """Arrow's cast of ``text`` to ``arrow_type`` as ``datetime64[ns]``.
+
+    NaT outside the usable years, and everywhere if Arrow refuses one value.
+    """
     try:
         seconds = pc.cast(pc.cast(text, arrow_type), pa.timestamp("s")).to_numpy(zero_copy_only=False)
     except pa.ArrowInvalid:
@@ -648,7 +653,9 @@ def _entity(table: str) -> str:
     return table.removesuffix("s").replace("_", " ")
 
 
-def _parse_column(column: Column, raw: pa.ChunkedArray | pd.Series, problems: _Problems) -> pd.Series | np.ndarray:
+def _parse_column(
+    column: Column, raw: pa.ChunkedArray | pd.Series, problems: _Problems
+) -> pd.Series | np.ndarray:
     """The column in its canonical dtype; bad values reported and left null.
 
     Text is checked with Arrow kernels; natural Parquet types (Series) are
@@ -697,7 +704,8 @@ def _parse_column(column: Column, raw: pa.ChunkedArray | pd.Series, problems: _P
         return number
 
     if kind is Kind.FLOAT:
-        if isinstance(raw, pd.Series) and pd.api.types.is_numeric_dtype(raw.dtype) and not pd.api.types.is_bool_dtype(raw.dtype):
+        numeric = isinstance(raw, pd.Series) and pd.api.types.is_numeric_dtype(raw.dtype)
+        if numeric and not pd.api.types.is_bool_dtype(raw.dtype):
             number = raw.to_numpy(dtype="float64", na_value=np.nan)
         else:
             text = _text(raw)
@@ -785,7 +793,9 @@ def _start_parsing(
 ) -> tuple[_Problems, dict[str, Future]]:
     """Submit the parsing of each of the table's columns to ``pool``; each task reports its own column's problems."""
     problems = _Problems(table, raw, rows)
-    return problems, {column.name: pool.submit(_parse_column, column, raw[column.name], problems) for column in table.columns}
+    return problems, {
+        column.name: pool.submit(_parse_column, column, raw[column.name], problems) for column in table.columns
+    }
 
 
 def _check_table(
