@@ -814,20 +814,12 @@ def _check_table(
     rows = problems.rows
     ids = parsed[table.id_column]
 
-    # Duplicate ids: the first row with an id keeps it, every later one is rejected.
     ids_arrow = _arrow_text(ids)
-    first_row_of = _first_rows(ids_arrow)
-    own = np.arange(rows)
-    id_first_row = np.flatnonzero(first_row_of == own)
-    id_values = ids_arrow if len(id_first_row) == rows else ids_arrow.take(pa.array(id_first_row))
-
-    def duplicate_reason(values: pd.Series, at: np.ndarray) -> pd.Series:
-        return (
-            f"{table.id_column} '" + values + "' is already the id of row " + _numbers(first_row_of[at] + 1)
-            + ", which keeps it: give this row its own id or remove it"
-        )
-
-    problems.add((first_row_of >= 0) & (first_row_of != own), table.id_column, reason=duplicate_reason)
+    if ids_arrow.null_count == 0 and _increasing(ids_arrow):
+        # Ids in increasing order, as exports usually write them: each row has its own.
+        id_values, id_first_row = ids_arrow, np.arange(rows)
+    else:
+        id_values, id_first_row = _check_duplicate_ids(table, ids_arrow, problems)
 
     for *group, column_name in UNIQUE_WITHIN.get(table.name, ()):
         _check_unique_within(table, group, column_name, parsed, problems)
@@ -857,16 +849,33 @@ def _check_table(
     )
 
 
+def _check_duplicate_ids(
+    table: Table, ids: pa.ChunkedArray, problems: _Problems
+) -> tuple[pa.ChunkedArray, np.ndarray]:
+    """Reject every row whose id an earlier row already has (the first row keeps it).
+
+    Returns the distinct ids in order of first row, and the position of that row.
+    """
+    first_row_of = _first_rows(ids)
+    own = np.arange(len(ids))
+    id_first_row = np.flatnonzero(first_row_of == own)
+
+    def duplicate_reason(values: pd.Series, at: np.ndarray) -> pd.Series:
+        return (
+            f"{table.id_column} '" + values + "' is already the id of row " + _numbers(first_row_of[at] + 1)
+            + ", which keeps it: give this row its own id or remove it"
+        )
+
+    problems.add((first_row_of >= 0) & (first_row_of != own), table.id_column, reason=duplicate_reason)
+    return ids.take(pa.array(id_first_row)), id_first_row
+
+
 def _first_rows(values: pa.ChunkedArray) -> np.ndarray:
     """For each row, the position of the first row holding the same value (-1 for null).
 
-    Ids in increasing order, as exports usually write them, are each their
-    own first row. Otherwise a stable sort groups equal values with the
-    earliest row first; it is several times faster than hashing on millions
-    of ids.
+    A stable sort groups equal values with the earliest row first; it is
+    several times faster than hashing on millions of ids.
     """
-    if values.null_count == 0 and _increasing(values):
-        return np.arange(len(values))
     present = len(values) - values.null_count
     order = pc.array_sort_indices(values).to_numpy()[:present]  # stable; nulls last
     ordered = values.take(pa.array(order))

@@ -124,6 +124,7 @@ def _first_rows_by_dict(values: list[str | None]) -> list[int]:
 @settings(max_examples=150, deadline=None)
 @given(st.lists(st.one_of(st.sampled_from(["a", "b", "c", "ab", "B"]), st.none()), max_size=10), st.booleans())
 def test_first_rows_in_order_or_not(values, in_order):
+    """The general duplicate check, whose answer the in-order shortcut takes for granted."""
     if in_order:
         values = sorted(values, key=lambda v: (v is None, v or ""))
     got = export._first_rows(pa.chunked_array([pa.array(values, pa.large_string())]))
@@ -155,9 +156,11 @@ def test_a_far_year_in_the_exports_spelling_is_judged_by_pandas():
     ]
 
 
-def test_values_in_order_are_their_own_first_rows():
+def test_ids_in_increasing_order_are_their_own_first_rows():
     ids = pa.chunked_array([pa.array([f"U{i:06d}" for i in range(1000)], pa.large_string())])
-    assert np.array_equal(export._first_rows(ids), np.arange(1000))
+    assert export._increasing(ids) and np.array_equal(export._first_rows(ids), np.arange(1000))
+    repeated = pa.chunked_array([pa.array(["U1", "U2", "U2"], pa.large_string())])
+    assert not export._increasing(repeated) and export._first_rows(repeated).tolist() == [0, 1, 1]
     assert export._sorted_and_unique([pd.Series(["p1", "p1", "p2"], dtype=export.STRING), pd.Series([1, 2, 1])])
     assert not export._sorted_and_unique([pd.Series(["p1", "p1"], dtype=export.STRING), pd.Series([1, 1])])
 
