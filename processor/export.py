@@ -387,21 +387,11 @@ def _blank_to_null(text: pa.ChunkedArray) -> pa.ChunkedArray:
     return pc.if_else(blank, pa.scalar(None, text.type), text) if pc.any(blank).as_py() else text
 
 
-def _blank_to_na(values: pd.Series) -> pd.Series:
-    """Text as STRING with every empty string (and any null) as pd.NA."""
-    text = values if values.dtype == STRING else values.astype(STRING)
-    blank = text.eq("").to_numpy(dtype=bool, na_value=True)
-    return text.mask(blank) if blank.any() else text
-
-
 def _as_text(values: pd.Series) -> pd.Series:
     """A natural-typed column (a Series) as STRING text, written out the way pandas writes it."""
-    if values.dtype == STRING:
-        return values
     if isinstance(values.dtype, pd.BooleanDtype):
-        text = values.map({True: "true", False: "false"}, na_action="ignore")
-        return _blank_to_na(text.astype(STRING))
-    return _blank_to_na(values.astype(STRING))
+        values = values.map({True: "true", False: "false"}, na_action="ignore")
+    return values.astype(STRING)
 
 
 def _text(raw: pa.ChunkedArray | pd.Series) -> pa.ChunkedArray:
@@ -887,12 +877,11 @@ def _first_rows(values: pa.ChunkedArray) -> np.ndarray:
     return first
 
 
-def _increasing(values: pa.ChunkedArray, *, strictly: bool = True) -> bool:
-    """Whether every value is greater than (or, not ``strictly``, equal to) the one before; no nulls."""
+def _increasing(values: pa.ChunkedArray) -> bool:
+    """Whether every value is greater than the one before (so no two are equal); for values without nulls."""
     if len(values) < 2:
         return True
-    compare = pc.greater if strictly else pc.greater_equal
-    return bool(pc.all(compare(values.slice(1), values.slice(0, len(values) - 1))).as_py())
+    return bool(pc.all(pc.greater(values.slice(1), values.slice(0, len(values) - 1))).as_py())
 
 
 def _arrow_text(text: pd.Series) -> pa.ChunkedArray:
