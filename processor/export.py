@@ -137,27 +137,28 @@ def read_export(directory: str | Path, timings: dict | None = None) -> Export:
     fmt = _detect_format(directory)
     manifest, exported_at = _read_manifest(directory)
 
-    raw: dict[str, dict[str, pa.ChunkedArray | pd.Series]] = {}
-    read_counts: dict[str, int] = {}
-    for name, table in TABLES.items():
-        path = directory / f"{name}.{fmt}"
-        columns, rows = _read_csv(path, table) if fmt == "csv" else _read_parquet(path, table)
-        _check_manifest_rows(manifest, name, path, rows)
-        raw[name] = columns
-        read_counts[name] = rows
-
-    checking = time.perf_counter()
-    checked: dict[str, _CheckedTable] = {}
-    # The checks are Arrow and numpy kernels, which release the GIL. Every column
-    # of every table is parsed as a task of its own from the start, so all cores
-    # stay busy while the tables' ids and references are checked in turn (a
-    # reference needs the table it points to checked first).
+    # The work on columns is Arrow and numpy kernels, which release the GIL, so
+    # columns are converted and checked as tasks of a pool with a thread per core.
     with ThreadPoolExecutor(max_workers=len(os.sched_getaffinity(0))) as pool:
+        raw: dict[str, dict[str, pa.ChunkedArray | pd.Series]] = {}
+        read_counts: dict[str, int] = {}
+        for name, table in TABLES.items():
+            path = directory / f"{name}.{fmt}"
+            columns, rows = _read_csv(path, table) if fmt == "csv" else _read_parquet(path, table, pool)
+            _check_manifest_rows(manifest, name, path, rows)
+            raw[name] = columns
+            read_counts[name] = rows
+
+        checking = time.perf_counter()
+        checked: dict[str, _CheckedTable] = {}
+        # Every column of every table is parsed as a task of its own from the
+        # start, so all cores stay busy while the tables' ids and references are
+        # checked in turn (a reference needs the table it points to checked first).
         parsing = {name: _start_parsing(table, raw[name], read_counts[name], pool) for name, table in TABLES.items()}
         for name, table in TABLES.items():
             checked[name] = _check_table(table, f"{name}.{fmt}", *parsing[name], checked, pool)
-    if timings is not None:
-        timings["validate"] = time.perf_counter() - checking
+        if timings is not None:
+            timings["validate"] = time.perf_counter() - checking
 
     rejects = [c.rejects for c in checked.values() if len(c.rejects)]
     return Export(
@@ -331,18 +332,20 @@ def _csv_header(path: Path, table: Table) -> list[str]:
     return header
 
 
-def _read_parquet(path: Path, table: Table) -> tuple[dict[str, pa.ChunkedArray | pd.Series], int]:
+def _read_parquet(path: Path, table: Table, pool: Executor) -> tuple[dict[str, pa.ChunkedArray | pd.Series], int]:
+    """Every contract column as :func:`_raw_column` makes it, the columns converted as tasks of ``pool``."""
     try:
         data = pq.read_table(path)
     except (pa.ArrowException, OSError, ValueError) as error:
         raise InvalidExport(f"{path} is not a readable Parquet file ({error}): re-export the table") from None
     names = data.column_names
     _require_columns(path, table, names)
+    read = [data.column(names.index(column.name)) for column in table.columns]
+    converting = [pool.submit(_raw_column, values) for values in read]
     columns = {}
-    for column in table.columns:
-        values = data.column(names.index(column.name))
+    for column, values, conversion in zip(table.columns, read, converting):
         try:
-            columns[column.name] = _raw_column(values)
+            columns[column.name] = conversion.result()
         except (pa.ArrowException, ValueError, TypeError):
             raise InvalidExport(
                 f"{path} column {column.name} has Parquet type {values.type}, which the export cannot hold: "
