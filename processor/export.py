@@ -817,11 +817,12 @@ def _check_table(
     for *group, column_name in UNIQUE_WITHIN.get(table.name, ()):
         _check_unique_within(table, group, column_name, parsed, problems)
 
-    for _ in pool.map(
-        lambda column: _check_reference(column, file_name, parsed[column.name], earlier[column.references], problems),
-        table.references,
-    ):
-        pass
+    checks = [
+        pool.submit(_check_reference, column, file_name, parsed[column.name], earlier[column.references], problems)
+        for column in table.references
+    ]
+    for check in checks:
+        check.result()  # raises what the check raised
 
     rejected = problems.rejected()
     keep = np.flatnonzero(~rejected)
