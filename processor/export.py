@@ -554,6 +554,7 @@ class _CheckedTable:
     id_values: pa.ChunkedArray  # every distinct id read (large_string), in order of first row
     id_first_row: np.ndarray  # 0-based position of each id_values' first row
     kept_ids: pa.ChunkedArray  # ids of the valid rows (unique, large_string)
+    kept_ids_increasing: bool  # whether kept_ids are known to be in increasing order
     kept_roles: pa.ChunkedArray | None  # users only: the role of each kept_ids user
 
 
@@ -808,7 +809,8 @@ def _check_table(
     ids = parsed[table.id_column]
 
     ids_arrow = _arrow_text(ids)
-    if ids_arrow.null_count == 0 and _increasing(ids_arrow):
+    increasing = ids_arrow.null_count == 0 and _increasing(ids_arrow)
+    if increasing:
         # Ids in increasing order, as exports usually write them: each row has its own.
         id_values, id_first_row = ids_arrow, np.arange(rows)
     else:
@@ -839,6 +841,7 @@ def _check_table(
         id_values=id_values,
         id_first_row=id_first_row,
         kept_ids=kept_ids,
+        kept_ids_increasing=increasing,
         kept_roles=kept_roles,
     )
 
@@ -881,11 +884,12 @@ def _first_rows(values: pa.ChunkedArray) -> np.ndarray:
     return first
 
 
-def _increasing(values: pa.ChunkedArray) -> bool:
-    """Whether every value is greater than the one before (so no two are equal); for values without nulls."""
+def _increasing(values: pa.ChunkedArray, *, strictly: bool = True) -> bool:
+    """Whether every value is greater than (not ``strictly``: or equal to) the one before; for values without nulls."""
     if len(values) < 2:
         return True
-    return bool(pc.all(pc.greater(values.slice(1), values.slice(0, len(values) - 1))).as_py())
+    compare = pc.greater if strictly else pc.greater_equal
+    return bool(pc.all(compare(values.slice(1), values.slice(0, len(values) - 1))).as_py())
 
 
 def _arrow_text(text: pd.Series) -> pa.ChunkedArray:
@@ -973,7 +977,7 @@ def _check_reference(
     target_file = f"{target_table.name}.{file_name.rsplit('.', 1)[1]}"
     entity = _entity(target_table.name)
     refs_arrow = _arrow_text(refs)
-    kept_index = pc.index_in(refs_arrow, value_set=target.kept_ids)  # null: empty, or not a kept row
+    kept_index = _kept_positions(refs_arrow, target)  # null: empty, or not a kept row
 
     if kept_index.null_count > refs_arrow.null_count:
         dangling = ~_missing(refs_arrow) & _missing(kept_index)
@@ -1008,6 +1012,39 @@ def _check_reference(
             )
 
         problems.add(_mask(wrong), name, reason=role_reason)
+
+
+def _kept_positions(refs: pa.ChunkedArray, target: _CheckedTable) -> pa.ChunkedArray:
+    """Position of each reference in ``target.kept_ids`` (int32), null where it is empty or not there.
+
+    Exports usually list rows by id and point to other tables' ids in order
+    (milestones by project, invoices by milestone): when the kept ids are in
+    increasing order, the references in non-decreasing order and every id of
+    both the same number of bytes, a binary search of each reference is much
+    cheaper than building a hash table of the kept ids. Otherwise Arrow's
+    hash lookup.
+    """
+    if target.kept_ids_increasing and refs.null_count == 0 and _increasing(refs, strictly=False):
+        width = _common_width(target.kept_ids)
+        if width and _common_width(refs) == width:
+            kept, wanted = _fixed_width_bytes(target.kept_ids, width), _fixed_width_bytes(refs, width)
+            at = np.minimum(np.searchsorted(kept, wanted), len(kept) - 1)
+            return pa.chunked_array([pa.array(at.astype("int32"), mask=kept[at] != wanted)])
+    return pc.index_in(refs, value_set=target.kept_ids)
+
+
+def _common_width(text: pa.ChunkedArray) -> int | None:
+    """The byte length every value has, if they all have the same (None when they differ or there are none)."""
+    lengths = pc.min_max(pc.binary_length(text)).as_py()
+    return lengths["min"] if lengths["min"] is not None and lengths["min"] == lengths["max"] else None
+
+
+def _fixed_width_bytes(text: pa.ChunkedArray, width: int) -> np.ndarray:
+    """Text without nulls whose values are all ``width`` bytes long, as a numpy ``S<width>`` array (one copy)."""
+    values = text.combine_chunks()
+    offsets = np.frombuffer(values.buffers()[1], dtype=np.int64)[values.offset : values.offset + len(values) + 1]
+    data = np.frombuffer(values.buffers()[2], dtype=np.uint8)
+    return data[offsets[0] : offsets[-1]].view(f"S{width}")
 
 
 def _empty_rejects() -> pd.DataFrame:

@@ -18,6 +18,7 @@ import hypothesis.strategies as st
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 from hypothesis import given, settings
 
 from processor import export
@@ -164,3 +165,25 @@ def test_ids_in_increasing_order_are_their_own_first_rows():
     assert export._sorted_and_unique([pd.Series(["p1", "p1", "p2"], dtype=export.STRING), pd.Series([1, 2, 1])])
     assert not export._sorted_and_unique([pd.Series(["p1", "p1"], dtype=export.STRING), pd.Series([1, 1])])
 
+
+
+_IDS = st.text(alphabet="AB0\x00", min_size=2, max_size=2)  # ids of one width, NUL included
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.sets(_IDS, max_size=8),
+    st.lists(st.one_of(_IDS, st.text(alphabet="Aé", min_size=1, max_size=3)), max_size=10),
+    st.booleans(),
+)
+def test_references_in_order_are_found_as_the_hash_lookup_finds_them(ids, refs, in_order):
+    kept = pa.chunked_array([pa.array(sorted(ids, key=str.encode), pa.large_string())])
+    if in_order:
+        refs = sorted(refs, key=str.encode)
+    wanted = pa.chunked_array([pa.array(refs, pa.large_string())])
+    target = export._CheckedTable(
+        frame=pd.DataFrame(), rejects=pd.DataFrame(), rejected=np.zeros(0, bool), id_values=kept,
+        id_first_row=np.arange(len(kept)), kept_ids=kept, kept_ids_increasing=True, kept_roles=None,
+    )
+    got = export._kept_positions(wanted, target)
+    assert got.to_pylist() == pc.index_in(wanted, value_set=kept).to_pylist()
