@@ -1027,6 +1027,8 @@ def _kept_positions(refs: pa.ChunkedArray, target: _CheckedTable) -> pa.ChunkedA
     if target.kept_ids_increasing and refs.null_count == 0 and _increasing(refs, strictly=False):
         width = _common_width(target.kept_ids)
         if width and _common_width(refs) == width:
+            # numpy orders and compares bytes of one width as Arrow does (its habit of
+            # ignoring trailing NUL bytes cannot make two values of one width equal).
             kept, wanted = _fixed_width_bytes(target.kept_ids, width), _fixed_width_bytes(refs, width)
             at = np.minimum(np.searchsorted(kept, wanted), len(kept) - 1)
             return pa.chunked_array([pa.array(at.astype("int32"), mask=kept[at] != wanted)])
