@@ -139,7 +139,7 @@ def read_export(directory: str | Path, timings: dict | None = None) -> Export:
 
     # The work on columns is Arrow and numpy kernels, which release the GIL, so
     # columns are converted and checked as tasks of a pool with a thread per core.
-    with ThreadPoolExecutor(max_workers=len(os.sched_getaffinity(0))) as pool:
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         raw: dict[str, dict[str, pa.ChunkedArray | pd.Series]] = {}
         read_counts: dict[str, int] = {}
         for name, table in TABLES.items():
