@@ -46,7 +46,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import time
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,10 +70,18 @@ MANIFEST = "manifest.json"
 
 # datetime64[ns] covers 1677-09-21..2262-04-11; keep whole years inside it.
 _FIRST_YEAR, _LAST_YEAR = 1678, 2261
+# The same years in seconds since 1970, and numpy's NaT as an int64.
+_USABLE_FROM, _USABLE_UNTIL = (
+    int(np.datetime64(f"{year}-01-01", "s").astype("int64")) for year in (_FIRST_YEAR, _LAST_YEAR + 1)
+)
+_NAT = np.datetime64("NaT").astype("int64")
 
 _INT_TEXT = r"-?\d{1,18}"
 _FLOAT_TEXT = r"-?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?"
-_MONEY_TEXT = r"(?P<sign>-?)(?P<units>\d{1,13})(?:\.(?P<decimals>\d+))?"  # 13 digits of units keep cents in int64
+_MONEY_UNITS = 13  # digits before the point: 13 keep cents in int64
+_MONEY_TEXT = rf"-?\d{{1,{_MONEY_UNITS}}}(?:\.\d+)?"
+_CENTS_TEXT = rf"-?\d{{1,{_MONEY_UNITS}}}\.\d\d"  # how exports write money: 1250.00
+_MONEY_PARTS = rf"(?P<sign>-?)(?P<units>\d{{1,{_MONEY_UNITS}}})(?:\.(?P<decimals>\d+))?"
 _DATE_TEXT = r"\d{4}-\d{2}-\d{2}"
 _TIMESTAMP_TEXT = (
     r"\d{4}-\d{2}-\d{2}"
@@ -127,21 +137,28 @@ def read_export(directory: str | Path, timings: dict | None = None) -> Export:
     fmt = _detect_format(directory)
     manifest, exported_at = _read_manifest(directory)
 
-    raw: dict[str, dict[str, pd.Series]] = {}
-    read_counts: dict[str, int] = {}
-    for name, table in TABLES.items():
-        path = directory / f"{name}.{fmt}"
-        columns, rows = _read_csv(path, table) if fmt == "csv" else _read_parquet(path, table)
-        _check_manifest_rows(manifest, name, path, rows)
-        raw[name] = columns
-        read_counts[name] = rows
+    # The work on columns is Arrow and numpy kernels, which release the GIL, so
+    # columns are converted and checked as tasks of a pool with a thread per core.
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        raw: dict[str, dict[str, pa.ChunkedArray | pd.Series]] = {}
+        read_counts: dict[str, int] = {}
+        for name, table in TABLES.items():
+            path = directory / f"{name}.{fmt}"
+            columns, rows = _read_csv(path, table) if fmt == "csv" else _read_parquet(path, table, pool)
+            _check_manifest_rows(manifest, name, path, rows)
+            raw[name] = columns
+            read_counts[name] = rows
 
-    checking = time.perf_counter()
-    checked: dict[str, _CheckedTable] = {}
-    for name, table in TABLES.items():
-        checked[name] = _check_table(table, f"{name}.{fmt}", raw[name], read_counts[name], checked)
-    if timings is not None:
-        timings["validate"] = time.perf_counter() - checking
+        checking = time.perf_counter()
+        checked: dict[str, _CheckedTable] = {}
+        # Every column of every table is parsed as a task of its own from the
+        # start, so all cores stay busy while the tables' ids and references are
+        # checked in turn (a reference needs the table it points to checked first).
+        parsing = {name: _start_parsing(table, raw[name], read_counts[name], pool) for name, table in TABLES.items()}
+        for name, table in TABLES.items():
+            checked[name] = _check_table(table, f"{name}.{fmt}", *parsing[name], checked, pool)
+        if timings is not None:
+            timings["validate"] = time.perf_counter() - checking
 
     rejects = [c.rejects for c in checked.values() if len(c.rejects)]
     return Export(
@@ -253,12 +270,13 @@ def _require_columns(path: Path, table: Table, present: list[str]) -> None:
         )
 
 
-def _read_csv(path: Path, table: Table) -> tuple[dict[str, pd.Series], int]:
-    """Every contract column as text (empty -> pd.NA); no value is taken for null by its spelling.
+def _read_csv(path: Path, table: Table) -> tuple[dict[str, pa.ChunkedArray], int]:
+    """Every contract column as text, an empty field as null; no value is taken for null by its spelling.
 
     This has the semantics of ``pd.read_csv(dtype=str, keep_default_na=False,
-    encoding="utf-8")`` but uses Arrow's multi-threaded reader, several times
-    faster on a million-row night, which also refuses rows with too few fields.
+    encoding="utf-8")`` with empty fields as null, but uses Arrow's multi-threaded
+    reader, several times faster on a million-row night, which also refuses rows
+    with too few fields.
     """
     header = _csv_header(path, table)
     _require_columns(path, table, header)
@@ -270,8 +288,9 @@ def _read_csv(path: Path, table: Table) -> tuple[dict[str, pd.Series], int]:
             convert_options=pacsv.ConvertOptions(
                 include_columns=list(table.column_names),
                 column_types={c: pa.large_string() for c in table.column_names},
-                strings_can_be_null=False,
-                quoted_strings_can_be_null=False,
+                null_values=[""],  # only an empty field, quoted or not, is null
+                strings_can_be_null=True,
+                quoted_strings_can_be_null=True,
             ),
         )
     except (pa.ArrowException, ValueError) as error:
@@ -283,12 +302,16 @@ def _read_csv(path: Path, table: Table) -> tuple[dict[str, pd.Series], int]:
         raise InvalidExport(f"{path} is not a readable CSV file ({detail}): re-export the table") from None
     except OSError as error:
         raise InvalidExport(f"{path} cannot be read ({error.strerror or error}): check the file") from None
-    columns = {c: _blank_to_na(data.column(c).to_pandas(types_mapper=_as_string_dtype)) for c in table.column_names}
+    columns = {c: data.column(c) for c in table.column_names}
     return columns, data.num_rows
 
 
 def _as_string_dtype(arrow_type: pa.DataType):
     return STRING if arrow_type in (pa.string(), pa.large_string()) else None
+
+
+def _as_int64_dtype(arrow_type: pa.DataType):
+    return pd.Int64Dtype() if arrow_type == pa.int64() else None
 
 
 def _csv_header(path: Path, table: Table) -> list[str]:
@@ -309,18 +332,20 @@ def _csv_header(path: Path, table: Table) -> list[str]:
     return header
 
 
-def _read_parquet(path: Path, table: Table) -> tuple[dict[str, pd.Series], int]:
+def _read_parquet(path: Path, table: Table, pool: Executor) -> tuple[dict[str, pa.ChunkedArray | pd.Series], int]:
+    """Every contract column as :func:`_raw_column` makes it, the columns converted as tasks of ``pool``."""
     try:
         data = pq.read_table(path)
     except (pa.ArrowException, OSError, ValueError) as error:
         raise InvalidExport(f"{path} is not a readable Parquet file ({error}): re-export the table") from None
     names = data.column_names
     _require_columns(path, table, names)
+    read = [data.column(names.index(column.name)) for column in table.columns]
+    converting = [pool.submit(_raw_column, values) for values in read]
     columns = {}
-    for column in table.columns:
-        values = data.column(names.index(column.name))
+    for column, values, conversion in zip(table.columns, read, converting):
         try:
-            columns[column.name] = _arrow_to_series(values)
+            columns[column.name] = conversion.result()
         except (pa.ArrowException, ValueError, TypeError):
             raise InvalidExport(
                 f"{path} column {column.name} has Parquet type {values.type}, which the export cannot hold: "
@@ -329,14 +354,20 @@ def _read_parquet(path: Path, table: Table) -> tuple[dict[str, pd.Series], int]:
     return columns, data.num_rows
 
 
-def _arrow_to_series(values: pa.ChunkedArray) -> pd.Series:
-    """A Parquet column as a Series: strings as STRING, natural types kept natural."""
+def _raw_column(values: pa.ChunkedArray) -> pa.ChunkedArray | pd.Series:
+    """A Parquet column as it is checked: text in Arrow, natural types as pandas Series.
+
+    Strings, decimals (exact text like "12.50") and anything else castable to
+    text become ``large_string`` with every empty string as null;
+    timestamps, dates, booleans, integers and floats, which need no parsing,
+    become Series of their pandas dtype.
+    """
     kind = values.type
     if pa.types.is_dictionary(kind):
         values = values.cast(kind.value_type)
         kind = values.type
     if pa.types.is_null(kind):
-        return pd.Series(pd.NA, index=pd.RangeIndex(len(values)), dtype=STRING)
+        return pa.chunked_array([pa.nulls(len(values), pa.large_string())])
     if pa.types.is_timestamp(kind):
         return values.to_pandas()
     if pa.types.is_date(kind):
@@ -344,44 +375,68 @@ def _arrow_to_series(values: pa.ChunkedArray) -> pd.Series:
     if pa.types.is_boolean(kind):
         return values.to_pandas(types_mapper={pa.bool_(): pd.BooleanDtype()}.get)
     if pa.types.is_integer(kind):
-        return values.cast(pa.int64()).to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get)
+        return values.cast(pa.int64()).to_pandas(types_mapper=_as_int64_dtype)
     if pa.types.is_floating(kind):
         return values.to_pandas().astype("float64")
-    # strings, decimals (exact text like "12.50") and anything else castable to text.
-    return _blank_to_na(pd.Series(pc.cast(values, pa.large_string()).to_pandas()))
+    return _blank_to_null(pc.cast(values, pa.large_string()))
 
 
 # --------------------------------------------------------------------------- parsing helpers
 
 
-def _blank_to_na(values: pd.Series) -> pd.Series:
-    """Text as STRING with every empty string (and any null) as pd.NA."""
-    text = values if values.dtype == STRING else values.astype(STRING)
-    blank = text.eq("").to_numpy(dtype=bool, na_value=True)
-    return text.mask(blank) if blank.any() else text
+def _blank_to_null(text: pa.ChunkedArray) -> pa.ChunkedArray:
+    """Arrow text with every empty string as null."""
+    blank = pc.equal(text, "")
+    return pc.if_else(blank, pa.scalar(None, text.type), text) if pc.any(blank).as_py() else text
 
 
 def _as_text(values: pd.Series) -> pd.Series:
-    """Any raw column as STRING text (natural Parquet types written out)."""
-    if values.dtype == STRING:
-        return values
+    """A natural-typed column (a Series) as STRING text, written out the way pandas writes it."""
     if isinstance(values.dtype, pd.BooleanDtype):
-        text = values.map({True: "true", False: "false"}, na_action="ignore")
-        return _blank_to_na(text.astype(STRING))
-    return _blank_to_na(values.astype(STRING))
+        values = values.map({True: "true", False: "false"}, na_action="ignore")
+    return values.astype(STRING)
+
+
+def _text(raw: pa.ChunkedArray | pd.Series) -> pa.ChunkedArray:
+    """A raw column as Arrow text (``large_string``, null when empty)."""
+    return raw if isinstance(raw, pa.ChunkedArray) else _arrow_text(_as_text(raw))
+
+
+def _string_series(text: pa.ChunkedArray) -> pd.Series:
+    """Arrow text as a STRING Series (the Series holds the same Arrow data, nothing is copied)."""
+    return text.to_pandas(types_mapper=_as_string_dtype)
+
+
+def _missing(raw: pa.ChunkedArray | pd.Series) -> np.ndarray:
+    if isinstance(raw, pd.Series):
+        return raw.isna().to_numpy()
+    return raw.is_null().to_numpy(zero_copy_only=False) if raw.null_count else np.zeros(len(raw), dtype=bool)
 
 
 def _mask(values) -> np.ndarray:
-    """A boolean Series/array as numpy bool, with null meaning False."""
+    """A boolean Series, Arrow array or array-like as numpy bool, with null meaning False."""
     if isinstance(values, pd.Series):
         return values.to_numpy(dtype=bool, na_value=False)
+    if isinstance(values, (pa.Array, pa.ChunkedArray)):
+        return pc.fill_null(values, False).to_numpy(zero_copy_only=False)
     return np.asarray(values, dtype=bool)
 
 
-def _matches(text: pd.Series, pattern: str) -> np.ndarray:
+def _matches(text: pa.ChunkedArray | pd.Series, pattern: str) -> np.ndarray:
     """Whether each whole text matches ``pattern`` (RE2 syntax); null -> False."""
-    matched = pc.match_substring_regex(_arrow_text(text), f"^(?:{pattern})$")
-    return pc.fill_null(matched, False).to_numpy(zero_copy_only=False)
+    values = text if isinstance(text, pa.ChunkedArray) else _arrow_text(text)
+    return _mask(pc.match_substring_regex(values, f"^(?:{pattern})$"))
+
+
+def _is_one_of(text: pa.ChunkedArray, values: tuple[str, ...]) -> np.ndarray:
+    return _mask(pc.is_in(text, value_set=pa.array(values, pa.large_string())))
+
+
+def _null_unless(values: pa.ChunkedArray, keep: np.ndarray) -> pa.ChunkedArray:
+    """``values`` with null where ``keep`` is False (unchanged when it keeps every present value)."""
+    if np.count_nonzero(keep) + values.null_count == len(values):
+        return values
+    return pc.if_else(pa.array(keep), values, pa.scalar(None, values.type))
 
 
 def _range_sentence(column: Column) -> str:
@@ -412,10 +467,80 @@ def _outside_years(stamps: pd.Series) -> np.ndarray:
 
 
 def _parse_timestamp_text(text: pd.Series) -> tuple[pd.Series, np.ndarray]:
+    """What the contract calls a timestamp: ISO-8601 as pandas reads it, after the shape check."""
     ok = _matches(text, _TIMESTAMP_TEXT)
     parsed = pd.to_datetime(text.where(ok), format="ISO8601", utc=True, errors="coerce", cache=False)
     bad = text.notna().to_numpy() & parsed.isna().to_numpy()
     return parsed, bad
+
+
+def _parse_date_text(text: pd.Series) -> tuple[pd.Series, np.ndarray]:
+    """What the contract calls a date: YYYY-MM-DD, a real day of the calendar."""
+    ok = _matches(text, _DATE_TEXT)
+    parsed = pd.to_datetime(text.where(ok), format="%Y-%m-%d", errors="coerce", cache=False)
+    bad = text.notna().to_numpy() & parsed.isna().to_numpy()
+    return parsed, bad
+
+
+def _parse_common_spelling(text: pa.ChunkedArray, arrow_type: pa.DataType, length: int) -> np.ndarray:
+    """Arrow's reading of the values ``length`` bytes long, as ``datetime64[ns]`` (UTC).
+
+    NaT for every other value and for a value outside the usable years. Arrow
+    casts a column at once or not at all: when one of those values is no date
+    (``2026-02-30``), every value is NaT. Of the spellings Arrow's cast accepts,
+    the only one of 10 bytes as a date is ``YYYY-MM-DD``, and the only one of
+    20 bytes as a UTC timestamp is ``YYYY-MM-DD[T ]hh:mm:ssZ``: spellings the
+    contract reads as the same day or time.
+    """
+    lengths = pc.binary_length(text)
+    if pc.min_max(lengths).as_py() == {"min": length, "max": length}:  # every value present has that length
+        return _cast_times(text, arrow_type)
+    common = _mask(pc.equal(lengths, length))
+    parsed = np.full(len(text), np.datetime64("NaT", "ns"))
+    if common.any():
+        parsed[common] = _cast_times(text.filter(pa.array(common)), arrow_type)
+    return parsed
+
+
+def _cast_times(text: pa.ChunkedArray, arrow_type: pa.DataType) -> np.ndarray:
+    """Arrow's cast of ``text`` to ``arrow_type`` as ``datetime64[ns]``.
+
+    NaT outside the usable years, and everywhere if Arrow refuses one value.
+    """
+    try:
+        seconds = pc.cast(pc.cast(text, arrow_type), pa.timestamp("s")).to_numpy(zero_copy_only=False)
+    except pa.ArrowInvalid:
+        return np.full(len(text), np.datetime64("NaT", "ns"))
+    seconds = seconds.view("int64")  # NaT is the smallest int64: outside the usable years
+    usable = (seconds >= _USABLE_FROM) & (seconds < _USABLE_UNTIL)
+    return np.where(usable, seconds * 1_000_000_000, _NAT).view("datetime64[ns]")
+
+
+def _parse_time_text(text: pa.ChunkedArray, kind: Kind) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Dates or timestamps from text: (values, not a date/time, outside the usable years).
+
+    Values are naive ``datetime64[ns]``: the UTC time, or a date's midnight;
+    NaT where the text is empty, bad or outside the usable years. The spelling
+    the exports use (``2026-11-24``, ``2026-11-24T09:30:00Z``) is parsed by
+    Arrow; every other value by :func:`_parse_date_text` or
+    :func:`_parse_timestamp_text`, which define what the contract accepts.
+    """
+    if kind is Kind.DATE:
+        values = _parse_common_spelling(text, pa.date32(), length=len("2026-11-24"))
+    else:
+        values = _parse_common_spelling(text, pa.timestamp("s", tz="UTC"), length=len("2026-11-24T09:30:00Z"))
+    bad = np.zeros(len(text), dtype=bool)
+    far = np.zeros(len(text), dtype=bool)
+    rest = np.flatnonzero(text.is_valid().to_numpy(zero_copy_only=False) & np.isnat(values))
+    if len(rest):
+        others = _string_series(text.take(pa.array(rest)))
+        parse = _parse_date_text if kind is Kind.DATE else _parse_timestamp_text
+        parsed, bad[rest] = parse(others)
+        if parsed.dt.tz is not None:
+            parsed = parsed.dt.tz_localize(None)  # a UTC time, as the naive values hold it
+        far[rest] = _outside_years(parsed)
+        values[rest] = parsed.where(~far[rest]).to_numpy(dtype="datetime64[ns]")
+    return values, bad, far
 
 
 # --------------------------------------------------------------------------- checking
@@ -426,23 +551,28 @@ class _CheckedTable:
     frame: pd.DataFrame  # valid rows, canonical dtypes, plus _row
     rejects: pd.DataFrame
     rejected: np.ndarray  # per read row
-    id_values: pa.Array  # every distinct id read (large_string), in order of first row
+    id_values: pa.ChunkedArray  # every distinct id read (large_string), in order of first row
     id_first_row: np.ndarray  # 0-based position of each id_values' first row
-    kept_ids: pa.Array  # ids of the valid rows (unique, large_string)
-    kept_roles: pa.Array | None  # users only: the role of each kept_ids user
+    kept_ids: pa.ChunkedArray  # ids of the valid rows (unique, large_string)
+    kept_ids_increasing: bool  # whether kept_ids are known to be in increasing order
+    kept_roles: pa.ChunkedArray | None  # users only: the role of each kept_ids user
 
 
 class _Problems:
     """Collects one line per problem of one table, vectorized by column."""
 
-    def __init__(self, table: Table, raw: dict[str, pd.Series], rows: int):
+    def __init__(self, table: Table, raw: dict[str, pa.ChunkedArray | pd.Series], rows: int):
         self.table = table
         self.raw = raw
         self.rows = rows
         self.parts: list[pd.DataFrame] = []
 
     def value_text(self, column: str, positions: np.ndarray) -> pd.Series:
-        return _as_text(self.raw[column].iloc[positions]).fillna("").reset_index(drop=True)
+        """The values of ``positions`` as read, as text ("" when empty)."""
+        raw = self.raw[column]
+        if isinstance(raw, pa.ChunkedArray):
+            return _string_series(pc.fill_null(raw.take(pa.array(positions)), ""))
+        return _as_text(raw.iloc[positions]).fillna("").reset_index(drop=True)
 
     def add(self, bad: np.ndarray, column: str, sentence: str | None = None, *, reason=None) -> None:
         """Record ``bad`` rows of ``column``.
@@ -517,150 +647,190 @@ def _entity(table: str) -> str:
     return table.removesuffix("s").replace("_", " ")
 
 
-def _parse_column(column: Column, raw: pd.Series, problems: _Problems) -> pd.Series:
-    """The column in its canonical dtype; bad values reported and left null."""
+def _parse_column(
+    column: Column, raw: pa.ChunkedArray | pd.Series, problems: _Problems
+) -> pd.Series | np.ndarray:
+    """The column in its canonical dtype; bad values reported and left null.
+
+    Text is checked with Arrow kernels; natural Parquet types (Series) are
+    checked as they are.
+    """
     name, kind = column.name, column.kind
-    missing = raw.isna().to_numpy()
+    missing = _missing(raw)
     if column.required:
         problems.empty(missing, column)
 
     if kind in (Kind.ID, Kind.TEXT, Kind.AREAS, Kind.ENUM):
-        text = _as_text(raw)
-        present = text.notna().to_numpy()
+        text = _text(raw)
         if kind is Kind.ENUM:
             problems.add(
-                present & ~text.isin(column.values).to_numpy(),
+                ~missing & ~_is_one_of(text, column.values),
                 name,
                 f"is not one of {_one_of(column.values)}: use one of these",
             )
         if column.pattern:
-            problems.add(present & ~_matches(text, column.pattern), name, column.pattern_hint)
-        return text
+            problems.add(~missing & ~_matches(text, column.pattern), name, column.pattern_hint)
+        return _string_series(text)
 
     if kind is Kind.BOOL:
-        if isinstance(raw.dtype, pd.BooleanDtype):
-            truth = raw
-        else:
-            lower = _as_text(raw).str.lower()
-            truth = pd.Series(pd.NA, index=raw.index, dtype="boolean")
-            truth = truth.mask(_mask(lower == "true"), True).mask(_mask(lower == "false"), False)
-            problems.add(~missing & truth.isna().to_numpy(), name, "is not a boolean: write true or false")
-        return truth.fillna(bool(column.default)).to_numpy(dtype=bool)
+        if isinstance(raw, pd.Series) and isinstance(raw.dtype, pd.BooleanDtype):
+            return raw.fillna(bool(column.default)).to_numpy(dtype=bool)
+        lower = pc.utf8_lower(_text(raw))
+        true, false = _mask(pc.equal(lower, "true")), _mask(pc.equal(lower, "false"))
+        problems.add(~missing & ~true & ~false, name, "is not a boolean: write true or false")
+        return true | (~false & bool(column.default))
 
     if kind is Kind.INT:
-        if isinstance(raw.dtype, pd.Int64Dtype):
+        if isinstance(raw, pd.Series) and isinstance(raw.dtype, pd.Int64Dtype):
             number = raw
-        elif pd.api.types.is_float_dtype(raw.dtype):
+        elif isinstance(raw, pd.Series) and pd.api.types.is_float_dtype(raw.dtype):
             integral = _mask(np.isfinite(raw) & (raw == np.floor(raw)) & (raw.abs() < 1e18))
             problems.add(~missing & ~integral, name, "is not a whole number: write digits like 3")
             number = raw.where(integral).astype("Int64")
         else:
-            text = _as_text(raw)
+            text = _text(raw)
             ok = _matches(text, _INT_TEXT)
             problems.add(~missing & ~ok, name, "is not a whole number: write digits like 3")
-            number = text.where(ok).astype("Int64")
+            number = pc.cast(_null_unless(text, ok), pa.int64()).to_pandas(types_mapper=_as_int64_dtype)
         problems.add(_out_of_range(number, column), name, _range_sentence(column))
         if column.default is not None:
             number = number.fillna(column.default)
         return number
 
     if kind is Kind.FLOAT:
-        if pd.api.types.is_numeric_dtype(raw.dtype) and not pd.api.types.is_bool_dtype(raw.dtype):
-            number = raw.astype("float64")
+        numeric = isinstance(raw, pd.Series) and pd.api.types.is_numeric_dtype(raw.dtype)
+        if numeric and not pd.api.types.is_bool_dtype(raw.dtype):
+            number = raw.to_numpy(dtype="float64", na_value=np.nan)
         else:
-            text = _as_text(raw)
+            text = _text(raw)
             ok = _matches(text, _FLOAT_TEXT)
             problems.add(~missing & ~ok, name, "is not a number: write it like 4.5")
-            number = text.where(ok).astype("float64")
-        number = pd.Series(number.to_numpy(dtype="float64", na_value=np.nan), index=raw.index)
+            number = pc.cast(_null_unless(text, ok), pa.float64()).to_numpy(zero_copy_only=False)
+        number = pd.Series(number)
         problems.add(_out_of_range(number, column) | np.isinf(number.to_numpy()), name, _range_sentence(column))
         return number
 
     if kind is Kind.MONEY:
-        parts = pc.extract_regex(_arrow_text(_as_text(raw)), f"^{_MONEY_TEXT}$")
-        ok = parts.is_valid().to_numpy(zero_copy_only=False)
-        problems.add(
-            ~missing & ~ok,
-            name,
-            "is not an amount: write a decimal number with at most 2 decimals, like 1250.00",
-        )
-        # Trailing zeros do not change the amount: 12.500 is exact in cents, 12.505 is not.
-        decimals = pc.utf8_rtrim(pc.fill_null(parts.field("decimals"), ""), characters="0")
-        too_precise = ok & pc.greater(pc.utf8_length(decimals), 2).to_numpy(zero_copy_only=False)
-        problems.add(too_precise, name, "has more than 2 decimals: round it to cents")
-        usable = pa.array(ok & ~too_precise)
-        units = pc.cast(pc.if_else(usable, parts.field("units"), "0"), pa.int64()).to_numpy()
-        cents = pc.cast(pc.if_else(usable, pc.utf8_rpad(decimals, width=2, padding="0"), "0"), pa.int64()).to_numpy()
-        negative = pc.fill_null(pc.equal(parts.field("sign"), "-"), False).to_numpy(zero_copy_only=False)
-        amount = pd.Series(np.where(negative, -1, 1) * (units * 100 + cents), index=raw.index, dtype="int64")
+        amount = _parse_money(_text(raw), missing, column, problems)
         problems.add(_out_of_range(amount, column, scale=100), name, _range_sentence(column))
         if column.default is not None:
             amount = amount.mask(missing, int(round(column.default * 100)))
         return amount
 
     if kind is Kind.DATE:
-        if pd.api.types.is_datetime64_any_dtype(raw.dtype):
+        if isinstance(raw, pd.Series) and pd.api.types.is_datetime64_any_dtype(raw.dtype):
             day = raw.dt.tz_convert("UTC").dt.tz_localize(None) if raw.dt.tz is not None else raw
             not_midnight = _mask(day.notna() & (day != day.dt.normalize()))
             problems.add(not_midnight, name, "is a time, not a date: write YYYY-MM-DD")
             day = day.where(~not_midnight)
+            far = _outside_years(day)
+            day = day.where(~far).astype("datetime64[ns]")
         else:
-            text = _as_text(raw)
-            ok = _matches(text, _DATE_TEXT)
-            day = pd.to_datetime(text.where(ok), format="%Y-%m-%d", errors="coerce", cache=False)
-            problems.add(~missing & day.isna().to_numpy(), name, "is not a date: write YYYY-MM-DD")
-        far = _outside_years(day)
+            values, bad, far = _parse_time_text(_text(raw), kind)
+            problems.add(bad, name, "is not a date: write YYYY-MM-DD")
+            day = pd.Series(values)
         problems.add(far, name, f"is not a usable date: the year must be from {_FIRST_YEAR} to {_LAST_YEAR}")
-        return day.where(~far).astype("datetime64[ns]")
+        return day
 
     if kind is Kind.TIMESTAMP:
-        if pd.api.types.is_datetime64_any_dtype(raw.dtype):
+        if isinstance(raw, pd.Series) and pd.api.types.is_datetime64_any_dtype(raw.dtype):
             stamp = raw.dt.tz_convert("UTC") if raw.dt.tz is not None else raw.dt.tz_localize("UTC")
+            far = _outside_years(stamp)
+            stamp = stamp.where(~far).astype("datetime64[ns, UTC]")
         else:
-            stamp, bad = _parse_timestamp_text(_as_text(raw))
-            problems.add(
-                bad,
-                name,
-                "is not a timestamp: write ISO-8601 in UTC like 2026-11-24T09:30:00Z",
-            )
-        far = _outside_years(stamp)
+            values, bad, far = _parse_time_text(_text(raw), kind)
+            problems.add(bad, name, "is not a timestamp: write ISO-8601 in UTC like 2026-11-24T09:30:00Z")
+            stamp = pd.Series(values, dtype="datetime64[ns, UTC]")
         problems.add(far, name, f"is not a usable time: the year must be from {_FIRST_YEAR} to {_LAST_YEAR}")
-        return stamp.where(~far).astype("datetime64[ns, UTC]")
+        return stamp
 
     raise AssertionError(f"unhandled kind {kind}")  # pragma: no cover - the contract is closed
 
 
-def _check_table(
-    table: Table, file_name: str, raw: dict[str, pd.Series], rows: int, earlier: dict[str, _CheckedTable]
-) -> _CheckedTable:
+def _parse_money(text: pa.ChunkedArray, missing: np.ndarray, column: Column, problems: _Problems) -> pd.Series:
+    """Decimal text as int64 cents (0 where empty or bad), reporting what is not an amount or not exact in cents."""
+    name = column.name
+    if np.count_nonzero(_matches(text, _CENTS_TEXT)) + text.null_count == len(text):
+        # Every amount is written as exports write them (1250.00): without the point, it is the cents.
+        cents = pc.cast(pc.binary_replace_slice(text, start=-3, stop=-2, replacement=""), pa.int64())
+        return pd.Series(pc.fill_null(cents, 0).to_numpy(), dtype="int64")
+    ok = _matches(text, _MONEY_TEXT)
+    problems.add(
+        ~missing & ~ok,
+        name,
+        "is not an amount: write a decimal number with at most 2 decimals, like 1250.00",
+    )
+    usable = _null_unless(text, ok)
+    # Arrow reads decimal text exactly up to 38 digits (longer, it may silently
+    # give 0) and refuses the whole column if one value is not exact in cents
+    # (12.505); in either case each value is taken apart below instead.
+    if (pc.max(pc.binary_length(usable)).as_py() or 0) <= 38:
+        try:
+            cents = pc.multiply(pc.cast(usable, pa.decimal128(_MONEY_UNITS + 2, 2)), 100)
+            return pd.Series(pc.cast(pc.fill_null(cents, 0), pa.int64()).to_numpy(), dtype="int64")
+        except pa.ArrowInvalid:
+            pass
+    parts = pc.extract_regex(usable, f"^{_MONEY_PARTS}$")
+    # Trailing zeros do not change the amount: 12.500 is exact in cents, 12.505 is not.
+    decimals = pc.utf8_rtrim(pc.fill_null(pc.struct_field(parts, "decimals"), ""), characters="0")
+    too_precise = ok & _mask(pc.greater(pc.utf8_length(decimals), 2))
+    problems.add(too_precise, name, "has more than 2 decimals: round it to cents")
+    exact = pa.array(ok & ~too_precise)
+    units = pc.cast(pc.if_else(exact, pc.struct_field(parts, "units"), "0"), pa.int64()).to_numpy()
+    cents = pc.cast(pc.if_else(exact, pc.utf8_rpad(decimals, width=2, padding="0"), "0"), pa.int64()).to_numpy()
+    negative = _mask(pc.equal(pc.struct_field(parts, "sign"), "-"))
+    return pd.Series(np.where(negative, -1, 1) * (units * 100 + cents), dtype="int64")
+
+
+def _start_parsing(
+    table: Table, raw: dict[str, pa.ChunkedArray | pd.Series], rows: int, pool: Executor
+) -> tuple[_Problems, dict[str, Future]]:
+    """Submit the parsing of each of the table's columns to ``pool``; each task reports its own column's problems."""
     problems = _Problems(table, raw, rows)
-    parsed = {column.name: _parse_column(column, raw[column.name], problems) for column in table.columns}
+    return problems, {
+        column.name: pool.submit(_parse_column, column, raw[column.name], problems) for column in table.columns
+    }
+
+
+def _check_table(
+    table: Table,
+    file_name: str,
+    problems: _Problems,
+    parsing: dict[str, Future],
+    earlier: dict[str, _CheckedTable],
+    pool: Executor,
+) -> _CheckedTable:
+    """Check one table's rows once its columns are parsed; ``earlier`` holds the checked tables it may reference.
+
+    Each reference is checked as a task of ``pool``, reporting the problems of its own column.
+    """
+    parsed = {name: future.result() for name, future in parsing.items()}
+    rows = problems.rows
     ids = parsed[table.id_column]
 
-    # Duplicate ids: the first row with an id keeps it, every later one is rejected.
     ids_arrow = _arrow_text(ids)
-    first_row_of = _first_rows(ids_arrow)
-    own = np.arange(rows)
-    id_first_row = np.flatnonzero(first_row_of == own)
-    id_values = ids_arrow.take(pa.array(id_first_row))
-
-    def duplicate_reason(values: pd.Series, at: np.ndarray) -> pd.Series:
-        return (
-            f"{table.id_column} '" + values + "' is already the id of row " + _numbers(first_row_of[at] + 1)
-            + ", which keeps it: give this row its own id or remove it"
-        )
-
-    problems.add((first_row_of >= 0) & (first_row_of != own), table.id_column, reason=duplicate_reason)
+    increasing = ids_arrow.null_count == 0 and _increasing(ids_arrow)
+    if increasing:
+        # Ids in increasing order, as exports usually write them: each row has its own.
+        id_values, id_first_row = ids_arrow, np.arange(rows)
+    else:
+        id_values, id_first_row = _check_duplicate_ids(table, ids_arrow, problems)
 
     for *group, column_name in UNIQUE_WITHIN.get(table.name, ()):
         _check_unique_within(table, group, column_name, parsed, problems)
 
-    for column in table.references:
-        _check_reference(column, file_name, parsed[column.name], earlier[column.references], problems)
+    checks = [
+        pool.submit(_check_reference, column, file_name, parsed[column.name], earlier[column.references], problems)
+        for column in table.references
+    ]
+    for check in checks:
+        check.result()  # raises what the check raised
 
     rejected = problems.rejected()
     keep = np.flatnonzero(~rejected)
-    frame = pd.DataFrame({column.output_name: _take(parsed[column.name], keep) for column in table.columns})
+    frame = pd.DataFrame(
+        {column.output_name: _take(parsed[column.name], keep, rows) for column in table.columns}, copy=False
+    )
     frame["_row"] = (keep + 1).astype("int64")
     kept_ids = _arrow_text(frame[table.id_column])
     kept_roles = _arrow_text(frame["role"]) if table.name == "users" else None
@@ -671,11 +841,33 @@ def _check_table(
         id_values=id_values,
         id_first_row=id_first_row,
         kept_ids=kept_ids,
+        kept_ids_increasing=increasing,
         kept_roles=kept_roles,
     )
 
 
-def _first_rows(values: pa.Array) -> np.ndarray:
+def _check_duplicate_ids(
+    table: Table, ids: pa.ChunkedArray, problems: _Problems
+) -> tuple[pa.ChunkedArray, np.ndarray]:
+    """Reject every row whose id an earlier row already has (the first row keeps it).
+
+    Returns the distinct ids in order of first row, and the position of that row.
+    """
+    first_row_of = _first_rows(ids)
+    own = np.arange(len(ids))
+    id_first_row = np.flatnonzero(first_row_of == own)
+
+    def duplicate_reason(values: pd.Series, at: np.ndarray) -> pd.Series:
+        return (
+            f"{table.id_column} '" + values + "' is already the id of row " + _numbers(first_row_of[at] + 1)
+            + ", which keeps it: give this row its own id or remove it"
+        )
+
+    problems.add((first_row_of >= 0) & (first_row_of != own), table.id_column, reason=duplicate_reason)
+    return ids.take(pa.array(id_first_row)), id_first_row
+
+
+def _first_rows(values: pa.ChunkedArray) -> np.ndarray:
     """For each row, the position of the first row holding the same value (-1 for null).
 
     A stable sort groups equal values with the earliest row first; it is
@@ -692,15 +884,23 @@ def _first_rows(values: pa.Array) -> np.ndarray:
     return first
 
 
-def _arrow_text(text: pd.Series) -> pa.Array:
-    """A STRING Series as one large_string Arrow array (nulls kept)."""
+def _increasing(values: pa.ChunkedArray, *, strictly: bool = True) -> bool:
+    """Whether every value is greater than (not ``strictly``: or equal to) the one before; for values without nulls."""
+    if len(values) < 2:
+        return True
+    compare = pc.greater if strictly else pc.greater_equal
+    return bool(pc.all(compare(values.slice(1), values.slice(0, len(values) - 1))).as_py())
+
+
+def _arrow_text(text: pd.Series) -> pa.ChunkedArray:
+    """A STRING Series as large_string Arrow text (nulls kept; an Arrow-backed Series is not copied)."""
     values = pa.array(text, from_pandas=True)
-    if isinstance(values, pa.ChunkedArray):
-        values = values.combine_chunks()
+    if isinstance(values, pa.Array):
+        values = pa.chunked_array([values])
     return values if values.type == pa.large_string() else values.cast(pa.large_string())
 
 
-def _lookup(values: pd.Series, value_set: pa.Array) -> np.ndarray:
+def _lookup(values: pd.Series, value_set: pa.ChunkedArray) -> np.ndarray:
     """Position of each of ``values`` in ``value_set`` (all must be found)."""
     return pc.index_in(_arrow_text(values), value_set=value_set).to_numpy(zero_copy_only=False).astype("int64")
 
@@ -709,7 +909,10 @@ def _numbers(values: np.ndarray) -> pd.Series:
     return pd.Series(np.asarray(values, dtype="int64")).astype(STRING)
 
 
-def _take(values, keep: np.ndarray) -> pd.Series:
+def _take(values: pd.Series | np.ndarray, keep: np.ndarray, rows: int) -> pd.Series:
+    """The kept rows of a parsed column as a Series with a fresh index (as it is when every row is kept)."""
+    if len(keep) == rows:
+        return values if isinstance(values, pd.Series) else pd.Series(values)
     if isinstance(values, pd.Series):
         return values.iloc[keep].reset_index(drop=True)
     return pd.Series(np.asarray(values)[keep])
@@ -719,6 +922,8 @@ def _check_unique_within(
     table: Table, group: list[str], column_name: str, parsed: dict, problems: _Problems
 ) -> None:
     names = [*group, column_name]
+    if _sorted_and_unique([parsed[c] for c in names]):
+        return
     keys = pd.DataFrame({c: pd.Series(parsed[c]).reset_index(drop=True) for c in names})
     complete = keys.notna().all(axis=1).to_numpy()
     repeated = complete & keys.duplicated(keep="first").to_numpy()
@@ -741,6 +946,28 @@ def _check_unique_within(
     problems.add(repeated, column_name, reason=reason)
 
 
+def _sorted_and_unique(columns: list[pd.Series]) -> bool:
+    """Whether the rows, as tuples of ``columns``, are in strictly increasing order (so no two are equal).
+
+    Exports usually list a project's milestones together, by sequence; the
+    check is then a comparison of neighbours instead of hashing every row.
+    Any null makes the answer False (the caller then checks row by row).
+    """
+    arrays = [pa.array(c, from_pandas=True) for c in columns]
+    if any(a.null_count for a in arrays):
+        return False
+    if len(arrays[0]) < 2:
+        return True
+    before = [a.slice(0, len(a) - 1) for a in arrays]
+    after = [a.slice(1) for a in arrays]
+    # Going back from the last column: a row is after the one before it when its first
+    # differing column is greater.
+    increasing = pc.greater(after[-1], before[-1])
+    for a, b in zip(reversed(after[:-1]), reversed(before[:-1])):
+        increasing = pc.or_(pc.greater(a, b), pc.and_(pc.equal(a, b), increasing))
+    return bool(pc.all(increasing).as_py())
+
+
 def _check_reference(
     column: Column, file_name: str, refs: pd.Series, target: _CheckedTable, problems: _Problems
 ) -> None:
@@ -749,13 +976,11 @@ def _check_reference(
     target_table = TABLES[column.references]
     target_file = f"{target_table.name}.{file_name.rsplit('.', 1)[1]}"
     entity = _entity(target_table.name)
-    present = refs.notna().to_numpy()
     refs_arrow = _arrow_text(refs)
-    kept_index = pc.index_in(refs_arrow, value_set=target.kept_ids)
-    kept = kept_index.is_valid().to_numpy(zero_copy_only=False)
+    kept_index = _kept_positions(refs_arrow, target)  # null: empty, or not a kept row
 
-    dangling = present & ~kept
-    if dangling.any():
+    if kept_index.null_count > refs_arrow.null_count:
+        dangling = ~_missing(refs_arrow) & _missing(kept_index)
         known = np.zeros(len(refs), dtype=bool)
         where = np.flatnonzero(dangling)
         found = pc.is_in(refs_arrow.take(pa.array(where)), value_set=target.id_values)
@@ -776,17 +1001,52 @@ def _check_reference(
         problems.add(dangling & known, name, reason=rejected_reason)
 
     if column.role and target.kept_roles is not None:
-        role = target.kept_roles.take(kept_index)
-        wrong = pc.fill_null(pc.not_equal(role, pa.scalar(column.role, pa.large_string())), False)
+        has_role = pc.equal(target.kept_roles, pa.scalar(column.role, pa.large_string()))  # per kept user
+        wrong = pc.invert(pc.take(has_role, kept_index))
 
         def role_reason(values: pd.Series, at: np.ndarray) -> pd.Series:
-            actual = role.take(pa.array(at)).to_pandas(types_mapper=_as_string_dtype).fillna("")
+            actual = _string_series(target.kept_roles.take(kept_index.take(pa.array(at)))).fillna("")
             return (
                 f"{name} '" + values + "' is a " + actual + f" user, not a {column.role}: "
                 f"point {name} at a user whose role is {column.role}"
             )
 
-        problems.add(wrong.to_numpy(zero_copy_only=False), name, reason=role_reason)
+        problems.add(_mask(wrong), name, reason=role_reason)
+
+
+def _kept_positions(refs: pa.ChunkedArray, target: _CheckedTable) -> pa.ChunkedArray:
+    """Position of each reference in ``target.kept_ids`` (int32), null where it is empty or not there.
+
+    Exports usually list rows by id and point to other tables' ids in order
+    (milestones by project, invoices by milestone): when the kept ids are in
+    increasing order, the references in non-decreasing order and every id of
+    both the same number of bytes, a binary search of each reference is much
+    cheaper than building a hash table of the kept ids. Otherwise Arrow's
+    hash lookup.
+    """
+    if target.kept_ids_increasing and refs.null_count == 0 and _increasing(refs, strictly=False):
+        width = _common_width(target.kept_ids)
+        if width and _common_width(refs) == width:
+            # numpy orders and compares bytes of one width as Arrow does (its habit of
+            # ignoring trailing NUL bytes cannot make two values of one width equal).
+            kept, wanted = _fixed_width_bytes(target.kept_ids, width), _fixed_width_bytes(refs, width)
+            at = np.minimum(np.searchsorted(kept, wanted), len(kept) - 1)
+            return pa.chunked_array([pa.array(at.astype("int32"), mask=kept[at] != wanted)])
+    return pc.index_in(refs, value_set=target.kept_ids)
+
+
+def _common_width(text: pa.ChunkedArray) -> int | None:
+    """The byte length every value has, if they all have the same (None when they differ or there are none)."""
+    lengths = pc.min_max(pc.binary_length(text)).as_py()
+    return lengths["min"] if lengths["min"] is not None and lengths["min"] == lengths["max"] else None
+
+
+def _fixed_width_bytes(text: pa.ChunkedArray, width: int) -> np.ndarray:
+    """Text without nulls whose values are all ``width`` bytes long, as a numpy ``S<width>`` array (one copy)."""
+    values = text.combine_chunks()
+    offsets = np.frombuffer(values.buffers()[1], dtype=np.int64)[values.offset : values.offset + len(values) + 1]
+    data = np.frombuffer(values.buffers()[2], dtype=np.uint8)
+    return data[offsets[0] : offsets[-1]].view(f"S{width}")
 
 
 def _empty_rejects() -> pd.DataFrame:

@@ -470,6 +470,21 @@ def test_a_missing_column_in_parquet_is_an_invalid_export(tmp_path):
         read_export(tmp_path)
 
 
+def test_a_parquet_column_of_a_type_the_export_cannot_hold_is_an_invalid_export(tmp_path):
+    write_parquet(tmp_path, valid_night(), natural=True)
+    path = tmp_path / "projects.parquet"
+    data = pq.read_table(path)
+    titles = pa.array([["Shop"], ["Logo"]], pa.list_(pa.string()))
+    pq.write_table(data.set_column(data.column_names.index("title"), "title", titles), path)
+
+    with pytest.raises(InvalidExport) as raised:
+        read_export(tmp_path)
+    assert str(raised.value) == (
+        f"{path} column title has Parquet type list<element: string>, which the export cannot hold: "
+        "write it as text or as the natural type of the column"
+    )
+
+
 def test_a_truncated_file_does_not_match_the_manifest(tmp_path):
     night = valid_night()
     write_csv(tmp_path, night)
