@@ -78,14 +78,16 @@ def write_csv(path: str | Path, frame: pd.DataFrame):
             f.write(body)
 
 
-def write_jsonl(path: str | Path, frame: pd.DataFrame, json_columns=()):
-    """One JSON object per row; columns named in json_columns hold JSON text and are embedded as objects."""
+def write_jsonl(path: str | Path, frame: pd.DataFrame, json_columns=()) -> pa.Array | None:
+    """One JSON object per row; columns named in json_columns hold JSON text and are embedded as objects.
+
+    Returns the lines written (without line ends) when they were built column-wise (see json_lines)."""
     lines = json_lines(frame, tuple(json_columns))
     if lines is not None:
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as f:
                 f.write(_joined(_concat(lines, "\n")))
-        return
+        return lines
     records = frame.to_dict("records")
     with atomic_path(path) as tmp:
         with open(tmp, "w", encoding="utf-8") as f:
@@ -93,6 +95,7 @@ def write_jsonl(path: str | Path, frame: pd.DataFrame, json_columns=()):
                 for c in json_columns:
                     r[c] = json.loads(r[c]) if r[c] else None
                 f.write(json.dumps(r, sort_keys=False, default=str) + "\n")
+    return None
 
 
 # --------------------------------------------------------------------------- column-wise text

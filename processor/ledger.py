@@ -130,17 +130,20 @@ class Ledger:
         return pd.DataFrame(gone, columns=DETAIL_COLUMNS).fillna("")
 
     def record_night(self, as_of: dt.date, run_id: str, policies_sha: str, out_dir: str, decisions: pd.DataFrame,
-                     resolved: pd.DataFrame | None = None):
-        """Replace the night's record with these decisions (and the ones resolved tonight), atomically."""
+                     resolved: pd.DataFrame | None = None, details=None):
+        """Replace the night's record with these decisions (and the ones resolved tonight), atomically.
+
+        `details`: the decisions' lines of decisions.jsonl, when the caller has made them already;
+        the ledger keeps each decision as that JSON object (its evidence embedded, not re-escaped)."""
         night = as_of.isoformat()
         rows = []
-        for frame in (decisions, resolved):
+        for frame, lines in ((decisions, details), (resolved, None)):
             if frame is None or frame.empty:
                 continue
             keys = decision_keys(frame).tolist()
-            # The evidence (JSON text) is kept embedded as an object: no escaping to do.
-            details = files.json_lines(frame[DETAIL_COLUMNS], json_columns=("evidence",))
-            details = details.to_pylist() if details is not None else \
+            if lines is None:
+                lines = files.json_lines(frame[DETAIL_COLUMNS], json_columns=("evidence",))
+            details = lines.to_pylist() if lines is not None else \
                 frame[DETAIL_COLUMNS].to_json(orient="records", lines=True).splitlines()
             rows += zip([night] * len(keys), keys, *(frame[c].tolist() for c in
                         ("policy_id", "action", "project_id", "subject_id", "state")), details)

@@ -151,7 +151,8 @@ def _words_of(values) -> pa.Array:
 def escape(values) -> pa.Array:
     """markupsafe.escape() of every value of a column (what Jinja's autoescape does to one value)."""
     for char, entity in (("&", "&amp;"), ("<", "&lt;"), (">", "&gt;"), ('"', "&#34;"), ("'", "&#39;")):
-        values = pc.replace_substring(values, char, entity)
+        if pc.any(pc.match_substring(values, char)).as_py():   # a search is cheaper than a copy
+            values = pc.replace_substring(values, char, entity)
     return values
 
 

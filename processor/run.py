@@ -163,14 +163,14 @@ def _write_and_record(out: Path, ledger: Ledger, as_of: dt.date, run_id: str, po
     so a run killed before that left no trace there."""
     t = time.perf_counter()
     files.write_csv(out / "decisions.csv", decisions)
-    files.write_jsonl(out / "decisions.jsonl", decisions, json_columns=("evidence",))
+    lines = files.write_jsonl(out / "decisions.jsonl", decisions, json_columns=("evidence",))
     files.write_csv(out / "rejects.csv", rejects)
     files.write_csv(out / "resolved.csv", resolved)
     files.write_json(out / "summary.json", summary)
     timings["write"] = time.perf_counter() - t
     say(f"decisions, rejects and resolved written to {out}")
     t = time.perf_counter()
-    ledger.record_night(as_of, run_id, policies_sha, str(out), decisions, resolved=resolved)
+    ledger.record_night(as_of, run_id, policies_sha, str(out), decisions, resolved=resolved, details=lines)
     timings["ledger"] = timings.get("ledger", 0.0) + time.perf_counter() - t
     say("ledger updated")
 
