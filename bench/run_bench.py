@@ -106,9 +106,12 @@ class TreeMemory:
     """Samples the proportional set size (PSS) of a process and all its descendants.
 
     PSS shares pages that forked workers have in common with their parent, so
-    the sum is what the run really occupies. Falls back to RSS where PSS is unreadable."""
+    the sum is what the run really occupies. Falls back to RSS where PSS is unreadable.
+    Twice a second: reading smaps_rollup walks a 3 GB process's page tables under its memory
+    lock, and sampling every 50 ms made a 1M-project run ~15% slower (21.1 s against 18.3 s),
+    while the night's memory peaks last seconds."""
 
-    def __init__(self, pid: int, every: float = 0.05):
+    def __init__(self, pid: int, every: float = 0.5):
         self.pid, self.every, self.peak = pid, every, 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
