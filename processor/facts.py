@@ -9,6 +9,7 @@ UTC days relative to the as-of date.
 from __future__ import annotations
 
 import datetime as dt
+from concurrent.futures import ThreadPoolExecutor
 import json
 from dataclasses import dataclass
 
@@ -186,26 +187,13 @@ def _sorted_order(ids: pa.Array) -> np.ndarray:
     return pc.sort_indices(ids).to_numpy()
 
 
-def build_facts(tables: dict[str, pd.DataFrame], as_of: dt.date) -> Facts:
-    day = pd.Timestamp(as_of)
-    today = day.value // DAY_NS
-    night_end = day.value + DAY_NS  # attempts up to the end of the night
-
+def _party_facts(tables: dict[str, pd.DataFrame], common: dict, project_ids: pa.Array, client_ids: pa.Array,
+                 talent_ids: pa.Array, held: np.ndarray, today: int, night_end: int):
+    """The facts about each project's client and talent (its contact attempts measured), with the
+    parties' user status and whether each answered since its project was held (which the project
+    facts read too)."""
     users = tables["users"]
-    p = tables["projects"]
-    n = len(p)
-    project_ids = _arrow(p["project_id"])
-    client_ids, talent_ids = _arrow(p["client_id"]), _arrow(p["talent_id"])
-    held = _utc_ns(p["held_since"])
-    on_hold = (p["status"] == "on_hold").to_numpy(dtype=bool, na_value=False)
-    common: dict[str, pa.Array | np.ndarray] = {
-        "project_id": project_ids,
-        "project_status": _arrow(p["status"]),
-        "hold_reason": pc.fill_null(_arrow(p["hold_reason"]), "none"),
-        "talent_decision": pc.fill_null(_arrow(p["talent_decision"]), "none"),
-        "area": pc.fill_null(_arrow(p["area"]), "none"),
-        "days_on_hold": np.where(on_hold & (held != NO_TIME), today - _day(held), 0).astype("int64"),
-    }
+    n = len(project_ids)
     # Users' status by user id ("none" for an unknown user), for the client and the talent block.
     of_user = _positions(pa.concat_arrays([client_ids, talent_ids]), _arrow(users["user_id"]))
     status = pc.fill_null(_arrow(users["status"]), "none").take(pa.array(of_user, mask=of_user < 0))
@@ -254,43 +242,69 @@ def build_facts(tables: dict[str, pd.DataFrame], as_of: dt.date) -> Facts:
         "answered_since_hold": answered_since_hold[rows],
     })
     party_facts["fact_id"] = _text(_fact_ids("party", project_ids.take(np.repeat(by_id, 2)), party))
+    return party_facts, user_status, answered_since_hold
 
-    # ---- milestones (the inner join on project_id)
-    m = tables["milestones"]
-    ms_project = _positions(_arrow(m["project_id"]), project_ids)
-    ms_kept = _kept(ms_project)
-    milestone_ids = _take(_arrow(m["milestone_id"]), ms_kept)
-    amount = _take(m["amount_cents"].to_numpy(dtype="int64"), ms_kept)
-    milestone_facts = pd.DataFrame({
-        **_common_frame(common, _take(ms_project, ms_kept)),
-        "milestone_id": _text(milestone_ids),
-        "milestone_status": _text(_take(_arrow(m["status"]), ms_kept)),
-        "amount_cents": amount,
-        "escrow_gap_cents": np.maximum(amount - _take(m["escrow_amount_cents"].to_numpy(dtype="int64"), ms_kept), 0),
-        "has_validated_at": _take(m["validated_at"].notna().to_numpy(), ms_kept),
-    })
-    milestone_facts["fact_id"] = _text(_fact_ids("milestone", milestone_ids))
 
-    # ---- invoices (the inner joins on milestone_id, then on the milestone's project_id)
-    inv = tables["invoices"]
-    of_milestone = _positions(_arrow(inv["milestone_id"]), _arrow(m["milestone_id"]))
-    inv_project = np.where(of_milestone >= 0, ms_project[of_milestone], -1)
-    inv_kept = _kept(inv_project)
-    inv_project = _take(inv_project, inv_kept)
-    inv = inv[["invoice_id", "milestone_id", "status", "due_date", "amount_cents", "currency"]]
-    inv = inv if inv_kept is None else inv.iloc[inv_kept].reset_index(drop=True)
-    invoice_ids = _arrow(inv["invoice_id"])
-    invoice_status = _arrow(inv["status"])
-    days_overdue = today - _day(_utc_ns(inv["due_date"]))
-    invoice_facts = pd.DataFrame({
-        **_common_frame(common, inv_project),
-        "invoice_id": _text(invoice_ids),
-        "milestone_id": _text(_arrow(inv["milestone_id"])),
-        "invoice_status": _text(invoice_status),
-        "days_overdue": days_overdue,
-        "amount_cents": inv["amount_cents"].to_numpy(dtype="int64"),
-    })
-    invoice_facts["fact_id"] = _text(_fact_ids("invoice", invoice_ids))
+def build_facts(tables: dict[str, pd.DataFrame], as_of: dt.date) -> Facts:
+    day = pd.Timestamp(as_of)
+    today = day.value // DAY_NS
+    night_end = day.value + DAY_NS  # attempts up to the end of the night
+
+    users = tables["users"]
+    p = tables["projects"]
+    n = len(p)
+    project_ids = _arrow(p["project_id"])
+    client_ids, talent_ids = _arrow(p["client_id"]), _arrow(p["talent_id"])
+    held = _utc_ns(p["held_since"])
+    on_hold = (p["status"] == "on_hold").to_numpy(dtype=bool, na_value=False)
+    common: dict[str, pa.Array | np.ndarray] = {
+        "project_id": project_ids,
+        "project_status": _arrow(p["status"]),
+        "hold_reason": pc.fill_null(_arrow(p["hold_reason"]), "none"),
+        "talent_decision": pc.fill_null(_arrow(p["talent_decision"]), "none"),
+        "area": pc.fill_null(_arrow(p["area"]), "none"),
+        "days_on_hold": np.where(on_hold & (held != NO_TIME), today - _day(held), 0).astype("int64"),
+    }
+    # The parties' facts are built on a second core meanwhile (pyarrow and numpy release the GIL).
+    with ThreadPoolExecutor(1) as side:
+        parties = side.submit(_party_facts, tables, common, project_ids, client_ids, talent_ids, held, today, night_end)
+        # ---- milestones (the inner join on project_id)
+        m = tables["milestones"]
+        ms_project = _positions(_arrow(m["project_id"]), project_ids)
+        ms_kept = _kept(ms_project)
+        milestone_ids = _take(_arrow(m["milestone_id"]), ms_kept)
+        amount = _take(m["amount_cents"].to_numpy(dtype="int64"), ms_kept)
+        milestone_facts = pd.DataFrame({
+            **_common_frame(common, _take(ms_project, ms_kept)),
+            "milestone_id": _text(milestone_ids),
+            "milestone_status": _text(_take(_arrow(m["status"]), ms_kept)),
+            "amount_cents": amount,
+            "escrow_gap_cents": np.maximum(amount - _take(m["escrow_amount_cents"].to_numpy(dtype="int64"), ms_kept), 0),
+            "has_validated_at": _take(m["validated_at"].notna().to_numpy(), ms_kept),
+        })
+        milestone_facts["fact_id"] = _text(_fact_ids("milestone", milestone_ids))
+
+        # ---- invoices (the inner joins on milestone_id, then on the milestone's project_id)
+        inv = tables["invoices"]
+        of_milestone = _positions(_arrow(inv["milestone_id"]), _arrow(m["milestone_id"]))
+        inv_project = np.where(of_milestone >= 0, ms_project[of_milestone], -1)
+        inv_kept = _kept(inv_project)
+        inv_project = _take(inv_project, inv_kept)
+        inv = inv[["invoice_id", "milestone_id", "status", "due_date", "amount_cents", "currency"]]
+        inv = inv if inv_kept is None else inv.iloc[inv_kept].reset_index(drop=True)
+        invoice_ids = _arrow(inv["invoice_id"])
+        invoice_status = _arrow(inv["status"])
+        days_overdue = today - _day(_utc_ns(inv["due_date"]))
+        invoice_facts = pd.DataFrame({
+            **_common_frame(common, inv_project),
+            "invoice_id": _text(invoice_ids),
+            "milestone_id": _text(_arrow(inv["milestone_id"])),
+            "invoice_status": _text(invoice_status),
+            "days_overdue": days_overdue,
+            "amount_cents": inv["amount_cents"].to_numpy(dtype="int64"),
+        })
+        invoice_facts["fact_id"] = _text(_fact_ids("invoice", invoice_ids))
+        party_facts, user_status, answered_since_hold = parties.result()
 
     # ---- projects
     is_open = pc.equal(invoice_status, "open").fill_null(False).to_numpy(zero_copy_only=False)
