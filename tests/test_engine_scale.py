@@ -48,7 +48,7 @@ def synthetic_facts(n: int, seed: int = 3) -> Facts:
             days_since_oldest_unanswered=rng.integers(0, 12, n),
             unanswered_by_project_success=rng.integers(0, 2, n),
             answered_since_hold=rng.random(n) < 0.05,
-            fact_id=f"party:" + pid + f":{role}",
+            fact_id="party:" + pid + f":{role}",
         ))
     party = pd.concat(parties, ignore_index=True)
     milestone = common.assign(
