@@ -66,7 +66,8 @@ def write_csv(path: str | Path, frame: pd.DataFrame):
 
     Frames of text columns (every output of a night) are quoted and joined by Arrow's
     compute kernels, without a loop over rows in Python; other frames go through pandas.
-    Both give the same bytes (tests/test_bulk_outputs.py)."""
+    Both give the same bytes (tests/test_bulk_outputs.py), but for a lone carriage return,
+    which Arrow's path quotes and pandas leaves bare (a reader would split the row there)."""
     body = _csv_body(frame)
     if body is None:
         with atomic_path(path) as tmp:
