@@ -17,11 +17,11 @@ from decimal import Decimal
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from rules.compile import evidence_fields, evidence_thresholds
 from rules.document import ActionSpec, Policy, PolicySet
 
+from processor.arrowtext import concat
 from processor.facts import STR, Facts, is_in, json_values, positions, rows_among
 
 DECISION_COLUMNS = [
@@ -58,15 +58,13 @@ def _fired_frame(policy: Policy, fired_ids: pd.Series, facts: Facts) -> pd.DataF
 def _evidence(rows: pd.DataFrame, fields: list[str], thresholds: dict) -> pd.arrays.ArrowStringArray:
     """Per row, json.dumps({"facts": {field: value}, "thresholds": thresholds}, sort_keys=True),
     written column-wise: each distinct value of a field is encoded once."""
-    text = pa.large_string()
     parts: list = ['{"facts": {']
     for i, field in enumerate(sorted(fields)):
         parts += [(", " if i else "") + json.dumps(field) + ": ", json_values(rows[field], default=_plain)]
     parts.append("}, " + json.dumps("thresholds") + ": " + json.dumps(thresholds, sort_keys=True, default=_plain) + "}")
     if len(rows) == 0:
         return pd.array([], dtype=STR)
-    arrays = [pa.scalar(p, text) if isinstance(p, str) else p for p in parts]
-    return pd.array(pc.binary_join_element_wise(*arrays, pa.scalar("", text)), dtype=STR)
+    return pd.array(concat(*parts), dtype=STR)
 
 
 def _plain(v):

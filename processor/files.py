@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,6 +12,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from processor import arrowtext
 from processor.killpoints import kill_point
 
 
@@ -75,7 +75,7 @@ def write_csv(path: str | Path, frame: pd.DataFrame):
         return
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
-            f.write(_csv_line(frame.columns).encode("utf-8"))
+            f.write((",".join(arrowtext.csv_field(str(n)) for n in frame.columns) + "\n").encode("utf-8"))
             f.write(body)
 
 
@@ -87,7 +87,7 @@ def write_jsonl(path: str | Path, frame: pd.DataFrame, json_columns=()) -> pa.Ar
     if lines is not None:
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as f:
-                f.write(_joined(_concat(lines, "\n")))
+                f.write(arrowtext.joined_bytes(arrowtext.concat(lines, "\n")))
         return lines
     records = frame.to_dict("records")
     with atomic_path(path) as tmp:
@@ -104,8 +104,6 @@ def write_jsonl(path: str | Path, frame: pd.DataFrame, json_columns=()) -> pa.Ar
 # the ledger's copy). Building those lines a column at a time with Arrow's string kernels
 # costs a fraction of pandas' row-by-row writers; the bytes are the same.
 
-# What CSV's minimal quoting quotes: the delimiter, the quote, a line break.
-_CSV_SPECIAL = r'[",\r\n]'
 # What JSON text cannot hold as is (control characters) or pandas' encoder writes as an escape
 # (those and non-ASCII): rows holding such text are left to pandas' own encoder.
 _JSON_CONTROL = r"[\x00-\x1f\x7f]"
@@ -131,30 +129,13 @@ def _text_arrays(frame: pd.DataFrame) -> list[pa.Array] | None:
     return out
 
 
-def _csv_line(names) -> str:
-    return ",".join(_csv_field(str(n)) for n in names) + "\n"
-
-
-def _csv_field(text: str) -> str:
-    return '"' + text.replace('"', '""') + '"' if re.search(_CSV_SPECIAL, text) else text
-
-
 def _csv_body(frame: pd.DataFrame) -> memoryview | None:
     """The frame's CSV rows (no header) as bytes, built column-wise; None when not all text
     (or a single column, where the csv module quotes an empty field)."""
     columns = _text_arrays(frame) if frame.shape[1] > 1 else None
     if columns is None:
         return None
-    parts: list = []
-    for values in columns:
-        values = pc.fill_null(values, "")
-        special = pc.match_substring_regex(values, _CSV_SPECIAL)
-        if pc.any(special).as_py():
-            quoted = _concat('"', pc.replace_substring(values, '"', '""'), '"')
-            values = pc.if_else(special, quoted, values)
-        parts += [values, ","]
-    parts[-1] = "\n"
-    return _joined(_concat(*parts))
+    return arrowtext.csv_rows(columns)
 
 
 def json_lines(frame: pd.DataFrame, json_columns: tuple[str, ...] = ()) -> pa.Array | None:
@@ -176,7 +157,7 @@ def json_lines(frame: pd.DataFrame, json_columns: tuple[str, ...] = ()) -> pa.Ar
         opening = ","
         if name in json_columns:
             empty = pc.fill_null(pc.equal(values, ""), True)
-            parts += [key, pc.if_else(empty, _text("null"), values)]
+            parts += [key, pc.if_else(empty, pa.scalar("null", values.type), values)]
             continue
         ascii = pc.string_is_ascii(values)
         control = pc.match_substring_regex(values, _JSON_CONTROL)
@@ -186,7 +167,7 @@ def json_lines(frame: pd.DataFrame, json_columns: tuple[str, ...] = ()) -> pa.Ar
             if pc.any(pc.match_substring(values, char)).as_py():
                 values = pc.replace_substring(values, char, escaped)
         parts += [key + '"', values, '"']
-    lines = _concat(*_merge_literals(parts), "}")
+    lines = arrowtext.concat(*parts, "}")
     if unplain.any():
         where = np.flatnonzero(unplain)
         lines = pc.replace_with_mask(lines, pa.array(unplain), pa.array(_pandas_json_lines(frame.iloc[where], json_columns),
@@ -227,40 +208,4 @@ def joined_columns(frame: pd.DataFrame, separator: str) -> pa.Array:
     columns = _text_arrays(frame)
     if columns is None:
         raise TypeError("joined_columns takes columns of text")
-    return _join([pc.fill_null(c, "") for c in columns], separator)
-
-
-def _merge_literals(parts: list) -> list:
-    """Adjacent literal strings made one (fewer arguments to the concatenation kernel)."""
-    out: list = []
-    for part in parts:
-        if isinstance(part, str) and out and isinstance(out[-1], str):
-            out[-1] += part
-        else:
-            out.append(part)
-    return out
-
-
-def _text(value: str) -> pa.Scalar:
-    return pa.scalar(value, pa.large_string())
-
-
-def _concat(*parts) -> pa.Array:
-    """Element-wise concatenation of string arrays and literal strings."""
-    return _join(parts, "")
-
-
-def _join(parts, separator: str) -> pa.Array:
-    """Element-wise join of string arrays and literal strings with `separator`."""
-    return pc.binary_join_element_wise(*(_text(p) if isinstance(p, str) else p for p in parts), _text(separator))
-
-
-def _joined(values: pa.Array) -> memoryview:
-    """The concatenation of a string array's values, without copying them (no nulls)."""
-    values = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
-    if values.type != pa.large_string():
-        values = values.cast(pa.large_string())
-    if len(values) == 0:
-        return memoryview(b"")
-    offsets = np.frombuffer(values.buffers()[1], dtype=np.int64)[values.offset:values.offset + len(values) + 1]
-    return memoryview(values.buffers()[2])[offsets[0]:offsets[-1]]
+    return arrowtext.join([pc.fill_null(c, "") for c in columns], separator)

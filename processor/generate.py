@@ -40,6 +40,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from processor import arrowtext
+
 __all__ = ["generate_export", "TABLES", "COLUMNS", "AREAS"]
 
 TABLES = ("users", "projects", "milestones", "invoices", "contact_attempts")
@@ -281,38 +283,13 @@ def _time(secs: np.ndarray, valid: np.ndarray | None = None) -> pa.Array:
     return _nulls(valid, pc.binary_join_element_wise(day, tod, ""))
 
 
-def _special_bytes(col: pa.Array) -> bool:
-    """Cheap pre-check: does the column's data hold '"', ',', CR or LF?"""
-    data = col.buffers()[2]
-    if data is None or data.size == 0:
-        return False
-    b = np.frombuffer(data, np.uint8)
-    return bool(((b == 34) | (b == 44) | (b == 10) | (b == 13)).any())
-
-
 def _csv_bytes(table: pa.Table, header: bool):
     """Minimal-quoting CSV (like Python's csv.QUOTE_MINIMAL), '\\n' lines."""
-    cols = []
-    for col in table.columns:
-        col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
-        if _special_bytes(col):
-            need = pc.fill_null(pc.match_substring_regex(col, '[",\r\n]'), False)
-            quoted = pc.binary_join_element_wise(
-                '"', pc.replace_substring(col, '"', '""'), '"', "")
-            col = pc.if_else(need, quoted, col)
-        cols.append(pc.fill_null(col, ""))
-    out = b""
-    if header:
-        out = (",".join(table.column_names) + "\n").encode()
+    out = (",".join(arrowtext.csv_field(n) for n in table.column_names) + "\n").encode() if header else b""
     if table.num_rows == 0:
         return out
-    lines = pc.binary_join_element_wise(
-        pc.binary_join_element_wise(*cols, ","), "\n", "")
-    lines = lines.combine_chunks() if isinstance(lines, pa.ChunkedArray) else lines
-    offsets = np.frombuffer(lines.buffers()[1], np.int32,
-                            count=len(lines) + 1, offset=lines.offset * 4)
-    data = lines.buffers()[2].slice(int(offsets[0]), int(offsets[-1] - offsets[0]))
-    return out + data.to_pybytes() if out else data
+    rows = arrowtext.csv_rows(table.columns)
+    return out + rows if out else rows
 
 
 class _Writer:

@@ -24,12 +24,12 @@ from typing import Iterator
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from rules.compile import mask, to_ruleset
 from rules.document import PolicySet
 from rules.vocabulary import FACT_KINDS
 
+from processor.arrowtext import concat
 from processor.facts import is_in, json_values
 
 Frames = dict[str, pd.DataFrame]
@@ -122,12 +122,11 @@ def engine_batches(frames: Frames, projects: int = BATCH_PROJECTS) -> Iterator[t
 def _fact_json(kind: str, frame: pd.DataFrame) -> pa.Array:
     """Each fact of one kind as a JSON object, written column-wise (what json.dumps(dict,
     ensure_ascii=False) writes for its plain Python values)."""
-    text = pa.large_string()
     parts: list = ['{"id": ', json_values(frame["fact_id"], ensure_ascii=False), ", " + json.dumps({"kind": kind}, ensure_ascii=False)[1:-1]]
     for field in FACT_KINDS[kind]:
         parts += [", " + json.dumps(field, ensure_ascii=False) + ": ", json_values(frame[field], ensure_ascii=False)]
     parts.append("}")
-    return pc.binary_join_element_wise(*[pa.scalar(p, text) if isinstance(p, str) else p for p in parts], pa.scalar("", text))
+    return concat(*parts)
 
 
 def iter_firings(engine, frames: Frames, crash_on: str | None = None) -> Iterator[tuple[str, str]]:

@@ -37,6 +37,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescap
 from markupsafe import Markup
 
 from processor import files
+from processor.arrowtext import concat
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +119,7 @@ def _arg(value):
 
 def _cat(*pieces) -> pa.Array:
     """Columns and constants end to end, row by row; null where any piece is null."""
-    return pc.binary_join_element_wise(*map(_arg, pieces), _arg(""))
+    return concat(*(p if isinstance(p, str) else _arg(p) for p in pieces))
 
 
 def _if(mask, then, otherwise="") -> pa.Array:
