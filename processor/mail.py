@@ -234,10 +234,16 @@ def boundary(mid: str) -> str:
 
 
 def base64_body(text: str) -> bytes:
-    """`text` in canonical form (UTF-8, CRLF line breaks, ending with one) as base64 lines of 76 characters.
+    """`text` in canonical form (UTF-8, CRLF line breaks, ending with one) as base64 lines of 76 characters."""
+    return b"".join(_base64_lines(text))
 
-    binascii encodes the whole text at C speed and numpy cuts it into lines: `base64.encodebytes`
-    would loop in Python over every 57 bytes."""
+
+def _base64_lines(text: str) -> list:
+    """base64_body's pieces (bytes-like), for a caller that joins or writes them itself.
+
+    binascii encodes the whole text at C speed and numpy cuts it into lines, two bytes at a time
+    (76 characters and a CRLF are 38 and 39 two-byte units): `base64.encodebytes` would loop in
+    Python over every 57 bytes."""
     data = text.encode("utf-8")
     if b"\r" in data:
         data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
@@ -245,11 +251,12 @@ def base64_body(text: str) -> bytes:
         data += b"\n"
     encoded = binascii.b2a_base64(data.replace(b"\n", b"\r\n"), newline=False)
     full = len(encoded) // 76
-    lines = np.empty((full, 78), dtype=np.uint8)
-    lines[:, :76] = np.frombuffer(encoded, dtype=np.uint8, count=full * 76).reshape(full, 76)
-    lines[:, 76:] = (13, 10)
+    lines = np.empty((full, 39), dtype=np.uint16)
+    lines[:, :38] = np.frombuffer(encoded, dtype=np.uint16, count=full * 38).reshape(full, 38)
+    lines[:, 38] = np.frombuffer(b"\r\n", dtype=np.uint16)[0]   # CR LF, in the machine's byte order
     rest = encoded[full * 76:]
-    return lines.tobytes() + (rest + b"\r\n" if rest else b"")
+    body = lines.view(np.uint8).ravel()
+    return [body, rest + b"\r\n"] if rest else [body]
 
 
 def build_message(report, text: str, html: str, mail_from: str, date: str | None = None) -> tuple[str, bytes]:
@@ -258,15 +265,24 @@ def build_message(report, text: str, html: str, mail_from: str, date: str | None
     `date` (RFC 5322) defaults to now. The `email` package builds and folds the headers; the two
     parts are assembled here, base64 at C speed (its pure-Python quoted-printable and generator
     dominated big nights)."""
+    mid, pieces = _message_pieces(report, text, html, mail_from, date)
+    return mid, b"".join(pieces)
+
+
+def _message_pieces(report, text: str, html: str, mail_from: str, date: str | None = None) -> tuple[str, list]:
+    """build_message's email as the pieces it is made of, in order (written out without joining them)."""
     mid = message_id(report.as_of, report.email, report.manager_id)
     date = date or email.utils.format_datetime(dt.datetime.now(dt.timezone.utc))
     delimiter = f"--{boundary(mid)}".encode()
     out = [headers(report, mail_from, date, mid)]
     for subtype, part in (("plain", text), ("html", html)):
-        out += [delimiter, f"\r\nContent-Type: text/{subtype}; charset=\"utf-8\"\r\n"
-                           "Content-Transfer-Encoding: base64\r\n\r\n".encode(), base64_body(part)]
+        out += [delimiter, _PART_HEADERS[subtype], *_base64_lines(part)]
     out += [delimiter, b"--\r\n"]
-    return mid, b"".join(out)
+    return mid, out
+
+
+_PART_HEADERS = {subtype: f"\r\nContent-Type: text/{subtype}; charset=\"utf-8\"\r\n"
+                          "Content-Transfer-Encoding: base64\r\n\r\n".encode() for subtype in ("plain", "html")}
 
 
 def outbox_name(as_of: str, manager_id: str, mid: str) -> str:
@@ -582,11 +598,11 @@ def _write_emails(mail_from: str, date: str, render, emails: list) -> list[str]:
         with ThreadPoolExecutor(FSYNC_THREADS) as syncing:
             synced = []
             for (report, path), (text, html) in zip(emails, render([report for report, _path in emails])):
-                _mid, data = build_message(report, text, html, mail_from, date)
+                _mid, pieces = _message_pieces(report, text, html, mail_from, date)
                 fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
                 temporaries.append(temporary)
                 with open(fd, "wb", closefd=False) as f:
-                    f.write(data)
+                    f.writelines(pieces)
                 synced.append(syncing.submit(_fsync_and_close, fd))
             for done in synced:
                 done.result()

@@ -714,11 +714,14 @@ class Publication:
 def publish_night(out: Path, as_of: dt.date, run_id: str, decisions: pd.DataFrame, rejects: pd.DataFrame, facts,
                   summary: dict, ledger, descriptions: Mapping[str, str] | None = None,
                   progress: Callable[[str], None] | None = None, env: Mapping[str, str] | None = None,
-                  resolved: pd.DataFrame | None = None, meanwhile: Callable[[], None] | None = None) -> Publication:
+                  resolved: pd.DataFrame | None = None, meanwhile: Callable[[], None] | None = None,
+                  ready: Callable[[], object] | None = None) -> Publication:
     """Build the reports, write the outbox, send what is owed, write report.html and the final summary.json.
 
     `meanwhile` runs while the emails are being written (the run's own files and ledger record),
-    before any email is owed. Returns how many emails stay undelivered (the run exits 5 when any do)."""
+    before any email is owed; `ready` is waited for once the reports are built, before the
+    processes that write them start (the caller's work on other threads: no thread may run
+    while a process forks). Returns how many emails stay undelivered (the run exits 5 when any do)."""
     from processor import mail
 
     say = progress or (lambda _msg: None)
@@ -726,6 +729,8 @@ def publish_night(out: Path, as_of: dt.date, run_id: str, decisions: pd.DataFram
     # Decisions that stopped holding are listed once, in this night's report (their state is `resolved`).
     reported = decisions if resolved is None or resolved.empty else pd.concat([decisions, resolved], ignore_index=True)
     reports = build_reports(reported, facts.projects, facts.milestones, facts.users, as_of, run_id, descriptions)
+    if ready is not None:
+        ready()
     outcome = mail.publish(out / "outbox", reports, ledger, env=env, progress=say, render=render_reports,
                            meanwhile=meanwhile)
     summary["reports"] = {**outcome.summary, "overview": "report.html", "outbox": "outbox",

@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -120,18 +121,21 @@ def run_night(export_dir: str | Path, *, policies_path: str | Path = "policies.y
         summary = make_summary(run_id, as_of, export, policies, decisions, ev, timings, out)
         summary["decisions"]["resolved"] = int(len(resolved))
         summary["outputs"]["resolved_csv"] = "resolved.csv"
-        # The night's files and ledger record are written while the report writers work (they run
-        # in other processes), and always before any email is owed; if the reports fail first,
-        # they are written all the same.
+        # decisions.csv and decisions.jsonl are written on a second thread while the reports are
+        # built (Arrow's kernels and the writes release the GIL); the rest of the files and the
+        # ledger record are written while the report writers work (they run in other processes).
+        # The writers fork only once that thread is done, and the ledger learns of the night
+        # only after its files are written; if the reports fail, all of it is written all the same.
+        decisions_files = _Background(functools.partial(_write_decisions, out, decisions, timings))
         record = _Once(functools.partial(_write_and_record, out, ledger, as_of, run_id, policies.sha256, decisions,
-                                         rejects, resolved, summary, timings, say))
+                                         rejects, resolved, summary, timings, say, decisions_files))
         # Reports to Project Success (SPEC §6): outbox, delivery, report.html; summary.json gains `reports`.
         from processor.reports import publish_night
         t = time.perf_counter()
         try:
             published = publish_night(out, as_of, run_id, decisions, rejects, facts, summary, ledger,
                                       progress=progress, descriptions={p.id: p.description for p in policies.policies},
-                                      resolved=resolved, meanwhile=record)
+                                      resolved=resolved, meanwhile=record, ready=decisions_files.result)
         finally:
             record()
         # Reports is the phase's whole wall time; the files and ledger written during it are timed apart.
@@ -156,18 +160,40 @@ class _Once:
             self._call()
 
 
-def _write_and_record(out: Path, ledger: Ledger, as_of: dt.date, run_id: str, policies_sha: str,
-                      decisions: pd.DataFrame, rejects: pd.DataFrame, resolved: pd.DataFrame, summary: dict,
-                      timings: dict, say: Callable[[str], None]) -> None:
-    """The night's files, then its record in the ledger: the ledger learns of the night last,
-    so a run killed before that left no trace there."""
+class _Background:
+    """A call run on a thread of its own from now on; `result()` waits for it (and raises what it raised)."""
+
+    def __init__(self, call: Callable[[], object]):
+        self._pool = ThreadPoolExecutor(1)
+        self._future = self._pool.submit(call)
+
+    def result(self):
+        try:
+            return self._future.result()
+        finally:
+            self._pool.shutdown()
+
+
+def _write_decisions(out: Path, decisions: pd.DataFrame, timings: dict):
+    """decisions.csv and decisions.jsonl; the JSON lines (the ledger keeps each decision as its line)."""
     t = time.perf_counter()
     files.write_csv(out / "decisions.csv", decisions)
     lines = files.write_jsonl(out / "decisions.jsonl", decisions, json_columns=("evidence",))
+    timings["write"] = time.perf_counter() - t
+    return lines
+
+
+def _write_and_record(out: Path, ledger: Ledger, as_of: dt.date, run_id: str, policies_sha: str,
+                      decisions: pd.DataFrame, rejects: pd.DataFrame, resolved: pd.DataFrame, summary: dict,
+                      timings: dict, say: Callable[[str], None], decisions_files: _Background) -> None:
+    """The night's other files, then its record in the ledger: the ledger learns of the night last,
+    so a run killed before that left no trace there."""
+    lines = decisions_files.result()
+    t = time.perf_counter()
     files.write_csv(out / "rejects.csv", rejects)
     files.write_csv(out / "resolved.csv", resolved)
     files.write_json(out / "summary.json", summary)
-    timings["write"] = time.perf_counter() - t
+    timings["write"] += time.perf_counter() - t
     say(f"decisions, rejects and resolved written to {out}")
     t = time.perf_counter()
     ledger.record_night(as_of, run_id, policies_sha, str(out), decisions, resolved=resolved, details=lines)

@@ -118,8 +118,8 @@ def test_a_writer_that_fails_fails_the_outbox_and_the_ledger_owes_nothing(tmp_pa
             raise ValueError(f"cannot render {failing}")
         return real(report, text, html, mail_from, date)
 
-    real = mail.build_message
-    monkeypatch.setattr(mail, "build_message", broken)
+    real = mail._message_pieces   # what the writers call for each email
+    monkeypatch.setattr(mail, "_message_pieces", broken)
     with Ledger(tmp_path / "ledger.sqlite") as ledger:
         with pytest.raises(error, match=f"cannot render {failing}"):
             mail.write_outbox(tmp_path / "outbox", reports(4), "reports@shakers.test", ledger, workers=2)
