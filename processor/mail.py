@@ -203,6 +203,43 @@ def _folded(name: str, value) -> bytes:
 # The headers many emails of a night share (the date, the night, subjects: counts repeat) are folded once.
 _shared = functools.lru_cache(maxsize=4096)(_folded)
 
+# What the `email` package writes as is: words of printable ASCII separated by single spaces (no
+# encoded-word lookalike), and display names of letters and digits that need no quotes.
+_PLAIN_WORDS = re.compile(r"[!-~]{1,60}(?: [!-~]{1,60})*")
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9]+(?: [A-Za-z0-9]+)*")
+_PLAIN_ADDR = re.compile(r"[A-Za-z0-9_+-]+(?:\.[A-Za-z0-9_+-]+)*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*")
+_LINE = 78   # email.policy.SMTP's max_line_length
+
+
+def _subject(text: str) -> bytes:
+    """The Subject line(s): folded as the `email` package folds plain words, cheaply (a text that
+    fits on a line of its own but not after the name goes whole to the next line; a longer one
+    breaks at the last space that keeps each line within 78 characters); anything else goes
+    through the package."""
+    if not _PLAIN_WORDS.fullmatch(text) or "=?" in text:
+        return _shared("Subject", text)
+    if len("Subject: " + text) > _LINE >= len(" " + text):
+        return f"Subject:\r\n {text}\r\n".encode("ascii")
+    lines, line = [], "Subject:"
+    for word in text.split(" "):
+        if len(line) + 1 + len(word) > _LINE:
+            lines.append(line)
+            line = ""
+        line += " " + word
+    lines.append(line)
+    return ("\r\n".join(lines) + "\r\n").encode("ascii")
+
+
+def _to(name: str, addr: str) -> bytes:
+    """The To line: written directly when the name needs neither quotes nor encoding and the line
+    needs no folding, else by the `email` package."""
+    shown = plain(name)[:120]   # what mailbox() makes of it
+    if (not shown or _PLAIN_NAME.fullmatch(shown)) and _PLAIN_ADDR.fullmatch(addr) and valid_address(addr):
+        line = f"To: {shown} <{addr}>" if shown else f"To: {addr}"
+        if len(line) <= _LINE:
+            return (line + "\r\n").encode("ascii")
+    return _folded("To", mailbox(name, addr))
+
 
 @functools.lru_cache(maxsize=8)
 def _sender(mail_from: str) -> bytes:
@@ -212,9 +249,9 @@ def _sender(mail_from: str) -> bytes:
 def headers(report, mail_from: str, date: str, mid: str) -> bytes:
     """The header block of one manager's report (ending with its blank line)."""
     return b"".join((
-        _shared("Subject", plain(report.subject)),
+        _subject(plain(report.subject)),
         _sender(mail_from),
-        _folded("To", mailbox(report.name, report.email)),
+        _to(report.name, report.email),
         _shared("Date", date),
         # made here of the night's date, hex digits and our domain: nothing to encode or fold
         f"Message-ID: {mid}\r\n".encode("ascii") if _OWN_MESSAGE_ID.fullmatch(mid) else _folded("Message-ID", mid),

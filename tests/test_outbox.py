@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import base64
 import email
+import email.errors
 import email.policy
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from processor import mail
 from processor.ledger import Ledger
@@ -188,3 +191,43 @@ def test_work_dealt_to_forked_processes_while_the_parent_is_busy_comes_back_in_o
     calls = []
     got = mail._in_processes(lambda share: [x * 10 for x in share], list(range(7)), 3, meanwhile=lambda: calls.append(1))
     assert got == [x * 10 for x in range(7)] and calls == [1]
+
+
+# ---- headers written without the `email` package when it would write them as they are
+_word = st.text(st.sampled_from("abcXYZ019,:;()!?-=/.'\"@<>[]#"), min_size=1, max_size=75)
+_texts = st.one_of(st.lists(_word, max_size=30).map(" ".join),
+                   st.text(st.sampled_from("abcXYZ019 ,:;()!?-=/.'\"@<>[]#é\t"), max_size=160))
+
+
+@settings(max_examples=1000, deadline=None)
+@given(_texts)
+@example("Shakers policy report, night of 2026-11-24: 25 new actions (9 flagged)")   # whole, to the next line
+@example("a " * 34 + "b" * 8)
+@example("x" * 69 + " " + "y" * 8)
+def test_a_subject_is_folded_as_the_email_package_folds_it(text):
+    text = mail.plain(text)
+    assert mail._subject(text) == mail._folded("Subject", text)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text(st.sampled_from("abZ09 .\"é\r\n"), max_size=90), st.from_regex(r"[a-z0-9._+-]{1,30}@[a-z0-9.-]{1,50}", fullmatch=True))
+def test_a_to_line_is_the_one_the_email_package_writes(name, addr):
+    try:
+        expected = mail._folded("To", mail.mailbox(name, addr))
+    except (ValueError, email.errors.HeaderParseError) as e:   # not an address: the same refusal
+        with pytest.raises(type(e)):
+            mail._to(name, addr)
+        return
+    assert mail._to(name, addr) == expected
+
+
+def test_the_subjects_and_names_of_a_night_take_the_short_way(monkeypatch):
+    def not_called(*_args):
+        raise AssertionError("folded by the email package")
+
+    monkeypatch.setattr(mail, "_folded", not_called)
+    monkeypatch.setattr(mail, "_shared", not_called)
+    subject = "Shakers policy report, night of 2026-11-24: 123 new actions (45 ongoing, 6 at risk, 7 flagged, 8 resolved)"
+    assert mail._subject(subject) == (b"Subject: Shakers policy report, night of 2026-11-24: 123 new actions (45\r\n"
+                                      b" ongoing, 6 at risk, 7 flagged, 8 resolved)\r\n")
+    assert mail._to("Paula Success", "paula@shakers.test") == b"To: Paula Success <paula@shakers.test>\r\n"
