@@ -10,6 +10,7 @@ half-applied.
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import json
 import os
 import sqlite3
@@ -136,7 +137,7 @@ class Ledger:
         `details`: the decisions' lines of decisions.jsonl, when the caller has made them already;
         the ledger keeps each decision as that JSON object (its evidence embedded, not re-escaped)."""
         night = as_of.isoformat()
-        rows = []
+        batches = []   # rows made as SQLite takes them (no list of a night's tuples in between)
         for frame, lines in ((decisions, details), (resolved, None)):
             if frame is None or frame.empty:
                 continue
@@ -145,8 +146,9 @@ class Ledger:
                 lines = files.json_lines(frame[DETAIL_COLUMNS], json_columns=("evidence",))
             details = lines.to_pylist() if lines is not None else \
                 frame[DETAIL_COLUMNS].to_json(orient="records", lines=True).splitlines()
-            rows += zip([night] * len(keys), keys, *(frame[c].tolist() for c in
-                        ("policy_id", "action", "project_id", "subject_id", "state")), details)
+            batches.append(zip(itertools.repeat(night), keys, *(frame[c].tolist() for c in
+                               ("policy_id", "action", "project_id", "subject_id", "state")), details))
+        rows = itertools.chain.from_iterable(batches)
         cur = self.db.cursor()
         cur.execute("BEGIN IMMEDIATE")
         try:
