@@ -270,18 +270,20 @@ def boundary(mid: str) -> str:
     return f"shakers-report-{hashlib.sha256(mid.encode()).hexdigest()[:24]}"
 
 
-def base64_body(text: str) -> bytes:
-    """`text` in canonical form (UTF-8, CRLF line breaks, ending with one) as base64 lines of 76 characters."""
+def base64_body(text: str | bytes) -> bytes:
+    """`text` in canonical form (UTF-8, CRLF line breaks, ending with one) as base64 lines of 76 characters.
+
+    Text already encoded (UTF-8 bytes, as a renderer that builds pages in Arrow has them) is taken as is."""
     return b"".join(_base64_lines(text))
 
 
-def _base64_lines(text: str) -> list:
+def _base64_lines(text: str | bytes) -> list:
     """base64_body's pieces (bytes-like), for a caller that joins or writes them itself.
 
     binascii encodes the whole text at C speed and numpy cuts it into lines, two bytes at a time
     (76 characters and a CRLF are 38 and 39 two-byte units): `base64.encodebytes` would loop in
     Python over every 57 bytes."""
-    data = text.encode("utf-8")
+    data = text.encode("utf-8") if isinstance(text, str) else bytes(text)
     if b"\r" in data:
         data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
     if not data.endswith(b"\n"):
@@ -570,11 +572,12 @@ def _parts(reports) -> Iterator[tuple[str, str]]:
 
 
 def write_outbox(outbox: Path, reports, mail_from: str, ledger, workers: int | None = None,
-                 render: Callable[[list], Iterable[tuple[str, str]]] = _parts,
+                 render: Callable[[list], Iterable[tuple[str | bytes, str | bytes]]] = _parts,
                  meanwhile: Callable[[], None] | None = None) -> tuple[list[Outgoing], list[dict]]:
     """Every report as an .eml file (atomically); each becomes owed in the ledger unless already delivered.
 
-    `render(reports)` gives each report's (text, HTML) parts, in order (default: its `text` and `html`).
+    `render(reports)` gives each report's (text, HTML) parts, in order (default: its `text` and `html`),
+    as text or as UTF-8 bytes.
     The emails are rendered, encoded and written beside their final names by `workers` processes
     (default: one per core on a big night), all fsynced, then renamed into place; only then does the
     ledger learn, in one transaction, that they are owed. Returns the outgoing emails and the reports
@@ -733,7 +736,7 @@ def _child(work, share, send):
 
 def publish(outbox: Path, reports, ledger, *, env: Mapping[str, str] | None = None,
             progress: Callable[[str], None] | None = None, sleep: Callable[[float], None] = time.sleep,
-            render: Callable[[list], Iterable[tuple[str, str]]] = _parts,
+            render: Callable[[list], Iterable[tuple[str | bytes, str | bytes]]] = _parts,
             meanwhile: Callable[[], None] | None = None) -> Outcome:
     """The nightly step: write the outbox, send this night's emails and whatever earlier nights still owe.
 

@@ -53,6 +53,7 @@ def test_a_base64_part_decodes_back_to_its_text_in_lines_of_76(text):
     assert lines[-1] == b"" and all(0 < len(line) <= 76 for line in lines[:-1])
     assert all(len(line) == 76 for line in lines[:-2])
     assert base64.b64decode(encoded).decode("utf-8") == canonical(text)
+    assert mail.base64_body(text.encode("utf-8")) == encoded   # the same text, already encoded
 
 
 def test_an_email_decodes_to_its_headers_text_and_html():
