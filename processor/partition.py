@@ -24,13 +24,14 @@ from typing import Iterator
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from rules.compile import mask, to_ruleset
 from rules.document import PolicySet
 from rules.vocabulary import FACT_KINDS
 
 from processor.arrowtext import concat
-from processor.facts import is_in, json_values
+from processor.facts import _arrow, _fixed_width, is_in, json_values
 
 Frames = dict[str, pd.DataFrame]
 # Projects whose facts go to durable-rules in one assertion. Each assertion has a fixed cost
@@ -56,16 +57,22 @@ def candidate_masks(policies: PolicySet, frames: Frames) -> dict[str, np.ndarray
     return out
 
 
-def candidate_facts(policies: PolicySet, frames: Frames) -> Frames:
-    """Only the facts that could fire some policy (see the module's note).
+def candidate_rows(policies: PolicySet, frames: Frames) -> dict[str, np.ndarray]:
+    """Per kind, the rows (a mask) of the facts that could fire some policy (see the module's note).
 
     Falls back to every fact of each candidate project if a rule ever reads
     more than one fact, where a per-fact cut would no longer be exact."""
     masks = candidate_masks(policies, frames)
     if single_fact_rules(policies):
-        return {kind: frame[masks[kind]] for kind, frame in frames.items()}
+        return masks
     ids = project_ids({kind: frame[masks[kind]] for kind, frame in frames.items()})
-    return {kind: frame[is_in(frame["project_id"], ids)] for kind, frame in frames.items()}
+    return {kind: is_in(frame["project_id"], ids) for kind, frame in frames.items()}
+
+
+def candidate_facts(policies: PolicySet, frames: Frames) -> Frames:
+    """Only the facts that could fire some policy (candidate_rows)."""
+    rows = candidate_rows(policies, frames)
+    return {kind: frame[rows[kind]] for kind, frame in frames.items()}
 
 
 def project_ids(frames: Frames) -> np.ndarray:
@@ -95,6 +102,48 @@ def split_by_project(frames: Frames, ids: np.ndarray, size: int) -> list[Frames]
         for i in range(n_parts):
             parts[i][kind] = frame.iloc[order[bounds[i]:bounds[i + 1]]]
     return parts
+
+
+def project_shares(frames: Frames, n: int) -> list[dict[str, slice | np.ndarray]]:
+    """Cut the facts into at most `n` shares of whole projects, each a range of project ids
+    (in their text order; cut where a sample of the ids says the shares are about even).
+    Per share, per kind, the rows holding its facts in the frame's order: a slice when the
+    frame is sorted by project id (as facts usually are), else an array of positions."""
+    columns = {kind: _arrow(frame["project_id"]) for kind, frame in frames.items()}
+    bounds = _share_bounds(list(columns.values()), n)
+    shares: list[dict[str, slice | np.ndarray]] = [{} for _ in range(len(bounds) + 1)]
+    for kind, pid in columns.items():
+        for share, rows in zip(shares, _rows_between(pid, bounds)):
+            share[kind] = rows
+    return shares
+
+
+def _share_bounds(columns: list[pa.Array], n: int, sample: int = 4096) -> list[str]:
+    """Up to n - 1 distinct project ids, sorted: where one share ends and the next begins."""
+    total = sum(len(c) for c in columns)
+    if n < 2 or total == 0:
+        return []
+    step = max(1, total // (sample * n))
+    ids = pc.unique(pa.chunked_array([c[::step] for c in columns], pa.large_string()).drop_null())
+    ids = ids.take(pc.sort_indices(ids)).to_pylist()
+    return list(dict.fromkeys(ids[len(ids) * i // n] for i in range(1, n)))
+
+
+def _rows_between(pid: pa.Array, bounds: list[str]) -> list[slice | np.ndarray]:
+    """For each range of ids the bounds make (below the first, ..., from the last on), the rows
+    whose id is in it. A missing id counts as below every bound."""
+    fixed = _fixed_width(pid)
+    # numpy compares bytes as Arrow does, except that it ignores trailing NULs: no shortcut then.
+    if fixed is not None and not any(b.endswith("\0") for b in bounds) and bool((fixed[1:] >= fixed[:-1]).all()):
+        # Sorted by id: each range is one run of rows, found by binary search on the bytes.
+        cuts = np.r_[0, np.searchsorted(fixed, np.array([b.encode() for b in bounds], dtype=bytes)), len(pid)]
+        return [slice(int(a), int(b)) for a, b in zip(cuts[:-1], cuts[1:])]
+    share = np.zeros(len(pid), dtype=np.int64)
+    for bound in bounds:
+        share += pc.greater_equal(pid, bound).fill_null(False).to_numpy(zero_copy_only=False)
+    order = np.argsort(share, kind="stable")
+    cuts = np.searchsorted(share[order], np.arange(len(bounds) + 2))
+    return [order[a:b] for a, b in zip(cuts[:-1], cuts[1:])]
 
 
 def engine_batches(frames: Frames, projects: int = BATCH_PROJECTS) -> Iterator[tuple[np.ndarray, str]]:
