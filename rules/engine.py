@@ -38,7 +38,10 @@ _SEEN_PREFIX = '{"%s":' % SEEN_RULE  # how the C core begins an action of the ca
 
 # An action as the C core serializes it: {"<rule>":{"m":<the fact's JSON as asserted>}}. Facts
 # are asserted with their id first, so the rule and the fact id are read from the first bytes.
-_ACTION_HEAD = re.compile(r'\{("(?:[^"\\]|\\.)*"):\{"m":\{"id": ?("(?:[^"\\]|\\.)*")')
+# A JSON string literal is written "[^"\\]*(?:\\.[^"\\]*)*": runs of plain characters, one
+# test each, rather than one alternation per character (several times slower to match).
+_STRING = r'"[^"\\]*(?:\\.[^"\\]*)*"'
+_ACTION_HEAD = re.compile(r'\{(%s):\{"m":\{"id": ?(%s)' % (_STRING, _STRING))
 
 
 def _policy_and_fact(message: str) -> tuple[str, str]:

@@ -107,3 +107,15 @@ def test_the_facts_json_is_what_json_dumps_writes_for_their_plain_values(night_f
         expected.sort(key=lambda f: f["project_id"])
         assert batch == "[" + ",".join(json.dumps(f, ensure_ascii=False) for f in expected) + "]"
         assert list(pids) == [f["project_id"] for f in expected]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(min_size=1), st.text(), st.booleans(), st.booleans())
+def test_an_action_s_rule_and_fact_id_are_read_from_its_head_as_json_reads_them(rule, fact_id, spaced, ascii_only):
+    from rules.engine import _ACTION_HEAD, _policy_and_fact
+
+    separators = (", ", ": ") if spaced else (",", ":")
+    fact = json.dumps({"id": fact_id, "kind": "party", "note": '"}\\'}, ensure_ascii=ascii_only, separators=separators)
+    message = "{" + json.dumps(rule, ensure_ascii=ascii_only) + ':{"m":' + fact + "}}"
+    assert _ACTION_HEAD.match(message)  # read from its head, not the whole message
+    assert _policy_and_fact(message) == (rule, fact_id)
