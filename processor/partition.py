@@ -14,12 +14,13 @@ without the pre-filter are identical.
 Both engines use this module: the local worker processes (processor.evaluate)
 and Dask (processor.dask_engine). Nothing here loops over rows: even the JSON
 handed to durable-rules is written column by column (each distinct value of a
-field encoded once), and only for the facts that go there.
+field encoded once), only for the facts that go there, and with only the fields
+the rules read (rules.engine).
 """
 from __future__ import annotations
 
 import json
-from typing import Iterator
+from typing import Collection, Iterator
 
 import numpy as np
 import pandas as pd
@@ -146,15 +147,17 @@ def _rows_between(pid: pa.Array, bounds: list[str]) -> list[slice | np.ndarray]:
     return [order[a:b] for a, b in zip(cuts[:-1], cuts[1:])]
 
 
-def engine_batches(frames: Frames, projects: int = BATCH_PROJECTS) -> Iterator[tuple[np.ndarray, str]]:
+def engine_batches(frames: Frames, projects: int = BATCH_PROJECTS,
+                   fields: Collection[str] | None = None) -> Iterator[tuple[np.ndarray, str]]:
     """The facts of `projects` projects at a time (in project id order) as durable-rules reads
     them: a JSON array of flat objects, each its `id` (the fact_id) first, its `kind`, then the
-    vocabulary's fields. Yields each batch's project ids with it."""
+    vocabulary's fields (only those among `fields`, when given: PolicyEngine.fields, what the
+    rules read). Yields each batch's project ids with it."""
     texts: list[pa.Array] = []
     pids: list[np.ndarray] = []
     for kind, frame in frames.items():
         if len(frame):
-            texts.append(_fact_json(kind, frame))
+            texts.append(_fact_json(kind, frame, [f for f in FACT_KINDS[kind] if fields is None or f in fields]))
             pids.append(frame["project_id"].to_numpy(dtype=object).astype(str))
     if not texts:
         return
@@ -168,11 +171,11 @@ def engine_batches(frames: Frames, projects: int = BATCH_PROJECTS) -> Iterator[t
         yield pid[start:end], "[" + ",".join(text[start:end]) + "]"
 
 
-def _fact_json(kind: str, frame: pd.DataFrame) -> pa.Array:
-    """Each fact of one kind as a JSON object, written column-wise (what json.dumps(dict,
-    ensure_ascii=False) writes for its plain Python values)."""
+def _fact_json(kind: str, frame: pd.DataFrame, fields: list[str]) -> pa.Array:
+    """Each fact of one kind as a JSON object with those fields, written column-wise (what
+    json.dumps(dict, ensure_ascii=False) writes for its plain Python values)."""
     parts: list = ['{"id": ', json_values(frame["fact_id"], ensure_ascii=False), ", " + json.dumps({"kind": kind}, ensure_ascii=False)[1:-1]]
-    for field in FACT_KINDS[kind]:
+    for field in fields:
         parts += [", " + json.dumps(field, ensure_ascii=False) + ": ", json_values(frame[field], ensure_ascii=False)]
     parts.append("}")
     return concat(*parts)
@@ -180,7 +183,7 @@ def _fact_json(kind: str, frame: pd.DataFrame) -> pa.Array:
 
 def iter_firings(engine, frames: Frames, crash_on: str | None = None) -> Iterator[tuple[str, str]]:
     """(policy id, fact id) for every rule that fired, a batch of whole projects' facts at a time."""
-    for pids, facts in engine_batches(frames):
+    for pids, facts in engine_batches(frames, fields=engine.fields):
         if crash_on and crash_on in pids:
             import os
             os._exit(139)  # test hook: die as a crash in durable-rules' C core would

@@ -50,9 +50,10 @@ class _HostFirings(Host):
         return set(self.fired)
 
 
-def _batched(frames, projects: int) -> set[tuple[str, str]]:
+def _batched(frames, projects: int, whole_facts: bool = False) -> set[tuple[str, str]]:
     engine = PolicyEngine(to_ruleset(load_policies(POLICIES)))
-    return {pair for _, batch in engine_batches(frames, projects) for pair in engine.evaluate_json(batch)}
+    fields = None if whole_facts else engine.fields
+    return {pair for _, batch in engine_batches(frames, projects, fields) for pair in engine.evaluate_json(batch)}
 
 
 def engine_records(frames) -> list[list[dict]]:
@@ -119,3 +120,24 @@ def test_an_action_s_rule_and_fact_id_are_read_from_its_head_as_json_reads_them(
     message = "{" + json.dumps(rule, ensure_ascii=ascii_only) + ':{"m":' + fact + "}}"
     assert _ACTION_HEAD.match(message)  # read from its head, not the whole message
     assert _policy_and_fact(message) == (rule, fact_id)
+
+
+def test_the_engine_knows_the_fields_its_rules_read():
+    from rules.document import iter_tests
+
+    policies = load_policies(POLICIES)
+    read = {t.field for p in policies.policies for t in iter_tests(p.when)}
+    assert PolicyEngine(to_ruleset(policies)).fields == read | {"kind"}
+
+
+def test_facts_carrying_only_the_fields_the_rules_read_fire_what_whole_facts_fire(night_frames):
+    reference = _batched(night_frames, 100, whole_facts=True)
+    assert len(reference) > 100
+    assert _batched(night_frames, 100) == reference
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(st.lists(project_strategy, min_size=1, max_size=12))
+def test_made_up_facts_fire_the_same_with_only_the_fields_the_rules_read(projects):
+    frames = facts_from(projects).frames
+    assert _batched(frames, 5) == _batched(frames, 5, whole_facts=True)
