@@ -30,12 +30,14 @@ from typing import Callable
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from rules.compile import to_ruleset
 from rules.document import PolicySet
 from rules.engine import PolicyEngine
 
-from processor.facts import Facts, is_in
+from processor.facts import STR, Facts, is_in
 from processor.partition import candidate_facts, candidate_rows, iter_firings, project_ids, project_shares
 from processor.killpoints import kill_point
 
@@ -82,7 +84,7 @@ Task = int | Chunk
 @dataclass
 class _Part:
     """What a task found."""
-    firings: list[tuple[str, str]]
+    firings: pa.Table             # policy_id, fact_id
     fired: dict[str, np.ndarray]  # per kind, the positions of the facts that fired
     sent: int                     # projects that went through durable-rules
 
@@ -128,8 +130,10 @@ def _evaluate_task(task: Task) -> _Part:
     rows = _share_candidates(task) if isinstance(task, int) else task[1]
     frames = {kind: _NIGHT.frames[kind].iloc[at] for kind, at in rows.items()}
     firings = list(iter_firings(_ENGINE, frames, crash_on=os.environ.get(CRASH_HOOK_ENV)))
-    fired = pd.Series(list({fact_id for _, fact_id in firings}), dtype=object)
-    return _Part(firings, {kind: at[is_in(frames[kind]["fact_id"], fired)] for kind, at in rows.items()},
+    policy_ids, fact_ids = zip(*firings) if firings else ((), ())
+    table = pa.table({"policy_id": pa.array(policy_ids, pa.large_string()), "fact_id": pa.array(fact_ids, pa.large_string())})
+    fired = pd.Series(fact_ids, dtype=object)
+    return _Part(table, {kind: at[is_in(frames[kind]["fact_id"], fired)] for kind, at in rows.items()},
                  len(project_ids(frames)))
 
 
@@ -152,8 +156,7 @@ def evaluate(policies: PolicySet, facts: Facts, *, workers: int = 1, prefilter: 
     finally:
         _NIGHT = None
     result.projects_sent = sum(part.sent for part in parts) + len(result.not_evaluated)
-    frame = pd.DataFrame([pair for part in parts for pair in part.firings], columns=["policy_id", "fact_id"]).drop_duplicates()
-    result.firings = frame.sort_values(["policy_id", "fact_id"], kind="stable").reset_index(drop=True)
+    result.firings = _firings_frame([part.firings for part in parts])
     result.fired_rows = {kind: frame.index[np.sort(np.concatenate([np.zeros(0, np.intp), *(p.fired[kind] for p in parts)]))]
                          for kind, frame in facts.frames.items()}
     result.not_evaluated.sort()
@@ -213,6 +216,19 @@ def _run(ruleset: dict, shares: int, workers: int, result: Evaluation, progress:
                 pending.append((some, {kind: at[is_in(_NIGHT.frames[kind]["project_id"].iloc[at], some)]
                                        for kind, at in rows.items()}))
     return parts
+
+
+def _firings_frame(tables: list[pa.Table]) -> pd.DataFrame:
+    """The firings as one frame: sorted by policy then fact id, each pair once."""
+    table = pa.concat_tables(tables).combine_chunks() if tables else None
+    if table is None or table.num_rows == 0:
+        return pd.DataFrame([], columns=["policy_id", "fact_id"])
+    table = table.take(pc.sort_indices(table, [("policy_id", "ascending"), ("fact_id", "ascending")]))
+    policy, fact = table["policy_id"].combine_chunks(), table["fact_id"].combine_chunks()
+    n = len(policy)
+    repeated = pc.and_(pc.equal(policy.slice(1), policy.slice(0, n - 1)), pc.equal(fact.slice(1), fact.slice(0, n - 1)))
+    keep = pa.concat_arrays([pa.array([True]), pc.invert(repeated)])
+    return pd.DataFrame({"policy_id": pd.array(policy.filter(keep), dtype=STR), "fact_id": pd.array(fact.filter(keep), dtype=STR)})
 
 
 def _as_chunk(task: Task) -> Chunk:
