@@ -21,6 +21,7 @@ split them by project, as positions in the inherited facts).
 """
 from __future__ import annotations
 
+import gc
 import multiprocessing as mp
 import os
 from concurrent.futures import ProcessPoolExecutor
@@ -108,6 +109,10 @@ _DRIVER_PID = os.getpid()  # the process that forks the workers (set again by ev
 def _init_worker(ruleset: dict):
     global _ENGINE
     _die_with_parent()
+    if os.getpid() != _DRIVER_PID:
+        # The objects inherited from the run are left out of this worker's garbage collections:
+        # walking them would write to, and so copy, the memory pages the worker shares with it.
+        gc.freeze()
     _ENGINE = PolicyEngine(ruleset)
 
 
