@@ -38,7 +38,7 @@ from rules.compile import to_ruleset
 from rules.document import PolicySet
 from rules.engine import PolicyEngine
 
-from processor.facts import STR, Facts, is_in
+from processor.facts import STR, Facts, _arrow, is_in
 from processor.partition import candidate_facts, candidate_rows, iter_firings, project_ids, project_shares
 from processor.killpoints import kill_point
 
@@ -137,9 +137,11 @@ def _evaluate_task(task: Task) -> _Part:
     firings = list(iter_firings(_ENGINE, frames, crash_on=os.environ.get(CRASH_HOOK_ENV)))
     policy_ids, fact_ids = zip(*firings) if firings else ((), ())
     table = pa.table({"policy_id": pa.array(policy_ids, pa.large_string()), "fact_id": pa.array(fact_ids, pa.large_string())})
-    fired = pd.Series(fact_ids, dtype=object)
-    return _Part(table, {kind: at[is_in(frames[kind]["fact_id"], fired)] for kind, at in rows.items()},
-                 len(project_ids(frames)))
+    fired = {kind: at[pc.is_in(_arrow(frames[kind]["fact_id"]), value_set=table["fact_id"]).to_numpy(zero_copy_only=False)]
+             for kind, at in rows.items()}
+    # Project ids are never missing (the export requires them): their distinct values are the projects.
+    projects = pc.count_distinct(pa.chunked_array([_arrow(f["project_id"]) for f in frames.values()], pa.large_string()))
+    return _Part(table, fired, projects.as_py())
 
 
 # -- driver side -------------------------------------------------------------
