@@ -82,6 +82,9 @@ Chunk = tuple[np.ndarray, dict[str, np.ndarray]]
 Task = int | Chunk
 
 
+_FIRINGS_ORDER = [("policy_id", "ascending"), ("fact_id", "ascending")]
+
+
 @dataclass
 class _Part:
     """What a task found."""
@@ -137,6 +140,7 @@ def _evaluate_task(task: Task) -> _Part:
     firings = list(iter_firings(_ENGINE, frames, crash_on=os.environ.get(CRASH_HOOK_ENV)))
     policy_ids, fact_ids = zip(*firings) if firings else ((), ())
     table = pa.table({"policy_id": pa.array(policy_ids, pa.large_string()), "fact_id": pa.array(fact_ids, pa.large_string())})
+    table = table.take(pc.sort_indices(table, _FIRINGS_ORDER))  # sorted here, the run's sort has less to do
     fired = {kind: at[pc.is_in(_arrow(frames[kind]["fact_id"]), value_set=table["fact_id"]).to_numpy(zero_copy_only=False)]
              for kind, at in rows.items()}
     # Project ids are never missing (the export requires them): their distinct values are the projects.
@@ -230,7 +234,7 @@ def _firings_frame(tables: list[pa.Table]) -> pd.DataFrame:
     table = pa.concat_tables(tables).combine_chunks() if tables else None
     if table is None or table.num_rows == 0:
         return pd.DataFrame([], columns=["policy_id", "fact_id"])
-    table = table.take(pc.sort_indices(table, [("policy_id", "ascending"), ("fact_id", "ascending")]))
+    table = table.take(pc.sort_indices(table, _FIRINGS_ORDER))
     policy, fact = table["policy_id"].combine_chunks(), table["fact_id"].combine_chunks()
     n = len(policy)
     repeated = pc.and_(pc.equal(policy.slice(1), policy.slice(0, n - 1)), pc.equal(fact.slice(1), fact.slice(0, n - 1)))
