@@ -44,21 +44,17 @@ _SEEN_PREFIX = '{"%s":' % SEEN_RULE  # how the C core begins an action of the ca
 # are asserted with their id first, so the rule and the fact id are read from the first bytes.
 # A JSON string literal is written "[^"\\]*(?:\\.[^"\\]*)*": runs of plain characters, one
 # test each, rather than one alternation per character (several times slower to match).
-_STRING = r'"[^"\\]*(?:\\.[^"\\]*)*"'
-_ACTION_HEAD = re.compile(r'\{(%s):\{"m":\{"id": ?(%s)' % (_STRING, _STRING))
+_STRING = r'"([^"\\]*(?:\\.[^"\\]*)*)"'  # the literal; its text between the quotes captured
+_ACTION_HEAD = re.compile(r'\{%s:\{"m":\{"id": ?%s' % (_STRING, _STRING))
 
 
 def _policy_and_fact(message: str) -> tuple[str, str]:
     """(rule name, fact id) of one action."""
     head = _ACTION_HEAD.match(message)
-    if head:
-        return _unquote(head[1]), _unquote(head[2])
-    ((policy_id, match),) = json.loads(message).items()  # not in the expected form: read it all
+    if head and "\\" not in head[0]:
+        return head[1], head[2]  # no escape: the text between the quotes is the value
+    ((policy_id, match),) = json.loads(message).items()  # escapes, or not in the expected form: read it all
     return policy_id, match["m"]["id"]
-
-
-def _unquote(literal: str) -> str:
-    return literal[1:-1] if "\\" not in literal else json.loads(literal)
 
 
 def _fields_read(condition) -> Iterator[str]:

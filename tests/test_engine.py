@@ -118,7 +118,7 @@ def test_an_action_s_rule_and_fact_id_are_read_from_its_head_as_json_reads_them(
     separators = (", ", ": ") if spaced else (",", ":")
     fact = json.dumps({"id": fact_id, "kind": "party", "note": '"}\\'}, ensure_ascii=ascii_only, separators=separators)
     message = "{" + json.dumps(rule, ensure_ascii=ascii_only) + ':{"m":' + fact + "}}"
-    assert _ACTION_HEAD.match(message)  # read from its head, not the whole message
+    assert _ACTION_HEAD.match(message)  # its head is recognised (escapes aside, read from it alone)
     assert _policy_and_fact(message) == (rule, fact_id)
 
 
