@@ -212,6 +212,8 @@ def _run(ruleset: dict, shares: int, workers: int, result: Evaluation, progress:
         for task in retry:
             pids, rows = _as_chunk(task)
             done += covers(task) - len(pids)  # a share's projects without candidates are done
+            if len(pids) == 0:
+                continue  # none of it goes to durable-rules: nothing to retry
             if len(pids) == 1:
                 alone = _evaluate_alone(ruleset, (pids, rows))
                 if alone is None:
