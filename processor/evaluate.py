@@ -10,9 +10,18 @@ conditions, found with pandas masks compiled from the same policies
 (rules.compile.mask; see processor.partition). Every rule reads one fact, so a
 fact that satisfies none cannot fire anything; tests/test_prefilter.py checks
 that the decisions with and without this pre-filter are identical.
+
+The workers are forked from the run and inherit the night's facts: each task
+names only a share of the projects (processor.partition.project_shares), and
+the worker picks that share's rows, pre-filters them, writes them as JSON,
+evaluates them and finds the rows of the facts that fired. So the two cores
+share all of that work, and no facts are copied to a worker. Only when a
+worker died does the run list the candidates of the shares it took down (and
+split them by project, as positions in the inherited facts).
 """
 from __future__ import annotations
 
+import gc
 import multiprocessing as mp
 import os
 from concurrent.futures import ProcessPoolExecutor
@@ -22,16 +31,20 @@ from typing import Callable
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from rules.compile import to_ruleset
 from rules.document import PolicySet
 from rules.engine import PolicyEngine
 
-from processor.facts import Facts, is_in
-from processor.partition import candidate_facts, fired_rows, iter_firings, project_ids, split_by_project
+from processor.facts import STR, Facts, _arrow, is_in
+from processor.partition import candidate_facts, candidate_rows, iter_firings, project_ids, project_shares
 from processor.killpoints import kill_point
 
-CHUNK_PROJECTS = 20_000
+# A share holds at most this many of the night's projects (fewer projects per share: smaller
+# tasks, each with a fixed cost; more: more memory per worker without the pre-filter).
+CHUNK_PROJECTS = 50_000
 # Test hook: a worker that meets this project id exits abruptly, as a C crash would.
 CRASH_HOOK_ENV = "SHAKERS_TEST_CRASH_ON_PROJECT"
 
@@ -53,6 +66,44 @@ def candidate_projects(policies: PolicySet, facts: Facts) -> np.ndarray:
     return project_ids(candidate_facts(policies, facts.frames))
 
 
+# -- shared by the run and its workers (forked: the workers inherit it) ------------
+@dataclass
+class _Night:
+    policies: PolicySet
+    frames: dict[str, pd.DataFrame]
+    prefilter: bool
+    shares: list[dict[str, slice | np.ndarray]]   # per share, per kind, the rows of its facts
+
+
+_NIGHT: _Night | None = None  # set by evaluate() before it forks workers
+# A task: a share (its number), or after a crash some projects (sorted) and, per kind, the
+# positions of their candidate facts.
+Chunk = tuple[np.ndarray, dict[str, np.ndarray]]
+Task = int | Chunk
+
+
+_FIRINGS_ORDER = [("policy_id", "ascending"), ("fact_id", "ascending")]
+
+
+@dataclass
+class _Part:
+    """What a task found."""
+    firings: pa.Table             # policy_id, fact_id
+    fired: dict[str, np.ndarray]  # per kind, the positions of the facts that fired
+    sent: int                     # projects that went through durable-rules
+
+
+def _share_candidates(share: int) -> dict[str, np.ndarray]:
+    """Per kind, the positions of the share's facts that go to durable-rules."""
+    night = _NIGHT
+    rows = night.shares[share]
+    positions = {kind: np.arange(r.start, r.stop) if isinstance(r, slice) else r for kind, r in rows.items()}
+    if not night.prefilter:
+        return positions
+    keep = candidate_rows(night.policies, {kind: night.frames[kind].iloc[r] for kind, r in rows.items()})
+    return {kind: at[keep[kind]] for kind, at in positions.items()}
+
+
 # -- worker side -------------------------------------------------------------
 _ENGINE: PolicyEngine | None = None
 _DRIVER_PID = os.getpid()  # the process that forks the workers (set again by evaluate())
@@ -61,6 +112,10 @@ _DRIVER_PID = os.getpid()  # the process that forks the workers (set again by ev
 def _init_worker(ruleset: dict):
     global _ENGINE
     _die_with_parent()
+    if os.getpid() != _DRIVER_PID:
+        # The objects inherited from the run are left out of this worker's garbage collections:
+        # walking them would write to, and so copy, the memory pages the worker shares with it.
+        gc.freeze()
     _ENGINE = PolicyEngine(ruleset)
 
 
@@ -79,85 +134,129 @@ def _die_with_parent():
         os._exit(0)
 
 
-def _evaluate_chunk(facts_chunk: dict[str, pd.DataFrame]) -> list[tuple[str, str]]:
-    return list(iter_firings(_ENGINE, facts_chunk, crash_on=os.environ.get(CRASH_HOOK_ENV)))
+def _evaluate_task(task: Task) -> _Part:
+    rows = _share_candidates(task) if isinstance(task, int) else task[1]
+    frames = {kind: _NIGHT.frames[kind].iloc[at] for kind, at in rows.items()}
+    firings = list(iter_firings(_ENGINE, frames, crash_on=os.environ.get(CRASH_HOOK_ENV)))
+    policy_ids, fact_ids = zip(*firings) if firings else ((), ())
+    table = pa.table({"policy_id": pa.array(policy_ids, pa.large_string()), "fact_id": pa.array(fact_ids, pa.large_string())})
+    table = table.take(pc.sort_indices(table, _FIRINGS_ORDER))  # sorted here, the run's sort has less to do
+    fired = {kind: at[pc.is_in(_arrow(frames[kind]["fact_id"]), value_set=table["fact_id"]).to_numpy(zero_copy_only=False)]
+             for kind, at in rows.items()}
+    # Project ids are never missing (the export requires them): their distinct values are the projects.
+    projects = pc.count_distinct(pa.chunked_array([_arrow(f["project_id"]) for f in frames.values()], pa.large_string()))
+    return _Part(table, fired, projects.as_py())
 
 
 # -- driver side -------------------------------------------------------------
-Chunk = tuple[np.ndarray, dict[str, pd.DataFrame]]  # its project ids (sorted), their facts
-
-
-def _split(frames: dict[str, pd.DataFrame], ids: np.ndarray, size: int, workers: int) -> list[Chunk]:
-    # Several chunks per worker, so both cores stay busy and progress moves.
-    size = max(1, min(size, -(-len(ids) // max(1, workers * 4))))
-    return [(ids[i * size:(i + 1) * size], part) for i, part in enumerate(split_by_project(frames, ids, size))]
-
-
 def evaluate(policies: PolicySet, facts: Facts, *, workers: int = 1, prefilter: bool = True,
              chunk_projects: int = CHUNK_PROJECTS, progress: Callable[[int, int], None] | None = None) -> Evaluation:
     """Run durable-rules over the night's facts.
 
-    workers=0 evaluates in this process (no crash isolation; for debugging)."""
-    global _DRIVER_PID
+    progress(done, total) counts the night's projects (those found to have no candidate fact
+    are done too). workers=0 evaluates in this process (no crash isolation; for debugging)."""
+    global _DRIVER_PID, _NIGHT
     _DRIVER_PID = os.getpid()
-    frames = candidate_facts(policies, facts.frames) if prefilter else facts.frames
-    ids = project_ids(frames)
-    ruleset = to_ruleset(policies)
-    chunks = _split(frames, ids, chunk_projects, workers)
-    firings: list[tuple[str, str]] = []
-    result = Evaluation(pd.DataFrame(columns=["policy_id", "fact_id"]), len(facts.frames["project"]), len(ids))
-    done = 0
-    if workers <= 0:
-        _init_worker(ruleset)
-        for pids, chunk in chunks:
-            firings.extend(_evaluate_chunk(chunk))
-            done += len(pids)
-            if progress:
-                progress(done, len(ids))
-    else:
-        pending = chunks
-        while pending:
-            retry: list[Chunk] = []
-            ctx = mp.get_context("fork")
-            with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=(ruleset,)) as pool:
-                futures = [(chunk, pool.submit(_evaluate_chunk, chunk[1])) for chunk in pending]
-                kill_point("evaluate")  # test hook: die while the workers are busy
-                for chunk, fut in futures:
-                    try:
-                        firings.extend(fut.result())
-                        done += len(chunk[0])
-                        if progress:
-                            progress(done, len(ids))
-                    except BrokenProcessPool:
-                        retry.append(chunk)
-            if retry:
-                result.worker_crashes += 1
-            pending = []
-            for pids, chunk in retry:
-                if len(pids) == 1:
-                    alone = _evaluate_alone(ruleset, chunk)
-                    if alone is None:
-                        # Alone, and it still kills the engine: say so, do not guess.
-                        result.not_evaluated.append(str(pids[0]))
-                    else:
-                        firings.extend(alone)
-                    done += 1
-                    continue
-                half = len(pids) // 2
-                for part in (pids[:half], pids[half:]):
-                    pending.append((part, {k: f[is_in(f["project_id"], part)] for k, f in chunk.items()}))
-    frame = pd.DataFrame(firings, columns=["policy_id", "fact_id"]).drop_duplicates()
-    result.firings = frame.sort_values(["policy_id", "fact_id"], kind="stable").reset_index(drop=True)
-    result.fired_rows = fired_rows(frames, result.firings)
+    total = len(facts.frames["project"])
+    # Several shares per worker, so both cores stay busy and progress moves.
+    shares = project_shares(facts.frames, max(1, workers * 4, -(-total // chunk_projects)))
+    _NIGHT = _Night(policies, facts.frames, prefilter, shares)
+    result = Evaluation(pd.DataFrame(columns=["policy_id", "fact_id"]), total, 0)
+    try:
+        parts = _run(to_ruleset(policies), len(shares), workers, result, progress or (lambda _done, _total: None))
+    finally:
+        _NIGHT = None
+    result.projects_sent = sum(part.sent for part in parts) + len(result.not_evaluated)
+    result.firings = _firings_frame([part.firings for part in parts])
+    result.fired_rows = {kind: frame.index[np.sort(np.concatenate([np.zeros(0, np.intp), *(p.fired[kind] for p in parts)]))]
+                         for kind, frame in facts.frames.items()}
     result.not_evaluated.sort()
     return result
 
 
-def _evaluate_alone(ruleset: dict, chunk) -> list[tuple[str, str]] | None:
+def _run(ruleset: dict, shares: int, workers: int, result: Evaluation, progress: Callable[[int, int], None]) -> list[_Part]:
+    """Every share evaluated (by `workers` processes); what could not be is in result.not_evaluated."""
+    parts: list[_Part] = []
+    done, total = 0, result.projects_total
+
+    def covers(task: Task) -> int:  # how many of the night's projects a task accounts for
+        if not isinstance(task, int):
+            return len(task[0])
+        rows = _NIGHT.shares[task].get("project", slice(0, 0))
+        return rows.stop - rows.start if isinstance(rows, slice) else len(rows)
+
+    if workers <= 0:
+        _init_worker(ruleset)
+        for share in range(shares):
+            parts.append(_evaluate_task(share))
+            done += covers(share)
+            progress(done, total)
+        return parts
+    pending: list[Task] = list(range(shares))
+    while pending:
+        retry: list[Task] = []
+        ctx = mp.get_context("fork")
+        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=(ruleset,)) as pool:
+            futures = [(task, pool.submit(_evaluate_task, task)) for task in pending]
+            kill_point("evaluate")  # test hook: die while the workers are busy
+            for task, fut in futures:
+                try:
+                    parts.append(fut.result())
+                    done += covers(task)
+                    progress(done, total)
+                except BrokenProcessPool:
+                    retry.append(task)
+        if retry:
+            result.worker_crashes += 1
+        pending = []
+        for task in retry:
+            pids, rows = _as_chunk(task)
+            done += covers(task) - len(pids)  # a share's projects without candidates are done
+            if len(pids) == 0:
+                continue  # none of it goes to durable-rules: nothing to retry
+            if len(pids) == 1:
+                alone = _evaluate_alone(ruleset, (pids, rows))
+                if alone is None:
+                    # Alone, and it still kills the engine: say so, do not guess.
+                    result.not_evaluated.append(str(pids[0]))
+                else:
+                    parts.append(alone)
+                done += 1
+                progress(done, total)
+                continue
+            half = len(pids) // 2
+            for some in (pids[:half], pids[half:]):
+                pending.append((some, {kind: at[is_in(_NIGHT.frames[kind]["project_id"].iloc[at], some)]
+                                       for kind, at in rows.items()}))
+    return parts
+
+
+def _firings_frame(tables: list[pa.Table]) -> pd.DataFrame:
+    """The firings as one frame: sorted by policy then fact id, each pair once."""
+    table = pa.concat_tables(tables).combine_chunks() if tables else None
+    if table is None or table.num_rows == 0:
+        return pd.DataFrame([], columns=["policy_id", "fact_id"])
+    table = table.take(pc.sort_indices(table, _FIRINGS_ORDER))
+    policy, fact = table["policy_id"].combine_chunks(), table["fact_id"].combine_chunks()
+    n = len(policy)
+    repeated = pc.and_(pc.equal(policy.slice(1), policy.slice(0, n - 1)), pc.equal(fact.slice(1), fact.slice(0, n - 1)))
+    keep = pa.concat_arrays([pa.array([True]), pc.invert(repeated)])
+    return pd.DataFrame({"policy_id": pd.array(policy.filter(keep), dtype=STR), "fact_id": pd.array(fact.filter(keep), dtype=STR)})
+
+
+def _as_chunk(task: Task) -> Chunk:
+    """A task as its projects and the positions of their candidate facts."""
+    if not isinstance(task, int):
+        return task
+    rows = _share_candidates(task)
+    return project_ids({kind: _NIGHT.frames[kind].iloc[at] for kind, at in rows.items()}), rows
+
+
+def _evaluate_alone(ruleset: dict, chunk: Chunk) -> _Part | None:
     """Evaluate one project in a fresh worker; None when that worker dies too."""
     ctx = mp.get_context("fork")
     with ProcessPoolExecutor(max_workers=1, mp_context=ctx, initializer=_init_worker, initargs=(ruleset,)) as pool:
         try:
-            return pool.submit(_evaluate_chunk, chunk).result()
+            return pool.submit(_evaluate_task, chunk).result()
         except BrokenProcessPool:
             return None

@@ -14,23 +14,25 @@ without the pre-filter are identical.
 Both engines use this module: the local worker processes (processor.evaluate)
 and Dask (processor.dask_engine). Nothing here loops over rows: even the JSON
 handed to durable-rules is written column by column (each distinct value of a
-field encoded once), and only for the facts that go there.
+field encoded once), only for the facts that go there, and with only the fields
+the rules read (rules.engine).
 """
 from __future__ import annotations
 
 import json
-from typing import Iterator
+from typing import Collection, Iterator
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from rules.compile import mask, to_ruleset
 from rules.document import PolicySet
 from rules.vocabulary import FACT_KINDS
 
 from processor.arrowtext import concat
-from processor.facts import is_in, json_values
+from processor.facts import _arrow, _fixed_width, is_in, json_values
 
 Frames = dict[str, pd.DataFrame]
 # Projects whose facts go to durable-rules in one assertion. Each assertion has a fixed cost
@@ -56,16 +58,22 @@ def candidate_masks(policies: PolicySet, frames: Frames) -> dict[str, np.ndarray
     return out
 
 
-def candidate_facts(policies: PolicySet, frames: Frames) -> Frames:
-    """Only the facts that could fire some policy (see the module's note).
+def candidate_rows(policies: PolicySet, frames: Frames) -> dict[str, np.ndarray]:
+    """Per kind, the rows (a mask) of the facts that could fire some policy (see the module's note).
 
     Falls back to every fact of each candidate project if a rule ever reads
     more than one fact, where a per-fact cut would no longer be exact."""
     masks = candidate_masks(policies, frames)
     if single_fact_rules(policies):
-        return {kind: frame[masks[kind]] for kind, frame in frames.items()}
+        return masks
     ids = project_ids({kind: frame[masks[kind]] for kind, frame in frames.items()})
-    return {kind: frame[is_in(frame["project_id"], ids)] for kind, frame in frames.items()}
+    return {kind: is_in(frame["project_id"], ids) for kind, frame in frames.items()}
+
+
+def candidate_facts(policies: PolicySet, frames: Frames) -> Frames:
+    """Only the facts that could fire some policy (candidate_rows)."""
+    rows = candidate_rows(policies, frames)
+    return {kind: frame[rows[kind]] for kind, frame in frames.items()}
 
 
 def project_ids(frames: Frames) -> np.ndarray:
@@ -97,15 +105,59 @@ def split_by_project(frames: Frames, ids: np.ndarray, size: int) -> list[Frames]
     return parts
 
 
-def engine_batches(frames: Frames, projects: int = BATCH_PROJECTS) -> Iterator[tuple[np.ndarray, str]]:
+def project_shares(frames: Frames, n: int) -> list[dict[str, slice | np.ndarray]]:
+    """Cut the facts into at most `n` shares of whole projects, each a range of project ids
+    (in their text order; cut where a sample of the ids says the shares are about even).
+    Per share, per kind, the rows holding its facts in the frame's order: a slice when the
+    frame is sorted by project id (as facts usually are), else an array of positions."""
+    columns = {kind: _arrow(frame["project_id"]) for kind, frame in frames.items()}
+    bounds = _share_bounds(list(columns.values()), n)
+    shares: list[dict[str, slice | np.ndarray]] = [{} for _ in range(len(bounds) + 1)]
+    for kind, pid in columns.items():
+        for share, rows in zip(shares, _rows_between(pid, bounds)):
+            share[kind] = rows
+    return shares
+
+
+def _share_bounds(columns: list[pa.Array], n: int, sample: int = 4096) -> list[str]:
+    """Up to n - 1 distinct project ids, sorted: where one share ends and the next begins."""
+    total = sum(len(c) for c in columns)
+    if n < 2 or total == 0:
+        return []
+    step = max(1, total // (sample * n))
+    ids = pc.unique(pa.chunked_array([c[::step] for c in columns], pa.large_string()).drop_null())
+    ids = ids.take(pc.sort_indices(ids)).to_pylist()
+    return list(dict.fromkeys(ids[len(ids) * i // n] for i in range(1, n)))
+
+
+def _rows_between(pid: pa.Array, bounds: list[str]) -> list[slice | np.ndarray]:
+    """For each range of ids the bounds make (below the first, ..., from the last on), the rows
+    whose id is in it. A missing id counts as below every bound."""
+    fixed = _fixed_width(pid)
+    # numpy compares bytes as Arrow does, except that it ignores trailing NULs: no shortcut then.
+    if fixed is not None and not any(b.endswith("\0") for b in bounds) and _ascending(pid):
+        # Sorted by id: each range is one run of rows, found by binary search on the bytes.
+        cuts = np.r_[0, np.searchsorted(fixed, np.array([b.encode() for b in bounds], dtype=bytes)), len(pid)]
+        return [slice(int(a), int(b)) for a, b in zip(cuts[:-1], cuts[1:])]
+    share = np.zeros(len(pid), dtype=np.int64)
+    for bound in bounds:
+        share += pc.greater_equal(pid, bound).fill_null(False).to_numpy(zero_copy_only=False)
+    order = np.argsort(share, kind="stable")
+    cuts = np.searchsorted(share[order], np.arange(len(bounds) + 2))
+    return [order[a:b] for a, b in zip(cuts[:-1], cuts[1:])]
+
+
+def engine_batches(frames: Frames, projects: int = BATCH_PROJECTS,
+                   fields: Collection[str] | None = None) -> Iterator[tuple[np.ndarray, str]]:
     """The facts of `projects` projects at a time (in project id order) as durable-rules reads
     them: a JSON array of flat objects, each its `id` (the fact_id) first, its `kind`, then the
-    vocabulary's fields. Yields each batch's project ids with it."""
+    vocabulary's fields (only those among `fields`, when given: PolicyEngine.fields, what the
+    rules read). Yields each batch's project ids with it."""
     texts: list[pa.Array] = []
     pids: list[np.ndarray] = []
     for kind, frame in frames.items():
         if len(frame):
-            texts.append(_fact_json(kind, frame))
+            texts.append(_fact_json(kind, frame, [f for f in FACT_KINDS[kind] if fields is None or f in fields]))
             pids.append(frame["project_id"].to_numpy(dtype=object).astype(str))
     if not texts:
         return
@@ -119,11 +171,11 @@ def engine_batches(frames: Frames, projects: int = BATCH_PROJECTS) -> Iterator[t
         yield pid[start:end], "[" + ",".join(text[start:end]) + "]"
 
 
-def _fact_json(kind: str, frame: pd.DataFrame) -> pa.Array:
-    """Each fact of one kind as a JSON object, written column-wise (what json.dumps(dict,
-    ensure_ascii=False) writes for its plain Python values)."""
+def _fact_json(kind: str, frame: pd.DataFrame, fields: list[str]) -> pa.Array:
+    """Each fact of one kind as a JSON object with those fields, written column-wise (what
+    json.dumps(dict, ensure_ascii=False) writes for its plain Python values)."""
     parts: list = ['{"id": ', json_values(frame["fact_id"], ensure_ascii=False), ", " + json.dumps({"kind": kind}, ensure_ascii=False)[1:-1]]
-    for field in FACT_KINDS[kind]:
+    for field in fields:
         parts += [", " + json.dumps(field, ensure_ascii=False) + ": ", json_values(frame[field], ensure_ascii=False)]
     parts.append("}")
     return concat(*parts)
@@ -131,7 +183,7 @@ def _fact_json(kind: str, frame: pd.DataFrame) -> pa.Array:
 
 def iter_firings(engine, frames: Frames, crash_on: str | None = None) -> Iterator[tuple[str, str]]:
     """(policy id, fact id) for every rule that fired, a batch of whole projects' facts at a time."""
-    for pids, facts in engine_batches(frames):
+    for pids, facts in engine_batches(frames, fields=engine.fields):
         if crash_on and crash_on in pids:
             import os
             os._exit(139)  # test hook: die as a crash in durable-rules' C core would
@@ -143,3 +195,9 @@ def fired_rows(frames: Frames, firings: pd.DataFrame) -> dict[str, pd.Index]:
     (few, once pre-filtered) rather than among the whole night's."""
     fired = pd.Series(firings["fact_id"].unique())
     return {kind: frame.index[is_in(frame["fact_id"], fired)] for kind, frame in frames.items()}
+
+
+def _ascending(text: pa.Array) -> bool:
+    """Whether the values (none missing) never decrease, in byte order."""
+    n = len(text)
+    return n < 2 or pc.all(pc.less_equal(text.slice(0, n - 1), text.slice(1))).as_py() is True

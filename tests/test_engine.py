@@ -50,9 +50,10 @@ class _HostFirings(Host):
         return set(self.fired)
 
 
-def _batched(frames, projects: int) -> set[tuple[str, str]]:
+def _batched(frames, projects: int, whole_facts: bool = False) -> set[tuple[str, str]]:
     engine = PolicyEngine(to_ruleset(load_policies(POLICIES)))
-    return {pair for _, batch in engine_batches(frames, projects) for pair in engine.evaluate_json(batch)}
+    fields = None if whole_facts else engine.fields
+    return {pair for _, batch in engine_batches(frames, projects, fields) for pair in engine.evaluate_json(batch)}
 
 
 def engine_records(frames) -> list[list[dict]]:
@@ -107,3 +108,36 @@ def test_the_facts_json_is_what_json_dumps_writes_for_their_plain_values(night_f
         expected.sort(key=lambda f: f["project_id"])
         assert batch == "[" + ",".join(json.dumps(f, ensure_ascii=False) for f in expected) + "]"
         assert list(pids) == [f["project_id"] for f in expected]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(min_size=1), st.text(), st.booleans(), st.booleans())
+def test_an_action_s_rule_and_fact_id_are_read_from_its_head_as_json_reads_them(rule, fact_id, spaced, ascii_only):
+    from rules.engine import _ACTION_HEAD, _policy_and_fact
+
+    separators = (", ", ": ") if spaced else (",", ":")
+    fact = json.dumps({"id": fact_id, "kind": "party", "note": '"}\\'}, ensure_ascii=ascii_only, separators=separators)
+    message = "{" + json.dumps(rule, ensure_ascii=ascii_only) + ':{"m":' + fact + "}}"
+    assert _ACTION_HEAD.match(message)  # its head is recognised (escapes aside, read from it alone)
+    assert _policy_and_fact(message) == (rule, fact_id)
+
+
+def test_the_engine_knows_the_fields_its_rules_read():
+    from rules.document import iter_tests
+
+    policies = load_policies(POLICIES)
+    read = {t.field for p in policies.policies for t in iter_tests(p.when)}
+    assert PolicyEngine(to_ruleset(policies)).fields == read | {"kind"}
+
+
+def test_facts_carrying_only_the_fields_the_rules_read_fire_what_whole_facts_fire(night_frames):
+    reference = _batched(night_frames, 100, whole_facts=True)
+    assert len(reference) > 100
+    assert _batched(night_frames, 100) == reference
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(st.lists(project_strategy, min_size=1, max_size=12))
+def test_made_up_facts_fire_the_same_with_only_the_fields_the_rules_read(projects):
+    frames = facts_from(projects).frames
+    assert _batched(frames, 5) == _batched(frames, 5, whole_facts=True)
