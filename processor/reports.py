@@ -37,7 +37,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescap
 from markupsafe import Markup
 
 from processor import files
-from processor.arrowtext import concat
+from processor.arrowtext import concat, joined_between, joined_bytes, runs
 
 log = logging.getLogger(__name__)
 
@@ -151,8 +151,12 @@ def _words_of(values) -> pa.Array:
 
 def escape(values) -> pa.Array:
     """markupsafe.escape() of every value of a column (what Jinja's autoescape does to one value)."""
+    # Which characters occur anywhere is seen in the column's bytes at once (a byte under 0x80 is
+    # always that character in UTF-8): much cheaper than a search of each value, and a copy.
+    # The entities put in hold none of the characters looked for after them.
+    data = np.frombuffer(joined_bytes(values), dtype=np.uint8)
     for char, entity in (("&", "&amp;"), ("<", "&lt;"), (">", "&gt;"), ('"', "&#34;"), ("'", "&#39;")):
-        if pc.any(pc.match_substring(values, char)).as_py():   # a search is cheaper than a copy
+        if (data == ord(char)).any():
             values = pc.replace_substring(values, char, entity)
     return values
 
@@ -196,12 +200,6 @@ class _Lookup:
         found = pc.if_else(pc.is_null(at), _arg(""), pc.take(self.values, at))
         cuts = np.cumsum([0] + [len(k) for k in keys])
         return [found.slice(start, stop - start) for start, stop in zip(cuts[:-1], cuts[1:])]
-
-
-def _groups_joined(values: pa.Array, starts: np.ndarray) -> pa.Array:
-    """The values of each run (starting at `starts`, the last one running to the end) joined end to end."""
-    offsets = pa.array(np.append(starts, len(values)), pa.int64())
-    return pc.binary_join(pa.LargeListArray.from_arrays(offsets, values), _arg(""))
 
 
 # --------------------------------------------------------------------------- the why
@@ -282,9 +280,9 @@ EVIDENCE_WORDS = ("party", "unanswered", "limits", "user_rejected", "middle", "o
 
 def _evidence_columns(evidence) -> dict[str, pa.Array]:
     """_evidence_words of every row's evidence (parsed once per distinct evidence), as columns `_ev_<word>`."""
-    codes, distinct = pd.factorize(_text(evidence).to_numpy(zero_copy_only=False))
-    words = [_evidence_words(text) for text in distinct]
-    return {f"_ev_{k}": pc.take(pa.array([w[k] for w in words], TEXT), pa.array(codes)) for k in EVIDENCE_WORDS}
+    encoded = pc.dictionary_encode(_text(evidence))
+    words = [_evidence_words(text) for text in encoded.dictionary.to_pylist()]
+    return {f"_ev_{k}": pc.take(pa.array([w[k] for w in words], TEXT), encoded.indices) for k in EVIDENCE_WORDS}
 
 
 def _looked_up(decisions: pd.DataFrame, order: np.ndarray, people: _Lookup, milestone_titles: _Lookup, titles: _Lookup,
@@ -432,13 +430,14 @@ class ManagerReport:
         """The email's plain-text part, saying what the HTML part says."""
         return next(render_reports([self]))[0]
 
-    def page(self, template: str, written: list[tuple[str, str, int]]) -> str:
-        """The report rendered with `template` around its sections' items (HTML, text, how many were cut)."""
+    def page(self, template: str, items: list, more: list[int]) -> str:
+        """The report rendered with `template` around its sections' items (each the section's items
+        written end to end, HTML already escaped, or a _Slot) and how many each cut."""
         html = template.endswith(".html")
-        sections = [{"key": key, "title": title, "hint": hint, "count": self.counts[key], "more": more,
+        sections = [{"key": key, "title": title, "hint": hint, "count": self.counts[key], "more": cut,
                      # the HTML items were escaped value by value as they were written (_item_html)
-                     "items": Markup(items_html) if html else items_text}
-                    for (key, title, hint), (items_html, items_text, more) in zip(SECTIONS, written)]
+                     "items": Markup(said) if html and isinstance(said, str) else said}
+                    for (key, title, hint), said, cut in zip(SECTIONS, items, more)]
         return environment().get_template(template).render(r=self, sections=sections)
 
 
@@ -471,10 +470,11 @@ BORDER_COLOURS = {"new": "#2563eb", "ongoing": "#9ca3af", "at_risk": "#d97706", 
 FLAGS = ("at_risk", "flagged")   # sections whose items show whether they are new
 
 
-def _item_html(f: dict[str, pa.Array], actions: pa.Array) -> pa.Array:
-    """Each item (one firing: a project, a rule, its actions) as the email's HTML; every value escaped."""
+def _item_html(f: dict[str, pa.Array]) -> tuple[pa.Array, pa.Array]:
+    """Each item (one firing: a project, a rule, its actions) as the email's HTML, what comes before
+    its actions and what comes after them; every value escaped."""
     e = {k: escape(v) for k, v in f.items() if k not in ("section", "flag")}
-    return _cat(
+    head = _cat(
         '    <table role="presentation" class="item" data-project="', e["project_id"], '" width="100%" cellpadding="0" '
         'cellspacing="0" border="0" style="margin:0 0 10px 0;border:1px solid #e5e7eb;border-left:4px solid ',
         _choose(f["section"], BORDER_COLOURS, ""), ';">\n'
@@ -488,8 +488,8 @@ def _item_html(f: dict[str, pa.Array], actions: pa.Array) -> pa.Array:
         '        <div style="font-size:13px;color:#374151;margin-top:3px;">Client: <b>', e["client"],
         '</b> · Talent: <b>', e["talent"], '</b></div>\n'
         '        <table role="presentation" width="100%" cellpadding="0" cellspacing="0" border="0" '
-        'style="margin-top:8px;font-size:13px;">\n',
-        actions,
+        'style="margin-top:8px;font-size:13px;">\n')
+    tail = _cat(
         '        </table>\n',
         _if(_present(f["why"]), _cat('<div class="why" style="font-size:13px;color:#374151;margin-top:8px;background:#f9fafb;'
                                      'padding:6px 8px;"><b>Why:</b> ', e["why"], "</div>")),
@@ -497,6 +497,7 @@ def _item_html(f: dict[str, pa.Array], actions: pa.Array) -> pa.Array:
         _if(_present(f["description"]), _cat(": ", e["description"])), "</div>\n"
         "      </td></tr>\n"
         "    </table>\n")
+    return head, tail
 
 
 def _action_html(text: pa.Array, money: pa.Array) -> pa.Array:
@@ -505,12 +506,13 @@ def _action_html(text: pa.Array, money: pa.Array) -> pa.Array:
                 'font-weight:bold;color:#111827;">', escape(money), "</td>\n          </tr>\n")
 
 
-def _item_text(f: dict[str, pa.Array], actions: pa.Array) -> pa.Array:
-    """Each item as the email's plain text."""
-    return _cat("* ", _or(f["title"], f["project_id"]), " (", f["project_id"], ")", _if(f["flag"], _cat(" [", f["state"], "]")),
-                "\n  Client: ", f["client"], " | Talent: ", f["talent"], "\n", actions,
-                _if(_present(f["why"]), _cat("  Why: ", f["why"], "\n")),
+def _item_text(f: dict[str, pa.Array]) -> tuple[pa.Array, pa.Array]:
+    """Each item as the email's plain text, what comes before its actions and what comes after them."""
+    head = _cat("* ", _or(f["title"], f["project_id"]), " (", f["project_id"], ")", _if(f["flag"], _cat(" [", f["state"], "]")),
+                "\n  Client: ", f["client"], " | Talent: ", f["talent"], "\n")
+    tail = _cat(_if(_present(f["why"]), _cat("  Why: ", f["why"], "\n")),
                 "  Rule ", f["policy_id"], _if(_present(f["description"]), _cat(": ", f["description"])), "\n\n")
+    return head, tail
 
 
 def _action_text(text: pa.Array, money: pa.Array) -> pa.Array:
@@ -609,16 +611,33 @@ def render_reports(reports: list[ManagerReport]) -> Iterator[tuple[str, str]]:
         a, b = cuts[start], cuts[stop]
         written = _write_items(rows.slice(a, b - a), night.rank[at[a:b]], night.firing[at[a:b]], sizes[start:stop],
                                night.descriptions)
-        for report, sections in zip(reports[start:stop], written):
-            yield report.page("report.txt", sections), report.page("report.html", sections)
+        batch = reports[start:stop]
+        yield from zip(_pages(batch, "report.txt", written.text, written), _pages(batch, "report.html", written.html, written))
+
+
+@dataclass
+class _Written:
+    """A batch of reports' items as pieces of text: each item is its head, its actions, its tail
+    (`html` and `text` hold the same pieces: the heads of all items, then their tails, then all
+    actions). Section s of the batch (report b, section r: s = b * len(SECTIONS) + r) shows the pieces
+    order[bounds[s]:bounds[s + 1]] end to end, and cut `more[s]` items."""
+
+    html: pa.Array
+    text: pa.Array
+    order: np.ndarray
+    bounds: np.ndarray
+    more: np.ndarray
 
 
 def _write_items(rows: pa.Table, rank: np.ndarray, firing: np.ndarray, sizes: list[int],
-                 descriptions: Mapping[str, str]) -> list[list[tuple[str, str, int]]]:
-    """For consecutive reports of `sizes` rows each: their sections' items, written end to end as HTML
-    and as text, and how many were cut (a section shows its first MAX_ITEMS_PER_SECTION items)."""
+                 descriptions: Mapping[str, str]) -> _Written:
+    """The items of the sections of consecutive reports of `sizes` rows each (a section shows its
+    first MAX_ITEMS_PER_SECTION items)."""
+    width = len(SECTION_KEYS)
+    slots = len(sizes) * width
     if not len(rows):
-        return [[("", "", 0)] * len(SECTION_KEYS) for _size in sizes]
+        return _Written(pa.array([], TEXT), pa.array([], TEXT), np.zeros(0, dtype=np.int64),
+                        np.zeros(slots + 1, dtype=np.int64), np.zeros(slots, dtype=np.int64))
     owner = np.repeat(np.arange(len(sizes)), sizes)
     section = np.array(SECTION_KEYS, dtype=object)[rank]
     texts, money = _actions(rows)
@@ -641,22 +660,68 @@ def _write_items(rows: pa.Table, rank: np.ndarray, firing: np.ndarray, sizes: li
             "title": first["_title"], "client": _or(first["_client_name"], clients), "talent": _or(first["_talent_name"], talents),
             "policy_id": _plain(first["policy_id"]), "state": _plain(first["state"]), "why": _whys(first),
             "description": _per_distinct(lambda pid: plain(descriptions.get(pid, "")), first["policy_id"])}
-    item_html = _item_html(item, _groups_joined(_action_html(texts, money), starts))
-    item_text = _item_text(item, _groups_joined(_action_text(texts, money), starts))
+    html = pa.concat_arrays([*_item_html(item), _action_html(texts, money)])
+    text = pa.concat_arrays([*_item_text(item), _action_text(texts, money)])
 
-    # Each section's first MAX_ITEMS_PER_SECTION items, end to end.
+    # Each section's first MAX_ITEMS_PER_SECTION items; each item's pieces: its head, its actions, its tail.
+    items, actions = len(starts), np.diff(np.append(starts, len(rows)))
+    slot = owner[starts] * width + rank[starts]     # items are in order of their section
+    per_slot = np.bincount(slot, minlength=slots)
+    kept = np.flatnonzero(np.arange(items) - np.searchsorted(slot, slot) < MAX_ITEMS_PER_SECTION)
+    pieces = actions[kept] + 2
+    within = runs(np.zeros(len(kept), dtype=np.int64), pieces)      # 0: head, then the actions, last: the tail
+    item = np.repeat(kept, pieces)
+    order = np.where(within == 0, item,
+                     np.where(within == np.repeat(pieces - 1, pieces), items + item, 2 * items + starts[item] + within - 1))
+    bounds = np.r_[0, np.cumsum(np.bincount(slot[kept], weights=pieces, minlength=slots))].astype(np.int64)
+    return _Written(html, text, order, bounds, np.maximum(per_slot - MAX_ITEMS_PER_SECTION, 0))
+
+
+class _Slot:
+    """Where a section's items go in a page rendered before them (ManagerReport.page): true when
+    there are any, written as MARK."""
+
+    MARK = "\x00items\x00"
+
+    def __init__(self, any_items: bool):
+        self.any_items = any_items
+
+    def __bool__(self) -> bool:
+        return self.any_items
+
+    def __str__(self) -> str:
+        return self.MARK
+
+    __html__ = __str__
+
+
+def _pages(reports: list[ManagerReport], template: str, pieces: pa.Array, written: _Written) -> list[str]:
+    """The reports rendered with `template`: each page is rendered by Jinja around slots for its
+    sections' items, then the page's parts and the items' pieces are put end to end, all pages
+    in one take; the text of each page is decoded into Python once."""
     width = len(SECTION_KEYS)
-    group = owner[starts] * width + rank[starts]
-    group_starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]])
-    sizes = np.diff(np.append(group_starts, len(group)))
-    groups = group[group_starts].tolist()
-    if sizes.max(initial=0) > MAX_ITEMS_PER_SECTION:
-        kept = np.flatnonzero(np.arange(len(group)) - np.repeat(group_starts, sizes) < MAX_ITEMS_PER_SECTION)
-        item_html, item_text, group_starts = item_html.take(kept), item_text.take(kept), np.searchsorted(kept, group_starts)
-    written = dict(zip(groups, zip(_groups_joined(item_html, group_starts).to_pylist(),
-                                   _groups_joined(item_text, group_starts).to_pylist(),
-                                   np.maximum(sizes - MAX_ITEMS_PER_SECTION, 0).tolist())))
-    return [[written.get(b * width + r, ("", "", 0)) for r in range(width)] for b in range(len(sizes))]
+    bounds, more = written.bounds, written.more.tolist()
+    parts: list[str] = []
+    lengths = np.diff(bounds).reshape(len(reports), width)
+    for b, report in enumerate(reports):
+        page = report.page(template, [_Slot(n > 0) for n in lengths[b].tolist()], more[b * width:(b + 1) * width])
+        split = page.split(_Slot.MARK)
+        if len(split) != width + 1:
+            # The report's own words hold the mark (a name, say): rendered around the items themselves.
+            items = [pieces.take(written.order[bounds[s]:bounds[s + 1]]) for s in range(b * width, (b + 1) * width)]
+            split = [report.page(template, ["".join(i.to_pylist()) for i in items], more[b * width:(b + 1) * width])]
+            split += [""] * width
+            lengths[b] = 0
+        parts += split
+    # Per page: part 0, section 0's pieces, part 1, ..., part `width` (positions in parts + pieces, via `order`).
+    every = np.concatenate([np.arange(len(parts)), len(parts) + written.order])
+    starts = np.empty((len(reports), 2 * width + 1), dtype=np.int64)
+    sizes = np.ones_like(starts)
+    starts[:, 0::2] = np.arange(len(parts)).reshape(len(reports), width + 1)
+    starts[:, 1::2] = len(parts) + bounds[:-1].reshape(len(reports), width)
+    sizes[:, 1::2] = lengths
+    text = pa.concat_arrays([pa.array(parts, TEXT), pieces]).take(pa.array(every[runs(starts.ravel(), sizes.ravel())]))
+    return joined_between(text, np.r_[0, np.cumsum(sizes.sum(axis=1))]).to_pylist()
 
 
 # --------------------------------------------------------------------------- the overview page

@@ -25,6 +25,9 @@ def test_plain_of_a_column_is_plain_of_each_value(values):
 @given(TEXTS)
 def test_escape_of_a_column_is_what_jinjas_autoescape_does_to_each_value(values):
     assert escape(_text(values)).to_pylist() == [str(markupsafe.escape(v)) for v in values]
+    # a slice of a column: only its own values' characters count
+    inner = _text(["<&>\"'", *values, "<&>\"'"]).slice(1, len(values))
+    assert escape(inner).to_pylist() == [str(markupsafe.escape(v)) for v in values]
 
 
 def test_missing_values_are_empty_text():
