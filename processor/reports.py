@@ -24,6 +24,7 @@ import datetime as dt
 import json
 import logging
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -519,6 +520,56 @@ def _action_text(text: pa.Array, money: pa.Array) -> pa.Array:
     return _cat("  - ", text, _if(_present(money), _cat("  [", money, "]")), "\n")
 
 
+def _mentioned(frame: pd.DataFrame, key: str, among: pa.Array, *columns: str) -> list[pa.Array]:
+    """The key and the columns, as text, of the frame's rows whose key is among `among`."""
+    keep = pc.fill_null(pc.is_in(_text(frame[key]), value_set=among), False)
+    return [_text(pa.array(frame[c], from_pandas=True).filter(keep)) for c in (key, *columns)]  # the few rows kept, made text
+
+
+def _projects_and_people(keys: dict[str, pa.Array], projects: pd.DataFrame, users: pd.DataFrame) -> dict[str, _Lookup]:
+    """Lookups of what the decisions' projects are called and who their client and talent are, and
+    of the names and emails of the people the decisions and those projects name."""
+    project_id, title, client_id, talent_id = _mentioned(projects, "project_id", keys["project_id"], "title", "client_id",
+                                                         "talent_id")
+    named = pa.concat_arrays([keys[c] for c in ("subject_id", "assignee_id", "project_success_id")] + [client_id, talent_id])
+    user_id, name, email = _mentioned(users, "user_id", named, "name", "email")
+    user_id = _plain(user_id)
+    return {"titles": _Lookup(_plain(project_id), _plain(title)), "clients": _Lookup(project_id, client_id),
+            "talents": _Lookup(project_id, talent_id), "people": _Lookup(user_id, _or(_plain(name), user_id)),
+            "emails": _Lookup(user_id, _plain(email))}
+
+
+def _milestone_titles(keys: dict[str, pa.Array], milestones: pd.DataFrame) -> _Lookup:
+    milestone_id, title = _mentioned(milestones, "milestone_id", keys["milestone_id"], "title")
+    return _Lookup(_plain(milestone_id), _plain(title))
+
+
+def _report_order(decisions: pd.DataFrame):
+    """The rows in report order: by manager, section, then item (a firing, in the order the night
+    first found it), its actions in decision order; each row's section (its rank in SECTIONS) and
+    firing; per manager the rows in each section, the new ones, and the projects named.
+    A state no section shows counts, and is not shown."""
+    flagged = (decisions["action"] == "flag_for_review").to_numpy(dtype=bool, na_value=False)
+    at_risk = flagged & (decisions["reason"] == AT_RISK_REASON).to_numpy(dtype=bool, na_value=False)
+    state = decisions["state"].astype(object).to_numpy()
+    section = np.select([state == "resolved", at_risk, flagged], ["resolved", "at_risk", "flagged"], state).astype(object)
+    manager, managers = pd.factorize(decisions["project_success_id"], sort=True)
+    kind, kinds = pd.factorize(section)
+    # a kind no section shows (and a missing state: kind -1, the last) ranks after the sections
+    rank = np.array([SECTION_KEYS.index(k) if k in SECTION_KEYS else len(SECTION_KEYS) for k in kinds]
+                    + [len(SECTION_KEYS)], dtype=np.int64)[kind]
+    firing = _first_seen(pa.array(manager), pa.array(section), *(pa.array(decisions[c], from_pandas=True)
+                                                                 for c in ("project_id", "policy_id", "evidence")))
+    order = np.lexsort((firing, rank, manager))
+    width = len(SECTION_KEYS) + 1
+    per_section = np.bincount(manager * width + rank, minlength=len(managers) * width).reshape(len(managers), width)
+    new_total = np.bincount(manager, weights=(state == "new"), minlength=len(managers))
+    pairs = pd.DataFrame({"m": manager, "p": _plain(decisions["project_id"]).to_numpy(zero_copy_only=False)}
+                         ).drop_duplicates().sort_values(["m", "p"])
+    cuts, listed = np.searchsorted(pairs["m"].to_numpy(), np.arange(len(managers) + 1)), pairs["p"].tolist()
+    return order, rank, firing, per_section, new_total, manager, managers, listed, cuts
+
+
 def build_reports(decisions: pd.DataFrame, projects: pd.DataFrame, milestones: pd.DataFrame, users: pd.DataFrame,
                   as_of: dt.date | str, run_id: str, descriptions: Mapping[str, str] | None = None) -> list[ManagerReport]:
     """One ManagerReport per Project Success manager with anything to act on, by manager id.
@@ -530,46 +581,20 @@ def build_reports(decisions: pd.DataFrame, projects: pd.DataFrame, milestones: p
     decisions = decisions[decisions["project_success_id"].notna()]
     if decisions.empty:
         return []
-    # Only the rows the decisions mention reach a report: look up those, not the whole night's tables.
-    def mentioned(frame, key, among, *columns):
-        keep = pc.fill_null(pc.is_in(_text(frame[key]), value_set=among), False)
-        return [_text(frame[c]).filter(keep) for c in (key, *columns)]
-
-    project_id, title, client_id, talent_id = mentioned(projects, "project_id", _text(decisions["project_id"]), "title",
-                                                        "client_id", "talent_id")
-    milestone_id, milestone_title = mentioned(milestones, "milestone_id", _text(decisions["milestone_id"]), "title")
-    named = pa.concat_arrays([_text(decisions[c]) for c in ("subject_id", "assignee_id", "project_success_id")]
-                             + [client_id, talent_id])
-    user_id, name, email = mentioned(users, "user_id", named, "name", "email")
-    user_id = _plain(user_id)
-    people = _Lookup(user_id, _or(_plain(name), user_id))
-
-    # Rows in report order: by manager, section, then item (a firing, in the order the night first
-    # found it), its actions in decision order. A state no section shows counts, and is not shown.
-    flagged = (decisions["action"] == "flag_for_review").to_numpy(dtype=bool, na_value=False)
-    at_risk = flagged & (decisions["reason"] == AT_RISK_REASON).to_numpy(dtype=bool, na_value=False)
-    state = decisions["state"].astype(object).to_numpy()
-    section = np.select([state == "resolved", at_risk, flagged], ["resolved", "at_risk", "flagged"], state).astype(object)
-    manager, managers = pd.factorize(decisions["project_success_id"], sort=True)
-    rank = pd.Series(section).map({k: i for i, k in enumerate(SECTION_KEYS)}).fillna(len(SECTION_KEYS)).to_numpy(int)
-    firing = _first_seen(pa.array(manager), pa.array(section), *(pa.array(decisions[c], from_pandas=True)
-                                                                 for c in ("project_id", "policy_id", "evidence")))
-    order = np.lexsort((firing, rank, manager))
-    width = len(SECTION_KEYS) + 1
-    per_section = np.bincount(manager * width + rank, minlength=len(managers) * width).reshape(len(managers), width)
-    new_total = np.bincount(manager, weights=(state == "new"), minlength=len(managers))
-    pairs = pd.DataFrame({"m": manager, "p": _plain(decisions["project_id"]).to_numpy(zero_copy_only=False)}
-                         ).drop_duplicates().sort_values(["m", "p"])
-    cuts, listed = np.searchsorted(pairs["m"].to_numpy(), np.arange(len(managers) + 1)), pairs["p"].tolist()
-
-    shown = order[rank[order] < len(SECTION_KEYS)]
-    night = _Night(decisions, shown, rank[shown], firing[shown], people,
-                   milestone_titles=_Lookup(_plain(milestone_id), _plain(milestone_title)),
-                   titles=_Lookup(_plain(project_id), _plain(title)),
-                   clients=_Lookup(project_id, client_id), talents=_Lookup(project_id, talent_id), descriptions=descriptions)
+    # Only the rows the decisions mention reach a report: those are looked up (by Arrow's kernels,
+    # which let go of the GIL) on other threads while the rows are put in report order here.
+    keys = {c: _text(decisions[c]) for c in ("project_id", "milestone_id", "subject_id", "assignee_id", "project_success_id")}
+    with ThreadPoolExecutor(2) as threads:
+        looking_up = threads.submit(_projects_and_people, keys, projects, users)
+        milestone_titles = threads.submit(_milestone_titles, keys, milestones)
+        order, rank, firing, per_section, new_total, manager, managers, listed, cuts = _report_order(decisions)
+        lookups = looking_up.result()
+        shown = order[rank[order] < len(SECTION_KEYS)]
+        night = _Night(decisions, shown, rank[shown], firing[shown], lookups["people"], milestone_titles.result(),
+                       lookups["titles"], lookups["clients"], lookups["talents"], descriptions=descriptions)
     bounds = np.searchsorted(manager[shown], np.arange(len(managers) + 1))
     ids = _plain(pa.array(managers, from_pandas=True))
-    (names,), (emails,) = people.get(ids), _Lookup(user_id, _plain(email)).get(ids)
+    (names,), (emails,) = lookups["people"].get(ids), lookups["emails"].get(ids)
     names, emails = _or(names, ids).to_pylist(), emails.to_pylist()
     resolved = SECTION_KEYS.index("resolved")
     reports = []
