@@ -162,12 +162,13 @@ def _each_match(keys: pd.Series, among: pd.Series) -> tuple[np.ndarray, np.ndarr
     return left, order[np.repeat(first[key[found]], n[found]) + within]
 
 
-def _fired_context(policies: PolicySet, firings: pd.DataFrame, facts: Facts,
-                   fired_rows: dict[str, pd.Index] | None = None) -> Facts:
+def _fired_context(policies: PolicySet, firings: pd.DataFrame, facts: Facts, fired_rows: dict[str, pd.Index] | None,
+                   threads: ThreadPoolExecutor) -> Facts:
     """The facts that fired (the fields the decisions read) and the context of their projects only:
     every join below then touches the night's few fired projects, not all of them.
 
-    fired_rows (from the evaluation) names the fired facts' rows; without it they are found by id."""
+    fired_rows (from the evaluation) names the fired facts' rows; without it they are found by id.
+    threads: where two of the tables are searched meanwhile."""
     read = {kind: ["project_id", "fact_id", "party", "user_id", "milestone_id", "invoice_id"] for kind in facts.frames}
     for policy in policies.policies:
         read.setdefault(policy.about, []).extend(evidence_fields(policy))
@@ -178,12 +179,13 @@ def _fired_context(policies: PolicySet, firings: pd.DataFrame, facts: Facts,
         fired = pd.Series(firings["fact_id"].unique())
         frames = {kind: frame.loc[is_in(frame["fact_id"], fired), columns[kind]] for kind, frame in facts.frames.items()}
     ids = pd.concat([f["project_id"] for f in frames.values()]).drop_duplicates().sort_values(ignore_index=True)
-    return dataclasses.replace(
-        facts, frames=frames,
-        projects=_rows(facts.projects, ids, ["project_id", "client_id", "talent_id", "project_success_id", "area"]),
-        milestones=_rows(facts.milestones, ids, ["milestone_id", "project_id", "status", "payee_id", "amount_cents", "currency"]),
-        invoices=_rows(facts.invoices, ids, ["invoice_id", "project_id", "amount_cents", "currency"]),
-    )
+    # The three tables are searched at once (numpy's searches and Arrow's takes let go of the GIL).
+    milestones = threads.submit(_rows, facts.milestones, ids,
+                                ["milestone_id", "project_id", "status", "payee_id", "amount_cents", "currency"])
+    invoices = threads.submit(_rows, facts.invoices, ids, ["invoice_id", "project_id", "amount_cents", "currency"])
+    projects = _rows(facts.projects, ids, ["project_id", "client_id", "talent_id", "project_success_id", "area"])
+    return dataclasses.replace(facts, frames=frames, projects=projects, milestones=milestones.result(),
+                               invoices=invoices.result())
 
 
 def _rows(table: pd.DataFrame, project_ids: pd.Series, columns: list[str]) -> pd.DataFrame:
@@ -196,14 +198,14 @@ def make_decisions(policies: PolicySet, firings: pd.DataFrame, facts: Facts,
     """Decision rows (without run_id/as_of/state), sorted deterministically.
 
     fired_rows: Evaluation.fired_rows, when the caller has it (a shortcut, same result)."""
-    with ThreadPoolExecutor(1) as background:
+    with ThreadPoolExecutor(2) as threads:
         # The Top Shakers' pool reads the whole night's users and projects (mostly Arrow and numpy,
         # which let go of the GIL): it is made on the second core while the decisions are.
-        pool = background.submit(top_shaker_pool, facts.users, facts.projects,
-                                 policies.thresholds["top_shaker_default_max_active_projects"]) \
+        pool = threads.submit(top_shaker_pool, facts.users, facts.projects,
+                              policies.thresholds["top_shaker_default_max_active_projects"]) \
             if any(spec.action == "assign_top_shaker" for policy in policies.policies for spec in policy.then) else None
         parts = []
-        context = _fired_context(policies, firings, facts, fired_rows)
+        context = _fired_context(policies, firings, facts, fired_rows, threads)
         for policy in policies.policies:
             fired = firings.loc[firings["policy_id"] == policy.id, "fact_id"]
             if fired.empty:
