@@ -218,15 +218,18 @@ def make_decisions(policies: PolicySet, firings: pd.DataFrame, facts: Facts,
             return pd.DataFrame(columns=[c for c in DECISION_COLUMNS if c not in ("run_id", "as_of", "state")])
         decisions = pd.concat(parts, ignore_index=True)
         kept = assign_top_shakers(decisions, context, pool.result) if pool else np.ones(len(decisions), dtype=bool)
-    policy_rank = {p.id: i for i, p in enumerate(policies.policies)}
-    order = _sort_order([decisions["project_id"], decisions["policy_id"].map(policy_rank), decisions["_order"],
+    policy, policy_ids = pd.factorize(decisions["policy_id"])
+    listed = [p.id for p in policies.policies]
+    policy_rank = np.array([listed.index(i) for i in policy_ids], dtype=np.int64)[policy]
+    order = _sort_order([decisions["project_id"], policy_rank, decisions["_order"],
                          decisions["subject_id"], decisions["milestone_id"], decisions["invoice_id"]])
     return decisions.drop(columns=["_order", "_line", "_fallback"]).take(order[kept[order]]).reset_index(drop=True)
 
 
-def _sort_order(keys: list[pd.Series]) -> np.ndarray:
-    """The rows in the order sort_values(keys, kind="stable") gives (missing last): one stable sort of
-    an Arrow table of the keys (text compared by its bytes in UTF-8, which orders as Python does)."""
+def _sort_order(keys: list) -> np.ndarray:
+    """The rows in the order sort_values(keys, kind="stable") gives (missing last), the keys being
+    columns (pandas or numpy): one stable sort of an Arrow table of the keys (text compared by its
+    bytes in UTF-8, which orders as Python does)."""
     table = pa.table({str(i): pa.array(key, from_pandas=True) for i, key in enumerate(keys)})
     return pc.sort_indices(table, sort_keys=[(str(i), "ascending", "at_end") for i in range(len(keys))]).to_numpy()
 
@@ -268,7 +271,8 @@ def choose_top_shakers(needs: pd.DataFrame, pool: pd.DataFrame) -> dict[str, str
                 by_area.setdefault(area.strip(), []).append((-rating[user], load[user], user))
     for heap in by_area.values():
         heapq.heapify(heap)
-    for project_id, area, absent in sorted(zip(needs["project_id"], needs["area"], needs["talent_id"]), key=lambda r: str(r[0])):
+    for project_id, area, absent in sorted(zip(needs["project_id"].tolist(), needs["area"].tolist(), needs["talent_id"].tolist()),
+                                           key=lambda r: str(r[0])):
         heap = by_area.get(area, [])
         best, set_aside = None, []
         while heap:
