@@ -355,37 +355,58 @@ def why(decision: Mapping, people: Mapping[str, str]) -> str:
 
 
 # --------------------------------------------------------------------------- each action, in words
+# What to do, for each action: a sentence made of the columns _actions gives it (c), or the same words for every row.
+_TO_DO: dict[str, Callable[[dict[str, pa.Array]], pa.Array] | str] = {
+    "halt_project": lambda c: _cat("Halt the project", _if(_present(c["reason"]), _cat(" (", c["reason"], ")"))),
+    "request_talent_decision": lambda c: _cat("Ask ", c["subject"], " to wait for the client or close their work"),
+    "release_milestone_payment": lambda c: _cat(
+        "Release ", _or(c["money"], "the held money"), " for ",
+        _if(_present(c["ms_id"]), _cat(c["ms_title"], " (", c["ms_id"], ")"), "the milestone"), " to ", c["payee"]),
+    "close_project": "Close the project",
+    "notify_client": lambda c: _cat("Tell ", c["subject"], " (client) what is happening"),
+    "notify_talent": lambda c: _cat("Tell ", c["subject"], " (talent) what is happening"),
+    "reject_user": lambda c: _cat("Reject ", c["subject"], " from the platform"),
+    "assign_top_shaker": lambda c: _cat("Assign Top Shaker ", c["assignee"], " to take over"),
+    "reassign_milestone": lambda c: _cat(
+        "Move ", _if(_present(c["ms_id"]), _cat(c["ms_title"], " (", c["ms_id"], _if(_present(c["money"]), _cat(", ", c["money"])), ")"),
+                     "the milestone"), " to ", c["assignee"]),
+    "notify_talent_non_payment": lambda c: _cat("Tell ", c["subject"], " that invoice ", c["invoice_id"],
+                                                _if(_present(c["money"]), _cat(" (", c["money"], ")")), " is unpaid: continue or halt"),
+    "resume_project": "Resume the project",
+    "flag_for_review": lambda c: _cat("Review: ", _or(c["reason"], "flagged"),
+                                      _if(_present(c["subject_id"]), _cat(" — ", c["subject"]))),
+}
+
+
 def _actions(rows) -> tuple[pa.Array, pa.Array]:
     """(what to do, the money column) for every decision row (_looked_up); the money column shows what
     the sentence does not say."""
     money = _text(rows["_money"])
-    reason = _words_of(rows["reason"])
-    subject, assignee = _text(rows["_subject_label"]), _text(rows["_assignee_label"])
-    ms_id = _plain(rows["milestone_id"])
-    ms_title = _or(_text(rows["_milestone_title"]), "milestone")
-    text = _choose(_text(rows["action"]), {
-        "halt_project": _cat("Halt the project", _if(_present(reason), _cat(" (", reason, ")"))),
-        "request_talent_decision": _cat("Ask ", subject, " to wait for the client or close their work"),
-        "release_milestone_payment": _cat("Release ", _or(money, "the held money"), " for ",
-                                          _if(_present(ms_id), _cat(ms_title, " (", ms_id, ")"), "the milestone"), " to ",
-                                          rows["_payee_label"]),
-        "close_project": "Close the project",
-        "notify_client": _cat("Tell ", subject, " (client) what is happening"),
-        "notify_talent": _cat("Tell ", subject, " (talent) what is happening"),
-        "reject_user": _cat("Reject ", subject, " from the platform"),
-        "assign_top_shaker": _cat("Assign Top Shaker ", assignee, " to take over"),
-        "reassign_milestone": _cat("Move ", _if(_present(ms_id), _cat(ms_title, " (", ms_id, _if(_present(money), _cat(", ", money)), ")"),
-                                                "the milestone"), " to ", assignee),
-        "notify_talent_non_payment": _cat("Tell ", subject, " that invoice ", _plain(rows["invoice_id"]),
-                                          _if(_present(money), _cat(" (", money, ")")), " is unpaid: continue or halt"),
-        "resume_project": "Resume the project",
-        "flag_for_review": _cat("Review: ", _or(reason, "flagged"),
-                                _if(_present(_plain(rows["subject_id"])), _cat(" — ", subject))),
-    }, _words_of(rows["action"]))
+    columns = {"money": money, "reason": _words_of(rows["reason"]), "subject": _text(rows["_subject_label"]),
+               "assignee": _text(rows["_assignee_label"]), "payee": _text(rows["_payee_label"]),
+               "ms_id": _plain(rows["milestone_id"]), "ms_title": _or(_text(rows["_milestone_title"]), "milestone"),
+               "invoice_id": _plain(rows["invoice_id"]), "subject_id": _plain(rows["subject_id"]), "action": _text(rows["action"])}
+    # Each action's sentences are written for its own rows only, then all rows put back in their order.
+    encoded = pc.dictionary_encode(columns["action"])
+    kind = encoded.indices.to_numpy(zero_copy_only=False)
+    by_kind = np.argsort(kind, kind="stable")
+    bounds = np.searchsorted(kind[by_kind], np.arange(len(encoded.dictionary) + 1))
+    texts = []
+    for k, action in enumerate(encoded.dictionary.to_pylist()):
+        at = pa.array(by_kind[bounds[k]:bounds[k + 1]])
+        to_do = _TO_DO.get(action, lambda c: _words_of(c["action"]))
+        texts.append(pa.repeat(_arg(to_do), len(at)) if isinstance(to_do, str)
+                     else to_do({name: column.take(at) for name, column in columns.items()}))
+    back = np.empty(len(by_kind), dtype=np.int64)
+    back[by_kind] = np.arange(len(by_kind))
+    text = pa.concat_arrays(texts or [pa.array([], TEXT)]).take(pa.array(back))
+    # The money the sentence says already is not shown again.
     string = np.dtypes.StringDType()
-    said = np.strings.find(np.asarray(text.to_numpy(zero_copy_only=False), dtype=string),
-                           np.asarray(money.to_numpy(zero_copy_only=False), dtype=string)) >= 0
-    return text, _if(pa.array(said & _present(money).to_numpy(zero_copy_only=False)), "", money)
+    with_money = np.flatnonzero(_present(money).to_numpy(zero_copy_only=False))
+    said = np.zeros(len(text), dtype=bool)
+    said[with_money] = np.strings.find(np.asarray(text.take(with_money).to_numpy(zero_copy_only=False), dtype=string),
+                                       np.asarray(money.take(with_money).to_numpy(zero_copy_only=False), dtype=string)) >= 0
+    return text, _if(pa.array(said), "", money)
 
 
 # --------------------------------------------------------------------------- per manager

@@ -32,3 +32,31 @@ def test_escape_of_a_column_is_what_jinjas_autoescape_does_to_each_value(values)
 
 def test_missing_values_are_empty_text():
     assert _plain([None, "x", None]).to_pylist() == ["", "x", ""]
+
+
+ACTIONS = ["halt_project", "request_talent_decision", "release_milestone_payment", "close_project", "notify_client",
+           "notify_talent", "reject_user", "assign_top_shaker", "reassign_milestone", "notify_talent_non_payment",
+           "resume_project", "flag_for_review", "some_new_action", ""]
+
+
+@settings(max_examples=100)
+@given(st.lists(st.tuples(st.sampled_from(ACTIONS), st.sampled_from(["", "€1,200.00", "5.00 CHF"]),
+                          st.sampled_from(["", "M1", "M 2"]), st.sampled_from(["", "late_payment"])), min_size=1, max_size=25))
+def test_what_each_action_says_is_what_it_says_alone(rows):
+    """The rows' sentences are written an action at a time: each row still says what it says alone."""
+    import pyarrow as pa
+
+    from processor.reports import _actions
+
+    def table(rows):
+        return pa.table({
+            "action": [r[0] for r in rows], "_money": [r[1] for r in rows], "milestone_id": [r[2] for r in rows],
+            "reason": [r[3] for r in rows], "_subject_label": ["Ana"] * len(rows), "_assignee_label": ["Bo"] * len(rows),
+            "_payee_label": ["Cy"] * len(rows), "_milestone_title": ["Logo"] * len(rows), "invoice_id": ["I1"] * len(rows),
+            "subject_id": ["U1"] * len(rows)})
+
+    text, money = _actions(table(rows))
+    alone = [_actions(table([r])) for r in rows]
+    assert text.to_pylist() == [t[0].to_pylist()[0] for t in alone]
+    assert money.to_pylist() == [t[1].to_pylist()[0] for t in alone]
+    assert "Close the project" in text.to_pylist() or "close_project" not in [r[0] for r in rows]
