@@ -664,12 +664,12 @@ def render_reports(reports: list[ManagerReport]) -> Iterator[tuple[str, str]]:
 @dataclass
 class _Written:
     """A batch of reports' items as pieces of text: each item is its head, its actions, its tail
-    (`html` and `text` hold the same pieces: the heads of all items, then their tails, then all
-    actions). Section s of the batch (report b, section r: s = b * len(SECTIONS) + r) shows the pieces
+    (`html` and `text` hold the same pieces, in three columns: the heads of all items, their tails,
+    all actions; a piece's position is counted across the three). Section s of the batch (report b, section r: s = b * len(SECTIONS) + r) shows the pieces
     order[bounds[s]:bounds[s + 1]] end to end, and cut `more[s]` items."""
 
-    html: pa.Array
-    text: pa.Array
+    html: list[pa.Array]
+    text: list[pa.Array]
     order: np.ndarray
     bounds: np.ndarray
     more: np.ndarray
@@ -682,7 +682,7 @@ def _write_items(rows: pa.Table, rank: np.ndarray, firing: np.ndarray, sizes: li
     width = len(SECTION_KEYS)
     slots = len(sizes) * width
     if not len(rows):
-        return _Written(pa.array([], TEXT), pa.array([], TEXT), np.zeros(0, dtype=np.int64),
+        return _Written([], [], np.zeros(0, dtype=np.int64),
                         np.zeros(slots + 1, dtype=np.int64), np.zeros(slots, dtype=np.int64))
     owner = np.repeat(np.arange(len(sizes)), sizes)
     section = np.array(SECTION_KEYS, dtype=object)[rank]
@@ -706,8 +706,8 @@ def _write_items(rows: pa.Table, rank: np.ndarray, firing: np.ndarray, sizes: li
             "title": first["_title"], "client": _or(first["_client_name"], clients), "talent": _or(first["_talent_name"], talents),
             "policy_id": _plain(first["policy_id"]), "state": _plain(first["state"]), "why": _whys(first),
             "description": _per_distinct(lambda pid: plain(descriptions.get(pid, "")), first["policy_id"])}
-    html = pa.concat_arrays([*_item_html(item), _action_html(texts, money)])
-    text = pa.concat_arrays([*_item_text(item), _action_text(texts, money)])
+    html = [*_item_html(item), _action_html(texts, money)]
+    text = [*_item_text(item), _action_text(texts, money)]
 
     # Each section's first MAX_ITEMS_PER_SECTION items; each item's pieces: its head, its actions, its tail.
     items, actions = len(starts), np.diff(np.append(starts, len(rows)))
@@ -741,7 +741,7 @@ class _Slot:
     __html__ = __str__
 
 
-def _pages(reports: list[ManagerReport], template: str, pieces: pa.Array, written: _Written) -> list[str]:
+def _pages(reports: list[ManagerReport], template: str, pieces: list[pa.Array], written: _Written) -> list[str]:
     """The reports rendered with `template`: each page is rendered by Jinja around slots for its
     sections' items, then the page's parts and the items' pieces are put end to end, all pages
     in one take; the text of each page is decoded into Python once."""
@@ -754,7 +754,8 @@ def _pages(reports: list[ManagerReport], template: str, pieces: pa.Array, writte
         split = page.split(_Slot.MARK)
         if len(split) != width + 1:
             # The report's own words hold the mark (a name, say): rendered around the items themselves.
-            items = [pieces.take(written.order[bounds[s]:bounds[s + 1]]) for s in range(b * width, (b + 1) * width)]
+            together = pa.concat_arrays([pa.array([], TEXT), *pieces])
+            items = [together.take(written.order[bounds[s]:bounds[s + 1]]) for s in range(b * width, (b + 1) * width)]
             split = [report.page(template, ["".join(i.to_pylist()) for i in items], more[b * width:(b + 1) * width])]
             split += [""] * width
             lengths[b] = 0
@@ -766,7 +767,7 @@ def _pages(reports: list[ManagerReport], template: str, pieces: pa.Array, writte
     starts[:, 0::2] = np.arange(len(parts)).reshape(len(reports), width + 1)
     starts[:, 1::2] = len(parts) + bounds[:-1].reshape(len(reports), width)
     sizes[:, 1::2] = lengths
-    text = pa.concat_arrays([pa.array(parts, TEXT), pieces]).take(pa.array(every[runs(starts.ravel(), sizes.ravel())]))
+    text = pa.concat_arrays([pa.array(parts, TEXT), *pieces]).take(pa.array(every[runs(starts.ravel(), sizes.ravel())]))
     return joined_between(text, np.r_[0, np.cumsum(sizes.sum(axis=1))]).to_pylist()
 
 
