@@ -572,22 +572,34 @@ def _report_order(decisions: pd.DataFrame):
     A state no section shows counts, and is not shown."""
     flagged = (decisions["action"] == "flag_for_review").to_numpy(dtype=bool, na_value=False)
     at_risk = flagged & (decisions["reason"] == AT_RISK_REASON).to_numpy(dtype=bool, na_value=False)
-    state = decisions["state"].astype(object).to_numpy()
-    section = np.select([state == "resolved", at_risk, flagged], ["resolved", "at_risk", "flagged"], state).astype(object)
+    # Each row's section: resolved, at risk, flagged, else the one its state names; ranked by its
+    # place in SECTIONS, a state no section shows (or none) after them.
+    states = pc.dictionary_encode(_arg(pa.array(decisions["state"], from_pandas=True)), null_encoding="encode")
+    state, names = states.indices.to_numpy(zero_copy_only=False).astype(np.int64), states.dictionary.to_pylist()
+    section_of = np.array([SECTION_KEYS.index(n) if n in SECTION_KEYS else len(SECTION_KEYS) for n in names], dtype=np.int64)
+
+    def stated(name):
+        return state == (names.index(name) if name in names else -1)
+
+    rank = np.select([stated("resolved"), at_risk, flagged], [SECTION_KEYS.index(k) for k in ("resolved", "at_risk", "flagged")],
+                     section_of[state])
     manager, managers = pd.factorize(decisions["project_success_id"], sort=True)
-    kind, kinds = pd.factorize(section)
-    # a kind no section shows (and a missing state: kind -1, the last) ranks after the sections
-    rank = np.array([SECTION_KEYS.index(k) if k in SECTION_KEYS else len(SECTION_KEYS) for k in kinds]
-                    + [len(SECTION_KEYS)], dtype=np.int64)[kind]
+    # A firing is told apart by its section, and by its state where no section shows it.
+    section = np.where(rank < len(SECTION_KEYS), rank, len(SECTION_KEYS) + state)
     firing = _first_seen(pa.array(manager), pa.array(section), *(pa.array(decisions[c], from_pandas=True)
                                                                  for c in ("project_id", "policy_id", "evidence")))
     order = np.lexsort((firing, rank, manager))
     width = len(SECTION_KEYS) + 1
     per_section = np.bincount(manager * width + rank, minlength=len(managers) * width).reshape(len(managers), width)
-    new_total = np.bincount(manager, weights=(state == "new"), minlength=len(managers))
-    pairs = pd.DataFrame({"m": manager, "p": _plain(decisions["project_id"]).to_numpy(zero_copy_only=False)}
-                         ).drop_duplicates().sort_values(["m", "p"])
-    cuts, listed = np.searchsorted(pairs["m"].to_numpy(), np.arange(len(managers) + 1)), pairs["p"].tolist()
+    new_total = np.bincount(manager, weights=stated("new"), minlength=len(managers))
+    # Each manager's projects, by id: the distinct (manager, project) pairs in order.
+    projects = pc.dictionary_encode(_plain(decisions["project_id"]))
+    alphabetical = pc.array_sort_indices(projects.dictionary).to_numpy().astype(np.int64)
+    place = np.empty_like(alphabetical)
+    place[alphabetical] = np.arange(len(alphabetical))
+    pairs = np.unique(manager * len(place) + place[projects.indices.to_numpy(zero_copy_only=False)])
+    cuts = np.searchsorted(pairs // len(place), np.arange(len(managers) + 1))
+    listed = projects.dictionary.take(pa.array(alphabetical[pairs % len(place)])).to_pylist()
     return order, rank, firing, per_section, new_total, manager, managers, listed, cuts
 
 
