@@ -73,7 +73,7 @@ def runs(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """The positions of runs end to end: start, start + 1, ... start + length - 1 of each run."""
     lengths = np.asarray(lengths, dtype=np.int64)
     before = np.cumsum(lengths) - lengths
-    return np.repeat(np.asarray(starts, dtype=np.int64) - before, lengths) + np.arange(before[-1] + lengths[-1] if len(lengths) else 0)
+    return np.repeat(np.asarray(starts, dtype=np.int64) - before, lengths) + np.arange(lengths.sum())
 
 
 def joined_between(values: pa.Array, cuts: np.ndarray) -> pa.Array:

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 import heapq
-from concurrent.futures import ThreadPoolExecutor
-from typing import Callable
 import json
+from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -231,7 +231,7 @@ def _sort_order(keys: list) -> np.ndarray:
     columns (pandas or numpy): one stable sort of an Arrow table of the keys (text compared by its
     bytes in UTF-8, which orders as Python does)."""
     table = pa.table({str(i): pa.array(key, from_pandas=True) for i, key in enumerate(keys)})
-    return pc.sort_indices(table, sort_keys=[(str(i), "ascending", "at_end") for i in range(len(keys))]).to_numpy()
+    return pc.sort_indices(table, sort_keys=[(str(i), "ascending") for i in range(len(keys))]).to_numpy()  # nulls at the end
 
 
 # --------------------------------------------------------------------------- Top Shakers
@@ -309,7 +309,7 @@ def assign_top_shakers(decisions: pd.DataFrame, context: Facts, pool: Callable[[
     chosen = choose_top_shakers(needs, pool())
     takes_top_shaker = is_in(decisions["action"], ["assign_top_shaker", "reassign_milestone"]) \
         & is_in(decisions["policy_id"], needs["policy_id"])
-    # Each taking row's project among the chosen (None: not chosen, or nobody was)
+    # Each taking row's project among the chosen (None: not among them, or nobody was chosen).
     at = positions(decisions.loc[takes_top_shaker, "project_id"], pd.Series(list(chosen), dtype=object))
     pick = np.array([*chosen.values(), None], dtype=object)[at]
     decisions.loc[takes_top_shaker, "assignee_id"] = np.where(pd.isna(pick), "", pick)

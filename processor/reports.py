@@ -677,8 +677,9 @@ def render_reports(reports: list[ManagerReport]) -> Iterator[tuple[str, str]]:
 class _Written:
     """A batch of reports' items as pieces of text: each item is its head, its actions, its tail
     (`html` and `text` hold the same pieces, in three columns: the heads of all items, their tails,
-    all actions; a piece's position is counted across the three). Section s of the batch (report b, section r: s = b * len(SECTIONS) + r) shows the pieces
-    order[bounds[s]:bounds[s + 1]] end to end, and cut `more[s]` items."""
+    all actions; a piece's position is counted across the three). Section s of the batch (report b,
+    section r: s = b * len(SECTIONS) + r) shows the pieces order[bounds[s]:bounds[s + 1]] end to
+    end, and cut `more[s]` items."""
 
     html: list[pa.Array]
     text: list[pa.Array]
