@@ -67,3 +67,21 @@ def joined_bytes(values: pa.Array) -> memoryview:
     width = np.int64 if pa.types.is_large_string(values.type) else np.int32
     offsets = np.frombuffer(values.buffers()[1], dtype=width)[values.offset:values.offset + len(values) + 1]
     return memoryview(values.buffers()[2])[int(offsets[0]):int(offsets[-1])]
+
+
+def runs(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """The positions of runs end to end: start, start + 1, ... start + length - 1 of each run."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    before = np.cumsum(lengths) - lengths
+    return np.repeat(np.asarray(starts, dtype=np.int64) - before, lengths) + np.arange(lengths.sum())
+
+
+def joined_between(values: pa.Array, cuts: np.ndarray) -> pa.Array:
+    """For each pair of consecutive cuts (positions in `values`, a large_string column without
+    nulls), the values between them end to end, as one text: no copy, the new column's offsets
+    point into the values' own bytes."""
+    values = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+    offsets = np.frombuffer(values.buffers()[1], dtype=np.int64)[values.offset:values.offset + len(values) + 1]
+    data = values.buffers()[2] or pa.py_buffer(b"")
+    return pa.Array.from_buffers(pa.large_string(), len(cuts) - 1,
+                                 [None, pa.py_buffer(np.ascontiguousarray(offsets[cuts])), data])

@@ -12,11 +12,14 @@ from __future__ import annotations
 import dataclasses
 import heapq
 import json
+from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
+from typing import Callable
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from rules.compile import evidence_fields, evidence_thresholds
 from rules.document import ActionSpec, Policy, PolicySet
@@ -159,23 +162,30 @@ def _each_match(keys: pd.Series, among: pd.Series) -> tuple[np.ndarray, np.ndarr
     return left, order[np.repeat(first[key[found]], n[found]) + within]
 
 
-def _fired_context(firings: pd.DataFrame, facts: Facts, fired_rows: dict[str, pd.Index] | None = None) -> Facts:
-    """The facts that fired and the context of their projects only: every join below then
-    touches the night's few fired projects, not all of them.
+def _fired_context(policies: PolicySet, firings: pd.DataFrame, facts: Facts, fired_rows: dict[str, pd.Index] | None,
+                   threads: ThreadPoolExecutor) -> Facts:
+    """The facts that fired (the fields the decisions read) and the context of their projects only:
+    every join below then touches the night's few fired projects, not all of them.
 
-    fired_rows (from the evaluation) names the fired facts' rows; without it they are found by id."""
+    fired_rows (from the evaluation) names the fired facts' rows; without it they are found by id.
+    threads: where two of the tables are searched meanwhile."""
+    read = {kind: ["project_id", "fact_id", "party", "user_id", "milestone_id", "invoice_id"] for kind in facts.frames}
+    for policy in policies.policies:
+        read.setdefault(policy.about, []).extend(evidence_fields(policy))
+    columns = {kind: [c for c in dict.fromkeys(read[kind]) if c in frame.columns] for kind, frame in facts.frames.items()}
     if fired_rows is not None:
-        frames = {kind: frame.loc[fired_rows.get(kind, frame.index[:0])] for kind, frame in facts.frames.items()}
+        frames = {kind: frame.loc[fired_rows.get(kind, frame.index[:0]), columns[kind]] for kind, frame in facts.frames.items()}
     else:
         fired = pd.Series(firings["fact_id"].unique())
-        frames = {kind: frame[is_in(frame["fact_id"], fired)] for kind, frame in facts.frames.items()}
+        frames = {kind: frame.loc[is_in(frame["fact_id"], fired), columns[kind]] for kind, frame in facts.frames.items()}
     ids = pd.concat([f["project_id"] for f in frames.values()]).drop_duplicates().sort_values(ignore_index=True)
-    return dataclasses.replace(
-        facts, frames=frames,
-        projects=_rows(facts.projects, ids, ["project_id", "client_id", "talent_id", "project_success_id"]),
-        milestones=_rows(facts.milestones, ids, ["milestone_id", "project_id", "status", "payee_id", "amount_cents", "currency"]),
-        invoices=_rows(facts.invoices, ids, ["invoice_id", "project_id", "amount_cents", "currency"]),
-    )
+    # The three tables are searched at once (numpy's searches and Arrow's takes let go of the GIL).
+    milestones = threads.submit(_rows, facts.milestones, ids,
+                                ["milestone_id", "project_id", "status", "payee_id", "amount_cents", "currency"])
+    invoices = threads.submit(_rows, facts.invoices, ids, ["invoice_id", "project_id", "amount_cents", "currency"])
+    projects = _rows(facts.projects, ids, ["project_id", "client_id", "talent_id", "project_success_id", "area"])
+    return dataclasses.replace(facts, frames=frames, projects=projects, milestones=milestones.result(),
+                               invoices=invoices.result())
 
 
 def _rows(table: pd.DataFrame, project_ids: pd.Series, columns: list[str]) -> pd.DataFrame:
@@ -188,37 +198,40 @@ def make_decisions(policies: PolicySet, firings: pd.DataFrame, facts: Facts,
     """Decision rows (without run_id/as_of/state), sorted deterministically.
 
     fired_rows: Evaluation.fired_rows, when the caller has it (a shortcut, same result)."""
-    parts = []
-    context = _fired_context(firings, facts, fired_rows)
-    for policy in policies.policies:
-        fired = firings.loc[firings["policy_id"] == policy.id, "fact_id"]
-        if fired.empty:
-            continue
-        rows = _with_context(policy, _fired_frame(policy, fired, context), context)
-        for order, spec in enumerate(policy.then):
-            part = _expand(policy, spec, rows, context)
-            parts.append(part.assign(_order=order))
-    if not parts:
-        return pd.DataFrame(columns=[c for c in DECISION_COLUMNS if c not in ("run_id", "as_of", "state")])
-    decisions = pd.concat(parts, ignore_index=True)
-    kept = assign_top_shakers(policies, decisions, facts)
-    policy_rank = {p.id: i for i, p in enumerate(policies.policies)}
-    order = _sort_order([decisions["project_id"], decisions["policy_id"].map(policy_rank), decisions["_order"],
+    with ThreadPoolExecutor(2) as threads:
+        # The Top Shakers' pool reads the whole night's users and projects (mostly Arrow and numpy,
+        # which let go of the GIL): it is made on the second core while the decisions are.
+        pool = threads.submit(top_shaker_pool, facts.users, facts.projects,
+                              policies.thresholds["top_shaker_default_max_active_projects"]) \
+            if any(spec.action == "assign_top_shaker" for policy in policies.policies for spec in policy.then) else None
+        parts = []
+        context = _fired_context(policies, firings, facts, fired_rows, threads)
+        for policy in policies.policies:
+            fired = firings.loc[firings["policy_id"] == policy.id, "fact_id"]
+            if fired.empty:
+                continue
+            rows = _with_context(policy, _fired_frame(policy, fired, context), context)
+            for order, spec in enumerate(policy.then):
+                part = _expand(policy, spec, rows, context)
+                parts.append(part.assign(_order=order))
+        if not parts:
+            return pd.DataFrame(columns=[c for c in DECISION_COLUMNS if c not in ("run_id", "as_of", "state")])
+        decisions = pd.concat(parts, ignore_index=True)
+        kept = assign_top_shakers(decisions, context, pool.result) if pool else np.ones(len(decisions), dtype=bool)
+    policy, policy_ids = pd.factorize(decisions["policy_id"])
+    listed = [p.id for p in policies.policies]
+    policy_rank = np.array([listed.index(i) for i in policy_ids], dtype=np.int64)[policy]
+    order = _sort_order([decisions["project_id"], policy_rank, decisions["_order"],
                          decisions["subject_id"], decisions["milestone_id"], decisions["invoice_id"]])
     return decisions.drop(columns=["_order", "_line", "_fallback"]).take(order[kept[order]]).reset_index(drop=True)
 
 
-def _sort_order(keys: list[pd.Series]) -> np.ndarray:
-    """The rows in the order sort_values(keys, kind="stable") gives: one stable lexsort over each
-    key's rank (text ranked by its sorted distinct values; missing last)."""
-    ranks = []
-    for key in keys:
-        if pd.api.types.is_numeric_dtype(key.dtype):
-            ranks.append(key.to_numpy())
-        else:
-            codes, uniques = pd.factorize(key, sort=True)
-            ranks.append(np.where(codes < 0, len(uniques), codes))
-    return np.lexsort(ranks[::-1])
+def _sort_order(keys: list) -> np.ndarray:
+    """The rows in the order sort_values(keys, kind="stable") gives (missing last), the keys being
+    columns (pandas or numpy): one stable sort of an Arrow table of the keys (text compared by its
+    bytes in UTF-8, which orders as Python does)."""
+    table = pa.table({str(i): pa.array(key, from_pandas=True) for i, key in enumerate(keys)})
+    return pc.sort_indices(table, sort_keys=[(str(i), "ascending") for i in range(len(keys))]).to_numpy()  # nulls at the end
 
 
 # --------------------------------------------------------------------------- Top Shakers
@@ -258,7 +271,8 @@ def choose_top_shakers(needs: pd.DataFrame, pool: pd.DataFrame) -> dict[str, str
                 by_area.setdefault(area.strip(), []).append((-rating[user], load[user], user))
     for heap in by_area.values():
         heapq.heapify(heap)
-    for project_id, area, absent in sorted(zip(needs["project_id"], needs["area"], needs["talent_id"]), key=lambda r: str(r[0])):
+    for project_id, area, absent in sorted(zip(needs["project_id"].tolist(), needs["area"].tolist(), needs["talent_id"].tolist()),
+                                           key=lambda r: str(r[0])):
         heap = by_area.get(area, [])
         best, set_aside = None, []
         while heap:
@@ -280,23 +294,27 @@ def choose_top_shakers(needs: pd.DataFrame, pool: pd.DataFrame) -> dict[str, str
     return chosen
 
 
-def assign_top_shakers(policies: PolicySet, decisions: pd.DataFrame, facts: Facts) -> np.ndarray:
+def assign_top_shakers(decisions: pd.DataFrame, context: Facts, pool: Callable[[], pd.DataFrame]) -> np.ndarray:
     """Fill in the chosen Top Shakers (in place). Returns which rows stay: without an eligible
-    Top Shaker the assignment becomes a flag and the reassignments go."""
+    Top Shaker the assignment becomes a flag and the reassignments go.
+
+    context: the fired projects' (_fired_context); pool: gives top_shaker_pool's."""
     needing = decisions["action"] == "assign_top_shaker"
     if not needing.any():
         return np.ones(len(decisions), dtype=bool)
     needs = decisions.loc[needing, ["project_id", "policy_id", "subject_id"]].drop_duplicates(["project_id"])
-    project = positions(needs["project_id"], facts.projects["project_id"])
-    needs = needs.reset_index(drop=True).assign(area=_at(facts.projects["area"], project),
-                                                talent_id=_at(facts.projects["talent_id"], project))
-    pool = top_shaker_pool(facts.users, facts.projects, policies.thresholds["top_shaker_default_max_active_projects"])
-    chosen = choose_top_shakers(needs, pool)
-    takes_top_shaker = pd.Series(is_in(decisions["action"], ["assign_top_shaker", "reassign_milestone"])
-                                 & is_in(decisions["policy_id"], needs["policy_id"]), index=decisions.index)
-    pick = decisions["project_id"].where(takes_top_shaker).map(chosen)
-    decisions.loc[takes_top_shaker, "assignee_id"] = pick[takes_top_shaker].astype(object).fillna("")
-    nobody = takes_top_shaker & pick.isna()
+    project = positions(needs["project_id"], context.projects["project_id"])
+    needs = needs.reset_index(drop=True).assign(area=_at(context.projects["area"], project),
+                                                talent_id=_at(context.projects["talent_id"], project))
+    chosen = choose_top_shakers(needs, pool())
+    takes_top_shaker = is_in(decisions["action"], ["assign_top_shaker", "reassign_milestone"]) \
+        & is_in(decisions["policy_id"], needs["policy_id"])
+    # Each taking row's project among the chosen (None: not among them, or nobody was chosen).
+    at = positions(decisions.loc[takes_top_shaker, "project_id"], pd.Series(list(chosen), dtype=object))
+    pick = np.array([*chosen.values(), None], dtype=object)[at]
+    decisions.loc[takes_top_shaker, "assignee_id"] = np.where(pd.isna(pick), "", pick)
+    nobody = pd.Series(False, index=decisions.index)
+    nobody[takes_top_shaker] = pd.isna(pick)
     # No eligible Top Shaker: the assignment becomes a flag, the reassignments go.
     flag = nobody & (decisions["action"] == "assign_top_shaker")
     decisions.loc[flag, "action"] = "flag_for_review"

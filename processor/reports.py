@@ -24,6 +24,7 @@ import datetime as dt
 import json
 import logging
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -37,7 +38,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescap
 from markupsafe import Markup
 
 from processor import files
-from processor.arrowtext import concat
+from processor.arrowtext import concat, joined_between, joined_bytes, runs
 
 log = logging.getLogger(__name__)
 
@@ -151,8 +152,12 @@ def _words_of(values) -> pa.Array:
 
 def escape(values) -> pa.Array:
     """markupsafe.escape() of every value of a column (what Jinja's autoescape does to one value)."""
+    # Which characters occur anywhere is seen in the column's bytes at once (a byte under 0x80 is
+    # always that character in UTF-8): much cheaper than a search of each value, and a copy.
+    # The entities put in hold none of the characters looked for after them.
+    data = np.frombuffer(joined_bytes(values), dtype=np.uint8)
     for char, entity in (("&", "&amp;"), ("<", "&lt;"), (">", "&gt;"), ('"', "&#34;"), ("'", "&#39;")):
-        if pc.any(pc.match_substring(values, char)).as_py():   # a search is cheaper than a copy
+        if (data == ord(char)).any():
             values = pc.replace_substring(values, char, entity)
     return values
 
@@ -196,12 +201,6 @@ class _Lookup:
         found = pc.if_else(pc.is_null(at), _arg(""), pc.take(self.values, at))
         cuts = np.cumsum([0] + [len(k) for k in keys])
         return [found.slice(start, stop - start) for start, stop in zip(cuts[:-1], cuts[1:])]
-
-
-def _groups_joined(values: pa.Array, starts: np.ndarray) -> pa.Array:
-    """The values of each run (starting at `starts`, the last one running to the end) joined end to end."""
-    offsets = pa.array(np.append(starts, len(values)), pa.int64())
-    return pc.binary_join(pa.LargeListArray.from_arrays(offsets, values), _arg(""))
 
 
 # --------------------------------------------------------------------------- the why
@@ -282,9 +281,9 @@ EVIDENCE_WORDS = ("party", "unanswered", "limits", "user_rejected", "middle", "o
 
 def _evidence_columns(evidence) -> dict[str, pa.Array]:
     """_evidence_words of every row's evidence (parsed once per distinct evidence), as columns `_ev_<word>`."""
-    codes, distinct = pd.factorize(_text(evidence).to_numpy(zero_copy_only=False))
-    words = [_evidence_words(text) for text in distinct]
-    return {f"_ev_{k}": pc.take(pa.array([w[k] for w in words], TEXT), pa.array(codes)) for k in EVIDENCE_WORDS}
+    encoded = pc.dictionary_encode(_text(evidence))
+    words = [_evidence_words(text) for text in encoded.dictionary.to_pylist()]
+    return {f"_ev_{k}": pc.take(pa.array([w[k] for w in words], TEXT), encoded.indices) for k in EVIDENCE_WORDS}
 
 
 def _looked_up(decisions: pd.DataFrame, order: np.ndarray, people: _Lookup, milestone_titles: _Lookup, titles: _Lookup,
@@ -356,37 +355,58 @@ def why(decision: Mapping, people: Mapping[str, str]) -> str:
 
 
 # --------------------------------------------------------------------------- each action, in words
+# What to do, for each action: a sentence made of the columns _actions gives it (c), or the same words for every row.
+_TO_DO: dict[str, Callable[[dict[str, pa.Array]], pa.Array] | str] = {
+    "halt_project": lambda c: _cat("Halt the project", _if(_present(c["reason"]), _cat(" (", c["reason"], ")"))),
+    "request_talent_decision": lambda c: _cat("Ask ", c["subject"], " to wait for the client or close their work"),
+    "release_milestone_payment": lambda c: _cat(
+        "Release ", _or(c["money"], "the held money"), " for ",
+        _if(_present(c["ms_id"]), _cat(c["ms_title"], " (", c["ms_id"], ")"), "the milestone"), " to ", c["payee"]),
+    "close_project": "Close the project",
+    "notify_client": lambda c: _cat("Tell ", c["subject"], " (client) what is happening"),
+    "notify_talent": lambda c: _cat("Tell ", c["subject"], " (talent) what is happening"),
+    "reject_user": lambda c: _cat("Reject ", c["subject"], " from the platform"),
+    "assign_top_shaker": lambda c: _cat("Assign Top Shaker ", c["assignee"], " to take over"),
+    "reassign_milestone": lambda c: _cat(
+        "Move ", _if(_present(c["ms_id"]), _cat(c["ms_title"], " (", c["ms_id"], _if(_present(c["money"]), _cat(", ", c["money"])), ")"),
+                     "the milestone"), " to ", c["assignee"]),
+    "notify_talent_non_payment": lambda c: _cat("Tell ", c["subject"], " that invoice ", c["invoice_id"],
+                                                _if(_present(c["money"]), _cat(" (", c["money"], ")")), " is unpaid: continue or halt"),
+    "resume_project": "Resume the project",
+    "flag_for_review": lambda c: _cat("Review: ", _or(c["reason"], "flagged"),
+                                      _if(_present(c["subject_id"]), _cat(" — ", c["subject"]))),
+}
+
+
 def _actions(rows) -> tuple[pa.Array, pa.Array]:
     """(what to do, the money column) for every decision row (_looked_up); the money column shows what
     the sentence does not say."""
     money = _text(rows["_money"])
-    reason = _words_of(rows["reason"])
-    subject, assignee = _text(rows["_subject_label"]), _text(rows["_assignee_label"])
-    ms_id = _plain(rows["milestone_id"])
-    ms_title = _or(_text(rows["_milestone_title"]), "milestone")
-    text = _choose(_text(rows["action"]), {
-        "halt_project": _cat("Halt the project", _if(_present(reason), _cat(" (", reason, ")"))),
-        "request_talent_decision": _cat("Ask ", subject, " to wait for the client or close their work"),
-        "release_milestone_payment": _cat("Release ", _or(money, "the held money"), " for ",
-                                          _if(_present(ms_id), _cat(ms_title, " (", ms_id, ")"), "the milestone"), " to ",
-                                          rows["_payee_label"]),
-        "close_project": "Close the project",
-        "notify_client": _cat("Tell ", subject, " (client) what is happening"),
-        "notify_talent": _cat("Tell ", subject, " (talent) what is happening"),
-        "reject_user": _cat("Reject ", subject, " from the platform"),
-        "assign_top_shaker": _cat("Assign Top Shaker ", assignee, " to take over"),
-        "reassign_milestone": _cat("Move ", _if(_present(ms_id), _cat(ms_title, " (", ms_id, _if(_present(money), _cat(", ", money)), ")"),
-                                                "the milestone"), " to ", assignee),
-        "notify_talent_non_payment": _cat("Tell ", subject, " that invoice ", _plain(rows["invoice_id"]),
-                                          _if(_present(money), _cat(" (", money, ")")), " is unpaid: continue or halt"),
-        "resume_project": "Resume the project",
-        "flag_for_review": _cat("Review: ", _or(reason, "flagged"),
-                                _if(_present(_plain(rows["subject_id"])), _cat(" — ", subject))),
-    }, _words_of(rows["action"]))
+    columns = {"money": money, "reason": _words_of(rows["reason"]), "subject": _text(rows["_subject_label"]),
+               "assignee": _text(rows["_assignee_label"]), "payee": _text(rows["_payee_label"]),
+               "ms_id": _plain(rows["milestone_id"]), "ms_title": _or(_text(rows["_milestone_title"]), "milestone"),
+               "invoice_id": _plain(rows["invoice_id"]), "subject_id": _plain(rows["subject_id"]), "action": _text(rows["action"])}
+    # Each action's sentences are written for its own rows only, then all rows put back in their order.
+    encoded = pc.dictionary_encode(columns["action"])
+    kind = encoded.indices.to_numpy(zero_copy_only=False)
+    by_kind = np.argsort(kind, kind="stable")
+    bounds = np.searchsorted(kind[by_kind], np.arange(len(encoded.dictionary) + 1))
+    texts = []
+    for k, action in enumerate(encoded.dictionary.to_pylist()):
+        at = pa.array(by_kind[bounds[k]:bounds[k + 1]])
+        to_do = _TO_DO.get(action, lambda c: _words_of(c["action"]))
+        texts.append(pa.repeat(_arg(to_do), len(at)) if isinstance(to_do, str)
+                     else to_do({name: column.take(at) for name, column in columns.items()}))
+    back = np.empty(len(by_kind), dtype=np.int64)
+    back[by_kind] = np.arange(len(by_kind))
+    text = pa.concat_arrays(texts or [pa.array([], TEXT)]).take(pa.array(back))
+    # The money the sentence says already is not shown again.
     string = np.dtypes.StringDType()
-    said = np.strings.find(np.asarray(text.to_numpy(zero_copy_only=False), dtype=string),
-                           np.asarray(money.to_numpy(zero_copy_only=False), dtype=string)) >= 0
-    return text, _if(pa.array(said & _present(money).to_numpy(zero_copy_only=False)), "", money)
+    with_money = np.flatnonzero(_present(money).to_numpy(zero_copy_only=False))
+    said = np.zeros(len(text), dtype=bool)
+    said[with_money] = np.strings.find(np.asarray(text.take(with_money).to_numpy(zero_copy_only=False), dtype=string),
+                                       np.asarray(money.take(with_money).to_numpy(zero_copy_only=False), dtype=string)) >= 0
+    return text, _if(pa.array(said), "", money)
 
 
 # --------------------------------------------------------------------------- per manager
@@ -432,13 +452,14 @@ class ManagerReport:
         """The email's plain-text part, saying what the HTML part says."""
         return next(render_reports([self]))[0]
 
-    def page(self, template: str, written: list[tuple[str, str, int]]) -> str:
-        """The report rendered with `template` around its sections' items (HTML, text, how many were cut)."""
+    def page(self, template: str, items: list, more: list[int]) -> str:
+        """The report rendered with `template` around its sections' items (each the section's items
+        written end to end, HTML already escaped, or a _Slot) and how many each cut."""
         html = template.endswith(".html")
-        sections = [{"key": key, "title": title, "hint": hint, "count": self.counts[key], "more": more,
+        sections = [{"key": key, "title": title, "hint": hint, "count": self.counts[key], "more": cut,
                      # the HTML items were escaped value by value as they were written (_item_html)
-                     "items": Markup(items_html) if html else items_text}
-                    for (key, title, hint), (items_html, items_text, more) in zip(SECTIONS, written)]
+                     "items": Markup(said) if html and isinstance(said, str) else said}
+                    for (key, title, hint), said, cut in zip(SECTIONS, items, more)]
         return environment().get_template(template).render(r=self, sections=sections)
 
 
@@ -471,10 +492,11 @@ BORDER_COLOURS = {"new": "#2563eb", "ongoing": "#9ca3af", "at_risk": "#d97706", 
 FLAGS = ("at_risk", "flagged")   # sections whose items show whether they are new
 
 
-def _item_html(f: dict[str, pa.Array], actions: pa.Array) -> pa.Array:
-    """Each item (one firing: a project, a rule, its actions) as the email's HTML; every value escaped."""
+def _item_html(f: dict[str, pa.Array]) -> tuple[pa.Array, pa.Array]:
+    """Each item (one firing: a project, a rule, its actions) as the email's HTML, what comes before
+    its actions and what comes after them; every value escaped."""
     e = {k: escape(v) for k, v in f.items() if k not in ("section", "flag")}
-    return _cat(
+    head = _cat(
         '    <table role="presentation" class="item" data-project="', e["project_id"], '" width="100%" cellpadding="0" '
         'cellspacing="0" border="0" style="margin:0 0 10px 0;border:1px solid #e5e7eb;border-left:4px solid ',
         _choose(f["section"], BORDER_COLOURS, ""), ';">\n'
@@ -488,8 +510,8 @@ def _item_html(f: dict[str, pa.Array], actions: pa.Array) -> pa.Array:
         '        <div style="font-size:13px;color:#374151;margin-top:3px;">Client: <b>', e["client"],
         '</b> · Talent: <b>', e["talent"], '</b></div>\n'
         '        <table role="presentation" width="100%" cellpadding="0" cellspacing="0" border="0" '
-        'style="margin-top:8px;font-size:13px;">\n',
-        actions,
+        'style="margin-top:8px;font-size:13px;">\n')
+    tail = _cat(
         '        </table>\n',
         _if(_present(f["why"]), _cat('<div class="why" style="font-size:13px;color:#374151;margin-top:8px;background:#f9fafb;'
                                      'padding:6px 8px;"><b>Why:</b> ', e["why"], "</div>")),
@@ -497,6 +519,7 @@ def _item_html(f: dict[str, pa.Array], actions: pa.Array) -> pa.Array:
         _if(_present(f["description"]), _cat(": ", e["description"])), "</div>\n"
         "      </td></tr>\n"
         "    </table>\n")
+    return head, tail
 
 
 def _action_html(text: pa.Array, money: pa.Array) -> pa.Array:
@@ -505,16 +528,79 @@ def _action_html(text: pa.Array, money: pa.Array) -> pa.Array:
                 'font-weight:bold;color:#111827;">', escape(money), "</td>\n          </tr>\n")
 
 
-def _item_text(f: dict[str, pa.Array], actions: pa.Array) -> pa.Array:
-    """Each item as the email's plain text."""
-    return _cat("* ", _or(f["title"], f["project_id"]), " (", f["project_id"], ")", _if(f["flag"], _cat(" [", f["state"], "]")),
-                "\n  Client: ", f["client"], " | Talent: ", f["talent"], "\n", actions,
-                _if(_present(f["why"]), _cat("  Why: ", f["why"], "\n")),
+def _item_text(f: dict[str, pa.Array]) -> tuple[pa.Array, pa.Array]:
+    """Each item as the email's plain text, what comes before its actions and what comes after them."""
+    head = _cat("* ", _or(f["title"], f["project_id"]), " (", f["project_id"], ")", _if(f["flag"], _cat(" [", f["state"], "]")),
+                "\n  Client: ", f["client"], " | Talent: ", f["talent"], "\n")
+    tail = _cat(_if(_present(f["why"]), _cat("  Why: ", f["why"], "\n")),
                 "  Rule ", f["policy_id"], _if(_present(f["description"]), _cat(": ", f["description"])), "\n\n")
+    return head, tail
 
 
 def _action_text(text: pa.Array, money: pa.Array) -> pa.Array:
     return _cat("  - ", text, _if(_present(money), _cat("  [", money, "]")), "\n")
+
+
+def _mentioned(frame: pd.DataFrame, key: str, among: pa.Array, *columns: str) -> list[pa.Array]:
+    """The key and the columns, as text, of the frame's rows whose key is among `among`."""
+    keep = pc.fill_null(pc.is_in(_text(frame[key]), value_set=among), False)
+    return [_text(pa.array(frame[c], from_pandas=True).filter(keep)) for c in (key, *columns)]  # the few rows kept, made text
+
+
+def _projects_and_people(keys: dict[str, pa.Array], projects: pd.DataFrame, users: pd.DataFrame) -> dict[str, _Lookup]:
+    """Lookups of what the decisions' projects are called and who their client and talent are, and
+    of the names and emails of the people the decisions and those projects name."""
+    project_id, title, client_id, talent_id = _mentioned(projects, "project_id", keys["project_id"], "title", "client_id",
+                                                         "talent_id")
+    named = pa.concat_arrays([keys[c] for c in ("subject_id", "assignee_id", "project_success_id")] + [client_id, talent_id])
+    user_id, name, email = _mentioned(users, "user_id", named, "name", "email")
+    user_id = _plain(user_id)
+    return {"titles": _Lookup(_plain(project_id), _plain(title)), "clients": _Lookup(project_id, client_id),
+            "talents": _Lookup(project_id, talent_id), "people": _Lookup(user_id, _or(_plain(name), user_id)),
+            "emails": _Lookup(user_id, _plain(email))}
+
+
+def _milestone_titles(keys: dict[str, pa.Array], milestones: pd.DataFrame) -> _Lookup:
+    milestone_id, title = _mentioned(milestones, "milestone_id", keys["milestone_id"], "title")
+    return _Lookup(_plain(milestone_id), _plain(title))
+
+
+def _report_order(decisions: pd.DataFrame):
+    """The rows in report order: by manager, section, then item (a firing, in the order the night
+    first found it), its actions in decision order; each row's section (its rank in SECTIONS) and
+    firing; per manager the rows in each section, the new ones, and the projects named.
+    A state no section shows counts, and is not shown."""
+    flagged = (decisions["action"] == "flag_for_review").to_numpy(dtype=bool, na_value=False)
+    at_risk = flagged & (decisions["reason"] == AT_RISK_REASON).to_numpy(dtype=bool, na_value=False)
+    # Each row's section: resolved, at risk, flagged, else the one its state names; ranked by its
+    # place in SECTIONS, a state no section shows (or none) after them.
+    states = pc.dictionary_encode(_arg(pa.array(decisions["state"], from_pandas=True)), null_encoding="encode")
+    state, names = states.indices.to_numpy(zero_copy_only=False).astype(np.int64), states.dictionary.to_pylist()
+    section_of = np.array([SECTION_KEYS.index(n) if n in SECTION_KEYS else len(SECTION_KEYS) for n in names], dtype=np.int64)
+
+    def stated(name):
+        return state == (names.index(name) if name in names else -1)
+
+    rank = np.select([stated("resolved"), at_risk, flagged], [SECTION_KEYS.index(k) for k in ("resolved", "at_risk", "flagged")],
+                     section_of[state])
+    manager, managers = pd.factorize(decisions["project_success_id"], sort=True)
+    # A firing is told apart by its section, and by its state where no section shows it.
+    section = np.where(rank < len(SECTION_KEYS), rank, len(SECTION_KEYS) + state)
+    firing = _first_seen(pa.array(manager), pa.array(section), *(pa.array(decisions[c], from_pandas=True)
+                                                                 for c in ("project_id", "policy_id", "evidence")))
+    order = np.lexsort((firing, rank, manager))
+    width = len(SECTION_KEYS) + 1
+    per_section = np.bincount(manager * width + rank, minlength=len(managers) * width).reshape(len(managers), width)
+    new_total = np.bincount(manager, weights=stated("new"), minlength=len(managers))
+    # Each manager's projects, by id: the distinct (manager, project) pairs in order.
+    projects = pc.dictionary_encode(_plain(decisions["project_id"]))
+    alphabetical = pc.array_sort_indices(projects.dictionary).to_numpy().astype(np.int64)
+    place = np.empty_like(alphabetical)
+    place[alphabetical] = np.arange(len(alphabetical))
+    pairs = np.unique(manager * len(place) + place[projects.indices.to_numpy(zero_copy_only=False)])
+    cuts = np.searchsorted(pairs // len(place), np.arange(len(managers) + 1))
+    listed = projects.dictionary.take(pa.array(alphabetical[pairs % len(place)])).to_pylist()
+    return order, rank, firing, per_section, new_total, manager, managers, listed, cuts
 
 
 def build_reports(decisions: pd.DataFrame, projects: pd.DataFrame, milestones: pd.DataFrame, users: pd.DataFrame,
@@ -528,46 +614,20 @@ def build_reports(decisions: pd.DataFrame, projects: pd.DataFrame, milestones: p
     decisions = decisions[decisions["project_success_id"].notna()]
     if decisions.empty:
         return []
-    # Only the rows the decisions mention reach a report: look up those, not the whole night's tables.
-    def mentioned(frame, key, among, *columns):
-        keep = pc.fill_null(pc.is_in(_text(frame[key]), value_set=among), False)
-        return [_text(frame[c]).filter(keep) for c in (key, *columns)]
-
-    project_id, title, client_id, talent_id = mentioned(projects, "project_id", _text(decisions["project_id"]), "title",
-                                                        "client_id", "talent_id")
-    milestone_id, milestone_title = mentioned(milestones, "milestone_id", _text(decisions["milestone_id"]), "title")
-    named = pa.concat_arrays([_text(decisions[c]) for c in ("subject_id", "assignee_id", "project_success_id")]
-                             + [client_id, talent_id])
-    user_id, name, email = mentioned(users, "user_id", named, "name", "email")
-    user_id = _plain(user_id)
-    people = _Lookup(user_id, _or(_plain(name), user_id))
-
-    # Rows in report order: by manager, section, then item (a firing, in the order the night first
-    # found it), its actions in decision order. A state no section shows counts, and is not shown.
-    flagged = (decisions["action"] == "flag_for_review").to_numpy(dtype=bool, na_value=False)
-    at_risk = flagged & (decisions["reason"] == AT_RISK_REASON).to_numpy(dtype=bool, na_value=False)
-    state = decisions["state"].astype(object).to_numpy()
-    section = np.select([state == "resolved", at_risk, flagged], ["resolved", "at_risk", "flagged"], state).astype(object)
-    manager, managers = pd.factorize(decisions["project_success_id"], sort=True)
-    rank = pd.Series(section).map({k: i for i, k in enumerate(SECTION_KEYS)}).fillna(len(SECTION_KEYS)).to_numpy(int)
-    firing = _first_seen(pa.array(manager), pa.array(section), *(pa.array(decisions[c], from_pandas=True)
-                                                                 for c in ("project_id", "policy_id", "evidence")))
-    order = np.lexsort((firing, rank, manager))
-    width = len(SECTION_KEYS) + 1
-    per_section = np.bincount(manager * width + rank, minlength=len(managers) * width).reshape(len(managers), width)
-    new_total = np.bincount(manager, weights=(state == "new"), minlength=len(managers))
-    pairs = pd.DataFrame({"m": manager, "p": _plain(decisions["project_id"]).to_numpy(zero_copy_only=False)}
-                         ).drop_duplicates().sort_values(["m", "p"])
-    cuts, listed = np.searchsorted(pairs["m"].to_numpy(), np.arange(len(managers) + 1)), pairs["p"].tolist()
-
-    shown = order[rank[order] < len(SECTION_KEYS)]
-    night = _Night(decisions, shown, rank[shown], firing[shown], people,
-                   milestone_titles=_Lookup(_plain(milestone_id), _plain(milestone_title)),
-                   titles=_Lookup(_plain(project_id), _plain(title)),
-                   clients=_Lookup(project_id, client_id), talents=_Lookup(project_id, talent_id), descriptions=descriptions)
+    # Only the rows the decisions mention reach a report: those are looked up (by Arrow's kernels,
+    # which let go of the GIL) on other threads while the rows are put in report order here.
+    keys = {c: _text(decisions[c]) for c in ("project_id", "milestone_id", "subject_id", "assignee_id", "project_success_id")}
+    with ThreadPoolExecutor(2) as threads:
+        looking_up = threads.submit(_projects_and_people, keys, projects, users)
+        milestone_titles = threads.submit(_milestone_titles, keys, milestones)
+        order, rank, firing, per_section, new_total, manager, managers, listed, cuts = _report_order(decisions)
+        lookups = looking_up.result()
+        shown = order[rank[order] < len(SECTION_KEYS)]
+        night = _Night(decisions, shown, rank[shown], firing[shown], lookups["people"], milestone_titles.result(),
+                       lookups["titles"], lookups["clients"], lookups["talents"], descriptions=descriptions)
     bounds = np.searchsorted(manager[shown], np.arange(len(managers) + 1))
     ids = _plain(pa.array(managers, from_pandas=True))
-    (names,), (emails,) = people.get(ids), _Lookup(user_id, _plain(email)).get(ids)
+    (names,), (emails,) = lookups["people"].get(ids), lookups["emails"].get(ids)
     names, emails = _or(names, ids).to_pylist(), emails.to_pylist()
     resolved = SECTION_KEYS.index("resolved")
     reports = []
@@ -609,16 +669,34 @@ def render_reports(reports: list[ManagerReport]) -> Iterator[tuple[str, str]]:
         a, b = cuts[start], cuts[stop]
         written = _write_items(rows.slice(a, b - a), night.rank[at[a:b]], night.firing[at[a:b]], sizes[start:stop],
                                night.descriptions)
-        for report, sections in zip(reports[start:stop], written):
-            yield report.page("report.txt", sections), report.page("report.html", sections)
+        batch = reports[start:stop]
+        yield from zip(_pages(batch, "report.txt", written.text, written), _pages(batch, "report.html", written.html, written))
+
+
+@dataclass
+class _Written:
+    """A batch of reports' items as pieces of text: each item is its head, its actions, its tail
+    (`html` and `text` hold the same pieces, in three columns: the heads of all items, their tails,
+    all actions; a piece's position is counted across the three). Section s of the batch (report b,
+    section r: s = b * len(SECTIONS) + r) shows the pieces order[bounds[s]:bounds[s + 1]] end to
+    end, and cut `more[s]` items."""
+
+    html: list[pa.Array]
+    text: list[pa.Array]
+    order: np.ndarray
+    bounds: np.ndarray
+    more: np.ndarray
 
 
 def _write_items(rows: pa.Table, rank: np.ndarray, firing: np.ndarray, sizes: list[int],
-                 descriptions: Mapping[str, str]) -> list[list[tuple[str, str, int]]]:
-    """For consecutive reports of `sizes` rows each: their sections' items, written end to end as HTML
-    and as text, and how many were cut (a section shows its first MAX_ITEMS_PER_SECTION items)."""
+                 descriptions: Mapping[str, str]) -> _Written:
+    """The items of the sections of consecutive reports of `sizes` rows each (a section shows its
+    first MAX_ITEMS_PER_SECTION items)."""
+    width = len(SECTION_KEYS)
+    slots = len(sizes) * width
     if not len(rows):
-        return [[("", "", 0)] * len(SECTION_KEYS) for _size in sizes]
+        return _Written([], [], np.zeros(0, dtype=np.int64),
+                        np.zeros(slots + 1, dtype=np.int64), np.zeros(slots, dtype=np.int64))
     owner = np.repeat(np.arange(len(sizes)), sizes)
     section = np.array(SECTION_KEYS, dtype=object)[rank]
     texts, money = _actions(rows)
@@ -641,22 +719,69 @@ def _write_items(rows: pa.Table, rank: np.ndarray, firing: np.ndarray, sizes: li
             "title": first["_title"], "client": _or(first["_client_name"], clients), "talent": _or(first["_talent_name"], talents),
             "policy_id": _plain(first["policy_id"]), "state": _plain(first["state"]), "why": _whys(first),
             "description": _per_distinct(lambda pid: plain(descriptions.get(pid, "")), first["policy_id"])}
-    item_html = _item_html(item, _groups_joined(_action_html(texts, money), starts))
-    item_text = _item_text(item, _groups_joined(_action_text(texts, money), starts))
+    html = [*_item_html(item), _action_html(texts, money)]
+    text = [*_item_text(item), _action_text(texts, money)]
 
-    # Each section's first MAX_ITEMS_PER_SECTION items, end to end.
+    # Each section's first MAX_ITEMS_PER_SECTION items; each item's pieces: its head, its actions, its tail.
+    items, actions = len(starts), np.diff(np.append(starts, len(rows)))
+    slot = owner[starts] * width + rank[starts]     # items are in order of their section
+    per_slot = np.bincount(slot, minlength=slots)
+    kept = np.flatnonzero(np.arange(items) - np.searchsorted(slot, slot) < MAX_ITEMS_PER_SECTION)
+    pieces = actions[kept] + 2
+    within = runs(np.zeros(len(kept), dtype=np.int64), pieces)      # 0: head, then the actions, last: the tail
+    item = np.repeat(kept, pieces)
+    order = np.where(within == 0, item,
+                     np.where(within == np.repeat(pieces - 1, pieces), items + item, 2 * items + starts[item] + within - 1))
+    bounds = np.r_[0, np.cumsum(np.bincount(slot[kept], weights=pieces, minlength=slots))].astype(np.int64)
+    return _Written(html, text, order, bounds, np.maximum(per_slot - MAX_ITEMS_PER_SECTION, 0))
+
+
+class _Slot:
+    """Where a section's items go in a page rendered before them (ManagerReport.page): true when
+    there are any, written as MARK."""
+
+    MARK = "\x00items\x00"
+
+    def __init__(self, any_items: bool):
+        self.any_items = any_items
+
+    def __bool__(self) -> bool:
+        return self.any_items
+
+    def __str__(self) -> str:
+        return self.MARK
+
+    __html__ = __str__
+
+
+def _pages(reports: list[ManagerReport], template: str, pieces: list[pa.Array], written: _Written) -> list[str]:
+    """The reports rendered with `template`: each page is rendered by Jinja around slots for its
+    sections' items, then the page's parts and the items' pieces are put end to end, all pages
+    in one take; the text of each page is decoded into Python once."""
     width = len(SECTION_KEYS)
-    group = owner[starts] * width + rank[starts]
-    group_starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]])
-    sizes = np.diff(np.append(group_starts, len(group)))
-    groups = group[group_starts].tolist()
-    if sizes.max(initial=0) > MAX_ITEMS_PER_SECTION:
-        kept = np.flatnonzero(np.arange(len(group)) - np.repeat(group_starts, sizes) < MAX_ITEMS_PER_SECTION)
-        item_html, item_text, group_starts = item_html.take(kept), item_text.take(kept), np.searchsorted(kept, group_starts)
-    written = dict(zip(groups, zip(_groups_joined(item_html, group_starts).to_pylist(),
-                                   _groups_joined(item_text, group_starts).to_pylist(),
-                                   np.maximum(sizes - MAX_ITEMS_PER_SECTION, 0).tolist())))
-    return [[written.get(b * width + r, ("", "", 0)) for r in range(width)] for b in range(len(sizes))]
+    bounds, more = written.bounds, written.more.tolist()
+    parts: list[str] = []
+    lengths = np.diff(bounds).reshape(len(reports), width)
+    for b, report in enumerate(reports):
+        page = report.page(template, [_Slot(n > 0) for n in lengths[b].tolist()], more[b * width:(b + 1) * width])
+        split = page.split(_Slot.MARK)
+        if len(split) != width + 1:
+            # The report's own words hold the mark (a name, say): rendered around the items themselves.
+            together = pa.concat_arrays([pa.array([], TEXT), *pieces])
+            items = [together.take(written.order[bounds[s]:bounds[s + 1]]) for s in range(b * width, (b + 1) * width)]
+            split = [report.page(template, ["".join(i.to_pylist()) for i in items], more[b * width:(b + 1) * width])]
+            split += [""] * width
+            lengths[b] = 0
+        parts += split
+    # Per page: part 0, section 0's pieces, part 1, ..., part `width` (positions in parts + pieces, via `order`).
+    every = np.concatenate([np.arange(len(parts)), len(parts) + written.order])
+    starts = np.empty((len(reports), 2 * width + 1), dtype=np.int64)
+    sizes = np.ones_like(starts)
+    starts[:, 0::2] = np.arange(len(parts)).reshape(len(reports), width + 1)
+    starts[:, 1::2] = len(parts) + bounds[:-1].reshape(len(reports), width)
+    sizes[:, 1::2] = lengths
+    text = pa.concat_arrays([pa.array(parts, TEXT), *pieces]).take(pa.array(every[runs(starts.ravel(), sizes.ravel())]))
+    return joined_between(text, np.r_[0, np.cumsum(sizes.sum(axis=1))]).to_pylist()
 
 
 # --------------------------------------------------------------------------- the overview page
