@@ -21,6 +21,7 @@ rules, markupsafe's), and reaches mail headers only through processor.mail.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import logging
 import re
@@ -651,8 +652,9 @@ def build_reports(decisions: pd.DataFrame, projects: pd.DataFrame, milestones: p
 REPORTS_PER_BATCH = 1000
 
 
-def render_reports(reports: list[ManagerReport]) -> Iterator[tuple[str, str]]:
-    """(text, HTML) of each report of one night, in order.
+def render_reports(reports: list[ManagerReport], encoded: bool = False) -> Iterator[tuple[str, str] | tuple[bytes, bytes]]:
+    """(text, HTML) of each report of one night, in order; `encoded`: as UTF-8 bytes (what the outbox
+    writers take: the pages are assembled in Arrow as UTF-8, so they are never decoded into Python).
 
     What is said of their rows is looked up once per call (in each outbox writer: both cores share
     the work), the items are written a batch of reports at a time."""
@@ -670,7 +672,8 @@ def render_reports(reports: list[ManagerReport]) -> Iterator[tuple[str, str]]:
         written = _write_items(rows.slice(a, b - a), night.rank[at[a:b]], night.firing[at[a:b]], sizes[start:stop],
                                night.descriptions)
         batch = reports[start:stop]
-        yield from zip(_pages(batch, "report.txt", written.text, written), _pages(batch, "report.html", written.html, written))
+        yield from zip(_pages(batch, "report.txt", written.text, written, encoded),
+                       _pages(batch, "report.html", written.html, written, encoded))
 
 
 @dataclass
@@ -754,10 +757,11 @@ class _Slot:
     __html__ = __str__
 
 
-def _pages(reports: list[ManagerReport], template: str, pieces: list[pa.Array], written: _Written) -> list[str]:
+def _pages(reports: list[ManagerReport], template: str, pieces: list[pa.Array], written: _Written,
+           encoded: bool = False) -> list[str] | list[bytes]:
     """The reports rendered with `template`: each page is rendered by Jinja around slots for its
     sections' items, then the page's parts and the items' pieces are put end to end, all pages
-    in one take; the text of each page is decoded into Python once."""
+    in one take; the text of each page is decoded into Python once (or, `encoded`, taken as bytes)."""
     width = len(SECTION_KEYS)
     bounds, more = written.bounds, written.more.tolist()
     parts: list[str] = []
@@ -781,7 +785,8 @@ def _pages(reports: list[ManagerReport], template: str, pieces: list[pa.Array], 
     starts[:, 1::2] = len(parts) + bounds[:-1].reshape(len(reports), width)
     sizes[:, 1::2] = lengths
     text = pa.concat_arrays([pa.array(parts, TEXT), *pieces]).take(pa.array(every[runs(starts.ravel(), sizes.ravel())]))
-    return joined_between(text, np.r_[0, np.cumsum(sizes.sum(axis=1))]).to_pylist()
+    pages = joined_between(text, np.r_[0, np.cumsum(sizes.sum(axis=1))])
+    return (pages.cast(pa.large_binary()) if encoded else pages).to_pylist()
 
 
 # --------------------------------------------------------------------------- the overview page
@@ -856,7 +861,8 @@ def publish_night(out: Path, as_of: dt.date, run_id: str, decisions: pd.DataFram
     reports = build_reports(reported, facts.projects, facts.milestones, facts.users, as_of, run_id, descriptions)
     if ready is not None:
         ready()
-    outcome = mail.publish(out / "outbox", reports, ledger, env=env, progress=say, render=render_reports,
+    outcome = mail.publish(out / "outbox", reports, ledger, env=env, progress=say,
+                           render=functools.partial(render_reports, encoded=True),
                            meanwhile=meanwhile)
     summary["reports"] = {**outcome.summary, "overview": "report.html", "outbox": "outbox",
                           "ledger": str(Path(ledger.path).resolve())}

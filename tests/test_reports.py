@@ -271,6 +271,7 @@ def test_reports_written_a_batch_at_a_time_say_what_each_says_alone(tmp_path, mo
     together = list(reports.render_reports(built))
     monkeypatch.setattr(reports, "REPORTS_PER_BATCH", 1)
     assert list(reports.render_reports(built)) == together == [(r.text, r.html) for r in built]
+    assert list(reports.render_reports(built, encoded=True)) == [(t.encode(), h.encode()) for t, h in together]
     assert all("Shop redesign" in html for _text, html in together[:1])
     # A page whose own words hold the mark its items' places are found by is rendered around the items themselves.
     monkeypatch.setattr(reports._Slot, "MARK", "Project Success")
