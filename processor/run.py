@@ -121,9 +121,9 @@ def run_night(export_dir: str | Path, *, policies_path: str | Path = "policies.y
         summary = make_summary(run_id, as_of, export, policies, decisions, ev, timings, out)
         summary["decisions"]["resolved"] = int(len(resolved))
         summary["outputs"]["resolved_csv"] = "resolved.csv"
-        # decisions.csv and decisions.jsonl are written on a second thread while the reports are
-        # built (Arrow's kernels and the writes release the GIL); the rest of the files and the
-        # ledger record are written while the report writers work (they run in other processes).
+        # decisions.csv is written on a second thread while the reports are built (Arrow's kernels
+        # and the writes release the GIL); the other files and the ledger record are written while
+        # the report writers work (they run in other processes).
         # The writers fork only once that thread is done, and the ledger learns of the night
         # only after its files are written; if the reports fail, all of it is written all the same.
         decisions_files = _Background(functools.partial(_write_decisions, out, decisions, timings))
@@ -174,13 +174,11 @@ class _Background:
             self._pool.shutdown()
 
 
-def _write_decisions(out: Path, decisions: pd.DataFrame, timings: dict):
-    """decisions.csv and decisions.jsonl; the JSON lines (the ledger keeps each decision as its line)."""
+def _write_decisions(out: Path, decisions: pd.DataFrame, timings: dict) -> None:
+    """decisions.csv (about as long to write as the reports take to build, so nobody waits)."""
     t = time.perf_counter()
     files.write_csv(out / "decisions.csv", decisions)
-    lines = files.write_jsonl(out / "decisions.jsonl", decisions, json_columns=("evidence",))
     timings["write"] = time.perf_counter() - t
-    return lines
 
 
 def _write_and_record(out: Path, ledger: Ledger, as_of: dt.date, run_id: str, policies_sha: str,
@@ -188,8 +186,10 @@ def _write_and_record(out: Path, ledger: Ledger, as_of: dt.date, run_id: str, po
                       timings: dict, say: Callable[[str], None], decisions_files: _Background) -> None:
     """The night's other files, then its record in the ledger: the ledger learns of the night last,
     so a run killed before that left no trace there."""
-    lines = decisions_files.result()
+    decisions_files.result()
     t = time.perf_counter()
+    # The ledger keeps each decision as its decisions.jsonl line.
+    lines = files.write_jsonl(out / "decisions.jsonl", decisions, json_columns=("evidence",))
     files.write_csv(out / "rejects.csv", rejects)
     files.write_csv(out / "resolved.csv", resolved)
     files.write_json(out / "summary.json", summary)
