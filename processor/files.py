@@ -159,6 +159,9 @@ def json_lines(frame: pd.DataFrame, json_columns: tuple[str, ...] = ()) -> pa.Ar
             empty = pc.fill_null(pc.equal(values, ""), True)
             parts += [key, pc.if_else(empty, pa.scalar("null", values.type), values)]
             continue
+        if not values.null_count and arrowtext.plain(values):  # ids, dates, enumerations: as they are
+            parts += [key + '"', values, '"']
+            continue
         ascii = pc.string_is_ascii(values)
         control = pc.match_substring_regex(values, _JSON_CONTROL)
         if values.null_count or not pc.all(ascii).as_py() or pc.any(control).as_py():

@@ -6,10 +6,12 @@ import csv
 import json
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from processor import files
+from processor import arrowtext, files
 from processor.decide import KEY_COLUMNS
 from processor.ledger import decision_keys
 
@@ -56,12 +58,28 @@ def test_ledger_keys_built_column_wise_are_the_joined_key_columns():
 _text = st.text(alphabet=st.sampled_from(list('aZ09 ,"\\/\n\r\t{}:é€😀\x00\x7f')) | st.characters(exclude_categories=("Cs",)), max_size=12)
 
 
+# Ids, dates and enumerations: text neither CSV nor JSON has to quote or escape (the writers' fast path).
+_plain_text = st.text(alphabet=st.sampled_from(list("aZ09 -_.:|~!#/")), max_size=6)
+
+
+@st.composite
+def _column(draw, rows: int) -> list:
+    """A column of text, plain or not, with or without nulls; often a few values repeated (the
+    writers then work on the distinct values)."""
+    values = (_plain_text | _text) if draw(st.booleans()) else _plain_text
+    if draw(st.booleans()):
+        values = values | st.none()
+    if draw(st.booleans()):
+        return draw(st.lists(st.sampled_from(draw(st.lists(values, min_size=1, max_size=3))), min_size=rows, max_size=rows))
+    return draw(st.lists(values, min_size=rows, max_size=rows))
+
+
 @st.composite
 def text_frames(draw):
     names = draw(st.lists(st.sampled_from(["id", "reason", "a,b", 'say "x"', "evidence", "ñ"]), min_size=2, max_size=5,
                           unique=True))
     rows = draw(st.integers(1, 8))
-    data = {n: draw(st.lists(_text | st.none(), min_size=rows, max_size=rows)) for n in names}
+    data = {n: draw(_column(rows)) for n in names}
     frame = pd.DataFrame(data)
     return frame.astype("str") if draw(st.booleans()) else frame.astype(object)
 
@@ -89,6 +107,22 @@ def test_json_lines_built_column_wise_are_what_pandas_encodes(frame):
     assert [json.loads(line) for line in got] == [
         {c: (json.loads(v) if v else None) if c in json_columns else (v if isinstance(v, str) else None)
          for c, v in row.items()} for row in frame.astype(object).to_dict("records")]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_plain_text | _text, max_size=6))
+def test_a_column_is_plain_when_no_value_holds_what_csv_quotes_or_json_escapes(values):
+    printable = {chr(c) for c in range(0x20, 0x7f)} - set('",\\')
+    assert arrowtext.plain(pa.array(values, pa.large_string())) == all(set(v) <= printable for v in values)
+    assert arrowtext.plain(pa.array(values, pa.large_string()).slice(1)) == all(set(v) <= printable for v in values[1:])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_text | st.none(), min_size=1, max_size=3).flatmap(lambda pool: st.lists(st.sampled_from(pool), max_size=12)))
+def test_a_function_worked_out_on_the_distinct_values_gives_what_it_gives_on_all(values):
+    values = pa.array(values, pa.large_string())
+    for function in (pc.utf8_upper, lambda v: pc.replace_substring(v, '"', '""')):
+        assert arrowtext.per_distinct(function, values).equals(function(values))
 
 
 def test_a_frame_with_numbers_and_dates_is_written_by_pandas_as_before(tmp_path):
