@@ -137,16 +137,18 @@ class Ledger:
         `details`: the decisions' lines of decisions.jsonl, when the caller has made them already;
         the ledger keeps each decision as that JSON object (its evidence embedded, not re-escaped)."""
         night = as_of.isoformat()
-        batches = []   # rows made as SQLite takes them (no list of a night's tuples in between)
+        # Rows made as SQLite takes them (no list of a night's tuples in between), from columns of
+        # Python strings: NumPy arrays of objects, which Arrow and pandas make faster than lists.
+        batches = []
         for frame, lines in ((decisions, details), (resolved, None)):
             if frame is None or frame.empty:
                 continue
-            keys = decision_keys(frame).tolist()
+            keys = decision_keys(frame).to_numpy()
             if lines is None:
                 lines = files.json_lines(frame[DETAIL_COLUMNS], json_columns=("evidence",))
-            details = lines.to_pylist() if lines is not None else \
+            details = lines.to_numpy(zero_copy_only=False) if lines is not None else \
                 frame[DETAIL_COLUMNS].to_json(orient="records", lines=True).splitlines()
-            batches.append(zip(itertools.repeat(night), keys, *(frame[c].tolist() for c in
+            batches.append(zip(itertools.repeat(night), keys, *(frame[c].to_numpy() for c in
                                ("policy_id", "action", "project_id", "subject_id", "state")), details))
         rows = itertools.chain.from_iterable(batches)
         cur = self.db.cursor()
