@@ -115,6 +115,8 @@ def test_a_column_is_plain_when_no_value_holds_what_csv_quotes_or_json_escapes(v
     printable = {chr(c) for c in range(0x20, 0x7f)} - set('",\\')
     assert arrowtext.plain(pa.array(values, pa.large_string())) == all(set(v) <= printable for v in values)
     assert arrowtext.plain(pa.array(values, pa.large_string()).slice(1)) == all(set(v) <= printable for v in values[1:])
+    # What is not plain may come only after many bytes that are.
+    assert arrowtext.plain(pa.array(["P0000001"] * 1000 + values, pa.large_string())) == all(set(v) <= printable for v in values)
 
 
 @settings(max_examples=200, deadline=None)
