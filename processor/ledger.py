@@ -137,8 +137,9 @@ class Ledger:
         `details`: the decisions' lines of decisions.jsonl, when the caller has made them already;
         the ledger keeps each decision as that JSON object (its evidence embedded, not re-escaped)."""
         night = as_of.isoformat()
-        # Rows made as SQLite takes them (no list of a night's tuples in between), from columns of
-        # Python strings: NumPy arrays of objects, which Arrow and pandas make faster than lists.
+        # Rows made as SQLite takes them (no list of a night's tuples in between). The keys and details,
+        # text made by Arrow, come as NumPy arrays of Python strings, which Arrow makes faster than lists;
+        # the frame's columns as lists (tolist gives Python ints, floats: what SQLite can bind, whatever their type).
         batches = []
         for frame, lines in ((decisions, details), (resolved, None)):
             if frame is None or frame.empty:
@@ -148,7 +149,7 @@ class Ledger:
                 lines = files.json_lines(frame[DETAIL_COLUMNS], json_columns=("evidence",))
             details = lines.to_numpy(zero_copy_only=False) if lines is not None else \
                 frame[DETAIL_COLUMNS].to_json(orient="records", lines=True).splitlines()
-            batches.append(zip(itertools.repeat(night), keys, *(frame[c].to_numpy() for c in
+            batches.append(zip(itertools.repeat(night), keys, *(frame[c].tolist() for c in
                                ("policy_id", "action", "project_id", "subject_id", "state")), details))
         rows = itertools.chain.from_iterable(batches)
         cur = self.db.cursor()
