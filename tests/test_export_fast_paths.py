@@ -170,20 +170,32 @@ def test_ids_in_increasing_order_are_their_own_first_rows():
 _IDS = st.text(alphabet="AB0\x00", min_size=2, max_size=2)  # ids of one width, NUL included
 
 
+_REFS = st.lists(st.one_of(_IDS, st.text(alphabet="Aé", min_size=1, max_size=3)), max_size=10)
+
+
 @settings(max_examples=200, deadline=None)
-@given(
-    st.sets(_IDS, max_size=8),
-    st.lists(st.one_of(_IDS, st.text(alphabet="Aé", min_size=1, max_size=3)), max_size=10),
-    st.booleans(),
-)
-def test_references_in_order_are_found_as_the_hash_lookup_finds_them(ids, refs, in_order):
+@given(st.sets(_IDS, max_size=8), st.lists(st.tuples(_REFS, st.booleans()), max_size=3))
+def test_references_in_order_are_found_as_the_hash_lookup_finds_them(ids, columns):
+    """Each column (in order or not, looked up with the others) is found as a hash lookup of it alone finds it."""
     kept = pa.chunked_array([pa.array(sorted(ids, key=str.encode), pa.large_string())])
-    if in_order:
-        refs = sorted(refs, key=str.encode)
-    wanted = pa.chunked_array([pa.array(refs, pa.large_string())])
+    wanted = [
+        pa.chunked_array([pa.array(sorted(refs, key=str.encode) if in_order else refs, pa.large_string())])
+        for refs, in_order in columns
+    ]
     target = export._CheckedTable(
         frame=pd.DataFrame(), rejects=pd.DataFrame(), rejected=np.zeros(0, bool), id_values=kept,
         id_first_row=np.arange(len(kept)), kept_ids=kept, kept_ids_increasing=True, kept_roles=None,
     )
     got = export._kept_positions(wanted, target)
-    assert got.to_pylist() == pc.index_in(wanted, value_set=kept).to_pylist()
+    assert [g.to_pylist() for g in got] == [pc.index_in(w, value_set=kept).to_pylist() for w in wanted]
+
+
+def test_references_in_order_split_in_chunks_are_found():
+    kept = pa.chunked_array([pa.array(["U1", "U2"], pa.large_string()), pa.array([], pa.large_string()),
+                             pa.array(["U4"], pa.large_string())])
+    refs = pa.chunked_array([pa.array(["U1", "U1"], pa.large_string()), pa.array(["U3", "U4"], pa.large_string())])
+    target = export._CheckedTable(
+        frame=pd.DataFrame(), rejects=pd.DataFrame(), rejected=np.zeros(0, bool), id_values=kept,
+        id_first_row=np.arange(len(kept)), kept_ids=kept, kept_ids_increasing=True, kept_roles=None,
+    )
+    assert export._positions_in_order(refs, target).to_pylist() == [0, 0, None, 2]
