@@ -174,14 +174,20 @@ _REFS = st.lists(st.one_of(_IDS, st.text(alphabet="Aé", min_size=1, max_size=3)
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.sets(_IDS, max_size=8), st.lists(st.tuples(_REFS, st.booleans()), max_size=3))
-def test_references_in_order_are_found_as_the_hash_lookup_finds_them(ids, columns):
-    """Each column (in order or not, looked up with the others) is found as a hash lookup of it alone finds it."""
+@given(
+    st.sets(_IDS, max_size=8),
+    st.lists(st.tuples(_REFS, st.sampled_from(["in order", "any order", "with an empty one"])), max_size=3),
+)
+def test_references_are_found_as_a_hash_lookup_of_their_text_finds_them(ids, columns):
+    """Each column (in order or not, looked up with the others, by binary search, by the integer
+    its bytes spell or by its text) is found as Arrow's hash lookup of its text alone finds it."""
     kept = pa.chunked_array([pa.array(sorted(ids, key=str.encode), pa.large_string())])
-    wanted = [
-        pa.chunked_array([pa.array(sorted(refs, key=str.encode) if in_order else refs, pa.large_string())])
-        for refs, in_order in columns
-    ]
+    shaped = {
+        "in order": lambda refs: sorted(refs, key=str.encode),
+        "any order": lambda refs: refs,
+        "with an empty one": lambda refs: [*refs, None],
+    }
+    wanted = [pa.chunked_array([pa.array(shaped[shape](refs), pa.large_string())]) for refs, shape in columns]
     target = export._CheckedTable(
         frame=pd.DataFrame(), rejects=pd.DataFrame(), rejected=np.zeros(0, bool), id_values=kept,
         id_first_row=np.arange(len(kept)), kept_ids=kept, kept_ids_increasing=True, kept_roles=None,
