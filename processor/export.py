@@ -139,7 +139,11 @@ def read_export(directory: str | Path, timings: dict | None = None) -> Export:
 
     # The work on columns is Arrow and numpy kernels, which release the GIL, so
     # columns are converted and checked as tasks of a pool with a thread per core.
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+    # The references are looked up and checked in a thread of their own, each as soon
+    # as the table it points to is checked, rather than after every column is parsed:
+    # they are a chain (users, then projects, milestones...) that would else be left
+    # to run alone at the end.
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool, ThreadPoolExecutor(max_workers=1) as chain:
         raw: dict[str, dict[str, pa.ChunkedArray | pd.Series]] = {}
         read_counts: dict[str, int] = {}
         for name, table in TABLES.items():
@@ -159,8 +163,8 @@ def read_export(directory: str | Path, timings: dict | None = None) -> Export:
         # as soon as it is checked (the later tables' id columns are their raw text).
         references: dict[str, Future] = {}
         for name, table in TABLES.items():
-            checked[name] = _check_table(table, f"{name}.{fmt}", *parsing[name], checked, references, pool)
-            references[name] = pool.submit(_look_up_references, checked[name], name, raw)
+            checked[name] = _check_table(table, f"{name}.{fmt}", *parsing[name], checked, references, chain)
+            references[name] = chain.submit(_look_up_references, checked[name], name, raw)
         if timings is not None:
             timings["validate"] = time.perf_counter() - checking
 
