@@ -1045,12 +1045,14 @@ def _kept_positions(columns: list[pa.ChunkedArray], target: _CheckedTable) -> li
     unordered = [refs for refs, positions in zip(columns, found) if positions is None]
     if unordered:
         width = _common_width(target.kept_ids)
-        if width and width <= 8 and all(_no_null_and_width(text, width) for text in [target.kept_ids, *unordered]):
-            # Ids of at most 8 bytes (the users'), all of one width, are found by the
-            # integer their bytes spell: one to one, and much cheaper to hash than text.
-            wanted = np.concatenate([_fixed_width_bytes(refs, width) for refs in unordered])
-            kept = _as_integers(_fixed_width_bytes(target.kept_ids, width))
-            together = pc.index_in(pa.array(_as_integers(wanted)), value_set=pa.array(kept))
+        numbers = None
+        if width and all(_no_null_and_width(text, width) for text in [target.kept_ids, *unordered]):
+            # Ids of one width (the users') are found by the number their bytes spell:
+            # one to one, and much cheaper to hash than text.
+            numbers = _as_integers([_fixed_width_bytes(target.kept_ids, width),
+                                    np.concatenate([_fixed_width_bytes(refs, width) for refs in unordered])])
+        if numbers is not None:
+            together = pc.index_in(pa.array(numbers[1]), value_set=pa.array(numbers[0]))
         else:
             together = pc.index_in(
                 pa.chunked_array([chunk for refs in unordered for chunk in refs.chunks], pa.large_string()),
@@ -1079,6 +1081,9 @@ def _positions_in_order(refs: pa.ChunkedArray, target: _CheckedTable) -> pa.Chun
     # numpy orders and compares bytes of one width as Arrow does (its habit of
     # ignoring trailing NUL bytes cannot make two values of one width equal).
     kept, wanted = _fixed_width_bytes(target.kept_ids, width), _fixed_width_bytes(refs, width)
+    numbers = _as_integers([kept, wanted])  # the same order, and cheaper to compare
+    if numbers is not None:
+        kept, wanted = numbers
     starts = np.flatnonzero(np.r_[True, wanted[1:] != wanted[:-1]])  # each run of equal references
     at = np.minimum(np.searchsorted(kept, wanted[starts]), len(kept) - 1)
     missing = kept[at] != wanted[starts]
@@ -1112,12 +1117,24 @@ def _fixed_width_bytes(text: pa.ChunkedArray, width: int) -> np.ndarray:
     return chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
 
 
-def _as_integers(values: np.ndarray) -> np.ndarray:
-    """Bytes of one width up to 8 (numpy ``S<width>``) as the uint64 each spells, zero-padded: equal exactly when the bytes are."""
-    width = values.dtype.itemsize
-    padded = np.zeros((len(values), 8), dtype=np.uint8)
-    padded[:, :width] = values.view(np.uint8).reshape(len(values), width)
-    return padded.view(np.uint64).ravel()
+def _as_integers(values: list[np.ndarray]) -> list[np.ndarray] | None:
+    """Bytes of one width (numpy ``S<width>`` arrays) as uint64 numbers, in the same order and equal exactly when the bytes are.
+
+    A value's number is its last 8 bytes read big-endian (zero-padded when
+    shorter), when the bytes before those are one prefix common to every value
+    (ids like ``M00000001``); None when they are not.
+    """
+    width = values[0].dtype.itemsize
+    rows = [v.view(np.uint8).reshape(len(v), width) for v in values]
+    prefix = max(width - 8, 0)
+    if prefix and not all(np.array_equal(r[:, :prefix], np.broadcast_to(rows[0][0, :prefix], (len(r), prefix))) for r in rows):
+        return None
+    numbers = []
+    for r in rows:
+        padded = np.zeros((len(r), 8), dtype=np.uint8)
+        padded[:, : width - prefix] = r[:, prefix:]
+        numbers.append(padded.view(">u8").ravel().astype(np.uint64))
+    return numbers
 
 
 def _empty_rejects() -> pd.DataFrame:
