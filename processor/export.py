@@ -61,7 +61,7 @@ import pyarrow.parquet as pq
 
 from processor.contract import TABLE_ORDER, TABLES, UNIQUE_WITHIN, Column, Kind, Table
 
-__all__ = ["Export", "InvalidExport", "read_export", "REJECT_COLUMNS", "STRING"]
+__all__ = ["Export", "InvalidExport", "read_export", "REJECT_COLUMNS", "STRING", "ids_as_numbers"]
 
 STRING = pd.StringDtype()  # "string": pd.NA is the null
 REJECT_COLUMNS = ("table", "row", "record_id", "column", "value", "reason")
@@ -1049,7 +1049,7 @@ def _kept_positions(columns: list[pa.ChunkedArray], target: _CheckedTable) -> li
         if width and all(_no_null_and_width(text, width) for text in [target.kept_ids, *unordered]):
             # Ids of one width (the users') are found by the number their bytes spell:
             # one to one, and much cheaper to hash than text.
-            numbers = _as_integers([_fixed_width_bytes(target.kept_ids, width),
+            numbers = ids_as_numbers([_fixed_width_bytes(target.kept_ids, width),
                                     np.concatenate([_fixed_width_bytes(refs, width) for refs in unordered])])
         if numbers is not None:
             together = pc.index_in(pa.array(numbers[1]), value_set=pa.array(numbers[0]))
@@ -1081,7 +1081,7 @@ def _positions_in_order(refs: pa.ChunkedArray, target: _CheckedTable) -> pa.Chun
     # numpy orders and compares bytes of one width as Arrow does (its habit of
     # ignoring trailing NUL bytes cannot make two values of one width equal).
     kept, wanted = _fixed_width_bytes(target.kept_ids, width), _fixed_width_bytes(refs, width)
-    numbers = _as_integers([kept, wanted])  # the same order, and cheaper to compare
+    numbers = ids_as_numbers([kept, wanted])  # the same order, and cheaper to compare
     if numbers is not None:
         kept, wanted = numbers
     starts = np.flatnonzero(np.r_[True, wanted[1:] != wanted[:-1]])  # each run of equal references
@@ -1117,7 +1117,7 @@ def _fixed_width_bytes(text: pa.ChunkedArray, width: int) -> np.ndarray:
     return chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
 
 
-def _as_integers(values: list[np.ndarray]) -> list[np.ndarray] | None:
+def ids_as_numbers(values: list[np.ndarray]) -> list[np.ndarray] | None:
     """Bytes of one width (numpy ``S<width>`` arrays) as uint64 numbers, in the same order and equal exactly when the bytes are.
 
     A value's number is its last 8 bytes read big-endian (zero-padded when

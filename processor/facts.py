@@ -18,6 +18,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from processor.export import ids_as_numbers
 from rules.vocabulary import FACT_KINDS
 
 KINDS = tuple(FACT_KINDS)
@@ -90,10 +91,16 @@ def _lookup(keys: pa.Array, ids: pa.Array) -> np.ndarray:
     sorted_ids, fixed_keys = _fixed_width(ids), _fixed_width(keys)
     if len(keys) == len(ids) and pc.all(pc.equal(keys, ids).fill_null(False)).as_py():
         return np.arange(len(ids), dtype=np.intp)
-    if (sorted_ids is not None and fixed_keys is not None and sorted_ids.dtype == fixed_keys.dtype
-            and bool((sorted_ids[1:] > sorted_ids[:-1]).all()) and bool((fixed_keys[1:] >= fixed_keys[:-1]).all())):
-        at = np.minimum(np.searchsorted(sorted_ids, fixed_keys), len(sorted_ids) - 1)
-        return np.where(sorted_ids[at] == fixed_keys, at, -1)
+    if sorted_ids is not None and fixed_keys is not None and sorted_ids.dtype == fixed_keys.dtype:
+        # Ids like U000001 or M00000001 as the numbers their bytes spell: the same order, cheaper to compare and hash.
+        numbers = ids_as_numbers([sorted_ids, fixed_keys])
+        if numbers is not None:
+            sorted_ids, fixed_keys = numbers
+        if bool((sorted_ids[1:] > sorted_ids[:-1]).all()) and bool((fixed_keys[1:] >= fixed_keys[:-1]).all()):
+            at = np.minimum(np.searchsorted(sorted_ids, fixed_keys), len(sorted_ids) - 1)
+            return np.where(sorted_ids[at] == fixed_keys, at, -1)
+        if numbers is not None:
+            ids, keys = pa.array(sorted_ids), pa.array(fixed_keys)
     return pc.index_in(keys, value_set=ids).fill_null(-1).to_numpy(zero_copy_only=False).astype(np.intp)
 
 
