@@ -1125,15 +1125,19 @@ def ids_as_numbers(values: list[np.ndarray]) -> list[np.ndarray] | None:
     (ids like ``M00000001``); None when they are not.
     """
     width = values[0].dtype.itemsize
-    rows = [v.view(np.uint8).reshape(len(v), width) for v in values]
     prefix = max(width - 8, 0)
-    if prefix and not all(np.array_equal(r[:, :prefix], np.broadcast_to(rows[0][0, :prefix], (len(r), prefix))) for r in rows):
+    rows = [v.view(np.uint8).reshape(len(v), width) for v in values]
+    if prefix and not all((r[:, :prefix] == rows[0][0, :prefix]).all() for r in rows):
         return None
     numbers = []
-    for r in rows:
-        padded = np.zeros((len(r), 8), dtype=np.uint8)
-        padded[:, : width - prefix] = r[:, prefix:]
-        numbers.append(padded.view(">u8").ravel().astype(np.uint64))
+    for v, r in zip(values, rows):
+        if width >= 8:  # the last 8 bytes of each value, read in place
+            big_endian = np.ndarray((len(v),), dtype=">u8", buffer=v, offset=prefix, strides=(width,))
+        else:
+            padded = np.zeros((len(v), 8), dtype=np.uint8)
+            padded[:, :width] = r
+            big_endian = padded.view(">u8").ravel()
+        numbers.append(big_endian.astype(np.uint64))
     return numbers
 
 
