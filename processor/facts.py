@@ -247,7 +247,7 @@ def _party_facts(tables: dict[str, pd.DataFrame], common: dict, project_ids: pa.
         "unanswered_by_project_success": np.bincount(row[counts & by_project_success], minlength=2 * n)[rows].astype("int64"),
         "days_since_oldest_unanswered": np.where(unanswered > 0, today - _day(oldest), 0)[rows].astype("int64"),
         "answered_since_hold": answered_since_hold[rows],
-    })
+    }, copy=False)
     party_facts["fact_id"] = _text(_fact_ids("party", project_ids.take(np.repeat(by_id, 2)), party))
     return party_facts, user_status, answered_since_hold
 
@@ -288,7 +288,7 @@ def build_facts(tables: dict[str, pd.DataFrame], as_of: dt.date) -> Facts:
             "amount_cents": amount,
             "escrow_gap_cents": np.maximum(amount - _take(m["escrow_amount_cents"].to_numpy(dtype="int64"), ms_kept), 0),
             "has_validated_at": _take(m["validated_at"].notna().to_numpy(), ms_kept),
-        })
+        }, copy=False)
         milestone_facts["fact_id"] = _text(_fact_ids("milestone", milestone_ids))
 
         # ---- invoices (the inner joins on milestone_id, then on the milestone's project_id)
@@ -309,7 +309,7 @@ def build_facts(tables: dict[str, pd.DataFrame], as_of: dt.date) -> Facts:
             "invoice_status": _text(invoice_status),
             "days_overdue": days_overdue,
             "amount_cents": inv["amount_cents"].to_numpy(dtype="int64"),
-        })
+        }, copy=False)
         invoice_facts["fact_id"] = _text(_fact_ids("invoice", invoice_ids))
         party_facts, user_status, answered_since_hold = parties.result()
 
@@ -324,7 +324,7 @@ def build_facts(tables: dict[str, pd.DataFrame], as_of: dt.date) -> Facts:
         "client_answered_since_hold": answered_since_hold[:n],  # the client block
         "most_days_overdue": most_overdue,
         "fact_id": _text(_fact_ids("project", project_ids)),
-    })
+    }, copy=False)
 
     frames = {"project": project_facts, "party": party_facts, "milestone": milestone_facts, "invoice": invoice_facts}
     for kind, frame in frames.items():
@@ -339,7 +339,7 @@ def build_facts(tables: dict[str, pd.DataFrame], as_of: dt.date) -> Facts:
         "project_success_id": _text(_arrow(p["project_success_id"])),
         "area": project_facts["area"],
         "status": project_facts["project_status"],
-    })
+    }, copy=False)
     milestones_ctx = m[["milestone_id", "project_id", "title", "status", "payee_id", "amount_cents", "currency"]].copy()
     invoices_ctx = inv[["invoice_id", "milestone_id"]].assign(
         project_id=m["project_id"].array.take(_take(of_milestone, inv_kept)),
