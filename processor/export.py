@@ -1052,7 +1052,7 @@ def _kept_positions(columns: list[pa.ChunkedArray], target: _CheckedTable) -> li
             numbers = ids_as_numbers([_fixed_width_bytes(target.kept_ids, width),
                                     np.concatenate([_fixed_width_bytes(refs, width) for refs in unordered])])
         if numbers is not None:
-            together = pc.index_in(pa.array(numbers[1]), value_set=pa.array(numbers[0]))
+            together = pa.chunked_array([pc.index_in(pa.array(numbers[1]), value_set=pa.array(numbers[0]))])
         else:
             together = pc.index_in(
                 pa.chunked_array([chunk for refs in unordered for chunk in refs.chunks], pa.large_string()),
@@ -1070,8 +1070,9 @@ def _positions_in_order(refs: pa.ChunkedArray, target: _CheckedTable) -> pa.Chun
     """:func:`_kept_positions` of references in non-decreasing order among kept ids in increasing order.
 
     When every id of both is the same number of bytes, each distinct reference
-    is found by a binary search of its bytes, much cheaper than hashing the
-    kept ids. None when that does not apply.
+    is found by a binary search of its bytes (or of the numbers they spell,
+    :func:`ids_as_numbers`), much cheaper than hashing the kept ids. None when
+    that does not apply.
     """
     if not (target.kept_ids_increasing and refs.null_count == 0 and _increasing(refs, strictly=False)):
         return None
