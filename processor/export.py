@@ -59,7 +59,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from processor.contract import TABLE_ORDER, TABLES, UNIQUE_WITHIN, Column, Kind, Table
+from processor.contract import TABLES, UNIQUE_WITHIN, Column, Kind, Table
 
 __all__ = ["Export", "InvalidExport", "read_export", "REJECT_COLUMNS", "STRING", "ids_as_numbers"]
 
@@ -122,7 +122,7 @@ class Export:
 def read_export(directory: str | Path, timings: dict | None = None) -> Export:
     """Read and check the five tables of the export in ``directory``.
 
-    ``timings``, when given, gets ``validate``: the seconds spent checking after the last file is read.
+    ``timings``, when given, gets ``validate``: the seconds spent checking (after reading).
 
     Raises :class:`InvalidExport` when a file is missing, unreadable, lacks a
     contract column or disagrees with ``manifest.json``. Rows that break the
@@ -138,31 +138,35 @@ def read_export(directory: str | Path, timings: dict | None = None) -> Export:
     manifest, exported_at = _read_manifest(directory)
 
     # The work on columns is Arrow and numpy kernels, which release the GIL, so
-    # columns are converted and parsed as tasks of a pool with a thread per core.
-    # The files are read in a thread of their own, each table's columns parsed as
-    # soon as its file is read, while this thread checks the tables in turn (a
-    # reference needs the table it points to checked first): the checks of the
-    # first tables are done while the last files are read.
-    raw: dict[str, dict[str, pa.ChunkedArray | pd.Series]] = {}
-    read_counts: dict[str, int] = {}
-    checked: dict[str, _CheckedTable] = {}
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool, ThreadPoolExecutor(max_workers=1) as reader:
-        reading = {
-            name: reader.submit(_read_table, directory / f"{name}.{fmt}", table, manifest, pool)
-            for name, table in TABLES.items()
-        }
-        try:
-            for name, table in TABLES.items():
-                raw[name], read_counts[name], problems, parsing = reading[name].result()
-                if name == TABLE_ORDER[-1]:
-                    checking = time.perf_counter()
-                checked[name] = _check_table(table, f"{name}.{fmt}", problems, parsing, checked)
-        except BaseException:
-            for future in reading.values():
-                future.cancel()  # a file is unusable: do not read the others
-            raise
-    if timings is not None:
-        timings["validate"] = time.perf_counter() - checking
+    # columns are converted and checked as tasks of a pool with a thread per core.
+    # The references are looked up and checked in a thread of their own, each as soon
+    # as the table it points to is checked, rather than after every column is parsed:
+    # they are a chain (users, then projects, milestones...) that would else be left
+    # to run alone at the end.
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool, ThreadPoolExecutor(max_workers=1) as chain:
+        raw: dict[str, dict[str, pa.ChunkedArray | pd.Series]] = {}
+        read_counts: dict[str, int] = {}
+        for name, table in TABLES.items():
+            path = directory / f"{name}.{fmt}"
+            columns, rows = _read_csv(path, table) if fmt == "csv" else _read_parquet(path, table, pool)
+            _check_manifest_rows(manifest, name, path, rows)
+            raw[name] = columns
+            read_counts[name] = rows
+
+        checking = time.perf_counter()
+        checked: dict[str, _CheckedTable] = {}
+        # Every column of every table is parsed as a task of its own from the
+        # start, so all cores stay busy while the tables' ids and references are
+        # checked in turn (a reference needs the table it points to checked first).
+        parsing = {name: _start_parsing(table, raw[name], read_counts[name], pool) for name, table in TABLES.items()}
+        # The positions of the references to each checked table, looked up as a task
+        # as soon as it is checked (the later tables' id columns are their raw text).
+        references: dict[str, Future] = {}
+        for name, table in TABLES.items():
+            checked[name] = _check_table(table, f"{name}.{fmt}", *parsing[name], checked, references, chain)
+            references[name] = chain.submit(_look_up_references, checked[name], name, raw)
+        if timings is not None:
+            timings["validate"] = time.perf_counter() - checking
 
     rejects = [c.rejects for c in checked.values() if len(c.rejects)]
     return Export(
@@ -247,18 +251,6 @@ def _read_manifest(directory: Path) -> tuple[dict | None, pd.Timestamp | None]:
             )
         exported_at = parsed.iloc[0].as_unit("ns")
     return manifest, exported_at
-
-
-def _read_table(
-    path: Path, table: Table, manifest: dict | None, pool: Executor
-) -> tuple[dict[str, pa.ChunkedArray | pd.Series], int, _Problems, dict[str, Future]]:
-    """Read one table's file and submit the parsing of its columns to ``pool`` (see :func:`_start_parsing`).
-
-    Returns the raw columns, the number of rows, and what :func:`_start_parsing` returns.
-    """
-    columns, rows = _read_csv(path, table) if path.suffix == ".csv" else _read_parquet(path, table, pool)
-    _check_manifest_rows(manifest, table.name, path, rows)
-    return columns, rows, *_start_parsing(table, columns, rows, pool)
 
 
 def _check_manifest_rows(manifest: dict | None, name: str, path: Path, rows: int) -> None:
@@ -814,8 +806,16 @@ def _check_table(
     problems: _Problems,
     parsing: dict[str, Future],
     earlier: dict[str, _CheckedTable],
+    references: dict[str, Future],
+    pool: Executor,
 ) -> _CheckedTable:
-    """Check one table's rows once its columns are parsed; ``earlier`` holds the checked tables it may reference."""
+    """Check one table's rows once its columns are parsed.
+
+    ``earlier`` holds the checked tables it may reference, and ``references``
+    the lookups of the references to each (:func:`_look_up_references`).
+
+    Each reference is checked as a task of ``pool``, reporting the problems of its own column.
+    """
     parsed = {name: future.result() for name, future in parsing.items()}
     rows = problems.rows
     ids = parsed[table.id_column]
@@ -831,12 +831,15 @@ def _check_table(
     for *group, column_name in UNIQUE_WITHIN.get(table.name, ()):
         _check_unique_within(table, group, column_name, parsed, problems)
 
-    # The columns pointing at one table are looked up together (:func:`_kept_positions`).
-    for target in dict.fromkeys(column.references for column in table.references):
-        columns = [column for column in table.references if column.references == target]
-        refs = [_arrow_text(parsed[column.name]) for column in columns]
-        for column, column_refs, kept_index in zip(columns, refs, _kept_positions(refs, earlier[target])):
-            _check_reference(column, file_name, column_refs, earlier[target], kept_index, problems)
+    checks = [
+        pool.submit(
+            _check_reference, column, file_name, parsed[column.name], earlier[column.references],
+            references[column.references].result()[table.name, column.name], problems,
+        )
+        for column in table.references
+    ]
+    for check in checks:
+        check.result()  # raises what the check raised
 
     rejected = problems.rejected()
     keep = np.flatnonzero(~rejected)
@@ -980,10 +983,20 @@ def _sorted_and_unique(columns: list[pd.Series]) -> bool:
     return bool(pc.all(increasing).as_py())
 
 
+def _look_up_references(
+    target: _CheckedTable, name: str, raw: dict[str, dict[str, pa.ChunkedArray | pd.Series]]
+) -> dict[tuple[str, str], pa.ChunkedArray]:
+    """(table, column) -> :func:`_kept_positions` of every column pointing at the checked table ``name``."""
+    columns = [(later.name, column.name) for later in TABLES.values() for column in later.references
+               if column.references == name]
+    # An id column is parsed as its text: these are the references _check_reference checks.
+    return dict(zip(columns, _kept_positions([_text(raw[table][column]) for table, column in columns], target)))
+
+
 def _check_reference(
     column: Column,
     file_name: str,
-    refs_arrow: pa.ChunkedArray,
+    refs: pd.Series,
     target: _CheckedTable,
     kept_index: pa.ChunkedArray,
     problems: _Problems,
@@ -996,10 +1009,11 @@ def _check_reference(
     target_table = TABLES[column.references]
     target_file = f"{target_table.name}.{file_name.rsplit('.', 1)[1]}"
     entity = _entity(target_table.name)
+    refs_arrow = _arrow_text(refs)
 
     if kept_index.null_count > refs_arrow.null_count:
         dangling = ~_missing(refs_arrow) & _missing(kept_index)
-        known = np.zeros(len(refs_arrow), dtype=bool)
+        known = np.zeros(len(refs), dtype=bool)
         where = np.flatnonzero(dangling)
         found = pc.is_in(refs_arrow.take(pa.array(where)), value_set=target.id_values)
         known[where] = found.to_numpy(zero_copy_only=False)
@@ -1035,11 +1049,11 @@ def _check_reference(
 def _kept_positions(columns: list[pa.ChunkedArray], target: _CheckedTable) -> list[pa.ChunkedArray]:
     """Position of each reference of ``columns`` in ``target.kept_ids`` (int32), null where it is empty or not there.
 
-    ``columns`` are the columns of one table that point at ``target``.
+    ``columns`` are every column of the later tables that points at ``target``.
     Exports usually list rows by id and point to other tables' ids in order
     (milestones by project, invoices by milestone): such a column is found by
-    :func:`_positions_in_order`. The others (the columns pointing at users, in
-    no order) are looked up in one hash table of the kept ids, built once for all.
+    :func:`_positions_in_order`. The others (the five columns pointing at users,
+    in no order) are looked up in one hash table of the kept ids, built once for all.
     """
     found = [_positions_in_order(refs, target) for refs in columns]
     unordered = [refs for refs, positions in zip(columns, found) if positions is None]
