@@ -61,7 +61,7 @@ import pyarrow.parquet as pq
 
 from processor.contract import TABLES, UNIQUE_WITHIN, Column, Kind, Table
 
-__all__ = ["Export", "InvalidExport", "read_export", "REJECT_COLUMNS", "STRING"]
+__all__ = ["Export", "InvalidExport", "read_export", "REJECT_COLUMNS", "STRING", "ids_as_numbers"]
 
 STRING = pd.StringDtype()  # "string": pd.NA is the null
 REJECT_COLUMNS = ("table", "row", "record_id", "column", "value", "reason")
@@ -139,7 +139,11 @@ def read_export(directory: str | Path, timings: dict | None = None) -> Export:
 
     # The work on columns is Arrow and numpy kernels, which release the GIL, so
     # columns are converted and checked as tasks of a pool with a thread per core.
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+    # The references are looked up and checked in a thread of their own, each as soon
+    # as the table it points to is checked, rather than after every column is parsed:
+    # they are a chain (users, then projects, milestones...) that would else be left
+    # to run alone at the end.
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool, ThreadPoolExecutor(max_workers=1) as chain:
         raw: dict[str, dict[str, pa.ChunkedArray | pd.Series]] = {}
         read_counts: dict[str, int] = {}
         for name, table in TABLES.items():
@@ -155,8 +159,12 @@ def read_export(directory: str | Path, timings: dict | None = None) -> Export:
         # start, so all cores stay busy while the tables' ids and references are
         # checked in turn (a reference needs the table it points to checked first).
         parsing = {name: _start_parsing(table, raw[name], read_counts[name], pool) for name, table in TABLES.items()}
+        # The positions of the references to each checked table, looked up as a task
+        # as soon as it is checked (the later tables' id columns are their raw text).
+        references: dict[str, Future] = {}
         for name, table in TABLES.items():
-            checked[name] = _check_table(table, f"{name}.{fmt}", *parsing[name], checked, pool)
+            checked[name] = _check_table(table, f"{name}.{fmt}", *parsing[name], checked, references, chain)
+            references[name] = chain.submit(_look_up_references, checked[name], name, raw)
         if timings is not None:
             timings["validate"] = time.perf_counter() - checking
 
@@ -798,9 +806,13 @@ def _check_table(
     problems: _Problems,
     parsing: dict[str, Future],
     earlier: dict[str, _CheckedTable],
+    references: dict[str, Future],
     pool: Executor,
 ) -> _CheckedTable:
-    """Check one table's rows once its columns are parsed; ``earlier`` holds the checked tables it may reference.
+    """Check one table's rows once its columns are parsed.
+
+    ``earlier`` holds the checked tables it may reference, and ``references``
+    the lookups of the references to each (:func:`_look_up_references`).
 
     Each reference is checked as a task of ``pool``, reporting the problems of its own column.
     """
@@ -820,7 +832,10 @@ def _check_table(
         _check_unique_within(table, group, column_name, parsed, problems)
 
     checks = [
-        pool.submit(_check_reference, column, file_name, parsed[column.name], earlier[column.references], problems)
+        pool.submit(
+            _check_reference, column, file_name, parsed[column.name], earlier[column.references],
+            references[column.references].result()[table.name, column.name], problems,
+        )
         for column in table.references
     ]
     for check in checks:
@@ -968,16 +983,33 @@ def _sorted_and_unique(columns: list[pd.Series]) -> bool:
     return bool(pc.all(increasing).as_py())
 
 
+def _look_up_references(
+    target: _CheckedTable, name: str, raw: dict[str, dict[str, pa.ChunkedArray | pd.Series]]
+) -> dict[tuple[str, str], pa.ChunkedArray]:
+    """(table, column) -> :func:`_kept_positions` of every column pointing at the checked table ``name``."""
+    columns = [(later.name, column.name) for later in TABLES.values() for column in later.references
+               if column.references == name]
+    # An id column is parsed as its text: these are the references _check_reference checks.
+    return dict(zip(columns, _kept_positions([_text(raw[table][column]) for table, column in columns], target)))
+
+
 def _check_reference(
-    column: Column, file_name: str, refs: pd.Series, target: _CheckedTable, problems: _Problems
+    column: Column,
+    file_name: str,
+    refs: pd.Series,
+    target: _CheckedTable,
+    kept_index: pa.ChunkedArray,
+    problems: _Problems,
 ) -> None:
-    """Reject rows pointing to a row that is missing, rejected, or (users) of the wrong role."""
+    """Reject rows pointing to a row that is missing, rejected, or (users) of the wrong role.
+
+    ``kept_index`` is the position of each reference among the target's kept rows (:func:`_kept_positions`).
+    """
     name = column.name
     target_table = TABLES[column.references]
     target_file = f"{target_table.name}.{file_name.rsplit('.', 1)[1]}"
     entity = _entity(target_table.name)
     refs_arrow = _arrow_text(refs)
-    kept_index = _kept_positions(refs_arrow, target)  # null: empty, or not a kept row
 
     if kept_index.null_count > refs_arrow.null_count:
         dangling = ~_missing(refs_arrow) & _missing(kept_index)
@@ -1014,25 +1046,64 @@ def _check_reference(
         problems.add(_mask(wrong), name, reason=role_reason)
 
 
-def _kept_positions(refs: pa.ChunkedArray, target: _CheckedTable) -> pa.ChunkedArray:
-    """Position of each reference in ``target.kept_ids`` (int32), null where it is empty or not there.
+def _kept_positions(columns: list[pa.ChunkedArray], target: _CheckedTable) -> list[pa.ChunkedArray]:
+    """Position of each reference of ``columns`` in ``target.kept_ids`` (int32), null where it is empty or not there.
 
+    ``columns`` are every column of the later tables that points at ``target``.
     Exports usually list rows by id and point to other tables' ids in order
-    (milestones by project, invoices by milestone): when the kept ids are in
-    increasing order, the references in non-decreasing order and every id of
-    both the same number of bytes, a binary search of each reference is much
-    cheaper than building a hash table of the kept ids. Otherwise Arrow's
-    hash lookup.
+    (milestones by project, invoices by milestone): such a column is found by
+    :func:`_positions_in_order`. The others (the five columns pointing at users,
+    in no order) are looked up in one hash table of the kept ids, built once for all.
     """
-    if target.kept_ids_increasing and refs.null_count == 0 and _increasing(refs, strictly=False):
+    found = [_positions_in_order(refs, target) for refs in columns]
+    unordered = [refs for refs, positions in zip(columns, found) if positions is None]
+    if unordered:
         width = _common_width(target.kept_ids)
-        if width and _common_width(refs) == width:
-            # numpy orders and compares bytes of one width as Arrow does (its habit of
-            # ignoring trailing NUL bytes cannot make two values of one width equal).
-            kept, wanted = _fixed_width_bytes(target.kept_ids, width), _fixed_width_bytes(refs, width)
-            at = np.minimum(np.searchsorted(kept, wanted), len(kept) - 1)
-            return pa.chunked_array([pa.array(at.astype("int32"), mask=kept[at] != wanted)])
-    return pc.index_in(refs, value_set=target.kept_ids)
+        numbers = None
+        if width and all(_no_null_and_width(text, width) for text in [target.kept_ids, *unordered]):
+            # Ids of one width (the users') are found by the number their bytes spell:
+            # one to one, and much cheaper to hash than text.
+            numbers = ids_as_numbers([_fixed_width_bytes(target.kept_ids, width),
+                                    np.concatenate([_fixed_width_bytes(refs, width) for refs in unordered])])
+        if numbers is not None:
+            together = pa.chunked_array([pc.index_in(pa.array(numbers[1]), value_set=pa.array(numbers[0]))])
+        else:
+            together = pc.index_in(
+                pa.chunked_array([chunk for refs in unordered for chunk in refs.chunks], pa.large_string()),
+                value_set=target.kept_ids,
+            )
+        start = 0
+        for i, refs in enumerate(columns):
+            if found[i] is None:
+                found[i] = together.slice(start, len(refs))
+                start += len(refs)
+    return found
+
+
+def _positions_in_order(refs: pa.ChunkedArray, target: _CheckedTable) -> pa.ChunkedArray | None:
+    """:func:`_kept_positions` of references in non-decreasing order among kept ids in increasing order.
+
+    When every id of both is the same number of bytes, each distinct reference
+    is found by a binary search of its bytes (or of the numbers they spell,
+    :func:`ids_as_numbers`), much cheaper than hashing the kept ids. None when
+    that does not apply.
+    """
+    if not (target.kept_ids_increasing and refs.null_count == 0 and _increasing(refs, strictly=False)):
+        return None
+    width = _common_width(target.kept_ids)
+    if not width or _common_width(refs) != width:
+        return None
+    # numpy orders and compares bytes of one width as Arrow does (its habit of
+    # ignoring trailing NUL bytes cannot make two values of one width equal).
+    kept, wanted = _fixed_width_bytes(target.kept_ids, width), _fixed_width_bytes(refs, width)
+    numbers = ids_as_numbers([kept, wanted])  # the same order, and cheaper to compare
+    if numbers is not None:
+        kept, wanted = numbers
+    starts = np.flatnonzero(np.r_[True, wanted[1:] != wanted[:-1]])  # each run of equal references
+    at = np.minimum(np.searchsorted(kept, wanted[starts]), len(kept) - 1)
+    missing = kept[at] != wanted[starts]
+    runs = np.diff(np.r_[starts, len(wanted)])
+    return pa.chunked_array([pa.array(np.repeat(at.astype("int32"), runs), mask=np.repeat(missing, runs))])
 
 
 def _common_width(text: pa.ChunkedArray) -> int | None:
@@ -1041,12 +1112,48 @@ def _common_width(text: pa.ChunkedArray) -> int | None:
     return lengths["min"] if lengths["min"] is not None and lengths["min"] == lengths["max"] else None
 
 
+def _no_null_and_width(text: pa.ChunkedArray, width: int) -> bool:
+    """Whether ``text`` has no null and every value is ``width`` bytes long."""
+    return text.null_count == 0 and _common_width(text) == width
+
+
 def _fixed_width_bytes(text: pa.ChunkedArray, width: int) -> np.ndarray:
-    """Text without nulls whose values are all ``width`` bytes long, as a numpy ``S<width>`` array (one copy)."""
-    values = text.combine_chunks()
-    offsets = np.frombuffer(values.buffers()[1], dtype=np.int64)[values.offset : values.offset + len(values) + 1]
-    data = np.frombuffer(values.buffers()[2], dtype=np.uint8)
-    return data[offsets[0] : offsets[-1]].view(f"S{width}")
+    """Text without nulls whose values are all ``width`` bytes long, as a numpy ``S<width>`` array.
+
+    Each chunk's bytes are viewed in place; chunks are then joined (one copy of the bytes, no offsets).
+    """
+    chunks = []
+    for values in text.chunks:
+        if not len(values):
+            continue
+        offsets = np.frombuffer(values.buffers()[1], dtype=np.int64)[values.offset : values.offset + len(values) + 1]
+        data = np.frombuffer(values.buffers()[2], dtype=np.uint8)
+        chunks.append(data[offsets[0] : offsets[-1]].view(f"S{width}"))
+    return chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
+
+
+def ids_as_numbers(values: list[np.ndarray]) -> list[np.ndarray] | None:
+    """Bytes of one width (numpy ``S<width>`` arrays) as uint64 numbers, in the same order and equal exactly when the bytes are.
+
+    A value's number is its last 8 bytes read big-endian (zero-padded when
+    shorter), when the bytes before those are one prefix common to every value
+    (ids like ``M00000001``); None when they are not.
+    """
+    width = values[0].dtype.itemsize
+    prefix = max(width - 8, 0)
+    rows = [v.view(np.uint8).reshape(len(v), width) for v in values]
+    if prefix and not all((r[:, :prefix] == rows[0][0, :prefix]).all() for r in rows):
+        return None
+    numbers = []
+    for v, r in zip(values, rows):
+        if width >= 8:  # the last 8 bytes of each value, read in place
+            big_endian = np.ndarray((len(v),), dtype=">u8", buffer=v, offset=prefix, strides=(width,))
+        else:
+            padded = np.zeros((len(v), 8), dtype=np.uint8)
+            padded[:, :width] = r
+            big_endian = padded.view(">u8").ravel()
+        numbers.append(big_endian.astype(np.uint64))
+    return numbers
 
 
 def _empty_rejects() -> pd.DataFrame:
