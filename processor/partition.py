@@ -6,7 +6,8 @@ ruleset has one fact pattern per rule), so a fact that satisfies no policy's
 conditions cannot make anything fire, whatever other facts share its project.
 The pre-filter therefore keeps facts, not whole projects: per kind, the rows
 where some policy's pandas mask (rules.compile.mask, compiled from the same
-condition tree as the durable-rules ruleset) holds. durable-rules still decides
+condition tree as the durable-rules ruleset; found by rules.compile.any_mask)
+holds. durable-rules still decides
 what fires; the masks only spare it the facts that cannot matter. The
 differential tests (tests/test_prefilter.py) check that decisions with and
 without the pre-filter are identical.
@@ -27,7 +28,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from rules.compile import mask, to_ruleset
+from rules.compile import any_mask, to_ruleset
 from rules.document import PolicySet
 from rules.vocabulary import FACT_KINDS
 
@@ -49,13 +50,7 @@ def single_fact_rules(policies: PolicySet) -> bool:
 
 def candidate_masks(policies: PolicySet, frames: Frames) -> dict[str, np.ndarray]:
     """Per fact kind, the rows that satisfy at least one policy about that kind."""
-    out = {kind: np.zeros(len(frame), dtype=bool) for kind, frame in frames.items()}
-    tests: dict[str, dict] = {kind: {} for kind in frames}  # per frame, each comparison made once
-    for policy in policies.policies:
-        frame = frames.get(policy.about)
-        if frame is not None and len(frame):
-            out[policy.about] |= mask(policy, frame, tests[policy.about])
-    return out
+    return {kind: any_mask([p for p in policies.policies if p.about == kind], frame) for kind, frame in frames.items()}
 
 
 def candidate_rows(policies: PolicySet, frames: Frames) -> dict[str, np.ndarray]:
