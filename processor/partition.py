@@ -32,7 +32,7 @@ from rules.compile import any_mask, to_ruleset
 from rules.document import PolicySet
 from rules.vocabulary import FACT_KINDS
 
-from processor.arrowtext import concat
+from processor.arrowtext import concat, joined_between
 from processor.facts import _arrow, _fixed_width, is_in, json_values
 
 Frames = dict[str, pd.DataFrame]
@@ -168,20 +168,21 @@ def fact_batches(frames: Frames, projects: int = BATCH_PROJECTS,
         if len(frame):
             wanted = None if fields is None else fields(kind)
             fact_id = json_values(frame["fact_id"], ensure_ascii=False)
-            texts.append(_fact_json(kind, frame, fact_id, [f for f in FACT_KINDS[kind] if wanted is None or f in wanted]))
-            ids.append(concat('{"id":', fact_id, "}"))
+            texts.append(concat(_fact_json(kind, frame, fact_id, [f for f in FACT_KINDS[kind] if wanted is None or f in wanted]), ","))
+            ids.append(concat('{"id":', fact_id, "},"))
             pids.append(frame["project_id"].to_numpy(dtype=object).astype(str))
     if not texts:
         return
     pid = np.concatenate(pids)
     order = np.argsort(pid, kind="stable")
     pid = pid[order]
-    text = pa.chunked_array(texts).take(order).to_pylist()
-    ids = pa.chunked_array(ids).take(order).to_pylist()
     starts = np.flatnonzero(np.r_[True, pid[1:] != pid[:-1]])
     cuts = np.r_[starts[::projects], len(pid)]
-    for start, end in zip(cuts[:-1], cuts[1:]):
-        yield FactBatch(pid[start:end], "[" + ",".join(text[start:end]) + "]", "[" + ",".join(ids[start:end]) + "]")
+    # Each batch's facts (each followed by a comma) end to end in Arrow: one Python text per batch.
+    text = joined_between(pa.chunked_array(texts).take(order), cuts).to_pylist()
+    ids = joined_between(pa.chunked_array(ids).take(order), cuts).to_pylist()
+    for i, (start, end) in enumerate(zip(cuts[:-1], cuts[1:])):
+        yield FactBatch(pid[start:end], "[" + text[i][:-1] + "]", "[" + ids[i][:-1] + "]")
 
 
 def _fact_json(kind: str, frame: pd.DataFrame, fact_id: pa.Array, fields: list[str]) -> pa.Array:
