@@ -7,10 +7,9 @@ conditions cannot make anything fire, whatever other facts share its project.
 The pre-filter therefore keeps facts, not whole projects: per kind, the rows
 where some policy's pandas mask (rules.compile.mask, compiled from the same
 condition tree as the durable-rules ruleset; found by rules.compile.any_mask)
-holds. durable-rules still decides
-what fires; the masks only spare it the facts that cannot matter. The
-differential tests (tests/test_prefilter.py) check that decisions with and
-without the pre-filter are identical.
+holds. durable-rules still decides what fires; the masks only spare it the
+facts that cannot matter. The differential tests (tests/test_prefilter.py)
+check that decisions with and without the pre-filter are identical.
 
 Both engines use this module: the local worker processes (processor.evaluate)
 and Dask (processor.dask_engine). Nothing here loops over rows: even the JSON
