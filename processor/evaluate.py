@@ -136,7 +136,8 @@ def _die_with_parent():
 
 def _evaluate_task(task: Task) -> _Part:
     rows = _share_candidates(task) if isinstance(task, int) else task[1]
-    frames = {kind: _NIGHT.frames[kind].iloc[at] for kind, at in rows.items()}
+    # Of the candidates, only the columns the engine's JSON and the counts below read.
+    frames = {kind: _NIGHT.frames[kind][_engine_columns(_NIGHT.frames[kind], kind)].iloc[at] for kind, at in rows.items()}
     firings = list(iter_firings(_ENGINE, frames, crash_on=os.environ.get(CRASH_HOOK_ENV)))
     policy_ids, fact_ids = zip(*firings) if firings else ((), ())
     table = pa.table({"policy_id": pa.array(policy_ids, pa.large_string()), "fact_id": pa.array(fact_ids, pa.large_string())})
@@ -146,6 +147,12 @@ def _evaluate_task(task: Task) -> _Part:
     # Project ids are never missing (the export requires them): their distinct values are the projects.
     projects = pc.count_distinct(pa.chunked_array([_arrow(f["project_id"]) for f in frames.values()], pa.large_string()))
     return _Part(table, fired, projects.as_py())
+
+
+def _engine_columns(frame: pd.DataFrame, kind: str) -> list[str]:
+    """The columns of a kind's facts that durable-rules' JSON and the task's results read."""
+    wanted = _ENGINE.fields_of(kind) | {"project_id", "fact_id"}
+    return [column for column in frame.columns if column in wanted]
 
 
 # -- driver side -------------------------------------------------------------

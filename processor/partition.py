@@ -6,32 +6,32 @@ ruleset has one fact pattern per rule), so a fact that satisfies no policy's
 conditions cannot make anything fire, whatever other facts share its project.
 The pre-filter therefore keeps facts, not whole projects: per kind, the rows
 where some policy's pandas mask (rules.compile.mask, compiled from the same
-condition tree as the durable-rules ruleset) holds. durable-rules still decides
-what fires; the masks only spare it the facts that cannot matter. The
-differential tests (tests/test_prefilter.py) check that decisions with and
-without the pre-filter are identical.
+condition tree as the durable-rules ruleset; found by rules.compile.any_mask)
+holds. durable-rules still decides what fires; the masks only spare it the
+facts that cannot matter. The differential tests (tests/test_prefilter.py)
+check that decisions with and without the pre-filter are identical.
 
 Both engines use this module: the local worker processes (processor.evaluate)
 and Dask (processor.dask_engine). Nothing here loops over rows: even the JSON
 handed to durable-rules is written column by column (each distinct value of a
 field encoded once), only for the facts that go there, and with only the fields
-the rules read (rules.engine).
+the rules about each kind read (rules.engine).
 """
 from __future__ import annotations
 
 import json
-from typing import Collection, Iterator
+from typing import Callable, Collection, Iterator, NamedTuple
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from rules.compile import mask, to_ruleset
+from rules.compile import any_mask, to_ruleset
 from rules.document import PolicySet
 from rules.vocabulary import FACT_KINDS
 
-from processor.arrowtext import concat
+from processor.arrowtext import concat, joined_between
 from processor.facts import _arrow, _fixed_width, is_in, json_values
 
 Frames = dict[str, pd.DataFrame]
@@ -49,13 +49,7 @@ def single_fact_rules(policies: PolicySet) -> bool:
 
 def candidate_masks(policies: PolicySet, frames: Frames) -> dict[str, np.ndarray]:
     """Per fact kind, the rows that satisfy at least one policy about that kind."""
-    out = {kind: np.zeros(len(frame), dtype=bool) for kind, frame in frames.items()}
-    tests: dict[str, dict] = {kind: {} for kind in frames}  # per frame, each comparison made once
-    for policy in policies.policies:
-        frame = frames.get(policy.about)
-        if frame is not None and len(frame):
-            out[policy.about] |= mask(policy, frame, tests[policy.about])
-    return out
+    return {kind: any_mask([p for p in policies.policies if p.about == kind], frame) for kind, frame in frames.items()}
 
 
 def candidate_rows(policies: PolicySet, frames: Frames) -> dict[str, np.ndarray]:
@@ -147,47 +141,67 @@ def _rows_between(pid: pa.Array, bounds: list[str]) -> list[slice | np.ndarray]:
     return [order[a:b] for a, b in zip(cuts[:-1], cuts[1:])]
 
 
+class FactBatch(NamedTuple):
+    projects: np.ndarray  # the batch's project ids, one per fact
+    facts: str            # its facts as the JSON array durable-rules reads
+    ids: str              # the same facts' ids alone, [{"id":...},...]: what retracting them reads
+
+
 def engine_batches(frames: Frames, projects: int = BATCH_PROJECTS,
-                   fields: Collection[str] | None = None) -> Iterator[tuple[np.ndarray, str]]:
+                   fields: Callable[[str], Collection[str]] | None = None) -> Iterator[tuple[np.ndarray, str]]:
+    """(project ids, facts JSON) of each fact_batches batch."""
+    for batch in fact_batches(frames, projects, fields):
+        yield batch.projects, batch.facts
+
+
+def fact_batches(frames: Frames, projects: int = BATCH_PROJECTS,
+                 fields: Callable[[str], Collection[str]] | None = None) -> Iterator[FactBatch]:
     """The facts of `projects` projects at a time (in project id order) as durable-rules reads
-    them: a JSON array of flat objects, each its `id` (the fact_id) first, its `kind`, then the
-    vocabulary's fields (only those among `fields`, when given: PolicyEngine.fields, what the
-    rules read). Yields each batch's project ids with it."""
+    them: a JSON array of flat objects (written compactly), each its `id` (the fact_id) first,
+    its `kind`, then the vocabulary's fields (only those among fields(kind), when given:
+    PolicyEngine.fields_of, what the rules about that kind read)."""
     texts: list[pa.Array] = []
+    ids: list[pa.Array] = []
     pids: list[np.ndarray] = []
     for kind, frame in frames.items():
         if len(frame):
-            texts.append(_fact_json(kind, frame, [f for f in FACT_KINDS[kind] if fields is None or f in fields]))
+            wanted = None if fields is None else fields(kind)
+            fact_id = json_values(frame["fact_id"], ensure_ascii=False)
+            texts.append(concat(_fact_json(kind, frame, fact_id, [f for f in FACT_KINDS[kind] if wanted is None or f in wanted]), ","))
+            ids.append(concat('{"id":', fact_id, "},"))
             pids.append(frame["project_id"].to_numpy(dtype=object).astype(str))
     if not texts:
         return
     pid = np.concatenate(pids)
     order = np.argsort(pid, kind="stable")
     pid = pid[order]
-    text = pa.chunked_array(texts).take(order).to_pylist()
     starts = np.flatnonzero(np.r_[True, pid[1:] != pid[:-1]])
     cuts = np.r_[starts[::projects], len(pid)]
-    for start, end in zip(cuts[:-1], cuts[1:]):
-        yield pid[start:end], "[" + ",".join(text[start:end]) + "]"
+    # Each batch's facts (each followed by a comma) end to end in Arrow: one Python text per batch.
+    text = joined_between(pa.chunked_array(texts).take(order), cuts).to_pylist()
+    ids = joined_between(pa.chunked_array(ids).take(order), cuts).to_pylist()
+    for i, (start, end) in enumerate(zip(cuts[:-1], cuts[1:])):
+        yield FactBatch(pid[start:end], "[" + text[i][:-1] + "]", "[" + ids[i][:-1] + "]")
 
 
-def _fact_json(kind: str, frame: pd.DataFrame, fields: list[str]) -> pa.Array:
-    """Each fact of one kind as a JSON object with those fields, written column-wise (what
-    json.dumps(dict, ensure_ascii=False) writes for its plain Python values)."""
-    parts: list = ['{"id": ', json_values(frame["fact_id"], ensure_ascii=False), ", " + json.dumps({"kind": kind}, ensure_ascii=False)[1:-1]]
+def _fact_json(kind: str, frame: pd.DataFrame, fact_id: pa.Array, fields: list[str]) -> pa.Array:
+    """Each fact of one kind as a JSON object with its id (fact_id: already JSON) and those
+    fields, written column-wise (what json.dumps(dict, ensure_ascii=False, separators=(",", ":"))
+    writes for its plain Python values)."""
+    parts: list = ['{"id":', fact_id, "," + json.dumps({"kind": kind}, ensure_ascii=False, separators=(",", ":"))[1:-1]]
     for field in fields:
-        parts += [", " + json.dumps(field, ensure_ascii=False) + ": ", json_values(frame[field], ensure_ascii=False)]
+        parts += ["," + json.dumps(field, ensure_ascii=False) + ":", json_values(frame[field], ensure_ascii=False)]
     parts.append("}")
     return concat(*parts)
 
 
 def iter_firings(engine, frames: Frames, crash_on: str | None = None) -> Iterator[tuple[str, str]]:
     """(policy id, fact id) for every rule that fired, a batch of whole projects' facts at a time."""
-    for pids, facts in engine_batches(frames, fields=engine.fields):
-        if crash_on and crash_on in pids:
+    for batch in fact_batches(frames, fields=engine.fields_of):
+        if crash_on and crash_on in batch.projects:
             import os
             os._exit(139)  # test hook: die as a crash in durable-rules' C core would
-        yield from engine.evaluate_json(facts)
+        yield from engine.evaluate_json(batch.facts, batch.ids)
 
 
 def fired_rows(frames: Frames, firings: pd.DataFrame) -> dict[str, pd.Index]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import json
+from unittest import mock
 
 import pytest
 from durable.engine import Host
@@ -15,7 +16,7 @@ from hypothesis import strategies as st
 from processor.export import read_export
 from processor.facts import build_facts
 from processor.generate import generate_export
-from processor.partition import engine_batches
+from processor.partition import engine_batches, fact_batches
 from rules.compile import RULESET_NAME, SEEN_RULE, to_ruleset
 from rules.document import load_policies
 from rules.engine import EngineError, PolicyEngine
@@ -51,9 +52,10 @@ class _HostFirings(Host):
 
 
 def _batched(frames, projects: int, whole_facts: bool = False) -> set[tuple[str, str]]:
+    """What fires in batches of `projects` projects, each batch retracted by its ids (as the night does)."""
     engine = PolicyEngine(to_ruleset(load_policies(POLICIES)))
-    fields = None if whole_facts else engine.fields
-    return {pair for _, batch in engine_batches(frames, projects, fields) for pair in engine.evaluate_json(batch)}
+    fields = None if whole_facts else engine.fields_of
+    return {pair for batch in fact_batches(frames, projects, fields) for pair in engine.evaluate_json(batch.facts, batch.ids)}
 
 
 def engine_records(frames) -> list[list[dict]]:
@@ -85,10 +87,11 @@ def test_made_up_facts_fire_the_same_in_batches_as_one_project_at_a_time(project
 
 def test_each_firing_is_reported_once_and_nothing_stays_in_the_session(night_frames):
     engine = PolicyEngine(to_ruleset(load_policies(POLICIES)))
-    batch = json.loads(next(engine_batches(night_frames, 10_000))[1])
-    first = engine.evaluate(batch)
+    batch = next(fact_batches(night_frames, 10_000))
+    first = engine.evaluate_json(batch.facts, batch.ids)
     assert len(first) == len(set(first)) > 0
-    assert engine.evaluate(batch) == first  # retracted: the same facts are new again
+    assert engine.evaluate_json(batch.facts, batch.ids) == first  # retracted by id: the same facts are new again
+    assert engine.evaluate(json.loads(batch.facts)) == first
 
 
 def test_a_duplicate_fact_id_is_an_error_and_leaves_nothing_behind(night_frames):
@@ -106,28 +109,81 @@ def test_the_facts_json_is_what_json_dumps_writes_for_their_plain_values(night_f
         expected = [{"id": fid, "kind": kind, **{f: row[f] for f in FACT_KINDS[kind]}}
                     for fid, row in zip(sample["fact_id"], sample.to_dict("records"))]
         expected.sort(key=lambda f: f["project_id"])
-        assert batch == "[" + ",".join(json.dumps(f, ensure_ascii=False) for f in expected) + "]"
+        assert batch == "[" + ",".join(json.dumps(f, ensure_ascii=False, separators=(",", ":")) for f in expected) + "]"
         assert list(pids) == [f["project_id"] for f in expected]
+        (batch,) = fact_batches({kind: sample}, 10_000)
+        assert json.loads(batch.ids) == [{"id": f["id"]} for f in expected]
+
+
+_TEXT = st.text(alphabet=st.sampled_from('ab{}[]"\\:, m\u00e9\n')) | st.text()
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.text(min_size=1), st.text(), st.booleans(), st.booleans())
-def test_an_action_s_rule_and_fact_id_are_read_from_its_head_as_json_reads_them(rule, fact_id, spaced, ascii_only):
-    from rules.engine import _ACTION_HEAD, _policy_and_fact
+@given(st.text(min_size=1), st.lists(st.tuples(_TEXT, _TEXT), min_size=1, max_size=4), st.booleans(), st.booleans(),
+       st.booleans())
+def test_an_action_s_rule_and_fact_ids_are_read_from_it_as_json_reads_them(rule, facts, spaced, ascii_only, nested):
+    """An action of a capped rule as the C core writes it: {"<rule>":[{"m":<fact>},...]}, each fact
+    as it was asserted, here with text hypothesis makes up (braces, quotes, escapes...) and, as no
+    fact of the night does, a nested object."""
+    from rules.engine import _ACTION_HEAD, _policy_and_facts
 
     separators = (", ", ": ") if spaced else (",", ":")
-    fact = json.dumps({"id": fact_id, "kind": "party", "note": '"}\\'}, ensure_ascii=ascii_only, separators=separators)
-    message = "{" + json.dumps(rule, ensure_ascii=ascii_only) + ':{"m":' + fact + "}}"
-    assert _ACTION_HEAD.match(message)  # its head is recognised (escapes aside, read from it alone)
-    assert _policy_and_fact(message) == (rule, fact_id)
+    records = [{"id": fact_id, "kind": "party", "note": note} for fact_id, note in facts]
+    if nested:
+        records[-1]["note"] = {"x": records[-1]["note"]}
+    matches = ",".join('{"m":' + json.dumps(r, ensure_ascii=ascii_only, separators=separators) + "}" for r in records)
+    message = "{" + json.dumps(rule, ensure_ascii=ascii_only) + ":[" + matches + "]}"
+    assert _ACTION_HEAD.match(message)  # its head is recognised
+    assert _policy_and_facts(message) == (rule, [fact_id for fact_id, _ in facts])
 
 
-def test_the_engine_knows_the_fields_its_rules_read():
+def test_a_capped_action_of_plain_facts_is_read_without_parsing_it():
+    from rules import engine
+
+    message = '{"p1":[{"m":{"id":"a","kind":"party","n":1}},{"m":{"id": "b", "kind": "party"}}]}'
+    with mock.patch.object(engine.json, "loads", side_effect=AssertionError("parsed")):
+        assert engine._policy_and_facts(message) == ("p1", ["a", "b"])
+
+
+def test_actions_handing_over_few_matches_at_a_time_fire_the_same(night_frames, monkeypatch):
+    """More matches than one action hands over (the cap), and a catch-all whose count is reached
+    (its actions skipped): what fires does not change."""
+    from rules import engine as engine_module
+
+    batch = next(fact_batches(night_frames, 10_000))
+    expected = PolicyEngine(to_ruleset(load_policies(POLICIES))).evaluate_json(batch.facts, batch.ids)
+    monkeypatch.setattr(engine_module, "_MOST", 3)
+    engine = PolicyEngine(to_ruleset(load_policies(POLICIES)))
+    assert sorted(engine.evaluate_json(batch.facts, batch.ids)) == sorted(expected)
+    assert sorted(engine.evaluate_json(batch.facts, batch.ids)) == sorted(expected)  # nothing was left behind
+
+
+def test_a_duplicate_id_is_reported_even_behind_a_fact_no_policy_matches(night_frames):
+    engine = PolicyEngine(to_ruleset(load_policies(POLICIES)))
+    facts = json.loads(next(engine_batches(night_frames, 10_000))[1])[:50]
+    stray = {"id": "stray:1", "kind": "nothing-is-about-this"}
+    assert engine.evaluate(facts + [stray]) == engine.evaluate(facts)  # handled (by the catch-all), not refused
+    with pytest.raises(EngineError, match="already seen"):
+        engine.evaluate(facts + [facts[3], stray])
+    assert engine.evaluate(facts) == PolicyEngine(to_ruleset(load_policies(POLICIES))).evaluate(facts)
+
+
+def test_the_engine_knows_the_fields_the_rules_about_each_kind_read():
     from rules.document import iter_tests
 
     policies = load_policies(POLICIES)
-    read = {t.field for p in policies.policies for t in iter_tests(p.when)}
-    assert PolicyEngine(to_ruleset(policies)).fields == read | {"kind"}
+    engine = PolicyEngine(to_ruleset(policies))
+    for kind in FACT_KINDS:
+        read = {t.field for p in policies.policies if p.about == kind for t in iter_tests(p.when)}
+        assert engine.fields_of(kind) == read | {"kind"}, kind
+    assert engine.fields_of("party") < set(FACT_KINDS["party"]) | {"kind"}
+
+
+def test_a_rule_about_no_one_kind_counts_for_every_kind():
+    ruleset = to_ruleset(load_policies(POLICIES))
+    ruleset[RULESET_NAME]["odd"] = {"all": [{"m": {"$or": [{"kind": "party"}, {"area": "x"}]}}], "run": "odd"}
+    engine = PolicyEngine(ruleset)
+    assert all("area" in engine.fields_of(kind) for kind in [*FACT_KINDS, "unknown"])
 
 
 def test_facts_carrying_only_the_fields_the_rules_read_fire_what_whole_facts_fire(night_frames):

@@ -13,6 +13,7 @@ import datetime as dt
 import json
 import re
 
+import numpy as np
 import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -25,7 +26,9 @@ from processor.facts import Facts, build_facts
 from processor.generate import generate_export
 from processor.partition import candidate_facts, engine_batches, project_ids, single_fact_rules, split_by_project
 from processor.run import decide_night
-from rules.document import PolicyError, load_policies, parse_policies
+from rules.compile import any_mask, mask
+from rules.document import All, Any_, Not, Policy, PolicyError, load_policies, parse_policies
+from rules.document import Test as Comparison
 from rules.vocabulary import FACT_KINDS, HOLD_REASONS, MILESTONE_STATUSES
 
 from conftest import POLICIES
@@ -221,3 +224,60 @@ def test_made_up_thresholds_on_made_up_facts(thresholds, projects):
         return
     every, filtered = both_ways(policies, facts_from(projects))
     pd.testing.assert_frame_equal(every.firings, filtered.firings)
+
+
+# ---------------------------------------------------------------- several policies' masks at once
+
+_TEXT_VALUES = ["a", "b", "c", ""]
+_COLUMNS = {  # column -> (values a row may hold, values of the same type for an ordering test)
+    "text": (st.sampled_from([*_TEXT_VALUES, None]), st.sampled_from(_TEXT_VALUES)),
+    "number": (st.integers(-3, 3), st.integers(-3, 3) | st.floats(-3, 3)),
+    "real": (st.sampled_from([-1.5, 0.0, 2.0, float("nan")]), st.integers(-3, 3) | st.floats(-3, 3)),
+    "flag": (st.booleans(), st.booleans()),
+}
+_ANY_VALUE = st.sampled_from(_TEXT_VALUES) | st.integers(-3, 3) | st.booleans() | st.sampled_from([0.5, float("nan")])
+
+
+@st.composite
+def _comparison(draw):
+    field = draw(st.sampled_from(sorted(_COLUMNS)))
+    op = draw(st.sampled_from(["eq", "ne", "one_of", "none_of", "gte", "lte", "gt", "lt"]))
+    if op in ("one_of", "none_of"):
+        return Comparison(field, op, tuple(draw(st.lists(_ANY_VALUE, min_size=1, max_size=3))))
+    return Comparison(field, op, draw(_ANY_VALUE if op in ("eq", "ne") else _COLUMNS[field][1]))
+
+
+_condition = st.recursive(_comparison(), lambda inner: st.one_of(
+    st.lists(inner, min_size=1, max_size=3).map(lambda items: All(tuple(items))),
+    st.lists(inner, min_size=1, max_size=3).map(lambda items: Any_(tuple(items))),
+    inner.map(Not)), max_leaves=8)
+
+
+@st.composite
+def _frame(draw):
+    n = draw(st.integers(0, 60))
+    frame = pd.DataFrame({name: draw(st.lists(values, min_size=n, max_size=n)) for name, (values, _) in _COLUMNS.items()})
+    frame["text"] = frame["text"].astype(pd.StringDtype("pyarrow", na_value=np.nan))
+    return frame.astype({"number": np.int64, "real": np.float64, "flag": bool})
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(_frame(), st.lists(_condition, min_size=1, max_size=4))
+def test_several_policies_masks_at_once_are_their_masks_or_ed(frame, conditions):
+    """any_mask (numpy and Arrow on the rows still in question) is mask (pandas, every row), OR-ed."""
+    policies = [Policy(f"p{i}", "", "party", All((c,)), ()) for i, c in enumerate(conditions)]
+    expected = np.zeros(len(frame), dtype=bool)
+    for policy in policies:
+        expected |= mask(policy, frame)
+    assert any_mask(policies, frame).tolist() == expected.tolist()
+
+
+def test_several_policies_masks_at_once_on_a_generated_night(generated_facts):
+    policies = load_policies(POLICIES)
+    for kind, frame in generated_facts.frames.items():
+        about = [p for p in policies.policies if p.about == kind]
+        expected = np.zeros(len(frame), dtype=bool)
+        for policy in about:
+            expected |= mask(policy, frame)
+        assert expected.any()
+        assert (any_mask(about, frame) == expected).all(), kind
