@@ -30,6 +30,7 @@ interpreter's start alone is 4x a 0.15 s floor).
 from __future__ import annotations
 
 import argparse
+import compileall
 import datetime as dt
 import hashlib
 import json
@@ -388,6 +389,16 @@ def _growth(results: list[dict]) -> str:
     return "\n".join(out)
 
 
+def compile_project():
+    """The project's modules compiled to bytecode once, as an installed package has them.
+
+    Python reads cached bytecode even where PYTHONDONTWRITEBYTECODE keeps it from writing any
+    (as on the machines these figures come from): without this, every measured run would compile
+    ~10,000 lines of the project first (~0.1 s), which no deployed night does."""
+    for package in ("processor", "rules"):
+        compileall.compile_dir(str(ROOT / package), quiet=1)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--projects", type=int, nargs="+", default=[100_000, 1_000_000], help="night sizes (default: 100000 1000000)")
@@ -400,6 +411,7 @@ def main(argv=None) -> int:
     ap.add_argument("--keep-runs", type=Path, default=None, help="copy each run's output directory here")
     ap.add_argument("--json", type=Path, default=None, help="also write the raw measurements here")
     args = ap.parse_args(argv)
+    compile_project()
 
     results = []
     baselines: dict[int, dict] = {}
