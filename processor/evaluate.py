@@ -38,7 +38,7 @@ from rules.compile import to_ruleset
 from rules.document import PolicySet
 from rules.engine import PolicyEngine
 
-from processor.facts import STR, Facts, _arrow, is_in
+from processor.facts import STR, Facts, text_array, is_in
 from processor.partition import candidate_facts, candidate_rows, iter_firings, project_ids, project_shares
 from processor.killpoints import kill_point
 
@@ -142,10 +142,10 @@ def _evaluate_task(task: Task) -> _Part:
     policy_ids, fact_ids = zip(*firings) if firings else ((), ())
     table = pa.table({"policy_id": pa.array(policy_ids, pa.large_string()), "fact_id": pa.array(fact_ids, pa.large_string())})
     table = table.take(pc.sort_indices(table, _FIRINGS_ORDER))  # sorted here, the run's sort has less to do
-    fired = {kind: at[pc.is_in(_arrow(frames[kind]["fact_id"]), value_set=table["fact_id"]).to_numpy(zero_copy_only=False)]
+    fired = {kind: at[pc.is_in(text_array(frames[kind]["fact_id"]), value_set=table["fact_id"]).to_numpy(zero_copy_only=False)]
              for kind, at in rows.items()}
     # Project ids are never missing (the export requires them): their distinct values are the projects.
-    projects = pc.count_distinct(pa.chunked_array([_arrow(f["project_id"]) for f in frames.values()], pa.large_string()))
+    projects = pc.count_distinct(pa.chunked_array([text_array(f["project_id"]) for f in frames.values()], pa.large_string()))
     return _Part(table, fired, projects.as_py())
 
 

@@ -57,7 +57,7 @@ def _day(ns: np.ndarray) -> np.ndarray:
     return ns // DAY_NS
 
 
-def _arrow(s: pd.Series) -> pa.Array:
+def text_array(s: pd.Series) -> pa.Array:
     """A text column as one pyarrow large_string array (no copy for arrow-backed text)."""
     a = pa.array(s.astype(str), from_pandas=True)
     a = a.combine_chunks() if isinstance(a, pa.ChunkedArray) else a
@@ -76,7 +76,7 @@ def positions(keys: pd.Series, ids: pd.Series) -> np.ndarray:
     (milestones by project, say) looks up each distinct key once. Sorted keys among sorted ids,
     all of one length (as exports usually are), are found by binary search on their bytes, in
     place; others by pyarrow's hash."""
-    return _positions(_arrow(keys), _arrow(ids))
+    return _positions(text_array(keys), text_array(ids))
 
 
 def _positions(keys: pa.Array, ids: pa.Array) -> np.ndarray:
@@ -88,7 +88,7 @@ def _positions(keys: pa.Array, ids: pa.Array) -> np.ndarray:
 
 def _lookup(keys: pa.Array, ids: pa.Array) -> np.ndarray:
     """The row of each key among `ids` (unique), -1 when absent."""
-    sorted_ids, fixed_keys = _fixed_width(ids), _fixed_width(keys)
+    sorted_ids, fixed_keys = fixed_width_bytes(ids), fixed_width_bytes(keys)
     if len(keys) == len(ids) and pc.all(pc.equal(keys, ids).fill_null(False)).as_py():
         return np.arange(len(ids), dtype=np.intp)
     if sorted_ids is not None and fixed_keys is not None and sorted_ids.dtype == fixed_keys.dtype:
@@ -104,7 +104,7 @@ def _lookup(keys: pa.Array, ids: pa.Array) -> np.ndarray:
     return pc.index_in(keys, value_set=ids).fill_null(-1).to_numpy(zero_copy_only=False).astype(np.intp)
 
 
-def _fixed_width(text: pa.Array) -> np.ndarray | None:
+def fixed_width_bytes(text: pa.Array) -> np.ndarray | None:
     """The values as a numpy bytes array over the arrow buffer (no copy) when none is missing
     and all have the same length in bytes; else None."""
     if len(text) == 0 or text.null_count:
@@ -123,15 +123,15 @@ def is_in(values: pd.Series, among) -> np.ndarray:
     if len(values) == 0:
         return np.zeros(0, dtype=bool)
     among = among if isinstance(among, pd.Series) else pd.Series(np.asarray(among, dtype=object))
-    return _positions(_arrow(values), pc.unique(_arrow(among))) >= 0
+    return _positions(text_array(values), pc.unique(text_array(among))) >= 0
 
 
 def rows_among(values: pd.Series, among: pd.Series) -> np.ndarray:
     """The rows (in order) whose value is among `among`: np.flatnonzero(is_in(values, among)).
     In a table sorted by that value (fixed-width text), each of `among` finds its rows by
     binary search, without reading the whole column."""
-    text, wanted = _arrow(values), pc.unique(_arrow(among))
-    table, keys = _fixed_width(text), _fixed_width(wanted)
+    text, wanted = text_array(values), pc.unique(text_array(among))
+    table, keys = fixed_width_bytes(text), fixed_width_bytes(wanted)
     if table is None or keys is None or table.dtype != keys.dtype or not bool((table[1:] >= table[:-1]).all()):
         return np.flatnonzero(is_in(values, among))
     start, end = np.searchsorted(table, keys, "left"), np.searchsorted(table, keys, "right")
@@ -152,7 +152,7 @@ def json_values(values: pd.Series, *, ensure_ascii: bool = True, default=None) -
     if values.dtype == np.int64:
         return pa.array(values.to_numpy()).cast(pa.large_string())
     if isinstance(values.dtype, pd.StringDtype):
-        text = _arrow(values)
+        text = text_array(values)
         escapes = pc.any(pc.match_substring_regex(text, r'["\\\x00-\x1f]')).as_py()
         if not escapes and not (ensure_ascii and pc.all(pc.string_is_ascii(text)).as_py() is False):
             # Nothing to escape: the text between quotes (a missing value is NaN, as json.dumps writes it).
@@ -202,16 +202,16 @@ def _party_facts(tables: dict[str, pd.DataFrame], common: dict, project_ids: pa.
     users = tables["users"]
     n = len(project_ids)
     # Users' status by user id ("none" for an unknown user), for the client and the talent block.
-    of_user = _positions(pa.concat_arrays([client_ids, talent_ids]), _arrow(users["user_id"]))
-    status = pc.fill_null(_arrow(users["status"]), "none").take(pa.array(of_user, mask=of_user < 0))
+    of_user = _positions(pa.concat_arrays([client_ids, talent_ids]), text_array(users["user_id"]))
+    status = pc.fill_null(text_array(users["status"]), "none").take(pa.array(of_user, mask=of_user < 0))
     user_status = pc.fill_null(status, "none")
 
     # ---- contact attempts -> per (project, party) measurements. A (project, party) is a row of
     # the party block: the project's row for its client, n + that row for its talent.
     a = tables["contact_attempts"]
     attempted = _utc_ns(a["attempted_at"])
-    project = _positions(_arrow(a["project_id"]), project_ids)
-    target = _arrow(a["target_user_id"])
+    project = _positions(text_array(a["project_id"]), project_ids)
+    target = text_array(a["target_user_id"])
     known = (attempted != NO_TIME) & (attempted < night_end) & (project >= 0)
     at = np.where(known, project, 0)
     is_client = pc.equal(target, client_ids.take(at)).fill_null(False).to_numpy(zero_copy_only=False)
@@ -260,16 +260,16 @@ def build_facts(tables: dict[str, pd.DataFrame], as_of: dt.date) -> Facts:
     users = tables["users"]
     p = tables["projects"]
     n = len(p)
-    project_ids = _arrow(p["project_id"])
-    client_ids, talent_ids = _arrow(p["client_id"]), _arrow(p["talent_id"])
+    project_ids = text_array(p["project_id"])
+    client_ids, talent_ids = text_array(p["client_id"]), text_array(p["talent_id"])
     held = _utc_ns(p["held_since"])
     on_hold = (p["status"] == "on_hold").to_numpy(dtype=bool, na_value=False)
     common: dict[str, pa.Array | np.ndarray] = {
         "project_id": project_ids,
-        "project_status": _arrow(p["status"]),
-        "hold_reason": pc.fill_null(_arrow(p["hold_reason"]), "none"),
-        "talent_decision": pc.fill_null(_arrow(p["talent_decision"]), "none"),
-        "area": pc.fill_null(_arrow(p["area"]), "none"),
+        "project_status": text_array(p["status"]),
+        "hold_reason": pc.fill_null(text_array(p["hold_reason"]), "none"),
+        "talent_decision": pc.fill_null(text_array(p["talent_decision"]), "none"),
+        "area": pc.fill_null(text_array(p["area"]), "none"),
         "days_on_hold": np.where(on_hold & (held != NO_TIME), today - _day(held), 0).astype("int64"),
     }
     # The parties' facts are built on a second core meanwhile (pyarrow and numpy release the GIL).
@@ -277,14 +277,14 @@ def build_facts(tables: dict[str, pd.DataFrame], as_of: dt.date) -> Facts:
         parties = side.submit(_party_facts, tables, common, project_ids, client_ids, talent_ids, held, today, night_end)
         # ---- milestones (the inner join on project_id)
         m = tables["milestones"]
-        ms_project = _positions(_arrow(m["project_id"]), project_ids)
+        ms_project = _positions(text_array(m["project_id"]), project_ids)
         ms_kept = _kept(ms_project)
-        milestone_ids = _take(_arrow(m["milestone_id"]), ms_kept)
+        milestone_ids = _take(text_array(m["milestone_id"]), ms_kept)
         amount = _take(m["amount_cents"].to_numpy(dtype="int64"), ms_kept)
         milestone_facts = pd.DataFrame({
             **_common_frame(common, _take(ms_project, ms_kept)),
             "milestone_id": _text(milestone_ids),
-            "milestone_status": _text(_take(_arrow(m["status"]), ms_kept)),
+            "milestone_status": _text(_take(text_array(m["status"]), ms_kept)),
             "amount_cents": amount,
             "escrow_gap_cents": np.maximum(amount - _take(m["escrow_amount_cents"].to_numpy(dtype="int64"), ms_kept), 0),
             "has_validated_at": _take(m["validated_at"].notna().to_numpy(), ms_kept),
@@ -293,19 +293,19 @@ def build_facts(tables: dict[str, pd.DataFrame], as_of: dt.date) -> Facts:
 
         # ---- invoices (the inner joins on milestone_id, then on the milestone's project_id)
         inv = tables["invoices"]
-        of_milestone = _positions(_arrow(inv["milestone_id"]), _arrow(m["milestone_id"]))
+        of_milestone = _positions(text_array(inv["milestone_id"]), text_array(m["milestone_id"]))
         inv_project = np.where(of_milestone >= 0, ms_project[of_milestone], -1)
         inv_kept = _kept(inv_project)
         inv_project = _take(inv_project, inv_kept)
         inv = inv[["invoice_id", "milestone_id", "status", "due_date", "amount_cents", "currency"]]
         inv = inv if inv_kept is None else inv.iloc[inv_kept].reset_index(drop=True)
-        invoice_ids = _arrow(inv["invoice_id"])
-        invoice_status = _arrow(inv["status"])
+        invoice_ids = text_array(inv["invoice_id"])
+        invoice_status = text_array(inv["status"])
         days_overdue = today - _day(_utc_ns(inv["due_date"]))
         invoice_facts = pd.DataFrame({
             **_common_frame(common, inv_project),
             "invoice_id": _text(invoice_ids),
-            "milestone_id": _text(_arrow(inv["milestone_id"])),
+            "milestone_id": _text(text_array(inv["milestone_id"])),
             "invoice_status": _text(invoice_status),
             "days_overdue": days_overdue,
             "amount_cents": inv["amount_cents"].to_numpy(dtype="int64"),
@@ -333,10 +333,10 @@ def build_facts(tables: dict[str, pd.DataFrame], as_of: dt.date) -> Facts:
 
     projects_ctx = pd.DataFrame({
         "project_id": project_facts["project_id"],
-        "title": _text(_arrow(p["title"]), "none"),
+        "title": _text(text_array(p["title"]), "none"),
         "client_id": _text(client_ids),
         "talent_id": _text(talent_ids),
-        "project_success_id": _text(_arrow(p["project_success_id"])),
+        "project_success_id": _text(text_array(p["project_success_id"])),
         "area": project_facts["area"],
         "status": project_facts["project_status"],
     }, copy=False)

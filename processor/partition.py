@@ -32,7 +32,7 @@ from rules.document import PolicySet
 from rules.vocabulary import FACT_KINDS
 
 from processor.arrowtext import concat, joined_between
-from processor.facts import _arrow, _fixed_width, is_in, json_values
+from processor.facts import text_array, fixed_width_bytes, is_in, json_values
 
 Frames = dict[str, pd.DataFrame]
 # Projects whose facts go to durable-rules in one assertion. Each assertion has a fixed cost
@@ -104,7 +104,7 @@ def project_shares(frames: Frames, n: int) -> list[dict[str, slice | np.ndarray]
     (in their text order; cut where a sample of the ids says the shares are about even).
     Per share, per kind, the rows holding its facts in the frame's order: a slice when the
     frame is sorted by project id (as facts usually are), else an array of positions."""
-    columns = {kind: _arrow(frame["project_id"]) for kind, frame in frames.items()}
+    columns = {kind: text_array(frame["project_id"]) for kind, frame in frames.items()}
     bounds = _share_bounds(list(columns.values()), n)
     shares: list[dict[str, slice | np.ndarray]] = [{} for _ in range(len(bounds) + 1)]
     for kind, pid in columns.items():
@@ -127,7 +127,7 @@ def _share_bounds(columns: list[pa.Array], n: int, sample: int = 4096) -> list[s
 def _rows_between(pid: pa.Array, bounds: list[str]) -> list[slice | np.ndarray]:
     """For each range of ids the bounds make (below the first, ..., from the last on), the rows
     whose id is in it. A missing id counts as below every bound."""
-    fixed = _fixed_width(pid)
+    fixed = fixed_width_bytes(pid)
     # numpy compares bytes as Arrow does, except that it ignores trailing NULs: no shortcut then.
     if fixed is not None and not any(b.endswith("\0") for b in bounds) and _ascending(pid):
         # Sorted by id: each range is one run of rows, found by binary search on the bytes.

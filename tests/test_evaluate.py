@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from processor.evaluate import CRASH_HOOK_ENV, evaluate
 from processor.export import read_export
-from processor.facts import Facts, _arrow, build_facts
+from processor.facts import Facts, text_array, build_facts
 from processor.generate import generate_export
 from processor.partition import _rows_between, candidate_facts, fired_rows, iter_firings, project_ids, project_shares
 from rules.compile import to_ruleset
@@ -122,7 +122,7 @@ def test_shares_are_ranges_of_project_ids_that_keep_each_project_whole(ids, n, o
 def test_rows_between_bounds_by_binary_search_agree_with_comparing_every_id(ids, bounds):
     bounds = sorted(bounds, key=str.encode)
     ids = sorted(ids, key=str.encode)  # sorted: the binary search on fixed-width bytes, when it may
-    got = [np.arange(len(ids))[r].tolist() for r in _rows_between(_arrow(pd.Series(ids, dtype="str")), bounds)]
+    got = [np.arange(len(ids))[r].tolist() for r in _rows_between(text_array(pd.Series(ids, dtype="str")), bounds)]
     want = [[i for i, pid in enumerate(ids) if sum(pid.encode() >= b.encode() for b in bounds) == k]
             for k in range(len(bounds) + 1)]
     assert got == want
