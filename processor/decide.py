@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 from rules.compile import evidence_fields, evidence_thresholds
 from rules.document import ActionSpec, Policy, PolicySet
 
-from processor.arrowtext import concat
+from processor.arrowtext import concat, runs
 from processor.facts import STR, Facts, is_in, json_values, positions, rows_among
 
 DECISION_COLUMNS = [
@@ -158,8 +158,7 @@ def _each_match(keys: pd.Series, among: pd.Series) -> tuple[np.ndarray, np.ndarr
     n = np.zeros(len(keys), dtype=np.intp)
     n[found] = counts[key[found]]
     left = np.repeat(np.arange(len(keys)), n)
-    within = np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n)
-    return left, order[np.repeat(first[key[found]], n[found]) + within]
+    return left, order[runs(first[key[found]], n[found])]
 
 
 def _fired_context(policies: PolicySet, firings: pd.DataFrame, facts: Facts, fired_rows: dict[str, pd.Index] | None,

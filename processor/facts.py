@@ -18,6 +18,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from processor.arrowtext import runs
 from processor.export import ids_as_numbers
 from rules.vocabulary import FACT_KINDS
 
@@ -135,8 +136,7 @@ def rows_among(values: pd.Series, among: pd.Series) -> np.ndarray:
     if table is None or keys is None or table.dtype != keys.dtype or not bool((table[1:] >= table[:-1]).all()):
         return np.flatnonzero(is_in(values, among))
     start, end = np.searchsorted(table, keys, "left"), np.searchsorted(table, keys, "right")
-    n = end - start
-    return np.sort(np.repeat(start - (np.cumsum(n) - n), n) + np.arange(n.sum()))
+    return np.sort(runs(start, end - start))
 
 
 def _runs(keys: pa.Array) -> tuple[pa.Array, np.ndarray]:
