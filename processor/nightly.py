@@ -163,12 +163,13 @@ def nights_to_do(exports_root: str | Path, ledger_path: str | Path, since: dt.da
 
 def _peek_nothing_to_do(exports_root: Path, ledger_path: Path, since: dt.date | None) -> bool:
     """True when there is surely nothing to do, found without writing a byte (not even SQLite's
-    -wal/-shm files): a ledger with a -wal file is being written or was left by a killed run,
-    so that case is left to the check under the lock."""
+    journal files): a ledger with a -journal (or, made by an older version, -wal) file beside it is
+    being written or was left by a killed run, so that case is left to the check under the lock."""
     nights = export_nights(exports_root, since)
     if not nights:
         return True
-    if not ledger_path.exists() or ledger_path.with_name(ledger_path.name + "-wal").exists():
+    if not ledger_path.exists() or any(ledger_path.with_name(ledger_path.name + suffix).exists()
+                                       for suffix in ("-journal", "-wal")):
         return False
     try:
         db = sqlite3.connect(f"file:{ledger_path}?mode=ro&immutable=1", uri=True)

@@ -149,3 +149,23 @@ def test_a_decision_recorded_with_its_evidence_as_text_or_as_an_object_comes_bac
         back = ledger.resolved(dt.date(2026, 11, 24), frame.iloc[:0])
     expected = frame[DETAIL_COLUMNS].sort_values(["project_id"]).reset_index(drop=True)
     assert back.sort_values(["project_id"]).reset_index(drop=True).astype(str).equals(expected.astype(str))
+
+
+def test_a_ledger_made_in_wal_mode_keeps_its_nights_and_is_switched_to_a_rollback_journal(tmp_path):
+    import datetime as dt
+    import sqlite3
+
+    from processor.ledger import Ledger
+
+    path = tmp_path / "ledger.sqlite"
+    frame = decisions_frame(4)
+    with Ledger(path) as ledger:
+        ledger.record_night(dt.date(2026, 11, 23), "r1", "sha", "out", frame)
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA journal_mode=WAL").fetchone() == ("wal",)   # as ledgers were made before
+    db.close()
+    with Ledger(path) as ledger:
+        assert ledger.db.execute("PRAGMA journal_mode").fetchone() == ("delete",)
+        assert ledger.nights() == ["2026-11-23"]
+        assert len(ledger.resolved(dt.date(2026, 11, 24), frame.iloc[:0])) == 4
+    assert not path.with_name(path.name + "-wal").exists()

@@ -98,6 +98,31 @@ def test_a_rerun_with_nothing_new_does_nothing_and_writes_nothing(tmp_path):
     assert snapshot(tmp_path) == before
 
 
+@pytest.mark.parametrize("journal", ["-journal", "-wal"])
+def test_a_ledger_with_a_journal_beside_it_is_not_peeked_at_but_checked_under_the_lock(tmp_path, journal):
+    """A journal file means a write in progress or a run killed in the middle of one (SQLite rolls it
+    back when the ledger is next opened): only the check under the lock can tell what is done."""
+    from processor.nightly import _peek_nothing_to_do
+
+    write_nights(tmp_path, {D1: a_night(D1)})
+    assert nightly(tmp_path).exit_code == 0
+    ledger = tmp_path / "ledger.sqlite"
+    assert _peek_nothing_to_do(tmp_path / "exports", ledger, None)
+    ledger.with_name(ledger.name + journal).write_bytes(b"")
+    assert not _peek_nothing_to_do(tmp_path / "exports", ledger, None)
+    assert nightly(tmp_path).nothing_to_do
+
+
+def test_the_ledger_keeps_a_rollback_journal_and_leaves_no_file_beside_it(tmp_path):
+    """Recording a night appends it once to the file (WAL would write it twice)."""
+    write_nights(tmp_path, {D1: a_night(D1)})
+    nightly(tmp_path)
+    ledger = tmp_path / "ledger.sqlite"
+    assert ledger_rows(ledger, "PRAGMA journal_mode") == [("delete",)]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("ledger.sqlite")) == \
+        ["ledger.sqlite", "ledger.sqlite.lock"]
+
+
 def test_an_empty_exports_root_is_nothing_to_do_and_creates_no_ledger(tmp_path):
     (tmp_path / "exports").mkdir()
     result = nightly(tmp_path)
