@@ -1059,15 +1059,19 @@ def _kept_positions(columns: list[pa.ChunkedArray], target: _CheckedTable) -> li
     unordered = [refs for refs, positions in zip(columns, found) if positions is None]
     if unordered:
         width = _common_width(target.kept_ids)
-        numbers = None
+        together = None
         if width and all(_no_null_and_width(text, width) for text in [target.kept_ids, *unordered]):
-            # Ids of one width (the users') are found by the number their bytes spell:
-            # one to one, and much cheaper to hash than text.
-            numbers = ids_as_numbers([_fixed_width_bytes(target.kept_ids, width),
-                                    np.concatenate([_fixed_width_bytes(refs, width) for refs in unordered])])
-        if numbers is not None:
-            together = pa.chunked_array([pc.index_in(pa.array(numbers[1]), value_set=pa.array(numbers[0]))])
-        else:
+            kept = _fixed_width_bytes(target.kept_ids, width)
+            wanted = np.concatenate([_fixed_width_bytes(refs, width) for refs in unordered])
+            # Ids of one width (the users') are found by the number their bytes spell: one to one,
+            # and, when they are a prefix and digits (U000558), a place in a table of the kept ids'
+            # positions; else much cheaper to hash than text.
+            together = _positions_by_digits(kept, wanted)
+            if together is None:
+                numbers = ids_as_numbers([kept, wanted])
+                if numbers is not None:
+                    together = pa.chunked_array([pc.index_in(pa.array(numbers[1]), value_set=pa.array(numbers[0]))])
+        if together is None:
             together = pc.index_in(
                 pa.chunked_array([chunk for refs in unordered for chunk in refs.chunks], pa.large_string()),
                 value_set=target.kept_ids,
@@ -1078,6 +1082,53 @@ def _kept_positions(columns: list[pa.ChunkedArray], target: _CheckedTable) -> li
                 found[i] = together.slice(start, len(refs))
                 start += len(refs)
     return found
+
+
+def _positions_by_digits(kept: np.ndarray, wanted: np.ndarray) -> pa.ChunkedArray | None:
+    """Position of each of ``wanted`` in ``kept`` (unique ids), both numpy ``S<width>`` arrays, null where
+    it is not there, when the ids are one prefix and then digits (U000558) numbered densely enough for a
+    table of the kept ids' positions, indexed by their number; None when they are not."""
+    numbers = _decimal_ids([kept, wanted])
+    if numbers is None or not len(kept):
+        return None
+    kept_numbers, wanted_numbers = numbers
+    limit = max(4 * len(kept), 1 << 16)
+    top = max(int(kept_numbers.max()), int(wanted_numbers.max(initial=0)))
+    if top >= limit:
+        return None  # sparse numbers: a table would be mostly empty
+    table = np.full(top + 1, -1, dtype=np.int32)
+    table[kept_numbers] = np.arange(len(kept), dtype=np.int32)
+    positions = table.take(wanted_numbers)
+    return pa.chunked_array([pa.array(positions, mask=positions < 0)])
+
+
+def _decimal_ids(values: list[np.ndarray]) -> list[np.ndarray] | None:
+    """Bytes of one width (numpy ``S<width>`` arrays) as the int64 number their digits spell, when every value
+    is the first value's prefix (the bytes before its first digit) followed by 1 to 18 digits; None otherwise.
+
+    Under that condition two values are equal exactly when their numbers are."""
+    width = values[0].dtype.itemsize
+    if not len(values[0]):
+        return None
+    first = values[0][:1].view(np.uint8)
+    digit = (first >= ord("0")) & (first <= ord("9"))
+    prefix = int(np.argmax(digit))
+    if not digit[prefix] or not digit[prefix:].all() or width - prefix > 18:
+        return None
+    numbers = []
+    for v in values:
+        rows = v.view(np.uint8).reshape(len(v), width)
+        if prefix and not (rows[:, :prefix] == first[:prefix]).all():
+            return None
+        number = np.zeros(len(v), dtype=np.int64)
+        for k in range(prefix, width):
+            place = rows[:, k] - np.uint8(ord("0"))  # a byte that is not a digit wraps above 9
+            if (place > 9).any():
+                return None
+            number *= 10
+            number += place
+        numbers.append(number)
+    return numbers
 
 
 def _positions_in_order(refs: pa.ChunkedArray, target: _CheckedTable) -> pa.ChunkedArray | None:

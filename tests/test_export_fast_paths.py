@@ -172,17 +172,19 @@ _IDS = st.text(alphabet="AB0\x00", min_size=2, max_size=2)  # ids of one width, 
 
 _PREFIXED = _IDS.map(lambda s: "M0000000" + s)  # ids of 10 bytes whose first 2 are the same in all
 _LONG = st.text(alphabet="AM0", min_size=10, max_size=10)  # ids of 10 bytes, some with that prefix
-_OTHERS = st.one_of(_IDS, _PREFIXED, _LONG, st.text(alphabet="Aé", min_size=1, max_size=3))
+_NUMBERED = st.text(alphabet="0129", min_size=3, max_size=3).map(lambda s: "U" + s)  # a prefix and digits: U012
+_OTHERS = st.one_of(_IDS, _PREFIXED, _LONG, _NUMBERED, st.text(alphabet="AUé0", min_size=1, max_size=4))
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=400, deadline=None)
 @given(
-    st.one_of(st.sets(_IDS, max_size=8), st.sets(_PREFIXED, max_size=8), st.sets(st.one_of(_PREFIXED, _LONG), max_size=8)),
+    st.one_of(st.sets(_IDS, max_size=8), st.sets(_PREFIXED, max_size=8), st.sets(st.one_of(_PREFIXED, _LONG), max_size=8),
+              st.sets(_NUMBERED, max_size=8)),
     st.data(),
 )
 def test_references_are_found_as_a_hash_lookup_of_their_text_finds_them(ids, data):
     """Each column (in order or not, looked up with the others, by binary search, by the number
-    its bytes spell or by its text) is found as Arrow's hash lookup of its text alone finds it."""
+    its bytes or its digits spell or by its text) is found as Arrow's hash lookup of its text alone finds it."""
     known = st.sampled_from(sorted(ids)) if ids else _OTHERS
     refs = st.one_of(st.lists(known, max_size=10), st.lists(st.one_of(known, _OTHERS), max_size=10))
     columns = data.draw(st.lists(st.tuples(refs, st.sampled_from(["in order", "any order", "with an empty one"])),
