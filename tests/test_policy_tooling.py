@@ -52,6 +52,22 @@ def test_schema_prints_the_committed_schema_file():
     assert invoke("schema", "--check", SCHEMA_FILE).exit_code == 0
 
 
+def test_the_installed_command_delivers_all_it_printed_and_its_exit_status(tmp_path):
+    """The command exits without tearing the interpreter down (processor.cli.entry): what it
+    printed into a file or a pipe arrives whole, and the exit status is the command's."""
+    printed = tmp_path / "schema.json"
+    with printed.open("w") as out:
+        assert subprocess.run([SHAKERS_RULES, "schema"], stdout=out).returncode == 0
+    assert printed.read_text() == schema_text()
+    piped = subprocess.run([SHAKERS_RULES, "schema"], capture_output=True, text=True)
+    assert piped.returncode == 0 and piped.stdout == schema_text()
+    broken = tmp_path / "policies.yaml"
+    broken.write_text("policies: [\n")
+    refused = subprocess.run([SHAKERS_RULES, "validate", str(broken)], capture_output=True, text=True)
+    assert refused.returncode == 3 and str(broken) in refused.stdout + refused.stderr
+    assert subprocess.run([SHAKERS_RULES, "no-such-command"], capture_output=True).returncode == 2
+
+
 def test_schema_check_says_when_the_committed_copy_is_stale(tmp_path):
     stale = tmp_path / "policies.schema.json"
     stale.write_text(schema_text().replace("escrow", "escrew"))
