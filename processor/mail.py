@@ -28,6 +28,7 @@ import hashlib
 import multiprocessing
 import os
 import re
+import string
 import smtplib
 import socket
 import ssl
@@ -231,14 +232,44 @@ def _subject(text: str) -> bytes:
 
 
 def _to(name: str, addr: str) -> bytes:
-    """The To line: written directly when the name needs neither quotes nor encoding and the line
-    needs no folding, else by the `email` package."""
+    """The To line: written directly when the name needs no quotes and at most one encoded word
+    (_encoded_name), and the line needs no folding; else by the `email` package."""
     shown = plain(name)[:120]   # what mailbox() makes of it
-    if (not shown or _PLAIN_NAME.fullmatch(shown)) and _PLAIN_ADDR.fullmatch(addr) and valid_address(addr):
-        line = f"To: {shown} <{addr}>" if shown else f"To: {addr}"
-        if len(line) <= _LINE:
+    if _PLAIN_ADDR.fullmatch(addr) and valid_address(addr):
+        if not shown or _PLAIN_NAME.fullmatch(shown):
+            line = f"To: {shown} <{addr}>" if shown else f"To: {addr}"
+        else:
+            named = _encoded_name(shown)
+            line = f"To: {named} <{addr}>" if named else ""
+        if line and len(line) <= _LINE:
             return (line + "\r\n").encode("ascii")
     return _folded("To", mailbox(name, addr))
+
+
+# Words of letters (any alphabet), an apostrophe or a hyphen joining letters within a word: O'Brien, Serra-Núñez.
+_NAME_WORD = re.compile(r"[^\W\d_]+(?:['-][^\W\d_]+)*")
+# The bytes an encoded word of the `q` kind writes as they are (RFC 2047 as the `email` package reads it).
+_Q_SAFE = frozenset(b"-!*+/" + string.ascii_letters.encode() + string.digits.encode())
+_Q = {byte: chr(byte) if byte in _Q_SAFE else "_" if byte == ord(" ") else f"={byte:02X}" for byte in range(256)}
+
+
+def _encoded_name(shown: str) -> str | None:
+    """A display name of such words, single spaces between them, some not ASCII, as the `email`
+    package writes it on a line it need not fold (held to it by a property test): the words before
+    the first one that is not ASCII and after the last one as they are, those from the first to
+    the last as one UTF-8 encoded word, `q` unless that is 5 or more characters longer than `b`.
+    None for any other name (manager names of the generated nights: 62% of them are such)."""
+    words = shown.split(" ")
+    if not all(_NAME_WORD.fullmatch(word) for word in words):
+        return None
+    ascii_words = [word.isascii() for word in words]
+    if all(ascii_words):
+        return None
+    first, last = ascii_words.index(False), len(words) - ascii_words[::-1].index(False)
+    raw = " ".join(words[first:last]).encode("utf-8")
+    q, b = "".join(_Q[byte] for byte in raw), base64.b64encode(raw).decode("ascii")
+    word = f"=?utf-8?q?{q}?=" if len(q) - len(b) < 5 else f"=?utf-8?b?{b}?="
+    return " ".join([*words[:first], word, *words[last:]])
 
 
 @functools.lru_cache(maxsize=8)

@@ -222,6 +222,26 @@ def test_a_to_line_is_the_one_the_email_package_writes(name, addr):
     assert mail._to(name, addr) == expected
 
 
+_name_word = st.text(st.sampled_from("aZéÑüÁöëßλ中'-"), min_size=1, max_size=12)
+_names = st.one_of(st.lists(_name_word, min_size=1, max_size=6).map(" ".join),
+                   st.text(st.sampled_from("aZé Ñ'-.\""), max_size=40))
+
+
+@settings(max_examples=1500, deadline=None)
+@given(_names, st.from_regex(r"[a-z0-9._+-]{1,30}@[a-z0-9.-]{1,40}", fullmatch=True))
+@example("José de María", "jose@shakers.test")   # one encoded word over an ASCII word between
+@example("Ñoño", "n@shakers.test")                # b: q would be 6 characters longer
+@example("Jürgen Müller Österreich Straße", "someone.long@example.com")   # too long: the package folds it
+def test_a_to_line_with_a_name_in_any_alphabet_is_the_one_the_email_package_writes(name, addr):
+    try:
+        expected = mail._folded("To", mail.mailbox(name, addr))
+    except (ValueError, email.errors.HeaderParseError) as e:
+        with pytest.raises(type(e)):
+            mail._to(name, addr)
+        return
+    assert mail._to(name, addr) == expected
+
+
 def test_the_subjects_and_names_of_a_night_take_the_short_way(monkeypatch):
     def not_called(*_args):
         raise AssertionError("folded by the email package")
@@ -232,3 +252,5 @@ def test_the_subjects_and_names_of_a_night_take_the_short_way(monkeypatch):
     assert mail._subject(subject) == (b"Subject: Shakers policy report, night of 2026-11-24: 123 new actions (45\r\n"
                                       b" ongoing, 6 at risk, 7 flagged, 8 resolved)\r\n")
     assert mail._to("Paula Success", "paula@shakers.test") == b"To: Paula Success <paula@shakers.test>\r\n"
+    assert mail._to("Raúl Álvarez", "raul@shakers.test") == b"To: =?utf-8?q?Ra=C3=BAl_=C3=81lvarez?= <raul@shakers.test>\r\n"
+    assert mail._to("Laura Pérez", "laura@shakers.test") == b"To: Laura =?utf-8?q?P=C3=A9rez?= <laura@shakers.test>\r\n"
