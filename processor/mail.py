@@ -3,7 +3,9 @@
 * Every email's headers are built with the `email` package's header registry:
   display names are stripped of control characters and line breaks and go
   through `Address`, so nothing from the export can add or change a header.
-  Its two parts (text, HTML) are base64, encoded and assembled here at C speed.
+  Its two parts (text, HTML) go as they are, UTF-8 in lines of at most 998
+  bytes (8bit, RFC 6152), or base64 where they could not (a longer line, a NUL,
+  the boundary itself); a server that does not take 8BITMIME gets them base64.
 * The Message-ID is derived from the night and the recipient: rebuilding the
   same night's report gives the same id, and the ledger's `deliveries` table
   remembers which ids were delivered, so a rerun emails nobody twice.
@@ -296,30 +298,53 @@ def headers(report, mail_from: str, date: str, mid: str) -> bytes:
 def boundary(mid: str) -> str:
     """The multipart boundary of a message: the same for every build of it, and never inside its parts.
 
-    The parts are base64 (letters, digits, `+/=` and line breaks) under fixed headers; a `-` cannot
-    occur in them, so the delimiter line `--shakers-report-…` cannot either."""
+    A part that holds it anywhere goes base64 (letters, digits, `+/=` and line breaks, under fixed
+    headers: no `-`), so the delimiter line `--shakers-report-…` cannot occur in a part."""
     return f"shakers-report-{hashlib.sha256(mid.encode()).hexdigest()[:24]}"
 
 
-def base64_body(text: str | bytes) -> bytes:
-    """`text` in canonical form (UTF-8, CRLF line breaks, ending with one) as base64 lines of 76 characters.
+def canonical(text: str | bytes) -> bytes:
+    """`text` in canonical form: UTF-8, CRLF line breaks, ending with one.
 
     Text already encoded (UTF-8 bytes, as a renderer that builds pages in Arrow has them) is taken as is."""
-    return b"".join(_base64_lines(text))
-
-
-def _base64_lines(text: str | bytes) -> list:
-    """base64_body's pieces (bytes-like), for a caller that joins or writes them itself.
-
-    binascii encodes the whole text at C speed and numpy cuts it into lines, two bytes at a time
-    (76 characters and a CRLF are 38 and 39 two-byte units): `base64.encodebytes` would loop in
-    Python over every 57 bytes."""
     data = text.encode("utf-8") if isinstance(text, str) else bytes(text)
     if b"\r" in data:
         data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
     if not data.endswith(b"\n"):
         data += b"\n"
-    encoded = binascii.b2a_base64(data.replace(b"\n", b"\r\n"), newline=False)
+    return data.replace(b"\n", b"\r\n")
+
+
+# The longest line SMTP carries: 998 bytes and the CRLF (RFC 5321 4.5.3.1.6).
+SMTP_LINE = 1000
+
+
+def _part(subtype: str, text: str | bytes, fence: bytes) -> list:
+    """One part of a message (its headers, then its body) as pieces to write: the canonical text
+    as it is (7bit when ASCII, else 8bit) when every line fits SMTP's, it holds no NUL and not
+    `fence` (the boundary); else base64."""
+    data = canonical(text)
+    if b"\0" not in data and fence not in data:
+        breaks = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == ord("\n"))
+        if int(np.diff(breaks, prepend=-1).max()) <= SMTP_LINE:
+            # The line break before the next delimiter belongs to the delimiter (RFC 2046 5.1.1),
+            # not to the text: one more, so that the text ends with its own.
+            return [_PART_HEADERS["7bit" if data.isascii() else "8bit"][subtype], data, b"\r\n"]
+    return [_PART_HEADERS["base64"][subtype], *_base64_lines(data)]
+
+
+def base64_body(text: str | bytes) -> bytes:
+    """`text` in canonical form as base64 lines of 76 characters."""
+    return b"".join(_base64_lines(canonical(text)))
+
+
+def _base64_lines(data: bytes) -> list:
+    """base64_body's pieces (bytes-like) of canonical text, for a caller that joins or writes them itself.
+
+    binascii encodes the whole text at C speed and numpy cuts it into lines, two bytes at a time
+    (76 characters and a CRLF are 38 and 39 two-byte units): `base64.encodebytes` would loop in
+    Python over every 57 bytes."""
+    encoded = binascii.b2a_base64(data, newline=False)
     full = len(encoded) // 76
     lines = np.empty((full, 39), dtype=np.uint16)
     lines[:, :38] = np.frombuffer(encoded, dtype=np.uint16, count=full * 38).reshape(full, 38)
@@ -333,8 +358,7 @@ def build_message(report, text: str, html: str, mail_from: str, date: str | None
     """(Message-ID, the email as sent) for one manager's report: multipart/alternative, `text` then `html`.
 
     `date` (RFC 5322) defaults to now. The `email` package builds and folds the headers; the two
-    parts are assembled here, base64 at C speed (its pure-Python quoted-printable and generator
-    dominated big nights)."""
+    parts are assembled here (_part: its pure-Python generator dominated big nights)."""
     mid, pieces = _message_pieces(report, text, html, mail_from, date)
     return mid, b"".join(pieces)
 
@@ -343,16 +367,29 @@ def _message_pieces(report, text: str, html: str, mail_from: str, date: str | No
     """build_message's email as the pieces it is made of, in order (written out without joining them)."""
     mid = message_id(report.as_of, report.email, report.manager_id)
     date = date or email.utils.format_datetime(dt.datetime.now(dt.timezone.utc))
-    delimiter = f"--{boundary(mid)}".encode()
+    fence = boundary(mid).encode()
+    delimiter = b"--" + fence
     out = [headers(report, mail_from, date, mid)]
     for subtype, part in (("plain", text), ("html", html)):
-        out += [delimiter, _PART_HEADERS[subtype], *_base64_lines(part)]
+        out += [delimiter, *_part(subtype, part, fence)]
     out += [delimiter, b"--\r\n"]
     return mid, out
 
 
-_PART_HEADERS = {subtype: f"\r\nContent-Type: text/{subtype}; charset=\"utf-8\"\r\n"
-                          "Content-Transfer-Encoding: base64\r\n\r\n".encode() for subtype in ("plain", "html")}
+_PART_HEADERS = {cte: {subtype: f"\r\nContent-Type: text/{subtype}; charset=\"utf-8\"\r\n"
+                                f"Content-Transfer-Encoding: {cte}\r\n\r\n".encode() for subtype in ("plain", "html")}
+                 for cte in ("7bit", "8bit", "base64")}
+
+
+def seven_bit(data: bytes) -> bytes:
+    """An email with its 8bit parts made base64, for a server that does not take 8BITMIME."""
+    msg = email.message_from_bytes(data, policy=POLICY)
+    for part in msg.walk():
+        if not part.is_multipart() and str(part.get("Content-Transfer-Encoding", "")).lower() == "8bit":
+            body = part.get_payload(decode=True)
+            part.set_payload(base64.encodebytes(body).decode("ascii"))
+            part.replace_header("Content-Transfer-Encoding", "base64")
+    return msg.as_bytes(policy=POLICY)
 
 
 def outbox_name(as_of: str, manager_id: str, mid: str) -> str:
@@ -572,7 +609,12 @@ def _send_with_retries(session: Session, settings: SmtpSettings, sender: str, it
             sleep(delay)
             continue
         try:
-            smtp.sendmail(sender, [item.recipient], data)
+            if data.isascii():
+                smtp.sendmail(sender, [item.recipient], data)
+            elif smtp.has_extn("8bitmime"):
+                smtp.sendmail(sender, [item.recipient], data, mail_options=["BODY=8BITMIME"])
+            else:
+                smtp.sendmail(sender, [item.recipient], seven_bit(data))
             return
         except Exception as e:
             kind, text = _classify(e), scrub(_describe_error(e), settings)

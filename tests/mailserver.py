@@ -25,6 +25,7 @@ class Received:
     mail_from: str
     rcpt_tos: list[str]
     data: bytes
+    mail_options: list[str] = field(default_factory=list)   # MAIL FROM's parameters: BODY=8BITMIME
 
     @property
     def message(self) -> email.message.EmailMessage:
@@ -46,7 +47,8 @@ class Inbox:
         # STARTTLS sets session.ssl; with implicit TLS the transport itself is the TLS one
         if session.ssl is not None or server.transport.get_extra_info("ssl_object") is not None:
             self.tls_sessions += 1
-        self.messages.append(Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content or envelope.content))
+        self.messages.append(Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content or envelope.content,
+                                      list(envelope.mail_options)))
         return "250 2.0.0 OK"
 
     def to(self, address: str) -> list[Received]:

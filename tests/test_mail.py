@@ -102,6 +102,30 @@ def test_every_email_is_also_in_the_outbox_byte_for_byte(tmp_path, monkeypatch, 
     for f in files:
         msg = email.message_from_bytes(f.read_bytes(), policy=email.policy.default)
         assert sent[msg["Message-ID"]] == f.read_bytes().replace(b"\r\n", b"\n")
+    # The parts are UTF-8 as they are (the reports say €): said so to the server, which takes 8BITMIME.
+    assert all(not f.read_bytes().isascii() for f in files)
+    assert all("BODY=8BITMIME" in m.mail_options for m in server.inbox.messages)
+
+
+def test_a_server_without_8bitmime_gets_each_email_in_seven_bits_saying_the_same(tmp_path, monkeypatch):
+    server = Server(decode_data=True)   # aiosmtpd then does not offer 8BITMIME
+    try:
+        smtp_env(monkeypatch, server.port)
+        result = run(tmp_path)
+        assert result.exit_code == 0 and len(server.inbox.messages) == 2
+        for received in server.inbox.messages:
+            assert received.data.isascii() and "BODY=8BITMIME" not in received.mail_options
+            sent = received.message
+            path = next(p for p in (result.out_dir / "outbox").glob("*.eml")
+                        if email.message_from_bytes(p.read_bytes(), policy=email.policy.default)["Message-ID"] == sent["Message-ID"])
+            kept = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
+            assert [p["Content-Transfer-Encoding"] for p in sent.iter_parts()] == ["base64", "base64"]
+            assert [(p.get_content_type(), p.get_content()) for p in sent.iter_parts()] == \
+                [(p.get_content_type(), p.get_content()) for p in kept.iter_parts()]
+            assert [(k, str(v)) for k, v in sent.items() if k != "Content-Transfer-Encoding"] == \
+                [(k, str(v)) for k, v in kept.items() if k != "Content-Transfer-Encoding"]
+    finally:
+        server.stop()
 
 
 def test_a_rerun_of_the_night_emails_nobody_twice(tmp_path, monkeypatch, server):

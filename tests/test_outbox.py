@@ -1,5 +1,5 @@
-"""The outbox's emails as bytes: base64 parts that decode back to the exact text, a boundary that no
-content can break, and the same outbox whether one process or several wrote it."""
+"""The outbox's emails as bytes: parts that decode back to the exact text (as they are, else base64),
+a boundary that no content can break, and the same outbox whether one process or several wrote it."""
 from __future__ import annotations
 
 import base64
@@ -68,7 +68,28 @@ def test_an_email_decodes_to_its_headers_text_and_html():
     assert msg.get_content_type() == "multipart/alternative" and msg.defects == []
     assert [p.get_content_type() for p in msg.iter_parts()] == ["text/plain", "text/html"]
     assert parts(msg) == {"text/plain": canonical(report.text), "text/html": canonical(report.html)}
-    assert data.isascii() and max(len(line) for line in data.split(b"\r\n")) <= 78
+    head = data.split(b"\r\n\r\n", 1)[0]
+    assert head.isascii() and max(len(line) for line in head.split(b"\r\n")) <= 78
+    assert [p["Content-Transfer-Encoding"] for p in msg.iter_parts()] == ["8bit", "8bit"]
+    assert max(len(line) for line in data.split(b"\r\n")) <= mail.SMTP_LINE - 2
+
+
+@pytest.mark.parametrize("body, encoding", [
+    ("plain ASCII\n", "7bit"),
+    ("ünïcödé €1,200.50\n", "8bit"),
+    ("x" * 998 + "\n", "7bit"),                     # the longest line SMTP carries
+    ("x" * 999 + "\n", "base64"),                   # one byte more
+    ("é" * 499 + "\n", "8bit"),                     # 998 bytes of UTF-8: a line is counted in bytes
+    ("é" * 500 + "\n", "base64"),
+    ("a NUL \x00 in the text\n", "base64"),
+])
+def test_a_part_goes_as_it_is_unless_a_line_is_too_long_for_smtp_or_it_holds_a_nul(body, encoding):
+    report = Report("PS1", "Paula", "ps@shakers.test", "s", body, "<p>h</p>\n")
+    _mid, data = mail.build_message(report, report.text, report.html, "reports@shakers.test")
+    msg = parse(data)
+    plain_part = next(msg.iter_parts())
+    assert plain_part["Content-Transfer-Encoding"] == encoding and msg.defects == []
+    assert plain_part.get_content() == canonical(body)
 
 
 def test_a_body_that_quotes_the_boundary_stays_inside_its_part():
@@ -80,6 +101,7 @@ def test_a_body_that_quotes_the_boundary_stays_inside_its_part():
     msg = parse(data)
     assert len(list(msg.iter_parts())) == 2 and msg.defects == []
     assert parts(msg) == {"text/plain": canonical(text), "text/html": canonical(report.html)}
+    assert [p["Content-Transfer-Encoding"] for p in msg.iter_parts()] == ["base64", "base64"]
 
 
 def test_a_name_with_line_breaks_cannot_add_a_header():
