@@ -30,10 +30,10 @@ import hashlib
 import multiprocessing
 import os
 import re
-import string
 import smtplib
 import socket
 import ssl
+import string
 import tempfile
 import threading
 import time
