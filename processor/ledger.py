@@ -87,8 +87,12 @@ class Ledger:
         # projects), which WAL writes twice, into the log and then into the file at the checkpoint
         # (1.6 s more CPU, ~1 s more wall time at 1M projects, bench/). One run writes at a time
         # (the ledger's lock); a reader meanwhile waits for the commit (the busy timeout).
-        # A ledger made in WAL mode is switched back when nobody else has it open.
-        self.db.execute("PRAGMA journal_mode=DELETE")
+        # A ledger made in WAL mode is switched back when nobody else has it open; while someone
+        # does, SQLite refuses at once and it stays in WAL mode, which works the same, only slower.
+        try:
+            self.db.execute("PRAGMA journal_mode=DELETE")
+        except sqlite3.OperationalError:
+            pass
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(SCHEMA)
         # Ledgers made before decisions kept their full row (needed to list them once resolved).

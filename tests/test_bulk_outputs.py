@@ -164,8 +164,14 @@ def test_a_ledger_made_in_wal_mode_keeps_its_nights_and_is_switched_to_a_rollbac
     db = sqlite3.connect(path)
     assert db.execute("PRAGMA journal_mode=WAL").fetchone() == ("wal",)   # as ledgers were made before
     db.close()
+    reader = sqlite3.connect(path)   # someone looking at it (sqlite3's shell, say): it stays WAL, and works
+    assert reader.execute("SELECT count(*) FROM runs").fetchone() == (1,)
     with Ledger(path) as ledger:
+        assert ledger.db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        ledger.record_night(dt.date(2026, 11, 24), "r2", "sha", "out", frame.iloc[:2])
+    reader.close()
+    with Ledger(path) as ledger:   # nobody else: switched
         assert ledger.db.execute("PRAGMA journal_mode").fetchone() == ("delete",)
-        assert ledger.nights() == ["2026-11-23"]
+        assert ledger.nights() == ["2026-11-23", "2026-11-24"]
         assert len(ledger.resolved(dt.date(2026, 11, 24), frame.iloc[:0])) == 4
     assert not path.with_name(path.name + "-wal").exists()
