@@ -164,12 +164,13 @@ def nights_to_do(exports_root: str | Path, ledger_path: str | Path, since: dt.da
 def _peek_nothing_to_do(exports_root: Path, ledger_path: Path, since: dt.date | None) -> bool:
     """True when there is surely nothing to do, found without writing a byte (not even SQLite's
     journal files): a ledger with a -journal (or, made by an older version, -wal) file beside it is
-    being written or was left by a killed run, so that case is left to the check under the lock."""
+    being written or was left by a killed run, so that case is left to the check under the lock.
+    The journal is looked for again after the read: a write that began meanwhile (pages of a
+    commit not yet complete may have been read) leaves it to the check under the lock too."""
     nights = export_nights(exports_root, since)
     if not nights:
         return True
-    if not ledger_path.exists() or any(ledger_path.with_name(ledger_path.name + suffix).exists()
-                                       for suffix in ("-journal", "-wal")):
+    if not ledger_path.exists() or _journal_beside(ledger_path):
         return False
     try:
         db = sqlite3.connect(f"file:{ledger_path}?mode=ro&immutable=1", uri=True)
@@ -179,7 +180,11 @@ def _peek_nothing_to_do(exports_root: Path, ledger_path: Path, since: dt.date | 
             db.close()
     except sqlite3.DatabaseError:
         return False
-    return not _todo(exports_root, since, done, owed)
+    return not _journal_beside(ledger_path) and not _todo(exports_root, since, done, owed)
+
+
+def _journal_beside(ledger_path: Path) -> bool:
+    return any(ledger_path.with_name(ledger_path.name + suffix).exists() for suffix in ("-journal", "-wal"))
 
 
 def _todo(exports_root, since, done: set[str], owed: set[str]) -> list[tuple[dt.date, str]]:

@@ -113,6 +113,22 @@ def test_a_ledger_with_a_journal_beside_it_is_not_peeked_at_but_checked_under_th
     assert nightly(tmp_path).nothing_to_do
 
 
+def test_a_write_that_begins_while_the_ledger_is_peeked_at_leaves_it_to_the_check_under_the_lock(tmp_path, monkeypatch):
+    import processor.nightly as nightly_module
+
+    write_nights(tmp_path, {D1: a_night(D1)})
+    assert nightly(tmp_path).exit_code == 0
+    ledger = tmp_path / "ledger.sqlite"
+    read = nightly_module._done_and_owed
+
+    def read_while_a_run_begins(db):
+        ledger.with_name(ledger.name + "-journal").write_bytes(b"")   # another run starts writing
+        return read(db)
+
+    monkeypatch.setattr(nightly_module, "_done_and_owed", read_while_a_run_begins)
+    assert not nightly_module._peek_nothing_to_do(tmp_path / "exports", ledger, None)
+
+
 def test_the_ledger_keeps_a_rollback_journal_and_leaves_no_file_beside_it(tmp_path):
     """Recording a night appends it once to the file (WAL would write it twice)."""
     write_nights(tmp_path, {D1: a_night(D1)})
