@@ -168,6 +168,9 @@ def print_summary(result, quiet: bool = False):
         click.echo(f"  {pid:<{width}}  {shown}")
     if s["engine"]["not_evaluated"]:
         click.echo(f"  NOT EVALUATED (the engine crashed on them): {', '.join(s['engine']['not_evaluated'])}")
+    if d.get("carried"):
+        click.echo(f"  {d['carried']:,} earlier decision(s) of projects not wholly evaluated tonight (rejected rows, "
+                   f"engine failures) kept as they were: neither resolved nor new again")
     reports = s.get("reports")
     if reports:
         click.echo(f"reports:   {reports['emails_written']:,} emails in {result.out_dir / reports['outbox']} — "

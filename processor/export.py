@@ -117,6 +117,9 @@ class Export:
     rejected_counts: dict[str, int]
     manifest: dict | None
     exported_at: pd.Timestamp | None
+    # Projects with a row of theirs rejected tonight (their own, a milestone's, an invoice's, an
+    # attempt's): not wholly evaluated, so the ledger keeps their earlier decisions as they were.
+    rejected_projects: frozenset = frozenset()
 
 
 def read_export(directory: str | Path, timings: dict | None = None) -> Export:
@@ -178,7 +181,24 @@ def read_export(directory: str | Path, timings: dict | None = None) -> Export:
         rejected_counts={name: int(c.rejected.sum()) for name, c in checked.items()},
         manifest=manifest,
         exported_at=exported_at,
+        rejected_projects=_projects_with_rejects(raw, checked),
     )
+
+
+def _projects_with_rejects(raw: dict, checked: dict) -> frozenset:
+    """The project ids (as read) of every rejected row that belongs to a project."""
+    def at_rejected(table: str, column: str) -> pa.Array:
+        values = _text(raw[table][column])
+        return values.filter(pa.chunked_array([pa.array(checked[table].rejected)]))
+
+    ids = [at_rejected("projects", "project_id"), at_rejected("milestones", "project_id"),
+           at_rejected("contact_attempts", "project_id")]
+    invoice_milestones = at_rejected("invoices", "milestone_id")
+    if len(invoice_milestones):
+        milestones = _text(raw["milestones"]["milestone_id"])
+        found = pc.index_in(invoice_milestones, value_set=milestones.combine_chunks())
+        ids.append(_text(raw["milestones"]["project_id"]).take(pc.drop_null(found)))
+    return frozenset(v for part in ids for v in pc.drop_null(part).to_pylist())
 
 
 # --------------------------------------------------------------------------- files

@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Iterable
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from processor import files
 from processor.decide import DECISION_COLUMNS, KEY_COLUMNS
@@ -72,10 +74,18 @@ def default_ledger_path() -> Path:
 
 
 def decision_keys(decisions: pd.DataFrame) -> pd.Series:
-    """Each decision's key: its KEY_COLUMNS joined by "|" (built a column at a time)."""
+    """Each decision's key: its KEY_COLUMNS joined by "|", a "\\" or "|" inside a part escaped by a
+    "\\" first, so ids holding any character give distinct keys. A part with neither is written as it
+    is, so the keys of ledgers written before the escaping still match."""
     if decisions.empty:
         return pd.Series([], dtype=object)
-    return pd.Series(files.joined_columns(decisions[KEY_COLUMNS].astype(str), "|"), index=decisions.index, dtype="str")
+    parts = []
+    for column in KEY_COLUMNS:
+        values = pc.fill_null(pa.array(decisions[column].astype(str), type=pa.large_string()), "")
+        if pc.any(pc.match_substring_regex(values, r"[\\|]")).as_py():
+            values = pc.replace_substring(pc.replace_substring(values, "\\", "\\\\"), "|", "\\|")
+        parts.append(values)
+    return pd.Series(pc.binary_join_element_wise(*parts, pa.scalar("|", pa.large_string())), index=decisions.index, dtype="str")
 
 
 class Ledger:
@@ -126,8 +136,9 @@ class Ledger:
         """Decisions that held on the previous recorded night and no longer hold on `as_of`.
 
         Rows as the previous night wrote them (DETAIL_COLUMNS), for the caller to stamp with
-        tonight's run_id/as_of and state `resolved`. Projects the engine could not evaluate
-        tonight (`not_evaluated`) are left out: nobody knows whether theirs still hold."""
+        tonight's run_id/as_of and state `resolved`. Projects not wholly evaluated tonight
+        (`not_evaluated`: the engine could not, or some of their rows were rejected) are left out:
+        nobody knows whether theirs still hold (see `carried`)."""
         prev = self.previous_night(as_of)
         if prev is None:
             return pd.DataFrame(columns=DETAIL_COLUMNS)
@@ -139,9 +150,24 @@ class Ledger:
         gone = [_decision(detail) for key, project, detail in rows if key not in tonight and project not in skip and detail]
         return pd.DataFrame(gone, columns=DETAIL_COLUMNS).fillna("")
 
+    def carried(self, as_of: dt.date, decisions: pd.DataFrame, not_evaluated=()) -> list[tuple]:
+        """The previous recorded night's held decisions of projects not wholly evaluated tonight and
+        absent from tonight's decisions, as rows for `record_night(carried=...)`: they keep their
+        state, so they are neither resolved tonight nor `new` again the next night."""
+        prev = self.previous_night(as_of)
+        skip = set(map(str, not_evaluated))
+        if prev is None or not skip:
+            return []
+        tonight = set(decision_keys(decisions))
+        rows = self.db.execute(
+            "SELECT decision_key, policy_id, action, project_id, subject_id, state, detail FROM decision_nights "
+            "WHERE as_of = ? AND state != 'resolved' ORDER BY project_id, decision_key", (prev,)).fetchall()
+        return [row for row in rows if row[3] in skip and row[0] not in tonight]
+
     def record_night(self, as_of: dt.date, run_id: str, policies_sha: str, out_dir: str, decisions: pd.DataFrame,
-                     resolved: pd.DataFrame | None = None, details=None):
-        """Replace the night's record with these decisions (and the ones resolved tonight), atomically.
+                     resolved: pd.DataFrame | None = None, details=None, carried=()):
+        """Replace the night's record with these decisions (and the ones resolved tonight, and the
+        `carried` rows of projects not wholly evaluated, from `carried()`), atomically.
 
         `details`: the decisions' lines of decisions.jsonl, when the caller has made them already;
         the ledger keeps each decision as that JSON object (its evidence embedded, not re-escaped)."""
@@ -160,6 +186,7 @@ class Ledger:
                 frame[DETAIL_COLUMNS].to_json(orient="records", lines=True).splitlines()
             batches.append(zip(itertools.repeat(night), keys, *(frame[c].tolist() for c in
                                ("policy_id", "action", "project_id", "subject_id", "state")), details))
+        batches.append(((night, *row) for row in carried))
         rows = itertools.chain.from_iterable(batches)
         cur = self.db.cursor()
         cur.execute("BEGIN IMMEDIATE")

@@ -114,12 +114,17 @@ def run_night(export_dir: str | Path, *, policies_path: str | Path = "policies.y
         decisions.insert(1, "as_of", as_of.isoformat())
         decisions["state"] = ledger.states(as_of, decisions)
         decisions = decisions[DECISION_COLUMNS]
-        resolved = ledger.resolved(as_of, decisions, ev.not_evaluated).assign(
+        # Projects not wholly evaluated tonight keep their earlier decisions as they were (SPEC §4: a
+        # rejected row is not evaluated; the engine may have failed on some projects).
+        unevaluated = set(map(str, ev.not_evaluated)) | set(export.rejected_projects)
+        carried = ledger.carried(as_of, decisions, unevaluated)
+        resolved = ledger.resolved(as_of, decisions, unevaluated).assign(
             run_id=run_id, as_of=as_of.isoformat(), state="resolved")[DECISION_COLUMNS]
         timings["ledger"] = time.perf_counter() - t
         rejects = export.rejects[REJECT_COLUMNS] if len(export.rejects) else pd.DataFrame(columns=REJECT_COLUMNS)
         summary = make_summary(run_id, as_of, export, policies, decisions, ev, timings, out)
         summary["decisions"]["resolved"] = int(len(resolved))
+        summary["decisions"]["carried"] = len(carried)
         summary["outputs"]["resolved_csv"] = "resolved.csv"
         # decisions.csv is written on a second thread while the reports are built (Arrow's kernels
         # and the writes release the GIL); the other files and the ledger record are written while
@@ -128,7 +133,7 @@ def run_night(export_dir: str | Path, *, policies_path: str | Path = "policies.y
         # only after its files are written; if the reports fail, all of it is written all the same.
         decisions_files = _Background(functools.partial(_write_decisions, out, decisions, timings))
         record = _Once(functools.partial(_write_and_record, out, ledger, as_of, run_id, policies.sha256, decisions,
-                                         rejects, resolved, summary, timings, say, decisions_files))
+                                         rejects, resolved, summary, timings, say, decisions_files, carried))
         # Reports to Project Success (SPEC §6): outbox, delivery, report.html; summary.json gains `reports`.
         from processor.reports import publish_night
         t = time.perf_counter()
@@ -183,7 +188,8 @@ def _write_decisions(out: Path, decisions: pd.DataFrame, timings: dict) -> None:
 
 def _write_and_record(out: Path, ledger: Ledger, as_of: dt.date, run_id: str, policies_sha: str,
                       decisions: pd.DataFrame, rejects: pd.DataFrame, resolved: pd.DataFrame, summary: dict,
-                      timings: dict, say: Callable[[str], None], decisions_files: _Background) -> None:
+                      timings: dict, say: Callable[[str], None], decisions_files: _Background,
+                      carried: list) -> None:
     """The night's other files, then its record in the ledger: the ledger learns of the night last,
     so a run killed before that left no trace there."""
     decisions_files.result()
@@ -196,7 +202,8 @@ def _write_and_record(out: Path, ledger: Ledger, as_of: dt.date, run_id: str, po
     timings["write"] += time.perf_counter() - t
     say(f"decisions, rejects and resolved written to {out}")
     t = time.perf_counter()
-    ledger.record_night(as_of, run_id, policies_sha, str(out), decisions, resolved=resolved, details=lines)
+    ledger.record_night(as_of, run_id, policies_sha, str(out), decisions, resolved=resolved, details=lines,
+                        carried=carried)
     timings["ledger"] = timings.get("ledger", 0.0) + time.perf_counter() - t
     say("ledger updated")
 
