@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from processor.cli import DAY, EXIT_USAGE, err, guarded, progress_printer
-from processor.nightly import DEFAULT_KEEP_NIGHTS, STATUS_FILE, run_nightly
+from processor.nightly import DEFAULT_KEEP_NIGHTS, STATUS_FILE, NoNights, run_nightly
 
 
 def send_with_cli(run_dir: Path, ledger_path: Path) -> int:
@@ -53,32 +53,45 @@ def send_with_cli(run_dir: Path, ledger_path: Path) -> int:
               help="Keep the decision details of this many recorded nights in the ledger (0 = keep all). "
                    "Also $SHAKERS_KEEP_NIGHTS.")
 @click.option("--since", type=DAY, default=None, help="Ignore export directories older than this night.")
+@click.option("--no-manifest-required", "no_manifest_required", is_flag=True,
+              help="Run night directories that have no manifest.json (for producers that cannot write one). "
+                   "Without it a night waits for its manifest, which the producer writes last.")
 @click.option("-q", "--quiet", is_flag=True, help="Only one line per night and the final line.")
 @guarded
-def nightly(exports_root, runs_root, ledger_path, policies_path, workers, keep_nights, since, quiet):
+def nightly(exports_root, runs_root, ledger_path, policies_path, workers, keep_nights, since, no_manifest_required, quiet):
     """Run every night of EXPORTS_ROOT not yet done, oldest first, into RUNS_ROOT/<night>, and deliver
     the reports. A missed night is caught up; an invalid export is reported and tried again next time.
+    A night directory is taken once its manifest.json is there; until then it is reported as waiting.
 
     \b
-    Exit status: 0 all done (or nothing to do); 4 some night's export is invalid (later nights were still
-    run); 1 a failure or projects the engine could not evaluate; 5 some reports still owed (retried next
-    time); 3 invalid policies and 6 another run holds the ledger (nothing was done). When several nights
-    differ, the first of 4, 1, 5 that applies."""
+    Exit status: 0 all done (or nothing to do, or a night waiting for its manifest); 4 some night's export
+    is invalid, or has waited over 24 hours for its manifest (later nights were still run); 1 a failure or
+    projects the engine could not evaluate; 5 some reports still owed (retried next time); 2 the exports
+    root holds no YYYY-MM-DD directory; 3 invalid policies and 6 another run holds the ledger (nothing was
+    done). When several nights differ, the first of 4, 1, 5 that applies."""
     if not exports_root.is_dir():
         err(f"{exports_root} is not a directory: --exports-root must name the directory that holds the nightly "
             f"exports (one YYYY-MM-DD directory per night)")
         sys.exit(EXIT_USAGE)
-    result = run_nightly(exports_root, runs_root, ledger_path=ledger_path, policies_path=policies_path,
-                         workers=(os.cpu_count() or 1) if workers is None else workers, keep_nights=keep_nights,
-                         since=since, deliver=send_with_cli, progress=progress_printer(quiet))
-    if result.nothing_to_do:
-        click.echo(f"nothing to do: every night in {exports_root} is done")
-        sys.exit(0)
+    try:
+        result = run_nightly(exports_root, runs_root, ledger_path=ledger_path, policies_path=policies_path,
+                             workers=(os.cpu_count() or 1) if workers is None else workers, keep_nights=keep_nights,
+                             since=since, deliver=send_with_cli, progress=progress_printer(quiet),
+                             manifest_required=not no_manifest_required)
+    except NoNights as e:
+        err(str(e))
+        sys.exit(EXIT_USAGE)
     if result.took_over:
         err(f"note: took over a stale lock left by {result.took_over}")
+    if result.nothing_to_do:
+        for o in result.outcomes:  # nights waiting for their manifest
+            (click.echo if o.exit_code == 0 else err)(f"{o.night}: {o.status} — {o.message}")
+        other = "every other night" if result.outcomes else "every night"
+        click.echo(f"nothing to do: {other} in {exports_root} is done")
+        sys.exit(result.exit_code)
     for o in result.outcomes:
         line = f"{o.night}: {o.status} — {o.message}"
-        if o.out_dir is not None and o.status != "invalid":
+        if o.out_dir is not None and o.status not in ("invalid", "waiting"):
             line += f" -> {o.out_dir}"
         (click.echo if o.exit_code == 0 else err)(line)
     counts: dict[str, int] = {}

@@ -4,6 +4,16 @@
 EXPORTS_ROOT named `YYYY-MM-DD` (anything else is ignored, so renaming a
 directory `2026-11-24.broken` takes it out of the job), and runs every night
 that is not done yet into RUNS_ROOT/YYYY-MM-DD with that date as the as-of.
+An EXPORTS_ROOT without a single such directory is refused (`NoNights`, exit 2):
+it is most likely the wrong directory, not a quiet night.
+
+A night is *ready* once its `manifest.json` is there: the producer writes it
+last. A night directory without one is *waiting* (still being written): it is
+reported, never run nor recorded, and the later nights are run meanwhile. After
+WAITING_TOO_LONG without a change to the directory it is reported as an
+incomplete export (exit 4), so that a stuck producer reaches a person.
+`manifest_required=False` (`--no-manifest-required`) takes every night
+directory as ready, for producers that cannot write a manifest.
 
 A night is *done* when the ledger has recorded it (the ledger is written in one
 transaction, after the night's files), no nightly run of it was left unfinished
@@ -24,7 +34,9 @@ emails is still owed. What happens to a night that cannot be done tonight:
 * an unexpected failure (exit 1, a bug): reported, and tried again next time.
 
 The exit code is the most urgent of the nights': 4, then 1, then 5, then 0.
-With nothing to do the job writes nothing at all, not even the lock file.
+The policies file is checked on every start (PolicyError, exit 3), even with
+nothing to do. With nothing to do (or only nights waiting for their manifest)
+the job writes nothing at all, not even the lock file.
 """
 from __future__ import annotations
 
@@ -46,6 +58,9 @@ from processor.lock import LedgerLock
 
 NIGHT_NAME = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 EXIT_OK, EXIT_FAILURE, EXIT_EXPORT, EXIT_UNDELIVERED = 0, 1, 4, 5
+MANIFEST = "manifest.json"
+# A night still without its manifest this long after its last change is a producer that stopped, not one still writing.
+WAITING_TOO_LONG = dt.timedelta(hours=24)
 # Most urgent first: a whole night missing, then something failed, then emails that will be retried.
 EXIT_PRECEDENCE = (EXIT_EXPORT, EXIT_FAILURE, EXIT_UNDELIVERED)
 DEFAULT_KEEP_NIGHTS = 90
@@ -58,7 +73,7 @@ Deliver = Callable[[Path, Path], int]
 @dataclass
 class NightOutcome:
     night: dt.date
-    status: str            # done | incomplete | invalid | undelivered | failed
+    status: str            # done | incomplete | invalid | undelivered | failed | waiting
     exit_code: int
     message: str
     out_dir: Path | None = None
@@ -82,7 +97,12 @@ class NightlyResult:
 
     @property
     def nothing_to_do(self) -> bool:
-        return not self.outcomes
+        """No night was run or delivered (nights waiting for their manifest may be reported)."""
+        return all(o.status == "waiting" for o in self.outcomes)
+
+
+class NoNights(Exception):
+    """EXPORTS_ROOT holds no directory named YYYY-MM-DD at all (a usage error, exit 2)."""
 
 
 def export_nights(exports_root: str | Path, since: dt.date | None = None) -> list[dt.date]:
@@ -98,6 +118,65 @@ def export_nights(exports_root: str | Path, since: dt.date | None = None) -> lis
             if since is None or night >= since:
                 nights.append(night)
     return sorted(nights)
+
+
+def check_has_nights(exports_root: str | Path) -> None:
+    """Raise NoNights, naming a few of the entries found, unless EXPORTS_ROOT holds a YYYY-MM-DD directory."""
+    root = Path(exports_root)
+    entries = sorted(root.iterdir(), key=lambda e: e.name)
+    if any(e.is_dir() and NIGHT_NAME.match(e.name) and _is_date(e.name) for e in entries):
+        return
+    shown = [e.name + ("/" if e.is_dir() else "") for e in entries[:5]]
+    found = (f"found: {', '.join(shown)}" + (f" and {len(entries) - 5} more" if len(entries) > 5 else "")
+             if entries else "it is empty")
+    raise NoNights(f"{root} holds no night directory named YYYY-MM-DD ({found}): --exports-root must name the "
+                   f"directory that holds one export per night, e.g. {root / '2026-11-24'}/projects.csv")
+
+
+def _is_date(name: str) -> bool:
+    try:
+        dt.date.fromisoformat(name)
+    except ValueError:
+        return False
+    return True
+
+
+def waiting_for_manifest(exports_root: str | Path, night: dt.date) -> bool:
+    return not (Path(exports_root) / night.isoformat() / MANIFEST).exists()
+
+
+def _last_change(directory: Path) -> float:
+    """The newest mtime of the directory and the files in it (a producer still writing keeps it moving)."""
+    try:
+        times = [directory.stat().st_mtime] + [e.stat().st_mtime for e in directory.iterdir()]
+    except OSError:  # renamed or removed meanwhile: it is changing now
+        return time.time()
+    return max(times)
+
+
+def _waiting_outcome(exports_root: Path, night: dt.date) -> NightOutcome:
+    directory = exports_root / night.isoformat()
+    waited = dt.timedelta(seconds=max(0.0, time.time() - _last_change(directory)))
+    since = f"unchanged for {_duration(waited)}"
+    if waited < WAITING_TOO_LONG:
+        return NightOutcome(night, "waiting", EXIT_OK,
+                            f"waiting for its manifest ({directory / MANIFEST}, which the producer writes last; "
+                            f"{since}); not run, tried again next start")
+    return NightOutcome(night, "waiting", EXIT_EXPORT,
+                        f"waiting for its manifest ({directory / MANIFEST}) and {since}: the export looks "
+                        f"unfinished; have it exported again, or take it out of the job by renaming the directory "
+                        f"({night}.broken); if the producer never writes a manifest, run with --no-manifest-required")
+
+
+def _duration(d: dt.timedelta) -> str:
+    minutes = int(d.total_seconds() // 60)
+    if minutes < 1:
+        return "less than a minute"
+    if minutes < 120:
+        return f"{minutes} min"
+    if minutes < 48 * 60:
+        return f"{minutes // 60} hours"
+    return f"{minutes // (24 * 60)} days"
 
 
 def smtp_configured() -> bool:
@@ -150,28 +229,37 @@ def _done_and_owed(db: sqlite3.Connection | None) -> tuple[set[str], set[str]]:
     return done, owed
 
 
-def nights_to_do(exports_root: str | Path, ledger_path: str | Path, since: dt.date | None = None) -> list[tuple[dt.date, str]]:
-    """(night, why) for every night still to do, oldest first. Only reads the ledger (call it under the lock)."""
+def nights_to_do(exports_root: str | Path, ledger_path: str | Path, since: dt.date | None = None,
+                 manifest_required: bool = True) -> list[tuple[dt.date, str]]:
+    """(night, why) for every night not done yet, oldest first; why is run, deliver or wait (no manifest yet).
+    Only reads the ledger (call it under the lock)."""
     ledger_path = Path(ledger_path)
     if ledger_path.exists():
         with Ledger(ledger_path) as ledger:
             done, owed = _done_and_owed(ledger.db)
     else:
         done, owed = set(), set()
-    return _todo(exports_root, since, done, owed)
+    return _todo(exports_root, since, done, owed, manifest_required)
 
 
-def _peek_nothing_to_do(exports_root: Path, ledger_path: Path, since: dt.date | None) -> bool:
-    """True when there is surely nothing to do, found without writing a byte (not even SQLite's
-    journal files): a ledger with a -journal (or, made by an older version, -wal) file beside it is
-    being written or was left by a killed run, so that case is left to the check under the lock.
-    The journal is looked for again after the read: a write that began meanwhile (pages of a
-    commit not yet complete may have been read) leaves it to the check under the lock too."""
-    nights = export_nights(exports_root, since)
-    if not nights:
-        return True
-    if not ledger_path.exists() or _journal_beside(ledger_path):
-        return False
+def _peek_nothing_to_do(exports_root: Path, ledger_path: Path, since: dt.date | None,
+                        manifest_required: bool = True) -> bool:
+    """True when there is surely nothing to do but wait for manifests, found without writing a byte."""
+    todo = _peek(exports_root, ledger_path, since, manifest_required)
+    return todo is not None and all(why == "wait" for _night, why in todo)
+
+
+def _peek(exports_root: Path, ledger_path: Path, since: dt.date | None,
+          manifest_required: bool) -> list[tuple[dt.date, str]] | None:
+    """nights_to_do found without writing a byte (not even SQLite's journal files), or None when only
+    the check under the lock can tell: a ledger with a -journal (or, made by an older version, -wal)
+    file beside it is being written or was left by a killed run. The journal is looked for again
+    after the read: a write that began meanwhile (pages of a commit not yet complete may have been
+    read) leaves it to the check under the lock too. No ledger yet: no night is done."""
+    if not ledger_path.exists():
+        return _todo(exports_root, since, set(), set(), manifest_required)
+    if _journal_beside(ledger_path):
+        return None
     try:
         db = sqlite3.connect(f"file:{ledger_path}?mode=ro&immutable=1", uri=True)
         try:
@@ -179,20 +267,22 @@ def _peek_nothing_to_do(exports_root: Path, ledger_path: Path, since: dt.date | 
         finally:
             db.close()
     except sqlite3.DatabaseError:
-        return False
-    return not _journal_beside(ledger_path) and not _todo(exports_root, since, done, owed)
+        return None
+    if _journal_beside(ledger_path):
+        return None
+    return _todo(exports_root, since, done, owed, manifest_required)
 
 
 def _journal_beside(ledger_path: Path) -> bool:
     return any(ledger_path.with_name(ledger_path.name + suffix).exists() for suffix in ("-journal", "-wal"))
 
 
-def _todo(exports_root, since, done: set[str], owed: set[str]) -> list[tuple[dt.date, str]]:
+def _todo(exports_root, since, done: set[str], owed: set[str], manifest_required: bool) -> list[tuple[dt.date, str]]:
     todo = []
     for night in export_nights(exports_root, since):
         key = night.isoformat()
         if key not in done:
-            todo.append((night, "run"))
+            todo.append((night, "wait" if manifest_required and waiting_for_manifest(exports_root, night) else "run"))
         elif key in owed:
             todo.append((night, "deliver"))
     return todo
@@ -201,9 +291,10 @@ def _todo(exports_root, since, done: set[str], owed: set[str]) -> list[tuple[dt.
 def run_nightly(exports_root: str | Path, runs_root: str | Path, *, ledger_path: str | Path | None = None,
                 policies_path: str | Path = "policies.yaml", workers: int = 1, keep_nights: int = DEFAULT_KEEP_NIGHTS,
                 since: dt.date | None = None, deliver: Deliver | None = None,
-                progress: Callable[[str], None] | None = None) -> NightlyResult:
-    """Do every night not yet done. Raises LedgerBusy (exit 6) when another run holds the ledger,
-    PolicyError (exit 3) when the policies file is broken; otherwise reports per night."""
+                progress: Callable[[str], None] | None = None, manifest_required: bool = True) -> NightlyResult:
+    """Do every night not yet done. Raises NoNights (exit 2) when EXPORTS_ROOT holds no night directory,
+    PolicyError (exit 3) when the policies file is broken (checked on every start), LedgerBusy (exit 6)
+    when another run holds the ledger; otherwise reports per night, nights waiting for their manifest too."""
     from processor.export import InvalidExport
     from processor.run import run_night
 
@@ -211,14 +302,18 @@ def run_nightly(exports_root: str | Path, runs_root: str | Path, *, ledger_path:
     exports_root, runs_root = Path(exports_root), Path(runs_root)
     ledger_path = Path(ledger_path) if ledger_path else default_ledger_path()
     result = NightlyResult()
-    if _peek_nothing_to_do(exports_root, ledger_path, since):
+    check_has_nights(exports_root)
+    load_policies(policies_path)                 # a broken policies file stops every start, a quiet one too
+    peeked = _peek(exports_root, ledger_path, since, manifest_required)
+    if peeked is not None and all(why == "wait" for _night, why in peeked):
+        result.outcomes = [_waiting_outcome(exports_root, night) for night, _why in peeked]
         return result                            # nothing to do: touch nothing
-    load_policies(policies_path)                 # a broken policies file stops the job before any night
     with LedgerLock(ledger_path, command="shakers-rules nightly", say=say) as lock:
         if lock.stale is not None:
             result.took_over = lock.stale.describe()
-        todo = nights_to_do(exports_root, ledger_path, since)  # for sure, under the lock
-        if not todo:
+        todo = nights_to_do(exports_root, ledger_path, since, manifest_required)  # for sure, under the lock
+        if all(why == "wait" for _night, why in todo):
+            result.outcomes = [_waiting_outcome(exports_root, night) for night, _why in todo]
             return result
         for night, why in todo:
             killpoints.set_night(night)
@@ -227,11 +322,15 @@ def run_nightly(exports_root: str | Path, runs_root: str | Path, *, ledger_path:
             if why == "deliver":
                 result.outcomes.append(_deliver_again(night, out, ledger_path, deliver))
                 continue
+            if why == "wait":  # never run nor recorded: the producer has not finished it
+                result.outcomes.append(_waiting_outcome(exports_root, night))
+                continue
             say(f"{night}: running {exports_root / night.isoformat()} -> {out}")
             _attempt_started(ledger_path, night)
             try:
                 night_result = run_night(exports_root / night.isoformat(), policies_path=policies_path, as_of=night,
-                                         out_dir=out, ledger_path=ledger_path, workers=workers, progress=progress)
+                                         out_dir=out, ledger_path=ledger_path, workers=workers, progress=progress,
+                                         as_of_source="directory")
             except InvalidExport as e:
                 outcome = NightOutcome(night, "invalid", EXIT_EXPORT,
                                        f"invalid export, not recorded; it will be tried again next time: {e}")

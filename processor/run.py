@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -52,6 +53,18 @@ def resolve_as_of(export: Export, as_of: dt.date | None) -> dt.date:
     return dt.datetime.now(dt.timezone.utc).date()
 
 
+def source_of_as_of(export: Export, as_of: dt.date | None) -> str:
+    """Where resolve_as_of took the date from: option, manifest or today."""
+    return "option" if as_of is not None else "manifest" if export.exported_at is not None else "today"
+
+
+def as_of_note(export: Export, as_of: dt.date) -> str:
+    """The sentence that says a night was dated today for want of a date in its export."""
+    why = f"no exported_at in {export.directory}/manifest.json" if export.manifest is not None \
+        else f"no manifest.json in {export.directory}"
+    return f"note: {why}: using today's date (UTC), {as_of.isoformat()}; pass --as-of to choose"
+
+
 def decide_night(policies: PolicySet, export: Export, as_of: dt.date, *, workers: int = 1, prefilter: bool = True,
                  progress: Callable[[str], None] | None = None, timings: dict | None = None,
                  engine: str = "local", scheduler: str | None = None) -> tuple[pd.DataFrame, Evaluation, Facts]:
@@ -86,8 +99,10 @@ def decide_night(policies: PolicySet, export: Export, as_of: dt.date, *, workers
 def run_night(export_dir: str | Path, *, policies_path: str | Path = "policies.yaml", as_of: dt.date | None = None,
               out_dir: str | Path | None = None, ledger_path: str | Path | None = None, workers: int = 1,
               prefilter: bool = True, progress: Callable[[str], None] | None = None,
-              engine: str = "local", scheduler: str | None = None) -> NightResult:
-    """Evaluate one night and write its outputs. Raises PolicyError (exit 3) or InvalidExport (exit 4)."""
+              engine: str = "local", scheduler: str | None = None, as_of_source: str | None = None) -> NightResult:
+    """Evaluate one night and write its outputs. Raises PolicyError (exit 3) or InvalidExport (exit 4).
+
+    `as_of_source` says where a given `as_of` came from for summary.json (default "option")."""
     say = progress or (lambda _msg: None)
     timings: dict[str, float] = {}
     started = time.perf_counter()
@@ -96,7 +111,10 @@ def run_night(export_dir: str | Path, *, policies_path: str | Path = "policies.y
     export = read_export(export_dir, timings=timings)
     timings["read"] = time.perf_counter() - t - timings.get("validate", 0.0)  # reading alone; checking is `validate`
     say(f"read {sum(export.read_counts.values()):,} rows ({export.format}); {sum(export.rejected_counts.values()):,} rejected")
+    source = as_of_source or source_of_as_of(export, as_of)
     as_of = resolve_as_of(export, as_of)
+    if source == "today":  # on stderr even when quiet: a night dated by the clock should be a choice
+        (progress or functools.partial(print, file=sys.stderr))(as_of_note(export, as_of))
     killpoints.set_night(as_of)
     kill_point("read")  # test hook
     run_id = f"{as_of.isoformat()}-{policies.sha256[:8]}"
@@ -122,7 +140,7 @@ def run_night(export_dir: str | Path, *, policies_path: str | Path = "policies.y
             run_id=run_id, as_of=as_of.isoformat(), state="resolved")[DECISION_COLUMNS]
         timings["ledger"] = time.perf_counter() - t
         rejects = export.rejects[REJECT_COLUMNS] if len(export.rejects) else pd.DataFrame(columns=REJECT_COLUMNS)
-        summary = make_summary(run_id, as_of, export, policies, decisions, ev, timings, out)
+        summary = make_summary(run_id, as_of, export, policies, decisions, ev, timings, out, as_of_source=source)
         summary["decisions"]["resolved"] = int(len(resolved))
         summary["decisions"]["carried"] = len(carried)
         summary["outputs"]["resolved_csv"] = "resolved.csv"
@@ -209,7 +227,7 @@ def _write_and_record(out: Path, ledger: Ledger, as_of: dt.date, run_id: str, po
 
 
 def make_summary(run_id, as_of, export: Export, policies: PolicySet, decisions: pd.DataFrame, ev: Evaluation,
-                 timings: dict, out: Path) -> dict:
+                 timings: dict, out: Path, as_of_source: str = "option") -> dict:
     tables = {
         name: {"read": export.read_counts[name], "rejected": export.rejected_counts.get(name, 0),
                "evaluated": export.read_counts[name] - export.rejected_counts.get(name, 0)}
@@ -221,6 +239,7 @@ def make_summary(run_id, as_of, export: Export, policies: PolicySet, decisions: 
     return {
         "run_id": run_id,
         "as_of": as_of.isoformat(),
+        "as_of_source": as_of_source,   # option | manifest | today | directory (the nightly job's night)
         "export": {"directory": str(export.directory), "format": export.format},
         "policies": {"file": policies.path, "sha256": policies.sha256},
         "tables": tables,

@@ -87,6 +87,8 @@ def test_catch_up_runs_every_missed_night_oldest_first_each_with_its_own_as_of(t
     assert states == ["new", "ongoing", "ongoing"]
     status = json.loads((tmp_path / "runs" / "last-nightly.json").read_text())
     assert [n["status"] for n in status["nights"]] == ["done"] * 3 and status["exit_code"] == 0
+    summary = json.loads((tmp_path / "runs" / D2.isoformat() / "summary.json").read_text())
+    assert summary["as_of_source"] == "directory"
 
 
 def test_a_rerun_with_nothing_new_does_nothing_and_writes_nothing(tmp_path):
@@ -139,11 +141,146 @@ def test_the_ledger_keeps_a_rollback_journal_and_leaves_no_file_beside_it(tmp_pa
         ["ledger.sqlite", "ledger.sqlite.lock"]
 
 
-def test_an_empty_exports_root_is_nothing_to_do_and_creates_no_ledger(tmp_path):
+def cli_nightly(tmp_path: Path, *extra: str, policies: Path = POLICIES) -> subprocess.CompletedProcess:
+    args = ["nightly", "--exports-root", str(tmp_path / "exports"), "--runs-root", str(tmp_path / "runs"),
+            "--ledger", str(tmp_path / "ledger.sqlite"), "--policies", str(policies), "--workers", "0", "-q", *extra]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SHAKERS_")}
+    return subprocess.run(CLI + args, capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_an_exports_root_without_any_night_directory_is_a_usage_error_that_names_what_it_found(tmp_path):
+    exports = tmp_path / "exports"
+    (exports / "2026-11-24.tmp").mkdir(parents=True)
+    (exports / "2026-02-30").mkdir()          # shaped like a night, but not a date
+    (exports / "README").write_text("exports land here\n")
+    done = cli_nightly(tmp_path)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "no night directory named YYYY-MM-DD" in done.stderr
+    assert "found: 2026-02-30/, 2026-11-24.tmp/, README" in done.stderr
+    assert "nothing to do" not in done.stdout and "Traceback" not in done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exports"]   # no ledger, no lock, no runs
+
+
+def test_an_empty_exports_root_is_a_usage_error_not_a_quiet_night(tmp_path):
     (tmp_path / "exports").mkdir()
-    result = nightly(tmp_path)
-    assert result.nothing_to_do
+    done = cli_nightly(tmp_path)
+    assert done.returncode == 2 and "(it is empty)" in done.stderr, done.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["exports"]
+
+
+def test_an_exports_root_whose_nights_are_all_before_since_is_a_quiet_night(tmp_path):
+    write_nights(tmp_path, {D1: a_night(D1)})
+    result = nightly(tmp_path, since=D2)
+    assert result.nothing_to_do and result.exit_code == 0 and not result.outcomes
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exports"]
+
+
+# ----------------------------------------------------------------------------- complete nights only
+def test_a_night_without_its_manifest_waits_unrecorded_while_later_nights_run_and_runs_once_it_arrives(tmp_path):
+    write_nights(tmp_path, {D1: a_night(D1), D3: a_night(D3)})
+    a_night(D2).write(tmp_path / "exports" / D2.isoformat(), manifest=False)   # still being written
+    result = nightly(tmp_path)
+    assert [(o.night, o.status) for o in result.outcomes] == [(D1, "done"), (D2, "waiting"), (D3, "done")]
+    assert result.exit_code == 0   # tonight's export still being written is normal
+    assert "waiting for its manifest" in result.outcomes[1].message
+    assert not (tmp_path / "runs" / D2.isoformat()).exists()
+    assert [r[0] for r in ledger_rows(tmp_path / "ledger.sqlite", "SELECT as_of FROM runs ORDER BY as_of")] == \
+        [D1.isoformat(), D3.isoformat()]
+    status = json.loads((tmp_path / "runs" / "last-nightly.json").read_text())
+    assert [(n["night"], n["status"]) for n in status["nights"]][1] == (D2.isoformat(), "waiting")
+    a_night(D2).write(tmp_path / "exports" / D2.isoformat())                  # the producer writes it last
+    later = nightly(tmp_path)
+    assert [(o.night, o.status) for o in later.outcomes] == [(D2, "done")]
+    assert decisions(tmp_path, D2).set_index("policy_id").loc["escrow-shortfall", "state"] == "ongoing"
+    # A done night stays done, even if its manifest is taken away afterwards.
+    (tmp_path / "exports" / D1.isoformat() / "manifest.json").unlink()
+    assert nightly(tmp_path).outcomes == []
+
+
+def test_a_quiet_night_with_only_a_night_waiting_for_its_manifest_says_so_and_writes_nothing(tmp_path):
+    a_night(D1).write(tmp_path / "exports" / D1.isoformat(), manifest=False)
+    first = cli_nightly(tmp_path)                       # no ledger yet: none is created to say "waiting"
+    assert first.returncode == 0, first.stderr
+    assert f"{D1}: waiting — waiting for its manifest" in first.stdout
+    assert f"nothing to do: every other night in {tmp_path / 'exports'} is done" in first.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exports"]
+    a_night(D1).write(tmp_path / "exports" / D1.isoformat())
+    assert cli_nightly(tmp_path).returncode == 0
+    a_night(D2).write(tmp_path / "exports" / D2.isoformat(), manifest=False)
+    before = snapshot(tmp_path)
+    again = cli_nightly(tmp_path)
+    assert again.returncode == 0 and f"{D2}: waiting" in again.stdout, again.stderr
+    assert snapshot(tmp_path) == before
+
+
+def test_a_night_that_has_waited_over_a_day_for_its_manifest_is_an_incomplete_export_exit_4(tmp_path):
+    directory = a_night(D1).write(tmp_path / "exports" / D1.isoformat(), manifest=False)
+    three_days_ago = dt.datetime.now().timestamp() - 3 * 24 * 3600
+    for path in [*directory.iterdir(), directory]:
+        os.utime(path, (three_days_ago, three_days_ago))
+    done = cli_nightly(tmp_path)
+    assert done.returncode == 4, done.stdout + done.stderr
+    assert f"{D1}: waiting — waiting for its manifest" in done.stderr and "unchanged for 3 days" in done.stderr
+    assert "--no-manifest-required" in done.stderr and f"{D1}.broken" in done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exports"]   # still never run nor recorded
+
+
+def test_no_manifest_required_runs_a_night_without_one_dated_by_its_directory(tmp_path):
+    a_night(D1).write(tmp_path / "exports" / D1.isoformat(), manifest=False)
+    done = cli_nightly(tmp_path, "--no-manifest-required")
+    assert done.returncode == 0, done.stderr
+    assert f"{D1}: done" in done.stdout
+    summary = json.loads((tmp_path / "runs" / D1.isoformat() / "summary.json").read_text())
+    assert (summary["as_of"], summary["as_of_source"]) == (D1.isoformat(), "directory")
+    assert "using today's date" not in done.stderr   # the directory's name is the night's date
+
+
+# ----------------------------------------------------------------------------- policies on every start
+def test_a_broken_policies_file_is_refused_with_exit_3_even_on_a_quiet_night(tmp_path):
+    write_nights(tmp_path, {D1: a_night(D1)})
+    assert cli_nightly(tmp_path).returncode == 0
+    bad = tmp_path / "policies.yaml"
+    bad.write_text(POLICIES.read_text().replace("version: 1", "version: 7", 1))
+    before = snapshot(tmp_path)
+    done = cli_nightly(tmp_path, policies=bad)
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert str(bad) in done.stderr and "nothing to do" not in done.stdout and "Traceback" not in done.stderr
+    assert snapshot(tmp_path) == before
+
+
+# ----------------------------------------------------------------------------- the date of a night
+def _cli_run(export: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SHAKERS_")}
+    return subprocess.run(CLI + ["run", "--export", str(export), "--out", str(out), "--ledger", str(out.parent / "ledger.sqlite"),
+                                 "--policies", str(POLICIES), "--workers", "0", "-q", *extra],
+                          capture_output=True, text=True, env=env, timeout=300)
+
+
+@pytest.mark.parametrize("manifest", ["without exported_at", "absent"])
+def test_a_run_without_a_date_in_its_export_says_which_date_it_used_and_why(tmp_path, manifest):
+    export = a_night(D1).write(tmp_path / "export")
+    if manifest == "absent":
+        (export / "manifest.json").unlink()
+        why = f"no manifest.json in {export}"
+    else:
+        (export / "manifest.json").write_text(json.dumps({"tables": {}}))
+        why = f"no exported_at in {export}/manifest.json"
+    done = _cli_run(export, tmp_path / "run")
+    today = dt.datetime.now(dt.timezone.utc).date().isoformat()
+    assert done.returncode == 0, done.stderr
+    assert f"note: {why}: using today's date (UTC), {today}; pass --as-of to choose" in done.stderr
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert (summary["as_of"], summary["as_of_source"]) == (today, "today")
+
+
+def test_a_run_dated_by_its_manifest_or_by_as_of_says_so_in_its_summary_and_prints_no_note(tmp_path):
+    export = a_night(D1).write(tmp_path / "export")
+    by_manifest = _cli_run(export, tmp_path / "a")
+    by_option = _cli_run(export, tmp_path / "b", "--as-of", D2.isoformat())
+    for done, out, as_of, source in ((by_manifest, "a", D1, "manifest"), (by_option, "b", D2, "option")):
+        assert done.returncode == 0 and "note:" not in done.stderr, done.stderr
+        summary = json.loads((tmp_path / out / "summary.json").read_text())
+        assert (summary["as_of"], summary["as_of_source"]) == (as_of.isoformat(), source)
 
 
 def test_a_new_night_after_a_caught_up_one_is_the_only_one_run(tmp_path):
