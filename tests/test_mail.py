@@ -368,8 +368,10 @@ def test_a_hostile_email_address_is_refused_at_the_export_and_gets_no_email(tmp_
     assert "PS1" in set(result.rejects["record_id"])
 
 
-def test_a_report_without_a_usable_address_is_not_built_and_counts_as_undelivered(tmp_path, monkeypatch, server):
-    """Defence in depth: whatever the export lets through, an address that is not plain gets no email."""
+def test_a_report_without_a_usable_address_is_not_built_is_told_to_a_person_and_is_never_owed(tmp_path, monkeypatch,
+                                                                                              server, caplog):
+    """Defence in depth: whatever the export lets through, an address that is not plain gets no email,
+    and no later run pretends it will deliver it (it is not owed, so the night does not exit 5 for it)."""
     from processor.reports import build_reports
     from processor.export import read_export
     from processor.run import decide_night
@@ -380,9 +382,12 @@ def test_a_report_without_a_usable_address_is_not_built_and_counts_as_undelivere
     reports = build_reports(decisions.assign(state="new"), facts.projects, facts.milestones, facts.users, AS_OF, "r1")
     reports[0].email = "paula@shakers.test\r\nBcc: attacker@evil.test"
     smtp_env(monkeypatch, server.port)
-    with Ledger(tmp_path / "ledger.sqlite") as ledger:
+    with caplog.at_level(logging.WARNING), Ledger(tmp_path / "ledger.sqlite") as ledger:
         outcome = mail.publish(tmp_path / "outbox", reports, ledger)
-    assert outcome.undelivered == 1 and [u["manager_id"] for u in outcome.summary["unaddressed"]] == ["PS1"]
+        assert ledger.deliveries_owed() == [] and len(ledger.db.execute("SELECT * FROM deliveries").fetchall()) == 1
+    assert outcome.undelivered == 0 and [u["manager_id"] for u in outcome.summary["unaddressed"]] == ["PS1"]
+    assert outcome.by_manager["PS1"]["status"] == "no address"
+    assert "no report email for Paula Success (PS1)" in caplog.text and "users table" in caplog.text
     assert sorted(r for m in server.inbox.messages for r in m.rcpt_tos) == [PEDRO]
     assert len(list((tmp_path / "outbox").glob("*.eml"))) == 1
 
