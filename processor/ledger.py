@@ -305,23 +305,26 @@ class Ledger:
                         f"AND status IN ({_quoted(_sources(target))})", (target, _now(), *columns.values(), message_id))
 
     def delivery_sent(self, message_id: str):
-        self._move(message_id, "delivered", last_error="")
+        self._move(message_id, "delivered", last_error="", nights_tried=0)
 
     def delivery_failed(self, message_id: str, error: str):
         """Still owed; `error` must already be free of credentials."""
         self._move(message_id, "failed", last_error=error[:500])
 
     def delivery_refused(self, message_id: str, error: str, night: str, nights: int) -> str:
-        """A refusal that trying again soon will not change (5xx): counted once per `night`; on the
-        `nights`-th night it is `permanent` (no longer owed), before that `failed`. Returns the status."""
-        self.db.execute(
-            "UPDATE deliveries SET nights_tried = nights_tried + (last_night_tried != ?), last_night_tried = ? "
-            "WHERE message_id = ? AND status = 'sending'", (night, night, message_id))
+        """A refusal that trying again soon will not change (5xx). The nights it counts are its
+        recipient's: each night any email to that address was refused counts once, so a bad address
+        is given up after `nights` nights, not retried forever with a new report every night. On
+        the `nights`-th it is `permanent` (no longer owed), before that `failed`. Returns the status."""
         row = self.delivery(message_id)
         if row is None or row["status"] != "sending":
             return row["status"] if row else ""
-        target = "permanent" if row["nights_tried"] >= nights else "failed"
-        self._move(message_id, target, last_error=error[:500])
+        counted, tonight = self.db.execute(
+            "SELECT coalesce(max(nights_tried), 0), coalesce(max(last_night_tried = ?), 0) FROM deliveries "
+            "WHERE lower(recipient) = lower(?) AND status != 'delivered'", (night, row["recipient"])).fetchone()
+        tried = counted + (0 if tonight else 1)
+        target = "permanent" if tried >= nights else "failed"
+        self._move(message_id, target, last_error=error[:500], nights_tried=tried, last_night_tried=night)
         return target
 
     def withdraw_delivery(self, message_id: str):

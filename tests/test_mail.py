@@ -6,6 +6,7 @@ import email
 import email.policy
 import json
 import logging
+import os
 from pathlib import Path
 
 import pytest
@@ -414,3 +415,109 @@ def test_the_settings_follow_spec_section_6(monkeypatch, tmp_path):
     assert "p w" not in repr(from_file) and "p w" not in from_file.describe()
     with pytest.raises(mail.MailConfigError, match="SHAKERS_SMTP_PORT"):
         mail.SmtpSettings.from_env({"SHAKERS_SMTP_PORT": "smtp"})
+
+
+# ---------------------------------------------------------------- delivery states (processor.ledger)
+
+STATES = ["outbox", "pending", "sending", "delivered", "failed", "permanent", "withdrawn"]
+MID = "<report.2026-11-24.000000000000000000000000@shakers-rules.local>"
+
+
+def _put(ledger: Ledger, status: str | None):
+    """A row in `status` (None: no row), written as the ledger's own methods would leave it."""
+    if status is None:
+        return
+    ledger.db.execute("INSERT INTO deliveries (message_id, as_of, recipient, eml_path, status, updated_at, claimed_at) "
+                      "VALUES (?, '2026-11-24', 'ps@shakers.test', 'x.eml', ?, '', ?)",
+                      (MID, status, "2000-01-01T00:00:00+00:00" if status == "sending" else ""))   # an old claim: stale
+
+
+def _make(ledger: Ledger, target: str, asked: bool = False):
+    """Ask the ledger, through the call that leads there, to move the row to `target`."""
+    email = [(MID, "2026-11-24", "ps@shakers.test", "x.eml", "Paula (PS1)")]
+    {"outbox": lambda: ledger.owe_deliveries(email, outbox_only=True),
+     "pending": lambda: ledger.owe_deliveries(email, asked=asked),
+     "sending": lambda: ledger.claim_delivery(MID, "2026-11-24", "ps@shakers.test", "x.eml", stale_after=60),
+     "delivered": lambda: ledger.delivery_sent(MID),
+     "failed": lambda: ledger.delivery_failed(MID, "451 try later"),
+     "permanent": lambda: ledger.delivery_refused(MID, "550 no such user", "2026-11-24", nights=1),
+     "withdrawn": lambda: ledger.withdraw_delivery(MID)}[target]()
+
+
+@pytest.mark.parametrize("old", [None, *STATES])
+@pytest.mark.parametrize("new", STATES)
+def test_a_delivery_moves_only_along_the_transitions_the_table_allows(tmp_path, old, new):
+    from processor.ledger import DELIVERY_TRANSITIONS
+
+    with Ledger(tmp_path / "ledger.sqlite") as ledger:
+        _put(ledger, old)
+        _make(ledger, new, asked=True)
+        got = (ledger.delivery(MID) or {}).get("status")
+    allowed = new in DELIVERY_TRANSITIONS[old]
+    assert got == (new if allowed else old), f"{old} -> {new} is {'allowed' if allowed else 'not allowed'}"
+
+
+def test_a_delivered_email_is_final_and_an_outbox_only_one_is_never_sent_before_it_is_owed():
+    from processor.ledger import DELIVERY_TRANSITIONS, OWED
+
+    assert DELIVERY_TRANSITIONS["delivered"] == frozenset()
+    assert "sending" not in DELIVERY_TRANSITIONS["outbox"] and "outbox" not in OWED and "permanent" not in OWED
+    assert {old for old, new in DELIVERY_TRANSITIONS.items() if "permanent" in new} == {"sending"}   # only a refusal
+
+
+def test_a_permanently_refused_email_is_owed_again_only_when_send_asks_for_it(tmp_path):
+    with Ledger(tmp_path / "ledger.sqlite") as ledger:
+        _put(ledger, "permanent")
+        _make(ledger, "pending")                       # a rerun of the night
+        assert ledger.delivery(MID)["status"] == "permanent"
+        _make(ledger, "pending", asked=True)           # send --run
+        assert ledger.delivery(MID)["status"] == "pending" and ledger.delivery(MID)["nights_tried"] == 0
+
+
+def test_a_claim_left_by_a_killed_sender_goes_stale_after_its_time_whatever_else_touches_the_row(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    path = tmp_path / "ledger.sqlite"
+    email = [(MID, "2026-11-24", "ps@shakers.test", "x.eml", "Paula (PS1)")]
+    with Ledger(path) as ledger:
+        ledger.owe_deliveries(email)
+    sender = subprocess.run([sys.executable, "-c", f"""
+import os, signal
+from processor.ledger import Ledger
+ledger = Ledger({str(path)!r})
+assert ledger.claim_delivery({MID!r}, "2026-11-24", "ps@shakers.test", "x.eml")
+os.kill(os.getpid(), signal.SIGKILL)   # killed while sending
+"""], env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True)
+    assert sender.returncode == -signal.SIGKILL, sender.stderr
+    with Ledger(path) as ledger:
+        assert ledger.delivery(MID)["status"] == "sending"
+        assert ledger.deliveries_owed(stale_after=1) == []           # a fresh claim is another sender's
+        assert not ledger.claim_delivery(MID, "2026-11-24", "ps@shakers.test", "x.eml", stale_after=1)
+        time.sleep(2.1)
+        ledger.owe_deliveries(email)                                 # a rerun writing the outbox again touches the row
+        ledger.withdraw_delivery("<another>")
+        assert [r["message_id"] for r in ledger.deliveries_owed(stale_after=1)] == [MID]
+        assert ledger.claim_delivery(MID, "2026-11-24", "ps@shakers.test", "x.eml", stale_after=1)
+
+
+def test_an_old_ledgers_sent_emails_are_delivered_and_its_never_tried_ones_outbox_only(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "old.sqlite"
+    with sqlite3.connect(path) as db:   # the deliveries table as ledgers before the delivery states had it
+        db.execute("CREATE TABLE deliveries (message_id TEXT PRIMARY KEY, as_of TEXT NOT NULL, recipient TEXT NOT NULL, "
+                   "eml_path TEXT NOT NULL, status TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, "
+                   "last_error TEXT NOT NULL DEFAULT '', updated_at TEXT NOT NULL)")
+        for mid, status in (("<a>", "sent"), ("<b>", "pending"), ("<c>", "failed"), ("<d>", "sending")):
+            db.execute("INSERT INTO deliveries VALUES (?, '2026-11-24', 'ps@shakers.test', 'x.eml', ?, 1, '', "
+                       "'2026-11-24T03:00:00+00:00')", (mid, status))
+    with Ledger(path) as ledger:
+        assert ledger.delivery_statuses(["<a>", "<b>", "<c>", "<d>"]) == {
+            "<a>": "delivered", "<b>": "outbox", "<c>": "failed", "<d>": "sending"}
+        assert ledger.delivery("<d>")["claimed_at"] == "2026-11-24T03:00:00+00:00"
+        assert [r["message_id"] for r in ledger.deliveries_owed()] == ["<c>", "<d>"]
+    with Ledger(path) as ledger:   # once: a second open changes nothing
+        assert ledger.delivery("<b>")["status"] == "outbox"
