@@ -212,7 +212,9 @@ def mailbox(name: str, addr: str) -> Address:
     """A header-safe mailbox: the name loses control characters and line breaks; the address must be plain."""
     if not valid_address(addr):
         raise ValueError(f"'{plain(addr)[:80]}' is not an email address")
-    return Address(display_name=plain(name)[:120], addr_spec=wire_address(addr))
+    local, _at, domain = wire_address(addr).rpartition("@")
+    # By its parts: the `email` package refuses a non-ASCII local part given as one addr_spec.
+    return Address(display_name=plain(name)[:120], username=local, domain=domain)
 
 
 def sender_address(value: str) -> Address:
@@ -721,7 +723,7 @@ def _send_with_retries(session: Session, settings: SmtpSettings, sender: str, it
             continue
         utf8 = not recipient.isascii() or not data.split(b"\r\n\r\n", 1)[0].isascii()
         if utf8 and not smtp.has_extn("smtputf8"):
-            raise PermanentFailure(f"{where} does not offer SMTPUTF8, which the address {item.recipient} needs "
+            raise PermanentFailure(f"{where} does not offer SMTPUTF8, which the address of {item.who} needs "
                                    f"(its part before the @ is not ASCII) — give the manager an ASCII address, "
                                    f"or use a server that offers SMTPUTF8")
         try:

@@ -521,3 +521,202 @@ def test_an_old_ledgers_sent_emails_are_delivered_and_its_never_tried_ones_outbo
         assert [r["message_id"] for r in ledger.deliveries_owed()] == ["<c>", "<d>"]
     with Ledger(path) as ledger:   # once: a second open changes nothing
         assert ledger.delivery("<b>")["status"] == "outbox"
+
+
+# ---------------------------------------------------------------- owed email: picked up, bounded, told to a person
+
+CLI = [str(Path(os.sys.executable).with_name("shakers-rules"))]
+
+
+def cli(*args, env: dict | None = None, timeout: float = 300):
+    import subprocess
+
+    return subprocess.run(CLI + [str(a) for a in args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
+
+
+def night(n: int) -> dt.date:
+    return AS_OF + dt.timedelta(days=n)
+
+
+def test_a_refused_address_is_retried_on_a_bounded_number_of_nights_then_given_up_and_told(tmp_path, monkeypatch, caplog):
+    server = Server(Inbox(refuse_rcpt={PAULA: "550 5.1.1 <paula@shakers.test>: mailbox unavailable"}))
+    try:
+        smtp_env(monkeypatch, server.port, SHAKERS_SMTP_PERMANENT_NIGHTS="2")
+        first = run(tmp_path, night=busy_night(night(0)), as_of=night(0), out="n0")
+        assert first.exit_code == 5 and first.summary["reports"]["owed"] == 1      # tried on 1 night of 2: owed
+        with caplog.at_level(logging.WARNING):
+            second = run(tmp_path, night=busy_night(night(1)), as_of=night(1), out="n1")
+        assert second.exit_code == 0, second.summary["reports"]                     # given up: no longer exit 5
+        given_up = second.summary["reports"]["permanently_refused"]
+        assert len(given_up) == 2                                                  # last night's and tonight's
+        assert all("Paula Success (PS1)" in why and "550 5.1.1" in why and "users table" in why for why in given_up)
+        assert "Paula Success (PS1)" in caplog.text and "mailbox unavailable" in caplog.text
+        third = run(tmp_path, night=busy_night(night(2)), as_of=night(2), out="n2")
+        assert third.exit_code == 0 and len(third.summary["reports"]["permanently_refused"]) == 1   # still told
+        assert [m.rcpt_tos for m in server.inbox.messages] == [[PEDRO]] * 3
+        with Ledger(tmp_path / "ledger.sqlite") as ledger:
+            assert ledger.deliveries_owed() == []
+            statuses = ledger.db.execute("SELECT status, count(*) FROM deliveries WHERE recipient = ? GROUP BY status",
+                                         (PAULA,)).fetchall()
+        assert statuses == [("permanent", 3)]
+    finally:
+        server.stop()
+
+
+def test_the_next_run_sends_an_earlier_nights_email_that_was_written_but_never_tried(tmp_path, monkeypatch, server):
+    from test_outbox import reports as some_reports
+
+    smtp_env(monkeypatch, server.port)
+    with Ledger(tmp_path / "ledger.sqlite") as ledger:   # a night killed between its outbox and its first email
+        written, _ = mail.write_outbox(tmp_path / "killed" / "outbox", some_reports(2), "reports@shakers.test", ledger)
+        assert set(ledger.delivery_statuses(o.message_id for o in written).values()) == {"pending"}
+    nxt = run(tmp_path, night=busy_night(night(1)), as_of=night(1), out="n1")
+    assert nxt.exit_code == 0 and nxt.summary["reports"]["earlier_nights_sent"] == 2
+    assert sorted(r for m in server.inbox.messages for r in m.rcpt_tos) == [PAULA, PEDRO, "ps0@shakers.test", "ps1@shakers.test"]
+
+
+def test_nights_written_without_a_host_are_not_sent_later_but_send_run_still_sends_them(tmp_path, monkeypatch, server):
+    old = [run(tmp_path, night=busy_night(night(i)), as_of=night(i), out=f"n{i}") for i in (0, 1)]   # no SMTP host
+    assert all(r.exit_code == 0 and r.summary["reports"]["smtp"].startswith("no SMTP host") for r in old)
+    smtp_env(monkeypatch, server.port)
+    tonight = run(tmp_path, night=busy_night(night(2)), as_of=night(2), out="n2")
+    assert tonight.exit_code == 0 and tonight.summary["reports"]["earlier_nights_sent"] == 0
+    assert sorted(m.message["X-Shakers-Night"] for m in server.inbox.messages) == [night(2).isoformat()] * 2
+    asked = cli("send", "--run", old[0].out_dir, env={k: v for k, v in os.environ.items() if k.startswith("SHAKERS_")})
+    assert asked.returncode == 0, asked.stderr
+    assert "2 sent now, 0 already delivered, 0 still owed" in asked.stdout
+    assert sorted(m.message["X-Shakers-Night"] for m in server.inbox.messages) == [night(0).isoformat()] * 2 + [night(2).isoformat()] * 2
+
+
+def test_send_uses_the_ledger_the_run_recorded_before_its_first_email_never_a_default_one(tmp_path, monkeypatch):
+    seen = []
+    inbox = Inbox()
+    server = Server(inbox)
+    try:
+        out = tmp_path / "run"
+        inbox.on_data = lambda: seen.append(json.loads((out / "ledger.json").read_text()))
+        smtp_env(monkeypatch, server.port)
+        result = run(tmp_path, ledger="nights/ledger.sqlite")
+        assert result.exit_code == 0 and len(inbox.messages) == 2
+        assert seen == [{"ledger": str((tmp_path / "nights" / "ledger.sqlite").resolve())}] * 2
+        decoy = tmp_path / "decoy.sqlite"
+        env = {**{k: v for k, v in os.environ.items() if k.startswith("SHAKERS_")}, "SHAKERS_LEDGER": str(decoy)}
+        again = cli("send", "--run", out, env=env)
+        assert again.returncode == 0 and "0 sent now, 2 already delivered" in again.stdout, again.stderr
+        assert not decoy.exists() and len(inbox.messages) == 2
+        (out / "ledger.json").unlink()
+        (out / "summary.json").unlink()
+        refused = cli("send", "--run", out, env=env)
+        assert refused.returncode == 2 and "--ledger" in refused.stderr and "Traceback" not in refused.stderr
+        assert not decoy.exists() and len(inbox.messages) == 2
+    finally:
+        server.stop()
+
+
+# ---------------------------------------------------------------- settings found before the night
+
+
+@pytest.mark.parametrize("setting, says", [
+    ({"SHAKERS_SMTP_TLS": "maybe"}, "SHAKERS_SMTP_TLS must be one of none, starttls, ssl"),
+    ({"SHAKERS_SMTP_CONFIG": "/nonexistent/smtp.env"}, "SHAKERS_SMTP_CONFIG names /nonexistent/smtp.env, which cannot be read"),
+    ({"SHAKERS_SMTP_TLS": "none", "SHAKERS_SMTP_USER": "reports", "SHAKERS_SMTP_PASSWORD": "pw"},
+     "SHAKERS_SMTP_ALLOW_PLAINTEXT_LOGIN=1"),
+])
+@pytest.mark.parametrize("command", ["run", "nightly"])
+def test_a_wrong_smtp_setting_stops_run_and_nightly_with_exit_2_before_anything_is_evaluated(tmp_path, setting, says, command):
+    exports = tmp_path / "exports"
+    busy_night().write(exports / AS_OF.isoformat())
+    env = {"SHAKERS_SMTP_HOST": "127.0.0.1", **setting}
+    if command == "run":
+        done = cli("run", "--export", exports / AS_OF.isoformat(), "--out", tmp_path / "runs" / "x", "--ledger",
+                   tmp_path / "ledger.sqlite", "--policies", POLICIES, "--workers", "0", env=env)
+    else:
+        done = cli("nightly", "--exports-root", exports, "--runs-root", tmp_path / "runs", "--ledger", tmp_path / "ledger.sqlite",
+                   "--policies", POLICIES, "--workers", "0", env=env)
+    assert done.returncode == 2, done.stderr
+    assert says in done.stderr and "Nothing was evaluated" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "ledger.sqlite").exists()
+
+
+def test_a_login_in_clear_text_is_allowed_only_when_said_so():
+    login = {"SHAKERS_SMTP_HOST": "h", "SHAKERS_SMTP_TLS": "none", "SHAKERS_SMTP_USER": "u", "SHAKERS_SMTP_PASSWORD": "p"}
+    with pytest.raises(mail.MailConfigError, match="in clear text"):
+        mail.SmtpSettings.from_env(login)
+    assert mail.SmtpSettings.from_env({**login, "SHAKERS_SMTP_ALLOW_PLAINTEXT_LOGIN": "1"}).login
+    with pytest.raises(mail.MailConfigError, match="SHAKERS_SMTP_DEADLINE"):
+        mail.SmtpSettings.from_env({"SHAKERS_SMTP_DEADLINE": "soon"})
+    assert mail.SmtpSettings.from_env({}).deadline == 600 and mail.SmtpSettings.from_env({}).permanent_nights == 3   # SPEC §6
+
+
+def test_a_stalling_server_cannot_hold_the_delivery_past_its_deadline_and_what_is_left_stays_owed(tmp_path, monkeypatch):
+    server = Server(Inbox(stall_seconds=8))
+    try:
+        smtp_env(monkeypatch, server.port, SHAKERS_SMTP_DEADLINE="1.5", SHAKERS_SMTP_TIMEOUT="30")
+        result = run(tmp_path)
+        assert result.exit_code == 5 and result.timings["reports"] < 6, result.timings
+        assert "SHAKERS_SMTP_DEADLINE" in result.summary["reports"]["error"]
+        assert result.summary["reports"]["owed"] == 2
+        with Ledger(tmp_path / "ledger.sqlite") as ledger:
+            assert len(ledger.deliveries_owed()) == 2
+    finally:
+        server.stop()
+
+
+# ---------------------------------------------------------------- every address the contract accepts
+
+
+def test_an_internationalised_address_goes_with_smtputf8_and_its_domain_in_idna(tmp_path, monkeypatch):
+    server = Server(enable_SMTPUTF8=True)
+    try:
+        smtp_env(monkeypatch, server.port)
+        n = busy_night()
+        n.rows["users"][0]["email"] = "páula@bücher.test"
+        result = run(tmp_path, night=n)
+        assert result.exit_code == 0, result.summary["reports"]
+        paula = next(m for m in server.inbox.messages if m.rcpt_tos != [PEDRO])
+        assert paula.rcpt_tos == ["páula@xn--bcher-kva.test"] and "SMTPUTF8" in paula.mail_options
+        to = email.message_from_string(paula.data.decode("utf-8"), policy=email.policy.default)["To"]   # RFC 6532: UTF-8
+        assert to.addresses[0].addr_spec == "páula@xn--bcher-kva.test" and to.addresses[0].display_name == "Paula Success"
+        pedro = server.inbox.to(PEDRO)[0]
+        assert "SMTPUTF8" not in pedro.mail_options            # an ASCII email goes as before
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def server_without_smtputf8():
+    s = Server(enable_SMTPUTF8=False)
+    yield s
+    s.stop()
+
+
+def test_a_non_ascii_domain_needs_no_smtputf8_but_a_non_ascii_local_part_does_and_says_so(tmp_path, monkeypatch,
+                                                                                         server_without_smtputf8):
+    server = server_without_smtputf8
+    smtp_env(monkeypatch, server.port)
+    n = busy_night()
+    n.rows["users"][0]["email"] = "paula@bücher.test"
+    assert run(tmp_path, night=n, out="idna").exit_code == 0
+    assert sorted(r for m in server.inbox.messages for r in m.rcpt_tos) == ["paula@xn--bcher-kva.test", PEDRO]
+    n.rows["users"][0]["email"] = "páula@shakers.test"
+    result = run(tmp_path, night=n, out="utf8", ledger="other.sqlite")
+    assert result.exit_code == 5
+    with Ledger(tmp_path / "other.sqlite") as ledger:
+        (owed,) = ledger.deliveries_owed()
+    assert "SMTPUTF8" in owed["last_error"] and "páula@shakers.test" in owed["last_error"]
+    assert "Paula Success (PS1)" in owed["last_error"]
+    assert len(server.inbox.to(PEDRO)) == 2
+
+
+@pytest.mark.parametrize("address", ["paula@shakers.test,evil@evil.test", 'pa"ula@shakers.test', "paula..s@shakers.test",
+                                     "<paula>@shakers.test", "paula@shakers.test."])
+def test_an_address_mail_cannot_carry_is_rejected_when_the_export_is_read_with_the_reason(tmp_path, address):
+    from processor.export import read_export
+
+    n = busy_night()
+    n.rows["users"][0]["email"] = address
+    export = read_export(n.write(tmp_path / "export"))
+    (reject,) = export.rejects[export.rejects["record_id"] == "PS1"].to_dict("records")
+    assert reject["column"] == "email" and "is not an email address mail can be sent to" in reject["reason"]
+    assert not mail.valid_address(address)
