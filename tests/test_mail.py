@@ -297,6 +297,7 @@ def test_an_untrusted_certificate_is_refused_and_nothing_is_sent_in_clear(tmp_pa
         result = run(tmp_path)
         assert result.exit_code == 5 and inbox.messages == []
         assert "certificate" in result.summary["reports"]["error"].lower()
+        assert "set SHAKERS_SMTP_CAFILE" in result.summary["reports"]["error"]   # the fix, named
     finally:
         server.stop()
 
@@ -720,3 +721,57 @@ def test_an_address_mail_cannot_carry_is_rejected_when_the_export_is_read_with_t
     (reject,) = export.rejects[export.rejects["record_id"] == "PS1"].to_dict("records")
     assert reject["column"] == "email" and "is not an email address mail can be sent to" in reject["reason"]
     assert not mail.valid_address(address)
+
+
+# ---------------------------------------------------------------- the nightly job's deliveries
+
+
+def nightly(tmp_path: Path, env: dict):
+    return cli("nightly", "--exports-root", tmp_path / "exports", "--runs-root", tmp_path / "runs", "--ledger",
+               tmp_path / "ledger.sqlite", "--policies", POLICIES, "--workers", "0", "-q", env=env)
+
+
+def mail_env(port: int, **more) -> dict:
+    return {"SHAKERS_SMTP_HOST": "127.0.0.1", "SHAKERS_SMTP_PORT": str(port), "SHAKERS_SMTP_TLS": "none",
+            "SHAKERS_SMTP_RETRIES": "1", "SHAKERS_SMTP_BACKOFF": "0", "SHAKERS_SMTP_TIMEOUT": "5", **more}
+
+
+def test_the_nightly_job_delivers_what_earlier_nights_owe_with_its_own_ledger(tmp_path):
+    busy_night(night(0)).write(tmp_path / "exports" / night(0).isoformat())
+    decoy = tmp_path / "decoy.sqlite"   # where the job must never look: its ledger is --ledger
+    port = free_port()
+    down = nightly(tmp_path, mail_env(port, SHAKERS_LEDGER=str(decoy)))
+    assert down.returncode == 5, down.stderr
+    server = Server(port=port)
+    try:
+        back = nightly(tmp_path, mail_env(port, SHAKERS_LEDGER=str(decoy)))
+        assert back.returncode == 0, back.stderr
+        assert "reports owed from an earlier run are now delivered" in back.stdout
+        assert sorted(r for m in server.inbox.messages for r in m.rcpt_tos) == [PAULA, PEDRO]
+        again = nightly(tmp_path, mail_env(port, SHAKERS_LEDGER=str(decoy)))
+        assert again.returncode == 0 and "nothing to do" in again.stdout and len(server.inbox.messages) == 2
+        assert not decoy.exists()
+    finally:
+        server.stop()
+
+
+def test_turning_smtp_on_sends_tonights_reports_not_the_outbox_only_nights_before(tmp_path, server):
+    for i in (0, 1):
+        busy_night(night(i)).write(tmp_path / "exports" / night(i).isoformat())
+    assert nightly(tmp_path, {}).returncode == 0            # no SMTP host: outbox only
+    busy_night(night(2)).write(tmp_path / "exports" / night(2).isoformat())
+    on = nightly(tmp_path, mail_env(server.port))
+    assert on.returncode == 0, on.stderr
+    assert sorted(m.message["X-Shakers-Night"] for m in server.inbox.messages) == [night(2).isoformat()] * 2
+    assert "nothing to do" in nightly(tmp_path, mail_env(server.port)).stdout
+    assert len(server.inbox.messages) == 2
+
+
+def test_a_smtp_host_from_the_config_file_counts_for_the_nightly_retry(tmp_path, monkeypatch):
+    from processor.nightly import _sends_mail
+
+    config = tmp_path / "smtp.env"
+    config.write_text("SHAKERS_SMTP_HOST=mail.example.com\n")
+    assert not _sends_mail()
+    monkeypatch.setenv("SHAKERS_SMTP_CONFIG", str(config))
+    assert _sends_mail()
