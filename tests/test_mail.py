@@ -681,6 +681,8 @@ def test_an_internationalised_address_goes_with_smtputf8_and_its_domain_in_idna(
         assert to.addresses[0].addr_spec == "páula@xn--bcher-kva.test" and to.addresses[0].display_name == "Paula Success"
         pedro = server.inbox.to(PEDRO)[0]
         assert "SMTPUTF8" not in pedro.mail_options            # an ASCII email goes as before
+        kept = sorted(mail.read_eml(p).recipient for p in (result.out_dir / "outbox").glob("*.eml"))
+        assert kept == sorted(["páula@xn--bcher-kva.test", PEDRO])   # `send --run` reads the outbox's UTF-8 To line
     finally:
         server.stop()
 
