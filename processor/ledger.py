@@ -252,8 +252,9 @@ class Ledger:
 
         New ones become `pending` (owed), or `outbox` with `outbox_only` (a night with no SMTP host:
         not owed, never sent later unless asked). An `outbox` or `withdrawn` one becomes owed again;
-        with `asked` (`send --run`) a `permanent` one too, its nights counted afresh. A delivered
-        one does not change; a failed or sending one keeps its status."""
+        with `asked` (`send --run`) a `permanent` one too (tried again; refused again, it is given up
+        again at once, its address's nights being counted). A delivered one does not change; a
+        failed or sending one keeps its status."""
         target = "outbox" if outbox_only else "pending"
         promote = [s for s in _sources(target) if s is not None and (asked or s != "permanent")]
         now = _now()
@@ -339,6 +340,12 @@ class Ledger:
             f"{night}ORDER BY as_of, message_id", (_ago(stale_after),) + (() if as_of is None else (as_of,)))
         names = [c[0] for c in cur.description]
         return [dict(zip(names, r)) for r in cur.fetchall()]
+
+    def deliveries_owed_count(self, as_of: str | None = None) -> int:
+        """How many emails are owed (of the night `as_of`), a claim of any age included: not delivered either."""
+        night = "" if as_of is None else " AND as_of = ?"
+        return self.db.execute(f"SELECT count(*) FROM deliveries WHERE status IN ({_quoted(OWED)}){night}",
+                               () if as_of is None else (as_of,)).fetchone()[0]
 
 
 # A delivery's status moves only along these (None: not in the ledger yet):

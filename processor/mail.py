@@ -1034,4 +1034,4 @@ def deliver_owed(ledger, as_of: str | None = None, *, env: Mapping[str, str] | N
     if not settings.host:
         return DeliveryResult(error="SHAKERS_SMTP_HOST is not set"), len(owed), settings
     result = deliver(owed, settings, ledger, sleep=sleep, progress=progress)
-    return result, _still_owed(ledger, [o.message_id for o in owed]), settings
+    return result, ledger.deliveries_owed_count(as_of), settings

@@ -45,6 +45,7 @@ class Inbox:
     refuse_rcpt: dict[str, str] = field(default_factory=dict)   # address -> reply, every time: "550 5.1.1 no such user"
     stall_seconds: float = 0.0                                  # wait this long before answering DATA
     on_data: Callable[[], None] | None = None                   # called as each message arrives (before it is kept)
+    drop_next: int = 0                                          # hang up on this many DATA commands, unanswered
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         if address in self.refuse_rcpt:
@@ -57,6 +58,10 @@ class Inbox:
             await asyncio.sleep(self.stall_seconds)
         if self.on_data is not None:
             self.on_data()
+        if self.drop_next:
+            self.drop_next -= 1
+            server.transport.abort()   # the connection is lost before the server says it took the message
+            return "421 4.4.2 connection dropped"
         if self.refuse_next:
             return self.refuse_next.pop(0)
         # STARTTLS sets session.ssl; with implicit TLS the transport itself is the TLS one

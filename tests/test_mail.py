@@ -214,6 +214,29 @@ def test_a_temporary_refusal_is_retried_and_delivered_once(tmp_path, monkeypatch
         server.stop()
 
 
+def test_a_connection_dropped_during_an_email_is_retried_on_a_new_one_and_delivered_once(tmp_path, monkeypatch):
+    server = Server(Inbox(drop_next=1))
+    try:
+        smtp_env(monkeypatch, server.port, SHAKERS_SMTP_RETRIES="2")
+        result = run(tmp_path)
+        assert result.exit_code == 0, result.summary["reports"]
+        assert sorted(r for m in server.inbox.messages for r in m.rcpt_tos) == [PAULA, PEDRO]
+    finally:
+        server.stop()
+
+
+def test_the_nightly_retry_counts_a_claim_too_young_to_take_over_as_still_owed(tmp_path, monkeypatch, server):
+    from processor.nightly import deliver_night
+
+    smtp_env(monkeypatch, server.port)
+    email = [(MID, "2026-11-24", PAULA, str(tmp_path / "x.eml"), "Paula (PS1)")]
+    with Ledger(tmp_path / "ledger.sqlite") as ledger:
+        ledger.owe_deliveries(email)
+        assert ledger.claim_delivery(MID, "2026-11-24", PAULA, str(tmp_path / "x.eml"))   # a sender killed a minute ago
+    assert deliver_night(tmp_path / "2026-11-24", tmp_path / "ledger.sqlite") == 5   # not "now delivered"
+    assert server.inbox.messages == []
+
+
 def test_a_permanent_refusal_is_not_retried_and_stays_owed(tmp_path, monkeypatch):
     server = Server(Inbox(refuse_next=["550 5.1.1 mailbox unavailable"]))
     try:
