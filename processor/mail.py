@@ -593,7 +593,8 @@ class DeadlinePassed(Exception):
 
     def __init__(self, settings: SmtpSettings):
         super().__init__(f"the delivery took its SHAKERS_SMTP_DEADLINE of {settings.deadline:g}s "
-                         f"(the server at {settings.host}:{settings.port} was slow or stalled)")
+                         f"(the server at {settings.host}:{settings.port} was slow or stalled); what is left stays "
+                         f"owed for the next run — raise SHAKERS_SMTP_DEADLINE if the server is only slow")
 
 
 def _helo_name() -> str:
@@ -643,9 +644,11 @@ def deliver(outgoing: Iterable[Outgoing], settings: SmtpSettings, ledger, *, sle
     def refused(item: Outgoing, why: str):
         if ledger.delivery_refused(item.message_id, why, night, settings.permanent_nights) == "permanent":
             row = ledger.delivery(item.message_id) or {}
+            # A reason that names its own fix keeps it; a server's refusal gets the usual one.
+            fix = "" if " — " in why else " — correct the manager's email in the users table (or their mailbox on the server)"
             result.permanent[item.message_id] = (
                 f"the report of {item.as_of} for {item.who} is given up after {row.get('nights_tried', '?')} night(s): "
-                f"{why} — correct the manager's email in the users table (or the mailbox on the server)")
+                f"{why}{fix}")
             say(result.permanent[item.message_id])
         else:
             result.failed[item.message_id] = why
