@@ -800,3 +800,17 @@ def test_a_smtp_host_from_the_config_file_counts_for_the_nightly_retry(tmp_path,
     assert not _sends_mail()
     monkeypatch.setenv("SHAKERS_SMTP_CONFIG", str(config))
     assert _sends_mail()
+
+
+def test_a_report_given_up_is_printed_by_the_cli_with_the_servers_reason_and_the_managers_name(tmp_path):
+    server = Server(Inbox(refuse_rcpt={PAULA: "550 5.1.1 <paula@shakers.test>: no such user here"}))
+    try:
+        export = busy_night().write(tmp_path / "export")
+        done = cli("run", "--export", export, "--out", tmp_path / "run", "--ledger", tmp_path / "ledger.sqlite",
+                   "--policies", POLICIES, "--workers", "0", "-q", env=mail_env(server.port, SHAKERS_SMTP_PERMANENT_NIGHTS="1"))
+        assert done.returncode == 0, done.stderr               # given up: told, not retried, not exit 5
+        line = next(line for line in done.stderr.splitlines() if "given up" in line)
+        assert "Paula Success (PS1)" in line and "550 5.1.1" in line and "no such user here" in line
+        assert [m.rcpt_tos for m in server.inbox.messages] == [[PEDRO]]
+    finally:
+        server.stop()
