@@ -76,6 +76,17 @@ class Day(click.ParamType):
 DAY = Day()
 
 
+def check_mail_settings(command: str):
+    """Exit 2 with the sentence when an SMTP setting is wrong: found before the night is evaluated."""
+    from processor.mail import MailConfigError, SmtpSettings
+
+    try:
+        SmtpSettings.from_env()
+    except MailConfigError as e:
+        err(f"cannot {command}: {e}. Nothing was evaluated.")
+        sys.exit(EXIT_USAGE)
+
+
 def progress_printer(quiet: bool):
     """Phase lines on stderr, and a bar for the engine when stderr is a terminal (processor.progress);
     under cron one plain line per phase. Nothing with --quiet."""
@@ -145,6 +156,7 @@ def run(export_dir, as_of, policies_path, out_dir, ledger_path, workers, no_pref
 
     if scheduler and engine != "dask":
         raise click.UsageError("--scheduler only makes sense with --engine dask")
+    check_mail_settings("run")
     ledger_path = ledger_path or default_ledger_path()
     with LedgerLock(ledger_path, command="shakers-rules run", say=err):  # one run at a time per ledger (exit 6)
         result = run_night(export_dir, policies_path=policies_path, as_of=as_of, out_dir=out_dir, ledger_path=ledger_path,

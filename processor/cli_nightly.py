@@ -7,34 +7,14 @@ from pathlib import Path
 
 import click
 
-from processor.cli import DAY, EXIT_USAGE, err, guarded, progress_printer
-from processor.nightly import DEFAULT_KEEP_NIGHTS, STATUS_FILE, NoNights, run_nightly
+from processor.cli import DAY, EXIT_USAGE, check_mail_settings, err, guarded, progress_printer
+from processor.nightly import DEFAULT_KEEP_NIGHTS, STATUS_FILE, NoNights, deliver_night, run_nightly
 
 
 def send_with_cli(run_dir: Path, ledger_path: Path) -> int:
-    """Deliver what `run_dir` still owes with the `send` command (SPEC §7), in this process.
-
-    The nightly job holds the ledger's lock; a lock taken again by the same process nests."""
-    from processor.cli import main
-
-    send = main.commands.get("send")
-    if send is None:
-        return 5
-    args = ["--run", str(run_dir)]
-    if any("--ledger" in getattr(p, "opts", ()) for p in send.params):
-        args += ["--ledger", str(ledger_path)]
-    saved = os.environ.get("SHAKERS_LEDGER")
-    os.environ["SHAKERS_LEDGER"] = str(ledger_path)
-    try:
-        send.main(args, prog_name="shakers-rules send", standalone_mode=False)
-        return 0
-    except SystemExit as e:
-        return int(e.code or 0)
-    finally:
-        if saved is None:
-            os.environ.pop("SHAKERS_LEDGER", None)
-        else:
-            os.environ["SHAKERS_LEDGER"] = saved
+    """Deliver what the ledger at `ledger_path` owes for the night of `run_dir` (0, or 5 while some is owed),
+    through the delivery library with that ledger; what went wrong is printed on stderr."""
+    return deliver_night(run_dir, ledger_path, progress=lambda m: err(f"  · {m}"))
 
 
 @click.command()
@@ -73,6 +53,7 @@ def nightly(exports_root, runs_root, ledger_path, policies_path, workers, keep_n
         err(f"{exports_root} is not a directory: --exports-root must name the directory that holds the nightly "
             f"exports (one YYYY-MM-DD directory per night)")
         sys.exit(EXIT_USAGE)
+    check_mail_settings("run the nightly job")
     try:
         result = run_nightly(exports_root, runs_root, ledger_path=ledger_path, policies_path=policies_path,
                              workers=(os.cpu_count() or 1) if workers is None else workers, keep_nights=keep_nights,

@@ -10,33 +10,40 @@ import click
 from processor.cli import EXIT_UNDELIVERED, EXIT_USAGE, err, guarded
 
 
-def _ledger_of(run_dir: Path, ledger_path: Path | None) -> Path:
-    """--ledger, else the ledger the run itself used (summary.json), else the default one."""
-    from processor.ledger import default_ledger_path
+def _ledger_of(run_dir: Path, ledger_path: Path | None) -> Path | None:
+    """--ledger, else the ledger the run recorded before its first email (RUN_DIR/ledger.json; a run
+    made before that file recorded it in summary.json's `reports`); None when neither says."""
+    from processor.mail import LEDGER_RECORD
 
     if ledger_path:
         return ledger_path
-    try:
-        recorded = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))["reports"]["ledger"]
-        if recorded:
+    for name, keys in ((LEDGER_RECORD, ("ledger",)), ("summary.json", ("reports", "ledger"))):
+        try:
+            recorded = json.loads((run_dir / name).read_text(encoding="utf-8"))
+            for key in keys:
+                recorded = recorded[key]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if isinstance(recorded, str) and recorded:
             return Path(recorded)
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
-    return default_ledger_path()
+    return None
 
 
 @click.command()
 @click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="The run directory whose outbox/ holds the night's report emails.")
 @click.option("--ledger", "ledger_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="The ledger that remembers what was delivered. Default: the one the run used (summary.json).")
+              help="The ledger that remembers what was delivered. Default: the one the run recorded (RUN/ledger.json).")
 @guarded
 def send(run_dir, ledger_path):
     """Send the report emails in RUN/outbox that were not delivered yet; each email at most once.
 
+    Also sends a night that was written with no SMTP host (its outbox only) and emails refused
+    permanently on earlier nights: asking for them is what `send` is for.
+
     SMTP settings come from the environment: SHAKERS_SMTP_HOST, SHAKERS_SMTP_PORT, SHAKERS_SMTP_TLS
-    (none|starttls|ssl), SHAKERS_SMTP_USER, SHAKERS_SMTP_PASSWORD, SHAKERS_MAIL_FROM, SHAKERS_SMTP_CAFILE.
-    Exit status 5 when some emails are still owed."""
+    (none|starttls|ssl), SHAKERS_SMTP_USER, SHAKERS_SMTP_PASSWORD, SHAKERS_MAIL_FROM, SHAKERS_SMTP_CAFILE,
+    SHAKERS_SMTP_DEADLINE. Exit status 5 when some emails are still owed, 2 for a wrong setting."""
     from processor import mail
     from processor.ledger import Ledger
     from processor.lock import LedgerLock
@@ -46,7 +53,12 @@ def send(run_dir, ledger_path):
         err(f"{run_dir} has no outbox/ directory — give the run directory of a night (the --out of `shakers-rules run`)")
         sys.exit(EXIT_USAGE)
     ledger_file = _ledger_of(run_dir, ledger_path)
+    if ledger_file is None:
+        err(f"{run_dir} does not say which ledger its run used (no {mail.LEDGER_RECORD}) — pass the run's ledger "
+            f"with --ledger FILE, so that nobody who already got a report gets it twice")
+        sys.exit(EXIT_USAGE)
     try:
+        mail.SmtpSettings.from_env()   # a wrong setting is a sentence before the ledger is even opened
         # One process at a time per ledger (exit 6), as for `run`; nested inside `nightly` it does not block.
         with LedgerLock(ledger_file, command="shakers-rules send", say=err), Ledger(ledger_file) as ledger:
             result, owed, settings = mail.send_run(run_dir, ledger, progress=lambda m: err(f"  · {m}"))
@@ -59,6 +71,8 @@ def send(run_dir, ledger_path):
         sys.exit(EXIT_UNDELIVERED if owed else 0)
     for message_id, why in result.failed.items():
         err(f"not delivered {message_id}: {why}")
+    for why in result.permanent.values():
+        err(f"not delivered: {why}")
     click.echo(f"{run_dir}: {len(result.sent):,} sent now, {len(result.already_sent):,} already delivered, "
                f"{owed:,} still owed (via {settings.describe()})")
     if owed:

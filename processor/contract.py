@@ -116,9 +116,15 @@ _CURRENCY = dict(
     pattern=r"[A-Z]{3}",
     pattern_hint="is not an ISO 4217 currency code: write three capital letters like EUR",
 )
+# What processor.mail can send: a dot-atom local part and a domain of labels (either may hold
+# non-ASCII letters: SMTPUTF8, IDNA), literal characters so that RE2 (the reader) and Python agree.
+_ADDRESS_CHAR = "A-Za-z0-9" + "\u00a1-\u2027\u202a-\U0010ffff"
+_LABEL = f"[{_ADDRESS_CHAR}](?:[{_ADDRESS_CHAR}\\-]*[{_ADDRESS_CHAR}])?"
+_ATOM = f"[{_ADDRESS_CHAR}!#$%&'*+/=?^_`{{|}}~\\-]+"
 _EMAIL = dict(
-    pattern=r"[^@\s]+@[^@\s]+",
-    pattern_hint="is not an email address: write it like name@example.com",
+    pattern=f"{_ATOM}(?:\\.{_ATOM})*@{_LABEL}(?:\\.{_LABEL})*",
+    pattern_hint="is not an email address mail can be sent to: write it like name@example.com (no spaces, quotes, "
+                 "brackets or commas; dots only between characters)",
 )
 
 USERS = Table(

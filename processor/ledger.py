@@ -60,7 +60,11 @@ CREATE TABLE IF NOT EXISTS deliveries (
     status TEXT NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 0,
     last_error TEXT NOT NULL DEFAULT '',
-    updated_at TEXT NOT NULL
+    updated_at TEXT NOT NULL,
+    claimed_at TEXT NOT NULL DEFAULT '',
+    nights_tried INTEGER NOT NULL DEFAULT 0,
+    last_night_tried TEXT NOT NULL DEFAULT '',
+    manager TEXT NOT NULL DEFAULT ''
 );
 """
 
@@ -105,6 +109,7 @@ class Ledger:
             pass
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(SCHEMA)
+        self._migrate_deliveries()
         # Ledgers made before decisions kept their full row (needed to list them once resolved).
         if "detail" not in {r[1] for r in self.db.execute("PRAGMA table_info(decision_nights)")}:
             self.db.execute("ALTER TABLE decision_nights ADD COLUMN detail TEXT NOT NULL DEFAULT ''")
@@ -222,7 +227,7 @@ class Ledger:
         cur.execute("BEGIN IMMEDIATE")
         try:
             decisions = cur.execute("DELETE FROM decision_nights WHERE as_of < ?", (oldest_kept,)).rowcount
-            deliveries = cur.execute("DELETE FROM deliveries WHERE as_of < ? AND status IN ('sent', 'withdrawn')",
+            deliveries = cur.execute(f"DELETE FROM deliveries WHERE as_of < ? AND status IN ({_quoted(SETTLED)})",
                                      (oldest_kept,)).rowcount
             cur.execute("COMMIT")
         except BaseException:
@@ -230,9 +235,28 @@ class Ledger:
             raise
         return {"decision_nights": decisions, "deliveries": deliveries}
 
-    # ---- deliveries (processor.mail): one row per report email, by Message-ID.
-    # status: pending (in the outbox, not tried), sending (claimed by a sender), sent,
-    # failed (tried, still owed), withdrawn (a rerun of the night no longer reports it).
+    # ---- deliveries (processor.mail): one row per report email, by Message-ID; its status moves
+    # only as DELIVERY_TRANSITIONS (below the class) allows.
+
+    def _migrate_deliveries(self):
+        """Ledgers made before the delivery states: their columns added and their statuses renamed, once."""
+        columns = {r[1] for r in self.db.execute("PRAGMA table_info(deliveries)")}
+        if "claimed_at" in columns:
+            return
+        cur = self.db.cursor()
+        cur.execute("BEGIN IMMEDIATE")
+        try:
+            for column, kind in (("claimed_at", "TEXT NOT NULL DEFAULT ''"), ("nights_tried", "INTEGER NOT NULL DEFAULT 0"),
+                                 ("last_night_tried", "TEXT NOT NULL DEFAULT ''"), ("manager", "TEXT NOT NULL DEFAULT ''")):
+                if column not in columns:
+                    cur.execute(f"ALTER TABLE deliveries ADD COLUMN {column} {kind}")
+            # 'pending' rows of old ledgers were mostly nights written with no SMTP host: outbox only, not owed.
+            cur.execute("UPDATE deliveries SET status = CASE status WHEN 'sent' THEN 'delivered' WHEN 'pending' THEN 'outbox' "
+                        "ELSE status END, claimed_at = CASE status WHEN 'sending' THEN updated_at ELSE '' END")
+            cur.execute("COMMIT")
+        except BaseException:
+            cur.execute("ROLLBACK")
+            raise
 
     def delivery(self, message_id: str) -> dict | None:
         cur = self.db.execute("SELECT * FROM deliveries WHERE message_id = ?", (message_id,))
@@ -249,71 +273,143 @@ class Ledger:
                 f"SELECT message_id, status FROM deliveries WHERE message_id IN ({','.join('?' * len(chunk))})", chunk))
         return statuses
 
-    def owe_deliveries(self, emails: Iterable[tuple[str, str, str, str]]):
-        """These emails (message_id, as_of, recipient, eml_path) are in the outbox and owed, unless one was
-        delivered already (then nothing changes for it). One transaction for all of them."""
+    def owe_deliveries(self, emails: Iterable[tuple[str, str, str, str, str]], *, outbox_only: bool = False,
+                       asked: bool = False):
+        """These emails (message_id, as_of, recipient, eml_path, manager) are in the outbox. One transaction.
+
+        New ones become `pending` (owed), or `outbox` with `outbox_only` (a night with no SMTP host:
+        not owed, never sent later unless asked). An `outbox` or `withdrawn` one becomes owed again;
+        with `asked` (`send --run`) a `permanent` one too (tried again; refused again, it is given up
+        again at once, its address's nights being counted). A delivered one does not change; a
+        failed or sending one keeps its status."""
+        target = "outbox" if outbox_only else "pending"
+        promote = [s for s in _sources(target) if s is not None and (asked or s != "permanent")]
         now = _now()
         cur = self.db.cursor()
         cur.execute("BEGIN IMMEDIATE")
         try:
             cur.executemany(
-                "INSERT INTO deliveries (message_id, as_of, recipient, eml_path, status, attempts, last_error, updated_at) "
-                "VALUES (?, ?, ?, ?, 'pending', 0, '', ?) "
+                "INSERT INTO deliveries (message_id, as_of, recipient, eml_path, status, attempts, last_error, updated_at, manager) "
+                "VALUES (?, ?, ?, ?, ?, 0, '', ?, ?) "
                 "ON CONFLICT(message_id) DO UPDATE SET eml_path = excluded.eml_path, recipient = excluded.recipient, "
-                "status = CASE WHEN status = 'withdrawn' THEN 'pending' ELSE status END, updated_at = excluded.updated_at "
-                "WHERE deliveries.status != 'sent'",
-                [(*email, now) for email in emails])
+                f"manager = excluded.manager, status = CASE WHEN status IN ({_quoted(promote)}) THEN excluded.status ELSE status END, "
+                "nights_tried = CASE WHEN status = 'permanent' AND excluded.status = 'pending' THEN 0 ELSE nights_tried END, "
+                "updated_at = excluded.updated_at WHERE deliveries.status != 'delivered'",
+                [(mid, as_of, recipient, path, target, now, manager) for mid, as_of, recipient, path, manager in emails])
             cur.execute("COMMIT")
         except BaseException:
             cur.execute("ROLLBACK")
             raise
 
     def claim_delivery(self, message_id: str, as_of: str, recipient: str, eml_path: str, stale_after: float = 900) -> bool:
-        """Mark the email as being sent by this process; False when it was sent, or another sender holds it."""
-        now = dt.datetime.now(dt.timezone.utc)
+        """Mark the email as being sent by this process (`claimed_at`, which nothing else writes);
+        False unless it is owed: a claim younger than `stale_after` seconds is another sender's."""
         cur = self.db.cursor()
         cur.execute("BEGIN IMMEDIATE")
         try:
-            row = cur.execute("SELECT status, updated_at FROM deliveries WHERE message_id = ?", (message_id,)).fetchone()
+            row = cur.execute("SELECT status, claimed_at FROM deliveries WHERE message_id = ?", (message_id,)).fetchone()
             if row is None:
-                cur.execute("INSERT INTO deliveries VALUES (?, ?, ?, ?, 'sending', 1, '', ?)",
-                            (message_id, as_of, recipient, eml_path, _now()))
+                cur.execute("INSERT INTO deliveries (message_id, as_of, recipient, eml_path, status, attempts, last_error, "
+                            "updated_at, claimed_at) VALUES (?, ?, ?, ?, 'sending', 1, '', ?, ?)",
+                            (message_id, as_of, recipient, eml_path, _now(), _now()))
                 cur.execute("COMMIT")
                 return True
-            status, updated = row
-            fresh = status == "sending" and (now - dt.datetime.fromisoformat(updated)).total_seconds() < stale_after
-            if status == "sent" or fresh:
+            status, claimed_at = row
+            fresh = status == "sending" and claimed_at >= _ago(stale_after)
+            if not allowed_delivery(status, "sending") or fresh:
                 cur.execute("COMMIT")
                 return False
-            cur.execute("UPDATE deliveries SET status = 'sending', attempts = attempts + 1, eml_path = ?, updated_at = ? "
-                        "WHERE message_id = ?", (eml_path, _now(), message_id))
+            cur.execute("UPDATE deliveries SET status = 'sending', attempts = attempts + 1, eml_path = ?, updated_at = ?, "
+                        "claimed_at = ? WHERE message_id = ?", (eml_path, _now(), _now(), message_id))
             cur.execute("COMMIT")
             return True
         except BaseException:
             cur.execute("ROLLBACK")
             raise
 
+    def _move(self, message_id: str, target: str, **columns):
+        sets = "".join(f", {name} = ?" for name in columns)
+        self.db.execute(f"UPDATE deliveries SET status = ?, updated_at = ?{sets} WHERE message_id = ? "
+                        f"AND status IN ({_quoted(_sources(target))})", (target, _now(), *columns.values(), message_id))
+
     def delivery_sent(self, message_id: str):
-        self.db.execute("UPDATE deliveries SET status = 'sent', last_error = '', updated_at = ? WHERE message_id = ?",
-                        (_now(), message_id))
+        self._move(message_id, "delivered", last_error="", nights_tried=0)
 
     def delivery_failed(self, message_id: str, error: str):
         """Still owed; `error` must already be free of credentials."""
-        self.db.execute("UPDATE deliveries SET status = 'failed', last_error = ?, updated_at = ? "
-                        "WHERE message_id = ? AND status != 'sent'", (error[:500], _now(), message_id))
+        self._move(message_id, "failed", last_error=error[:500])
+
+    def delivery_refused(self, message_id: str, error: str, night: str, nights: int) -> str:
+        """A refusal that trying again soon will not change (5xx). The nights it counts are its
+        recipient's: each night any email to that address was refused counts once, so a bad address
+        is given up after `nights` nights, not retried forever with a new report every night. On
+        the `nights`-th it is `permanent` (no longer owed), before that `failed`. Returns the status."""
+        row = self.delivery(message_id)
+        if row is None or row["status"] != "sending":
+            return row["status"] if row else ""
+        counted, tonight = self.db.execute(
+            "SELECT coalesce(max(nights_tried), 0), coalesce(max(last_night_tried = ?), 0) FROM deliveries "
+            "WHERE lower(recipient) = lower(?) AND status != 'delivered'", (night, row["recipient"])).fetchone()
+        tried = counted + (0 if tonight else 1)
+        target = "permanent" if tried >= nights else "failed"
+        self._move(message_id, target, last_error=error[:500], nights_tried=tried, last_night_tried=night)
+        return target
 
     def withdraw_delivery(self, message_id: str):
-        self.db.execute("UPDATE deliveries SET status = 'withdrawn', updated_at = ? WHERE message_id = ? AND status != 'sent'",
-                        (_now(), message_id))
+        self._move(message_id, "withdrawn")
 
-    def deliveries_owed(self, stale_after: float = 900) -> list[dict]:
-        """Emails tried and not delivered (failed, or claimed by a sender that died), oldest night first."""
-        cutoff = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=stale_after)).isoformat(timespec="seconds")
+    def deliveries_owed(self, stale_after: float = 900, as_of: str | None = None) -> list[dict]:
+        """Emails owed (pending, failed, or claimed by a sender that died over `stale_after` seconds
+        ago), oldest night first; only the night `as_of`'s when given."""
+        night = "" if as_of is None else "AND as_of = ? "
         cur = self.db.execute(
-            "SELECT * FROM deliveries WHERE status = 'failed' OR (status = 'sending' AND updated_at < ?) "
-            "ORDER BY as_of, message_id", (cutoff,))
+            "SELECT * FROM deliveries WHERE (status IN ('pending', 'failed') OR (status = 'sending' AND claimed_at < ?)) "
+            f"{night}ORDER BY as_of, message_id", (_ago(stale_after),) + (() if as_of is None else (as_of,)))
         names = [c[0] for c in cur.description]
         return [dict(zip(names, r)) for r in cur.fetchall()]
+
+    def deliveries_owed_count(self, as_of: str | None = None) -> int:
+        """How many emails are owed (of the night `as_of`), a claim of any age included: not delivered either."""
+        night = "" if as_of is None else " AND as_of = ?"
+        return self.db.execute(f"SELECT count(*) FROM deliveries WHERE status IN ({_quoted(OWED)}){night}",
+                               () if as_of is None else (as_of,)).fetchone()[0]
+
+
+# A delivery's status moves only along these (None: not in the ledger yet):
+#   outbox     written by a night with no SMTP host: not owed; `send --run` owes it
+#   pending    owed, not tried yet          sending    claimed by a sender (claimed_at)
+#   failed     tried, still owed            delivered  the server took it
+#   permanent  refused (5xx) on SHAKERS_SMTP_PERMANENT_NIGHTS nights: reported, no longer owed
+#   withdrawn  a rerun of its night no longer reports to that manager
+DELIVERY_TRANSITIONS: dict[str | None, frozenset[str]] = {
+    None: frozenset({"outbox", "pending", "sending"}),
+    "outbox": frozenset({"pending", "withdrawn"}),
+    "pending": frozenset({"sending", "failed", "withdrawn"}),
+    "sending": frozenset({"sending", "delivered", "failed", "permanent", "withdrawn"}),   # sending: a stale claim taken over
+    "failed": frozenset({"sending", "withdrawn"}),
+    "permanent": frozenset({"pending", "withdrawn"}),   # pending: only when `send --run` asks
+    "withdrawn": frozenset({"outbox", "pending"}),
+    "delivered": frozenset(),
+}
+OWED = ("pending", "failed", "sending")
+# Rows retention may forget with their night ('sent': a ledger not yet opened by this version).
+SETTLED = ("delivered", "withdrawn", "permanent", "outbox", "sent")
+
+
+def allowed_delivery(old: str | None, new: str) -> bool:
+    return new in DELIVERY_TRANSITIONS.get(old, frozenset())
+
+
+def _sources(target: str) -> list[str | None]:
+    return [old for old, targets in DELIVERY_TRANSITIONS.items() if target in targets]
+
+
+def _quoted(statuses) -> str:
+    return ", ".join(f"'{s}'" for s in statuses if s is not None)
+
+
+def _ago(seconds: float) -> str:
+    return (dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=seconds)).isoformat(timespec="seconds")
 
 
 def _decision(detail: str) -> dict:

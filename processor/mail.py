@@ -12,7 +12,11 @@
 * Every email is written to `RUN_DIR/outbox/*.eml` (atomically, on disk before
   the ledger counts it as owed) before any sending, by one process per core on
   big nights; what could not be sent stays owed in the ledger and is sent by the
-  next run or by `shakers-rules send --run RUN_DIR`.
+  next run or by `shakers-rules send --run RUN_DIR`. A night written with no SMTP
+  host is `outbox` only: never sent later unless `send --run` asks for it.
+* Each email's status moves as processor.ledger.DELIVERY_TRANSITIONS allows; one
+  deadline (SHAKERS_SMTP_DEADLINE) bounds a whole delivery, and a refusal (5xx)
+  is tried on SHAKERS_SMTP_PERMANENT_NIGHTS nights, then reported as permanent.
 * Settings come from the environment (SPEC §6). The password is never put in a
   log line, an output file or an error message.
 """
@@ -22,11 +26,13 @@ import base64
 import binascii
 import datetime as dt
 import email
+import email.parser
 import email.policy
 import email.utils
 import functools
 import gc
 import hashlib
+import logging
 import multiprocessing
 import os
 import re
@@ -46,8 +52,11 @@ from typing import Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 
-from processor import files
+from processor import contract, files
 from processor.killpoints import kill_point
+from processor.ledger import OWED
+
+log = logging.getLogger(__name__)
 
 TLS_MODES = ("none", "starttls", "ssl")
 DEFAULT_PORTS = {"starttls": 587, "ssl": 465, "none": 25}
@@ -56,10 +65,13 @@ SENDER_NAME = "Shakers policy reports"
 MESSAGE_ID_DOMAIN = "shakers-rules.local"
 # A message another process claimed this recently is left alone; older claims were a crash.
 CLAIM_STALE_SECONDS = 15 * 60
+# RUN_DIR/ledger.json: the ledger a run used, written before its first email (`send --run` reads it).
+LEDGER_RECORD = "ledger.json"
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\u0085\u2028\u2029]+")
-# Deliberately strict: what every SMTP server accepts without SMTPUTF8.
-_ADDR = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*$")
+# The export contract's own pattern (one source of truth): a non-ASCII domain goes IDNA-encoded,
+# a non-ASCII local part needs a server that offers SMTPUTF8.
+_ADDR = re.compile(next(c.pattern for c in contract.USERS.columns if c.name == "email"))
 
 
 class MailConfigError(ValueError):
@@ -79,12 +91,16 @@ class SmtpSettings:
     cafile: str | None = None
     retries: int = 3
     backoff: float = 2.0
+    deadline: float = 600.0
+    permanent_nights: int = 3
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "SmtpSettings":
         """SPEC §6 variables, plus SHAKERS_SMTP_CAFILE (extra CA bundle to trust), SHAKERS_SMTP_TIMEOUT
-        (seconds), SHAKERS_SMTP_RETRIES (attempts for temporary failures) and SHAKERS_SMTP_BACKOFF
-        (seconds before the first retry, doubling).
+        (seconds), SHAKERS_SMTP_RETRIES (attempts for temporary failures), SHAKERS_SMTP_BACKOFF
+        (seconds before the first retry, doubling), SHAKERS_SMTP_DEADLINE (seconds for a whole
+        delivery), SHAKERS_SMTP_PERMANENT_NIGHTS (nights a refused email is tried) and
+        SHAKERS_SMTP_ALLOW_PLAINTEXT_LOGIN (1: allow a login with SHAKERS_SMTP_TLS=none).
 
         SHAKERS_SMTP_CONFIG may name a file of `NAME=value` lines with the same names (the format of
         a systemd EnvironmentFile); the environment wins over it."""
@@ -107,11 +123,22 @@ class SmtpSettings:
         if cafile and not Path(cafile).is_file():
             raise MailConfigError(f"SHAKERS_SMTP_CAFILE names {cafile}, which is not a file — give a PEM bundle of the CA(s) to trust")
         user, password = get("SHAKERS_SMTP_USER"), env.get("SHAKERS_SMTP_PASSWORD") or None
-        return cls(host=get("SHAKERS_SMTP_HOST"), port=port, tls=tls, user=user, password=password, mail_from=mail_from,
+        host = get("SHAKERS_SMTP_HOST")
+        allow_plain = (get("SHAKERS_SMTP_ALLOW_PLAINTEXT_LOGIN") or "0").lower()
+        if allow_plain not in ("0", "1", "yes", "no", "true", "false"):
+            raise MailConfigError(f"SHAKERS_SMTP_ALLOW_PLAINTEXT_LOGIN must be 1 or 0 — got '{plain(allow_plain)[:40]}'")
+        if host and tls == "none" and user and password and allow_plain not in ("1", "yes", "true"):
+            raise MailConfigError("SHAKERS_SMTP_TLS=none would send SHAKERS_SMTP_PASSWORD in clear text — set "
+                                  "SHAKERS_SMTP_TLS=starttls or ssl, or SHAKERS_SMTP_ALLOW_PLAINTEXT_LOGIN=1 if the "
+                                  "server is on this machine or a trusted network")
+        return cls(host=host, port=port, tls=tls, user=user, password=password, mail_from=mail_from,
                    timeout=_number(get("SHAKERS_SMTP_TIMEOUT"), "SHAKERS_SMTP_TIMEOUT", float, 30.0, 0.1, 3600),
                    cafile=cafile,
                    retries=_number(get("SHAKERS_SMTP_RETRIES"), "SHAKERS_SMTP_RETRIES", int, 3, 1, 20),
-                   backoff=_number(get("SHAKERS_SMTP_BACKOFF"), "SHAKERS_SMTP_BACKOFF", float, 2.0, 0, 600))
+                   backoff=_number(get("SHAKERS_SMTP_BACKOFF"), "SHAKERS_SMTP_BACKOFF", float, 2.0, 0, 600),
+                   deadline=_number(get("SHAKERS_SMTP_DEADLINE"), "SHAKERS_SMTP_DEADLINE", float, 600.0, 0.1, 86400),
+                   permanent_nights=_number(get("SHAKERS_SMTP_PERMANENT_NIGHTS"), "SHAKERS_SMTP_PERMANENT_NIGHTS",
+                                            int, 3, 1, 365))
 
     @property
     def login(self) -> bool:
@@ -162,14 +189,32 @@ def plain(text) -> str:
 
 
 def valid_address(addr: str) -> bool:
-    return bool(addr) and len(addr) <= 254 and _ADDR.match(addr) is not None
+    """An address the export contract accepts and SMTP can carry: the contract's pattern, 254
+    characters or fewer once its domain is IDNA-encoded."""
+    if not addr or _ADDR.fullmatch(addr) is None:
+        return False
+    try:
+        return len(wire_address(addr)) <= 254
+    except UnicodeError:
+        return False
+
+
+def wire_address(addr: str) -> str:
+    """The address as it goes in the envelope and the To line: its domain IDNA-encoded (ASCII);
+    its local part as it is (non-ASCII only with SMTPUTF8). UnicodeError when IDNA refuses the domain."""
+    local, _at, domain = addr.rpartition("@")
+    if not domain.isascii():
+        domain = domain.encode("idna").decode("ascii")
+    return f"{local}@{domain}"
 
 
 def mailbox(name: str, addr: str) -> Address:
     """A header-safe mailbox: the name loses control characters and line breaks; the address must be plain."""
     if not valid_address(addr):
         raise ValueError(f"'{plain(addr)[:80]}' is not an email address")
-    return Address(display_name=plain(name)[:120], addr_spec=addr)
+    local, _at, domain = wire_address(addr).rpartition("@")
+    # By its parts: the `email` package refuses a non-ASCII local part given as one addr_spec.
+    return Address(display_name=plain(name)[:120], username=local, domain=domain)
 
 
 def sender_address(value: str) -> Address:
@@ -237,6 +282,10 @@ def _to(name: str, addr: str) -> bytes:
     """The To line: written directly when the name needs no quotes and at most one encoded word
     (_encoded_name), and the line needs no folding; else by the `email` package."""
     shown = plain(name)[:120]   # what mailbox() makes of it
+    if not addr.isascii():
+        box = mailbox(name, addr)
+        # A non-ASCII local part is written as UTF-8 (RFC 6532): only a server with SMTPUTF8 gets it.
+        return POLICY.clone(utf8=not box.addr_spec.isascii()).fold_binary("To", _header_class("to")("To", box))
     if _PLAIN_ADDR.fullmatch(addr) and valid_address(addr):
         if not shown or _PLAIN_NAME.fullmatch(shown):
             line = f"To: {shown} <{addr}>" if shown else f"To: {addr}"
@@ -404,17 +453,24 @@ class Outgoing:
     recipient: str
     eml_path: str
     manager_id: str = ""
+    manager: str = ""   # the manager's name and id, for a person reading why an email was not delivered
+
+    @property
+    def who(self) -> str:
+        return f"{self.manager} <{self.recipient}>" if self.manager else self.recipient
 
 
 def read_eml(path: Path) -> Outgoing | None:
-    """Message-ID and recipient of an outbox file (None when it is not one of ours)."""
-    msg = email.message_from_bytes(Path(path).read_bytes(), policy=email.policy.default)
+    """Message-ID, night, recipient and manager's name of an outbox file (None when it is not one of ours)."""
+    head = Path(path).read_bytes().split(b"\r\n\r\n", 1)[0]
+    # Headers as UTF-8 (RFC 6532: a non-ASCII address is written so), read without the body.
+    msg = email.parser.HeaderParser(policy=email.policy.default).parsestr(head.decode("utf-8", "replace") + "\r\n\r\n")
     mid, night = str(msg.get("Message-ID", "")).strip(), str(msg.get("X-Shakers-Night", "")).strip()
     to = msg.get("To")
     addresses = getattr(to, "addresses", ()) if to is not None else ()
     if not mid or len(addresses) != 1 or not valid_address(addresses[0].addr_spec):
         return None
-    return Outgoing(mid, night, addresses[0].addr_spec, str(Path(path).resolve()))
+    return Outgoing(mid, night, addresses[0].addr_spec, str(Path(path).resolve()), manager=addresses[0].display_name)
 
 
 # --------------------------------------------------------------------------- sending
@@ -468,11 +524,23 @@ def _classify(e: BaseException) -> type[Exception]:
 
 
 class Session:
-    """One SMTP connection, opened on first use; settings decide TLS and login."""
+    """One SMTP connection, opened on first use; settings decide TLS and login. Every wait on the
+    server is capped by the time left before `deadline` (time.monotonic())."""
 
-    def __init__(self, settings: SmtpSettings):
+    def __init__(self, settings: SmtpSettings, deadline: float | None = None):
         self.settings = settings
         self.smtp: smtplib.SMTP | None = None
+        self.deadline = time.monotonic() + settings.deadline if deadline is None else deadline
+
+    def left(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def timeout(self) -> float:
+        """Seconds a socket may wait now: SHAKERS_SMTP_TIMEOUT, or less when the deadline is nearer."""
+        left = self.left()
+        if left <= 0:
+            raise DeadlinePassed(self.settings)
+        return max(0.05, min(self.settings.timeout, left))
 
     def _tls(self) -> ssl.SSLContext:
         context = ssl.create_default_context()
@@ -482,13 +550,16 @@ class Session:
 
     def open(self) -> smtplib.SMTP:
         if self.smtp is not None:
-            return self.smtp
+            if self.smtp.sock is not None:
+                self.smtp.sock.settimeout(self.timeout())
+                return self.smtp
+            self.reset()   # the server closed it
         s = self.settings
         helo = _helo_name()
         if s.tls == "ssl":
-            smtp = smtplib.SMTP_SSL(s.host, s.port, local_hostname=helo, timeout=s.timeout, context=self._tls())
+            smtp = smtplib.SMTP_SSL(s.host, s.port, local_hostname=helo, timeout=self.timeout(), context=self._tls())
         else:
-            smtp = smtplib.SMTP(s.host, s.port, local_hostname=helo, timeout=s.timeout)
+            smtp = smtplib.SMTP(s.host, s.port, local_hostname=helo, timeout=self.timeout())
         try:
             smtp.ehlo()
             if s.tls == "starttls":
@@ -505,6 +576,7 @@ class Session:
     def close(self):
         if self.smtp is not None:
             try:
+                self.smtp.sock.settimeout(max(0.05, min(self.settings.timeout, self.left(), 5.0)))
                 self.smtp.quit()
             except Exception:
                 _quietly_close(self.smtp)
@@ -514,6 +586,15 @@ class Session:
         if self.smtp is not None:
             _quietly_close(self.smtp)
             self.smtp = None
+
+
+class DeadlinePassed(Exception):
+    """SHAKERS_SMTP_DEADLINE is over: what is left stays owed."""
+
+    def __init__(self, settings: SmtpSettings):
+        super().__init__(f"the delivery took its SHAKERS_SMTP_DEADLINE of {settings.deadline:g}s "
+                         f"(the server at {settings.host}:{settings.port} was slow or stalled); what is left stays "
+                         f"owed for the next run — raise SHAKERS_SMTP_DEADLINE if the server is only slow")
 
 
 def _helo_name() -> str:
@@ -533,28 +614,54 @@ def _quietly_close(smtp):
 class DeliveryResult:
     sent: list[str] = field(default_factory=list)             # message ids delivered now
     already_sent: list[str] = field(default_factory=list)     # delivered by an earlier run
-    failed: dict[str, str] = field(default_factory=dict)      # message id -> why (scrubbed)
+    failed: dict[str, str] = field(default_factory=dict)      # message id -> why (scrubbed); still owed
+    permanent: dict[str, str] = field(default_factory=dict)   # message id -> the sentence for a person; no longer owed
     busy: list[str] = field(default_factory=list)             # another process is sending them right now
+    skipped: list[str] = field(default_factory=list)          # not owed: outbox only, withdrawn or permanent
     error: str = ""                                           # why the server could not be used, if so
 
 
+def today() -> str:
+    return dt.datetime.now(dt.timezone.utc).date().isoformat()
+
+
 def deliver(outgoing: Iterable[Outgoing], settings: SmtpSettings, ledger, *, sleep: Callable[[float], None] = time.sleep,
-            progress: Callable[[str], None] | None = None) -> DeliveryResult:
-    """Send every message the ledger does not know as delivered; record each outcome in the ledger.
+            progress: Callable[[str], None] | None = None, night: str | None = None) -> DeliveryResult:
+    """Send every message the ledger owes (or does not know); record each outcome in the ledger.
 
     Temporary failures are retried `settings.retries` times with doubling backoff; when the
-    server cannot be reached (or refuses the login or the certificate) the rest stay owed."""
+    server cannot be reached (or refuses the login or the certificate), or `settings.deadline`
+    seconds have passed, the rest stay owed. A refusal (5xx) counts once per `night` (default:
+    today, UTC); on the `settings.permanent_nights`-th it is permanent and in `result.permanent`."""
     say = progress or (lambda _m: None)
+    night = night or today()
     result = DeliveryResult()
     session = Session(settings)
     sender = sender_address(settings.mail_from).addr_spec
     queue = list(outgoing)
     claimed: set[str] = set()
+
+    def refused(item: Outgoing, why: str):
+        if ledger.delivery_refused(item.message_id, why, night, settings.permanent_nights) == "permanent":
+            row = ledger.delivery(item.message_id) or {}
+            # A reason that names its own fix keeps it; a server's refusal gets the usual one.
+            fix = "" if " — " in why else " — correct the manager's email in the users table (or their mailbox on the server)"
+            result.permanent[item.message_id] = (
+                f"the report of {item.as_of} for {item.who} is given up after {row.get('nights_tried', '?')} night(s): "
+                f"{why}{fix}")
+            say(result.permanent[item.message_id])
+        else:
+            result.failed[item.message_id] = why
+
     try:
         for index, item in enumerate(queue):
             row = ledger.delivery(item.message_id)
-            if row and row["status"] == "sent":
+            status = row["status"] if row else None
+            if status == "delivered":
                 result.already_sent.append(item.message_id)
+                continue
+            if status in ("outbox", "withdrawn", "permanent"):
+                result.skipped.append(item.message_id)
                 continue
             if not ledger.claim_delivery(item.message_id, item.as_of, item.recipient, item.eml_path, stale_after=CLAIM_STALE_SECONDS):
                 result.busy.append(item.message_id)
@@ -563,17 +670,18 @@ def deliver(outgoing: Iterable[Outgoing], settings: SmtpSettings, ledger, *, sle
             try:
                 data = Path(item.eml_path).read_bytes()
             except OSError:
-                why = f"outbox file {item.eml_path} is missing — rerun the night {item.as_of} to rebuild it"
-                ledger.delivery_failed(item.message_id, why)
-                result.failed[item.message_id] = why
+                refused(item, f"outbox file {item.eml_path} is missing — rerun the night {item.as_of} to rebuild it")
                 continue
             try:
                 _send_with_retries(session, settings, sender, item, data, sleep, say)
-            except (PermanentFailure, TemporaryFailure) as e:
+            except PermanentFailure as e:
+                refused(item, str(e))
+                continue
+            except TemporaryFailure as e:
                 ledger.delivery_failed(item.message_id, str(e))
                 result.failed[item.message_id] = str(e)
                 continue
-            except Unreachable as e:
+            except (Unreachable, DeadlinePassed) as e:
                 result.error = str(e)
                 for rest in queue[index:]:
                     status = (ledger.delivery(rest.message_id) or {}).get("status")
@@ -591,40 +699,56 @@ def deliver(outgoing: Iterable[Outgoing], settings: SmtpSettings, ledger, *, sle
 
 def _send_with_retries(session: Session, settings: SmtpSettings, sender: str, item: Outgoing, data: bytes, sleep, say):
     where = f"{settings.host}:{settings.port}"
+    recipient = wire_address(item.recipient)
     for attempt in range(1, settings.retries + 1):
         connected = session.smtp is not None
         try:
             smtp = session.open()
+        except DeadlinePassed:
+            raise
         except Exception as e:
             kind, text = _classify(e), scrub(_describe_error(e), settings)
             if isinstance(e, smtplib.SMTPAuthenticationError) and kind is PermanentFailure:
                 raise Unreachable(f"{where} refused the login for SHAKERS_SMTP_USER ({text}) — check the user and password") from None
+            if isinstance(e, ssl.SSLCertVerificationError):
+                raise Unreachable(f"{where}'s certificate is not trusted ({text}) — if the server uses a private or "
+                                  f"self-signed CA, set SHAKERS_SMTP_CAFILE to a PEM file of it") from None
             if kind is PermanentFailure:
                 raise Unreachable(f"cannot use {where}: {text}") from None
             session.reset()
+            if session.left() <= 0:
+                raise DeadlinePassed(settings) from None
             if attempt == settings.retries:
                 raise Unreachable(f"cannot reach {where} after {attempt} attempts: {text}") from None
-            delay = settings.backoff * 2 ** (attempt - 1)
+            delay = min(settings.backoff * 2 ** (attempt - 1), max(0.0, session.left()))
             say(f"SMTP {where} not usable ({text}); trying again in {delay:g}s")
             sleep(delay)
             continue
+        utf8 = not recipient.isascii() or not data.split(b"\r\n\r\n", 1)[0].isascii()
+        if utf8 and not smtp.has_extn("smtputf8"):
+            raise PermanentFailure(f"{where} does not offer SMTPUTF8, which the address of {item.who} needs "
+                                   f"(its part before the @ is not ASCII) — give the manager an ASCII address, "
+                                   f"or use a server that offers SMTPUTF8")
         try:
+            options = ["SMTPUTF8"] if utf8 else []
             if data.isascii():
-                smtp.sendmail(sender, [item.recipient], data)
+                smtp.sendmail(sender, [recipient], data, mail_options=options)
             elif smtp.has_extn("8bitmime"):
-                smtp.sendmail(sender, [item.recipient], data, mail_options=["BODY=8BITMIME"])
+                smtp.sendmail(sender, [recipient], data, mail_options=["BODY=8BITMIME", *options])
             else:
-                smtp.sendmail(sender, [item.recipient], seven_bit(data))
+                smtp.sendmail(sender, [recipient], seven_bit(data), mail_options=options)
             return
         except Exception as e:
             kind, text = _classify(e), scrub(_describe_error(e), settings)
             session.reset()
             if kind is PermanentFailure:
-                raise PermanentFailure(f"{where} refused the email to {item.recipient}: {text}") from None
+                raise PermanentFailure(f"{where} refused the email to {item.who}: {text}") from None
+            if session.left() <= 0:
+                raise DeadlinePassed(settings) from None
             if attempt == settings.retries:
-                raise TemporaryFailure(f"{where} kept failing for {item.recipient} ({text}) after {attempt} attempts") from None
+                raise TemporaryFailure(f"{where} kept failing for {item.who} ({text}) after {attempt} attempts") from None
             # A connection that was reused may simply have timed out on the server: reconnect at once.
-            delay = 0 if connected and attempt == 1 else settings.backoff * 2 ** (attempt - 1)
+            delay = 0 if connected and attempt == 1 else min(settings.backoff * 2 ** (attempt - 1), max(0.0, session.left()))
             if delay:
                 say(f"SMTP {where} failed temporarily ({text}); trying again in {delay:g}s")
                 sleep(delay)
@@ -646,15 +770,16 @@ def _parts(reports) -> Iterator[tuple[str, str]]:
 
 def write_outbox(outbox: Path, reports, mail_from: str, ledger, workers: int | None = None,
                  render: Callable[[list], Iterable[tuple[str | bytes, str | bytes]]] = _parts,
-                 meanwhile: Callable[[], None] | None = None) -> tuple[list[Outgoing], list[dict]]:
-    """Every report as an .eml file (atomically); each becomes owed in the ledger unless already delivered.
+                 meanwhile: Callable[[], None] | None = None, outbox_only: bool = False) -> tuple[list[Outgoing], list[dict]]:
+    """Every report as an .eml file (atomically); each becomes owed in the ledger unless already delivered
+    (with `outbox_only`, a night with no SMTP host, it is recorded as `outbox`: not owed).
 
     `render(reports)` gives each report's (text, HTML) parts, in order (default: its `text` and `html`),
     as text or as UTF-8 bytes.
     The emails are rendered, encoded and written beside their final names by `workers` processes
     (default: one per core on a big night), all fsynced, then renamed into place; only then does the
     ledger learn, in one transaction, that they are owed. Returns the outgoing emails and the reports
-    that could not be addressed (bad or missing email)."""
+    that could not be addressed (bad or missing email): those are never owed, nor in the outbox."""
     outbox = Path(outbox)
     outbox.mkdir(parents=True, exist_ok=True)
     addressed, unaddressed = [], []
@@ -663,7 +788,9 @@ def write_outbox(outbox: Path, reports, mail_from: str, ledger, workers: int | N
             addressed.append(report)
         else:
             unaddressed.append({"manager_id": report.manager_id, "email": plain(report.email)[:120],
-                                "why": "no valid email address in the users table"})
+                                "why": f"no report email for {plain(report.name)[:80] or 'the manager'} ({report.manager_id}): "
+                                       f"'{plain(report.email)[:120]}' is not an address mail can be sent to — correct "
+                                       f"their email in the users table; the next night's report will go to it"})
     mids = [message_id(r.as_of, r.email, r.manager_id) for r in addressed]
     paths = [(outbox / outbox_name(r.as_of, r.manager_id, mid)).resolve() for r, mid in zip(addressed, mids)]
     if workers is None:
@@ -679,8 +806,10 @@ def write_outbox(outbox: Path, reports, mail_from: str, ledger, workers: int | N
     for temporary, path in zip(written, paths):
         os.replace(temporary, path)
     _fsync_directory(outbox)
-    outgoing = [Outgoing(mid, r.as_of, r.email, str(path), r.manager_id) for r, mid, path in zip(addressed, mids, paths)]
-    ledger.owe_deliveries((o.message_id, o.as_of, o.recipient, o.eml_path) for o in outgoing)
+    outgoing = [Outgoing(mid, r.as_of, r.email, str(path), r.manager_id, f"{plain(r.name)[:80]} ({r.manager_id})".strip())
+                for r, mid, path in zip(addressed, mids, paths)]
+    ledger.owe_deliveries(((o.message_id, o.as_of, o.recipient, o.eml_path, o.manager) for o in outgoing),
+                          outbox_only=outbox_only)
     # A rerun of the night that no longer reports to someone withdraws the stale email.
     keep = {Path(o.eml_path).name for o in outgoing}
     for stale in outbox.glob("*.eml"):
@@ -810,44 +939,48 @@ def _child(work, share, send):
 def publish(outbox: Path, reports, ledger, *, env: Mapping[str, str] | None = None,
             progress: Callable[[str], None] | None = None, sleep: Callable[[float], None] = time.sleep,
             render: Callable[[list], Iterable[tuple[str | bytes, str | bytes]]] = _parts,
-            meanwhile: Callable[[], None] | None = None) -> Outcome:
+            meanwhile: Callable[[], None] | None = None, night: str | None = None) -> Outcome:
     """The nightly step: write the outbox, send this night's emails and whatever earlier nights still owe.
 
     `render` gives the reports' (text, HTML) parts and `meanwhile` runs while they are written:
-    see write_outbox."""
+    see write_outbox. With no SMTP host the emails are the outbox's only (never sent later unless
+    `send --run` asks). `night` (the run's as-of) is the night a refusal counts on (see deliver).
+    A report that could not be addressed, or an email given up as permanently refused, is logged
+    as a warning for a person and is not counted as undelivered: no later run would deliver it."""
     say = progress or (lambda _m: None)
     try:
         settings = SmtpSettings.from_env(env)
         config_error = ""
     except MailConfigError as e:
         settings, config_error = SmtpSettings(), str(e)
-    outgoing, unaddressed = write_outbox(outbox, reports, settings.mail_from, ledger, render=render, meanwhile=meanwhile)
+    sending = bool(settings.host) and not config_error
+    outgoing, unaddressed = write_outbox(outbox, reports, settings.mail_from, ledger, render=render, meanwhile=meanwhile,
+                                         outbox_only=not settings.host and not config_error)
     for u in unaddressed:
-        say(f"no report email for manager {u['manager_id']}: {u['why']} (got '{u['email']}')")
-    earlier = [Outgoing(r["message_id"], r["as_of"], r["recipient"], r["eml_path"]) for r in ledger.deliveries_owed()
-               if r["message_id"] not in {o.message_id for o in outgoing}]
+        log.warning("%s", u["why"])
+    by_id = {o.message_id: o for o in outgoing}
+    earlier = [o for o in _owed(ledger) if o.message_id not in by_id] if sending else []
     result = DeliveryResult()
     if config_error:
         say(f"emails not sent: {config_error}")
         result.error = config_error
-    elif settings.host:
+    elif sending:
         say(f"sending {len(outgoing):,} report(s) via {settings.describe()}"
             + (f", and {len(earlier):,} owed by earlier nights" if earlier else ""))
-        result = deliver(outgoing + earlier, settings, ledger, sleep=sleep, progress=say)
-    by_id = {o.message_id: o for o in outgoing}
+        result = deliver(outgoing + earlier, settings, ledger, sleep=sleep, progress=say, night=night)
+    for why in result.permanent.values():
+        log.warning("%s", why)
     statuses = ledger.delivery_statuses(by_id)
-    owed_now = [o for o in outgoing if statuses.get(o.message_id) != "sent"]
+    owed_now = [o for o in outgoing if statuses.get(o.message_id) in OWED]
     by_manager = {}
     for o in outgoing:
-        status = statuses.get(o.message_id, "owed")
-        by_manager[o.manager_id] = {"status": {"sent": "sent", "failed": "failed", "pending": "outbox only"}.get(status, status),
-                                    "message_id": o.message_id, "file": Path(o.eml_path).name,
-                                    "error": result.failed.get(o.message_id, "")}
+        status = statuses.get(o.message_id, "pending")
+        by_manager[o.manager_id] = {"status": STATUS_SHOWN.get(status, status), "message_id": o.message_id,
+                                    "file": Path(o.eml_path).name,
+                                    "error": result.failed.get(o.message_id, "") or result.permanent.get(o.message_id, "")}
     for u in unaddressed:
         by_manager[u["manager_id"]] = {"status": "no address", "message_id": "", "file": "", "error": u["why"]}
-    sending = bool(settings.host) and not config_error
-    undelivered = (len(owed_now) if sending or config_error else 0) + len(unaddressed) \
-        + sum(1 for m in result.failed if m not in by_id)
+    undelivered = (len(owed_now) if sending or config_error else 0) + sum(1 for m in result.failed if m not in by_id)
     summary = {
         "managers": len(reports),
         "emails_written": len(outgoing),
@@ -858,21 +991,50 @@ def publish(outbox: Path, reports, ledger, *, env: Mapping[str, str] | None = No
         "earlier_nights_sent": sum(1 for m in result.sent if m not in by_id),
         "earlier_nights_owed": sum(1 for m in result.failed if m not in by_id),
         "unaddressed": unaddressed,
+        "permanently_refused": list(result.permanent.values()),
         "undelivered": undelivered,
         "error": result.error,
     }
     return Outcome(summary, undelivered, by_manager)
 
 
+# How a delivery's status reads in report.html (the template styles "sent", "failed", "no").
+STATUS_SHOWN = {"delivered": "sent", "failed": "failed", "pending": "owed", "sending": "owed", "outbox": "outbox only",
+                "permanent": "failed permanently", "withdrawn": "withdrawn"}
+
+
+def _owed(ledger, as_of: str | None = None) -> list[Outgoing]:
+    return [Outgoing(r["message_id"], r["as_of"], r["recipient"], r["eml_path"], manager=r.get("manager", ""))
+            for r in ledger.deliveries_owed(CLAIM_STALE_SECONDS, as_of=as_of)]
+
+
+def _still_owed(ledger, message_ids) -> int:
+    return sum(1 for status in ledger.delivery_statuses(message_ids).values() if status in OWED)
+
+
 def send_run(run_dir: Path, ledger, *, env: Mapping[str, str] | None = None, progress=None,
              sleep: Callable[[float], None] = time.sleep) -> tuple[DeliveryResult, int, SmtpSettings]:
-    """`shakers-rules send`: deliver what RUN_DIR/outbox still owes. Returns (result, still owed, settings)."""
+    """`shakers-rules send`: deliver what RUN_DIR/outbox holds and was not delivered, asked for
+    explicitly: an outbox-only night's emails and permanently refused ones are owed again.
+    Returns (result, still owed, settings); with no SMTP host the ledger is left as it was."""
     settings = SmtpSettings.from_env(env)
     outgoing = [o for o in (read_eml(p) for p in sorted(Path(run_dir, "outbox").glob("*.eml"))) if o is not None]
-    ledger.owe_deliveries((o.message_id, o.as_of, o.recipient, o.eml_path) for o in outgoing)
     if not settings.host:
-        owed = sum(1 for o in outgoing if (ledger.delivery(o.message_id) or {}).get("status") != "sent")
+        statuses = ledger.delivery_statuses(o.message_id for o in outgoing)
+        owed = sum(1 for o in outgoing if statuses.get(o.message_id) not in ("delivered", "withdrawn"))
         return DeliveryResult(error="SHAKERS_SMTP_HOST is not set"), owed, settings
+    ledger.owe_deliveries(((o.message_id, o.as_of, o.recipient, o.eml_path, o.manager) for o in outgoing), asked=True)
     result = deliver(outgoing, settings, ledger, sleep=sleep, progress=progress)
-    owed = sum(1 for o in outgoing if (ledger.delivery(o.message_id) or {}).get("status") != "sent")
-    return result, owed, settings
+    return result, _still_owed(ledger, [o.message_id for o in outgoing]), settings
+
+
+def deliver_owed(ledger, as_of: str | None = None, *, env: Mapping[str, str] | None = None, progress=None,
+                 sleep: Callable[[float], None] = time.sleep) -> tuple[DeliveryResult, int, SmtpSettings]:
+    """What the ledger owes (of the night `as_of`, else of every night), sent now: the nightly job's
+    retry. Outbox-only emails are not owed and stay unsent. Returns (result, still owed, settings)."""
+    settings = SmtpSettings.from_env(env)
+    owed = _owed(ledger, as_of)
+    if not settings.host:
+        return DeliveryResult(error="SHAKERS_SMTP_HOST is not set"), len(owed), settings
+    result = deliver(owed, settings, ledger, sleep=sleep, progress=progress)
+    return result, ledger.deliveries_owed_count(as_of), settings

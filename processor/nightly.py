@@ -53,7 +53,7 @@ from rules.document import load_policies
 
 from processor import files, killpoints
 from processor.killpoints import kill_point
-from processor.ledger import Ledger, default_ledger_path
+from processor.ledger import OWED, Ledger, default_ledger_path
 from processor.lock import LedgerLock
 
 NIGHT_NAME = re.compile(r"^\d{4}-\d{2}-\d{2}$")
@@ -223,10 +223,23 @@ def _done_and_owed(db: sqlite3.Connection | None) -> tuple[set[str], set[str]]:
     if "nightly_attempts" in tables:
         done -= {r[0] for r in db.execute("SELECT as_of FROM nightly_attempts WHERE finished_at IS NULL")}
     owed: set[str] = set()
-    if smtp_configured() and "deliveries" in tables:
+    # Owed: pending, failed or claimed (under the lock a claim is a killed sender's); never an
+    # outbox-only night's emails, nor one given up as permanently refused.
+    if _sends_mail() and "deliveries" in tables:
         owed = {r[0] for r in db.execute(
-            "SELECT DISTINCT as_of FROM deliveries WHERE status NOT IN ('sent', 'withdrawn')")} & done
+            f"SELECT DISTINCT as_of FROM deliveries WHERE status IN ({', '.join(repr(s) for s in OWED)})")} & done
     return done, owed
+
+
+def _sends_mail() -> bool:
+    """An SMTP host is set, in the environment or SHAKERS_SMTP_CONFIG's file (a broken setting counts:
+    the delivery then says what is wrong)."""
+    from processor.mail import MailConfigError, SmtpSettings
+
+    try:
+        return bool(SmtpSettings.from_env().host)
+    except MailConfigError:
+        return True
 
 
 def nights_to_do(exports_root: str | Path, ledger_path: str | Path, since: dt.date | None = None,
@@ -371,12 +384,29 @@ def _outcome_of_run(night: dt.date, r, seconds: float) -> NightOutcome:
 
 
 def _deliver_again(night: dt.date, out: Path, ledger_path: Path, deliver: Deliver | None) -> NightOutcome:
-    if deliver is None:
-        return NightOutcome(night, "undelivered", EXIT_UNDELIVERED,
-                            "reports are owed but this installation has no `send` command yet", out)
     kill_point("send")  # test hook: die while delivering
-    code = deliver(out, ledger_path)
+    code = (deliver or deliver_night)(out, ledger_path)
     if code == EXIT_OK:
         return NightOutcome(night, "done", EXIT_OK, "reports owed from an earlier run are now delivered", out)
     return NightOutcome(night, "undelivered", EXIT_UNDELIVERED,
-                        f"reports still owed (send exited {code}); they will be retried next time", out)
+                        "reports still owed (see the lines above for why); they will be retried next time", out)
+
+
+def deliver_night(run_dir: Path, ledger_path: Path, progress: Callable[[str], None] | None = None) -> int:
+    """Send what the ledger owes for the night of `run_dir` (RUNS_ROOT/YYYY-MM-DD): 0 when nothing is
+    left owed, else 5. An email given up as permanently refused is logged for a person, not owed."""
+    import logging
+
+    from processor import mail
+
+    say = progress or (lambda _m: None)
+    night = run_dir.name if NIGHT_NAME.match(run_dir.name) else None
+    with Ledger(ledger_path) as ledger:
+        result, owed, settings = mail.deliver_owed(ledger, night, progress=say)
+    for why in result.failed.values():
+        say(f"{night}: not delivered: {why}")
+    for why in result.permanent.values():
+        logging.getLogger(__name__).warning("%s", why)
+    if result.error:
+        say(f"{night}: {result.error}")
+    return EXIT_UNDELIVERED if owed else EXIT_OK

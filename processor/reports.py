@@ -861,9 +861,11 @@ def publish_night(out: Path, as_of: dt.date, run_id: str, decisions: pd.DataFram
     reports = build_reports(reported, facts.projects, facts.milestones, facts.users, as_of, run_id, descriptions)
     if ready is not None:
         ready()
+    # Before the first email: `send --run` must use the ledger that knows what this run delivered.
+    files.write_json(out / mail.LEDGER_RECORD, {"ledger": str(Path(ledger.path).resolve())})
     outcome = mail.publish(out / "outbox", reports, ledger, env=env, progress=say,
                            render=functools.partial(render_reports, encoded=True),
-                           meanwhile=meanwhile)
+                           meanwhile=meanwhile, night=as_of.isoformat())
     summary["reports"] = {**outcome.summary, "overview": "report.html", "outbox": "outbox",
                           "ledger": str(Path(ledger.path).resolve())}
     files.write_text(out / "report.html", render_overview(summary, decisions, rejects, reports, outcome.by_manager, descriptions))

@@ -1,6 +1,7 @@
 """A real SMTP server for tests (aiosmtpd on 127.0.0.1), and a throwaway CA + server certificate."""
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import email
 import email.policy
@@ -9,6 +10,7 @@ import socket
 import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
@@ -40,8 +42,26 @@ class Inbox:
     refuse_next: list[str] = field(default_factory=list)   # replies like "451 4.3.0 try later", used up in order
     logins: list[tuple[str, str]] = field(default_factory=list)
     tls_sessions: int = 0
+    refuse_rcpt: dict[str, str] = field(default_factory=dict)   # address -> reply, every time: "550 5.1.1 no such user"
+    stall_seconds: float = 0.0                                  # wait this long before answering DATA
+    on_data: Callable[[], None] | None = None                   # called as each message arrives (before it is kept)
+    drop_next: int = 0                                          # hang up on this many DATA commands, unanswered
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        if address in self.refuse_rcpt:
+            return self.refuse_rcpt[address]
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
 
     async def handle_DATA(self, server, session, envelope):
+        if self.stall_seconds:
+            await asyncio.sleep(self.stall_seconds)
+        if self.on_data is not None:
+            self.on_data()
+        if self.drop_next:
+            self.drop_next -= 1
+            server.transport.abort()   # the connection is lost before the server says it took the message
+            return "421 4.4.2 connection dropped"
         if self.refuse_next:
             return self.refuse_next.pop(0)
         # STARTTLS sets session.ssl; with implicit TLS the transport itself is the TLS one
