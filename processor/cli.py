@@ -256,7 +256,7 @@ def print_summary(result, quiet: bool = False):
         shown = ", ".join(f"{a} {n:,}" for a, n in actions.items()) or "-"
         click.echo(f"  {pid:<{width}}  {shown}")
     if s["engine"]["not_evaluated"]:
-        click.echo(f"  NOT EVALUATED (the engine crashed on them): {', '.join(s['engine']['not_evaluated'])}")
+        click.echo(f"  NOT EVALUATED (the engine crashed or stalled on them): {', '.join(s['engine']['not_evaluated'])}")
     reports = s.get("reports")
     if reports:
         click.echo(f"reports:   {reports['emails_written']:,} emails in {result.out_dir / reports['outbox']} — "
