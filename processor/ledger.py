@@ -135,9 +135,11 @@ def check_and_back_up(path: str | Path) -> Path | None:
     renamed into place, so a kill meanwhile keeps the last whole copy). The copy's path, or None when
     none was made (a ledger over BACKUP_MAX_BYTES; its stale copy, if any, is removed)."""
     path = Path(path)
-    target = previous_copy(path)
+    target, existed = previous_copy(path), path.exists()
     with Ledger(path) as ledger:
         ledger.check_writable()
+        if not existed:
+            return None  # the first night: nothing to keep a copy of yet
         if path.stat().st_size > BACKUP_MAX_BYTES:
             target.unlink(missing_ok=True)  # an old copy would restore the wrong nights
             return None
@@ -200,19 +202,26 @@ class Ledger:
         """Raise LedgerReadOnly unless this process can write the ledger and the journal beside it:
         a night is evaluated only when its record can be kept."""
         try:
-            self.db.execute("BEGIN IMMEDIATE")  # the write lock: refused at once on a read-only file
-            self.db.execute("ROLLBACK")
-        except sqlite3.OperationalError as e:
-            if "readonly" not in str(e):
-                raise
-            raise LedgerReadOnly(self.path, "the file is read-only for this user, or on a read-only file system") from None
-        try:
             # The journal is made beside the ledger at the first write: a directory we cannot write fails the commit.
             fd, probe = files.temporary_beside(self.path)
         except OSError as e:
             raise LedgerReadOnly(self.path, f"this user may not create files in {self.path.parent} ({e.strerror})") from None
         os.close(fd)
         os.unlink(probe)
+        try:
+            # A write rolled back: SQLite opens a file it may not write read-only, and says so only at a write.
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                version = int(self.db.execute("PRAGMA user_version").fetchone()[0])
+                self.db.execute(f"PRAGMA user_version = {version}")
+            finally:
+                self.db.execute("ROLLBACK")
+        except sqlite3.OperationalError as e:
+            if _is_disk_full(e):
+                raise LedgerFull(self.path) from None
+            if "readonly" not in str(e):
+                raise
+            raise LedgerReadOnly(self.path, "the file is read-only for this user, or on a read-only file system") from None
 
     def close(self):
         self.db.close()
