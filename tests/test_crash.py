@@ -86,7 +86,7 @@ def outcome(root: Path) -> dict:
 
 
 def assert_nothing_half_written(runs: Path):
-    """Every file a reader can see is whole (it parses); temporary files are hidden (.name.part)."""
+    """Every file a reader can see is whole (it parses); temporary files are hidden (.NAME.shakers-partial-…)."""
     for path in runs.rglob("*"):
         if not path.is_file() or path.name.startswith("."):
             continue
