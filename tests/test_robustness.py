@@ -230,6 +230,16 @@ def test_a_lock_directory_on_a_read_only_file_system_is_a_usage_error(tmp_path, 
     assert_a_sentence(proc, 2, f"cannot take the ledger's lock {home / 'ledger.sqlite.lock'}", "read-only file system")
 
 
+def test_a_lock_directory_this_user_cannot_write_is_a_usage_error(tmp_path, export):
+    home = tmp_path / "state"
+    home.mkdir()
+    with unwritable(home):  # no ledger yet: its lock file cannot be made
+        proc = cli(run_args(export, tmp_path / "run", home / "ledger.sqlite"))
+    assert_a_sentence(proc, 2, f"cannot take the ledger's lock {home / 'ledger.sqlite.lock'}",
+                      f"this user may not create or write files in {home}")
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_full_disk_names_the_path_that_could_not_be_written(tmp_path, export):
     out = tmp_path / "run"
     out.mkdir()
