@@ -113,7 +113,7 @@ def guarded(fn):
         except Exception as e:
             ledger = Path(kwargs.get("ledger_path") or default_ledger_path())
             if isinstance(e, sqlite3.DatabaseError) and ("malformed" in str(e) or "not a database" in str(e)):
-                err(str(LedgerUnreadable(ledger, str(e))))  # met on a damaged page after the open
+                err(str(LedgerUnreadable(ledger, str(e), "The night was not recorded.")))  # a damaged page met after the open
                 sys.exit(EXIT_FAILURE)
             if isinstance(e, sqlite3.OperationalError) and "disk is full" in str(e):
                 err(str(LedgerFull(ledger)))
@@ -123,7 +123,7 @@ def guarded(fn):
                 err(f"no space left on the device holding {where}: free some space there and run again.")
                 sys.exit(EXIT_FAILURE)
             if isinstance(e, EngineError) and "Dask" in str(e):
-                err(f"the Dask cluster failed: {e}")
+                err(f"{e} The night was not recorded.")
                 sys.exit(EXIT_FAILURE)
             # A bug of ours, not the user's: keep the traceback for whoever looks at the night in the morning.
             if os.environ.get("SHAKERS_DEBUG"):
@@ -139,7 +139,7 @@ def guarded(fn):
 
 
 # The nights a date option accepts: anything outside is a typo, and dates near year 1 or 9999
-# would overflow the day arithmetic of the facts (ages, deadlines).
+# could overflow the day arithmetic of the facts (ages, deadlines).
 FIRST_DAY, LAST_DAY = dt.date(1900, 1, 1), dt.date(2200, 12, 31)
 
 

@@ -3,7 +3,10 @@
 The engine runs in worker processes: a crash of durable-rules' C core kills a
 worker, never the run. A chunk whose worker died is split and retried; a
 project that still kills its worker on its own is reported as not evaluated —
-never silently missing.
+never silently missing. A worker that stops making progress is the same: when
+no task finishes within a bound scaled to the largest task out (stall_seconds),
+the watchdog kills the workers and their tasks are split and retried; so the
+run never waits forever (workers=0, in this process, has no watchdog).
 
 Only candidate facts go to the engine: those that satisfy some policy's
 conditions, found with pandas masks compiled from the same policies

@@ -88,13 +88,13 @@ class LedgerProblem(Exception):
 class LedgerUnreadable(LedgerProblem):
     """The file is not a SQLite database, or is corrupt: the operator restores it (exit 1)."""
 
-    def __init__(self, path: Path, detail: str):
+    def __init__(self, path: Path, detail: str, outcome: str = "Nothing was done."):
         self.path = path
         backup = previous_copy(path)
         how = (f"restore the copy the nightly job made before its last start: cp {backup} {path} "
                f"(the nights recorded since then are run again)" if backup.exists() else
                f"restore it from your backups, or move it away to start a new ledger (every night is then new)")
-        super().__init__(f"the ledger {path} is not a usable SQLite database ({detail}): {how}. Nothing was done.")
+        super().__init__(f"the ledger {path} is not a usable SQLite database ({detail}): {how}. {outcome}")
 
 
 class LedgerReadOnly(LedgerProblem):
