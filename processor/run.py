@@ -87,7 +87,8 @@ def run_night(export_dir: str | Path, *, policies_path: str | Path = "policies.y
               out_dir: str | Path | None = None, ledger_path: str | Path | None = None, workers: int = 1,
               prefilter: bool = True, progress: Callable[[str], None] | None = None,
               engine: str = "local", scheduler: str | None = None) -> NightResult:
-    """Evaluate one night and write its outputs. Raises PolicyError (exit 3) or InvalidExport (exit 4)."""
+    """Evaluate one night and write its outputs. Raises PolicyError (exit 3) or InvalidExport (exit 4);
+    LedgerProblem or files.OutputPathError (a ledger or --out this run cannot use) before evaluating."""
     say = progress or (lambda _msg: None)
     timings: dict[str, float] = {}
     started = time.perf_counter()
