@@ -303,6 +303,7 @@ def stall_seconds(projects: int) -> float:
 
 def _kill_workers(pool: ProcessPoolExecutor) -> None:
     """SIGKILL the pool's workers (a stuck one cannot be asked to stop); their tasks fail with BrokenProcessPool."""
+    # The executor's own table of its processes: it has no public way to end them before Python 3.14.
     for process in list((pool._processes or {}).values()):
         if process.is_alive():
             process.kill()
