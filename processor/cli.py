@@ -7,6 +7,7 @@ some reports not delivered; 6 another run holds the same ledger.
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import functools
 import os
 import sys
@@ -21,17 +22,61 @@ EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_POLICIES, EXIT_EXPORT, EXIT_UNDELIVERED,
 
 
 def err(message: str):
-    click.echo(message, err=True)
+    try:
+        click.echo(message, err=True)
+    except BrokenPipeError:  # stderr's reader left (`2>&1 | head`): the night goes on, unheard
+        _quiet_broken_pipe(sys.stderr)
+
+
+def _quiet_broken_pipe(stream) -> None:
+    """Point a stream whose reader left at /dev/null: what is still printed, and the flush at exit, go nowhere."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
+    except (OSError, ValueError):
+        pass
+
+
+class _PipeSafe:
+    """A text stream (stderr) whose writes stop, silently, once its reader has left."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            _quiet_broken_pipe(self._stream)
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            _quiet_broken_pipe(self._stream)
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
 
 
 def guarded(fn):
-    """Turn the errors people cause into sentences and exit codes; never a traceback for them."""
+    """Turn the errors people cause into sentences and exit codes; never a traceback for them.
+
+    An unexpected failure (a bug) writes its traceback to error.log in the run directory (else the
+    state directory) and names that file."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from processor.export import InvalidExport
-        from processor.lock import LedgerBusy
+        import sqlite3
 
+        from processor import files
+        from processor.dask_engine import SchedulerUnreachable
+        from processor.export import InvalidExport
+        from processor.ledger import LedgerProblem, LedgerUnreadable, LedgerFull, default_ledger_path
+        from processor.lock import LedgerBusy, LockPathError
+        from rules.engine import EngineError
+
+        files.working_in(None)
         try:
             return fn(*args, **kwargs)
         except PolicyError as e:
@@ -45,6 +90,19 @@ def guarded(fn):
         except LedgerBusy as e:
             err(str(e))
             sys.exit(EXIT_LOCKED)
+        except LedgerProblem as e:
+            err(str(e))
+            sys.exit(e.exit_code)
+        except (LockPathError, files.OutputPathError, SchedulerUnreachable) as e:
+            err(str(e))
+            sys.exit(EXIT_USAGE)
+        except files.DiskFull as e:
+            err(str(e))
+            sys.exit(EXIT_FAILURE)
+        except BrokenPipeError:
+            # stdout's reader left (`run … | head -1`): not a failure; everything else was done
+            _quiet_broken_pipe(sys.stdout)
+            sys.exit(EXIT_OK)
         except click.exceptions.Exit:
             raise
         except click.ClickException:
@@ -52,13 +110,37 @@ def guarded(fn):
         except KeyboardInterrupt:
             err("interrupted; nothing half-written was left behind.")
             sys.exit(130)
-        except Exception as e:  # a bug of ours, not the user's
+        except Exception as e:
+            ledger = Path(kwargs.get("ledger_path") or default_ledger_path())
+            if isinstance(e, sqlite3.DatabaseError) and ("malformed" in str(e) or "not a database" in str(e)):
+                err(str(LedgerUnreadable(ledger, str(e), "The night was not recorded.")))  # a damaged page met after the open
+                sys.exit(EXIT_FAILURE)
+            if isinstance(e, sqlite3.OperationalError) and "disk is full" in str(e):
+                err(str(LedgerFull(ledger)))
+                sys.exit(EXIT_FAILURE)
+            if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+                where = e.filename or files.run_directory() or kwargs.get("out_dir") or "the run directory"
+                err(f"no space left on the device holding {where}: free some space there and run again.")
+                sys.exit(EXIT_FAILURE)
+            if isinstance(e, EngineError) and "Dask" in str(e):
+                err(f"{e} The night was not recorded.")
+                sys.exit(EXIT_FAILURE)
+            # A bug of ours, not the user's: keep the traceback for whoever looks at the night in the morning.
             if os.environ.get("SHAKERS_DEBUG"):
                 traceback.print_exc()
-            err(f"unexpected failure: {type(e).__name__}: {e}. Rerun with SHAKERS_DEBUG=1 to see where; please report it.")
+            log = files.write_error_log(e, files.run_directory())
+            where = f"the traceback is in {log}" if log else "no log file could be written; rerun with SHAKERS_DEBUG=1 to see the traceback"
+            err(f"unexpected failure: {type(e).__name__}: {e}. This is a bug in shakers-rules; {where}.")
             sys.exit(EXIT_FAILURE)
+        finally:
+            files.working_in(None)
 
     return wrapper
+
+
+# The nights a date option accepts: anything outside is a typo, and dates near year 1 or 9999
+# could overflow the day arithmetic of the facts (ages, deadlines).
+FIRST_DAY, LAST_DAY = dt.date(1900, 1, 1), dt.date(2200, 12, 31)
 
 
 class Day(click.ParamType):
@@ -68,9 +150,13 @@ class Day(click.ParamType):
         if isinstance(value, dt.date):
             return value
         try:
-            return dt.date.fromisoformat(str(value))
+            day = dt.date.fromisoformat(str(value))
         except ValueError:
             self.fail(f"'{value}' is not a date: write it as YYYY-MM-DD, e.g. 2026-11-24", param, ctx)
+        if not FIRST_DAY <= day <= LAST_DAY:  # a typo such as 0226-11-24, not a night anyone exported
+            self.fail(f"'{value}' is outside the supported range {FIRST_DAY} to {LAST_DAY}: check the year "
+                      f"(e.g. 2026-11-24)", param, ctx)
+        return day
 
 
 DAY = Day()
@@ -94,7 +180,7 @@ def progress_printer(quiet: bool):
         return None
     from processor.progress import Progress
 
-    return Progress(sys.stderr)
+    return Progress(_PipeSafe(sys.stderr))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -162,7 +248,10 @@ def run(export_dir, as_of, policies_path, out_dir, ledger_path, workers, no_pref
         result = run_night(export_dir, policies_path=policies_path, as_of=as_of, out_dir=out_dir, ledger_path=ledger_path,
                            workers=(os.cpu_count() or 1) if workers is None else workers, prefilter=not no_prefilter,
                            progress=progress_printer(quiet), engine=engine, scheduler=scheduler)
-    print_summary(result, quiet)
+    try:
+        print_summary(result, quiet)
+    except BrokenPipeError:  # `run … | head -1`: the night is done and recorded; its exit code stands
+        _quiet_broken_pipe(sys.stdout)
     sys.exit(result.exit_code)
 
 
@@ -179,7 +268,7 @@ def print_summary(result, quiet: bool = False):
         shown = ", ".join(f"{a} {n:,}" for a, n in actions.items()) or "-"
         click.echo(f"  {pid:<{width}}  {shown}")
     if s["engine"]["not_evaluated"]:
-        click.echo(f"  NOT EVALUATED (the engine crashed on them): {', '.join(s['engine']['not_evaluated'])}")
+        click.echo(f"  NOT EVALUATED (the engine crashed or stalled on them): {', '.join(s['engine']['not_evaluated'])}")
     if d.get("carried"):
         click.echo(f"  {d['carried']:,} earlier decision(s) of projects not wholly evaluated tonight (rejected rows, "
                    f"engine failures) kept as they were: neither resolved nor new again")

@@ -45,6 +45,22 @@ LOCAL_WORKERS = 2
 # A cluster that finishes no part for this long (all workers gone, say) fails the run instead of hanging it.
 STALL_SECONDS = 900.0
 
+# How long to try to reach a --scheduler address before giving up ($SHAKERS_DASK_CONNECT_SECONDS).
+CONNECT_SECONDS = 30.0
+CONNECT_ENV = "SHAKERS_DASK_CONNECT_SECONDS"
+
+
+class SchedulerUnreachable(Exception):
+    """The --scheduler address answers no Dask scheduler (a usage error, exit 2); `str(e)` says what to check."""
+
+    def __init__(self, address: str, seconds: float, cause: BaseException):
+        self.address = address
+        super().__init__(f"cannot reach the Dask scheduler at --scheduler {address} within {seconds:g}s "
+                         f"({type(cause).__name__}: {cause}). Nothing was evaluated: check that the scheduler is "
+                         f"running and the address (tcp://HOST:PORT, usually port 8786), or leave out --scheduler "
+                         f"to start a local cluster for the run.")
+
+
 # -- worker side ---------------------------------------------------------------
 _ENGINES: dict[str, PolicyEngine] = {}
 _ENGINE_LOCK = threading.Lock()  # durable-rules is per-process state; a worker with threads takes turns
@@ -67,7 +83,12 @@ def dask_client(scheduler: str | None = None, *, workers: int = LOCAL_WORKERS) -
     from distributed import Client, LocalCluster
 
     if scheduler:
-        with Client(scheduler, timeout="30s") as client:
+        seconds = float(os.environ.get(CONNECT_ENV) or CONNECT_SECONDS)
+        try:
+            client = Client(scheduler, timeout=f"{seconds:g}s")
+        except (OSError, TimeoutError, ValueError) as e:  # refused, timed out, or not an address
+            raise SchedulerUnreachable(scheduler, seconds, e) from None
+        with client:
             yield client
         return
     import dask

@@ -3,7 +3,10 @@
 The engine runs in worker processes: a crash of durable-rules' C core kills a
 worker, never the run. A chunk whose worker died is split and retried; a
 project that still kills its worker on its own is reported as not evaluated —
-never silently missing.
+never silently missing. A worker that stops making progress is the same: when
+no task finishes within a bound scaled to the largest task out (stall_seconds),
+the watchdog kills the workers and their tasks are split and retried; so the
+run never waits forever (workers=0, in this process, has no watchdog).
 
 Only candidate facts go to the engine: those that satisfy some policy's
 conditions, found with pandas masks compiled from the same policies
@@ -24,7 +27,7 @@ from __future__ import annotations
 import gc
 import multiprocessing as mp
 import os
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Callable
@@ -47,6 +50,15 @@ from processor.killpoints import kill_point
 CHUNK_PROJECTS = 50_000
 # Test hook: a worker that meets this project id exits abruptly, as a C crash would.
 CRASH_HOOK_ENV = "SHAKERS_TEST_CRASH_ON_PROJECT"
+# Test hook: a worker that meets this project id stops making progress (processor.killpoints.hang).
+HANG_HOOK_ENV = "SHAKERS_TEST_HANG_ON_PROJECT"
+# The watchdog: when no task finishes for STALL_BASE_SECONDS plus STALL_SECONDS_PER_PROJECT for each
+# project of the largest task still out, the workers are killed and their tasks handled as a crash's.
+# 5 ms a project is ten times durable-rules' pace without the pre-filter (261 s for 1M projects on
+# two cores, docs/performance.md). $SHAKERS_ENGINE_STALL_SECONDS replaces the whole bound (tests).
+STALL_BASE_SECONDS = 60.0
+STALL_SECONDS_PER_PROJECT = 0.005
+STALL_ENV = "SHAKERS_ENGINE_STALL_SECONDS"
 
 
 @dataclass
@@ -54,8 +66,9 @@ class Evaluation:
     firings: pd.DataFrame            # policy_id, fact_id
     projects_total: int
     projects_sent: int               # how many went through durable-rules
-    not_evaluated: list[str] = field(default_factory=list)  # projects whose evaluation crashed the engine
-    worker_crashes: int = 0
+    not_evaluated: list[str] = field(default_factory=list)  # projects whose evaluation crashed (or stalled) the engine
+    worker_crashes: int = 0          # rounds in which workers died, or were killed by the watchdog
+    worker_stalls: int = 0           # of those, rounds the watchdog ended
     # Per fact kind, the row labels (in facts.frames[kind]) of the facts that fired: lets the
     # decisions pick them without matching fact ids against the whole night again.
     fired_rows: dict[str, pd.Index] = field(default_factory=dict)
@@ -138,7 +151,8 @@ def _evaluate_task(task: Task) -> _Part:
     rows = _share_candidates(task) if isinstance(task, int) else task[1]
     # Of the candidates, only the columns the engine's JSON and the counts below read.
     frames = {kind: _NIGHT.frames[kind][_engine_columns(_NIGHT.frames[kind], kind)].iloc[at] for kind, at in rows.items()}
-    firings = list(iter_firings(_ENGINE, frames, crash_on=os.environ.get(CRASH_HOOK_ENV)))
+    firings = list(iter_firings(_ENGINE, frames, crash_on=os.environ.get(CRASH_HOOK_ENV),
+                                hang_on=os.environ.get(HANG_HOOK_ENV)))
     policy_ids, fact_ids = zip(*firings) if firings else ((), ())
     table = pa.table({"policy_id": pa.array(policy_ids, pa.large_string()), "fact_id": pa.array(fact_ids, pa.large_string())})
     table = table.take(pc.sort_indices(table, _FIRINGS_ORDER))  # sorted here, the run's sort has less to do
@@ -204,15 +218,23 @@ def _run(ruleset: dict, shares: int, workers: int, result: Evaluation, progress:
         retry: list[Task] = []
         ctx = mp.get_context("fork")
         with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=(ruleset,)) as pool:
-            futures = [(task, pool.submit(_evaluate_task, task)) for task in pending]
+            out = {pool.submit(_evaluate_task, task): task for task in pending}
             kill_point("evaluate")  # test hook: die while the workers are busy
-            for task, fut in futures:
-                try:
-                    parts.append(fut.result())
-                    done += covers(task)
-                    progress(done, total)
-                except BrokenProcessPool:
-                    retry.append(task)
+            while out:
+                finished, _ = wait(out, timeout=stall_seconds(max(covers(task) for task in out.values())),
+                                   return_when=FIRST_COMPLETED)
+                if not finished:  # nothing finished in time: a worker is stuck; the rest is redone as after a crash
+                    result.worker_stalls += 1
+                    _kill_workers(pool)
+                    finished = set(out)
+                for fut in finished:
+                    task = out.pop(fut)
+                    try:
+                        parts.append(fut.result())
+                        done += covers(task)
+                        progress(done, total)
+                    except BrokenProcessPool:
+                        retry.append(task)
         if retry:
             result.worker_crashes += 1
         pending = []
@@ -260,10 +282,28 @@ def _as_chunk(task: Task) -> Chunk:
 
 
 def _evaluate_alone(ruleset: dict, chunk: Chunk) -> _Part | None:
-    """Evaluate one project in a fresh worker; None when that worker dies too."""
+    """Evaluate one project in a fresh worker; None when that worker dies too, or makes no progress in time."""
     ctx = mp.get_context("fork")
     with ProcessPoolExecutor(max_workers=1, mp_context=ctx, initializer=_init_worker, initargs=(ruleset,)) as pool:
+        fut = pool.submit(_evaluate_task, chunk)
         try:
-            return pool.submit(_evaluate_task, chunk).result()
+            return fut.result(timeout=stall_seconds(len(chunk[0])))
+        except TimeoutError:
+            _kill_workers(pool)
+            return None
         except BrokenProcessPool:
             return None
+
+
+def stall_seconds(projects: int) -> float:
+    """How long a worker may go without finishing a task of `projects` projects before the watchdog kills it."""
+    flat = os.environ.get(STALL_ENV)
+    return float(flat) if flat else STALL_BASE_SECONDS + STALL_SECONDS_PER_PROJECT * projects
+
+
+def _kill_workers(pool: ProcessPoolExecutor) -> None:
+    """SIGKILL the pool's workers (a stuck one cannot be asked to stop); their tasks fail with BrokenProcessPool."""
+    # The executor's own table of its processes: it has no public way to end them before Python 3.14.
+    for process in list((pool._processes or {}).values()):
+        if process.is_alive():
+            process.kill()

@@ -1,8 +1,10 @@
 """Writing files so that nobody ever sees half of one: write beside, fsync, rename."""
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,12 +18,43 @@ from processor import arrowtext
 from processor.killpoints import kill_point
 
 
+# Every temporary file this program writes is `.NAME` + PARTIAL_MARK + a random part, beside
+# NAME: a name nobody else makes, so that clearing a killed run's leftovers never takes a user's file.
+PARTIAL_MARK = ".shakers-partial-"
+# Before that mark, temporaries were mkstemp(prefix=".NAME.", suffix=".part"): eight of mkstemp's
+# characters before ".part", beside an output of ours. Matched exactly, so that a killed older run's
+# leftovers still go, while a user's `.notes.part` stays.
+_LEGACY_PARTIAL = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}\.part$")
+_LEGACY_OUTPUTS = (".csv", ".jsonl", ".json", ".html", ".eml", ".txt")
+
+
+def temporary_beside(path: str | Path) -> tuple[int, str]:
+    """A new temporary file beside `path`, named as only this program names them; (fd, path) as mkstemp."""
+    path = Path(path)
+    return tempfile.mkstemp(prefix=f".{path.name}{PARTIAL_MARK}", dir=path.parent)
+
+
+def is_partial(path: str | Path) -> bool:
+    """Whether `path` is one of this program's temporary files (see PARTIAL_MARK)."""
+    name = Path(path).name
+    if name.startswith(".") and PARTIAL_MARK in name:
+        return True
+    legacy = _LEGACY_PARTIAL.match(name)
+    return legacy is not None and legacy.group("name").endswith(_LEGACY_OUTPUTS)
+
+
 @contextmanager
 def atomic_path(path: str | Path):
     """Yield a temporary path in the same directory; on success it replaces `path`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise OutputPathError(path.parent) from None
+    try:
+        fd, tmp = temporary_beside(path)
+    except OSError as e:
+        raise _no_space(e, path) from None
     os.close(fd)
     try:
         yield Path(tmp)
@@ -29,19 +62,115 @@ def atomic_path(path: str | Path):
             os.fsync(f.fileno())
         kill_point("write")  # test hook: die with the new file written beside, not yet in place
         os.replace(tmp, path)
+    except OSError as e:
+        raise _no_space(e, path) from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
 
 
+class DiskFull(Exception):
+    """No space left where a file was being written (exit 1); `str(e)` names the path."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        super().__init__(f"no space left on the device holding {path}: free some space there (or write elsewhere) "
+                         f"and run again; the file was left as it was before this run.")
+
+
+def _no_space(e: OSError, path: Path) -> Exception:
+    """DiskFull for a full disk (or quota), naming the file; any other OSError as it was."""
+    return DiskFull(path) if e.errno in (errno.ENOSPC, errno.EDQUOT) else e
+
+
+# The run directory of the night being run, for the error log of an unexpected failure (see write_error_log).
+_run_directory: Path | None = None
+
+
+def working_in(directory: str | Path | None) -> None:
+    """Note the run directory of the night now being run (None: no night)."""
+    global _run_directory
+    _run_directory = None if directory is None else Path(directory)
+
+
+def run_directory() -> Path | None:
+    return _run_directory
+
+
+def state_directory() -> Path:
+    """Where this program keeps what belongs to no run: $XDG_STATE_HOME/shakers-rules (~/.local/state/…)."""
+    return Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "shakers-rules"
+
+
+def write_error_log(error: BaseException, directory: str | Path | None = None, command: str = "") -> Path | None:
+    """The traceback of `error` and the versions that ran, in DIRECTORY/error.log (the run directory
+    when known, else the state directory, timestamped); its path, or None when no file could be written."""
+    import datetime as dt
+    import platform
+    import sys
+    import traceback
+    from importlib import metadata
+
+    def version(name: str) -> str:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+
+    now = dt.datetime.now(dt.timezone.utc)
+    text = "".join([
+        f"{now.isoformat(timespec='seconds')} {command or ' '.join(sys.argv)}\n",
+        f"python {platform.python_version()}, shakers-rules {version('shakers-rules')}, "
+        f"durable-rules {version('durable-rules')}, pyarrow {version('pyarrow')}, pandas {version('pandas')}\n\n",
+        *traceback.format_exception(error),
+    ])
+    stamp = now.strftime("%Y%m%dT%H%M%SZ")
+    places = [Path(directory) / "error.log"] if directory else []
+    places.append(state_directory() / f"error-{stamp}-{os.getpid()}.log")
+    places.append(Path(tempfile.gettempdir()) / f"shakers-rules-error-{stamp}-{os.getpid()}.log")
+    for place in places:
+        try:
+            place.parent.mkdir(parents=True, exist_ok=True)
+            place.write_text(text, encoding="utf-8")
+            return place
+        except OSError:
+            continue  # a full or read-only disk: the next place
+    return None
+
+
+class OutputPathError(Exception):
+    """An output directory that cannot be written: a usage error (exit 2); `str(e)` says why and the fix."""
+
+    def __init__(self, directory: Path, why: str | None = None):
+        self.directory = directory
+        if why is None:
+            blocker = next((p for p in [directory, *directory.parents] if p.exists() and not p.is_dir()), directory)
+            why = f"{blocker} is a file, not a directory. Choose another --out, or move that file away"
+        super().__init__(f"cannot write into {directory}: {why}.")
+
+
+def check_output_directory(directory: str | Path) -> None:
+    """Raise OutputPathError unless `directory` is, or can be made, a directory this process may write
+    into (checked before a night is evaluated, so that a wrong --out costs nothing)."""
+    directory = Path(directory)
+    existing = next(p for p in [directory, *directory.parents] if p.exists() or p == p.parent)
+    if existing.exists() and not existing.is_dir():
+        raise OutputPathError(directory)
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputPathError(directory, f"{existing} is not writable by this user. Choose another --out, "
+                                         f"or give this user write permission there")
+
+
 def remove_partials(directory: str | Path) -> int:
-    """Delete the temporary `.*.part` files a killed run left in `directory` (and below); how many."""
+    """Delete the temporary files a killed run of this program left in `directory` (and below); how many.
+
+    Only this program's own temporary names (see is_partial): anything else is left alone."""
     directory = Path(directory)
     if not directory.is_dir():
         return 0
     removed = 0
-    for leftover in directory.rglob(".*.part"):
-        if leftover.is_file():
+    for leftover in directory.rglob(".*"):
+        if is_partial(leftover) and leftover.is_file():
             leftover.unlink(missing_ok=True)
             removed += 1
     return removed

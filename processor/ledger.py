@@ -10,6 +10,7 @@ half-applied.
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import itertools
 import json
 import os
@@ -92,11 +93,109 @@ def decision_keys(decisions: pd.DataFrame) -> pd.Series:
     return pd.Series(pc.binary_join_element_wise(*parts, pa.scalar("|", pa.large_string())), index=decisions.index, dtype="str")
 
 
+class LedgerProblem(Exception):
+    """A ledger this run cannot use; `str(e)` names the file and the fix, `exit_code` is the CLI's (SPEC §7)."""
+
+    exit_code = 1
+
+
+class LedgerUnreadable(LedgerProblem):
+    """The file is not a SQLite database, or is corrupt: the operator restores it (exit 1)."""
+
+    def __init__(self, path: Path, detail: str, outcome: str = "Nothing was done."):
+        self.path = path
+        backup = previous_copy(path)
+        how = (f"restore the copy the nightly job made before its last start: cp {backup} {path} "
+               f"(the nights recorded since then are run again)" if backup.exists() else
+               f"restore it from your backups, or move it away to start a new ledger (every night is then new)")
+        super().__init__(f"the ledger {path} is not a usable SQLite database ({detail}): {how}. {outcome}")
+
+
+class LedgerReadOnly(LedgerProblem):
+    """This user cannot write the ledger or its directory (a usage error, exit 2); found before a night is evaluated."""
+
+    exit_code = 2
+
+    def __init__(self, path: Path, why: str):
+        self.path = path
+        super().__init__(f"the ledger {path} cannot be written: {why}. Nothing was done: give this user write "
+                         f"permission there (SQLite also writes a journal file beside the ledger), or choose "
+                         f"another --ledger.")
+
+
+class LedgerFull(LedgerProblem):
+    """No space left on the ledger's file system (exit 1)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        super().__init__(f"no space left on the device holding the ledger {path}: free some space there "
+                         f"(or move the ledger) and run again; the ledger was left as it was before this run.")
+
+
+def previous_copy(path: str | Path) -> Path:
+    """Where the nightly job keeps its copy of the ledger as it was before the job last started."""
+    path = Path(path)
+    return path.with_name(path.name + ".previous")
+
+
+# A ledger bigger than this is not copied before each nightly start (~5 s at the 200 MB/s measured;
+# more would cost about a 1M-project night): the operator's own backups are its copy then.
+BACKUP_MAX_BYTES = 1 << 30
+
+
+def check_and_back_up(path: str | Path) -> Path | None:
+    """Before the nightly job's first night: raise LedgerProblem unless the ledger can be opened and
+    written, then copy it to `previous_copy(path)` with SQLite's online backup (written beside and
+    renamed into place, so a kill meanwhile keeps the last whole copy). The copy's path, or None when
+    none was made (a ledger over BACKUP_MAX_BYTES; its stale copy, if any, is removed)."""
+    path = Path(path)
+    target, existed = previous_copy(path), path.exists()
+    with Ledger(path) as ledger:
+        ledger.check_writable()
+        if not existed:
+            return None  # the first night: nothing to keep a copy of yet
+        if path.stat().st_size > BACKUP_MAX_BYTES:
+            target.unlink(missing_ok=True)  # an old copy would restore the wrong nights
+            return None
+        with files.atomic_path(target) as tmp:
+            copy = sqlite3.connect(str(tmp))
+            try:
+                ledger.db.backup(copy)
+            finally:
+                copy.close()
+    return target
+
+
+def _is_disk_full(e: BaseException) -> bool:
+    return "database or disk is full" in str(e) or getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT)
+
+
 class Ledger:
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise LedgerReadOnly(self.path, f"something on the path {self.path.parent} is a file, not a directory") from None
+        except PermissionError:
+            raise LedgerReadOnly(self.path, f"this user may not create {self.path.parent}") from None
+        if self.path.is_dir():
+            raise LedgerReadOnly(self.path, "it is a directory; --ledger names the SQLite file itself")
         self.db = sqlite3.connect(str(self.path), timeout=30, isolation_level=None)
+        try:
+            self._open()
+        except sqlite3.DatabaseError as e:
+            self.db.close()
+            if _is_disk_full(e):
+                raise LedgerFull(self.path) from None
+            if "readonly" in str(e) or "unable to open" in str(e):
+                raise LedgerReadOnly(self.path, str(e)) from None
+            # "file is not a database", "database disk image is malformed"
+            raise LedgerUnreadable(self.path, str(e)) from None
+
+    def _open(self):
+        # The first statement reads the header and schema: a file that is not SQLite fails here (no
+        # full check: `PRAGMA quick_check` reads every page, seconds at 1M projects).
         # A rollback journal, not WAL: recording a night is one big append (~165 MB at a million
         # projects), which WAL writes twice, into the log and then into the file at the checkpoint
         # (1.6 s more CPU, ~1 s more wall time at 1M projects, bench/). One run writes at a time
@@ -113,6 +212,31 @@ class Ledger:
         # Ledgers made before decisions kept their full row (needed to list them once resolved).
         if "detail" not in {r[1] for r in self.db.execute("PRAGMA table_info(decision_nights)")}:
             self.db.execute("ALTER TABLE decision_nights ADD COLUMN detail TEXT NOT NULL DEFAULT ''")
+
+    def check_writable(self):
+        """Raise LedgerReadOnly unless this process can write the ledger and the journal beside it:
+        a night is evaluated only when its record can be kept."""
+        try:
+            # The journal is made beside the ledger at the first write: a directory we cannot write fails the commit.
+            fd, probe = files.temporary_beside(self.path)
+        except OSError as e:
+            raise LedgerReadOnly(self.path, f"this user may not create files in {self.path.parent} ({e.strerror})") from None
+        os.close(fd)
+        os.unlink(probe)
+        try:
+            # A write rolled back: SQLite opens a file it may not write read-only, and says so only at a write.
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                version = int(self.db.execute("PRAGMA user_version").fetchone()[0])
+                self.db.execute(f"PRAGMA user_version = {version}")
+            finally:
+                self.db.execute("ROLLBACK")
+        except sqlite3.OperationalError as e:
+            if _is_disk_full(e):
+                raise LedgerFull(self.path) from None
+            if "readonly" not in str(e):
+                raise
+            raise LedgerReadOnly(self.path, "the file is read-only for this user, or on a read-only file system") from None
 
     def close(self):
         self.db.close()

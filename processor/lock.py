@@ -42,7 +42,8 @@ os.register_at_fork(after_in_child=_close_inherited_locks)
 
 
 def lock_path_for(ledger_path: str | Path) -> Path:
-    ledger_path = Path(ledger_path)
+    """`<ledger>.lock` beside the ledger's real file: a symlink (or `..`) naming the same ledger gets the same lock."""
+    ledger_path = Path(ledger_path).resolve()
     return ledger_path.with_name(ledger_path.name + ".lock")
 
 
@@ -54,14 +55,26 @@ class Holder:
     since: str | None
     host: str | None = None
     command: str | None = None
+    garbage: str | None = None  # what the file held instead of a lock record (its start, for a message)
 
     def describe(self) -> str:
+        if self.garbage is not None:
+            return f"an unknown process (the lock file held {self.garbage!r}, not a lock record)"
         who = f"pid {self.pid}" if self.pid else "a process that has not written its pid yet"
         if self.host and self.host != socket.gethostname():
             who += f" on {self.host}"
         if self.command:
             who += f" ({self.command})"
         return f"{who}, running since {self.since}" if self.since else who
+
+
+class LockPathError(Exception):
+    """The lock file cannot be made or opened (a directory in its place, a directory we may not write):
+    a usage error (exit 2); `str(e)` names the path and the fix."""
+
+    def __init__(self, lock_file: Path, why: str):
+        self.lock_file = lock_file
+        super().__init__(f"cannot take the ledger's lock {lock_file}: {why}. Nothing was done.")
 
 
 class LedgerBusy(Exception):
@@ -78,16 +91,18 @@ class LedgerBusy(Exception):
 
 def _read_holder(path: Path) -> Holder | None:
     try:
-        text = path.read_text(encoding="utf-8").strip()
+        raw = path.read_bytes()[:4096].strip()
     except OSError:
         return None
-    if not text:
+    if not raw:
         return None
+    text = raw.decode("utf-8", errors="replace")
     try:
         data = json.loads(text)
-        return Holder(int(data.get("pid")) if data.get("pid") else None, data.get("since"), data.get("host"), data.get("command"))
-    except (ValueError, TypeError, AttributeError):
-        return Holder(None, None)
+        return Holder(int(data["pid"]) if data.get("pid") else None, data.get("since"), data.get("host"), data.get("command"))
+    except (ValueError, TypeError, AttributeError, KeyError):
+        # Not ours (an editor, a disk error, another tool): say what is there rather than invent a holder.
+        return Holder(None, None, garbage=text[:40])
 
 
 def _pid_alive(pid: int) -> bool:
@@ -116,14 +131,13 @@ class LedgerLock:
         self.nested = False
 
     def acquire(self) -> "LedgerLock":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        key = str(self.path.resolve())
+        key = str(self.path)  # resolved already (lock_path_for)
         outer = _HELD_PATHS.get(key)
         if outer is not None:  # e.g. `nightly` calling `send` for the ledger it already holds
             self.nested, self.since = True, outer.since
             return self
         self.nested = False
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = self._open()
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
@@ -133,7 +147,11 @@ class LedgerLock:
             raise LedgerBusy(self.ledger_path, self.path, self._holder_of_busy_lock()) from None
         # We hold it. Whatever the file still says was written by a run that died without cleaning up.
         previous = _read_holder(self.path)
-        if previous is not None and previous.pid != os.getpid():
+        if previous is not None and previous.garbage is not None:
+            self.stale = previous
+            self.say(f"took over the lock {self.path}: it held {previous.garbage!r} instead of a lock record, "
+                     f"and nobody held it; it now names this run")
+        elif previous is not None and previous.pid != os.getpid():
             self.stale = previous
             alive = previous.pid is not None and _pid_alive(previous.pid)
             note = "" if not alive else " (that pid is in use again, by another process: the lock itself was free)"
@@ -147,6 +165,27 @@ class LedgerLock:
         _HELD_FDS.add(fd)
         _HELD_PATHS[key] = self
         return self
+
+    def _open(self) -> int:
+        """The lock file's descriptor (made if need be), or LockPathError saying what is in the way."""
+        where = self.path.parent
+        try:
+            where.mkdir(parents=True, exist_ok=True)
+            return os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except IsADirectoryError:
+            raise LockPathError(self.path, "it is a directory. Remove it (rmdir, once you have checked it holds "
+                                           "nothing you need): the lock must be a file") from None
+        except (FileExistsError, NotADirectoryError):
+            raise LockPathError(self.path, f"something on the path {where} is a file, not a directory. "
+                                           f"Give --ledger (or $SHAKERS_LEDGER) a path in a directory") from None
+        except PermissionError:
+            raise LockPathError(self.path, f"this user may not create or write files in {where}. Give it write "
+                                           f"permission there, or keep the ledger in a directory it can write") from None
+        except OSError as e:
+            if e.errno != errno.EROFS:
+                raise
+            raise LockPathError(self.path, f"{where} is on a read-only file system. Keep the ledger on a "
+                                           f"writable one") from None
 
     def _holder_of_busy_lock(self) -> Holder:
         # The holder writes its record right after locking: give it a moment before saying "unknown".
@@ -162,7 +201,7 @@ class LedgerLock:
             return
         fd, self.fd = self.fd, None
         _HELD_FDS.discard(fd)
-        _HELD_PATHS.pop(str(self.path.resolve()), None)
+        _HELD_PATHS.pop(str(self.path), None)
         try:
             os.ftruncate(fd, 0)  # an empty lock file = released cleanly
         finally:

@@ -40,7 +40,6 @@ import smtplib
 import socket
 import ssl
 import string
-import tempfile
 import threading
 import time
 import traceback
@@ -841,7 +840,7 @@ def _write_emails(mail_from: str, date: str, render, emails: list) -> list[str]:
             synced = []
             for (report, path), (text, html) in zip(emails, render([report for report, _path in emails])):
                 _mid, pieces = _message_pieces(report, text, html, mail_from, date)
-                fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+                fd, temporary = files.temporary_beside(path)
                 temporaries.append(temporary)
                 with open(fd, "wb", closefd=False) as f:
                     f.writelines(pieces)

@@ -53,7 +53,7 @@ from rules.document import load_policies
 
 from processor import files, killpoints
 from processor.killpoints import kill_point
-from processor.ledger import OWED, Ledger, default_ledger_path
+from processor.ledger import OWED, Ledger, LedgerProblem, check_and_back_up, default_ledger_path
 from processor.lock import LedgerLock
 
 NIGHT_NAME = re.compile(r"^\d{4}-\d{2}-\d{2}$")
@@ -328,6 +328,7 @@ def run_nightly(exports_root: str | Path, runs_root: str | Path, *, ledger_path:
         if all(why == "wait" for _night, why in todo):
             result.outcomes = [_waiting_outcome(exports_root, night) for night, _why in todo]
             return result
+        check_and_back_up(ledger_path)  # a ledger that cannot be used stops the job; else LEDGER.previous
         for night, why in todo:
             killpoints.set_night(night)
             out = runs_root / night.isoformat()
@@ -347,10 +348,13 @@ def run_nightly(exports_root: str | Path, runs_root: str | Path, *, ledger_path:
             except InvalidExport as e:
                 outcome = NightOutcome(night, "invalid", EXIT_EXPORT,
                                        f"invalid export, not recorded; it will be tried again next time: {e}")
+            except (LedgerProblem, files.DiskFull, files.OutputPathError):
+                raise  # every later night would meet it too: the job stops with its sentence
             except Exception as e:  # a bug of ours: report it, go on with the next night
+                log = files.write_error_log(e, out if out.is_dir() else None)
                 outcome = NightOutcome(night, "failed", EXIT_FAILURE,
                                        f"unexpected failure, not recorded; it will be tried again next time: "
-                                       f"{type(e).__name__}: {e}")
+                                       f"{type(e).__name__}: {e} (traceback in {log})")
             else:
                 outcome = _outcome_of_run(night, night_result, time.perf_counter() - started)
             if outcome.status != "failed":  # a failure is tried again next time, even if the ledger recorded it

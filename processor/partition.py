@@ -195,12 +195,15 @@ def _fact_json(kind: str, frame: pd.DataFrame, fact_id: pa.Array, fields: list[s
     return concat(*parts)
 
 
-def iter_firings(engine, frames: Frames, crash_on: str | None = None) -> Iterator[tuple[str, str]]:
+def iter_firings(engine, frames: Frames, crash_on: str | None = None, hang_on: str | None = None) -> Iterator[tuple[str, str]]:
     """(policy id, fact id) for every rule that fired, a batch of whole projects' facts at a time."""
     for batch in fact_batches(frames, fields=engine.fields_of):
         if crash_on and crash_on in batch.projects:
             import os
             os._exit(139)  # test hook: die as a crash in durable-rules' C core would
+        if hang_on and hang_on in batch.projects:
+            from processor.killpoints import hang
+            hang()  # test hook: stop making progress, as a call stuck in durable-rules would
         yield from engine.evaluate_json(batch.facts, batch.ids)
 
 

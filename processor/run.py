@@ -100,13 +100,16 @@ def run_night(export_dir: str | Path, *, policies_path: str | Path = "policies.y
               out_dir: str | Path | None = None, ledger_path: str | Path | None = None, workers: int = 1,
               prefilter: bool = True, progress: Callable[[str], None] | None = None,
               engine: str = "local", scheduler: str | None = None, as_of_source: str | None = None) -> NightResult:
-    """Evaluate one night and write its outputs. Raises PolicyError (exit 3) or InvalidExport (exit 4).
+    """Evaluate one night and write its outputs. Raises PolicyError (exit 3) or InvalidExport (exit 4);
+    LedgerProblem or files.OutputPathError (a ledger or --out this run cannot use) before evaluating.
 
     `as_of_source` says where a given `as_of` came from for summary.json (default "option")."""
     say = progress or (lambda _msg: None)
     timings: dict[str, float] = {}
     started = time.perf_counter()
     policies = load_policies(policies_path)   # before touching the export
+    with Ledger(ledger_path or default_ledger_path()) as ledger:
+        ledger.check_writable()  # a ledger that cannot keep the night's record stops it before any work
     t = time.perf_counter()
     export = read_export(export_dir, timings=timings)
     timings["read"] = time.perf_counter() - t - timings.get("validate", 0.0)  # reading alone; checking is `validate`
@@ -119,6 +122,8 @@ def run_night(export_dir: str | Path, *, policies_path: str | Path = "policies.y
     kill_point("read")  # test hook
     run_id = f"{as_of.isoformat()}-{policies.sha256[:8]}"
     out = Path(out_dir) if out_dir else Path("runs") / as_of.isoformat()
+    files.check_output_directory(out)  # an --out under a file: a sentence now, not after the evaluation
+    files.working_in(out)  # where an unexpected failure's traceback goes (error.log)
     files.remove_partials(out)  # temporary files of a run that was killed while writing
     decisions, ev, facts = decide_night(policies, export, as_of, workers=workers, prefilter=prefilter,
                                         progress=progress, timings=timings, engine=engine, scheduler=scheduler)

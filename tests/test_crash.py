@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 
 from night import Night
+from processor import files
 
 ROOT = Path(__file__).resolve().parents[1]
 POLICIES = ROOT / "policies.yaml"
@@ -85,7 +86,7 @@ def outcome(root: Path) -> dict:
 
 
 def assert_nothing_half_written(runs: Path):
-    """Every file a reader can see is whole (it parses); temporary files are hidden (.name.part)."""
+    """Every file a reader can see is whole (it parses); temporary files are hidden (.NAME.shakers-partial-…)."""
     for path in runs.rglob("*"):
         if not path.is_file() or path.name.startswith("."):
             continue
@@ -146,7 +147,7 @@ def test_a_run_killed_mid_catch_up_then_rerun_ends_exactly_as_a_clean_run(tmp_pa
     assert rerun.returncode == 0, rerun.stderr
     assert f"{D1}:" not in rerun.stdout  # done nights are not redone
     assert outcome(tmp_path) == clean
-    assert not [p for p in (tmp_path / "runs").rglob(".*.part")]  # the killed run's temporary files are gone
+    assert not [p for p in (tmp_path / "runs").rglob(".*") if files.is_partial(p)]  # the killed run's temporary files are gone
 
 
 def test_a_single_run_killed_while_writing_leaves_the_previous_files_whole_and_the_rerun_replaces_them(tmp_path):
@@ -164,7 +165,7 @@ def test_a_single_run_killed_while_writing_leaves_the_previous_files_whole_and_t
     again = subprocess.run(args, capture_output=True, text=True, env=base_env(), timeout=300)
     assert again.returncode == 0, again.stderr
     assert (tmp_path / "run" / "decisions.csv").read_text() == before
-    assert not list((tmp_path / "run").rglob(".*.part"))
+    assert not [p for p in (tmp_path / "run").rglob(".*") if files.is_partial(p)]
 
 
 def test_a_worker_killed_mid_night_loses_nothing_silently(tmp_path, clean):
@@ -186,6 +187,25 @@ def test_a_worker_killed_mid_night_loses_nothing_silently(tmp_path, clean):
         assert "P2" not in set(resolved["project_id"])
     status = json.loads((tmp_path / "runs" / "last-nightly.json").read_text())
     assert {n["status"] for n in status["nights"]} == {"incomplete"} and status["exit_code"] == 1
+
+
+def test_a_worker_that_hangs_is_killed_by_the_watchdog_and_its_project_reported_not_evaluated(tmp_path):
+    export = a_night(D1).write(tmp_path / "export")
+    tag = uuid.uuid4().hex
+    started = time.monotonic()
+    done = subprocess.run(CLI + ["run", "--export", str(export), "--out", str(tmp_path / "run"), "--ledger",
+                                 str(tmp_path / "ledger.sqlite"), "--policies", str(POLICIES), "--workers", "2"],
+                          capture_output=True, text=True, timeout=300,
+                          env=base_env(SHAKERS_TEST_HANG_ON_PROJECT="P2", SHAKERS_ENGINE_STALL_SECONDS="2", SHAKERS_TEST_TAG=tag))
+    assert done.returncode == 1, done.stderr
+    assert time.monotonic() - started < 120
+    assert "NOT EVALUATED" in done.stdout and "P2" in done.stdout
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["engine"]["not_evaluated"] == ["P2"] and summary["engine"]["worker_crashes"] >= 1
+    decisions = pd.read_csv(tmp_path / "run" / "decisions.csv", dtype=str)
+    assert not decisions.empty and "P2" not in set(decisions["project_id"])
+    assert recorded_nights(tmp_path) == [D1.isoformat()]  # the night is recorded without P2
+    assert processes_tagged(tag) == []  # the stuck worker was killed, not left behind
 
 
 # ----------------------------------------------------------------------------- killed while sending

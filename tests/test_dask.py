@@ -97,3 +97,26 @@ def test_a_cluster_without_workers_fails_the_run_instead_of_hanging_it(night):
                       scheduler_kwargs={"dashboard_address": "127.0.0.1:0"}) as empty:
         with pytest.raises(EngineError, match="no progress"):
             evaluate_on_dask(policies, facts, scheduler=empty.scheduler_address, stall_seconds=3)
+
+
+def test_an_unreachable_scheduler_is_a_usage_error_naming_the_address(night, tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    with socket.socket() as s:  # a port on 127.0.0.1 that nobody listens on once this closes
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    address = f"tcp://127.0.0.1:{port}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SHAKERS_")}
+    env["SHAKERS_DASK_CONNECT_SECONDS"] = "2"
+    proc = subprocess.run([str(Path(sys.executable).with_name("shakers-rules")), "run", "--export", str(night),
+                           "--out", str(tmp_path / "run"), "--ledger", str(tmp_path / "ledger.sqlite"),
+                           "--policies", str(POLICIES), "--as-of", AS_OF.isoformat(), "--engine", "dask",
+                           "--scheduler", address, "-q"], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert f"cannot reach the Dask scheduler at --scheduler {address} within 2s" in proc.stderr
+    assert "Traceback" not in proc.stderr and "unexpected" not in proc.stderr
+    assert not (tmp_path / "run" / "decisions.csv").exists()

@@ -148,3 +148,35 @@ def test_a_project_that_kills_its_worker_is_reported_and_every_other_fires_as_pl
         pd.testing.assert_index_equal(ev.fired_rows[kind], frame.index[frame["fact_id"].isin(kept["fact_id"]).to_numpy()])
     total = len(frames["project"])
     assert seen[-1] == (total, total)
+
+
+# ---------------------------------------------------------------- a project that hangs its worker
+
+
+def test_a_project_that_hangs_its_worker_is_killed_by_the_watchdog_and_every_other_fires_as_plainly(night_facts, monkeypatch):
+    import time
+
+    from processor.evaluate import HANG_HOOK_ENV, STALL_ENV
+
+    policies = load_policies(POLICIES)
+    firings, _, sent = plainly(policies, night_facts)
+    owner = pd.concat([f[["fact_id", "project_id"]] for f in night_facts.frames.values()]).set_index("fact_id")["project_id"]
+    victim = owner[firings["fact_id"]].iloc[len(firings) // 3]
+    monkeypatch.setenv(HANG_HOOK_ENV, victim)
+    monkeypatch.setenv(STALL_ENV, "1.5")
+    started = time.monotonic()
+    ev = evaluate(policies, night_facts, workers=2, chunk_projects=250)
+    assert time.monotonic() - started < 120  # bounded: a stall per halving, not forever
+    assert ev.not_evaluated == [victim] and ev.worker_stalls >= 1 and ev.worker_crashes >= 1
+    assert ev.projects_sent == sent
+    kept = firings[owner[firings["fact_id"]].to_numpy() != victim].reset_index(drop=True)
+    pd.testing.assert_frame_equal(ev.firings, kept)
+
+
+def test_the_watchdogs_bound_grows_with_the_share_and_the_environment_replaces_it(monkeypatch):
+    from processor.evaluate import STALL_BASE_SECONDS, STALL_ENV, stall_seconds
+
+    monkeypatch.delenv(STALL_ENV, raising=False)
+    assert stall_seconds(1) >= STALL_BASE_SECONDS and stall_seconds(50_000) > stall_seconds(1_000) > stall_seconds(1)
+    monkeypatch.setenv(STALL_ENV, "2.5")
+    assert stall_seconds(50_000) == 2.5

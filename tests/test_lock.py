@@ -184,3 +184,47 @@ def test_a_run_after_a_killed_run_takes_the_stale_lock_over_and_says_so(tmp_path
     assert done.returncode == 0, done.stderr
     assert f"stale lock left by pid {proc.pid}" in done.stderr
     assert holder(ledger) is None
+
+
+def _run(tmp_path: Path, ledger: Path, out: str = "run") -> subprocess.CompletedProcess:
+    return subprocess.run(CLI + ["run", "--export", str(_export(tmp_path)), "--ledger", str(ledger), "--out", str(tmp_path / out),
+                                 "--policies", str(ROOT / "policies.yaml"), "--workers", "0", "-q"],
+                          cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("garbage", [b"<<<<<<< HEAD\n", b"\x00\xff\xfe\x81binary", b'{"pid": "not a number"}', b"[1, 2]"])
+def test_a_lock_file_holding_garbage_is_taken_over_with_a_notice_saying_what_it_held(tmp_path, garbage):
+    ledger = tmp_path / "ledger.sqlite"
+    lock_path_for(ledger).write_bytes(garbage)
+    done = _run(tmp_path, ledger)
+    assert done.returncode == 0, done.stderr
+    assert f"took over the lock {lock_path_for(ledger)}" in done.stderr and "instead of a lock record" in done.stderr
+    assert "Traceback" not in done.stderr and "pid None" not in done.stderr
+    assert holder(ledger) is None and lock_path_for(ledger).read_bytes() == b""  # released cleanly, garbage gone
+
+
+def test_a_symlinked_name_of_a_held_ledger_is_refused_too(tmp_path):
+    ledger = tmp_path / "data" / "ledger.sqlite"
+    ledger.parent.mkdir()
+    alias = tmp_path / "elsewhere.sqlite"
+    alias.symlink_to(ledger)
+    proc = _hold_in_subprocess(ledger)
+    try:
+        refused = _run(tmp_path, alias)
+        assert refused.returncode == 6, refused.stderr
+        assert f"pid {proc.pid}" in refused.stderr
+        assert not (tmp_path / "run").exists()
+        assert not (tmp_path / "elsewhere.sqlite.lock").exists()  # one lock, beside the real file
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_lock_path_that_is_a_directory_is_a_sentence_with_exit_2(tmp_path):
+    ledger = tmp_path / "ledger.sqlite"
+    lock_path_for(ledger).mkdir()
+    refused = _run(tmp_path, ledger)
+    assert refused.returncode == 2, refused.stderr
+    assert f"cannot take the ledger's lock {lock_path_for(ledger)}: it is a directory" in refused.stderr
+    assert "Traceback" not in refused.stderr and "unexpected" not in refused.stderr
+    assert not (tmp_path / "run").exists()
