@@ -219,6 +219,14 @@ def manifest_names_a_missing_table(root: Path) -> Built:
     return Built(export)
 
 
+def manifest_lacks_a_table(root: Path) -> Built:
+    export, _ = _night(root)
+    manifest = _manifest(export)
+    del manifest["tables"]["invoices"]  # the file is there; the manifest cannot vouch for its rows
+    (export / "manifest.json").write_text(json.dumps(manifest))
+    return Built(export)
+
+
 def manifest_row_count_mismatch(root: Path) -> Built:
     export, _ = _night(root)
     manifest = _manifest(export)
@@ -393,6 +401,8 @@ CASES: list[Case] = [
          "a 20 MB title is read or rejected as a row, never a refused night", timeout=120.0),
     Case("manifest_names_a_missing_table", manifest_names_a_missing_table, (4,), ("invoices",),
          "a table the manifest lists but the export lacks is an incomplete export"),
+    Case("manifest_lacks_a_table", manifest_lacks_a_table, (4,), ("manifest.json", "invoices"),
+         "a manifest without one of the tables cannot tell a truncated file from a whole one"),
     Case("manifest_row_count_mismatch", manifest_row_count_mismatch, (4,), ("projects", "manifest.json"),
          "a table shorter than its manifest says is truncated, never a silent loss"),
     Case("manifest_not_json", manifest_not_json, (4,), ("manifest.json",),
