@@ -288,6 +288,9 @@ def build_facts(tables: dict[str, pd.DataFrame], as_of: dt.date) -> Facts:
             "amount_cents": amount,
             "escrow_gap_cents": np.maximum(amount - _take(m["escrow_amount_cents"].to_numpy(dtype="int64"), ms_kept), 0),
             "has_validated_at": _take(m["validated_at"].notna().to_numpy(), ms_kept),
+            # An empty payee is nobody, so never the client.
+            "payee_is_client": pc.equal(_take(text_array(m["payee_id"]), ms_kept),
+                                        client_ids.take(_take(ms_project, ms_kept))).fill_null(False).to_numpy(zero_copy_only=False),
         }, copy=False)
         milestone_facts["fact_id"] = _text(_fact_ids("milestone", milestone_ids))
 

@@ -22,6 +22,8 @@ Design notes
   other rows are byte-identical to the clean export.  A duplicate id is
   written as a later row repeating the id of the row just before it (the
   later one is the broken row).
+* A few milestones not yet released are payable to their project's client
+  (payee-is-client); every other milestone's payee is its project's talent.
 * A few contact attempts are dated the day after the as-of night; SPEC §3
   counts only attempts made on or before the as-of date, so they must not
   count (they turn an 'at risk' project into a contact loss if counted).
@@ -168,6 +170,7 @@ P_LATE_HISTORY = 0.03
 P_ROUTINE = 0.25
 P_NOISE = 0.04
 P_TS_AS_TALENT = 0.005
+P_PAYEE_CLIENT_EVERY = 500   # one plain active project in this many pays its current milestone to the client
 P_NO_TS_AREA = 0.12         # share of talent-loss projects in areas w/o Top Shaker
 
 
@@ -879,6 +882,15 @@ def _chunk(rng: np.random.Generator, n: int, ctx: _Ctx, showcase: bool):
         "talent_decision": _enum(DECISION, np.maximum(dec, 0), dec >= 0),
         "created_at": _time(created),
     })
+    # payee-is-client: the current milestone of a few plain active projects is payable to the client.
+    # Chosen by project number (and, in the first chunk, the first such project), never by the random
+    # stream, so the rest of the night is the same as without them.
+    plain = (active & (cs == CS_NONE) & np.isin(ms, (M_ACTIVE, M_COMPLETED, M_NOT_STARTED))
+             & ~rej_c & ~rej_t & ~prev_val & ~rel_noval & (dec_force < 0))
+    payee_client = plain & (pnum % P_PAYEE_CLIENT_EVERY == 7)
+    if showcase and plain.any():
+        payee_client[np.argmax(plain)] = True
+    payee = np.where(cur & payee_client[mp], client[mp], talent[mp])
     mid = _ids("M", mnum, ctx.mw)
     milestones = pa.table({
         "milestone_id": mid,
@@ -888,7 +900,7 @@ def _chunk(rng: np.random.Generator, n: int, ctx: _Ctx, showcase: bool):
         "amount": _money(amount),
         "currency": _enum(CURRENCY, currency[mp]),
         "status": _enum(MSTATUS, mstat),
-        "payee_id": pc.take(projects["talent_id"], pa.array(mp)),
+        "payee_id": uidp(payee),
         "escrow_amount": _money(escrow),
         "activated_at": _time(t_act, activated),
         "completed_at": _time(t_comp, has_comp),

@@ -264,7 +264,9 @@ def _evidence_words(text: str) -> dict[str, str | None]:
     status = facts.get("milestone_status")
     release = clauses("the client validated the work, so the held money is due to the payee" if status == "validated" else None,
                       "the money was released but the client never validated the work"
-                      if status == "released" and facts.get("has_validated_at") is False else None)
+                      if status == "released" and facts.get("has_validated_at") is False else None,
+                      "the milestone's payee is the project's own client, so its money would go back to the payer"
+                      if facts.get("payee_is_client") is True else None)
     # thresholds no phrase above speaks of (a policy editor's new ones) still show, by name
     spoken = {"contact_loss_unanswered_attempts", "contact_loss_days_since_oldest", "contact_loss_attempts_by_project_success",
               "at_risk_unanswered_attempts", "invoice_grace_days"}

@@ -66,6 +66,7 @@ FACT_KINDS: dict[str, dict[str, tuple[str, str]]] = {
         "amount_cents": (NUMBER, "the milestone's value, in cents"),
         "escrow_gap_cents": (NUMBER, "value minus the money held in escrow, in cents (0 when fully paid in)"),
         "has_validated_at": (FLAG, "the client validated the work (validated_at is set)"),
+        "payee_is_client": (FLAG, "the milestone's payee is its project's client (the money would go back to the payer)"),
     },
     "invoice": {
         **COMMON_FIELDS,

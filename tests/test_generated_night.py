@@ -63,3 +63,15 @@ def test_broken_rows_are_rejected_and_every_row_is_evaluated_or_rejected(tmp_pat
         assert counts["read"] == manifest["tables"][table]["rows"]
         assert counts["read"] == counts["evaluated"] + counts["rejected"]
     assert len(result.decisions) > 0
+
+
+def test_every_generated_milestone_payable_to_its_client_is_flagged_once(nights):
+    export = read_export(nights / "csv")
+    decisions, _, _ = decide_night(load_policies(POLICIES), export, AS_OF, workers=0)
+    m, p = export.tables["milestones"], export.tables["projects"]
+    paid = m.merge(p[["project_id", "client_id"]], on="project_id")
+    to_client = paid[(paid["payee_id"] == paid["client_id"]) & (paid["status"] != "released")]
+    flagged = decisions[decisions["policy_id"] == "payee-is-client"]
+    assert len(to_client) >= 2
+    assert sorted(flagged["milestone_id"]) == sorted(to_client["milestone_id"])
+    assert (flagged["subject_id"].to_numpy() == flagged["project_id"].map(p.set_index("project_id")["client_id"]).to_numpy()).all()

@@ -407,6 +407,52 @@ def test_money_released_after_validation_is_not_flagged(night, decide):
     assert "release-without-validation" not in fired(decide(night))
 
 
+# ---------------------------------------------------------------- payee is the client
+
+
+def test_a_milestone_payable_to_its_projects_client_is_flagged_about_the_client(night, decide):
+    night.project()
+    m = night.milestone(status="active", payee="C1")
+    d = decide(night)
+    assert actions(d, "payee-is-client") == [("payee-is-client", "flag_for_review", "P1", "C1", m, "")]
+    flag = d[d["policy_id"] == "payee-is-client"].iloc[0]
+    assert flag["reason"] == "payee_is_client" and flag["amount"] == "1000.00"
+    assert json.loads(flag["evidence"])["facts"] == {"milestone_status": "active", "payee_is_client": True}
+
+
+def test_the_report_says_why_a_milestone_payable_to_the_client_is_flagged(night, decide):
+    from processor.reports import why
+
+    night.project()
+    night.milestone(status="completed", payee="C1")
+    d = decide(night)
+    flag = d[d["policy_id"] == "payee-is-client"].iloc[0].to_dict()
+    assert why(flag, {"C1": "Carla Client"}) == \
+        "The milestone's payee is the project's own client, so its money would go back to the payer."
+
+
+@pytest.mark.parametrize("status", ["pending", "active", "completed", "validated"])
+def test_every_milestone_not_yet_released_and_payable_to_the_client_is_flagged(night, decide, status):
+    night.project()
+    m = night.milestone(status=status, payee="C1")
+    assert [a[4] for a in actions(decide(night), "payee-is-client")] == [m]
+
+
+def test_a_milestone_already_released_to_the_client_is_not_flagged_as_payee_is_client(night, decide):
+    night.project()
+    night.milestone(status="released", payee="C1")
+    assert "payee-is-client" not in fired(decide(night))
+
+
+def test_a_payee_who_is_the_client_of_another_project_is_not_flagged(night, decide):
+    night.user("C2", "client")
+    night.project("P1")
+    night.project("P2", client="C2")
+    night.milestone("P2", payee="C1")  # C1 is a client, but not P2's
+    night.milestone("P1", payee="T1")
+    assert "payee-is-client" not in fired(decide(night))
+
+
 # ---------------------------------------------------------------- rejected users
 
 

@@ -696,6 +696,12 @@ def test_the_guide_holds_the_vocabulary_the_program_generates():
         assert command in guide
 
 
+def test_the_guide_lists_every_shipped_policy_with_its_kind_of_fact():
+    guide = (ROOT / "docs" / "policies.md").read_text(encoding="utf-8")
+    listed = dict(re.findall(r"^\| `([a-z-]+)` \| (project|party|milestone|invoice) \|", guide, flags=re.M))
+    assert listed == {p.id: p.about for p in load_policies(POLICIES).policies}
+
+
 # =========================================================================== validate
 def test_validate_notes_a_threshold_or_condition_nothing_uses_but_accepts_the_file(tmp_path):
     copy = tmp_path / "policies.yaml"

@@ -89,6 +89,25 @@ def test_a_csv_night_of_another_seed_agrees_too(tmp_path):
     pd.testing.assert_frame_equal(with_all, with_cut)
 
 
+def test_milestones_payable_to_the_client_are_flagged_the_same_with_and_without_the_prefilter(tmp_path):
+    from night import Night
+
+    night = Night()
+    night.user("C2", "client")
+    for project, client in (("P1", "C1"), ("P2", "C2"), ("P3", "C1")):
+        night.project(project, client=client)
+    for project, status, payee in (("P1", "active", "C1"), ("P1", "released", "C1"), ("P2", "pending", "C2"),
+                                   ("P2", "active", "C1"), ("P3", "validated", "T1"), ("P3", "completed", "C1")):
+        night.milestone(project, status=status, payee=payee)
+    export = read_export(night.write(tmp_path / "export"))
+    policies = load_policies(POLICIES)
+    every, _, _ = decide_night(policies, export, AS_OF, workers=0, prefilter=False)
+    cut, _, _ = decide_night(policies, export, AS_OF, workers=0, prefilter=True)
+    pd.testing.assert_frame_equal(every, cut)
+    flagged = every[every["policy_id"] == "payee-is-client"]
+    assert list(zip(flagged["project_id"], flagged["subject_id"])) == [("P1", "C1"), ("P2", "C2"), ("P3", "C1")]
+
+
 def test_parts_keep_each_projects_facts_together_and_lose_none(generated_facts):
     frames = candidate_facts(load_policies(POLICIES), generated_facts.frames)
     ids = project_ids(frames)
