@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from processor.contract import DEFAULT_MAX_REJECT_SHARE
 from processor.cli import DAY, EXIT_USAGE, err, guarded, progress_printer
 from processor.nightly import DEFAULT_KEEP_NIGHTS, STATUS_FILE, run_nightly
 
@@ -53,9 +54,11 @@ def send_with_cli(run_dir: Path, ledger_path: Path) -> int:
               help="Keep the decision details of this many recorded nights in the ledger (0 = keep all). "
                    "Also $SHAKERS_KEEP_NIGHTS.")
 @click.option("--since", type=DAY, default=None, help="Ignore export directories older than this night.")
+@click.option("--max-reject-share", type=click.FloatRange(0, 1), default=DEFAULT_MAX_REJECT_SHARE, show_default=True,
+              help="A night with more than this share of a table's rows rejected is invalid (tried again next time).")
 @click.option("-q", "--quiet", is_flag=True, help="Only one line per night and the final line.")
 @guarded
-def nightly(exports_root, runs_root, ledger_path, policies_path, workers, keep_nights, since, quiet):
+def nightly(exports_root, runs_root, ledger_path, policies_path, workers, keep_nights, since, max_reject_share, quiet):
     """Run every night of EXPORTS_ROOT not yet done, oldest first, into RUNS_ROOT/<night>, and deliver
     the reports. A missed night is caught up; an invalid export is reported and tried again next time.
 
@@ -70,7 +73,8 @@ def nightly(exports_root, runs_root, ledger_path, policies_path, workers, keep_n
         sys.exit(EXIT_USAGE)
     result = run_nightly(exports_root, runs_root, ledger_path=ledger_path, policies_path=policies_path,
                          workers=(os.cpu_count() or 1) if workers is None else workers, keep_nights=keep_nights,
-                         since=since, deliver=send_with_cli, progress=progress_printer(quiet))
+                         since=since, deliver=send_with_cli, progress=progress_printer(quiet),
+                         max_reject_share=max_reject_share)
     if result.nothing_to_do:
         click.echo(f"nothing to do: every night in {exports_root} is done")
         sys.exit(0)

@@ -40,6 +40,7 @@ from typing import Callable
 from rules.document import load_policies
 
 from processor import files, killpoints
+from processor.contract import DEFAULT_MAX_REJECT_SHARE
 from processor.killpoints import kill_point
 from processor.ledger import Ledger, default_ledger_path
 from processor.lock import LedgerLock
@@ -201,7 +202,7 @@ def _todo(exports_root, since, done: set[str], owed: set[str]) -> list[tuple[dt.
 def run_nightly(exports_root: str | Path, runs_root: str | Path, *, ledger_path: str | Path | None = None,
                 policies_path: str | Path = "policies.yaml", workers: int = 1, keep_nights: int = DEFAULT_KEEP_NIGHTS,
                 since: dt.date | None = None, deliver: Deliver | None = None,
-                progress: Callable[[str], None] | None = None) -> NightlyResult:
+                progress: Callable[[str], None] | None = None, max_reject_share: float = DEFAULT_MAX_REJECT_SHARE) -> NightlyResult:
     """Do every night not yet done. Raises LedgerBusy (exit 6) when another run holds the ledger,
     PolicyError (exit 3) when the policies file is broken; otherwise reports per night."""
     from processor.export import InvalidExport
@@ -231,7 +232,8 @@ def run_nightly(exports_root: str | Path, runs_root: str | Path, *, ledger_path:
             _attempt_started(ledger_path, night)
             try:
                 night_result = run_night(exports_root / night.isoformat(), policies_path=policies_path, as_of=night,
-                                         out_dir=out, ledger_path=ledger_path, workers=workers, progress=progress)
+                                         out_dir=out, ledger_path=ledger_path, workers=workers, progress=progress,
+                                         max_reject_share=max_reject_share)
             except InvalidExport as e:
                 outcome = NightOutcome(night, "invalid", EXIT_EXPORT,
                                        f"invalid export, not recorded; it will be tried again next time: {e}")

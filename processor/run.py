@@ -21,6 +21,7 @@ from processor.killpoints import kill_point
 from processor.decide import DECISION_COLUMNS, make_decisions
 from processor.evaluate import Evaluation, evaluate
 from processor.export import Export, read_export
+from processor.contract import DEFAULT_MAX_REJECT_SHARE
 from processor.facts import Facts, build_facts
 from processor.ledger import Ledger, default_ledger_path
 from processor.progress import counter_of
@@ -86,14 +87,15 @@ def decide_night(policies: PolicySet, export: Export, as_of: dt.date, *, workers
 def run_night(export_dir: str | Path, *, policies_path: str | Path = "policies.yaml", as_of: dt.date | None = None,
               out_dir: str | Path | None = None, ledger_path: str | Path | None = None, workers: int = 1,
               prefilter: bool = True, progress: Callable[[str], None] | None = None,
-              engine: str = "local", scheduler: str | None = None) -> NightResult:
-    """Evaluate one night and write its outputs. Raises PolicyError (exit 3) or InvalidExport (exit 4)."""
+              engine: str = "local", scheduler: str | None = None, max_reject_share: float = DEFAULT_MAX_REJECT_SHARE) -> NightResult:
+    """Evaluate one night and write its outputs. Raises PolicyError (exit 3) or InvalidExport (exit 4),
+    also when more than ``max_reject_share`` of a table's rows are rejected (read_export)."""
     say = progress or (lambda _msg: None)
     timings: dict[str, float] = {}
     started = time.perf_counter()
     policies = load_policies(policies_path)   # before touching the export
     t = time.perf_counter()
-    export = read_export(export_dir, timings=timings)
+    export = read_export(export_dir, timings=timings, max_reject_share=max_reject_share)
     timings["read"] = time.perf_counter() - t - timings.get("validate", 0.0)  # reading alone; checking is `validate`
     say(f"read {sum(export.read_counts.values()):,} rows ({export.format}); {sum(export.rejected_counts.values()):,} rejected")
     as_of = resolve_as_of(export, as_of)
