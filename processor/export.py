@@ -322,10 +322,11 @@ def _read_limited(path: Path, limit: int, what: str) -> bytes:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except OSError as error:
         raise InvalidExport(f"{path} cannot be read ({error.strerror or error}): check the file") from None
+    kind = _what_it_is(os.fstat(fd).st_mode)
+    if kind:
+        os.close(fd)
+        raise InvalidExport(f"{path} is {kind}, not a file: {what} must be a regular file; re-export the night")
     with os.fdopen(fd, "rb") as handle:
-        kind = _what_it_is(os.fstat(fd).st_mode)
-        if kind:
-            raise InvalidExport(f"{path} is {kind}, not a file: {what} must be a regular file; re-export the night")
         try:
             data = handle.read(limit + 1)
         except OSError as error:

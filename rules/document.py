@@ -922,13 +922,14 @@ def read_text(path: str | Path) -> str:
     try:
         # Without blocking, so that a FIFO is named rather than waited on; never more than the limit + 1 bytes.
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-        with os.fdopen(fd, "rb") as handle:
-            mode = os.fstat(fd).st_mode
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            os.close(fd)
             if stat.S_ISDIR(mode):
                 raise IsADirectoryError
-            if not stat.S_ISREG(mode):
-                kind = "a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file"
-                raise PolicyError(name, [Problem(1, 1, f"this is {kind}, not a file — give the policies file itself, e.g. policies.yaml")])
+            kind = "a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file"
+            raise PolicyError(name, [Problem(1, 1, f"this is {kind}, not a file — give the policies file itself, e.g. policies.yaml")])
+        with os.fdopen(fd, "rb") as handle:
             raw = handle.read(MAX_FILE_BYTES + 1)
     except FileNotFoundError:
         raise PolicyError(name, [Problem(1, 1, "no such file — give the policies file with --policies, or run from the directory holding policies.yaml")]) from None
