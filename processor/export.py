@@ -3,8 +3,13 @@
 ``read_export(directory)`` returns an :class:`Export`: the rows that honour the
 contract (``processor.contract``) as typed frames, and one line per problem for
 the rows that do not. A file that cannot be used at all (missing, unreadable,
-missing a column, not matching ``manifest.json``) raises :class:`InvalidExport`,
-whose message is one sentence naming the file and the fix (exit status 4).
+not a regular file, missing a column or naming one twice, a Parquet column of a
+type that cannot hold its values, not matching ``manifest.json``) raises
+:class:`InvalidExport`, whose message is one sentence naming the file and the
+fix (exit status 4). So does a night that is not whole: a table whose rows are
+all rejected, or more than ``max_reject_share`` of them (default
+``contract.DEFAULT_MAX_REJECT_SHARE``); the sentence gives the share and the
+most common reasons.
 
 Canonical dtypes of ``Export.tables`` frames, the same whether the night came
 as CSV, string-typed Parquet or natural-typed Parquet:
@@ -25,6 +30,9 @@ as CSV, string-typed Parquet or natural-typed Parquet:
 * timestamps: ``datetime64[ns, UTC]``; ``NaT`` when empty. ``Z``, offsets, a
   naive time (taken as UTC) and a bare date (midnight UTC) are accepted.
 * ``_row``: ``int64``, the 1-based data row of the record in its file.
+
+An id (or a reference) longer than ``contract.MAX_ID_LENGTH`` characters is a
+rejected row; ``rejects`` shows only the start of such a value.
 
 Columns are in contract order (money renamed), then ``_row``; the index is a
 fresh RangeIndex. Unknown extra columns in the files are dropped.
@@ -63,7 +71,16 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from processor.contract import DEFAULT_MAX_REJECT_SHARE, MAX_ID_LENGTH, TABLES, UNIQUE_WITHIN, Column, Kind, Table, natural_parquet_types
+from processor.contract import (
+    DEFAULT_MAX_REJECT_SHARE,
+    MAX_ID_LENGTH,
+    TABLES,
+    UNIQUE_WITHIN,
+    Column,
+    Kind,
+    Table,
+    natural_parquet_types,
+)
 
 __all__ = ["Export", "InvalidExport", "read_export", "REJECT_COLUMNS", "STRING", "ids_as_numbers"]
 
@@ -561,20 +578,23 @@ def _refuse_unholding_type(path: Path, column: Column, arrow_type: pa.DataType) 
     allowed = natural_parquet_types(column)
     if not types or "text" in types or types & set(allowed):
         return
-    words = [_TYPE_WORDS[name] for name in allowed]
-    written = f" or as a Parquet {', '.join(words[:-1]) + ' or ' + words[-1] if len(words) > 1 else words[0]}" if words else ""
-    holds = f"one of {_one_of(column.values)}" if column.kind is Kind.ENUM else _KIND_WORDS[column.kind]
+    written = f" or as a Parquet {_one_of(tuple(_TYPE_WORDS[name] for name in allowed))}" if allowed else ""
+    holds = _one_of(column.values) if column.kind is Kind.ENUM else _KIND_WORDS[column.kind]
     raise InvalidExport(
         f"{path} column {column.name} has Parquet type {arrow_type}, which cannot hold {holds}, so every row "
         f"would be rejected: write the column as text{written}; re-export the table"
     )
 
 
-_TYPE_WORDS = {"integer": "integer", "floating": "floating point", "decimal": "decimal", "whole decimal": "decimal (scale 0)",
-               "boolean": "boolean", "date": "date", "timestamp": "timestamp"}
-_KIND_WORDS = {Kind.ID: "an id", Kind.TEXT: "the text the column needs", Kind.AREAS: "areas", Kind.BOOL: "true or false",
-               Kind.INT: "a whole number", Kind.MONEY: "an amount of money", Kind.DATE: "a date",
-               Kind.TIMESTAMP: "a time", Kind.FLOAT: "a number"}
+_TYPE_WORDS = {
+    "integer": "integer", "floating": "floating point", "decimal": "decimal", "whole decimal": "decimal (scale 0)",
+    "boolean": "boolean", "date": "date", "timestamp": "timestamp",
+}
+_KIND_WORDS = {
+    Kind.ID: "an id", Kind.TEXT: "the text the column needs", Kind.AREAS: "areas", Kind.BOOL: "true or false",
+    Kind.INT: "a whole number", Kind.MONEY: "an amount of money", Kind.DATE: "a date", Kind.TIMESTAMP: "a time",
+    Kind.FLOAT: "a number",
+}
 
 
 def _raw_column(values: pa.ChunkedArray) -> pa.ChunkedArray | pd.Series:

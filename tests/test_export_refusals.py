@@ -97,8 +97,9 @@ def rewrite_parquet_column(path: Path, name: str, values: pa.Array) -> None:
 def test_a_csv_header_naming_a_column_twice_refuses_the_night(tmp_path, refused):
     export = a_night().write(tmp_path / "bad")
     path = export / "projects.csv"
-    lines = path.read_text().splitlines()
-    path.write_text("\n".join(line + ("," + line.split(",")[6] if i else ",status") for i, line in enumerate(lines)) + "\n")
+    header, *rows = path.read_text().splitlines()
+    status = header.split(",").index("status")
+    path.write_text("\n".join([header + ",status"] + [row + "," + row.split(",")[status] for row in rows]) + "\n")
 
     message = refused(export)
 
@@ -140,7 +141,8 @@ def test_a_fully_rejected_users_table_refuses_the_night_whatever_the_limit(tmp_p
     assert "whatever --max-reject-share says" in message
 
 
-def test_a_table_above_the_reject_share_refuses_the_night_with_the_share_the_limit_and_the_top_reasons(tmp_path, refused):
+def test_a_table_above_the_reject_share_refuses_the_night_with_the_share_the_limit_and_the_top_reasons(tmp_path,
+                                                                                                      refused):
     night = a_night()
     projects = night.rows["projects"]
     projects[0]["status"] = projects[1]["status"] = projects[2]["status"] = "paused"
@@ -174,7 +176,9 @@ def test_a_night_you_trust_runs_with_a_raised_reject_share_and_its_rejects_are_w
     assert trusted.returncode == 0, trusted.stderr
     rejects = list(csv.DictReader(open(tmp_path / "out" / "rejects.csv")))
     assert [(r["table"], r["record_id"], r["value"]) for r in rejects] == [
-        ("projects", "P01", "paused"), ("projects", "P02", "paused"), ("milestones", "M01", "P01"), ("milestones", "M02", "P02")]
+        ("projects", "P01", "paused"), ("projects", "P02", "paused"),
+        ("milestones", "M01", "P01"), ("milestones", "M02", "P02"),
+    ]
     assert recorded_nights(tmp_path / "ledger.sqlite") == [D2.isoformat()]
 
 
