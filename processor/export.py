@@ -235,32 +235,42 @@ def _refuse_unwhole_tables(
         return
     name, rows, rejected = over[0]
     path = directory / f"{name}.{fmt}"
-    reasons = "; ".join(f"{count} × {reason}" for reason, count in _top_reasons(checked[name].rejects, 3))
+    top = _top_reasons(checked[name].rejects, 3)
+    reasons = ("the reason: " if len(top) == 1 else "the most common reasons: ") + "; ".join(top)
     others = ", ".join(f"{n}.{fmt} ({_percent(r / t)})" for n, t, r in over[1:])
     also = f" (also above the limit: {others})" if others else ""
     if rejected == rows:
         raise InvalidExport(
-            f"{path}: all {rows} rows are rejected, so the night is not whole{also}; the most common reasons: "
-            f"{reasons}. Fix the export and re-export the night (a table without one usable row is refused "
-            "whatever --max-reject-share says)"
+            f"{path}: {f'all {rows} rows are' if rows > 1 else 'its one row is'} rejected, so the night is not "
+            f"whole{also}; {reasons}. Fix the export and re-export the night (a table "
+            "without one usable row is refused whatever --max-reject-share says)"
         )
     raise InvalidExport(
         f"{path}: {rejected} of {rows} rows ({_percent(rejected / rows)}) are rejected, more than the limit of "
-        f"{_percent(limit)} (--max-reject-share {limit:g}), so the night is not whole{also}; the most common "
-        f"reasons: {reasons}. Fix the export and re-export the night, or, for a night you trust, raise "
+        f"{_percent(limit)} (--max-reject-share {limit:g}), so the night is not whole{also}; {reasons}. Fix the export and re-export the night, or, for a night you trust, raise "
         "--max-reject-share"
     )
 
 
-def _top_reasons(rejects: pd.DataFrame, top: int) -> list[tuple[str, int]]:
-    """The ``top`` most common reasons of a table's rejected rows (one per row: its first), with the
-    values and row numbers in them left out so that rows rejected for the same reason count together."""
+def _top_reasons(rejects: pd.DataFrame, top: int) -> list[str]:
+    """The ``top`` most common reasons of a table's rejected rows (one per row: its first), each as the
+    first such row's reason and how many more rows have it: "row 3 and 12 more: status 'paused' is not ...".
+
+    Rows count together when their reasons differ only in the value and the row numbers in them.
+    """
     first = rejects.drop_duplicates("row")
-    counts = Counter(
-        re.sub(r"\brow \d+", "row …", reason.replace(f"'{value}'", "'…'") if value else reason)
-        for reason, value in zip(first["reason"], first["value"])
-    )
-    return [(reason if len(reason) <= 200 else reason[:199] + "…", n) for reason, n in counts.most_common(top)]
+    counts: Counter[str] = Counter()
+    example: dict[str, tuple[int, str]] = {}
+    for row, reason, value in zip(first["row"], first["reason"], first["value"]):
+        key = re.sub(r"\brow \d+", "row …", reason.replace(f"'{value}'", "'…'") if value else reason)
+        counts[key] += 1
+        example.setdefault(key, (row, reason))
+    shown = []
+    for key, count in counts.most_common(top):
+        row, reason = example[key]
+        more = f" and {count - 1} more" if count > 1 else ""
+        shown.append(f"row {row}{more}: {reason if len(reason) <= 200 else reason[:199] + '…'}")
+    return shown
 
 
 def _percent(share: float) -> str:
