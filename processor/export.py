@@ -827,18 +827,18 @@ class _Problems:
             return _string_series(pc.fill_null(raw.take(pa.array(positions)), ""))
         return _as_text(raw.iloc[positions]).fillna("").reset_index(drop=True)
 
-    def add(self, bad: np.ndarray, column: str, sentence: str | None = None, *, reason=None, shorten=False) -> None:
+    def add(self, bad: np.ndarray, column: str, sentence: str | None = None, *, reason=None) -> None:
         """Record ``bad`` rows of ``column``.
 
         The reason is ``"<column> '<value>' <sentence>"``, or ``reason`` when it
         is a string, or ``reason(values, positions)`` of the bad rows.
-        ``shorten`` records only the start of each value (it is too long to be one).
+        An id longer than ids may be is recorded (and quoted) by its start only.
         """
         positions = np.flatnonzero(bad)
         if not len(positions):
             return
         values = self.value_text(column, positions)
-        if shorten:
+        if self.table.column(column).kind is Kind.ID:
             values = _shortened(values)
         if isinstance(reason, str):
             reasons = reason
@@ -943,7 +943,7 @@ def _parse_column(
                     "write the row's real id"
                 )
 
-            problems.add(too_long, name, reason=too_long_reason, shorten=True)
+            problems.add(too_long, name, reason=too_long_reason)
         return _string_series(text)
 
     if kind is Kind.BOOL:
@@ -1290,7 +1290,8 @@ def _check_reference(
         )
 
         def rejected_reason(values: pd.Series, at: np.ndarray) -> pd.Series:
-            row = target.id_first_row[_lookup(values, target.id_values)] + 1
+            # Looked up by the references as read: ``values`` quotes only the start of an overlong one.
+            row = target.id_first_row[_lookup(_string_series(refs_arrow.take(pa.array(at))), target.id_values)] + 1
             return (
                 f"{name} '" + values + f"' points to {target_file} row " + _numbers(row)
                 + f", which was rejected: fix that {entity} first"

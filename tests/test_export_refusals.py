@@ -262,6 +262,7 @@ def test_an_id_longer_than_256_characters_is_a_rejected_row_with_the_limit_in_it
     night.rows["projects"][0]["project_id"] = "P" * (MAX_ID_LENGTH + 1)
     night.rows["projects"][1]["project_id"] = "Q" * MAX_ID_LENGTH  # at the limit: an id
     night.rows["milestones"][1]["project_id"] = "Q" * MAX_ID_LENGTH
+    night.rows["milestones"][0]["project_id"] = "P" * (MAX_ID_LENGTH + 1)  # points to the rejected project
 
     export = read_export(night.write(tmp_path / "export"), max_reject_share=0.1)
 
@@ -271,16 +272,22 @@ def test_an_id_longer_than_256_characters_is_a_rejected_row_with_the_limit_in_it
     # The rejects file gets the start of the value, not all of it.
     assert len(projects["value"].iloc[0]) < 50 and len(projects["record_id"].iloc[0]) < 50
     assert "Q" * MAX_ID_LENGTH in set(export.tables["projects"]["project_id"])
+    milestone = export.rejects[export.rejects["table"] == "milestones"]
+    assert milestone["record_id"].tolist() == ["M01", "M01"]
+    assert milestone["reason"].str.contains("points to projects.csv row 1, which was rejected").any()
 
 
 def test_a_huge_id_is_one_rejected_row_not_a_refused_night(tmp_path):
     night = a_night()
     night.rows["milestones"][0]["milestone_id"] = "M" * (20 << 20)  # 20 MB, longer than the reader's block
+    night.rows["milestones"][1]["payee_id"] = "T" * (20 << 20)  # and a reference to no user, as long
 
-    export = read_export(night.write(tmp_path / "export"))
+    export = read_export(night.write(tmp_path / "export"), max_reject_share=0.1)
 
-    assert export.rejected_counts == {"users": 0, "projects": 0, "milestones": 1, "invoices": 0, "contact_attempts": 0}
-    assert export.rejects["value"].str.len().max() < 50 and export.rejects["reason"].str.len().max() < 200
+    assert export.rejected_counts == {"users": 0, "projects": 0, "milestones": 2, "invoices": 0, "contact_attempts": 0}
+    assert set(export.rejects["column"]) == {"milestone_id", "payee_id"}
+    for text in ("record_id", "value", "reason"):  # what goes to rejects.csv quotes the start of such a value only
+        assert export.rejects[text].str.len().max() < 200, text
 
 
 def test_a_field_longer_than_the_readers_block_is_read_and_the_night_runs(tmp_path):
