@@ -164,6 +164,11 @@ def read_export(directory: str | Path, timings: dict | None = None, *,
     if not 0 <= max_reject_share <= 1:
         raise ValueError(f"max_reject_share must be from 0 to 1, got {max_reject_share}")
     directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise InvalidExport(
+            f"export directory {directory} is {_what_it_is(directory.stat().st_mode) or 'a file'}, not a directory: "
+            "pass the directory holding the night's export"
+        )
     if not directory.is_dir():
         raise InvalidExport(
             f"export directory {directory} does not exist: pass the directory holding the night's export"

@@ -366,6 +366,14 @@ def test_a_table_path_that_is_a_directory_device_or_fifo_is_named_as_such(tmp_pa
     assert f"{export / 'invoices.csv'} {said}" in refused(export)
 
 
+def test_an_export_directory_that_is_a_fifo_is_named_as_such(tmp_path):
+    make_fifo(tmp_path / "export")
+    done = run_cli(tmp_path / "export", tmp_path / "out", tmp_path / "ledger.sqlite")
+    assert done.returncode == 4, done.stderr
+    assert f"export directory {tmp_path / 'export'} is a FIFO (named pipe), not a directory" in done.stderr
+    assert not (tmp_path / "ledger.sqlite").exists()
+
+
 @pytest.mark.parametrize("make, said", [
     (make_fifo, "this is a FIFO (named pipe), not a file"),
     (make_device, "this is a device, not a file"),
