@@ -18,6 +18,8 @@ import click
 
 from rules.document import PolicyError, load_policies
 
+from processor.contract import DEFAULT_MAX_REJECT_SHARE
+
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_POLICIES, EXIT_EXPORT, EXIT_UNDELIVERED, EXIT_LOCKED = 0, 1, 2, 3, 4, 5, 6
 
 
@@ -232,9 +234,12 @@ def _arrow_memory_pool():
               help="Where durable-rules runs: worker processes on this machine, or a Dask cluster's workers.")
 @click.option("--scheduler", metavar="ADDRESS", default=None,
               help="With --engine dask: the Dask scheduler, e.g. tcp://10.0.0.5:8786. Default: a local cluster started for the run.")
+@click.option("--max-reject-share", type=click.FloatRange(0, 1), default=DEFAULT_MAX_REJECT_SHARE, show_default=True,
+              help="Refuse the night (exit 4) when more than this share of a table's rows is rejected.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only the final summary line.")
 @guarded
-def run(export_dir, as_of, policies_path, out_dir, ledger_path, workers, no_prefilter, engine, scheduler, quiet):
+def run(export_dir, as_of, policies_path, out_dir, ledger_path, workers, no_prefilter, engine, scheduler, max_reject_share,
+        quiet):
     """Evaluate one night's export and write decisions.csv, decisions.jsonl, rejects.csv and summary.json."""
     from processor.ledger import default_ledger_path
     from processor.lock import LedgerLock
@@ -247,7 +252,8 @@ def run(export_dir, as_of, policies_path, out_dir, ledger_path, workers, no_pref
     with LedgerLock(ledger_path, command="shakers-rules run", say=err):  # one run at a time per ledger (exit 6)
         result = run_night(export_dir, policies_path=policies_path, as_of=as_of, out_dir=out_dir, ledger_path=ledger_path,
                            workers=(os.cpu_count() or 1) if workers is None else workers, prefilter=not no_prefilter,
-                           progress=progress_printer(quiet), engine=engine, scheduler=scheduler)
+                           progress=progress_printer(quiet), engine=engine, scheduler=scheduler,
+                           max_reject_share=max_reject_share)
     try:
         print_summary(result, quiet)
     except BrokenPipeError:  # `run … | head -1`: the night is done and recorded; its exit code stands

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from processor.cli import DAY, EXIT_USAGE, check_mail_settings, err, guarded, progress_printer
+from processor.contract import DEFAULT_MAX_REJECT_SHARE
 from processor.nightly import DEFAULT_KEEP_NIGHTS, STATUS_FILE, NoNights, deliver_night, run_nightly
 
 
@@ -36,9 +37,12 @@ def send_with_cli(run_dir: Path, ledger_path: Path) -> int:
 @click.option("--no-manifest-required", "no_manifest_required", is_flag=True,
               help="Run night directories that have no manifest.json (for producers that cannot write one). "
                    "Without it a night waits for its manifest, which the producer writes last.")
+@click.option("--max-reject-share", type=click.FloatRange(0, 1), default=DEFAULT_MAX_REJECT_SHARE, show_default=True,
+              help="A night with more than this share of a table's rows rejected is invalid (tried again next time).")
 @click.option("-q", "--quiet", is_flag=True, help="Only one line per night and the final line.")
 @guarded
-def nightly(exports_root, runs_root, ledger_path, policies_path, workers, keep_nights, since, no_manifest_required, quiet):
+def nightly(exports_root, runs_root, ledger_path, policies_path, workers, keep_nights, since, no_manifest_required,
+            max_reject_share, quiet):
     """Run every night of EXPORTS_ROOT not yet done, oldest first, into RUNS_ROOT/<night>, and deliver
     the reports. A missed night is caught up; an invalid export is reported and tried again next time.
     A night directory is taken once its manifest.json is there; until then it is reported as waiting.
@@ -58,7 +62,7 @@ def nightly(exports_root, runs_root, ledger_path, policies_path, workers, keep_n
         result = run_nightly(exports_root, runs_root, ledger_path=ledger_path, policies_path=policies_path,
                              workers=(os.cpu_count() or 1) if workers is None else workers, keep_nights=keep_nights,
                              since=since, deliver=send_with_cli, progress=progress_printer(quiet),
-                             manifest_required=not no_manifest_required)
+                             manifest_required=not no_manifest_required, max_reject_share=max_reject_share)
     except NoNights as e:
         err(str(e))
         sys.exit(EXIT_USAGE)

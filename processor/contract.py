@@ -109,6 +109,9 @@ ATTEMPT_MAKERS = ("project_success", "platform")
 ATTEMPT_CHANNELS = ("email", "phone", "chat")
 
 AREAS_SEPARATOR = ";"
+# Of a table's rows: more rejected than this and the night is not whole (--max-reject-share).
+DEFAULT_MAX_REJECT_SHARE = 0.05
+MAX_ID_LENGTH = 256  # characters; a longer id is a rejected row, never carried into the night
 DEFAULT_MAX_ACTIVE_PROJECTS = 3  # SPEC 3: when max_active_projects is empty
 RATING_RANGE = (0.0, 5.0)
 
@@ -215,6 +218,29 @@ TABLES: dict[str, Table] = {
 }
 TABLE_ORDER: tuple[str, ...] = tuple(TABLES)
 
+# The natural Parquet types (SPEC 4) whose values can be a column's values, by kind; text can hold
+# every kind. A column of another of these types would have every value rejected, so its table is
+# refused instead. Ids and free text take any of them as their text; an enumeration, an email or a
+# currency code is never the text of a number, a date or a boolean, so those columns take only text.
+NATURAL_PARQUET_TYPES: dict[Kind, tuple[str, ...]] = {
+    Kind.ID: ("integer", "decimal", "floating", "boolean", "date", "timestamp"),
+    Kind.TEXT: ("integer", "decimal", "floating", "boolean", "date", "timestamp"),
+    Kind.AREAS: ("integer", "decimal", "floating", "boolean", "date", "timestamp"),
+    Kind.ENUM: (),
+    Kind.BOOL: ("boolean",),
+    Kind.INT: ("integer", "floating", "whole decimal"),
+    Kind.MONEY: ("integer", "floating", "decimal"),
+    Kind.DATE: ("date", "timestamp"),
+    Kind.TIMESTAMP: ("date", "timestamp"),
+    Kind.FLOAT: ("integer", "floating", "decimal"),
+}
+
+
+def natural_parquet_types(column: Column) -> tuple[str, ...]:
+    """The natural Parquet types (besides text) whose values can be ``column``'s values."""
+    return () if column.pattern else NATURAL_PARQUET_TYPES[column.kind]
+
+
 # Columns whose values must be unique within a group, beyond the id columns:
 # a milestone's sequence is unique within its project.
 UNIQUE_WITHIN = {"milestones": (("project_id", "sequence"),)}
@@ -235,6 +261,7 @@ def _check_contract() -> None:
             if column.kind in (Kind.MONEY, Kind.BOOL) and not column.required:
                 assert column.default is not None, (name, column.name)
         seen.add(name)
+    assert set(NATURAL_PARQUET_TYPES) == set(Kind)
 
 
 _check_contract()

@@ -39,7 +39,7 @@ def explain_project(policies: PolicySet, export_dir: str | Path, project_id: str
     from processor.export import read_export
     from processor.run import decide_night, resolve_as_of
 
-    export = read_export(export_dir)
+    export = read_export(export_dir, max_reject_share=1.0)  # a night with many rejects is one to explain
     as_of = resolve_as_of(export, as_of)
     projects = export.tables["projects"]
     known = projects["project_id"].astype(str)

@@ -3,8 +3,13 @@
 ``read_export(directory)`` returns an :class:`Export`: the rows that honour the
 contract (``processor.contract``) as typed frames, and one line per problem for
 the rows that do not. A file that cannot be used at all (missing, unreadable,
-missing a column, not matching ``manifest.json``) raises :class:`InvalidExport`,
-whose message is one sentence naming the file and the fix (exit status 4).
+not a regular file, missing a column or naming one twice, a Parquet column of a
+type that cannot hold its values, not matching ``manifest.json``) raises
+:class:`InvalidExport`, whose message is one sentence naming the file and the
+fix (exit status 4). So does a night that is not whole: a table whose rows are
+all rejected, or more than ``max_reject_share`` of them (default
+``contract.DEFAULT_MAX_REJECT_SHARE``); the sentence gives the share and the
+most common reasons.
 
 Canonical dtypes of ``Export.tables`` frames, the same whether the night came
 as CSV, string-typed Parquet or natural-typed Parquet:
@@ -25,6 +30,9 @@ as CSV, string-typed Parquet or natural-typed Parquet:
 * timestamps: ``datetime64[ns, UTC]``; ``NaT`` when empty. ``Z``, offsets, a
   naive time (taken as UTC) and a bare date (midnight UTC) are accepted.
 * ``_row``: ``int64``, the 1-based data row of the record in its file.
+
+An id (or a reference) longer than ``contract.MAX_ID_LENGTH`` characters is a
+rejected row; ``rejects`` shows only the start of such a value.
 
 Columns are in contract order (money renamed), then ``_row``; the index is a
 fresh RangeIndex. Unknown extra columns in the files are dropped.
@@ -47,10 +55,14 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
+import stat
 import time
+from collections import Counter
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 import pandas as pd
@@ -59,7 +71,16 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from processor.contract import TABLES, UNIQUE_WITHIN, Column, Kind, Table
+from processor.contract import (
+    DEFAULT_MAX_REJECT_SHARE,
+    MAX_ID_LENGTH,
+    TABLES,
+    UNIQUE_WITHIN,
+    Column,
+    Kind,
+    Table,
+    natural_parquet_types,
+)
 
 __all__ = ["Export", "InvalidExport", "read_export", "REJECT_COLUMNS", "STRING", "ids_as_numbers"]
 
@@ -67,6 +88,12 @@ STRING = pd.StringDtype()  # "string": pd.NA is the null
 REJECT_COLUMNS = ("table", "row", "record_id", "column", "value", "reason")
 FORMATS = ("csv", "parquet")
 MANIFEST = "manifest.json"
+MAX_MANIFEST_BYTES = 1 << 20  # a manifest is a few hundred bytes; more is not one
+MAX_MANIFEST_DEPTH = 20  # it nests three levels; deeper is not one (and would exhaust the parser)
+# Arrow reads a CSV in blocks of this many bytes, and a row must fit in one: a longer row is read
+# again with blocks 4 times larger, up to the largest block Arrow takes.
+_CSV_BLOCK_BYTES = 16 << 20
+_CSV_MAX_BLOCK_BYTES = (1 << 31) - 1
 
 # datetime64[ns] covers 1677-09-21..2262-04-11; keep whole years inside it.
 _FIRST_YEAR, _LAST_YEAR = 1678, 2261
@@ -122,17 +149,29 @@ class Export:
     rejected_projects: frozenset = frozenset()
 
 
-def read_export(directory: str | Path, timings: dict | None = None) -> Export:
+def read_export(directory: str | Path, timings: dict | None = None, *,
+                max_reject_share: float = DEFAULT_MAX_REJECT_SHARE) -> Export:
     """Read and check the five tables of the export in ``directory``.
 
     ``timings``, when given, gets ``validate``: the seconds spent checking (after reading).
 
-    Raises :class:`InvalidExport` when a file is missing, unreadable, lacks a
-    contract column or disagrees with ``manifest.json``. Rows that break the
-    contract are not raised but returned in ``rejects``; for every table
+    Raises :class:`InvalidExport` when a file is missing, unreadable, not a
+    regular file, lacks a contract column or has one twice, has a Parquet
+    column of a type that cannot hold the column's values, or disagrees with
+    ``manifest.json``; and when the night is not whole: a table with rows of
+    which every one, or more than ``max_reject_share`` of them (0..1), is
+    rejected. Other rows that break the contract are not raised but returned
+    in ``rejects``; for every table
     ``read_counts[t] == len(tables[t]) + rejected_counts[t]``.
     """
+    if not 0 <= max_reject_share <= 1:
+        raise ValueError(f"max_reject_share must be from 0 to 1, got {max_reject_share}")
     directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise InvalidExport(
+            f"export directory {directory} is {_what_it_is(directory.stat().st_mode) or 'a file'}, not a directory: "
+            "pass the directory holding the night's export"
+        )
     if not directory.is_dir():
         raise InvalidExport(
             f"export directory {directory} does not exist: pass the directory holding the night's export"
@@ -171,6 +210,7 @@ def read_export(directory: str | Path, timings: dict | None = None) -> Export:
         if timings is not None:
             timings["validate"] = time.perf_counter() - checking
 
+    _refuse_unwhole_tables(directory, fmt, checked, read_counts, max_reject_share)
     rejects = [c.rejects for c in checked.values() if len(c.rejects)]
     return Export(
         directory=directory,
@@ -201,12 +241,74 @@ def _projects_with_rejects(raw: dict, checked: dict) -> frozenset:
     return frozenset(v for part in ids for v in pc.drop_null(part).to_pylist())
 
 
+def _refuse_unwhole_tables(
+    directory: Path, fmt: str, checked: dict[str, _CheckedTable], read_counts: dict[str, int], limit: float
+) -> None:
+    """Raise InvalidExport for the first table (in contract order) whose rows are all, or more than
+    ``limit`` of them, rejected; an empty table is whole.
+
+    A row counts whether its own values are bad or it points to a rejected row: either way the night
+    goes on without it, and naming the first such table names the cause (a rejected user makes its
+    projects rejected after it, so users.csv is named before projects.csv).
+    """
+    over = []
+    for name in TABLES:
+        rows, rejected = read_counts[name], int(checked[name].rejected.sum())
+        if rows and (rejected == rows or rejected / rows > limit):
+            over.append((name, rows, rejected))
+    if not over:
+        return
+    name, rows, rejected = over[0]
+    path = directory / f"{name}.{fmt}"
+    top = _top_reasons(checked[name].rejects, 3)
+    reasons = ("the reason: " if len(top) == 1 else "the most common reasons: ") + "; ".join(top)
+    others = ", ".join(f"{n}.{fmt} ({_percent(r / t)})" for n, t, r in over[1:])
+    also = f" (also above the limit: {others})" if others else ""
+    if rejected == rows:
+        raise InvalidExport(
+            f"{path}: {f'all {rows} rows are' if rows > 1 else 'its one row is'} rejected, so the night is not "
+            f"whole{also}; {reasons}. Fix the export and re-export the night (a table "
+            "without one usable row is refused whatever --max-reject-share says)"
+        )
+    raise InvalidExport(
+        f"{path}: {rejected} of {rows} rows ({_percent(rejected / rows)}) are rejected, more than the limit of "
+        f"{_percent(limit)} (--max-reject-share {limit:g}), so the night is not whole{also}; {reasons}. Fix the export and re-export the night, or, for a night you trust, raise "
+        "--max-reject-share"
+    )
+
+
+def _top_reasons(rejects: pd.DataFrame, top: int) -> list[str]:
+    """The ``top`` most common reasons of a table's rejected rows (one per row: its first), each as the
+    first such row's reason and how many more rows have it: "row 3 and 12 more: status 'paused' is not ...".
+
+    Rows count together when their reasons differ only in the value and the row numbers in them.
+    """
+    first = rejects.drop_duplicates("row")
+    counts: Counter[str] = Counter()
+    example: dict[str, tuple[int, str]] = {}
+    for row, reason, value in zip(first["row"], first["reason"], first["value"]):
+        key = re.sub(r"\brow \d+", "row …", reason.replace(f"'{value}'", "'…'") if value else reason)
+        counts[key] += 1
+        example.setdefault(key, (row, reason))
+    shown = []
+    for key, count in counts.most_common(top):
+        row, reason = example[key]
+        more = f" and {count - 1} more" if count > 1 else ""
+        shown.append(f"row {row}{more}: {reason if len(reason) <= 200 else reason[:199] + '…'}")
+    return shown
+
+
+def _percent(share: float) -> str:
+    """0.05 -> 5%, 0.12345 -> 12.35%."""
+    return f"{share * 100:.2f}".rstrip("0").rstrip(".") + "%"
+
+
 # --------------------------------------------------------------------------- files
 
 
 def _detect_format(directory: Path) -> str:
     present = {
-        fmt: [name for name in TABLES if (directory / f"{name}.{fmt}").is_file()] for fmt in FORMATS
+        fmt: [name for name in TABLES if (directory / f"{name}.{fmt}").exists()] for fmt in FORMATS
     }
     if present["csv"] and present["parquet"]:
         both = [name for name in present["csv"] if name in present["parquet"]]
@@ -233,17 +335,92 @@ def _detect_format(directory: Path) -> str:
         raise InvalidExport(
             f"{which} {verb} missing from {directory}: an export needs all {len(TABLES)} tables; re-export the night"
         )
+    for name in TABLES:
+        _require_regular_file(directory / f"{name}.{fmt}", "a table's file")
     return fmt
+
+
+def _what_it_is(mode: int) -> str | None:
+    """What a file that is not a regular file is, in a person's words (None for a regular file)."""
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a regular file"  # pragma: no cover - every kind of file is named above
+
+
+def _require_regular_file(path: Path, what: str) -> None:
+    try:
+        mode = path.stat().st_mode
+    except OSError as error:
+        raise InvalidExport(f"{path} cannot be read ({error.strerror or error}): check the file") from None
+    kind = _what_it_is(mode)
+    if kind:
+        raise InvalidExport(f"{path} is {kind}, not a file: {what} must be a regular file; re-export the night")
+
+
+def _read_limited(path: Path, limit: int, what: str) -> bytes:
+    """The bytes of a regular file of at most ``limit`` bytes, never reading more than ``limit`` + 1.
+
+    It is opened without blocking, so that a FIFO is named instead of waited on.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as error:
+        raise InvalidExport(f"{path} cannot be read ({error.strerror or error}): check the file") from None
+    kind = _what_it_is(os.fstat(fd).st_mode)
+    if kind:
+        os.close(fd)
+        raise InvalidExport(f"{path} is {kind}, not a file: {what} must be a regular file; re-export the night")
+    with os.fdopen(fd, "rb") as handle:
+        try:
+            data = handle.read(limit + 1)
+        except OSError as error:
+            raise InvalidExport(f"{path} cannot be read ({error.strerror or error}): check the file") from None
+    if len(data) > limit:
+        raise InvalidExport(
+            f"{path} is larger than {limit:,} bytes, which {what} never is: check that it is the right file, "
+            "or re-export the night"
+        )
+    return data
+
+
+def _depth(value) -> int:
+    """How deeply a parsed JSON value nests (a scalar is 0), without recursion."""
+    deepest, todo = 0, [(value, 0)]
+    while todo:
+        item, depth = todo.pop()
+        if isinstance(item, dict):
+            item = list(item.values())
+        if isinstance(item, list):
+            deepest = max(deepest, depth + 1)
+            todo.extend((x, depth + 1) for x in item)
+    return deepest
 
 
 def _read_manifest(directory: Path) -> tuple[dict | None, pd.Timestamp | None]:
     path = directory / MANIFEST
     if not path.exists():
         return None, None
+    data = _read_limited(path, MAX_MANIFEST_BYTES, "a manifest")
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        manifest = json.loads(data.decode("utf-8"))
+        too_deep = _depth(manifest) > MAX_MANIFEST_DEPTH
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise InvalidExport(f"{path} is not valid JSON ({error}): fix it or re-export the night") from None
+    except RecursionError:  # nested too deeply for the parser itself
+        too_deep = True
+    if too_deep:
+        raise InvalidExport(
+            f"{path} nests more than {MAX_MANIFEST_DEPTH} levels deep; a manifest is like "
+            '{"exported_at": "...", "tables": {"projects": {"rows": 1000}}}: fix it or re-export the night'
+        )
     if not isinstance(manifest, dict):
         raise InvalidExport(
             f'{path} must be a JSON object like {{"exported_at": "...", "tables": {{"projects": {{"rows": 1000}}}}}}'
@@ -289,6 +466,15 @@ def _check_manifest_rows(manifest: dict | None, name: str, path: Path, rows: int
 
 
 def _require_columns(path: Path, table: Table, present: list[str]) -> None:
+    # A name twice makes the table ambiguous (which one is the status?); unnamed columns (a header
+    # ending in commas) are dropped like any unknown column.
+    repeated = [name for name, count in Counter(present).items() if count > 1 and name != ""]
+    if repeated:
+        listed = ", ".join(repeated)
+        raise InvalidExport(
+            f"{path} has the column{'s' if len(repeated) > 1 else ''} {listed} more than once: a table names each "
+            "column once; remove the extra one or re-export the table"
+        )
     missing = [c for c in table.column_names if c not in present]
     if missing:
         listed = ", ".join(missing)
@@ -308,30 +494,46 @@ def _read_csv(path: Path, table: Table) -> tuple[dict[str, pa.ChunkedArray], int
     """
     header = _csv_header(path, table)
     _require_columns(path, table, header)
-    try:
-        data = pacsv.read_csv(
-            path,
-            read_options=pacsv.ReadOptions(block_size=16 << 20),
-            parse_options=pacsv.ParseOptions(newlines_in_values=True),
-            convert_options=pacsv.ConvertOptions(
-                include_columns=list(table.column_names),
-                column_types={c: pa.large_string() for c in table.column_names},
-                null_values=[""],  # only an empty field, quoted or not, is null
-                strings_can_be_null=True,
-                quoted_strings_can_be_null=True,
-            ),
-        )
-    except (pa.ArrowException, ValueError) as error:
-        detail = str(error).strip()
-        if "UTF8" in detail:
-            raise InvalidExport(f"{path} is not UTF-8 text: re-export it encoded as UTF-8") from None
-        detail = detail.removeprefix("CSV parse error: ")
-        detail = detail if len(detail) <= 120 else detail[:117] + "..."
-        raise InvalidExport(f"{path} is not a readable CSV file ({detail}): re-export the table") from None
-    except OSError as error:
-        raise InvalidExport(f"{path} cannot be read ({error.strerror or error}): check the file") from None
+    block = _CSV_BLOCK_BYTES
+    while True:
+        try:
+            data = _arrow_read_csv(path, table, block)
+            break
+        except pa.ArrowInvalid as error:
+            # A row longer than a block (a huge title) is read again with larger blocks.
+            if "straddl" not in str(error) or block >= _CSV_MAX_BLOCK_BYTES:
+                _refuse_csv(path, error)
+            block = min(block * 4, _CSV_MAX_BLOCK_BYTES)
+        except (pa.ArrowException, ValueError) as error:
+            _refuse_csv(path, error)
+        except OSError as error:
+            raise InvalidExport(f"{path} cannot be read ({error.strerror or error}): check the file") from None
     columns = {c: data.column(c) for c in table.column_names}
     return columns, data.num_rows
+
+
+def _arrow_read_csv(path: Path, table: Table, block_size: int) -> pa.Table:
+    return pacsv.read_csv(
+        path,
+        read_options=pacsv.ReadOptions(block_size=block_size),
+        parse_options=pacsv.ParseOptions(newlines_in_values=True),
+        convert_options=pacsv.ConvertOptions(
+            include_columns=list(table.column_names),
+            column_types={c: pa.large_string() for c in table.column_names},
+            null_values=[""],  # only an empty field, quoted or not, is null
+            strings_can_be_null=True,
+            quoted_strings_can_be_null=True,
+        ),
+    )
+
+
+def _refuse_csv(path: Path, error: Exception) -> NoReturn:
+    detail = str(error).strip()
+    if "UTF8" in detail:
+        raise InvalidExport(f"{path} is not UTF-8 text: re-export it encoded as UTF-8") from None
+    detail = detail.removeprefix("CSV parse error: ")
+    detail = detail if len(detail) <= 120 else detail[:117] + "..."
+    raise InvalidExport(f"{path} is not a readable CSV file ({detail}): re-export the table") from None
 
 
 def _as_string_dtype(arrow_type: pa.DataType):
@@ -363,12 +565,17 @@ def _csv_header(path: Path, table: Table) -> list[str]:
 def _read_parquet(path: Path, table: Table, pool: Executor) -> tuple[dict[str, pa.ChunkedArray | pd.Series], int]:
     """Every contract column as :func:`_raw_column` makes it, the columns converted as tasks of ``pool``."""
     try:
-        data = pq.read_table(path)
+        # The schema first: Arrow cannot read a file naming a column twice, which is then named.
+        schema = pq.read_schema(path)
+        _require_columns(path, table, schema.names)
+        data = pq.read_table(path, columns=list(table.column_names))
     except (pa.ArrowException, OSError, ValueError) as error:
         raise InvalidExport(f"{path} is not a readable Parquet file ({error}): re-export the table") from None
     names = data.column_names
-    _require_columns(path, table, names)
     read = [data.column(names.index(column.name)) for column in table.columns]
+    for column, values in zip(table.columns, read):
+        if values.null_count < len(values):  # a column of nothing but nulls holds no wrong value
+            _refuse_unholding_type(path, column, values.type)
     converting = [pool.submit(_raw_column, values) for values in read]
     columns = {}
     for column, values, conversion in zip(table.columns, read, converting):
@@ -380,6 +587,49 @@ def _read_parquet(path: Path, table: Table, pool: Executor) -> tuple[dict[str, p
                 "write it as text or as the natural type of the column"
             ) from None
     return columns, data.num_rows
+
+
+def _natural_types(arrow_type: pa.DataType) -> set[str]:
+    """The natural Parquet types (as ``contract.NATURAL_PARQUET_TYPES`` names them) of a column's type;
+    {"text"} for text, and empty for the others (binary, times of day, ...), which are read as their text."""
+    if pa.types.is_dictionary(arrow_type):
+        arrow_type = arrow_type.value_type
+    checks = {
+        "text": pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type) or pa.types.is_null(arrow_type),
+        "integer": pa.types.is_integer(arrow_type),
+        "floating": pa.types.is_floating(arrow_type),
+        "decimal": pa.types.is_decimal(arrow_type),
+        "whole decimal": pa.types.is_decimal(arrow_type) and arrow_type.scale <= 0,
+        "boolean": pa.types.is_boolean(arrow_type),
+        "date": pa.types.is_date(arrow_type),
+        "timestamp": pa.types.is_timestamp(arrow_type),
+    }
+    return {name for name, holds in checks.items() if holds}
+
+
+def _refuse_unholding_type(path: Path, column: Column, arrow_type: pa.DataType) -> None:
+    """Refuse a column whose Parquet type cannot hold its values: every row would be rejected for it."""
+    types = _natural_types(arrow_type)
+    allowed = natural_parquet_types(column)
+    if not types or "text" in types or types & set(allowed):
+        return
+    written = f" or as a Parquet {_one_of(tuple(_TYPE_WORDS[name] for name in allowed))}" if allowed else ""
+    holds = _one_of(column.values) if column.kind is Kind.ENUM else _KIND_WORDS[column.kind]
+    raise InvalidExport(
+        f"{path} column {column.name} has Parquet type {arrow_type}, which cannot hold {holds}, so every row "
+        f"would be rejected: write the column as text{written}; re-export the table"
+    )
+
+
+_TYPE_WORDS = {
+    "integer": "integer", "floating": "floating point", "decimal": "decimal", "whole decimal": "decimal (scale 0)",
+    "boolean": "boolean", "date": "date", "timestamp": "timestamp",
+}
+_KIND_WORDS = {
+    Kind.ID: "an id", Kind.TEXT: "the text the column needs", Kind.AREAS: "areas", Kind.BOOL: "true or false",
+    Kind.INT: "a whole number", Kind.MONEY: "an amount of money", Kind.DATE: "a date", Kind.TIMESTAMP: "a time",
+    Kind.FLOAT: "a number",
+}
 
 
 def _raw_column(values: pa.ChunkedArray) -> pa.ChunkedArray | pd.Series:
@@ -607,11 +857,14 @@ class _Problems:
 
         The reason is ``"<column> '<value>' <sentence>"``, or ``reason`` when it
         is a string, or ``reason(values, positions)`` of the bad rows.
+        An id longer than ids may be is recorded (and quoted) by its start only.
         """
         positions = np.flatnonzero(bad)
         if not len(positions):
             return
         values = self.value_text(column, positions)
+        if self.table.column(column).kind is Kind.ID:
+            values = _shortened(values)
         if isinstance(reason, str):
             reasons = reason
         elif reason is not None:
@@ -658,12 +911,18 @@ class _Problems:
             {
                 "table": pd.Series(self.table.name, index=problems.index, dtype=STRING),
                 "row": (positions + 1).astype("int64"),
-                "record_id": ids.iloc[positions].fillna("").reset_index(drop=True).astype(STRING),
+                "record_id": _shortened(ids.iloc[positions].fillna("").reset_index(drop=True).astype(STRING)),
                 "column": problems["column"].astype(STRING),
                 "value": problems["value"].astype(STRING),
                 "reason": problems["reason"].astype(STRING),
             }
         )
+
+
+def _shortened(values: pd.Series) -> pd.Series:
+    """Values longer than an id may be (never one) as their first characters and an ellipsis."""
+    long = values.str.len() > MAX_ID_LENGTH
+    return values.mask(long, values.str.slice(0, 40) + "…") if long.any() else values
 
 
 def _one_of(values: tuple[str, ...]) -> str:
@@ -698,6 +957,18 @@ def _parse_column(
             )
         if column.pattern:
             problems.add(~missing & ~_matches(text, column.pattern), name, column.pattern_hint)
+        if kind is Kind.ID:
+            lengths = pc.utf8_length(text)
+            too_long = _mask(pc.greater(lengths, MAX_ID_LENGTH))
+
+            def too_long_reason(values: pd.Series, at: np.ndarray) -> pd.Series:
+                counts = _numbers(pc.take(lengths, pa.array(at)).to_numpy(zero_copy_only=False))
+                return (
+                    f"{name} is " + counts + f" characters long, more than the {MAX_ID_LENGTH} an id may have: "
+                    "write the row's real id"
+                )
+
+            problems.add(too_long, name, reason=too_long_reason)
         return _string_series(text)
 
     if kind is Kind.BOOL:
@@ -1044,7 +1315,8 @@ def _check_reference(
         )
 
         def rejected_reason(values: pd.Series, at: np.ndarray) -> pd.Series:
-            row = target.id_first_row[_lookup(values, target.id_values)] + 1
+            # Looked up by the references as read: ``values`` quotes only the start of an overlong one.
+            row = target.id_first_row[_lookup(_string_series(refs_arrow.take(pa.array(at))), target.id_values)] + 1
             return (
                 f"{name} '" + values + f"' points to {target_file} row " + _numbers(row)
                 + f", which was rejected: fix that {entity} first"

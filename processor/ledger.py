@@ -100,7 +100,10 @@ class LedgerProblem(Exception):
 
 
 class LedgerUnreadable(LedgerProblem):
-    """The file is not a SQLite database, or is corrupt: the operator restores it (exit 1)."""
+    """The file is not a SQLite database, or is corrupt: the operator restores it or names another one
+    (exit 2, as for any ledger this run cannot use)."""
+
+    exit_code = 2
 
     def __init__(self, path: Path, detail: str, outcome: str = "Nothing was done."):
         self.path = path

@@ -52,6 +52,7 @@ from typing import Callable
 from rules.document import load_policies
 
 from processor import files, killpoints
+from processor.contract import DEFAULT_MAX_REJECT_SHARE
 from processor.killpoints import kill_point
 from processor.ledger import OWED, Ledger, LedgerProblem, check_and_back_up, default_ledger_path
 from processor.lock import LedgerLock
@@ -304,10 +305,12 @@ def _todo(exports_root, since, done: set[str], owed: set[str], manifest_required
 def run_nightly(exports_root: str | Path, runs_root: str | Path, *, ledger_path: str | Path | None = None,
                 policies_path: str | Path = "policies.yaml", workers: int = 1, keep_nights: int = DEFAULT_KEEP_NIGHTS,
                 since: dt.date | None = None, deliver: Deliver | None = None,
-                progress: Callable[[str], None] | None = None, manifest_required: bool = True) -> NightlyResult:
+                progress: Callable[[str], None] | None = None, manifest_required: bool = True,
+                max_reject_share: float = DEFAULT_MAX_REJECT_SHARE) -> NightlyResult:
     """Do every night not yet done. Raises NoNights (exit 2) when EXPORTS_ROOT holds no night directory,
     PolicyError (exit 3) when the policies file is broken (checked on every start), LedgerBusy (exit 6)
-    when another run holds the ledger; otherwise reports per night, nights waiting for their manifest too."""
+    when another run holds the ledger; otherwise reports per night, nights waiting for their manifest too.
+    A night with more than `max_reject_share` of a table's rows rejected is invalid."""
     from processor.export import InvalidExport
     from processor.run import run_night
 
@@ -344,7 +347,7 @@ def run_nightly(exports_root: str | Path, runs_root: str | Path, *, ledger_path:
             try:
                 night_result = run_night(exports_root / night.isoformat(), policies_path=policies_path, as_of=night,
                                          out_dir=out, ledger_path=ledger_path, workers=workers, progress=progress,
-                                         as_of_source="directory")
+                                         as_of_source="directory", max_reject_share=max_reject_share)
             except InvalidExport as e:
                 outcome = NightOutcome(night, "invalid", EXIT_EXPORT,
                                        f"invalid export, not recorded; it will be tried again next time: {e}")

@@ -414,10 +414,14 @@ def write_export(tables: dict[str, list[dict]], directory: Path, as_of: dt.date)
 # --------------------------------------------------------------------------- running
 def decide_case(policies: PolicySet, case: Case, workdir: Path) -> tuple[pd.DataFrame, list[str]]:
     """The decisions of a case's night through the real pipeline, and the export reader's refusals."""
-    from processor.export import read_export
+    from processor.export import InvalidExport, read_export
     from processor.run import decide_night
 
-    export = read_export(write_export(case.tables, workdir, case.as_of))
+    try:
+        # A case's night is a few rows: each row the reader refuses is listed below, whatever its share.
+        export = read_export(write_export(case.tables, workdir, case.as_of), max_reject_share=1.0)
+    except InvalidExport as e:  # a table with no usable row: the case cannot be run at all
+        return pd.DataFrame(), [str(e).replace(f"{workdir}/", "")]
     refused = [f"{r['table']} row {r['row']} ({r['record_id']}): {r['column']} {r['value']!r} — {r['reason']}"
                for r in export.rejects.to_dict("records")]
     decisions, _ev, _facts = decide_night(policies, export, case.as_of, workers=0)

@@ -22,6 +22,7 @@ from processor.killpoints import kill_point
 from processor.decide import DECISION_COLUMNS, make_decisions
 from processor.evaluate import Evaluation, evaluate
 from processor.export import Export, read_export
+from processor.contract import DEFAULT_MAX_REJECT_SHARE
 from processor.facts import Facts, build_facts
 from processor.ledger import Ledger, default_ledger_path
 from processor.progress import counter_of
@@ -99,8 +100,10 @@ def decide_night(policies: PolicySet, export: Export, as_of: dt.date, *, workers
 def run_night(export_dir: str | Path, *, policies_path: str | Path = "policies.yaml", as_of: dt.date | None = None,
               out_dir: str | Path | None = None, ledger_path: str | Path | None = None, workers: int = 1,
               prefilter: bool = True, progress: Callable[[str], None] | None = None,
-              engine: str = "local", scheduler: str | None = None, as_of_source: str | None = None) -> NightResult:
-    """Evaluate one night and write its outputs. Raises PolicyError (exit 3) or InvalidExport (exit 4);
+              engine: str = "local", scheduler: str | None = None, as_of_source: str | None = None,
+              max_reject_share: float = DEFAULT_MAX_REJECT_SHARE) -> NightResult:
+    """Evaluate one night and write its outputs. Raises PolicyError (exit 3) or InvalidExport (exit 4),
+    also when more than ``max_reject_share`` of a table's rows are rejected (read_export);
     LedgerProblem or files.OutputPathError (a ledger or --out this run cannot use) before evaluating.
 
     `as_of_source` says where a given `as_of` came from for summary.json (default "option")."""
@@ -111,7 +114,7 @@ def run_night(export_dir: str | Path, *, policies_path: str | Path = "policies.y
     with Ledger(ledger_path or default_ledger_path()) as ledger:
         ledger.check_writable()  # a ledger that cannot keep the night's record stops it before any work
     t = time.perf_counter()
-    export = read_export(export_dir, timings=timings)
+    export = read_export(export_dir, timings=timings, max_reject_share=max_reject_share)
     timings["read"] = time.perf_counter() - t - timings.get("validate", 0.0)  # reading alone; checking is `validate`
     say(f"read {sum(export.read_counts.values()):,} rows ({export.format}); {sum(export.rejected_counts.values()):,} rejected")
     source = as_of_source or source_of_as_of(export, as_of)

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -918,13 +920,26 @@ def read_text(path: str | Path) -> str:
     path = Path(path)
     name = str(path)
     try:
-        raw = path.read_bytes()
+        # Without blocking, so that a FIFO is named rather than waited on; never more than the limit + 1 bytes.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            os.close(fd)
+            if stat.S_ISDIR(mode):
+                raise IsADirectoryError
+            kind = "a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file"
+            raise PolicyError(name, [Problem(1, 1, f"this is {kind}, not a file — give the policies file itself, e.g. policies.yaml")])
+        with os.fdopen(fd, "rb") as handle:
+            raw = handle.read(MAX_FILE_BYTES + 1)
     except FileNotFoundError:
         raise PolicyError(name, [Problem(1, 1, "no such file — give the policies file with --policies, or run from the directory holding policies.yaml")]) from None
     except IsADirectoryError:
         raise PolicyError(name, [Problem(1, 1, "this is a directory — give the policies file itself, e.g. policies.yaml")]) from None
     except OSError as e:
         raise PolicyError(name, [Problem(1, 1, f"cannot be read: {e.strerror}")]) from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise PolicyError(name, [Problem(1, 1, f"the file is larger than {MAX_FILE_BYTES // 1_000_000} MB — a policies file is a few hundred lines; is this the right file?",
+                                         beyond_schema=True)])
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:

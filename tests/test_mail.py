@@ -53,9 +53,9 @@ def smtp_env(monkeypatch, port: int, tls: str = "none", **more):
         monkeypatch.setenv(k, v)
 
 
-def run(tmp_path, night=None, as_of=AS_OF, out="run", ledger="ledger.sqlite"):
+def run(tmp_path, night=None, as_of=AS_OF, out="run", ledger="ledger.sqlite", **kw):
     export = (night or busy_night(as_of)).write(tmp_path / f"export-{as_of}")
-    return run_night(export, policies_path=POLICIES, out_dir=tmp_path / out, ledger_path=tmp_path / ledger, workers=0)
+    return run_night(export, policies_path=POLICIES, out_dir=tmp_path / out, ledger_path=tmp_path / ledger, workers=0, **kw)
 
 
 def body(message, kind: str) -> str:
@@ -387,7 +387,7 @@ def test_a_hostile_email_address_is_refused_at_the_export_and_gets_no_email(tmp_
     smtp_env(monkeypatch, server.port)
     night = busy_night()
     night.rows["users"][0]["email"] = "paula@shakers.test\r\nBcc: attacker@evil.test"
-    result = run(tmp_path, night=night)
+    result = run(tmp_path, night=night, max_reject_share=1.0)  # Paula and her projects: a night this small allows it
     assert sorted(r for m in server.inbox.messages for r in m.rcpt_tos) == [PEDRO]
     assert "attacker@evil.test" not in " ".join(m.data.decode(errors="replace") for m in server.inbox.messages)
     assert "PS1" in set(result.rejects["record_id"])

@@ -153,7 +153,7 @@ def test_a_ledger_that_is_not_sqlite_is_named_with_how_to_restore_it(tmp_path, e
     ledger = tmp_path / "ledger.sqlite"
     ledger.write_text("id,name\n1,not a database\n")
     proc = cli(run_args(export, tmp_path / "run", ledger))
-    assert_a_sentence(proc, 1, f"the ledger {ledger} is not a usable SQLite database", "restore it from your backups")
+    assert_a_sentence(proc, 2, f"the ledger {ledger} is not a usable SQLite database", "restore it from your backups")
     assert ledger.read_text() == "id,name\n1,not a database\n"  # left as it was, for whoever looks at it
     assert not (tmp_path / "run" / "decisions.csv").exists()
 
@@ -181,7 +181,7 @@ def test_a_corrupt_ledger_is_restored_from_the_copy_the_nightly_job_made_before_
         f.write(b"\xff" * 3000)
     small_night_on(d3 + dt.timedelta(days=1)).write(tmp_path / "exports" / (d3 + dt.timedelta(days=1)).isoformat())
     broken = _nightly(tmp_path)
-    assert_a_sentence(broken, 1, f"the ledger {ledger} is not a usable SQLite database", f"cp {copy} {ledger}")
+    assert_a_sentence(broken, 2, f"the ledger {ledger} is not a usable SQLite database", f"cp {copy} {ledger}")
     # Done as the sentence says, the job runs the nights the copy does not know.
     shutil.copyfile(copy, ledger)
     again = _nightly(tmp_path)
