@@ -969,6 +969,9 @@ def _parse_column(
                 )
 
             problems.add(too_long, name, reason=too_long_reason)
+            # "P1\0" would be "P1" wherever ids become fixed-width bytes (the engine's shares).
+            problems.add(_mask(pc.match_substring(text, "\x00")), name,
+                         reason=f"{name} holds a NUL character, which no id may: write the row's real id")
         return _string_series(text)
 
     if kind is Kind.BOOL:

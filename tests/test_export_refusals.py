@@ -425,3 +425,16 @@ def test_the_nightly_command_takes_max_reject_share(tmp_path):
     trusted = cli(*args, "--max-reject-share", "0.1")
     assert trusted.returncode == 0, trusted.stderr
     assert recorded_nights(tmp_path / "ledger.sqlite") == [D1.isoformat()]
+
+
+def test_an_id_holding_a_nul_character_is_a_rejected_row_never_the_same_project_as_the_id_without_it(tmp_path):
+    night = a_night()
+    twin = dict(night.rows["projects"][1])
+    twin["project_id"] = night.rows["projects"][1]["project_id"] + "\0"
+    night.rows["projects"].append(twin)
+
+    export = read_export(night.write(tmp_path / "export"), max_reject_share=0.5)
+
+    projects = export.rejects[export.rejects["table"] == "projects"]
+    assert projects["reason"].tolist() == ["project_id holds a NUL character, which no id may: write the row's real id"]
+    assert "\0" not in "".join(export.tables["projects"]["project_id"])
