@@ -451,8 +451,15 @@ def _read_manifest(directory: Path) -> tuple[dict | None, pd.Timestamp | None]:
 
 
 def _check_manifest_rows(manifest: dict | None, name: str, path: Path, rows: int) -> None:
-    if not manifest or name not in manifest.get("tables", {}):
+    if not manifest or not manifest.get("tables"):
         return
+    if name not in manifest["tables"]:
+        # Its row count is what tells a truncated file from a whole one.
+        raise InvalidExport(
+            f"{path.parent / MANIFEST} gives no row count for {name} (it lists "
+            f"{', '.join(map(str, manifest['tables'])) or 'none'}): a manifest lists every table, so that a "
+            f"truncated file is found; re-export the night"
+        )
     expected = manifest["tables"][name]["rows"]
     if rows < expected:
         raise InvalidExport(

@@ -173,6 +173,21 @@ def _is_disk_full(e: BaseException) -> bool:
     return "database or disk is full" in str(e) or getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT)
 
 
+def check_ledger_usable(path: str | Path) -> None:
+    """Raise LedgerProblem unless a night's record could be kept in the ledger at `path`, without
+    creating it: a night refused later leaves no ledger behind where there was none."""
+    path = Path(path)
+    if path.exists() or path.is_symlink():
+        with Ledger(path) as ledger:
+            ledger.check_writable()
+        return
+    directory = next((p for p in [path.parent, *path.parent.parents] if p.exists()), None)
+    if directory is None or not directory.is_dir():
+        raise LedgerReadOnly(path, f"something on the path {path.parent} is a file, not a directory")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise LedgerReadOnly(path, f"this user may not create files in {directory}")
+
+
 class Ledger:
     def __init__(self, path: str | Path):
         self.path = Path(path)

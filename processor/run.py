@@ -24,7 +24,7 @@ from processor.evaluate import Evaluation, evaluate
 from processor.export import Export, read_export
 from processor.contract import DEFAULT_MAX_REJECT_SHARE
 from processor.facts import Facts, build_facts
-from processor.ledger import Ledger, default_ledger_path
+from processor.ledger import Ledger, check_ledger_usable, default_ledger_path
 from processor.progress import counter_of
 
 REJECT_COLUMNS = ["table", "row", "record_id", "column", "value", "reason"]
@@ -111,8 +111,7 @@ def run_night(export_dir: str | Path, *, policies_path: str | Path = "policies.y
     timings: dict[str, float] = {}
     started = time.perf_counter()
     policies = load_policies(policies_path)   # before touching the export
-    with Ledger(ledger_path or default_ledger_path()) as ledger:
-        ledger.check_writable()  # a ledger that cannot keep the night's record stops it before any work
+    check_ledger_usable(ledger_path or default_ledger_path())  # a ledger that cannot keep the record stops it now
     t = time.perf_counter()
     export = read_export(export_dir, timings=timings, max_reject_share=max_reject_share)
     timings["read"] = time.perf_counter() - t - timings.get("validate", 0.0)  # reading alone; checking is `validate`

@@ -57,6 +57,7 @@ def synthetic_facts(n: int, seed: int = 3) -> Facts:
         amount_cents=rng.integers(1, 500_000, n),
         escrow_gap_cents=np.where(rng.random(n) < 0.05, rng.integers(1, 100, n), 0),
         has_validated_at=rng.random(n) < 0.9,
+        payee_is_client=rng.random(n) < 0.01,
     )
     milestone["fact_id"] = "milestone:" + milestone["milestone_id"]
     invoice = common.assign(

@@ -63,6 +63,8 @@ def assert_a_sentence(proc: subprocess.CompletedProcess, code: int, *words: str)
 
 
 def recorded(ledger: Path) -> list[str]:
+    if not ledger.exists():  # a run stopped before its night never creates the ledger
+        return []
     with sqlite3.connect(ledger) as db:
         return [r[0] for r in db.execute("SELECT as_of FROM runs ORDER BY as_of")]
 
