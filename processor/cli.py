@@ -179,17 +179,6 @@ def print_summary(result, quiet: bool = False):
 
 
 @main.command()
-@click.argument("file", default="policies.yaml", type=click.Path(dir_okay=False, path_type=Path))
-@guarded
-def validate(file):
-    """Check a policies file: every problem, each as FILE:LINE:COL: what is wrong — what is expected."""
-    policies = load_policies(file)
-    click.echo(f"{file}: OK — {len(policies.policies)} policies, {len(policies.thresholds)} thresholds")
-    for note in policies.notes:  # likely slips that are not errors: a threshold nothing uses
-        err(note.located(str(file)))
-
-
-@main.command()
 @click.option("--projects", type=click.IntRange(1, 20_000_000), required=True, help="How many projects the night holds.")
 @click.option("--seed", type=int, default=1, show_default=True, help="Random seed: same seed, same export.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Directory to write the export into.")
