@@ -240,6 +240,60 @@ def diff(export_dir, baseline_path, candidate_path, as_of, as_json, examples, wo
     """Backtest a policy change: evaluate BASELINE and CANDIDATE on the same night and show the decisions
     added, removed and changed. Writes nothing, records nothing in the ledger, sends nothing."""
     from processor.diff import diff_lines, diff_night, diff_json
+
+    loaded = _both(baseline_path, candidate_path)
+    result = diff_night(loaded["baseline"], loaded["candidate"], export_dir, as_of, workers=_workers(workers))
+    if as_json:
+        click.echo(json.dumps(diff_json(result), indent=2, default=str))
+    else:
+        for line in diff_lines(result, examples=examples):
+            click.echo(line)
+
+
+# --------------------------------------------------------------------------- backtest
+@click.command()
+@click.option("--exports-root", "exports_root", required=True, type=click.Path(file_okay=False, exists=True, path_type=Path),
+              help="The directory of nights' exports, one YYYY-MM-DD directory each (as `nightly` reads them).")
+@click.option("--baseline", "baseline_path", required=True, type=_POLICIES_FILE, help="The policies as they are (e.g. policies.yaml).")
+@click.option("--candidate", "candidate_path", required=True, type=_POLICIES_FILE, help="The policies as you would change them.")
+@click.option("--from", "since", type=DAY, default=None, help="The first night (default: the oldest there is).")
+@click.option("--to", "until", type=DAY, default=None, help="The last night (default: the newest there is).")
+@click.option("--json", "as_json", is_flag=True, help="Print the backtest as JSON.")
+@click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write a self-contained page with a per-night chart to this file.")
+@click.option("--workers", type=click.IntRange(0, 64), default=None, help="Engine worker processes (default: the machine's cores).")
+@_guarded
+def backtest(exports_root, baseline_path, candidate_path, since, until, as_json, html_path, workers):
+    """Replay BASELINE and CANDIDATE over every night of EXPORTS_ROOT, each with its own scratch ledger, and show
+    per night and in total what the change would have done: decisions added and removed, projects halted and users
+    rejected earlier or later, emails that would have changed. Writes nothing else; the live ledger is never opened."""
+    from processor.backtest import backtest as run_backtest, backtest_html, backtest_json, backtest_lines
+    from processor.progress import Progress
+
+    if since and until and since > until:
+        raise click.BadParameter(f"--from {since} is after --to {until}", param_hint="--from")
+    loaded = _both(baseline_path, candidate_path)
+    try:
+        result = run_backtest(loaded["baseline"], loaded["candidate"], exports_root, since=since, until=until,
+                              workers=_workers(workers), progress=Progress())
+    except ValueError as e:
+        _err(f"{e} — give --from/--to within it")
+        sys.exit(2)
+    if html_path is not None:
+        from processor import files
+
+        html_path.parent.mkdir(parents=True, exist_ok=True)
+        files.write_text(html_path, backtest_html(result))  # whole or not at all
+        _err(f"page written to {html_path}")
+    if as_json:
+        click.echo(json.dumps(backtest_json(result), indent=2, default=str))
+    else:
+        for line in backtest_lines(result):
+            click.echo(line)
+
+
+def _both(baseline_path: Path, candidate_path: Path) -> dict:
+    """Both policies files, every problem of both reported (the last one's by the guard: exit 3)."""
     from rules.document import PolicyError, load_policies
 
     loaded, errors = {}, []
@@ -253,12 +307,7 @@ def diff(export_dir, baseline_path, candidate_path, as_of, as_json, examples, wo
             for p in e.problems:
                 _err(p.located(e.filename))
         raise errors[-1]
-    result = diff_night(loaded["baseline"], loaded["candidate"], export_dir, as_of, workers=_workers(workers))
-    if as_json:
-        click.echo(json.dumps(diff_json(result), indent=2, default=str))
-    else:
-        for line in diff_lines(result, examples=examples):
-            click.echo(line)
+    return loaded
 
 
-COMMANDS = [schema, validate, test_policies, explain, diff]
+COMMANDS = [schema, validate, test_policies, explain, diff, backtest]
