@@ -253,11 +253,23 @@ def backtest_json(b: Backtest) -> dict:
 _WHAT = {"halt_project": ("project", "halted"), "reject_user": ("user", "rejected")}
 
 
-def timing_lines(b: Backtest) -> list[str]:
+def timing_lines(b: Backtest, examples: int | None = 10) -> list[str]:
+    """Per timed action a count (earlier, later, by how many nights; one side only), then up to `examples` of each."""
     lines = []
     for action, rows in b.timing.items():
         noun, verb = _WHAT[action]
+        if not rows:
+            continue
+        shifts: dict[int, int] = {}
         for r in rows:
+            if r["nights_earlier"] is not None:
+                shifts[r["nights_earlier"]] = shifts.get(r["nights_earlier"], 0) + 1
+        parts = [f"{abs(k)} night{'s' if abs(k) != 1 else ''} {'earlier' if k > 0 else 'later'}: {n:,}" for k, n in sorted(shifts.items(), reverse=True)]
+        only_c = sum(1 for r in rows if r["nights_earlier"] is None and r["candidate"])
+        only_b = sum(1 for r in rows if r["nights_earlier"] is None and not r["candidate"])
+        parts += [f"only under the candidate: {only_c:,}"] * bool(only_c) + [f"only under the baseline: {only_b:,}"] * bool(only_b)
+        lines.append(f"  {noun}s {verb} at another time: {len(rows):,} ({', '.join(parts)})")
+        for r in rows if examples is None else _first_of_each(rows, examples):
             if r["nights_earlier"] is not None:
                 n = r["nights_earlier"]
                 when = f"{abs(n)} night{'s' if abs(n) != 1 else ''} {'earlier' if n > 0 else 'later'}"
@@ -267,6 +279,13 @@ def timing_lines(b: Backtest) -> list[str]:
             else:
                 lines.append(f"  {noun} {r['target']} no longer {verb}: the baseline did on {r['baseline']} ({r['policy']})")
     return lines
+
+
+def _first_of_each(rows: list[dict], n: int) -> list[dict]:
+    """Up to n earlier or later ones first (what a change of timing is about), then up to n of either side only."""
+    shifted = [r for r in rows if r["nights_earlier"] is not None]
+    one_side = [r for r in rows if r["nights_earlier"] is None]
+    return shifted[:n] + one_side[:n]
 
 
 def backtest_lines(b: Backtest) -> list[str]:
@@ -333,7 +352,7 @@ def backtest_html(b: Backtest) -> str:
         f"<td>{len(n.emails['changed']) + len(n.emails['only_baseline']) + len(n.emails['only_candidate']):,}</td></tr>" for n in b.nights)
     policy_rows = "".join(f"<tr><td>{e(k)}</td><td>{c['added']:,}</td><td>{c['removed']:,}</td><td>{c['changed']:,}</td>"
                           f"<td>{c['threshold_only']:,}</td></tr>" for k, c in t["by_policy"].items())
-    timing = "".join(f"<li>{e(line.strip())}</li>" for line in timing_lines(b)) or "<li>none</li>"
+    timing = "".join(f"<li>{e(line.strip())}</li>" for line in timing_lines(b, examples=200)) or "<li>none</li>"
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>Backtest of {e(b.candidate['file'])}</title>
 <style>body{{font-family:sans-serif;margin:2em;color:#222}} table{{border-collapse:collapse;margin:1em 0}}

@@ -68,6 +68,7 @@ def test_a_lowered_threshold_halts_a_project_two_nights_earlier_and_the_report_s
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     assert "over 5 nights" in out
+    assert "projects halted at another time: 1 (2 nights earlier: 1)" in out
     assert "project P1 halted 2 nights earlier under the candidate: 2026-11-20 instead of 2026-11-22 (client-contact-loss)" in out
     # the contact-risk flags of the two nights before are gone; the halt and the talent's question come in their place
     assert re.search(r"client-contact-loss / halt_project\s+2\s+0\s+0\s+3$", out, re.M)
