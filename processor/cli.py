@@ -15,7 +15,7 @@ from pathlib import Path
 
 import click
 
-from rules.document import PolicyError, load_policies
+from rules.document import PolicyError
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_POLICIES, EXIT_EXPORT, EXIT_UNDELIVERED, EXIT_LOCKED = 0, 1, 2, 3, 4, 5, 6
 
