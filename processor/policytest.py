@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import functools
 import json
 import re
 import tempfile
@@ -432,8 +433,11 @@ def _decide_case(policies: PolicySet, case: Case, workdir: Path):
     return decisions.fillna(""), refused, facts
 
 
-def check_case(case: Case, decisions: pd.DataFrame, refused: list[str]) -> list[str]:
-    """What differs from what the case expects (empty: it passes)."""
+def check_case(case: Case, decisions: pd.DataFrame, refused: list[str], why_not=None) -> list[str]:
+    """What differs from what the case expects (empty: it passes).
+
+    why_not: policy id -> lines saying which of its conditions failed (see `why_not`), shown under
+    an expected decision that was not made."""
     out: list[str] = []
     if refused:
         out += ["the case's night has rows the export reader refuses (fix the case):", *[f"  {r}" for r in refused]]
@@ -444,6 +448,8 @@ def check_case(case: Case, decisions: pd.DataFrame, refused: list[str]) -> list[
         matched.update(hits)
         if count is None and not hits:
             out.append(f"expected, but not made: {_pattern(wanted)}")
+            if why_not is not None and wanted.get("policy_id"):
+                out += [f"  {line}" for line in why_not(wanted["policy_id"], wanted)]
         elif count is not None and len(hits) != count:
             out.append(f"expected {count} of {_pattern(wanted)}, but {len(hits)} made")
     for wanted in case.forbid:
@@ -513,9 +519,42 @@ def run_cases(policies: PolicySet, paths: list[Path], only: re.Pattern | None = 
                 decisions, refused, facts = _decide_case(policies, case, Path(tmp) / f"case{n}")
                 if coverage is not None:
                     coverage.observe(facts)
-                differences = check_case(case, decisions, refused)
+                differences = check_case(case, decisions, refused, functools.partial(why_not, policies, facts))
                 results.append(CaseResult(case.file, case.line, case.name, not differences, differences))
     return results
+
+
+def why_not(policies: PolicySet, facts, policy_id: str, wanted: dict | None = None, most: int = 2) -> list[str]:
+    """Why a policy did not fire on a case's night: for its `most` nearest facts (those about what
+    `wanted` names first, then fewest conditions failing), the conditions that fail, actual value
+    against threshold, as `explain` words them."""
+    from processor.explain import _condition_line, _fact_label, _plain
+    from rules.compile import explain_fact
+
+    policy = next((p for p in policies.policies if p.id == policy_id), None)
+    if policy is None:
+        ids = [p.id for p in policies.policies]
+        return [f"why: '{policy_id}' is not a policy of {policies.path}{did_you_mean(policy_id, ids)}"]
+    frame = facts.frames[policy.about]
+    if frame.empty:
+        return [f"why: the night has no {policy.about} facts for it to test"]
+    explained = []
+    for fact in frame.to_dict("records"):
+        fact = {k: _plain(v) for k, v in fact.items()}
+        held, events = explain_fact(policy, fact)
+        failing = [e for e in events if e["holds"] is False]
+        ids = {str(fact.get(c)) for c in ("project_id", "user_id", "milestone_id", "invoice_id") if fact.get(c) is not None}
+        named = any((wanted or {}).get(c) in ids for c in ("subject_id", "milestone_id", "invoice_id", "project_id"))
+        explained.append(((not named, sum("field" in e for e in failing)), _fact_label(policy.about, fact), held, failing))
+    out = []
+    for _n, label, held, failing in sorted(explained, key=lambda x: x[0])[:most]:
+        if held:
+            out.append(f"why: {label}: every condition holds (the decision made differs in what the case names)")
+            continue
+        out.append(f"why: {label}:")
+        # explain's lines, indented by their depth in the condition (a failing 'not'/'any of' heads its tests)
+        out += [_condition_line(e)[2:] for e in failing]
+    return out
 
 
 def report_lines(results: list[CaseResult]) -> list[str]:

@@ -491,9 +491,21 @@ cases:
 """)
     result = invoke("test", POLICIES, "--cases", cases)
     assert result.exit_code == 1
+    thresholds = load_policies(POLICIES).thresholds
+    needed, days, by_ps = (thresholds[f"contact_loss_{name}"] for name in ("unanswered_attempts", "days_since_oldest", "attempts_by_project_success"))
     assert result.stdout.splitlines() == [
         f"FAIL  {cases}:2  the client is lost after two attempts",
         "      expected, but not made: {policy: client-contact-loss, action: halt_project}",
+        # why, in explain's words: the nearest facts first (the client: one condition fails), each failing condition
+        "        why: the client C1:",
+        "          ✗ contact_loss:",
+        f"            ✗ unanswered_attempts at least {needed} (contact_loss_unanswered_attempts): actual 2 — {needed - 2} short",
+        "        why: the talent T1:",
+        "          ✗ party is client: actual talent",
+        "          ✗ contact_loss:",
+        f"            ✗ unanswered_attempts at least {needed} (contact_loss_unanswered_attempts): actual 0 — {needed} short",
+        f"            ✗ days_since_oldest_unanswered at least {days} (contact_loss_days_since_oldest): actual 0 — {days} short",
+        f"            ✗ unanswered_by_project_success at least {by_ps} (contact_loss_attempts_by_project_success): actual 0 — {by_ps} short",
         "      forbidden, but made: contact-risk: flag_for_review on P1 (subject C1, reason contact_at_risk)",
         "      the night's decisions:",
         "        contact-risk: flag_for_review on P1 (subject C1, reason contact_at_risk)",
