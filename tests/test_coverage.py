@@ -20,8 +20,13 @@ CORPUS = Path(__file__).resolve().parent / "policy_corpus"
 SHAKERS_RULES = str(Path(sys.executable).parent / "shakers-rules")
 SUMMARY = re.compile(r"^(\d+) passed, (\d+) failed$")
 
-# A policy no shipped case reaches: its threshold is far beyond every case's night.
-VERY_LONG_HOLD = """
+# A policies file of one policy, and cases that reach every condition of it but the threshold's true side.
+MINI = """\
+version: 1
+thresholds:
+  top_shaker_default_max_active_projects: 3
+  very_long_hold_days: 60
+policies:
   - id: very-long-hold
     description: A project on hold for months.
     about: project
@@ -31,26 +36,40 @@ VERY_LONG_HOLD = """
     then:
       - flag_for_review: {reason: on_hold_months}
 """
+SHORT_OF_IT = """\
+cases:
+  - name: on hold ten days — not a very long hold
+    given:
+      projects: [{status: on_hold, hold_reason: other, held_days_ago: 10}]
+    forbid: [{policy: very-long-hold}]
+  - name: an active project is never a long hold
+    forbid: [{policy: very-long-hold}]
+"""
+EDGE = """\
+cases:
+  - name: on hold one day past the very long hold — flagged
+    given:
+      projects: [{status: on_hold, hold_reason: other, held_days_ago: 61}]
+    expect: [{policy: very-long-hold}]
+  - name: on hold exactly the very long hold — not yet
+    given:
+      projects: [{status: on_hold, hold_reason: other, held_days_ago: 60}]
+    forbid: [{policy: very-long-hold}]
+"""
 
 
 def shakers(*args, cwd=None) -> subprocess.CompletedProcess:
     return subprocess.run([SHAKERS_RULES, *map(str, args)], capture_output=True, text=True, timeout=600, cwd=cwd)
 
 
-def with_very_long_hold(tmp_path: Path) -> tuple[Path, int]:
-    """policies.yaml plus the very-long-hold policy; and the line of its days_on_hold condition."""
-    text = POLICIES.read_text()
-    text = text.replace("thresholds:\n", "thresholds:\n  very_long_hold_days: 60\n", 1) + VERY_LONG_HOLD
-    copy = tmp_path / "policies.yaml"
-    copy.write_text(text)
-    line = next(i for i, x in enumerate(text.splitlines(), 1) if "very_long_hold_days}" in x)
-    return copy, line
-
-
-def one_case_file(tmp_path: Path, name: str, body: str) -> Path:
-    path = tmp_path / name
-    path.write_text(body)
-    return path
+def mini(tmp_path: Path) -> tuple[Path, Path, int]:
+    """The one-policy file, the cases short of its threshold, and the line of its days_on_hold condition."""
+    policies = tmp_path / "policies.yaml"
+    policies.write_text(MINI)
+    cases = tmp_path / "short_of_it.yaml"
+    cases.write_text(SHORT_OF_IT)
+    line = next(i for i, x in enumerate(MINI.splitlines(), 1) if "very_long_hold_days}" in x)
+    return policies, cases, line
 
 
 # =========================================================================== coverage
@@ -71,46 +90,44 @@ def test_the_shipped_cases_make_every_condition_true_and_false_and_meet_every_th
 
 
 def test_coverage_below_the_floor_fails_naming_each_uncovered_condition_by_file_and_line(tmp_path):
-    copy, line = with_very_long_hold(tmp_path)
-    proc = shakers("test", copy, "--cases", CASES, "--coverage", "--fail-under", "100")
+    policies, cases, line = mini(tmp_path)
+    proc = shakers("test", policies, "--cases", cases, "--coverage", "--fail-under", "100")
     assert proc.returncode == 1, proc.stdout + proc.stderr
-    assert SUMMARY.match(proc.stdout.splitlines()[-1]).group(2) == "0", "the cases themselves pass: coverage fails the run"
-    assert "is below --fail-under 100%" in proc.stderr
-    where = f"{copy}:{line}:9: very-long-hold: days_on_hold more than 60 (very_long_hold_days): "
-    uncovered = [x for x in proc.stderr.splitlines() if x.startswith(where)]
-    assert len(uncovered) == 1, proc.stderr
-    assert "no case makes it true" in uncovered[0]
-    assert "no case sits on its edge at 61" in uncovered[0] and "just past its edge at 60" in uncovered[0]
-    assert "no case makes it false" not in uncovered[0]  # the shipped on-hold cases are held fewer days
-    # only the new condition is named: project_status on_hold is made both ways already
-    assert [x for x in proc.stderr.splitlines() if ": very-long-hold: " in x] == uncovered
-    assert f"✗ {copy}:{line}  days_on_hold more than 60" in proc.stdout
+    assert proc.stdout.splitlines()[-1] == "2 passed, 0 failed", "the cases themselves pass: coverage fails the run"
+    assert "coverage 50.0% is below --fail-under 100%" in proc.stderr
+    named = [x for x in proc.stderr.splitlines() if ": very-long-hold: " in x]
+    # only the threshold's condition is named: project_status on_hold is made both ways already
+    assert named == [f"{policies}:{line}:9: very-long-hold: days_on_hold more than 60 (very_long_hold_days): no case makes it true; "
+                     "no case sits on its edge at 61 (where it just holds); no case sits just past its edge at 60 (where it just fails)"]
+    assert f"✗ {policies}:{line}  days_on_hold more than 60 (very_long_hold_days): true ✗, false ✓, edge 61 ✗, edge 60 ✗" in proc.stdout
+    assert f"✓ {policies}:{line - 1}  project_status is on_hold: true ✓, false ✓" in proc.stdout
+
+
+def test_coverage_at_the_floor_passes(tmp_path):
+    policies, cases, _line = mini(tmp_path)
+    proc = shakers("test", policies, "--cases", cases, "--coverage", "--fail-under", "50")  # at the floor exactly
+    assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 def test_coverage_without_a_floor_lists_but_does_not_fail(tmp_path):
-    copy, _line = with_very_long_hold(tmp_path)
-    proc = shakers("test", copy, "--cases", CASES, "--coverage")
+    policies, cases, _line = mini(tmp_path)
+    proc = shakers("test", policies, "--cases", cases, "--coverage")
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    head = next(x for x in proc.stdout.splitlines() if x.startswith("coverage of "))
-    assert not head.endswith("(100.0%)")
+    assert f"coverage of {policies} by 2 cases: 3 of 6 (50.0%)" in proc.stdout
 
 
-def test_cases_on_both_sides_of_a_new_threshold_s_edge_bring_it_to_full_coverage(tmp_path):
-    copy, _line = with_very_long_hold(tmp_path)
-    edge = one_case_file(tmp_path, "very_long_hold.yaml", """
-cases:
-  - name: on hold one day past the very long hold — flagged
-    given:
-      projects: [{status: on_hold, hold_reason: other, held_days_ago: 61}]
-    expect: [{policy: very-long-hold}]
-  - name: on hold exactly the very long hold — not yet
-    given:
-      projects: [{status: on_hold, hold_reason: other, held_days_ago: 60}]
-    forbid: [{policy: very-long-hold}]
-""")
-    proc = shakers("test", copy, "--cases", CASES, "--cases", edge, "--coverage", "--fail-under", "100")
+def test_cases_on_both_sides_of_a_threshold_s_edge_bring_it_to_full_coverage(tmp_path):
+    policies, cases, line = mini(tmp_path)
+    edge = tmp_path / "edge.yaml"
+    edge.write_text(EDGE)
+    proc = shakers("test", policies, "--cases", cases, "--cases", edge, "--coverage", "--fail-under", "100")
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "days_on_hold more than 60 (very_long_hold_days): true ✓, false ✓, edge 61 ✓, edge 60 ✓" in proc.stdout
+    assert f"{policies}:{line}  days_on_hold more than 60 (very_long_hold_days): true ✓, false ✓, edge 61 ✓, edge 60 ✓" in proc.stdout
+    # one side of the edge alone is not enough
+    edge.write_text(EDGE.split("  - name: on hold exactly")[0])
+    proc = shakers("test", policies, "--cases", cases, "--cases", edge, "--coverage", "--fail-under", "100")
+    assert proc.returncode == 1
+    assert "no case sits just past its edge at 60" in proc.stderr and "no case makes it true" not in proc.stderr
 
 
 def test_fail_under_without_coverage_is_a_usage_error():
@@ -164,20 +181,21 @@ def test_test_json_lists_cases_and_a_failing_case_as_a_located_problem_with_a_co
 
 
 def test_test_json_coverage_names_the_uncovered_condition_with_its_place(tmp_path):
-    copy, line = with_very_long_hold(tmp_path)
-    proc = shakers("test", copy, "--cases", CASES, "--coverage", "--fail-under", "100", "--format", "json")
+    policies, cases, line = mini(tmp_path)
+    proc = shakers("test", policies, "--cases", cases, "--coverage", "--fail-under", "100", "--format", "json")
     assert proc.returncode == 1, proc.stderr
     report = json.loads(proc.stdout)
     assert report["failed"] == 0 and report["coverage"]["percent"] < 100
     uncovered = [p for p in report["problems"] if p["code"] == "condition-uncovered"]
-    assert [(p["file"], p["line"], p["column"]) for p in uncovered] == [(str(copy), line, 9)]
+    assert [(p["file"], p["line"], p["column"]) for p in uncovered] == [(str(policies), line, 9)]
     policy = next(p for p in report["coverage"]["policies"] if p["id"] == "very-long-hold")
     cond = next(c for c in policy["conditions"] if c["line"] == line)
     assert cond["true"] is False and cond["false"] is True and cond["edge"]["holds_at"] == 61
 
 
 def test_test_json_reports_a_broken_case_file_with_its_place_and_code(tmp_path):
-    broken = one_case_file(tmp_path, "broken.yaml", "cases:\n  - name: checks nothing at all\n    given: {}\n")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("cases:\n  - name: checks nothing at all\n    given: {}\n")
     proc = shakers("test", POLICIES, "--cases", broken, "--format", "json")
     assert proc.returncode == 1
     problems = json.loads(proc.stdout)["problems"]
