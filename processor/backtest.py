@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 import html
-import json
+import os
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -30,6 +30,7 @@ from rules.document import PolicySet
 
 from processor.decide import DECISION_COLUMNS, KEY_COLUMNS
 from processor.diff import _thresholds_only, compare
+from processor.explain import IN_PROCESS_PROJECTS
 
 # Actions whose timing the backtest follows, and what each is about.
 TIMED = {"halt_project": "project_id", "reject_user": "subject_id"}
@@ -84,8 +85,11 @@ class Backtest:
 
 
 def backtest(baseline: PolicySet, candidate: PolicySet, exports_root: str | Path, *, since: dt.date | None = None,
-             until: dt.date | None = None, workers: int = 1, progress: Callable[[str], None] | None = None) -> Backtest:
+             until: dt.date | None = None, workers: int | None = None, progress: Callable[[str], None] | None = None) -> Backtest:
     """Both policy sets over every night of `exports_root` from `since` to `until` (inclusive).
+
+    workers: engine processes; None: in this process for a night of up to
+    processor.explain.IN_PROCESS_PROJECTS projects (faster there), else one per core.
 
     Raises ValueError when the range holds no night (the message says which nights there are),
     InvalidExport when a night's export cannot be read."""
@@ -112,8 +116,11 @@ def backtest(baseline: PolicySet, candidate: PolicySet, exports_root: str | Path
                 started = time.perf_counter()
                 export = read_export(root / night.isoformat())
                 made, resolved = {}, {}
+                engines = workers
+                if engines is None:
+                    engines = 0 if len(export.tables["projects"]) <= IN_PROCESS_PROJECTS else (os.cpu_count() or 1)
                 for side, policies in sides.items():
-                    decisions, ev, _facts = decide_night(policies, export, night, workers=workers)
+                    decisions, ev, _facts = decide_night(policies, export, night, workers=engines)
                     made[side], resolved[side] = _through_ledger(ledgers[side], night, policies, decisions, ev.not_evaluated)
                     for action, target in TIMED.items():
                         rows = made[side][made[side]["action"] == action]
@@ -173,50 +180,47 @@ def _night(night, export, projects, made, resolved, descriptions) -> Night:
 
 
 def _emails(made, resolved, descriptions) -> dict[str, list[str]]:
-    """The managers whose email would differ: in substance, only in recorded thresholds, or sent by one side only."""
-    letters = {}
+    """The managers whose email would differ: in substance, only in recorded thresholds, or sent by one side only.
+
+    Each side's rows (the night's and the resolved) are hashed per manager, with and without the
+    threshold values their evidence records; a manager whose multiset of hashes differs between
+    the sides gets another email."""
+    hashed = {}
     for side in made:
         rows = pd.concat([made[side], resolved[side]], ignore_index=True)
         rows = rows[rows["project_success_id"].notna() & (rows["project_success_id"].astype(str) != "")]
-        letters[side] = _letters(rows, descriptions[side])
-    out = {"changed": [], "threshold_only": [], "only_baseline": [], "only_candidate": []}
-    b, c = letters["baseline"], letters["candidate"]
-    for manager in sorted(set(b) | set(c)):
-        if manager not in c:
-            out["only_baseline"].append(manager)
-        elif manager not in b:
-            out["only_candidate"].append(manager)
-        elif b[manager][0] != c[manager][0]:
-            out["changed"].append(manager)
-        elif b[manager][1] != c[manager][1]:
-            out["threshold_only"].append(manager)
-    return out
+        hashed[side] = _hashed(rows, descriptions[side])
+    b, c = hashed["baseline"], hashed["candidate"]
+    managers_b, managers_c = set(b["manager"]), set(c["manager"])
+
+    def differing(column: str) -> set:
+        both = pd.concat([b[["manager", column]].assign(n=1), c[["manager", column]].assign(n=-1)], ignore_index=True)
+        sums = both.groupby(["manager", column], sort=False)["n"].sum()
+        return set(sums[sums != 0].index.get_level_values(0))
+
+    substance, anything = differing("words"), differing("all")
+    shared = managers_b & managers_c
+    return {"changed": sorted(substance & shared), "threshold_only": sorted((anything - substance) & shared),
+            "only_baseline": sorted(managers_b - managers_c), "only_candidate": sorted(managers_c - managers_b)}
 
 
-def _letters(rows: pd.DataFrame, descriptions: dict[str, str]) -> dict[str, tuple[frozenset, frozenset]]:
-    """Per manager: (what their email says, without the threshold values; the threshold values it records)."""
-    out: dict[str, tuple[set, set]] = {}
-    frame = rows.reindex(columns=[*EMAIL_COLUMNS, "project_success_id"]).fillna("").astype(str)
-    for record in frame.itertuples(index=False, name=None):
-        *values, manager = record
-        row = dict(zip(EMAIL_COLUMNS, values))
-        evidence, thresholds = _split_evidence(row["evidence"])
-        words = tuple(row[c] for c in EMAIL_COLUMNS if c != "evidence") + (evidence, descriptions.get(row["policy_id"], ""))
-        mine = out.setdefault(manager, (set(), set()))
-        mine[0].add(words)
-        mine[1].add((words, thresholds))
-    return {m: (frozenset(a), frozenset(b)) for m, (a, b) in out.items()}
+# decide.py writes evidence as {"facts": {...}, "thresholds": {...}} with sorted keys: the thresholds
+# (names and numbers only) come last, so their key's last occurrence splits them off.
+_THRESHOLDS_KEY = ', "thresholds": '
 
 
-def _split_evidence(text: str) -> tuple[str, str]:
-    try:
-        evidence = json.loads(text) if text else None
-    except ValueError:
-        return text, ""
-    if not isinstance(evidence, dict):
-        return text, ""
-    thresholds = evidence.pop("thresholds", None)
-    return json.dumps(evidence, sort_keys=True), json.dumps(thresholds, sort_keys=True)
+def _hashed(rows: pd.DataFrame, descriptions: dict[str, str]) -> pd.DataFrame:
+    """Per row: its manager, a hash of what their email says of it without the threshold values, and with them."""
+    frame = rows.reindex(columns=EMAIL_COLUMNS).fillna("").astype(str)
+    split = frame["evidence"].str.rpartition(_THRESHOLDS_KEY)
+    has = split[1] != ""
+    facts = split[0].where(has, frame["evidence"])
+    words = frame.drop(columns=["evidence"]).assign(facts=facts, description=frame["policy_id"].map(descriptions).fillna(""))
+    return pd.DataFrame({
+        "manager": rows["project_success_id"].astype(str).to_numpy(),
+        "words": pd.util.hash_pandas_object(words, index=False).to_numpy(),
+        "all": pd.util.hash_pandas_object(words.assign(thresholds=split[2].where(has, "")), index=False).to_numpy(),
+    })
 
 
 def _timing(first, nights: list[dt.date]) -> dict[str, list[dict]]:

@@ -261,7 +261,8 @@ def diff(export_dir, baseline_path, candidate_path, as_of, as_json, examples, wo
 @click.option("--json", "as_json", is_flag=True, help="Print the backtest as JSON.")
 @click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write a self-contained page with a per-night chart to this file.")
-@click.option("--workers", type=click.IntRange(0, 64), default=None, help="Engine worker processes (default: the machine's cores).")
+@click.option("--workers", type=click.IntRange(0, 64), default=None,
+              help="Engine worker processes (default: none for a night of up to 20,000 projects, else the machine's cores).")
 @_guarded
 def backtest(exports_root, baseline_path, candidate_path, since, until, as_json, html_path, workers):
     """Replay BASELINE and CANDIDATE over every night of EXPORTS_ROOT, each with its own scratch ledger, and show
@@ -275,7 +276,7 @@ def backtest(exports_root, baseline_path, candidate_path, since, until, as_json,
     loaded = _both(baseline_path, candidate_path)
     try:
         result = run_backtest(loaded["baseline"], loaded["candidate"], exports_root, since=since, until=until,
-                              workers=_workers(workers), progress=Progress())
+                              workers=workers, progress=Progress())
     except ValueError as e:
         _err(f"{e} — give --from/--to within it")
         sys.exit(2)

@@ -91,6 +91,8 @@ def test_the_json_says_the_same_night_by_night(tmp_path):
     assert [n["as_of"] for n in report["nights"]] == ["2026-11-21", "2026-11-22", "2026-11-23"]
     assert [n["added"] for n in report["nights"]] == [2, 0, 0]
     assert [n["emails"]["changed"] for n in report["nights"]] == [["PS1"], ["PS1"], []]
+    # once both have halted P1, PS1's email differs only in the threshold value it quotes
+    assert [n["emails"]["threshold_only"] for n in report["nights"]] == [[], [], ["PS1"]]
     assert report["nights"][0]["states"]["candidate"] == {"new": 2, "ongoing": 0, "resolved": 0}
     assert report["nights"][1]["states"]["candidate"] == {"new": 0, "ongoing": 2, "resolved": 0}
     assert report["nights"][1]["states"]["baseline"] == {"new": 2, "ongoing": 0, "resolved": 1}
