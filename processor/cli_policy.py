@@ -117,12 +117,19 @@ def validate(file, fmt):
     try:
         policies = load_policies(file)
     except PolicyError as e:
-        problems = [problem_json(e.filename, p, policy_problem_code(p.message)) for p in e.problems]
-        click.echo(json.dumps({"file": str(file), "valid": False, "problems": problems}, indent=2, ensure_ascii=False))
+        click.echo(json.dumps(_problems_json(e), indent=2, ensure_ascii=False))
         sys.exit(3)  # invalid policies, as in text
     notes = [problem_json(str(file), p, policy_problem_code(p.message), "note") for p in policies.notes]
     click.echo(json.dumps({"file": str(file), "valid": True, "policies": len(policies.policies),
                            "thresholds": len(policies.thresholds), "problems": notes}, indent=2, ensure_ascii=False))
+
+
+def _problems_json(e) -> dict:
+    """A policies file's PolicyError as `--format json` prints it."""
+    from processor.problem_codes import policy_problem_code, problem_json
+
+    return {"file": e.filename, "valid": False,
+            "problems": [problem_json(e.filename, p, policy_problem_code(p.message)) for p in e.problems]}
 
 
 # --------------------------------------------------------------------------- test
@@ -149,7 +156,7 @@ def test_policies(policies_path, case_paths, pattern, coverage, fail_under, fmt,
     import re
 
     from processor.policytest import Coverage, case_files, default_cases, report_lines, run_cases, tests_json
-    from rules.document import load_policies
+    from rules.document import PolicyError, load_policies
 
     if fail_under is not None and not coverage:
         raise click.UsageError("--fail-under needs --coverage (e.g. --coverage --fail-under 100)")
@@ -160,7 +167,13 @@ def test_policies(policies_path, case_paths, pattern, coverage, fail_under, fmt,
         except re.error as e:
             raise click.BadParameter(f"'{pattern}' is not a regular expression: {e} — e.g. 'contact' or 'edge|grace'",
                                      param_hint="--run")
-    policies = load_policies(policies_path)
+    try:
+        policies = load_policies(policies_path)
+    except PolicyError as e:
+        if fmt != "json":
+            raise
+        click.echo(json.dumps(_problems_json(e), indent=2, ensure_ascii=False))
+        sys.exit(3)  # invalid policies: no case runs
     paths = list(case_paths) or [default_cases(policies_path)]
     if not case_files([p for p in paths if p.exists()]):
         _err(f"no test cases found in {', '.join(map(str, paths))} — write cases as policy_tests/*.yaml (docs/policies.md shows how), "

@@ -256,3 +256,13 @@ def test_a_problem_s_code_stays_what_it_was(message, code):
     from processor.problem_codes import policy_problem_code
 
     assert policy_problem_code(message) == code
+
+
+def test_test_json_of_an_invalid_policies_file_lists_its_problems_and_runs_no_case(tmp_path):
+    bad = tmp_path / "policies.yaml"
+    bad.write_text(POLICIES.read_text().replace("- party: talent", "- party: talnet", 1))
+    proc = shakers("test", bad, "--cases", CASES, "--format", "json")
+    assert proc.returncode == 3
+    report = json.loads(proc.stdout)
+    assert "cases" not in report and report["valid"] is False
+    assert [(p["code"], p["message"].split(" (")[0]) for p in report["problems"]] == [("unknown-value", "'talnet' is not a value of 'party'")]
