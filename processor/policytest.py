@@ -20,6 +20,10 @@ A case file (policy_tests/*.yaml):
 `given` starts from three users — PS1 (project_success), C1 (client), T1
 (talent, area development) — and one active project P1 of theirs; `CASE_FORMAT`
 below lists every key. `run_cases` is what `shakers-rules test` prints.
+
+`Coverage` (`test --coverage`) and `why_not` (the lines under a decision expected
+but not made) read the condition tree through rules.compile.explain_fact, the
+evaluator `explain` prints: one reading of it, whatever asks.
 """
 from __future__ import annotations
 
