@@ -24,7 +24,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
-	$(BIN)/shakers-rules test policies.yaml
+	$(BIN)/shakers-rules test policies.yaml --coverage --fail-under 100 --quiet
 
 clean:
 	rm -rf $(VENV) demo .pytest_cache .hypothesis

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import click
 
-from rules.document import PolicyError, load_policies
+from rules.document import PolicyError
 
 from processor.contract import DEFAULT_MAX_REJECT_SHARE
 
@@ -286,17 +286,6 @@ def print_summary(result, quiet: bool = False):
     click.echo(f"decisions: {result.out_dir / 'decisions.csv'}")
     click.echo(f"rejects:   {result.out_dir / 'rejects.csv'}")
     click.echo(f"summary:   {result.out_dir / 'summary.json'}")
-
-
-@main.command()
-@click.argument("file", default="policies.yaml", type=click.Path(dir_okay=False, path_type=Path))
-@guarded
-def validate(file):
-    """Check a policies file: every problem, each as FILE:LINE:COL: what is wrong — what is expected."""
-    policies = load_policies(file)
-    click.echo(f"{file}: OK — {len(policies.policies)} policies, {len(policies.thresholds)} thresholds")
-    for note in policies.notes:  # likely slips that are not errors: a threshold nothing uses
-        err(note.located(str(file)))
 
 
 @main.command()

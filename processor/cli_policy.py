@@ -1,5 +1,5 @@
-"""The policy editor's commands: `schema`, `test`, `explain`, `diff` (thin shells
-over rules.schema, processor.policytest, processor.explain, processor.diff).
+"""The policy editor's commands: `schema`, `validate`, `test`, `explain`, `diff` (thin shells
+over rules.schema, rules.document, processor.policytest, processor.explain, processor.diff).
 
 processor.cli registers COMMANDS. This module imports processor.cli only when
 a command runs, so `python -m processor.cli` (which imports this module while
@@ -94,33 +94,116 @@ def schema(markdown, check_file):
     click.echo(vocabulary_markdown() if markdown else schema_text(), nl=False)
 
 
+# --------------------------------------------------------------------------- validate
+_FORMAT = click.Choice(["text", "json"])
+
+
+@click.command()
+@click.argument("file", default="policies.yaml", type=_POLICIES_FILE)
+@click.option("--format", "fmt", type=_FORMAT, default="text", show_default=True,
+              help="json: {\"file\", \"valid\", \"problems\": [{file, line, column, message, code, severity}]} on stdout.")
+@_guarded
+def validate(file, fmt):
+    """Check a policies file: every problem, each as FILE:LINE:COL: what is wrong — what is expected."""
+    from processor.problem_codes import policy_problem_code, problem_json
+    from rules.document import PolicyError, load_policies
+
+    if fmt == "text":
+        policies = load_policies(file)
+        click.echo(f"{file}: OK — {len(policies.policies)} policies, {len(policies.thresholds)} thresholds")
+        for note in policies.notes:  # likely slips that are not errors: a threshold nothing uses
+            _err(note.located(str(file)))
+        return
+    try:
+        policies = load_policies(file)
+    except PolicyError as e:
+        click.echo(json.dumps(_problems_json(e), indent=2, ensure_ascii=False))
+        sys.exit(3)  # invalid policies, as in text
+    notes = [problem_json(str(file), p, policy_problem_code(p.message), "note") for p in policies.notes]
+    click.echo(json.dumps({"file": str(file), "valid": True, "policies": len(policies.policies),
+                           "thresholds": len(policies.thresholds), "problems": notes}, indent=2, ensure_ascii=False))
+
+
+def _problems_json(e) -> dict:
+    """A policies file's PolicyError as `--format json` prints it."""
+    from processor.problem_codes import policy_problem_code, problem_json
+
+    return {"file": e.filename, "valid": False,
+            "problems": [problem_json(e.filename, p, policy_problem_code(p.message)) for p in e.problems]}
+
+
 # --------------------------------------------------------------------------- test
 @click.command("test")
 @click.argument("policies_path", metavar="[POLICIES]", default="policies.yaml", type=_POLICIES_FILE)
 @click.option("--cases", "case_paths", multiple=True, type=click.Path(exists=True, path_type=Path),
               help="A case file or a directory of them (repeatable). Default: policy_tests/ beside POLICIES, else ./policy_tests.")
+@click.option("--run", "pattern", default=None, metavar="PATTERN",
+              help="Run only the cases whose name this regular expression finds (e.g. 'contact|edge').")
+@click.option("--coverage", is_flag=True,
+              help="Also list, for every policy and condition, whether some case makes it true and some false, "
+                   "and for each threshold whether a case sits at its edge on both sides.")
+@click.option("--fail-under", type=click.FloatRange(0, 100), default=None, metavar="PERCENT",
+              help="With --coverage: fail (exit 1) when coverage is below PERCENT, naming the uncovered conditions.")
+@click.option("--format", "fmt", type=_FORMAT, default="text", show_default=True,
+              help="json: the cases, the problems (file, line, column, message, code) and the coverage, on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only the failures and the final count.")
 @_guarded
-def test_policies(policies_path, case_paths, quiet):
+def test_policies(policies_path, case_paths, pattern, coverage, fail_under, fmt, quiet):
     """Run the policy test cases (policy_tests/*.yaml) against POLICIES through durable-rules.
 
-    Each case prints PASS or FAIL (with what differs), then 'N passed, M failed'. Exit 1 when any case fails."""
-    from processor.policytest import case_files, default_cases, report_lines, run_cases
-    from rules.document import load_policies
+    Each case prints PASS or FAIL (with what differs), then 'N passed, M failed'. Exit 1 when any case
+    fails, or when --coverage --fail-under finds the coverage below it."""
+    import re
 
-    policies = load_policies(policies_path)
+    from processor.policytest import Coverage, case_files, default_cases, report_lines, run_cases, tests_json
+    from rules.document import PolicyError, load_policies
+
+    if fail_under is not None and not coverage:
+        raise click.UsageError("--fail-under needs --coverage (e.g. --coverage --fail-under 100)")
+    only = None
+    if pattern is not None:
+        try:
+            only = re.compile(pattern)
+        except re.error as e:
+            raise click.BadParameter(f"'{pattern}' is not a regular expression: {e} — e.g. 'contact' or 'edge|grace'",
+                                     param_hint="--run")
+    try:
+        policies = load_policies(policies_path)
+    except PolicyError as e:
+        if fmt != "json":
+            raise
+        click.echo(json.dumps(_problems_json(e), indent=2, ensure_ascii=False))
+        sys.exit(3)  # invalid policies: no case runs
     paths = list(case_paths) or [default_cases(policies_path)]
     if not case_files([p for p in paths if p.exists()]):
         _err(f"no test cases found in {', '.join(map(str, paths))} — write cases as policy_tests/*.yaml (docs/policies.md shows how), "
              "or name them with --cases")
         sys.exit(2)
-    results = run_cases(policies, paths)
+    cover = Coverage(policies) if coverage else None
+    results = run_cases(policies, paths, only=only, coverage=cover)
+    if only is not None and not any(r.name != "(the case file)" for r in results):
+        _err(f"no case's name matches --run '{pattern}' in {', '.join(map(str, paths))} — "
+             "give part of a case's name (it is a regular expression)")
+        sys.exit(2)
+    below = cover is not None and fail_under is not None and cover.percent < fail_under
+    failed = not all(r.passed for r in results) or below
+    if fmt == "json":
+        click.echo(json.dumps(tests_json(results, cover, fail_under), indent=2, ensure_ascii=False))
+        sys.exit(1 if failed else 0)
     shown = [r for r in results if not (quiet and r.passed)]
     for line in report_lines(shown)[:-1]:
         click.echo(line)
     passed = sum(r.passed for r in results)
+    if cover is not None:
+        for line in cover.lines(uncovered_only=quiet):
+            click.echo(line)
     click.echo(f"{passed} passed, {len(results) - passed} failed")
-    sys.exit(0 if all(r.passed for r in results) else 1)
+    if below:
+        _err(f"coverage {cover.percent_text} is below --fail-under {fail_under:g}%; "
+             "write cases (policy_tests/*.yaml) that make these conditions so:")
+        for row in cover.uncovered():
+            _err(f"{row.where}: {row.policy}: {row.test}: {'; '.join(row.missing())}")
+    sys.exit(1 if failed else 0)
 
 
 # --------------------------------------------------------------------------- explain
@@ -170,6 +253,61 @@ def diff(export_dir, baseline_path, candidate_path, as_of, as_json, examples, wo
     """Backtest a policy change: evaluate BASELINE and CANDIDATE on the same night and show the decisions
     added, removed and changed. Writes nothing, records nothing in the ledger, sends nothing."""
     from processor.diff import diff_lines, diff_night, diff_json
+
+    loaded = _both(baseline_path, candidate_path)
+    result = diff_night(loaded["baseline"], loaded["candidate"], export_dir, as_of, workers=_workers(workers))
+    if as_json:
+        click.echo(json.dumps(diff_json(result), indent=2, default=str))
+    else:
+        for line in diff_lines(result, examples=examples):
+            click.echo(line)
+
+
+# --------------------------------------------------------------------------- backtest
+@click.command()
+@click.option("--exports-root", "exports_root", required=True, type=click.Path(file_okay=False, exists=True, path_type=Path),
+              help="The directory of nights' exports, one YYYY-MM-DD directory each (as `nightly` reads them).")
+@click.option("--baseline", "baseline_path", required=True, type=_POLICIES_FILE, help="The policies as they are (e.g. policies.yaml).")
+@click.option("--candidate", "candidate_path", required=True, type=_POLICIES_FILE, help="The policies as you would change them.")
+@click.option("--from", "since", type=DAY, default=None, help="The first night (default: the oldest there is).")
+@click.option("--to", "until", type=DAY, default=None, help="The last night (default: the newest there is).")
+@click.option("--json", "as_json", is_flag=True, help="Print the backtest as JSON.")
+@click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write a self-contained page with a per-night chart to this file.")
+@click.option("--workers", type=click.IntRange(0, 64), default=None,
+              help="Engine worker processes (default: none for a night of up to 20,000 projects, else the machine's cores).")
+@_guarded
+def backtest(exports_root, baseline_path, candidate_path, since, until, as_json, html_path, workers):
+    """Replay BASELINE and CANDIDATE over every night of EXPORTS_ROOT, each with its own scratch ledger, and show
+    per night and in total what the change would have done: decisions added and removed, projects halted and users
+    rejected earlier or later, emails that would have changed. Writes nothing else; the live ledger is never opened."""
+    from processor.backtest import backtest as run_backtest, backtest_html, backtest_json, backtest_lines
+    from processor.progress import Progress
+
+    if since and until and since > until:
+        raise click.BadParameter(f"--from {since} is after --to {until}", param_hint="--from")
+    loaded = _both(baseline_path, candidate_path)
+    try:
+        result = run_backtest(loaded["baseline"], loaded["candidate"], exports_root, since=since, until=until,
+                              workers=workers, progress=Progress())
+    except ValueError as e:
+        _err(f"{e} — give --from/--to within it")
+        sys.exit(2)
+    if html_path is not None:
+        from processor import files
+
+        html_path.parent.mkdir(parents=True, exist_ok=True)
+        files.write_text(html_path, backtest_html(result))  # whole or not at all
+        _err(f"page written to {html_path}")
+    if as_json:
+        click.echo(json.dumps(backtest_json(result), indent=2, default=str))
+    else:
+        for line in backtest_lines(result):
+            click.echo(line)
+
+
+def _both(baseline_path: Path, candidate_path: Path) -> dict:
+    """Both policies files, every problem of both reported (the last one's by the guard: exit 3)."""
     from rules.document import PolicyError, load_policies
 
     loaded, errors = {}, []
@@ -183,12 +321,7 @@ def diff(export_dir, baseline_path, candidate_path, as_of, as_json, examples, wo
             for p in e.problems:
                 _err(p.located(e.filename))
         raise errors[-1]
-    result = diff_night(loaded["baseline"], loaded["candidate"], export_dir, as_of, workers=_workers(workers))
-    if as_json:
-        click.echo(json.dumps(diff_json(result), indent=2, default=str))
-    else:
-        for line in diff_lines(result, examples=examples):
-            click.echo(line)
+    return loaded
 
 
-COMMANDS = [schema, test_policies, explain, diff]
+COMMANDS = [schema, validate, test_policies, explain, diff, backtest]

@@ -6,7 +6,8 @@ A decision is identified by its key (processor.decide.KEY_COLUMNS: policy_id,
 action, project_id, subject_id, milestone_id, invoice_id). A key only the
 candidate makes is *added*; one only the baseline makes is *removed*; one both
 make with a different assignee, amount, currency, reason or evidence is
-*changed*. Both nights go through the real pipeline (processor.run.decide_night),
+*changed*; a changed decision whose evidence differs only in the threshold values it records (the
+same decision, made under new values) is counted apart from the changes of substance. Both nights go through the real pipeline (processor.run.decide_night),
 which writes nothing: no output files, no ledger, no email.
 """
 from __future__ import annotations
@@ -115,6 +116,7 @@ def diff_json(d: NightDiff) -> dict:
         if "evidence" in before:
             before["evidence"] = _decision(c["baseline"])["evidence"]
         row["baseline"] = before
+        row["threshold_only"] = _thresholds_only(c)  # the same decision, made under new threshold values
         changed.append(row)
     return {"added": [_decision(r) for r in d.added.to_dict("records")],
             "removed": [_decision(r) for r in d.removed.to_dict("records")],
@@ -158,13 +160,17 @@ def diff_lines(d: NightDiff, examples: int = 3) -> list[str]:
     if d.same:
         lines.append(f"no difference: both make the same {len(d.candidate):,} decisions on this night")
         return lines
-    lines.append(f"{len(d.added):,} added, {len(d.removed):,} removed, {len(d.changed):,} changed")
+    thresholds_only = sum(_thresholds_only(c) for c in d.changed)
+    lines.append(f"{len(d.added):,} added, {len(d.removed):,} removed, {len(d.changed) - thresholds_only:,} changed, "
+                 f"{thresholds_only:,} changed only in the threshold values their evidence records")
     lines.append("")
     counts = _counts(d)
     width = max(len(k) for k in counts) if counts else 10
-    lines.append(f"  {'policy / action':<{width}}  {'baseline':>8}  {'candidate':>9}  {'added':>6}  {'removed':>7}  {'changed':>7}")
+    lines.append(f"  {'policy / action':<{width}}  {'baseline':>8}  {'candidate':>9}  {'added':>6}  {'removed':>7}  {'changed':>7}  "
+                 f"{'thresholds only':>15}")
     for key, c in counts.items():
-        lines.append(f"  {key:<{width}}  {c['baseline']:>8,}  {c['candidate']:>9,}  {c['added']:>6,}  {c['removed']:>7,}  {c['changed']:>7,}")
+        lines.append(f"  {key:<{width}}  {c['baseline']:>8,}  {c['candidate']:>9,}  {c['added']:>6,}  {c['removed']:>7,}  {c['changed']:>7,}  "
+                     f"{c['threshold_only']:>15,}")
     for title, frame in (("added", d.added), ("removed", d.removed)):
         if frame.empty or not examples:
             continue
@@ -222,11 +228,12 @@ def _counts(d: NightDiff) -> dict[str, dict[str, int]]:
     def bump(frame_or_rows, column):
         for pid, action in frame_or_rows:
             key = f"{pid} / {action}"
-            out.setdefault(key, {"baseline": 0, "candidate": 0, "added": 0, "removed": 0, "changed": 0})[column] += 1
+            out.setdefault(key, {"baseline": 0, "candidate": 0, "added": 0, "removed": 0, "changed": 0, "threshold_only": 0})[column] += 1
 
     bump(zip(d.added["policy_id"], d.added["action"]), "added")
     bump(zip(d.removed["policy_id"], d.removed["action"]), "removed")
-    bump(((c["candidate"]["policy_id"], c["candidate"]["action"]) for c in d.changed), "changed")
+    bump(((c["candidate"]["policy_id"], c["candidate"]["action"]) for c in d.changed if not _thresholds_only(c)), "changed")
+    bump(((c["candidate"]["policy_id"], c["candidate"]["action"]) for c in d.changed if _thresholds_only(c)), "threshold_only")
     for column, frame in (("baseline", d.baseline), ("candidate", d.candidate)):
         sizes = frame.groupby(["policy_id", "action"]).size()
         for (pid, action), n in sizes.items():

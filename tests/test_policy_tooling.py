@@ -491,9 +491,21 @@ cases:
 """)
     result = invoke("test", POLICIES, "--cases", cases)
     assert result.exit_code == 1
+    thresholds = load_policies(POLICIES).thresholds
+    needed, days, by_ps = (thresholds[f"contact_loss_{name}"] for name in ("unanswered_attempts", "days_since_oldest", "attempts_by_project_success"))
     assert result.stdout.splitlines() == [
         f"FAIL  {cases}:2  the client is lost after two attempts",
         "      expected, but not made: {policy: client-contact-loss, action: halt_project}",
+        # why, in explain's words: the nearest facts first (the client: one condition fails), each failing condition
+        "        why: the client C1:",
+        "          ✗ contact_loss:",
+        f"            ✗ unanswered_attempts at least {needed} (contact_loss_unanswered_attempts): actual 2 — {needed - 2} short",
+        "        why: the talent T1:",
+        "          ✗ party is client: actual talent",
+        "          ✗ contact_loss:",
+        f"            ✗ unanswered_attempts at least {needed} (contact_loss_unanswered_attempts): actual 0 — {needed} short",
+        f"            ✗ days_since_oldest_unanswered at least {days} (contact_loss_days_since_oldest): actual 0 — {days} short",
+        f"            ✗ unanswered_by_project_success at least {by_ps} (contact_loss_attempts_by_project_success): actual 0 — {by_ps} short",
         "      forbidden, but made: contact-risk: flag_for_review on P1 (subject C1, reason contact_at_risk)",
         "      the night's decisions:",
         "        contact-risk: flag_for_review on P1 (subject C1, reason contact_at_risk)",
@@ -662,6 +674,25 @@ def test_diff_of_a_file_with_itself_shows_nothing_and_writes_nothing(tmp_path, m
     assert not ledger.exists()
 
 
+def test_diff_counts_a_decision_changed_only_in_its_recorded_threshold_apart_from_real_changes(tmp_path):
+    night = Night()
+    night.project("P1")
+    night.unanswered("C1", 3, oldest_days_ago=9)   # contact lost under the old and the new threshold alike
+    export = night.write(tmp_path / "export")
+    candidate = lowered(tmp_path, "contact_loss_days_since_oldest", 7, 6)
+    result = invoke("diff", "--export", export, "--baseline", POLICIES, "--candidate", candidate)
+    assert result.exit_code == 0, result.output
+    assert "0 added, 0 removed, 0 changed, 2 changed only in the threshold values their evidence records" in result.stdout
+    assert re.search(r"client-contact-loss / halt_project\s+1\s+1\s+0\s+0\s+0\s+1$", result.stdout, re.M)
+    d = json.loads(invoke("diff", "--export", export, "--baseline", POLICIES, "--candidate", candidate, "--json").stdout)
+    assert [c["threshold_only"] for c in d["changed"]] == [True, True]
+    assert all(c["baseline"]["evidence"]["thresholds"]["contact_loss_days_since_oldest"] == 7 for c in d["changed"])
+    reason = tmp_path / "reason.yaml"
+    reason.write_text(POLICIES.read_text().replace("reason: escrow_shortfall", "reason: escrow_not_paid_in"))
+    real = invoke("diff", "--export", near_miss_night(tmp_path / "near"), "--baseline", POLICIES, "--candidate", reason, "--json")
+    assert [c["threshold_only"] for c in json.loads(real.stdout)["changed"]] == [False]
+
+
 def test_diff_with_a_broken_candidate_reports_it_and_exits_3(tmp_path):
     export = near_miss_night(tmp_path)
     bad = tmp_path / "candidate.yaml"
@@ -692,7 +723,8 @@ def test_diff_on_a_generated_night_shows_the_expected_additions(tmp_path):
 def test_the_guide_holds_the_vocabulary_the_program_generates():
     guide = (ROOT / "docs" / "policies.md").read_text(encoding="utf-8")
     assert vocabulary_markdown() in guide, "docs/policies.md is stale: paste `shakers-rules schema --markdown` into it"
-    for command in ("shakers-rules validate", "shakers-rules test", "shakers-rules explain", "shakers-rules diff", "shakers-rules schema"):
+    for command in ("shakers-rules validate", "shakers-rules test", "shakers-rules explain", "shakers-rules diff", "shakers-rules schema",
+                    "shakers-rules backtest", "shakers-rules test policies.yaml --coverage"):
         assert command in guide
 
 
