@@ -30,7 +30,8 @@ emails is still owed. What happens to a night that cannot be done tonight:
   it is not retried (a crash that repeats would block every later night) — the
   next night evaluates those projects again.
 * emails owed (exit 5): the night is recorded; the next invocation retries the
-  delivery (`shakers-rules send`), and the night is done once nothing is owed.
+  delivery (`deliver_night`, through the delivery library with this ledger), and the night
+  is done once nothing is owed; an address refused permanently on a few nights is given up.
 * an unexpected failure (exit 1, a bug): reported, and tried again next time.
 
 The exit code is the most urgent of the nights': 4, then 1, then 5, then 0.
