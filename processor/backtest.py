@@ -26,14 +26,15 @@ from typing import Callable
 
 import pandas as pd
 
-from rules.document import PolicySet
+from rules.model import PolicySet
+from rules.vocabulary import Action
 
 from processor.decide import DECISION_COLUMNS, KEY_COLUMNS
 from processor.diff import _thresholds_only, compare
 from processor.explain import IN_PROCESS_PROJECTS
 
 # Actions whose timing the backtest follows, and what each is about.
-TIMED = {"halt_project": "project_id", "reject_user": "subject_id"}
+TIMED = {Action.HALT_PROJECT: "project_id", Action.REJECT_USER: "subject_id"}
 # What a manager's email shows of a decision (processor.reports builds it from these).
 EMAIL_COLUMNS = [*KEY_COLUMNS, "assignee_id", "amount", "currency", "reason", "evidence", "state"]
 
@@ -254,7 +255,7 @@ def backtest_json(b: Backtest) -> dict:
                         "seconds": round(n.seconds, 3)} for n in b.nights]}
 
 
-_WHAT = {"halt_project": ("project", "halted"), "reject_user": ("user", "rejected")}
+_WHAT = {Action.HALT_PROJECT: ("project", "halted"), Action.REJECT_USER: ("user", "rejected")}
 
 
 def timing_lines(b: Backtest, examples: int | None = 10) -> list[str]:

@@ -33,7 +33,7 @@ from typing import Callable, Iterator
 import pandas as pd
 
 from rules.compile import to_ruleset
-from rules.document import PolicySet
+from rules.model import PolicySet
 from rules.engine import EngineError, PolicyEngine
 
 from processor.evaluate import CRASH_HOOK_ENV, Evaluation

@@ -21,8 +21,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from rules.compile import evidence_fields, evidence_thresholds
-from rules.document import ActionSpec, Policy, PolicySet
+from rules.model import ActionSpec, Policy, PolicySet, evidence_fields, evidence_thresholds
+from rules.vocabulary import Action
 
 from processor.arrowtext import concat, runs
 from processor.facts import STR, Facts, is_in, json_values, positions, rows_among
@@ -114,10 +114,10 @@ def _expand(policy: Policy, spec: ActionSpec, rows: dict[str, pd.Series], facts:
         "client": col("client_id"), "talent": col("talent_id"), "project_success": col("project_success_id"),
         "payee": col("payee_id"), "party": col("user_id"), "nobody": blank,
     }[spec.who]
-    assignee = col("payee_id") if spec.action == "release_milestone_payment" else blank
+    assignee = col("payee_id") if spec.action == Action.RELEASE_MILESTONE_PAYMENT else blank
     amount = money(rows["amount_cents"]).array if "amount_cents" in rows else blank
     currency = col("currency")
-    with_money = spec.action in ("release_milestone_payment", "reassign_milestone", "notify_talent_non_payment") \
+    with_money = spec.action in (Action.RELEASE_MILESTONE_PAYMENT, Action.REASSIGN_MILESTONE, Action.NOTIFY_TALENT_NON_PAYMENT) \
         or policy.about in ("milestone", "invoice")
     if not with_money:
         amount, currency = blank, blank
@@ -202,7 +202,7 @@ def make_decisions(policies: PolicySet, firings: pd.DataFrame, facts: Facts,
         # which let go of the GIL): it is made on the second core while the decisions are.
         pool = threads.submit(top_shaker_pool, facts.users, facts.projects,
                               policies.thresholds["top_shaker_default_max_active_projects"]) \
-            if any(spec.action == "assign_top_shaker" for policy in policies.policies for spec in policy.then) else None
+            if any(spec.action == Action.ASSIGN_TOP_SHAKER for policy in policies.policies for spec in policy.then) else None
         parts = []
         context = _fired_context(policies, firings, facts, fired_rows, threads)
         for policy in policies.policies:
@@ -298,7 +298,7 @@ def assign_top_shakers(decisions: pd.DataFrame, context: Facts, pool: Callable[[
     Top Shaker the assignment becomes a flag and the reassignments go.
 
     context: the fired projects' (_fired_context); pool: gives top_shaker_pool's."""
-    needing = decisions["action"] == "assign_top_shaker"
+    needing = decisions["action"] == Action.ASSIGN_TOP_SHAKER
     if not needing.any():
         return np.ones(len(decisions), dtype=bool)
     needs = decisions.loc[needing, ["project_id", "policy_id", "subject_id"]].drop_duplicates(["project_id"])
@@ -306,7 +306,7 @@ def assign_top_shakers(decisions: pd.DataFrame, context: Facts, pool: Callable[[
     needs = needs.reset_index(drop=True).assign(area=_at(context.projects["area"], project),
                                                 talent_id=_at(context.projects["talent_id"], project))
     chosen = choose_top_shakers(needs, pool())
-    takes_top_shaker = is_in(decisions["action"], ["assign_top_shaker", "reassign_milestone"]) \
+    takes_top_shaker = is_in(decisions["action"], [Action.ASSIGN_TOP_SHAKER.value, Action.REASSIGN_MILESTONE.value]) \
         & is_in(decisions["policy_id"], needs["policy_id"])
     # Each taking row's project among the chosen (None: not among them, or nobody was chosen).
     at = positions(decisions.loc[takes_top_shaker, "project_id"], pd.Series(list(chosen), dtype=object))
@@ -315,8 +315,8 @@ def assign_top_shakers(decisions: pd.DataFrame, context: Facts, pool: Callable[[
     nobody = pd.Series(False, index=decisions.index)
     nobody[takes_top_shaker] = pd.isna(pick)
     # No eligible Top Shaker: the assignment becomes a flag, the reassignments go.
-    flag = nobody & (decisions["action"] == "assign_top_shaker")
-    decisions.loc[flag, "action"] = "flag_for_review"
+    flag = nobody & (decisions["action"] == Action.ASSIGN_TOP_SHAKER)
+    decisions.loc[flag, "action"] = Action.FLAG_FOR_REVIEW.value  # the bare text, as the column holds
     decisions.loc[flag, "reason"] = decisions.loc[flag, "_fallback"].replace("", "no_top_shaker_available")
     decisions.loc[flag, ["assignee_id", "amount", "currency"]] = ""
-    return ~(nobody & (decisions["action"] == "reassign_milestone")).to_numpy()
+    return ~(nobody & (decisions["action"] == Action.REASSIGN_MILESTONE)).to_numpy()

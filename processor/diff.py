@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from rules.document import PolicySet
+from rules.model import PolicySet
 
 from processor.decide import KEY_COLUMNS
 from processor.policytest import describe

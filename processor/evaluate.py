@@ -10,7 +10,7 @@ run never waits forever (workers=0, in this process, has no watchdog).
 
 Only candidate facts go to the engine: those that satisfy some policy's
 conditions, found with pandas masks compiled from the same policies
-(rules.compile.mask; see processor.partition). Every rule reads one fact, so a
+(processor.masks; see processor.partition). Every rule reads one fact, so a
 fact that satisfies none cannot fire anything; tests/test_prefilter.py checks
 that the decisions with and without this pre-filter are identical.
 
@@ -38,7 +38,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from rules.compile import to_ruleset
-from rules.document import PolicySet
+from rules.model import PolicySet
 from rules.engine import PolicyEngine
 
 from processor.facts import STR, Facts, text_array, is_in

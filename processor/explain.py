@@ -19,7 +19,9 @@ import numpy as np
 import pandas as pd
 
 from rules.compile import explain_fact
-from rules.document import PolicySet, did_you_mean
+from rules.document import did_you_mean
+from rules.model import PolicySet
+from rules.vocabulary import OPERATORS
 
 from processor.policytest import describe
 
@@ -149,9 +151,6 @@ def explanation_lines(ex: dict) -> list[str]:
     return lines
 
 
-_WORDS = {"gte": "at least", "gt": "more than", "lte": "at most", "lt": "less than"}
-
-
 def _condition_line(c: dict) -> str:
     mark = "✓" if c.get("holds") else "✗"
     indent = "  " * (c.get("depth", 0) + 2)
@@ -168,19 +167,14 @@ def _miss(c: dict) -> str:
     actual, expected, test = c.get("actual"), c.get("expected"), c.get("test", "")
     if not isinstance(actual, (int, float)) or isinstance(actual, bool) or not isinstance(expected, (int, float)):
         return ""
-    for op, word in _WORDS.items():
-        if f" {word} " in f" {test} ":
-            if op == "gte":
-                gap = expected - actual
-            elif op == "gt":
-                gap = expected + 1 - actual
-            elif op == "lte":
-                gap = actual - expected
-            else:
-                gap = actual - expected + 1
+    for o in OPERATORS.values():
+        if o.edge and f" {o.explain} " in f" {test} ":
+            held_at = expected + o.edge[0]  # the value where the comparison just holds
+            upwards = o.edge[1] < o.edge[0]  # at least / more than: a value below is short of it
+            gap = held_at - actual if upwards else actual - held_at
             if c.get("holds"):
                 return "on the edge" if gap == 0 else ""
-            return f"{gap} short" if op in ("gte", "gt") else f"{gap} over"
+            return f"{gap} short" if upwards else f"{gap} over"
     return ""
 
 

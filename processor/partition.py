@@ -5,8 +5,8 @@ Every policy reads exactly one fact (a policy is `about` one kind; the compiled
 ruleset has one fact pattern per rule), so a fact that satisfies no policy's
 conditions cannot make anything fire, whatever other facts share its project.
 The pre-filter therefore keeps facts, not whole projects: per kind, the rows
-where some policy's pandas mask (rules.compile.mask, compiled from the same
-condition tree as the durable-rules ruleset; found by rules.compile.any_mask)
+where some policy's pandas mask (processor.masks.mask, read from the same
+condition tree as the durable-rules ruleset; found by processor.masks.any_mask)
 holds. durable-rules still decides what fires; the masks only spare it the
 facts that cannot matter. The differential tests (tests/test_prefilter.py)
 check that decisions with and without the pre-filter are identical.
@@ -27,12 +27,13 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from rules.compile import any_mask, to_ruleset
-from rules.document import PolicySet
+from rules.compile import to_ruleset
+from rules.model import PolicySet
 from rules.vocabulary import FACT_KINDS
 
 from processor.arrowtext import concat, joined_between
 from processor.facts import text_array, fixed_width_bytes, is_in, json_values
+from processor.masks import any_mask
 
 Frames = dict[str, pd.DataFrame]
 # Projects whose facts go to durable-rules in one assertion. Each assertion has a fixed cost

@@ -39,7 +39,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from rules.document import PolicyError, PolicySet, Problem, did_you_mean, located_yaml, read_text
+from rules.document import PolicyError, did_you_mean, located_yaml, read_text
+from rules.model import PolicySet, Problem, iter_comparisons
+from rules.vocabulary import OPERATORS
 from processor.contract import TABLES
 
 DEFAULT_AS_OF = dt.date(2026, 11, 24)
@@ -578,10 +580,6 @@ def report_lines(results: list[CaseResult]) -> list[str]:
 
 
 # --------------------------------------------------------------------------- coverage
-# A threshold comparison's edge: (the value that just holds, the value that just fails).
-_EDGES = {"gte": (0, -1), "gt": (1, 0), "lte": (0, 1), "lt": (-1, 0)}
-
-
 @dataclass
 class ConditionCoverage:
     """One test of a policy (a '- field: value' line of the file) and what the cases made of it."""
@@ -629,8 +627,6 @@ class Coverage:
     rules.compile.explain_fact, the evaluator `explain` prints: one reading of the condition tree."""
 
     def __init__(self, policies: PolicySet):
-        from rules.document import iter_tests
-
         self.policies = policies
         try:
             text = read_text(policies.path).splitlines()
@@ -639,12 +635,13 @@ class Coverage:
         self.conditions: dict[str, list[ConditionCoverage]] = {}
         for policy in policies.policies:
             rows = []
-            for t in iter_tests(policy.when):
+            for t in iter_comparisons(policy.when):
                 source = text[t.line - 1] if 0 < t.line <= len(text) else ""
                 column = source.find(t.field) + 1 or 1
                 edge = None
-                if t.threshold and t.op in _EDGES:
-                    edge = (t.value + _EDGES[t.op][0], t.value + _EDGES[t.op][1])
+                offsets = OPERATORS[t.op].edge  # a threshold comparison's (just holds, just fails)
+                if t.threshold and offsets:
+                    edge = (t.value + offsets[0], t.value + offsets[1])
                 rows.append(ConditionCoverage(policy.id, policies.path, t.line, column, t.describe(), t.threshold, edge))
             self.conditions[policy.id] = rows
         self.cases = 0
@@ -660,7 +657,7 @@ class Coverage:
             rows = self.conditions[policy.id]
             for fact in frame.to_dict("records"):
                 _held, events = explain_fact(policy, {k: _plain(v) for k, v in fact.items()})
-                # explain_fact reports the tests in the tree's order, as iter_tests walks it (groups aside).
+                # explain_fact reports the tests in the tree's order, as iter_comparisons walks it (groups aside).
                 tests = [e for e in events if "field" in e]
                 assert len(tests) == len(rows), (policy.id, len(tests), len(rows))
                 for row, event in zip(rows, tests):

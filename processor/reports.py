@@ -38,6 +38,8 @@ import pyarrow.compute as pc
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 from markupsafe import Markup
 
+from rules.vocabulary import Action
+
 from processor import files
 from processor.arrowtext import concat, joined_between, joined_bytes, runs
 
@@ -360,23 +362,23 @@ def why(decision: Mapping, people: Mapping[str, str]) -> str:
 # --------------------------------------------------------------------------- each action, in words
 # What to do, for each action: a sentence made of the columns _actions gives it (c), or the same words for every row.
 _TO_DO: dict[str, Callable[[dict[str, pa.Array]], pa.Array] | str] = {
-    "halt_project": lambda c: _cat("Halt the project", _if(_present(c["reason"]), _cat(" (", c["reason"], ")"))),
-    "request_talent_decision": lambda c: _cat("Ask ", c["subject"], " to wait for the client or close their work"),
-    "release_milestone_payment": lambda c: _cat(
+    Action.HALT_PROJECT: lambda c: _cat("Halt the project", _if(_present(c["reason"]), _cat(" (", c["reason"], ")"))),
+    Action.REQUEST_TALENT_DECISION: lambda c: _cat("Ask ", c["subject"], " to wait for the client or close their work"),
+    Action.RELEASE_MILESTONE_PAYMENT: lambda c: _cat(
         "Release ", _or(c["money"], "the held money"), " for ",
         _if(_present(c["ms_id"]), _cat(c["ms_title"], " (", c["ms_id"], ")"), "the milestone"), " to ", c["payee"]),
-    "close_project": "Close the project",
-    "notify_client": lambda c: _cat("Tell ", c["subject"], " (client) what is happening"),
-    "notify_talent": lambda c: _cat("Tell ", c["subject"], " (talent) what is happening"),
-    "reject_user": lambda c: _cat("Reject ", c["subject"], " from the platform"),
-    "assign_top_shaker": lambda c: _cat("Assign Top Shaker ", c["assignee"], " to take over"),
-    "reassign_milestone": lambda c: _cat(
+    Action.CLOSE_PROJECT: "Close the project",
+    Action.NOTIFY_CLIENT: lambda c: _cat("Tell ", c["subject"], " (client) what is happening"),
+    Action.NOTIFY_TALENT: lambda c: _cat("Tell ", c["subject"], " (talent) what is happening"),
+    Action.REJECT_USER: lambda c: _cat("Reject ", c["subject"], " from the platform"),
+    Action.ASSIGN_TOP_SHAKER: lambda c: _cat("Assign Top Shaker ", c["assignee"], " to take over"),
+    Action.REASSIGN_MILESTONE: lambda c: _cat(
         "Move ", _if(_present(c["ms_id"]), _cat(c["ms_title"], " (", c["ms_id"], _if(_present(c["money"]), _cat(", ", c["money"])), ")"),
                      "the milestone"), " to ", c["assignee"]),
-    "notify_talent_non_payment": lambda c: _cat("Tell ", c["subject"], " that invoice ", c["invoice_id"],
+    Action.NOTIFY_TALENT_NON_PAYMENT: lambda c: _cat("Tell ", c["subject"], " that invoice ", c["invoice_id"],
                                                 _if(_present(c["money"]), _cat(" (", c["money"], ")")), " is unpaid: continue or halt"),
-    "resume_project": "Resume the project",
-    "flag_for_review": lambda c: _cat("Review: ", _or(c["reason"], "flagged"),
+    Action.RESUME_PROJECT: "Resume the project",
+    Action.FLAG_FOR_REVIEW: lambda c: _cat("Review: ", _or(c["reason"], "flagged"),
                                       _if(_present(c["subject_id"]), _cat(" — ", c["subject"]))),
 }
 
@@ -573,7 +575,7 @@ def _report_order(decisions: pd.DataFrame):
     first found it), its actions in decision order; each row's section (its rank in SECTIONS) and
     firing; per manager the rows in each section, the new ones, and the projects named.
     A state no section shows counts, and is not shown."""
-    flagged = (decisions["action"] == "flag_for_review").to_numpy(dtype=bool, na_value=False)
+    flagged = (decisions["action"] == Action.FLAG_FOR_REVIEW).to_numpy(dtype=bool, na_value=False)
     at_risk = flagged & (decisions["reason"] == AT_RISK_REASON).to_numpy(dtype=bool, na_value=False)
     # Each row's section: resolved, at risk, flagged, else the one its state names; ranked by its
     # place in SECTIONS, a state no section shows (or none) after them.

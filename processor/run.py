@@ -15,7 +15,8 @@ from typing import Callable
 
 import pandas as pd
 
-from rules.document import PolicySet, load_policies
+from rules.document import load_policies
+from rules.model import PolicySet
 
 from processor import files, killpoints
 from processor.killpoints import kill_point

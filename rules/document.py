@@ -1,5 +1,6 @@
 """The policies document: read `policies.yaml`, check every part of it, and
-build the policy model the compiler and the engine use.
+build the policy model (rules.model) the compiler and the engine use. The
+engine's limits are checked on the compiled rules (rules.compile).
 
 Every problem is reported with its place in the file (line and column, both
 1-based) and what was expected, all of them in one pass: a policy editor fixes
@@ -19,16 +20,28 @@ import hashlib
 import os
 import re
 import stat
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 from yaml.constructor import SafeConstructor
 
+from rules.compile import rule_condition
+from rules.model import (
+    ActionSpec,
+    All,
+    Any_,
+    Comparison,
+    Not,
+    Policy,
+    PolicySet,
+    Problem,
+    iter_comparisons,
+)
 from rules.vocabulary import (
     ACTION_ARGS,
     ACTIONS,
+    BY_WORD,
     COMPARISONS,
     DEFAULT_WHO,
     FACT_KINDS,
@@ -38,6 +51,7 @@ from rules.vocabulary import (
     MILESTONE_STATUSES,
     NUMBER,
     WHO,
+    Action,
 )
 
 SUPPORTED_VERSION = 1
@@ -64,14 +78,12 @@ NAME_PATTERN = r"^[a-z][a-z0-9_]*$"
 POLICY_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]*$"
 TEXT_PATTERN = r"\S"  # a reason code: any text that is not blank
 
-COMPARISON_OPS = {"at_least": "gte", "at_most": "lte", "more_than": "gt", "less_than": "lt"}
-assert set(COMPARISON_OPS) == set(COMPARISONS)
-TEST_WORDS = (*COMPARISONS, "one_of", "none_of", "not")
+TEST_WORDS = tuple(BY_WORD)
 
 # Who an action may concern, where that is narrower than WHO.
-WHO_FOR_ACTION = {"reject_user": ("client", "talent", "party")}
+WHO_FOR_ACTION = {Action.REJECT_USER: ("client", "talent", "party")}
 # Actions that pick milestones of the project with their 'milestones' argument.
-MILESTONE_PICKING_ACTIONS = ("release_milestone_payment", "reassign_milestone")
+MILESTONE_PICKING_ACTIONS = (Action.RELEASE_MILESTONE_PAYMENT, Action.REASSIGN_MILESTONE)
 
 
 def all_fields() -> dict[str, tuple[str, str]]:
@@ -114,18 +126,6 @@ def action_arguments(action: str, kind: str | None) -> tuple[dict[str, tuple[str
 
 
 # --------------------------------------------------------------------------- problems
-@dataclass(frozen=True)
-class Problem:
-    line: int
-    col: int
-    message: str
-    # True when a JSON Schema cannot see this problem (see the module docstring).
-    beyond_schema: bool = field(default=False, compare=False)
-
-    def located(self, filename: str) -> str:
-        return f"{filename}:{self.line}:{self.col}: {self.message}"
-
-
 class PolicyError(Exception):
     """The policies file is not usable; `problems` says every place and why."""
 
@@ -138,106 +138,6 @@ class PolicyError(Exception):
 def did_you_mean(word: Any, choices) -> str:
     close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
     return f" (did you mean '{close[0]}'?)" if close else ""
-
-
-# --------------------------------------------------------------------------- the model
-@dataclass(frozen=True)
-class Test:
-    """One comparison of a fact's field: `field op value`.
-
-    op is one of eq, ne, one_of, none_of, gte, lte, gt, lt. `threshold` names
-    the threshold the value came from, when it came from one."""
-
-    field: str
-    op: str
-    value: Any
-    threshold: str | None = None
-    line: int = 0
-
-    def negated(self) -> "Test":
-        flip = {"eq": "ne", "ne": "eq", "one_of": "none_of", "none_of": "one_of",
-                "gte": "lt", "lt": "gte", "lte": "gt", "gt": "lte"}
-        return Test(self.field, flip[self.op], self.value, self.threshold, self.line)
-
-    def holds(self, actual: Any) -> bool:
-        v = self.value
-        if self.op == "eq":
-            return actual == v
-        if self.op == "ne":
-            return actual != v
-        if self.op == "one_of":
-            return actual in v
-        if self.op == "none_of":
-            return actual not in v
-        if actual is None:
-            return False
-        return {"gte": actual >= v, "lte": actual <= v, "gt": actual > v, "lt": actual < v}[self.op]
-
-    def describe(self) -> str:
-        words = {"eq": "is", "ne": "is not", "one_of": "is one of", "none_of": "is none of",
-                 "gte": "at least", "lte": "at most", "gt": "more than", "lt": "less than"}
-        value = ", ".join(map(_word, self.value)) if isinstance(self.value, tuple) else _word(self.value)
-        source = f" ({self.threshold})" if self.threshold else ""
-        return f"{self.field} {words[self.op]} {value}{source}"
-
-
-def _word(v) -> str:
-    """A value as the policies file writes it (true, not True)."""
-    return ("true" if v else "false") if isinstance(v, bool) else str(v)
-
-
-@dataclass(frozen=True)
-class All:
-    items: tuple
-    name: str | None = None  # the named condition this group came from
-
-
-@dataclass(frozen=True)
-class Any_:
-    items: tuple
-
-
-@dataclass(frozen=True)
-class Not:
-    item: Any
-
-
-@dataclass(frozen=True)
-class ActionSpec:
-    action: str
-    who: str
-    reason: str | None = None
-    milestones: tuple[str, ...] = ()
-    if_none_available: str | None = None
-    line: int = 0
-
-
-@dataclass(frozen=True)
-class Policy:
-    id: str
-    description: str
-    about: str
-    when: All
-    then: tuple[ActionSpec, ...]
-    line: int = 0
-
-    def needs_top_shaker(self) -> bool:
-        return any(a.action == "assign_top_shaker" for a in self.then)
-
-
-@dataclass
-class PolicySet:
-    path: str
-    sha256: str
-    version: int
-    thresholds: dict[str, int]
-    policies: list[Policy]
-    conditions: dict[str, All] = field(default_factory=dict)
-    # Not errors, but likely slips: a threshold or named condition nothing uses.
-    notes: list[Problem] = field(default_factory=list)
-
-    def policy(self, policy_id: str) -> Policy:
-        return next(p for p in self.policies if p.id == policy_id)
 
 
 # --------------------------------------------------------------------------- YAML with places
@@ -536,7 +436,7 @@ class _Checker:
         if name in named:
             group = named[name]
             if kind is not None:
-                foreign = [t.field for t in iter_tests(group) if t.field not in FACT_KINDS[kind]]
+                foreign = [t.field for t in iter_comparisons(group) if t.field not in FACT_KINDS[kind]]
                 if foreign:
                     self.bad(n, f"condition '{name}' tests {_and(sorted(set(foreign)))}, which facts about a {kind} do not have — "
                                 f"use it in policies about a {' or '.join(kinds_having(foreign[0])) or 'kind that has it'}", beyond_schema=True)
@@ -561,7 +461,7 @@ class _Checker:
                             f"a test is written 'field: value'", looks_like_a_name)
         return None
 
-    def test(self, keynode: _Node, fieldname: str, body: _Node, kind, thresholds) -> Test | None:
+    def test(self, keynode: _Node, fieldname: str, body: _Node, kind, thresholds) -> Comparison | None:
         fields = FACT_KINDS.get(kind) or all_fields()
         if fieldname not in fields:
             where = f"facts about a {kind}" if kind in FACT_KINDS else "facts"
@@ -588,19 +488,19 @@ class _Checker:
                 number, threshold = self.number(vnode, fieldname, thresholds)
                 if number is None:
                     return None
-                return Test(fieldname, COMPARISON_OPS[word], number, threshold, keynode.line)
-            if word in ("one_of", "none_of"):
+                return Comparison(fieldname, COMPARISONS[word], number, threshold, keynode.line)
+            if BY_WORD[word].members:
                 if not isinstance(vnode.value, list) or not vnode.value:
                     self.bad(vnode, f"'{word}' needs a list of values, e.g. [active, completed], got {_kind(vnode.value)}")
                     return None
                 items = tuple(self.scalar(i, fieldname, ftype, thresholds) for i in vnode.value)
                 if any(i is _BAD for i in items):
                     return None
-                return Test(fieldname, word, items, None, keynode.line)
+                return Comparison(fieldname, BY_WORD[word].op, items, None, keynode.line)
             single = self.scalar(vnode, fieldname, ftype, thresholds)
-            return None if single is _BAD else Test(fieldname, "ne", single, None, keynode.line)
+            return None if single is _BAD else Comparison(fieldname, BY_WORD[word].op, single, None, keynode.line)
         single = self.scalar(body, fieldname, ftype, thresholds)
-        return None if single is _BAD else Test(fieldname, "eq", single, None, keynode.line)
+        return None if single is _BAD else Comparison(fieldname, "eq", single, None, keynode.line)
 
     def number(self, n: _Node, fieldname, thresholds):
         v = n.value
@@ -711,7 +611,7 @@ class _Checker:
         reason = None
         if "reason" in given:
             reason = given["reason"].value
-            if name == "halt_project":
+            if name == Action.HALT_PROJECT:
                 if reason not in HOLD_REASONS:
                     self.bad(given["reason"], f"{_shown(reason)} is not a hold reason{did_you_mean(reason, HOLD_REASONS)} — expected one of: {', '.join(HOLD_REASONS)}")
                     ok = False
@@ -834,7 +734,7 @@ def parse_policies(text: str, filename: str = "policies.yaml") -> PolicySet:
 
 def _unused(top: dict, thresholds: dict, named: dict, policies: list[Policy], referenced: set[str]) -> list[Problem]:
     """Thresholds and named conditions that nothing uses: a value changed there would change nothing."""
-    used = {t.threshold for group in [*(p.when for p in policies), *named.values()] for t in iter_tests(group) if t.threshold}
+    used = {t.threshold for group in [*(p.when for p in policies), *named.values()] for t in iter_comparisons(group) if t.threshold}
     notes = []
     tnode = top.get("thresholds")
     for name in thresholds:
@@ -890,8 +790,6 @@ def _policy(ck: _Checker, item: _Node, thresholds, named, seen: dict[str, int]) 
 
 def engine_size(policy: Policy) -> tuple[int, int]:
     """(groups, tests) of the policy's compiled durable-rules condition: what durable-rules' limits count."""
-    from rules.compile import rule_condition  # the compiler reads this module's model; import it when needed
-
     groups = tests = 0
     stack = [rule_condition(policy)]
     while stack:
@@ -903,16 +801,6 @@ def engine_size(policy: Policy) -> tuple[int, int]:
         else:
             tests += 1
     return groups, tests
-
-
-def iter_tests(cond):
-    if isinstance(cond, Test):
-        yield cond
-    elif isinstance(cond, (All, Any_)):
-        for i in cond.items:
-            yield from iter_tests(i)
-    elif isinstance(cond, Not):
-        yield from iter_tests(cond.item)
 
 
 def read_text(path: str | Path) -> str:

@@ -42,30 +42,27 @@ from rules.vocabulary import (
     KNOWN_TEXT,
     MILESTONE_STATUSES,
     NUMBER,
+    OPERATORS,
+    Action,
 )
 
 SCHEMA_FILE = Path(__file__).with_name("policies.schema.json")
 SCHEMA_ID = "https://shakers.example/schemas/policies.schema.json"
 
-_WORD_OPS = {
-    "at_least": "holds when the fact is at least this number (≥)",
-    "at_most": "holds when the fact is at most this number (≤)",
-    "more_than": "holds when the fact is more than this number (>)",
-    "less_than": "holds when the fact is less than this number (<)",
-}
+_WORD_OPS = {o.word: f"holds when the fact is {o.explain} this number ({o.symbol})" for o in OPERATORS.values() if o.ordered}
 _ACTION_SENTENCES = {
-    "halt_project": "put the project on hold, with a reason",
-    "request_talent_decision": "ask the talent to decide: wait for the client or close their work",
-    "release_milestone_payment": "release a milestone's money held in escrow to its payee",
-    "close_project": "close the project",
-    "notify_client": "tell the client what happened",
-    "notify_talent": "tell the talent what happened",
-    "reject_user": "reject a user from the platform",
-    "assign_top_shaker": "give the project to the best eligible Top Shaker",
-    "reassign_milestone": "make the Top Shaker the payee of the project's milestones",
-    "notify_talent_non_payment": "tell the talent an invoice is unpaid (amount, days overdue)",
-    "resume_project": "take the project off hold",
-    "flag_for_review": "ask Project Success to look, with a reason",
+    Action.HALT_PROJECT: "put the project on hold, with a reason",
+    Action.REQUEST_TALENT_DECISION: "ask the talent to decide: wait for the client or close their work",
+    Action.RELEASE_MILESTONE_PAYMENT: "release a milestone's money held in escrow to its payee",
+    Action.CLOSE_PROJECT: "close the project",
+    Action.NOTIFY_CLIENT: "tell the client what happened",
+    Action.NOTIFY_TALENT: "tell the talent what happened",
+    Action.REJECT_USER: "reject a user from the platform",
+    Action.ASSIGN_TOP_SHAKER: "give the project to the best eligible Top Shaker",
+    Action.REASSIGN_MILESTONE: "make the Top Shaker the payee of the project's milestones",
+    Action.NOTIFY_TALENT_NON_PAYMENT: "tell the talent an invoice is unpaid (amount, days overdue)",
+    Action.RESUME_PROJECT: "take the project off hold",
+    Action.FLAG_FOR_REVIEW: "ask Project Success to look, with a reason",
 }
 _WHO_SENTENCES = {
     "client": "the project's client",

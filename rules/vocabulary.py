@@ -1,4 +1,5 @@
-"""The words a policy may use: fact kinds, their fields, actions and who they concern.
+"""The words a policy may use: fact kinds, their fields, actions and who they concern,
+and the comparisons a condition makes (OPERATORS).
 
 This is the one place that names them. The facts builder (processor.facts)
 produces exactly these fields; the policy checker refuses any other name; the
@@ -6,24 +7,28 @@ policy editor's guide is generated from the descriptions below.
 """
 from __future__ import annotations
 
-from enum import Enum
+import operator
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Callable
 
 
-class Action(str, Enum):
-    """Action names of SPEC §5 (fixed: the platform reads them)."""
+class Action(StrEnum):
+    """Action names of SPEC §5 (fixed: the platform reads them). A StrEnum: each equals, prints
+    and serializes as its name, so outputs read the same as with the bare text."""
 
-    halt_project = "halt_project"
-    request_talent_decision = "request_talent_decision"
-    release_milestone_payment = "release_milestone_payment"
-    close_project = "close_project"
-    notify_client = "notify_client"
-    notify_talent = "notify_talent"
-    reject_user = "reject_user"
-    assign_top_shaker = "assign_top_shaker"
-    reassign_milestone = "reassign_milestone"
-    notify_talent_non_payment = "notify_talent_non_payment"
-    resume_project = "resume_project"
-    flag_for_review = "flag_for_review"
+    HALT_PROJECT = "halt_project"
+    REQUEST_TALENT_DECISION = "request_talent_decision"
+    RELEASE_MILESTONE_PAYMENT = "release_milestone_payment"
+    CLOSE_PROJECT = "close_project"
+    NOTIFY_CLIENT = "notify_client"
+    NOTIFY_TALENT = "notify_talent"
+    REJECT_USER = "reject_user"
+    ASSIGN_TOP_SHAKER = "assign_top_shaker"
+    REASSIGN_MILESTONE = "reassign_milestone"
+    NOTIFY_TALENT_NON_PAYMENT = "notify_talent_non_payment"
+    RESUME_PROJECT = "resume_project"
+    FLAG_FOR_REVIEW = "flag_for_review"
 
 
 ACTIONS = [a.value for a in Action]
@@ -88,33 +93,33 @@ WHO = ("client", "talent", "project_success", "payee", "party", "nobody")
 # Per action: the default subject, and the arguments it accepts
 # (argument -> (kind of value, required, description)).
 ACTION_ARGS: dict[str, dict[str, tuple[str, bool, str]]] = {
-    "halt_project": {"reason": ("hold reason", True, "why the project is halted: client_contact_loss, talent_contact_loss, non_payment or other")},
-    "request_talent_decision": {},
-    "release_milestone_payment": {"milestones": ("milestone statuses", False, "release every milestone of the project in these statuses; omit in a policy about a milestone")},
-    "close_project": {},
-    "notify_client": {},
-    "notify_talent": {},
-    "reject_user": {"who": ("who", True, "whom to reject: client or talent")},
-    "assign_top_shaker": {"if_none_available": ("text", False, "the flag_for_review reason used when no Top Shaker is eligible")},
-    "reassign_milestone": {"milestones": ("milestone statuses", True, "reassign every milestone of the project in these statuses to the Top Shaker")},
-    "notify_talent_non_payment": {},
-    "resume_project": {},
-    "flag_for_review": {"reason": ("text", True, "a short reason code, e.g. escrow_shortfall"),
+    Action.HALT_PROJECT: {"reason": ("hold reason", True, "why the project is halted: client_contact_loss, talent_contact_loss, non_payment or other")},
+    Action.REQUEST_TALENT_DECISION: {},
+    Action.RELEASE_MILESTONE_PAYMENT: {"milestones": ("milestone statuses", False, "release every milestone of the project in these statuses; omit in a policy about a milestone")},
+    Action.CLOSE_PROJECT: {},
+    Action.NOTIFY_CLIENT: {},
+    Action.NOTIFY_TALENT: {},
+    Action.REJECT_USER: {"who": ("who", True, "whom to reject: client or talent")},
+    Action.ASSIGN_TOP_SHAKER: {"if_none_available": ("text", False, "the flag_for_review reason used when no Top Shaker is eligible")},
+    Action.REASSIGN_MILESTONE: {"milestones": ("milestone statuses", True, "reassign every milestone of the project in these statuses to the Top Shaker")},
+    Action.NOTIFY_TALENT_NON_PAYMENT: {},
+    Action.RESUME_PROJECT: {},
+    Action.FLAG_FOR_REVIEW: {"reason": ("text", True, "a short reason code, e.g. escrow_shortfall"),
                         "who": ("who", False, "whom the flag concerns")},
 }
 DEFAULT_WHO = {
-    "halt_project": "nobody",
-    "request_talent_decision": "talent",
-    "release_milestone_payment": "payee",
-    "close_project": "nobody",
-    "notify_client": "client",
-    "notify_talent": "talent",
-    "reject_user": "client",
-    "assign_top_shaker": "talent",
-    "reassign_milestone": "talent",
-    "notify_talent_non_payment": "talent",
-    "resume_project": "nobody",
-    "flag_for_review": "nobody",
+    Action.HALT_PROJECT: "nobody",
+    Action.REQUEST_TALENT_DECISION: "talent",
+    Action.RELEASE_MILESTONE_PAYMENT: "payee",
+    Action.CLOSE_PROJECT: "nobody",
+    Action.NOTIFY_CLIENT: "client",
+    Action.NOTIFY_TALENT: "talent",
+    Action.REJECT_USER: "client",
+    Action.ASSIGN_TOP_SHAKER: "talent",
+    Action.REASSIGN_MILESTONE: "talent",
+    Action.NOTIFY_TALENT_NON_PAYMENT: "talent",
+    Action.RESUME_PROJECT: "nobody",
+    Action.FLAG_FOR_REVIEW: "nobody",
 }
 HOLD_REASONS = ("client_contact_loss", "talent_contact_loss", "non_payment", "other")
 MILESTONE_STATUSES = ("pending", "active", "completed", "validated", "released")
@@ -132,11 +137,43 @@ KNOWN_TEXT: dict[str, tuple[str, ...]] = {
     "invoice_status": ("open", "paid", "void"),
 }
 
-# Comparison words of a condition, and the durable-rules operator each becomes.
-COMPARISONS = {
-    "at_least": "$gte",
-    "at_most": "$lte",
-    "more_than": "$gt",
-    "less_than": "$lt",
-}
-SET_TESTS = ("one_of", "none_of", "not")
+
+
+# --------------------------------------------------------------------------- the operators
+@dataclass(frozen=True)
+class Operator:
+    """One comparison a condition can make of a fact's field, in every form it takes."""
+
+    op: str                  # the comparison as the model holds it (Comparison.op)
+    word: str | None         # what the policies file writes ('at_least'); None: 'field: value'
+    durable: str | None      # durable-rules' operator; for a list, what joins its members' tests
+    negation: str            # the op that holds exactly when this one does not
+    explain: str             # the words explain and the coverage report use ('at least')
+    compare: Callable[[Any, Any], Any]  # Python's operator (on one value, a column or an array)
+    members: str | None = None   # for a list of values: the op tested on each member
+    negative: bool = False       # holds where the positive test (eq, one_of) does not
+    symbol: str | None = None    # a number comparison's sign, for the editor's schema
+    edge: tuple[int, int] | None = None  # a number comparison's (just holds, just fails), as offsets from its value
+
+    @property
+    def ordered(self) -> bool:
+        """A comparison of numbers (at_least, ...): never holds on a missing value."""
+        return self.symbol is not None
+
+
+# The ONE operator table: the checker, the compiler, the explanation, the masks and the
+# coverage report all read it. Its order is the order the checker lists the words in.
+OPERATORS: dict[str, Operator] = {o.op: o for o in (
+    Operator("gte", "at_least", "$gte", "lt", "at least", operator.ge, symbol="≥", edge=(0, -1)),
+    Operator("lte", "at_most", "$lte", "gt", "at most", operator.le, symbol="≤", edge=(0, 1)),
+    Operator("gt", "more_than", "$gt", "lte", "more than", operator.gt, symbol=">", edge=(1, 0)),
+    Operator("lt", "less_than", "$lt", "gte", "less than", operator.lt, symbol="<", edge=(-1, 0)),
+    Operator("one_of", "one_of", "$or", "none_of", "is one of", operator.eq, members="eq"),
+    Operator("none_of", "none_of", "$and", "one_of", "is none of", operator.eq, members="ne", negative=True),
+    Operator("ne", "not", "$neq", "eq", "is not", operator.ne, negative=True),
+    Operator("eq", None, None, "ne", "is", operator.eq),
+)}
+# What the policies file writes after a field -> the operator.
+BY_WORD: dict[str, Operator] = {o.word: o for o in OPERATORS.values() if o.word}
+# The number comparisons' words -> their op.
+COMPARISONS = {o.word: o.op for o in OPERATORS.values() if o.ordered and o.word}

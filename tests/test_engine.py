@@ -169,7 +169,7 @@ def test_a_duplicate_id_is_reported_even_behind_a_fact_no_policy_matches(night_f
 
 
 def test_the_engine_knows_the_fields_the_rules_about_each_kind_read():
-    from rules.document import iter_tests
+    from rules.model import iter_comparisons as iter_tests
 
     policies = load_policies(POLICIES)
     engine = PolicyEngine(to_ruleset(policies))

@@ -12,7 +12,7 @@ import pandas as pd
 
 from processor.evaluate import evaluate
 from processor.facts import Facts
-from rules.compile import mask
+from processor.masks import mask
 from rules.document import load_policies
 from rules.vocabulary import FACT_KINDS
 

@@ -20,7 +20,8 @@ from hypothesis import strategies as st
 
 from conftest import AS_OF, Night
 from processor.cli import main
-from rules.compile import mask, to_ruleset
+from processor.masks import mask
+from rules.compile import to_ruleset
 from rules.document import (
     MAX_DEPTH,
     PolicyError,
@@ -450,7 +451,7 @@ def test_changing_any_default_threshold_makes_a_shipped_case_fail(tmp_path, line
 
 
 def _tests(policy):
-    from rules.document import iter_tests
+    from rules.model import iter_comparisons as iter_tests
 
     return list(iter_tests(policy.when))
 

@@ -24,11 +24,11 @@ from processor.evaluate import evaluate
 from processor.export import read_export
 from processor.facts import Facts, build_facts
 from processor.generate import generate_export
+from processor.masks import any_mask, mask
 from processor.partition import candidate_facts, engine_batches, project_ids, single_fact_rules, split_by_project
 from processor.run import decide_night
-from rules.compile import any_mask, mask
-from rules.document import All, Any_, Not, Policy, PolicyError, load_policies, parse_policies
-from rules.document import Test as Comparison
+from rules.document import PolicyError, load_policies, parse_policies
+from rules.model import All, Any_, Comparison, Not, Policy
 from rules.vocabulary import FACT_KINDS, HOLD_REASONS, MILESTONE_STATUSES
 
 from conftest import POLICIES

@@ -1,0 +1,68 @@
+"""The layers: `rules/` is pure (it knows policies, not data frames, databases or the processor)
+and its modules import one another one way only."""
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RULES = ROOT / "rules"
+FORBIDDEN = ("pandas", "numpy", "pyarrow", "sqlite3", "duckdb", "processor")
+
+
+def _rules_modules() -> list[str]:
+    return sorted(f"rules.{p.stem}" for p in RULES.glob("*.py") if p.stem != "__init__")
+
+
+def _imports_of(path: Path) -> set[str]:
+    """Every module a file imports, at its top or inside a function."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return found
+
+
+def test_importing_every_rules_module_loads_no_data_library_database_or_processor():
+    # A fresh interpreter: what this test process already imported cannot hide an import.
+    code = (
+        "import importlib, json, sys\n"
+        f"for name in {_rules_modules()!r}:\n"
+        "    importlib.import_module(name)\n"
+        f"print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {FORBIDDEN!r})))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == []
+
+
+def test_no_rules_module_names_a_data_library_database_or_processor_even_inside_a_function():
+    for name in _rules_modules():
+        path = RULES / f"{name.split('.')[1]}.py"
+        named = sorted(m for m in _imports_of(path) if m.split(".")[0] in FORBIDDEN)
+        assert named == [], f"{path.relative_to(ROOT)} imports {named}"
+
+
+def test_the_rules_modules_import_one_another_without_a_cycle():
+    modules = _rules_modules()
+    graph = {name: sorted(m for m in _imports_of(RULES / f"{name.split('.')[1]}.py") if m in modules and m != name)
+             for name in modules}
+    assert graph["rules.document"], "the walk found no imports among rules/ modules: it would prove nothing"
+    done: set[str] = set()
+
+    def visit(name: str, path: tuple[str, ...]) -> None:
+        assert name not in path, "import cycle: " + " -> ".join((*path[path.index(name):], name))
+        if name in done:
+            return
+        for imported in graph[name]:
+            visit(imported, (*path, name))
+        done.add(name)
+
+    for name in modules:
+        visit(name, ())
