@@ -1,5 +1,5 @@
-"""The layers: `rules/` is pure (it knows policies, not data frames, databases or the processor)
-and its modules import one another one way only."""
+"""The layers: `rules/` is pure (it knows policies, not data frames, databases or the processor),
+its modules import one another one way only, and every evaluator reads its one operator table."""
 from __future__ import annotations
 
 import ast
@@ -66,3 +66,43 @@ def test_the_rules_modules_import_one_another_without_a_cycle():
 
     for name in modules:
         visit(name, ())
+
+
+def test_each_comparison_and_its_negation_never_hold_together_on_a_present_value():
+    from rules.model import Comparison
+    from rules.vocabulary import OPERATORS
+
+    for op, operator in OPERATORS.items():
+        assert OPERATORS[operator.negation].negation == op, f"{op}: the negation of its negation is not itself"
+        value = ("a", "b") if operator.members else 3
+        for actual in ("a", "b", "c", 2, 3, 4):
+            if operator.ordered and isinstance(actual, str):
+                continue  # numbers only: the checker refuses a number comparison of text
+            comparison = Comparison("f", op, value)
+            assert comparison.holds(actual) != comparison.negated().holds(actual), (op, actual)
+
+
+def test_every_comparison_word_holds_on_the_same_values_in_durable_rules_the_masks_and_explain():
+    import pandas as pd
+
+    from processor.masks import mask
+    from rules.compile import explain_fact, to_ruleset
+    from rules.document import parse_policies
+    from rules.engine import PolicyEngine
+    from rules.vocabulary import BY_WORD
+
+    policies = "".join(
+        f"  - id: p-{word}\n    about: project\n    when:\n"
+        f"      - most_days_overdue: {{{word}: {'[2, 3]' if operator.members else '2'}}}\n    then: [close_project]\n"
+        for word, operator in BY_WORD.items())
+    policy_set = parse_policies("version: 1\nthresholds: {top_shaker_default_max_active_projects: 3}\npolicies:\n" + policies)
+    values = [0, 1, 2, 3, 4]
+    facts = [{"id": f"project:P{v}", "kind": "project", "most_days_overdue": v} for v in values]
+    fired = set(PolicyEngine(to_ruleset(policy_set)).evaluate(facts))
+    frame = pd.DataFrame({"most_days_overdue": values})
+    for policy in policy_set.policies:
+        by_engine = [(policy.id, fact["id"]) in fired for fact in facts]
+        by_masks = mask(policy, frame).tolist()
+        by_explain = [explain_fact(policy, fact)[0] for fact in facts]
+        assert by_engine == by_masks == by_explain, (policy.id, by_engine, by_masks, by_explain)
+        assert any(by_engine) and not all(by_engine), f"{policy.id}: the values chosen do not tell the evaluators apart"
