@@ -117,7 +117,8 @@ def _expand(policy: Policy, spec: ActionSpec, rows: dict[str, pd.Series], facts:
     assignee = col("payee_id") if spec.action == Action.RELEASE_MILESTONE_PAYMENT else blank
     amount = money(rows["amount_cents"]).array if "amount_cents" in rows else blank
     currency = col("currency")
-    with_money = spec.action in (Action.RELEASE_MILESTONE_PAYMENT, Action.REASSIGN_MILESTONE, Action.NOTIFY_TALENT_NON_PAYMENT) \
+    with_money = spec.action in (Action.RELEASE_MILESTONE_PAYMENT, Action.REASSIGN_MILESTONE,
+                                 Action.NOTIFY_TALENT_NON_PAYMENT) \
         or policy.about in ("milestone", "invoice")
     if not with_money:
         amount, currency = blank, blank
@@ -202,7 +203,7 @@ def make_decisions(policies: PolicySet, firings: pd.DataFrame, facts: Facts,
         # which let go of the GIL): it is made on the second core while the decisions are.
         pool = threads.submit(top_shaker_pool, facts.users, facts.projects,
                               policies.thresholds["top_shaker_default_max_active_projects"]) \
-            if any(spec.action == Action.ASSIGN_TOP_SHAKER for policy in policies.policies for spec in policy.then) else None
+            if any(policy.needs_top_shaker() for policy in policies.policies) else None
         parts = []
         context = _fired_context(policies, firings, facts, fired_rows, threads)
         for policy in policies.policies:

@@ -49,7 +49,8 @@ from rules.vocabulary import (
 SCHEMA_FILE = Path(__file__).with_name("policies.schema.json")
 SCHEMA_ID = "https://shakers.example/schemas/policies.schema.json"
 
-_WORD_OPS = {o.word: f"holds when the fact is {o.explain} this number ({o.symbol})" for o in OPERATORS.values() if o.ordered}
+_WORD_OPS = {o.word: f"holds when the fact is {o.explain} this number ({o.symbol})"
+             for o in OPERATORS.values() if o.ordered}
 _ACTION_SENTENCES = {
     Action.HALT_PROJECT: "put the project on hold, with a reason",
     Action.REQUEST_TALENT_DECISION: "ask the talent to decide: wait for the client or close their work",

@@ -95,7 +95,8 @@ def test_every_comparison_word_holds_on_the_same_values_in_durable_rules_the_mas
         f"  - id: p-{word}\n    about: project\n    when:\n"
         f"      - most_days_overdue: {{{word}: {'[2, 3]' if operator.members else '2'}}}\n    then: [close_project]\n"
         for word, operator in BY_WORD.items())
-    policy_set = parse_policies("version: 1\nthresholds: {top_shaker_default_max_active_projects: 3}\npolicies:\n" + policies)
+    head = "version: 1\nthresholds: {top_shaker_default_max_active_projects: 3}\npolicies:\n"
+    policy_set = parse_policies(head + policies)
     values = [0, 1, 2, 3, 4]
     facts = [{"id": f"project:P{v}", "kind": "project", "most_days_overdue": v} for v in values]
     fired = set(PolicyEngine(to_ruleset(policy_set)).evaluate(facts))
