@@ -236,7 +236,7 @@ def _done_and_owed(db: sqlite3.Connection | None) -> tuple[set[str], set[str]]:
 def _sends_mail() -> bool:
     """An SMTP host is set, in the environment or SHAKERS_SMTP_CONFIG's file (a broken setting counts:
     the delivery then says what is wrong)."""
-    from processor.mail import MailConfigError, SmtpSettings
+    from processor.delivery.settings import MailConfigError, SmtpSettings
 
     try:
         return bool(SmtpSettings.from_env().host)
@@ -405,12 +405,12 @@ def deliver_night(run_dir: Path, ledger_path: Path, progress: Callable[[str], No
     left owed, else 5. An email given up as permanently refused is logged for a person, not owed."""
     import logging
 
-    from processor import mail
+    from processor.run import send_owed
 
     say = progress or (lambda _m: None)
     night = run_dir.name if NIGHT_NAME.match(run_dir.name) else None
     with Ledger(ledger_path) as ledger:
-        result, owed, settings = mail.deliver_owed(ledger, night, progress=say)
+        result, owed, settings = send_owed(ledger, night, progress=say)
     for why in result.failed.values():
         say(f"{night}: not delivered: {why}")
     for why in result.permanent.values():
