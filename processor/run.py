@@ -180,22 +180,29 @@ def run_night(export_dir: str | Path, *, policies_path: str | Path = "policies.y
             settings, config_error = _smtp_settings()
             writers = OutboxWriters(out / "outbox", reports, settings.mail_from,
                                     render=functools.partial(render_reports, encoded=True)).start()
-        finally:
-            # The night's files, then its record in the ledger, while the writers work (in other
-            # processes); if the reports fail, the night is written and recorded all the same.
-            try:
-                _done(decisions_csv, decisions_written)
-                _write_and_record(out, ledger, as_of, run_id, policies.sha256, decisions, rejects, resolved,
-                                  timings, say, carried)
-            except BaseException:
-                if writers is not None:
-                    writers.stop()
-                raise
-        # Only now, the emails on disk and the night recorded, does the ledger learn that they are owed.
-        written = writers.wait()
-        owe_written(ledger, written, outbox_only=not settings.host and not config_error)
-        delivery = send_reports(ledger, written, settings, config_error, managers=len(reports),
-                                night=as_of.isoformat(), progress=say)
+        except BaseException:
+            # Reports that fail leave the night written and recorded all the same, its summary without them.
+            _done(decisions_csv, decisions_written)
+            _write_and_record(out, ledger, as_of, run_id, policies.sha256, decisions, rejects, resolved,
+                              timings, say, carried)
+            files.write_json(out / "summary.json", summary)
+            raise
+        try:
+            # The night's files, then its record in the ledger, while the writers work (in other processes).
+            _write_and_record(out, ledger, as_of, run_id, policies.sha256, decisions, rejects, resolved,
+                              timings, say, carried)
+        except BaseException:
+            writers.stop()
+            raise
+        try:
+            # Only now, the emails on disk and the night recorded, does the ledger learn that they are owed.
+            written = writers.wait()
+            owe_written(ledger, written, outbox_only=not settings.host and not config_error)
+            delivery = send_reports(ledger, written, settings, config_error, managers=len(reports),
+                                    night=as_of.isoformat(), progress=say)
+        except BaseException:
+            files.write_json(out / "summary.json", summary)
+            raise
         summary["reports"] = {**delivery.summary, "overview": "report.html", "outbox": "outbox",
                               "ledger": str(Path(ledger.path).resolve())}
         files.write_text(out / "report.html",
@@ -204,7 +211,7 @@ def run_night(export_dir: str | Path, *, policies_path: str | Path = "policies.y
         timings["reports"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - started
         summary["timings_seconds"] = {k: round(v, 3) for k, v in timings.items()}
-        files.write_json(out / "summary.json", summary)
+        files.write_json(out / "summary.json", summary)   # once, when the night is whole
     if delivery.undelivered:
         # a warning reaches stderr even under cron with --quiet (logging's last-resort handler)
         log.warning("%d report email(s) not delivered%s; they stay in %s — `shakers-rules send --run %s` delivers them",

@@ -20,7 +20,7 @@ from processor.ledger import Ledger
 
 @dataclass
 class Report:
-    """What processor.mail reads of a report (processor.reports.ManagerReport has these too)."""
+    """What processor.delivery reads of a report (processor.reports.ManagerReport has these too)."""
 
     manager_id: str
     name: str
