@@ -282,3 +282,17 @@ def test_the_subjects_and_names_of_a_night_take_the_short_way(monkeypatch):
     assert message._to("Paula Success", "paula@shakers.test") == b"To: Paula Success <paula@shakers.test>\r\n"
     assert message._to("Raúl Álvarez", "raul@shakers.test") == b"To: =?utf-8?q?Ra=C3=BAl_=C3=81lvarez?= <raul@shakers.test>\r\n"
     assert message._to("Laura Pérez", "laura@shakers.test") == b"To: Laura =?utf-8?q?P=C3=A9rez?= <laura@shakers.test>\r\n"
+
+
+def test_the_delivery_package_works_without_the_ledger_the_reports_or_the_run():
+    """delivery sits below run: it takes plain values and returns plain results, so it imports none of them."""
+    import os
+    import subprocess
+    import sys
+
+    script = ("import sys; import processor.delivery.outbox, processor.delivery.smtp, processor.delivery.settings; "
+              "print(sorted(m for m in sys.modules if m in ('processor.ledger', 'processor.run', 'processor.reports', "
+              "'processor.nightly', 'processor.cli')))")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    assert proc.stdout.strip() == "[]"
