@@ -239,6 +239,24 @@ def test_the_nightly_retry_counts_a_claim_too_young_to_take_over_as_still_owed(t
     assert server.inbox.messages == []
 
 
+def test_the_nightly_retry_sends_what_a_ledger_owes_to_that_ledger_and_leaves_the_environment_as_it_was(
+        tmp_path, monkeypatch, server):
+    """The nightly job's retry is a library call with its ledger: no SHAKERS_LEDGER set for a command to read."""
+    from processor.nightly import deliver_night
+
+    monkeypatch.delenv("SHAKERS_LEDGER", raising=False)
+    smtp_env(monkeypatch, 1)   # nothing listens there: the night's emails stay owed
+    night = run(tmp_path, ledger="elsewhere/ledger.sqlite")
+    assert night.exit_code == 5 and night.summary["reports"]["owed"] == 2
+    smtp_env(monkeypatch, server.port)
+    before = dict(os.environ)
+    assert deliver_night(tmp_path / "2026-11-24", tmp_path / "elsewhere" / "ledger.sqlite") == 0
+    assert dict(os.environ) == before
+    assert sorted(r for m in server.inbox.messages for r in m.rcpt_tos) == [PAULA, PEDRO]
+    with Ledger(tmp_path / "elsewhere" / "ledger.sqlite") as ledger:
+        assert ledger.deliveries_owed_count() == 0
+
+
 def test_a_permanent_refusal_is_not_retried_and_stays_owed(tmp_path, monkeypatch):
     server = Server(Inbox(refuse_next=["550 5.1.1 mailbox unavailable"]))
     try:
