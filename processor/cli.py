@@ -166,7 +166,7 @@ DAY = Day()
 
 def check_mail_settings(command: str):
     """Exit 2 with the sentence when an SMTP setting is wrong: found before the night is evaluated."""
-    from processor.mail import MailConfigError, SmtpSettings
+    from processor.delivery.settings import MailConfigError, SmtpSettings
 
     try:
         SmtpSettings.from_env()

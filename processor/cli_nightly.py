@@ -12,7 +12,7 @@ from processor.contract import DEFAULT_MAX_REJECT_SHARE
 from processor.nightly import DEFAULT_KEEP_NIGHTS, STATUS_FILE, NoNights, deliver_night, run_nightly
 
 
-def send_with_cli(run_dir: Path, ledger_path: Path) -> int:
+def deliver_on_stderr(run_dir: Path, ledger_path: Path) -> int:
     """Deliver what the ledger at `ledger_path` owes for the night of `run_dir` (0, or 5 while some is owed),
     through the delivery library with that ledger; what went wrong is printed on stderr."""
     return deliver_night(run_dir, ledger_path, progress=lambda m: err(f"  · {m}"))
@@ -61,7 +61,7 @@ def nightly(exports_root, runs_root, ledger_path, policies_path, workers, keep_n
     try:
         result = run_nightly(exports_root, runs_root, ledger_path=ledger_path, policies_path=policies_path,
                              workers=(os.cpu_count() or 1) if workers is None else workers, keep_nights=keep_nights,
-                             since=since, deliver=send_with_cli, progress=progress_printer(quiet),
+                             since=since, deliver=deliver_on_stderr, progress=progress_printer(quiet),
                              manifest_required=not no_manifest_required, max_reject_share=max_reject_share)
     except NoNights as e:
         err(str(e))

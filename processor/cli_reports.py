@@ -1,4 +1,4 @@
-"""`shakers-rules send`: deliver what a run's outbox still owes (a thin shell over processor.mail)."""
+"""`shakers-rules send`: deliver what a run's outbox still owes (a thin shell over processor.run.send_outbox)."""
 from __future__ import annotations
 
 import json
@@ -13,7 +13,7 @@ from processor.cli import EXIT_UNDELIVERED, EXIT_USAGE, err, guarded
 def _ledger_of(run_dir: Path, ledger_path: Path | None) -> Path | None:
     """--ledger, else the ledger the run recorded before its first email (RUN_DIR/ledger.json; a run
     made before that file recorded it in summary.json's `reports`); None when neither says."""
-    from processor.mail import LEDGER_RECORD
+    from processor.run import LEDGER_RECORD
 
     if ledger_path:
         return ledger_path
@@ -44,9 +44,10 @@ def send(run_dir, ledger_path):
     SMTP settings come from the environment: SHAKERS_SMTP_HOST, SHAKERS_SMTP_PORT, SHAKERS_SMTP_TLS
     (none|starttls|ssl), SHAKERS_SMTP_USER, SHAKERS_SMTP_PASSWORD, SHAKERS_MAIL_FROM, SHAKERS_SMTP_CAFILE,
     SHAKERS_SMTP_DEADLINE. Exit status 5 when some emails are still owed, 2 for a wrong setting."""
-    from processor import mail
+    from processor.delivery.settings import MailConfigError, SmtpSettings
     from processor.ledger import Ledger
     from processor.lock import LedgerLock
+    from processor.run import LEDGER_RECORD, send_outbox
 
     outbox = run_dir / "outbox"
     if not outbox.is_dir():
@@ -54,15 +55,15 @@ def send(run_dir, ledger_path):
         sys.exit(EXIT_USAGE)
     ledger_file = _ledger_of(run_dir, ledger_path)
     if ledger_file is None:
-        err(f"{run_dir} does not say which ledger its run used (no {mail.LEDGER_RECORD}) — pass the run's ledger "
+        err(f"{run_dir} does not say which ledger its run used (no {LEDGER_RECORD}) — pass the run's ledger "
             f"with --ledger FILE, so that nobody who already got a report gets it twice")
         sys.exit(EXIT_USAGE)
     try:
-        mail.SmtpSettings.from_env()   # a wrong setting is a sentence before the ledger is even opened
+        SmtpSettings.from_env()   # a wrong setting is a sentence before the ledger is even opened
         # One process at a time per ledger (exit 6), as for `run`; nested inside `nightly` it does not block.
         with LedgerLock(ledger_file, command="shakers-rules send", say=err), Ledger(ledger_file) as ledger:
-            result, owed, settings = mail.send_run(run_dir, ledger, progress=lambda m: err(f"  · {m}"))
-    except mail.MailConfigError as e:
+            result, owed, settings = send_outbox(run_dir, ledger, progress=lambda m: err(f"  · {m}"))
+    except MailConfigError as e:
         err(f"cannot send: {e}")
         sys.exit(EXIT_USAGE)
     if not settings.host:

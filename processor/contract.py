@@ -119,7 +119,7 @@ _CURRENCY = dict(
     pattern=r"[A-Z]{3}",
     pattern_hint="is not an ISO 4217 currency code: write three capital letters like EUR",
 )
-# What processor.mail can send: a dot-atom local part and a domain of labels (either may hold
+# What processor.delivery can send: a dot-atom local part and a domain of labels (either may hold
 # non-ASCII letters: SMTPUTF8, IDNA), literal characters so that RE2 (the reader) and Python agree.
 _ADDRESS_CHAR = "A-Za-z0-9" + "\u00a1-\u2027\u202a-\U0010ffff"
 _LABEL = f"[{_ADDRESS_CHAR}](?:[{_ADDRESS_CHAR}\\-]*[{_ADDRESS_CHAR}])?"

@@ -1,14 +1,14 @@
-"""The ledger: a SQLite file that remembers decisions across nights.
+"""The ledger: a SQLite file that remembers decisions, deliveries and the nightly job's attempts across
+nights. All the SQL on it is here; its schema version is PRAGMA user_version, every write one transaction.
 
-A decision is identified by its key (policy, action, project, subject,
-milestone, invoice). Its state on a night is `new` when it did not hold on the
-previous night the ledger knows, `ongoing` when it did. A night is recorded in
-one transaction, replacing whatever an earlier run of the same night recorded,
-so rerunning a night gives the same states and a killed run leaves nothing
-half-applied.
+A decision is identified by its key (policy, action, project, subject, milestone, invoice). Its state on
+a night is `new` when it did not hold on the previous night the ledger knows, `ongoing` when it did. A
+night is recorded in one transaction, replacing whatever an earlier run of the same night recorded, so
+rerunning a night gives the same states and a killed run leaves nothing half-applied.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import errno
 import itertools
@@ -24,11 +24,15 @@ import pyarrow.compute as pc
 
 from processor import files
 from processor.decide import DECISION_COLUMNS, KEY_COLUMNS
+from processor.delivery.states import DELIVERY_TRANSITIONS, OWED, SETTLED, allowed_delivery, sources  # noqa: F401
 from processor.killpoints import kill_point
 
 # What the ledger keeps of each decision (in decision_nights.detail) so that a
 # resolved one can be listed with the same columns the night after.
 DETAIL_COLUMNS = [c for c in DECISION_COLUMNS if c not in ("run_id", "as_of", "state")]
+
+# PRAGMA user_version of a ledger this version made or migrated (_migrate says what each step did).
+SCHEMA_VERSION = 1
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -67,6 +71,10 @@ CREATE TABLE IF NOT EXISTS deliveries (
     last_night_tried TEXT NOT NULL DEFAULT '',
     manager TEXT NOT NULL DEFAULT ''
 );
+-- The nightly job's note of each night it starts and finishes: a night recorded whose nightly run never
+-- finished (killed after the ledger's commit, e.g. while sending) is run again: every step is idempotent.
+CREATE TABLE IF NOT EXISTS nightly_attempts (as_of TEXT PRIMARY KEY, started_at TEXT NOT NULL, finished_at TEXT,
+                                             status TEXT NOT NULL DEFAULT '');
 """
 
 
@@ -112,6 +120,17 @@ class LedgerUnreadable(LedgerProblem):
                f"(the nights recorded since then are run again)" if backup.exists() else
                f"restore it from your backups, or move it away to start a new ledger (every night is then new)")
         super().__init__(f"the ledger {path} is not a usable SQLite database ({detail}): {how}. {outcome}")
+
+
+class LedgerTooNew(LedgerProblem):
+    """The ledger's schema is newer than this version knows (a usage error, exit 2): nothing is written to it."""
+
+    exit_code = 2
+
+    def __init__(self, path: Path, version: int):
+        self.path = path
+        super().__init__(f"the ledger {path} was written by a newer shakers-rules (ledger schema {version}; this one knows "
+                         f"{SCHEMA_VERSION} and older): run the version that wrote it, or upgrade. Nothing was done.")
 
 
 class LedgerReadOnly(LedgerProblem):
@@ -225,11 +244,47 @@ class Ledger:
         except sqlite3.OperationalError:
             pass
         self.db.execute("PRAGMA synchronous=FULL")
-        self.db.executescript(SCHEMA)
-        self._migrate_deliveries()
-        # Ledgers made before decisions kept their full row (needed to list them once resolved).
-        if "detail" not in {r[1] for r in self.db.execute("PRAGMA table_info(decision_nights)")}:
-            self.db.execute("ALTER TABLE decision_nights ADD COLUMN detail TEXT NOT NULL DEFAULT ''")
+        version = int(self.db.execute("PRAGMA user_version").fetchone()[0])
+        if version > SCHEMA_VERSION:
+            self.db.close()
+            raise LedgerTooNew(self.path, version)
+        if version < SCHEMA_VERSION:
+            self._migrate()
+
+    def _migrate(self):
+        """A new or older ledger brought to SCHEMA_VERSION in one transaction; each step checks first."""
+        with self.transaction() as cur:
+            for statement in filter(str.strip, SCHEMA.split(";")):
+                cur.execute(statement)
+            # Ledgers made before decisions kept their full row (needed to list them once resolved).
+            if "detail" not in {r[1] for r in cur.execute("PRAGMA table_info(decision_nights)")}:
+                cur.execute("ALTER TABLE decision_nights ADD COLUMN detail TEXT NOT NULL DEFAULT ''")
+            # Ledgers made before the delivery states: their columns added and their statuses renamed.
+            columns = {r[1] for r in cur.execute("PRAGMA table_info(deliveries)")}
+            if "claimed_at" not in columns:
+                for column, kind in (("claimed_at", "TEXT"), ("nights_tried", "INTEGER"), ("last_night_tried", "TEXT"),
+                                     ("manager", "TEXT")):
+                    if column not in columns:
+                        default = "0" if kind == "INTEGER" else "''"
+                        cur.execute(f"ALTER TABLE deliveries ADD COLUMN {column} {kind} NOT NULL DEFAULT {default}")
+                # 'pending' rows of old ledgers were mostly nights written with no SMTP host: outbox only, not owed.
+                cur.execute("UPDATE deliveries SET status = CASE status WHEN 'sent' THEN 'delivered' "
+                            "WHEN 'pending' THEN 'outbox' ELSE status END, "
+                            "claimed_at = CASE status WHEN 'sending' THEN updated_at ELSE '' END")
+            cur.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    @contextlib.contextmanager
+    def transaction(self):
+        """Every write to the ledger: all of it or nothing. BEGIN IMMEDIATE takes the write lock at once
+        (a second writer waits the busy timeout there, not at the commit); any exception rolls back."""
+        cur = self.db.cursor()
+        cur.execute("BEGIN IMMEDIATE")
+        try:
+            yield cur
+            cur.execute("COMMIT")
+        except BaseException:
+            cur.execute("ROLLBACK")
+            raise
 
     def check_writable(self):
         """Raise LedgerReadOnly unless this process can write the ledger and the journal beside it:
@@ -263,7 +318,7 @@ class Ledger:
         return self
 
     def __exit__(self, *exc):
-        self.close()
+        self.db.close()
 
     def previous_night(self, as_of: dt.date) -> str | None:
         row = self.db.execute("SELECT max(as_of) FROM runs WHERE as_of < ?", (as_of.isoformat(),)).fetchone()
@@ -335,20 +390,14 @@ class Ledger:
                                ("policy_id", "action", "project_id", "subject_id", "state")), details))
         batches.append(((night, *row) for row in carried))
         rows = itertools.chain.from_iterable(batches)
-        cur = self.db.cursor()
-        cur.execute("BEGIN IMMEDIATE")
-        try:
+        with self.transaction() as cur:
             cur.execute("DELETE FROM decision_nights WHERE as_of = ?", (night,))
             cur.executemany("INSERT OR REPLACE INTO decision_nights "
                             "(as_of, decision_key, policy_id, action, project_id, subject_id, state, detail) "
                             "VALUES (?,?,?,?,?,?,?,?)", rows)
             cur.execute("INSERT OR REPLACE INTO runs VALUES (?,?,?,?,?,?)",
-                        (night, run_id, policies_sha, out_dir, dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), len(decisions)))
+                        (night, run_id, policies_sha, out_dir, _now(), len(decisions)))
             kill_point("ledger")  # test hook: die with the transaction open
-            cur.execute("COMMIT")
-        except BaseException:
-            cur.execute("ROLLBACK")
-            raise
 
     def nights(self) -> list[str]:
         return [r[0] for r in self.db.execute("SELECT as_of FROM runs ORDER BY as_of")]
@@ -365,40 +414,24 @@ class Ledger:
         if row is None:
             return {"decision_nights": 0, "deliveries": 0}
         oldest_kept = row[0]
-        cur = self.db.cursor()
-        cur.execute("BEGIN IMMEDIATE")
-        try:
+        with self.transaction() as cur:
             decisions = cur.execute("DELETE FROM decision_nights WHERE as_of < ?", (oldest_kept,)).rowcount
             deliveries = cur.execute(f"DELETE FROM deliveries WHERE as_of < ? AND status IN ({_quoted(SETTLED)})",
                                      (oldest_kept,)).rowcount
-            cur.execute("COMMIT")
-        except BaseException:
-            cur.execute("ROLLBACK")
-            raise
         return {"decision_nights": decisions, "deliveries": deliveries}
 
-    # ---- deliveries (processor.mail): one row per report email, by Message-ID; its status moves
-    # only as DELIVERY_TRANSITIONS (below the class) allows.
+    # ---- the nightly job's attempts (processor.nightly)
 
-    def _migrate_deliveries(self):
-        """Ledgers made before the delivery states: their columns added and their statuses renamed, once."""
-        columns = {r[1] for r in self.db.execute("PRAGMA table_info(deliveries)")}
-        if "claimed_at" in columns:
-            return
-        cur = self.db.cursor()
-        cur.execute("BEGIN IMMEDIATE")
-        try:
-            for column, kind in (("claimed_at", "TEXT NOT NULL DEFAULT ''"), ("nights_tried", "INTEGER NOT NULL DEFAULT 0"),
-                                 ("last_night_tried", "TEXT NOT NULL DEFAULT ''"), ("manager", "TEXT NOT NULL DEFAULT ''")):
-                if column not in columns:
-                    cur.execute(f"ALTER TABLE deliveries ADD COLUMN {column} {kind}")
-            # 'pending' rows of old ledgers were mostly nights written with no SMTP host: outbox only, not owed.
-            cur.execute("UPDATE deliveries SET status = CASE status WHEN 'sent' THEN 'delivered' WHEN 'pending' THEN 'outbox' "
-                        "ELSE status END, claimed_at = CASE status WHEN 'sending' THEN updated_at ELSE '' END")
-            cur.execute("COMMIT")
-        except BaseException:
-            cur.execute("ROLLBACK")
-            raise
+    def attempt_started(self, night: str) -> None:
+        with self.transaction() as cur:
+            cur.execute("INSERT INTO nightly_attempts (as_of, started_at) VALUES (?, ?) ON CONFLICT(as_of) DO UPDATE "
+                        "SET started_at = excluded.started_at, finished_at = NULL, status = ''", (night, _now()))
+
+    def attempt_finished(self, night: str, status: str) -> None:
+        with self.transaction() as cur:
+            cur.execute("UPDATE nightly_attempts SET finished_at = ?, status = ? WHERE as_of = ?", (_now(), status, night))
+
+    # ---- deliveries: one row per report email, by Message-ID; its status moves only as DELIVERY_TRANSITIONS allows.
 
     def delivery(self, message_id: str) -> dict | None:
         cur = self.db.execute("SELECT * FROM deliveries WHERE message_id = ?", (message_id,))
@@ -425,11 +458,9 @@ class Ledger:
         again at once, its address's nights being counted). A delivered one does not change; a
         failed or sending one keeps its status."""
         target = "outbox" if outbox_only else "pending"
-        promote = [s for s in _sources(target) if s is not None and (asked or s != "permanent")]
+        promote = [s for s in sources(target) if s is not None and (asked or s != "permanent")]
         now = _now()
-        cur = self.db.cursor()
-        cur.execute("BEGIN IMMEDIATE")
-        try:
+        with self.transaction() as cur:
             cur.executemany(
                 "INSERT INTO deliveries (message_id, as_of, recipient, eml_path, status, attempts, last_error, updated_at, manager) "
                 "VALUES (?, ?, ?, ?, ?, 0, '', ?, ?) "
@@ -438,41 +469,30 @@ class Ledger:
                 "nights_tried = CASE WHEN status = 'permanent' AND excluded.status = 'pending' THEN 0 ELSE nights_tried END, "
                 "updated_at = excluded.updated_at WHERE deliveries.status != 'delivered'",
                 [(mid, as_of, recipient, path, target, now, manager) for mid, as_of, recipient, path, manager in emails])
-            cur.execute("COMMIT")
-        except BaseException:
-            cur.execute("ROLLBACK")
-            raise
 
     def claim_delivery(self, message_id: str, as_of: str, recipient: str, eml_path: str, stale_after: float = 900) -> bool:
         """Mark the email as being sent by this process (`claimed_at`, which nothing else writes);
         False unless it is owed: a claim younger than `stale_after` seconds is another sender's."""
-        cur = self.db.cursor()
-        cur.execute("BEGIN IMMEDIATE")
-        try:
+        with self.transaction() as cur:
             row = cur.execute("SELECT status, claimed_at FROM deliveries WHERE message_id = ?", (message_id,)).fetchone()
             if row is None:
                 cur.execute("INSERT INTO deliveries (message_id, as_of, recipient, eml_path, status, attempts, last_error, "
                             "updated_at, claimed_at) VALUES (?, ?, ?, ?, 'sending', 1, '', ?, ?)",
                             (message_id, as_of, recipient, eml_path, _now(), _now()))
-                cur.execute("COMMIT")
                 return True
             status, claimed_at = row
             fresh = status == "sending" and claimed_at >= _ago(stale_after)
             if not allowed_delivery(status, "sending") or fresh:
-                cur.execute("COMMIT")
                 return False
             cur.execute("UPDATE deliveries SET status = 'sending', attempts = attempts + 1, eml_path = ?, updated_at = ?, "
                         "claimed_at = ? WHERE message_id = ?", (eml_path, _now(), _now(), message_id))
-            cur.execute("COMMIT")
             return True
-        except BaseException:
-            cur.execute("ROLLBACK")
-            raise
 
     def _move(self, message_id: str, target: str, **columns):
         sets = "".join(f", {name} = ?" for name in columns)
-        self.db.execute(f"UPDATE deliveries SET status = ?, updated_at = ?{sets} WHERE message_id = ? "
-                        f"AND status IN ({_quoted(_sources(target))})", (target, _now(), *columns.values(), message_id))
+        with self.transaction() as cur:
+            cur.execute(f"UPDATE deliveries SET status = ?, updated_at = ?{sets} WHERE message_id = ? "
+                        f"AND status IN ({_quoted(sources(target))})", (target, _now(), *columns.values(), message_id))
 
     def delivery_sent(self, message_id: str):
         self._move(message_id, "delivered", last_error="", nights_tried=0)
@@ -517,35 +537,6 @@ class Ledger:
                                () if as_of is None else (as_of,)).fetchone()[0]
 
 
-# A delivery's status moves only along these (None: not in the ledger yet):
-#   outbox     written by a night with no SMTP host: not owed; `send --run` owes it
-#   pending    owed, not tried yet          sending    claimed by a sender (claimed_at)
-#   failed     tried, still owed            delivered  the server took it
-#   permanent  refused (5xx) on SHAKERS_SMTP_PERMANENT_NIGHTS nights: reported, no longer owed
-#   withdrawn  a rerun of its night no longer reports to that manager
-DELIVERY_TRANSITIONS: dict[str | None, frozenset[str]] = {
-    None: frozenset({"outbox", "pending", "sending"}),
-    "outbox": frozenset({"pending", "withdrawn"}),
-    "pending": frozenset({"sending", "failed", "withdrawn"}),
-    "sending": frozenset({"sending", "delivered", "failed", "permanent", "withdrawn"}),   # sending: a stale claim taken over
-    "failed": frozenset({"sending", "withdrawn"}),
-    "permanent": frozenset({"pending", "withdrawn"}),   # pending: only when `send --run` asks
-    "withdrawn": frozenset({"outbox", "pending"}),
-    "delivered": frozenset(),
-}
-OWED = ("pending", "failed", "sending")
-# Rows retention may forget with their night ('sent': a ledger not yet opened by this version).
-SETTLED = ("delivered", "withdrawn", "permanent", "outbox", "sent")
-
-
-def allowed_delivery(old: str | None, new: str) -> bool:
-    return new in DELIVERY_TRANSITIONS.get(old, frozenset())
-
-
-def _sources(target: str) -> list[str | None]:
-    return [old for old, targets in DELIVERY_TRANSITIONS.items() if target in targets]
-
-
 def _quoted(statuses) -> str:
     return ", ".join(f"'{s}'" for s in statuses if s is not None)
 
@@ -567,3 +558,43 @@ def _decision(detail: str) -> dict:
 
 def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+# ---- the nightly job's view of the ledger: what is done, what is owed
+
+def done_and_owed(db: sqlite3.Connection, sends_mail: bool) -> tuple[set[str], set[str]]:
+    """(nights recorded and no nightly run left unfinished, recorded nights with emails owed if `sends_mail`)."""
+    tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if "runs" not in tables:
+        return set(), set()
+    done = {r[0] for r in db.execute("SELECT as_of FROM runs")}
+    if "nightly_attempts" in tables:
+        done -= {r[0] for r in db.execute("SELECT as_of FROM nightly_attempts WHERE finished_at IS NULL")}
+    owed: set[str] = set()
+    # Owed: pending, failed or claimed (under the lock a claim is a killed sender's); never an
+    # outbox-only night's emails, nor one given up as permanently refused.
+    if sends_mail and "deliveries" in tables:
+        owed = {r[0] for r in db.execute(
+            f"SELECT DISTINCT as_of FROM deliveries WHERE status IN ({_quoted(OWED)})")} & done
+    return done, owed
+
+
+def peek(path: str | Path, sends_mail: bool) -> tuple[set[str], set[str]] | None:
+    """done_and_owed read without writing a byte (not even SQLite's journal files); None when only a check
+    under the lock can tell: a -journal (or an older version's -wal) file beside the ledger, before or
+    after the read, is a write in progress or a killed run's. No ledger yet: no night is done."""
+    path = Path(path)
+    journals = [path.with_name(path.name + suffix) for suffix in ("-journal", "-wal")]
+    if not path.exists():
+        return set(), set()
+    if any(journal.exists() for journal in journals):
+        return None
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro&immutable=1", uri=True)
+        try:
+            done, owed = done_and_owed(db, sends_mail)
+        finally:
+            db.close()
+    except sqlite3.DatabaseError:
+        return None
+    return None if any(journal.exists() for journal in journals) else (done, owed)

@@ -44,7 +44,6 @@ from __future__ import annotations
 import datetime as dt
 import os
 import re
-import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,7 +54,8 @@ from rules.document import load_policies
 from processor import files, killpoints
 from processor.contract import DEFAULT_MAX_REJECT_SHARE
 from processor.killpoints import kill_point
-from processor.ledger import OWED, Ledger, LedgerProblem, check_and_back_up, default_ledger_path
+from processor import ledger as ledger_module
+from processor.ledger import Ledger, LedgerProblem, check_and_back_up, default_ledger_path
 from processor.lock import LedgerLock
 
 NIGHT_NAME = re.compile(r"^\d{4}-\d{2}-\d{2}$")
@@ -185,58 +185,20 @@ def smtp_configured() -> bool:
     return bool(os.environ.get("SHAKERS_SMTP_HOST"))
 
 
-# The job's own note of each night it starts and finishes, in the ledger file. A night the
-# ledger recorded but whose nightly run never finished (killed after the ledger's commit,
-# e.g. while writing or sending the reports) is run again: every step is idempotent.
-ATTEMPTS_SCHEMA = """
-CREATE TABLE IF NOT EXISTS nightly_attempts (
-    as_of TEXT PRIMARY KEY,
-    started_at TEXT NOT NULL,
-    finished_at TEXT,
-    status TEXT NOT NULL DEFAULT ''
-)"""
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-
-
 def _attempt_started(ledger_path: Path, night: dt.date):
     with Ledger(ledger_path) as ledger:
-        ledger.db.execute(ATTEMPTS_SCHEMA)
-        ledger.db.execute("INSERT INTO nightly_attempts (as_of, started_at) VALUES (?, ?) ON CONFLICT(as_of) DO UPDATE "
-                          "SET started_at = excluded.started_at, finished_at = NULL, status = ''", (night.isoformat(), _now()))
+        ledger.attempt_started(night.isoformat())
 
 
 def _attempt_finished(ledger_path: Path, night: dt.date, status: str):
     with Ledger(ledger_path) as ledger:
-        ledger.db.execute("UPDATE nightly_attempts SET finished_at = ?, status = ? WHERE as_of = ?",
-                          (_now(), status, night.isoformat()))
-
-
-def _done_and_owed(db: sqlite3.Connection | None) -> tuple[set[str], set[str]]:
-    """(nights the ledger recorded and no nightly run left unfinished, recorded nights with emails still owed)."""
-    if db is None:
-        return set(), set()
-    tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    if "runs" not in tables:
-        return set(), set()
-    done = {r[0] for r in db.execute("SELECT as_of FROM runs")}
-    if "nightly_attempts" in tables:
-        done -= {r[0] for r in db.execute("SELECT as_of FROM nightly_attempts WHERE finished_at IS NULL")}
-    owed: set[str] = set()
-    # Owed: pending, failed or claimed (under the lock a claim is a killed sender's); never an
-    # outbox-only night's emails, nor one given up as permanently refused.
-    if _sends_mail() and "deliveries" in tables:
-        owed = {r[0] for r in db.execute(
-            f"SELECT DISTINCT as_of FROM deliveries WHERE status IN ({', '.join(repr(s) for s in OWED)})")} & done
-    return done, owed
+        ledger.attempt_finished(night.isoformat(), status)
 
 
 def _sends_mail() -> bool:
     """An SMTP host is set, in the environment or SHAKERS_SMTP_CONFIG's file (a broken setting counts:
     the delivery then says what is wrong)."""
-    from processor.mail import MailConfigError, SmtpSettings
+    from processor.delivery.settings import MailConfigError, SmtpSettings
 
     try:
         return bool(SmtpSettings.from_env().host)
@@ -251,7 +213,7 @@ def nights_to_do(exports_root: str | Path, ledger_path: str | Path, since: dt.da
     ledger_path = Path(ledger_path)
     if ledger_path.exists():
         with Ledger(ledger_path) as ledger:
-            done, owed = _done_and_owed(ledger.db)
+            done, owed = ledger_module.done_and_owed(ledger.db, _sends_mail())
     else:
         done, owed = set(), set()
     return _todo(exports_root, since, done, owed, manifest_required)
@@ -266,30 +228,10 @@ def _peek_nothing_to_do(exports_root: Path, ledger_path: Path, since: dt.date | 
 
 def _peek(exports_root: Path, ledger_path: Path, since: dt.date | None,
           manifest_required: bool) -> list[tuple[dt.date, str]] | None:
-    """nights_to_do found without writing a byte (not even SQLite's journal files), or None when only
-    the check under the lock can tell: a ledger with a -journal (or, made by an older version, -wal)
-    file beside it is being written or was left by a killed run. The journal is looked for again
-    after the read: a write that began meanwhile (pages of a commit not yet complete may have been
-    read) leaves it to the check under the lock too. No ledger yet: no night is done."""
-    if not ledger_path.exists():
-        return _todo(exports_root, since, set(), set(), manifest_required)
-    if _journal_beside(ledger_path):
-        return None
-    try:
-        db = sqlite3.connect(f"file:{ledger_path}?mode=ro&immutable=1", uri=True)
-        try:
-            done, owed = _done_and_owed(db)
-        finally:
-            db.close()
-    except sqlite3.DatabaseError:
-        return None
-    if _journal_beside(ledger_path):
-        return None
-    return _todo(exports_root, since, done, owed, manifest_required)
-
-
-def _journal_beside(ledger_path: Path) -> bool:
-    return any(ledger_path.with_name(ledger_path.name + suffix).exists() for suffix in ("-journal", "-wal"))
+    """nights_to_do found without writing a byte, or None when only the check under the lock can tell
+    (see processor.ledger.peek)."""
+    seen = ledger_module.peek(ledger_path, _sends_mail())
+    return None if seen is None else _todo(exports_root, since, *seen, manifest_required)
 
 
 def _todo(exports_root, since, done: set[str], owed: set[str], manifest_required: bool) -> list[tuple[dt.date, str]]:
@@ -405,12 +347,12 @@ def deliver_night(run_dir: Path, ledger_path: Path, progress: Callable[[str], No
     left owed, else 5. An email given up as permanently refused is logged for a person, not owed."""
     import logging
 
-    from processor import mail
+    from processor.run import send_owed
 
     say = progress or (lambda _m: None)
     night = run_dir.name if NIGHT_NAME.match(run_dir.name) else None
     with Ledger(ledger_path) as ledger:
-        result, owed, settings = mail.deliver_owed(ledger, night, progress=say)
+        result, owed, settings = send_owed(ledger, night, progress=say)
     for why in result.failed.values():
         say(f"{night}: not delivered: {why}")
     for why in result.permanent.values():

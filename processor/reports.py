@@ -15,20 +15,16 @@ reports in whichever process asks for them (the outbox writers, one per core).
 
 Everything user-provided (names, titles, emails, ids) reaches HTML escaped: the
 page through Jinja2's autoescaping, the items column-wise by `escape` (the same
-rules, markupsafe's), and reaches mail headers only through processor.mail.
-`publish_night` is the one call the nightly run makes after it recorded the night.
+rules, markupsafe's), and reaches mail headers only through processor.delivery.
 """
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import json
-import logging
 import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
-from pathlib import Path
 from typing import Callable, Iterator, Mapping
 
 import numpy as np
@@ -40,10 +36,7 @@ from markupsafe import Markup
 
 from rules.vocabulary import Action
 
-from processor import files
 from processor.arrowtext import concat, joined_between, joined_bytes, runs
-
-log = logging.getLogger(__name__)
 
 AT_RISK_REASON = "contact_at_risk"
 SECTIONS = (
@@ -833,50 +826,3 @@ def render_overview(summary: dict, decisions: pd.DataFrame, rejects: pd.DataFram
                "reject_reasons": reject_reasons[:50], "reject_rows": rejects.head(20).to_dict("records") if len(rejects) else [],
                "rejects_total": int(len(rejects))}
     return environment().get_template("overview.html").render(context)
-
-
-# --------------------------------------------------------------------------- the nightly hook
-@dataclass
-class Publication:
-    """What publishing the night's reports did: `summary` is the `reports` part of summary.json."""
-
-    summary: dict
-    undelivered: int
-    reports: list[ManagerReport] = field(default_factory=list)
-
-
-def publish_night(out: Path, as_of: dt.date, run_id: str, decisions: pd.DataFrame, rejects: pd.DataFrame, facts,
-                  summary: dict, ledger, descriptions: Mapping[str, str] | None = None,
-                  progress: Callable[[str], None] | None = None, env: Mapping[str, str] | None = None,
-                  resolved: pd.DataFrame | None = None, meanwhile: Callable[[], None] | None = None,
-                  ready: Callable[[], object] | None = None) -> Publication:
-    """Build the reports, write the outbox, send what is owed, write report.html and the final summary.json.
-
-    `meanwhile` runs while the emails are being written (the run's own files and ledger record),
-    before any email is owed; `ready` is waited for once the reports are built, before the
-    processes that write them start (the caller's work on other threads: no thread may run
-    while a process forks). Returns how many emails stay undelivered (the run exits 5 when any do)."""
-    from processor import mail
-
-    say = progress or (lambda _msg: None)
-    out = Path(out)
-    # Decisions that stopped holding are listed once, in this night's report (their state is `resolved`).
-    reported = decisions if resolved is None or resolved.empty else pd.concat([decisions, resolved], ignore_index=True)
-    reports = build_reports(reported, facts.projects, facts.milestones, facts.users, as_of, run_id, descriptions)
-    if ready is not None:
-        ready()
-    # Before the first email: `send --run` must use the ledger that knows what this run delivered.
-    files.write_json(out / mail.LEDGER_RECORD, {"ledger": str(Path(ledger.path).resolve())})
-    outcome = mail.publish(out / "outbox", reports, ledger, env=env, progress=say,
-                           render=functools.partial(render_reports, encoded=True),
-                           meanwhile=meanwhile, night=as_of.isoformat())
-    summary["reports"] = {**outcome.summary, "overview": "report.html", "outbox": "outbox",
-                          "ledger": str(Path(ledger.path).resolve())}
-    files.write_text(out / "report.html", render_overview(summary, decisions, rejects, reports, outcome.by_manager, descriptions))
-    files.write_json(out / "summary.json", summary)
-    if outcome.undelivered:
-        # a warning reaches stderr even under cron with --quiet (logging's last-resort handler)
-        log.warning("%d report email(s) not delivered%s; they stay in %s — `shakers-rules send --run %s` delivers them",
-                    outcome.undelivered, f" ({outcome.summary['error']})" if outcome.summary["error"] else "",
-                    out / "outbox", out)
-    return Publication(summary["reports"], outcome.undelivered, reports)

@@ -1,17 +1,21 @@
-"""One night, end to end: export -> facts -> engine -> decisions -> ledger -> files.
+"""One night, end to end, in the SPEC's order: read the export -> facts -> engine -> decisions ->
+their states from the ledger -> start the outbox writers -> write the files and record the night
+in the ledger -> wait for the writers -> owe the emails -> send -> report.html -> summary.json.
 
-This is the library the CLI and the nightly job call; tests call it directly.
+The only orchestrator: the library the CLI and the nightly job call; tests call it directly.
+The delivery package writes and sends; what it did is recorded in the ledger here.
 """
 from __future__ import annotations
 
 import datetime as dt
 import functools
+import logging
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 import pandas as pd
 
@@ -25,8 +29,15 @@ from processor.evaluate import Evaluation, evaluate
 from processor.export import Export, read_export
 from processor.contract import DEFAULT_MAX_REJECT_SHARE
 from processor.facts import Facts, build_facts
-from processor.ledger import Ledger, check_ledger_usable, default_ledger_path
+from processor.delivery.message import Outgoing, read_eml
+from processor.delivery.outbox import OutboxWriters, Written
+from processor.delivery.settings import MailConfigError, SmtpSettings
+from processor.delivery.smtp import CLAIM_STALE_SECONDS, DeliveryResult, deliver
+from processor.ledger import OWED, Ledger, check_ledger_usable, default_ledger_path
 from processor.progress import counter_of
+from processor.reports import build_reports, render_overview, render_reports
+
+log = logging.getLogger(__name__)
 
 REJECT_COLUMNS = ["table", "row", "record_id", "column", "value", "reason"]
 
@@ -152,57 +163,71 @@ def run_night(export_dir: str | Path, *, policies_path: str | Path = "policies.y
         summary["decisions"]["resolved"] = int(len(resolved))
         summary["decisions"]["carried"] = len(carried)
         summary["outputs"]["resolved_csv"] = "resolved.csv"
-        # decisions.csv is written on a second thread while the reports are built (Arrow's kernels
-        # and the writes release the GIL); the other files and the ledger record are written while
-        # the report writers work (they run in other processes).
-        # The writers fork only once that thread is done, and the ledger learns of the night
-        # only after its files are written; if the reports fail, all of it is written all the same.
-        decisions_files = _Background(functools.partial(_write_decisions, out, decisions, timings))
-        record = _Once(functools.partial(_write_and_record, out, ledger, as_of, run_id, policies.sha256, decisions,
-                                         rejects, resolved, summary, timings, say, decisions_files, carried))
-        # Reports to Project Success (SPEC §6): outbox, delivery, report.html; summary.json gains `reports`.
-        from processor.reports import publish_night
+        descriptions = {p.id: p.description for p in policies.policies}
         t = time.perf_counter()
+        # decisions.csv is written on a second thread while the reports are built (Arrow's kernels
+        # and the writes release the GIL); it is done before the outbox writers fork.
+        decisions_csv = ThreadPoolExecutor(1)
+        decisions_written = decisions_csv.submit(_write_decisions, out, decisions, timings)
+        writers = None
         try:
-            published = publish_night(out, as_of, run_id, decisions, rejects, facts, summary, ledger,
-                                      progress=progress, descriptions={p.id: p.description for p in policies.policies},
-                                      resolved=resolved, meanwhile=record, ready=decisions_files.result)
-        finally:
-            record()
+            # Decisions that stopped holding are listed once, in this night's report (state `resolved`).
+            reported = decisions if resolved.empty else pd.concat([decisions, resolved], ignore_index=True)
+            reports = build_reports(reported, facts.projects, facts.milestones, facts.users, as_of, run_id,
+                                    descriptions)
+            _done(decisions_csv, decisions_written)   # no thread may run while a process forks
+            # Before the first email: `send --run` must use the ledger that knows what this run delivered.
+            files.write_json(out / LEDGER_RECORD, {"ledger": str(Path(ledger.path).resolve())})
+            settings, config_error = _smtp_settings()
+            writers = OutboxWriters(out / "outbox", reports, settings.mail_from,
+                                    render=functools.partial(render_reports, encoded=True)).start()
+        except BaseException:
+            # Reports that fail leave the night written and recorded all the same, its summary without them.
+            _done(decisions_csv, decisions_written)
+            _write_and_record(out, ledger, as_of, run_id, policies.sha256, decisions, rejects, resolved,
+                              timings, say, carried)
+            files.write_json(out / "summary.json", summary)
+            raise
+        try:
+            # The night's files, then its record in the ledger, while the writers work (in other processes).
+            _write_and_record(out, ledger, as_of, run_id, policies.sha256, decisions, rejects, resolved,
+                              timings, say, carried)
+        except BaseException:
+            writers.stop()
+            raise
+        try:
+            # Only now, the emails on disk and the night recorded, does the ledger learn that they are owed.
+            written = writers.wait()
+            owe_written(ledger, written, outbox_only=not settings.host and not config_error)
+            delivery = send_reports(ledger, written, settings, config_error, managers=len(reports),
+                                    night=as_of.isoformat(), progress=say)
+        except BaseException:
+            files.write_json(out / "summary.json", summary)
+            raise
+        summary["reports"] = {**delivery.summary, "overview": "report.html", "outbox": "outbox",
+                              "ledger": str(Path(ledger.path).resolve())}
+        files.write_text(out / "report.html",
+                         render_overview(summary, decisions, rejects, reports, delivery.by_manager, descriptions))
         # Reports is the phase's whole wall time; the files and ledger written during it are timed apart.
         timings["reports"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - started
-        # The final timings (ledger and reports included) replace the ones written before them.
         summary["timings_seconds"] = {k: round(v, 3) for k, v in timings.items()}
-        files.write_json(out / "summary.json", summary)
-    exit_code = 1 if ev.not_evaluated else 5 if published.undelivered else 0
+        files.write_json(out / "summary.json", summary)   # once, when the night is whole
+    if delivery.undelivered:
+        # a warning reaches stderr even under cron with --quiet (logging's last-resort handler)
+        log.warning("%d report email(s) not delivered%s; they stay in %s — `shakers-rules send --run %s` delivers them",
+                    delivery.undelivered, f" ({delivery.summary['error']})" if delivery.summary["error"] else "",
+                    out / "outbox", out)
+    exit_code = 1 if ev.not_evaluated else 5 if delivery.undelivered else 0
     return NightResult(out, run_id, as_of, decisions, rejects, summary, ev, exit_code, timings, resolved=resolved)
 
 
-class _Once:
-    """A call made at most once, however often it is asked for."""
-
-    def __init__(self, call: Callable[[], None]):
-        self._call, self.done = call, False
-
-    def __call__(self) -> None:
-        if not self.done:
-            self.done = True
-            self._call()
-
-
-class _Background:
-    """A call run on a thread of its own from now on; `result()` waits for it (and raises what it raised)."""
-
-    def __init__(self, call: Callable[[], object]):
-        self._pool = ThreadPoolExecutor(1)
-        self._future = self._pool.submit(call)
-
-    def result(self):
-        try:
-            return self._future.result()
-        finally:
-            self._pool.shutdown()
+def _done(pool: ThreadPoolExecutor, future) -> None:
+    """Wait for the thread's work (raising what it raised) and end the thread."""
+    try:
+        future.result()
+    finally:
+        pool.shutdown()
 
 
 def _write_decisions(out: Path, decisions: pd.DataFrame, timings: dict) -> None:
@@ -213,18 +238,15 @@ def _write_decisions(out: Path, decisions: pd.DataFrame, timings: dict) -> None:
 
 
 def _write_and_record(out: Path, ledger: Ledger, as_of: dt.date, run_id: str, policies_sha: str,
-                      decisions: pd.DataFrame, rejects: pd.DataFrame, resolved: pd.DataFrame, summary: dict,
-                      timings: dict, say: Callable[[str], None], decisions_files: _Background,
-                      carried: list) -> None:
+                      decisions: pd.DataFrame, rejects: pd.DataFrame, resolved: pd.DataFrame,
+                      timings: dict, say: Callable[[str], None], carried: list) -> None:
     """The night's other files, then its record in the ledger: the ledger learns of the night last,
     so a run killed before that left no trace there."""
-    decisions_files.result()
     t = time.perf_counter()
     # The ledger keeps each decision as its decisions.jsonl line.
     lines = files.write_jsonl(out / "decisions.jsonl", decisions, json_columns=("evidence",))
     files.write_csv(out / "rejects.csv", rejects)
     files.write_csv(out / "resolved.csv", resolved)
-    files.write_json(out / "summary.json", summary)
     timings["write"] += time.perf_counter() - t
     say(f"decisions, rejects and resolved written to {out}")
     t = time.perf_counter()
@@ -265,3 +287,147 @@ def make_summary(run_id, as_of, export: Export, policies: PolicySet, decisions: 
                     "rejects_csv": "rejects.csv"},
         "timings_seconds": {k: round(v, 3) for k, v in timings.items()},
     }
+
+
+# --------------------------------------------------------------------------- the night's emails and the ledger
+# RUN_DIR/ledger.json: the ledger a run used, written before its first email (`send --run` reads it).
+LEDGER_RECORD = "ledger.json"
+# How a delivery's status reads in report.html (the template styles "sent", "failed", "no").
+STATUS_SHOWN = {"delivered": "sent", "failed": "failed", "pending": "owed", "sending": "owed", "outbox": "outbox only",
+                "permanent": "failed permanently", "withdrawn": "withdrawn"}
+
+
+@dataclass
+class Delivery:
+    """What the night's emails came to; `summary` goes into summary.json under `reports`."""
+
+    summary: dict
+    undelivered: int
+    by_manager: dict[str, dict]
+
+
+def _smtp_settings(env: Mapping[str, str] | None = None) -> tuple[SmtpSettings, str]:
+    """(settings, "") or, for a wrong setting, (the defaults, the sentence that says what is wrong)."""
+    try:
+        return SmtpSettings.from_env(env), ""
+    except MailConfigError as e:
+        return SmtpSettings(), str(e)
+
+
+def owe_written(ledger: Ledger, written: Written, *, outbox_only: bool = False) -> None:
+    """The outbox's emails owed in the ledger unless already delivered (recorded as `outbox`, not
+    owed, with `outbox_only`: a night with no SMTP host); an earlier build's stale email withdrawn."""
+    ledger.owe_deliveries(((o.message_id, o.as_of, o.recipient, o.eml_path, o.manager) for o in written.outgoing),
+                          outbox_only=outbox_only)
+    # A rerun of the night that no longer reports to someone withdraws the stale email.
+    for _path, old in written.stale:
+        if old is not None:
+            ledger.withdraw_delivery(old.message_id)
+    written.remove_stale()
+
+
+def write_outbox(outbox: Path, reports, mail_from: str, ledger: Ledger, *, workers: int | None = None,
+                 outbox_only: bool = False) -> tuple[list[Outgoing], list[dict]]:
+    """The reports' emails written to `outbox` and owed in the ledger: (outgoing, unaddressed)."""
+    written = OutboxWriters(outbox, reports, mail_from, workers=workers).run()
+    owe_written(ledger, written, outbox_only=outbox_only)
+    return written.outgoing, written.unaddressed
+
+
+def send_reports(ledger: Ledger, written: Written, settings: SmtpSettings, config_error: str = "", *,
+                 managers: int, night: str | None = None, progress: Callable[[str], None] | None = None,
+                 sleep: Callable[[float], None] = time.sleep) -> Delivery:
+    """Send this night's emails and whatever earlier nights still owe. With no SMTP host the emails
+    are the outbox's only (never sent later unless `send --run` asks). `night` is the night a refusal
+    counts on (see delivery.smtp.deliver). A report that could not be addressed, or an email given up
+    as permanently refused, is logged as a warning for a person and is not counted as undelivered:
+    no later run would deliver it."""
+    say = progress or (lambda _m: None)
+    outgoing, unaddressed = written.outgoing, written.unaddressed
+    sending = bool(settings.host) and not config_error
+    for u in unaddressed:
+        log.warning("%s", u["why"])
+    by_id = {o.message_id: o for o in outgoing}
+    earlier = [o for o in _owed(ledger) if o.message_id not in by_id] if sending else []
+    result = DeliveryResult()
+    if config_error:
+        say(f"emails not sent: {config_error}")
+        result.error = config_error
+    elif sending:
+        say(f"sending {len(outgoing):,} report(s) via {settings.describe()}"
+            + (f", and {len(earlier):,} owed by earlier nights" if earlier else ""))
+        result = deliver(outgoing + earlier, settings, ledger, sleep=sleep, progress=say, night=night)
+    for why in result.permanent.values():
+        log.warning("%s", why)
+    statuses = ledger.delivery_statuses(by_id)
+    owed_now = [o for o in outgoing if statuses.get(o.message_id) in OWED]
+    by_manager = {}
+    for o in outgoing:
+        status = statuses.get(o.message_id, "pending")
+        by_manager[o.manager_id] = {"status": STATUS_SHOWN.get(status, status), "message_id": o.message_id,
+                                    "file": Path(o.eml_path).name,
+                                    "error": result.failed.get(o.message_id, "") or result.permanent.get(o.message_id, "")}
+    for u in unaddressed:
+        by_manager[u["manager_id"]] = {"status": "no address", "message_id": "", "file": "", "error": u["why"]}
+    undelivered = (len(owed_now) if sending or config_error else 0) + sum(1 for m in result.failed if m not in by_id)
+    summary = {
+        "managers": managers,
+        "emails_written": len(outgoing),
+        "smtp": settings.describe() if not config_error else f"not configured correctly: {config_error}",
+        "sent": sum(1 for m in result.sent if m in by_id),
+        "already_sent": sum(1 for m in result.already_sent if m in by_id),
+        "owed": len(owed_now),
+        "earlier_nights_sent": sum(1 for m in result.sent if m not in by_id),
+        "earlier_nights_owed": sum(1 for m in result.failed if m not in by_id),
+        "unaddressed": unaddressed,
+        "permanently_refused": list(result.permanent.values()),
+        "undelivered": undelivered,
+        "error": result.error,
+    }
+    return Delivery(summary, undelivered, by_manager)
+
+
+def _owed(ledger: Ledger, as_of: str | None = None) -> list[Outgoing]:
+    return [Outgoing(r["message_id"], r["as_of"], r["recipient"], r["eml_path"], manager=r.get("manager", ""))
+            for r in ledger.deliveries_owed(CLAIM_STALE_SECONDS, as_of=as_of)]
+
+
+def send_outbox(run_dir: Path, ledger: Ledger, *, env: Mapping[str, str] | None = None, progress=None,
+                sleep: Callable[[float], None] = time.sleep) -> tuple[DeliveryResult, int, SmtpSettings]:
+    """`shakers-rules send`: deliver what RUN_DIR/outbox holds and was not delivered, asked for
+    explicitly: an outbox-only night's emails and permanently refused ones are owed again.
+    Returns (result, still owed, settings); with no SMTP host the ledger is left as it was."""
+    settings = SmtpSettings.from_env(env)
+    outgoing = [o for o in (read_eml(p) for p in sorted(Path(run_dir, "outbox").glob("*.eml"))) if o is not None]
+    if not settings.host:
+        statuses = ledger.delivery_statuses(o.message_id for o in outgoing)
+        owed = sum(1 for o in outgoing if statuses.get(o.message_id) not in ("delivered", "withdrawn"))
+        return DeliveryResult(error="SHAKERS_SMTP_HOST is not set"), owed, settings
+    ledger.owe_deliveries(((o.message_id, o.as_of, o.recipient, o.eml_path, o.manager) for o in outgoing), asked=True)
+    result = deliver(outgoing, settings, ledger, sleep=sleep, progress=progress)
+    statuses = ledger.delivery_statuses([o.message_id for o in outgoing])
+    return result, sum(1 for status in statuses.values() if status in OWED), settings
+
+
+def send_owed(ledger: Ledger, as_of: str | None = None, *, env: Mapping[str, str] | None = None, progress=None,
+              sleep: Callable[[float], None] = time.sleep) -> tuple[DeliveryResult, int, SmtpSettings]:
+    """What the ledger owes (of the night `as_of`, else of every night), sent now: the nightly job's
+    retry. Outbox-only emails are not owed and stay unsent. Returns (result, still owed, settings)."""
+    settings = SmtpSettings.from_env(env)
+    owed = _owed(ledger, as_of)
+    if not settings.host:
+        return DeliveryResult(error="SHAKERS_SMTP_HOST is not set"), len(owed), settings
+    result = deliver(owed, settings, ledger, sleep=sleep, progress=progress)
+    return result, ledger.deliveries_owed_count(as_of), settings
+
+
+def publish(outbox: Path, reports, ledger: Ledger, *, env: Mapping[str, str] | None = None,
+            progress: Callable[[str], None] | None = None, sleep: Callable[[float], None] = time.sleep,
+            night: str | None = None) -> Delivery:
+    """The reports' emails written to `outbox`, owed, and sent with what earlier nights still owe
+    (run_night's last steps without its files: see write_outbox and send_reports)."""
+    settings, config_error = _smtp_settings(env)
+    written = OutboxWriters(outbox, reports, settings.mail_from).run()
+    owe_written(ledger, written, outbox_only=not settings.host and not config_error)
+    return send_reports(ledger, written, settings, config_error, managers=len(reports), night=night,
+                        progress=progress, sleep=sleep)

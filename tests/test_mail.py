@@ -16,7 +16,9 @@ from mailserver import Inbox, PasswordCheck, Server, free_port, make_certificate
 from night import AS_OF
 from report_nights import PAULA, PEDRO, QUENTIN, busy_night
 
-from processor import mail
+from processor.delivery import message, settings
+from processor.delivery.address import mailbox, valid_address
+from processor.run import publish, write_outbox
 from processor.cli import main
 from processor.ledger import Ledger
 from processor.run import run_night
@@ -144,10 +146,10 @@ def test_a_rerun_of_the_night_emails_nobody_twice(tmp_path, monkeypatch, server)
 
 
 def test_the_message_id_depends_on_the_night_and_the_recipient_only():
-    a = mail.message_id("2026-11-24", "paula@shakers.test", "PS1")
-    assert a == mail.message_id("2026-11-24", "Paula@Shakers.test", "PS1")
-    assert a != mail.message_id("2026-11-25", "paula@shakers.test", "PS1")
-    assert a != mail.message_id("2026-11-24", "pedro@shakers.test", "PS2")
+    a = message.message_id("2026-11-24", "paula@shakers.test", "PS1")
+    assert a == message.message_id("2026-11-24", "Paula@Shakers.test", "PS1")
+    assert a != message.message_id("2026-11-25", "paula@shakers.test", "PS1")
+    assert a != message.message_id("2026-11-24", "pedro@shakers.test", "PS2")
 
 
 # ---------------------------------------------------------------- never lost
@@ -167,7 +169,7 @@ def test_with_the_server_down_the_run_exits_5_keeps_every_email_and_send_deliver
     assert "cannot reach 127.0.0.1" in reports["error"]
     assert "not delivered" in caplog.text and "shakers-rules send --run" in caplog.text
     with Ledger(tmp_path / "ledger.sqlite") as ledger:
-        rows = [ledger.delivery(m) for m in (mail.read_eml(p).message_id for p in outbox)]
+        rows = [ledger.delivery(m) for m in (message.read_eml(p).message_id for p in outbox)]
     assert {r["status"] for r in rows} == {"failed"} and all(r["last_error"] for r in rows)
 
     server = Server(port=port)
@@ -237,6 +239,24 @@ def test_the_nightly_retry_counts_a_claim_too_young_to_take_over_as_still_owed(t
     assert server.inbox.messages == []
 
 
+def test_the_nightly_retry_sends_what_a_ledger_owes_to_that_ledger_and_leaves_the_environment_as_it_was(
+        tmp_path, monkeypatch, server):
+    """The nightly job's retry is a library call with its ledger: no SHAKERS_LEDGER set for a command to read."""
+    from processor.nightly import deliver_night
+
+    monkeypatch.delenv("SHAKERS_LEDGER", raising=False)
+    smtp_env(monkeypatch, 1)   # nothing listens there: the night's emails stay owed
+    night = run(tmp_path, ledger="elsewhere/ledger.sqlite")
+    assert night.exit_code == 5 and night.summary["reports"]["owed"] == 2
+    smtp_env(monkeypatch, server.port)
+    before = dict(os.environ)
+    assert deliver_night(tmp_path / "2026-11-24", tmp_path / "elsewhere" / "ledger.sqlite") == 0
+    assert dict(os.environ) == before
+    assert sorted(r for m in server.inbox.messages for r in m.rcpt_tos) == [PAULA, PEDRO]
+    with Ledger(tmp_path / "elsewhere" / "ledger.sqlite") as ledger:
+        assert ledger.deliveries_owed_count() == 0
+
+
 def test_a_permanent_refusal_is_not_retried_and_stays_owed(tmp_path, monkeypatch):
     server = Server(Inbox(refuse_next=["550 5.1.1 mailbox unavailable"]))
     try:
@@ -284,7 +304,7 @@ def test_a_rerun_that_no_longer_reports_to_a_manager_withdraws_the_stale_email(t
     calm.rows["contact_attempts"] = [a for a in calm.rows["contact_attempts"] if a["project_id"] != "P2"]
     calm.rows["invoices"] = []
     second = run(tmp_path, night=calm)
-    left = [mail.read_eml(p) for p in (second.out_dir / "outbox").glob("*.eml")]
+    left = [message.read_eml(p) for p in (second.out_dir / "outbox").glob("*.eml")]
     assert [o.recipient for o in left] == [PAULA]
 
 
@@ -355,7 +375,7 @@ def test_a_wrong_password_never_shows_the_password_anywhere(tmp_path, monkeypatc
         secrets = [password, base64.b64encode(password.encode()).decode()]
         with Ledger(tmp_path / "ledger.sqlite") as ledger:
             errors = " ".join(r["last_error"] for r in ledger.deliveries_owed())
-        places = [out.output, caplog.text, errors, repr(mail.SmtpSettings.from_env())] + \
+        places = [out.output, caplog.text, errors, repr(settings.SmtpSettings.from_env())] + \
             [p.read_text(errors="replace") for p in result.out_dir.rglob("*") if p.is_file()]
         for place in places:
             for secret in secrets:
@@ -408,7 +428,7 @@ def test_a_report_without_a_usable_address_is_not_built_is_told_to_a_person_and_
     reports[0].email = "paula@shakers.test\r\nBcc: attacker@evil.test"
     smtp_env(monkeypatch, server.port)
     with caplog.at_level(logging.WARNING), Ledger(tmp_path / "ledger.sqlite") as ledger:
-        outcome = mail.publish(tmp_path / "outbox", reports, ledger)
+        outcome = publish(tmp_path / "outbox", reports, ledger)
         assert ledger.deliveries_owed() == [] and len(ledger.db.execute("SELECT * FROM deliveries").fetchall()) == 1
     assert outcome.undelivered == 0 and [u["manager_id"] for u in outcome.summary["unaddressed"]] == ["PS1"]
     assert outcome.by_manager["PS1"]["status"] == "no address"
@@ -418,27 +438,27 @@ def test_a_report_without_a_usable_address_is_not_built_is_told_to_a_person_and_
 
 
 def test_mailbox_strips_control_characters_from_names():
-    box = mail.mailbox("Evil\r\nBcc: x@y\u2028Z", "p@shakers.test")
+    box = mailbox("Evil\r\nBcc: x@y\u2028Z", "p@shakers.test")
     assert "\r" not in str(box) and "\n" not in str(box) and box.addr_spec == "p@shakers.test"
     with pytest.raises(ValueError):
-        mail.mailbox("x", "p@shakers.test\nBcc: x@y")
+        mailbox("x", "p@shakers.test\nBcc: x@y")
 
 
 def test_the_settings_follow_spec_section_6(monkeypatch, tmp_path):
-    assert mail.SmtpSettings.from_env({}).host is None
-    assert mail.SmtpSettings.from_env({"SHAKERS_SMTP_HOST": "h"}).port == 587
-    assert mail.SmtpSettings.from_env({"SHAKERS_SMTP_HOST": "h", "SHAKERS_SMTP_TLS": "ssl"}).port == 465
-    assert mail.SmtpSettings.from_env({"SHAKERS_SMTP_HOST": "h", "SHAKERS_SMTP_TLS": "none"}).port == 25
-    assert mail.SmtpSettings.from_env({}).mail_from == "policy-reports@localhost"
-    only_user = mail.SmtpSettings.from_env({"SHAKERS_SMTP_USER": "u"})
+    assert settings.SmtpSettings.from_env({}).host is None
+    assert settings.SmtpSettings.from_env({"SHAKERS_SMTP_HOST": "h"}).port == 587
+    assert settings.SmtpSettings.from_env({"SHAKERS_SMTP_HOST": "h", "SHAKERS_SMTP_TLS": "ssl"}).port == 465
+    assert settings.SmtpSettings.from_env({"SHAKERS_SMTP_HOST": "h", "SHAKERS_SMTP_TLS": "none"}).port == 25
+    assert settings.SmtpSettings.from_env({}).mail_from == "policy-reports@localhost"
+    only_user = settings.SmtpSettings.from_env({"SHAKERS_SMTP_USER": "u"})
     assert not only_user.login
     config = tmp_path / "smtp.env"
     config.write_text("# mail\nSHAKERS_SMTP_HOST=mail.example.com\nSHAKERS_SMTP_PASSWORD='p w'\n")
-    from_file = mail.SmtpSettings.from_env({"SHAKERS_SMTP_CONFIG": str(config), "SHAKERS_SMTP_USER": "u"})
+    from_file = settings.SmtpSettings.from_env({"SHAKERS_SMTP_CONFIG": str(config), "SHAKERS_SMTP_USER": "u"})
     assert (from_file.host, from_file.user, from_file.password, from_file.login) == ("mail.example.com", "u", "p w", True)
     assert "p w" not in repr(from_file) and "p w" not in from_file.describe()
-    with pytest.raises(mail.MailConfigError, match="SHAKERS_SMTP_PORT"):
-        mail.SmtpSettings.from_env({"SHAKERS_SMTP_PORT": "smtp"})
+    with pytest.raises(settings.MailConfigError, match="SHAKERS_SMTP_PORT"):
+        settings.SmtpSettings.from_env({"SHAKERS_SMTP_PORT": "smtp"})
 
 
 # ---------------------------------------------------------------- delivery states (processor.ledger)
@@ -593,7 +613,7 @@ def test_the_next_run_sends_an_earlier_nights_email_that_was_written_but_never_t
 
     smtp_env(monkeypatch, server.port)
     with Ledger(tmp_path / "ledger.sqlite") as ledger:   # a night killed between its outbox and its first email
-        written, _ = mail.write_outbox(tmp_path / "killed" / "outbox", some_reports(2), "reports@shakers.test", ledger)
+        written, _ = write_outbox(tmp_path / "killed" / "outbox", some_reports(2), "reports@shakers.test", ledger)
         assert set(ledger.delivery_statuses(o.message_id for o in written).values()) == {"pending"}
     nxt = run(tmp_path, night=busy_night(night(1)), as_of=night(1), out="n1")
     assert nxt.exit_code == 0 and nxt.summary["reports"]["earlier_nights_sent"] == 2
@@ -665,12 +685,12 @@ def test_a_wrong_smtp_setting_stops_run_and_nightly_with_exit_2_before_anything_
 
 def test_a_login_in_clear_text_is_allowed_only_when_said_so():
     login = {"SHAKERS_SMTP_HOST": "h", "SHAKERS_SMTP_TLS": "none", "SHAKERS_SMTP_USER": "u", "SHAKERS_SMTP_PASSWORD": "p"}
-    with pytest.raises(mail.MailConfigError, match="in clear text"):
-        mail.SmtpSettings.from_env(login)
-    assert mail.SmtpSettings.from_env({**login, "SHAKERS_SMTP_ALLOW_PLAINTEXT_LOGIN": "1"}).login
-    with pytest.raises(mail.MailConfigError, match="SHAKERS_SMTP_DEADLINE"):
-        mail.SmtpSettings.from_env({"SHAKERS_SMTP_DEADLINE": "soon"})
-    assert mail.SmtpSettings.from_env({}).deadline == 600 and mail.SmtpSettings.from_env({}).permanent_nights == 3   # SPEC §6
+    with pytest.raises(settings.MailConfigError, match="in clear text"):
+        settings.SmtpSettings.from_env(login)
+    assert settings.SmtpSettings.from_env({**login, "SHAKERS_SMTP_ALLOW_PLAINTEXT_LOGIN": "1"}).login
+    with pytest.raises(settings.MailConfigError, match="SHAKERS_SMTP_DEADLINE"):
+        settings.SmtpSettings.from_env({"SHAKERS_SMTP_DEADLINE": "soon"})
+    assert settings.SmtpSettings.from_env({}).deadline == 600 and settings.SmtpSettings.from_env({}).permanent_nights == 3   # SPEC §6
 
 
 def test_a_stalling_server_cannot_hold_the_delivery_past_its_deadline_and_what_is_left_stays_owed(tmp_path, monkeypatch):
@@ -704,7 +724,7 @@ def test_an_internationalised_address_goes_with_smtputf8_and_its_domain_in_idna(
         assert to.addresses[0].addr_spec == "páula@xn--bcher-kva.test" and to.addresses[0].display_name == "Paula Success"
         pedro = server.inbox.to(PEDRO)[0]
         assert "SMTPUTF8" not in pedro.mail_options            # an ASCII email goes as before
-        kept = sorted(mail.read_eml(p).recipient for p in (result.out_dir / "outbox").glob("*.eml"))
+        kept = sorted(message.read_eml(p).recipient for p in (result.out_dir / "outbox").glob("*.eml"))
         assert kept == sorted(["páula@xn--bcher-kva.test", PEDRO])   # `send --run` reads the outbox's UTF-8 To line
     finally:
         server.stop()
@@ -745,7 +765,7 @@ def test_an_address_mail_cannot_carry_is_rejected_when_the_export_is_read_with_t
     export = read_export(n.write(tmp_path / "export"), max_reject_share=1.0)  # a tiny night: one bad row
     (reject,) = export.rejects[export.rejects["record_id"] == "PS1"].to_dict("records")
     assert reject["column"] == "email" and "is not an email address mail can be sent to" in reject["reason"]
-    assert not mail.valid_address(address)
+    assert not valid_address(address)
 
 
 # ---------------------------------------------------------------- the nightly job's deliveries

@@ -116,18 +116,19 @@ def test_a_ledger_with_a_journal_beside_it_is_not_peeked_at_but_checked_under_th
 
 
 def test_a_write_that_begins_while_the_ledger_is_peeked_at_leaves_it_to_the_check_under_the_lock(tmp_path, monkeypatch):
+    import processor.ledger as ledger_module
     import processor.nightly as nightly_module
 
     write_nights(tmp_path, {D1: a_night(D1)})
     assert nightly(tmp_path).exit_code == 0
     ledger = tmp_path / "ledger.sqlite"
-    read = nightly_module._done_and_owed
+    read = ledger_module.done_and_owed
 
-    def read_while_a_run_begins(db):
+    def read_while_a_run_begins(db, sends_mail):
         ledger.with_name(ledger.name + "-journal").write_bytes(b"")   # another run starts writing
-        return read(db)
+        return read(db, sends_mail)
 
-    monkeypatch.setattr(nightly_module, "_done_and_owed", read_while_a_run_begins)
+    monkeypatch.setattr(ledger_module, "done_and_owed", read_while_a_run_begins)
     assert not nightly_module._peek_nothing_to_do(tmp_path / "exports", ledger, None)
 
 

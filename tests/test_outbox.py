@@ -13,13 +13,14 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from processor import mail
+from processor.delivery import address, message, outbox
+from processor.run import owe_written, write_outbox
 from processor.ledger import Ledger
 
 
 @dataclass
 class Report:
-    """What processor.mail reads of a report (processor.reports.ManagerReport has these too)."""
+    """What processor.delivery reads of a report (processor.reports.ManagerReport has these too)."""
 
     manager_id: str
     name: str
@@ -48,20 +49,20 @@ def canonical(text: str) -> str:
     "no final newline\nsecond", "=3D ==\n.\nFrom here\n",
 ])
 def test_a_base64_part_decodes_back_to_its_text_in_lines_of_76(text):
-    encoded = mail.base64_body(text)
+    encoded = message.base64_body(text)
     lines = encoded.split(b"\r\n")
     assert lines[-1] == b"" and all(0 < len(line) <= 76 for line in lines[:-1])
     assert all(len(line) == 76 for line in lines[:-2])
     assert base64.b64decode(encoded).decode("utf-8") == canonical(text)
-    assert mail.base64_body(text.encode("utf-8")) == encoded   # the same text, already encoded
+    assert message.base64_body(text.encode("utf-8")) == encoded   # the same text, already encoded
 
 
 def test_an_email_decodes_to_its_headers_text_and_html():
     report = Report("PS1", "Ainhoa Núñez", "ainhoa@shakers.test", "Shakers policy report, night of 2026-11-24: 2 new actions",
                     "Hello Ainhoa Núñez\n€5.00\n", "<p>Hello Ainhoa N&uacute;&ntilde;ez — €5.00</p>\n")
-    mid, data = mail.build_message(report, report.text, report.html, "Policy reports <reports@shakers.test>")
+    mid, data = message.build_message(report, report.text, report.html, "Policy reports <reports@shakers.test>")
     msg = parse(data)
-    assert msg["Message-ID"] == mid == mail.message_id(report.as_of, report.email, "PS1")
+    assert msg["Message-ID"] == mid == message.message_id(report.as_of, report.email, "PS1")
     assert msg["Subject"] == report.subject and msg["X-Shakers-Night"] == "2026-11-24"
     assert msg["To"].addresses[0].display_name == "Ainhoa Núñez" and msg["To"].addresses[0].addr_spec == report.email
     assert str(msg["From"]) == "Policy reports <reports@shakers.test>"
@@ -71,7 +72,7 @@ def test_an_email_decodes_to_its_headers_text_and_html():
     head = data.split(b"\r\n\r\n", 1)[0]
     assert head.isascii() and max(len(line) for line in head.split(b"\r\n")) <= 78
     assert [p["Content-Transfer-Encoding"] for p in msg.iter_parts()] == ["8bit", "8bit"]
-    assert max(len(line) for line in data.split(b"\r\n")) <= mail.SMTP_LINE - 2
+    assert max(len(line) for line in data.split(b"\r\n")) <= message.SMTP_LINE - 2
 
 
 @pytest.mark.parametrize("body, encoding", [
@@ -85,7 +86,7 @@ def test_an_email_decodes_to_its_headers_text_and_html():
 ])
 def test_a_part_goes_as_it_is_unless_a_line_is_too_long_for_smtp_or_it_holds_a_nul(body, encoding):
     report = Report("PS1", "Paula", "ps@shakers.test", "s", body, "<p>h</p>\n")
-    _mid, data = mail.build_message(report, report.text, report.html, "reports@shakers.test")
+    _mid, data = message.build_message(report, report.text, report.html, "reports@shakers.test")
     msg = parse(data)
     plain_part = next(msg.iter_parts())
     assert plain_part["Content-Transfer-Encoding"] == encoding and msg.defects == []
@@ -93,11 +94,11 @@ def test_a_part_goes_as_it_is_unless_a_line_is_too_long_for_smtp_or_it_holds_a_n
 
 
 def test_a_body_that_quotes_the_boundary_stays_inside_its_part():
-    mid = mail.message_id("2026-11-24", "ps@shakers.test", "PS1")
-    fence = f"--{mail.boundary(mid)}"
+    mid = message.message_id("2026-11-24", "ps@shakers.test", "PS1")
+    fence = f"--{message.boundary(mid)}"
     text = f"{fence}\nContent-Type: text/html\n\n<b>injected</b>\n{fence}--\n"
     report = Report("PS1", "Paula", "ps@shakers.test", "s", text, f"<pre>{fence}</pre>\n")
-    _mid, data = mail.build_message(report, report.text, report.html, "reports@shakers.test")
+    _mid, data = message.build_message(report, report.text, report.html, "reports@shakers.test")
     msg = parse(data)
     assert len(list(msg.iter_parts())) == 2 and msg.defects == []
     assert parts(msg) == {"text/plain": canonical(text), "text/html": canonical(report.html)}
@@ -106,7 +107,7 @@ def test_a_body_that_quotes_the_boundary_stays_inside_its_part():
 
 def test_a_name_with_line_breaks_cannot_add_a_header():
     report = Report("PS1", "Evil\r\nBcc: attacker@evil.test", "ps@shakers.test", "night\r\nBcc: x@evil.test", "t\n", "h\n")
-    _mid, data = mail.build_message(report, report.text, report.html, "reports@shakers.test")
+    _mid, data = message.build_message(report, report.text, report.html, "reports@shakers.test")
     msg = parse(data)
     assert msg["Bcc"] is None and [a.addr_spec for a in msg["To"].addresses] == ["ps@shakers.test"]
     assert not any(line.lower().startswith(b"bcc") for line in data.split(b"\r\n\r\n", 1)[0].splitlines())
@@ -127,8 +128,8 @@ def outbox_of(directory: Path) -> dict[str, tuple]:
 
 def test_forked_writers_write_the_same_outbox_as_one_process_and_the_ledger_owes_each_email(tmp_path):
     with Ledger(tmp_path / "one.sqlite") as one, Ledger(tmp_path / "three.sqlite") as three:
-        alone, _ = mail.write_outbox(tmp_path / "alone", reports(7), "reports@shakers.test", one, workers=1)
-        forked, _ = mail.write_outbox(tmp_path / "forked", reports(7), "reports@shakers.test", three, workers=3)
+        alone, _ = write_outbox(tmp_path / "alone", reports(7), "reports@shakers.test", one, workers=1)
+        forked, _ = write_outbox(tmp_path / "forked", reports(7), "reports@shakers.test", three, workers=3)
         assert [(o.message_id, Path(o.eml_path).name, o.manager_id) for o in alone] == \
                [(o.message_id, Path(o.eml_path).name, o.manager_id) for o in forked]
         assert outbox_of(tmp_path / "alone") == outbox_of(tmp_path / "forked")   # no temporary file left either
@@ -144,12 +145,12 @@ def test_a_writer_that_fails_fails_the_outbox_and_the_ledger_owes_nothing(tmp_pa
             raise ValueError(f"cannot render {failing}")
         return real(report, text, html, mail_from, date)
 
-    real = mail._message_pieces   # what the writers call for each email
-    monkeypatch.setattr(mail, "_message_pieces", broken)
+    real = outbox._message_pieces   # what the writers call for each email
+    monkeypatch.setattr(outbox, "_message_pieces", broken)
     with Ledger(tmp_path / "ledger.sqlite") as ledger:
         with pytest.raises(error, match=f"cannot render {failing}"):
-            mail.write_outbox(tmp_path / "outbox", reports(4), "reports@shakers.test", ledger, workers=2)
-        assert ledger.delivery_statuses(mail.message_id("2026-11-24", r.email, r.manager_id) for r in reports(4)) == {}
+            write_outbox(tmp_path / "outbox", reports(4), "reports@shakers.test", ledger, workers=2)
+        assert ledger.delivery_statuses(message.message_id("2026-11-24", r.email, r.manager_id) for r in reports(4)) == {}
     assert list((tmp_path / "outbox").iterdir()) == []
 
 
@@ -163,7 +164,7 @@ def test_a_forked_writer_does_not_outlive_a_killed_run(tmp_path):
     pid_file = tmp_path / "writer.pid"
     script = f"""
 import os, time
-from processor import mail
+from processor.delivery.outbox import Forked
 
 def work(share):
     if share == [1]:  # the forked writer's share
@@ -171,7 +172,7 @@ def work(share):
     time.sleep(60)
     return share
 
-mail._in_processes(work, [0, 1], 2)
+Forked(work, [0, 1], 2).start(idle=True).wait()
 """
     run = subprocess.Popen([sys.executable, "-c", script], env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
     deadline = time.monotonic() + 30
@@ -200,10 +201,13 @@ def test_the_nights_own_work_runs_while_the_writers_work_and_before_any_email_is
         def meanwhile():
             import os
             seen["pid"] = os.getpid()
-            seen["owed then"] = ledger.delivery_statuses(mail.message_id("2026-11-24", r.email, r.manager_id)
+            seen["owed then"] = ledger.delivery_statuses(message.message_id("2026-11-24", r.email, r.manager_id)
                                                          for r in reports(5))
-        written, _ = mail.write_outbox(tmp_path / "outbox", reports(5), "reports@shakers.test", ledger,
-                                       workers=workers, meanwhile=meanwhile)
+        writers = outbox.OutboxWriters(tmp_path / "outbox", reports(5), "reports@shakers.test", workers=workers).start()
+        meanwhile()
+        outcome = writers.wait()
+        owe_written(ledger, outcome)
+        written = outcome.outgoing
         import os
         assert seen == {"pid": os.getpid(), "owed then": {}}   # in this process, before the ledger owed anything
         assert set(ledger.delivery_statuses(o.message_id for o in written).values()) == {"pending"}
@@ -212,7 +216,9 @@ def test_the_nights_own_work_runs_while_the_writers_work_and_before_any_email_is
 
 def test_work_dealt_to_forked_processes_while_the_parent_is_busy_comes_back_in_order():
     calls = []
-    got = mail._in_processes(lambda share: [x * 10 for x in share], list(range(7)), 3, meanwhile=lambda: calls.append(1))
+    writers = outbox.Forked(lambda share: [x * 10 for x in share], list(range(7)), 3).start()
+    calls.append(1)   # the parent's own work while the children work
+    got = writers.wait()
     assert got == [x * 10 for x in range(7)] and calls == [1]
 
 
@@ -228,20 +234,20 @@ _texts = st.one_of(st.lists(_word, max_size=30).map(" ".join),
 @example("a " * 34 + "b" * 8)
 @example("x" * 69 + " " + "y" * 8)
 def test_a_subject_is_folded_as_the_email_package_folds_it(text):
-    text = mail.plain(text)
-    assert mail._subject(text) == mail._folded("Subject", text)
+    text = address.plain(text)
+    assert message._subject(text) == message._folded("Subject", text)
 
 
 @settings(max_examples=400, deadline=None)
 @given(st.text(st.sampled_from("abZ09 .\"é\r\n"), max_size=90), st.from_regex(r"[a-z0-9._+-]{1,30}@[a-z0-9.-]{1,50}", fullmatch=True))
 def test_a_to_line_is_the_one_the_email_package_writes(name, addr):
     try:
-        expected = mail._folded("To", mail.mailbox(name, addr))
+        expected = message._folded("To", address.mailbox(name, addr))
     except (ValueError, email.errors.HeaderParseError) as e:   # not an address: the same refusal
         with pytest.raises(type(e)):
-            mail._to(name, addr)
+            message._to(name, addr)
         return
-    assert mail._to(name, addr) == expected
+    assert message._to(name, addr) == expected
 
 
 _name_word = st.text(st.sampled_from("aZéÑüÁöëßλ中'-"), min_size=1, max_size=12)
@@ -256,23 +262,37 @@ _names = st.one_of(st.lists(_name_word, min_size=1, max_size=6).map(" ".join),
 @example("Jürgen Müller Österreich Straße", "someone.long@example.com")   # too long: the package folds it
 def test_a_to_line_with_a_name_in_any_alphabet_is_the_one_the_email_package_writes(name, addr):
     try:
-        expected = mail._folded("To", mail.mailbox(name, addr))
+        expected = message._folded("To", address.mailbox(name, addr))
     except (ValueError, email.errors.HeaderParseError) as e:
         with pytest.raises(type(e)):
-            mail._to(name, addr)
+            message._to(name, addr)
         return
-    assert mail._to(name, addr) == expected
+    assert message._to(name, addr) == expected
 
 
 def test_the_subjects_and_names_of_a_night_take_the_short_way(monkeypatch):
     def not_called(*_args):
         raise AssertionError("folded by the email package")
 
-    monkeypatch.setattr(mail, "_folded", not_called)
-    monkeypatch.setattr(mail, "_shared", not_called)
+    monkeypatch.setattr(message, "_folded", not_called)
+    monkeypatch.setattr(message, "_shared", not_called)
     subject = "Shakers policy report, night of 2026-11-24: 123 new actions (45 ongoing, 6 at risk, 7 flagged, 8 resolved)"
-    assert mail._subject(subject) == (b"Subject: Shakers policy report, night of 2026-11-24: 123 new actions (45\r\n"
+    assert message._subject(subject) == (b"Subject: Shakers policy report, night of 2026-11-24: 123 new actions (45\r\n"
                                       b" ongoing, 6 at risk, 7 flagged, 8 resolved)\r\n")
-    assert mail._to("Paula Success", "paula@shakers.test") == b"To: Paula Success <paula@shakers.test>\r\n"
-    assert mail._to("Raúl Álvarez", "raul@shakers.test") == b"To: =?utf-8?q?Ra=C3=BAl_=C3=81lvarez?= <raul@shakers.test>\r\n"
-    assert mail._to("Laura Pérez", "laura@shakers.test") == b"To: Laura =?utf-8?q?P=C3=A9rez?= <laura@shakers.test>\r\n"
+    assert message._to("Paula Success", "paula@shakers.test") == b"To: Paula Success <paula@shakers.test>\r\n"
+    assert message._to("Raúl Álvarez", "raul@shakers.test") == b"To: =?utf-8?q?Ra=C3=BAl_=C3=81lvarez?= <raul@shakers.test>\r\n"
+    assert message._to("Laura Pérez", "laura@shakers.test") == b"To: Laura =?utf-8?q?P=C3=A9rez?= <laura@shakers.test>\r\n"
+
+
+def test_the_delivery_package_works_without_the_ledger_the_reports_or_the_run():
+    """delivery sits below run: it takes plain values and returns plain results, so it imports none of them."""
+    import os
+    import subprocess
+    import sys
+
+    script = ("import sys; import processor.delivery.outbox, processor.delivery.smtp, processor.delivery.settings; "
+              "print(sorted(m for m in sys.modules if m in ('processor.ledger', 'processor.run', 'processor.reports', "
+              "'processor.nightly', 'processor.cli')))")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    assert proc.stdout.strip() == "[]"

@@ -314,3 +314,40 @@ def test_a_night_that_fails_unexpectedly_in_the_nightly_job_names_its_error_log(
     log = tmp_path / "runs" / day.isoformat() / "error.log"
     assert proc.returncode == 1
     assert f"traceback in {log}" in proc.stderr and "RuntimeError: test hook" in log.read_text()
+
+
+def test_a_ledger_written_by_a_newer_version_is_refused_with_a_sentence_and_left_as_it_was(tmp_path, export):
+    from processor.ledger import SCHEMA_VERSION
+
+    ledger = tmp_path / "ledger.sqlite"
+    assert cli(run_args(export, tmp_path / "first", ledger)).returncode == 0
+    with sqlite3.connect(ledger) as db:
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    before = ledger.read_bytes()
+    proc = cli(run_args(export, tmp_path / "run", ledger))
+    assert_a_sentence(proc, 2, f"the ledger {ledger} was written by a newer shakers-rules",
+                      f"ledger schema {SCHEMA_VERSION + 1}", "upgrade")
+    assert ledger.read_bytes() == before and not (tmp_path / "run" / "decisions.csv").exists()
+
+
+def test_a_ledger_made_before_the_schema_had_a_version_is_migrated_and_keeps_its_nights(tmp_path, export):
+    """A ledger of the previous release: no user_version, no nightly_attempts table, the old delivery
+    columns and statuses. It is brought to the schema once and its night still counts."""
+    from processor.ledger import SCHEMA_VERSION, Ledger
+
+    ledger = tmp_path / "ledger.sqlite"
+    assert cli(run_args(export, tmp_path / "first", ledger)).returncode == 0
+    with sqlite3.connect(ledger) as db:
+        db.execute("DROP TABLE nightly_attempts")
+        db.execute("DROP TABLE deliveries")
+        db.execute("CREATE TABLE deliveries (message_id TEXT PRIMARY KEY, as_of TEXT NOT NULL, recipient TEXT NOT NULL, "
+                   "eml_path TEXT NOT NULL, status TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, "
+                   "last_error TEXT NOT NULL DEFAULT '', updated_at TEXT NOT NULL)")
+        db.execute("INSERT INTO deliveries VALUES ('<old@x>', '2026-11-23', 'p@shakers.test', '/x.eml', 'sent', 1, '', 'then')")
+        db.execute("PRAGMA user_version = 0")
+    with Ledger(ledger) as opened:
+        assert opened.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert opened.nights() == ["2026-11-24"] and opened.delivery("<old@x>")["status"] == "delivered"
+        opened.attempt_started("2026-11-25")   # the nightly job's table is there
+    assert cli(run_args(export, tmp_path / "again", ledger)).returncode == 0
+    assert recorded(ledger) == ["2026-11-24"]

@@ -59,13 +59,13 @@ def test_a_night_writes_decisions_rejects_and_summary(tmp_path):
 
 
 def test_when_the_reports_fail_the_nights_decisions_and_ledger_record_are_still_written(tmp_path, monkeypatch):
-    import processor.reports
+    import processor.run
     from processor.ledger import Ledger
 
     def broken(*args, **kwargs):
         raise RuntimeError("a report template is broken")
 
-    monkeypatch.setattr(processor.reports, "build_reports", broken)
+    monkeypatch.setattr(processor.run, "build_reports", broken)
     with pytest.raises(RuntimeError, match="template is broken"):
         run(tmp_path, busy_night())
     assert len(list(csv.DictReader(open(tmp_path / "run" / "decisions.csv")))) > 0
