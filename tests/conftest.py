@@ -14,6 +14,24 @@ from night import AS_OF, Night  # noqa: E402
 POLICIES = ROOT / "policies.yaml"
 
 
+@pytest.fixture(scope="session")
+def generated_nights(tmp_path_factory):
+    """generated_nights(projects, seed, fmt) -> the directory of a generated export, made once per session
+    for each size asked for (modules that share a size share the files; read them, never write into them)."""
+    from processor.generate import generate_export
+
+    made: dict[tuple, Path] = {}
+
+    def _night(projects: int = 3_000, seed: int = 11, fmt: str = "parquet") -> Path:
+        if (projects, seed, fmt) not in made:
+            directory = tmp_path_factory.mktemp(f"night-{projects}-{seed}-{fmt}") / "export"
+            generate_export(directory, projects=projects, seed=seed, as_of=AS_OF, fmt=fmt)
+            made[projects, seed, fmt] = directory
+        return made[projects, seed, fmt]
+
+    return _night
+
+
 @pytest.fixture
 def night():
     return Night()
