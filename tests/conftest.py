@@ -14,6 +14,20 @@ from night import AS_OF, Night  # noqa: E402
 POLICIES = ROOT / "policies.yaml"
 
 
+def shipped_thresholds() -> dict:
+    """policies.yaml's thresholds: Python tests read them here instead of hard-coding a shipped number."""
+    from rules.document import load_policies
+
+    return load_policies(POLICIES).thresholds
+
+
+def lose_contact(n: Night, target: str, project_id: str = "P1", days_older: int = 0) -> None:
+    """Unanswered attempts to `target` that meet every shipped contact-loss threshold exactly (or older)."""
+    t = shipped_thresholds()
+    n.unanswered(target, t["contact_loss_unanswered_attempts"], t["contact_loss_days_since_oldest"] + days_older,
+                 project_id=project_id, by_project_success=max(1, t["contact_loss_attempts_by_project_success"]))
+
+
 @pytest.fixture(scope="session")
 def generated_nights(tmp_path_factory):
     """generated_nights(projects, seed, fmt) -> the directory of a generated export, made once per session
