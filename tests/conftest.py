@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -19,6 +20,22 @@ def shipped_thresholds() -> dict:
     from rules.document import load_policies
 
     return load_policies(POLICIES).thresholds
+
+
+# The contact thresholds the tooling tests' hand-made nights are built on (their dates and counts sit on
+# these edges): those tests run on a copy of policies.yaml pinned to them, whatever policies.yaml ships.
+CONTACT_THRESHOLDS = {"contact_loss_unanswered_attempts": 3, "contact_loss_days_since_oldest": 7,
+                      "contact_loss_attempts_by_project_success": 1, "at_risk_unanswered_attempts": 2}
+
+
+def policies_with(path: Path, **thresholds: int) -> Path:
+    """A copy of policies.yaml at `path` with the named thresholds set to these values."""
+    text = POLICIES.read_text(encoding="utf-8")
+    for name, value in thresholds.items():
+        text, n = re.subn(rf"^(\s+{re.escape(name)}:\s*)-?\d+", rf"\g<1>{value}", text, count=1, flags=re.M)
+        assert n == 1, f"policies.yaml has no threshold {name}"
+    path.write_text(text, encoding="utf-8")
+    return path
 
 
 def lose_contact(n: Night, target: str, project_id: str = "P1", days_older: int = 0) -> None:
