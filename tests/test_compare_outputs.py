@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import lose_contact
 from night import Night
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,7 +26,7 @@ def a_busy_night() -> Night:
     n.project("P1", talent_decision="halt")
     n.invoice(n.milestone("P1"), due_in=-3)
     n.project("P2")
-    n.unanswered("C1", 3, oldest_days_ago=9, project_id="P2")
+    lose_contact(n, "C1", project_id="P2", days_older=2)
     n.milestone("P2", status="validated", amount="420.00")
     return n
 
