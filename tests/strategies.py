@@ -78,3 +78,9 @@ def facts_from(projects: list[dict]) -> Facts:
     frames = {kind: pd.DataFrame(r, columns=[*FACT_KINDS[kind], "fact_id"]) for kind, r in rows.items()}
     empty = pd.DataFrame()
     return Facts(AS_OF, frames, empty, empty, empty, empty)
+
+
+# ---------------------------------------------------------------- text an export's cell may hold
+def cell_text(max_size: int) -> st.SearchStrategy[str]:
+    """Any text UTF-8 can write (every character but a lone surrogate), up to `max_size` characters."""
+    return st.text(alphabet=st.characters(exclude_categories=("Cs",)), max_size=max_size)
