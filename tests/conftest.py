@@ -10,16 +10,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from night import AS_OF, Night  # noqa: E402
+from night import AS_OF, Night, lose_contact, shipped_thresholds  # noqa: E402,F401  (re-exported for the test modules)
 
 POLICIES = ROOT / "policies.yaml"
-
-
-def shipped_thresholds() -> dict:
-    """policies.yaml's thresholds: Python tests read them here instead of hard-coding a shipped number."""
-    from rules.document import load_policies
-
-    return load_policies(POLICIES).thresholds
 
 
 # The contact thresholds the tooling tests' hand-made nights are built on (their dates and counts sit on
@@ -36,13 +29,6 @@ def policies_with(path: Path, **thresholds: int) -> Path:
         assert n == 1, f"policies.yaml has no threshold {name}"
     path.write_text(text, encoding="utf-8")
     return path
-
-
-def lose_contact(n: Night, target: str, project_id: str = "P1", days_older: int = 0) -> None:
-    """Unanswered attempts to `target` that meet every shipped contact-loss threshold exactly (or older)."""
-    t = shipped_thresholds()
-    n.unanswered(target, t["contact_loss_unanswered_attempts"], t["contact_loss_days_since_oldest"] + days_older,
-                 project_id=project_id, by_project_success=max(1, t["contact_loss_attempts_by_project_success"]))
 
 
 @pytest.fixture(scope="session")
