@@ -735,9 +735,9 @@ def test_the_guide_lists_every_shipped_policy_with_its_kind_of_fact():
 # =========================================================================== validate
 def test_validate_notes_a_threshold_or_condition_nothing_uses_but_accepts_the_file(tmp_path):
     copy = tmp_path / "policies.yaml"
-    copy.write_text(POLICIES.read_text()
-                    .replace("  invoice_grace_days: 0 ", "  invoice_grace_days: 0\n  invoice_grace_dayz: 2 ", 1)
-                    .replace("conditions:\n", "conditions:\n  never_used:\n    - project_status: active\n", 1))
+    text, n = re.subn(r"^(  invoice_grace_days: -?\d+) ", r"\1\n  invoice_grace_dayz: 2 ", POLICIES.read_text(), count=1, flags=re.M)
+    assert n == 1  # a typo'd twin beside the real threshold, whatever its value
+    copy.write_text(text.replace("conditions:\n", "conditions:\n  never_used:\n    - project_status: active\n", 1))
     result = invoke("validate", copy)
     assert result.exit_code == 0, result.output
     shipped = load_policies(POLICIES)
