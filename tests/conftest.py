@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -9,9 +10,43 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from night import AS_OF, Night  # noqa: E402
+from night import AS_OF, Night, lose_contact, shipped_thresholds  # noqa: E402,F401  (re-exported for the test modules)
 
 POLICIES = ROOT / "policies.yaml"
+
+
+# The contact thresholds the tooling tests' hand-made nights are built on (their dates and counts sit on
+# these edges): those tests run on a copy of policies.yaml pinned to them, whatever policies.yaml ships.
+CONTACT_THRESHOLDS = {"contact_loss_unanswered_attempts": 3, "contact_loss_days_since_oldest": 7,
+                      "contact_loss_attempts_by_project_success": 1, "at_risk_unanswered_attempts": 2}
+
+
+def policies_with(path: Path, **thresholds: int) -> Path:
+    """A copy of policies.yaml at `path` with the named thresholds set to these values."""
+    text = POLICIES.read_text(encoding="utf-8")
+    for name, value in thresholds.items():
+        text, n = re.subn(rf"^(\s+{re.escape(name)}:\s*)-?\d+", rf"\g<1>{value}", text, count=1, flags=re.M)
+        assert n == 1, f"policies.yaml has no threshold {name}"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def generated_nights(tmp_path_factory):
+    """generated_nights(projects, seed, fmt) -> the directory of a generated export, made once per session
+    for each size asked for (modules that share a size share the files; read them, never write into them)."""
+    from processor.generate import generate_export
+
+    made: dict[tuple, Path] = {}
+
+    def _night(projects: int = 3_000, seed: int = 11, fmt: str = "parquet") -> Path:
+        if (projects, seed, fmt) not in made:
+            directory = tmp_path_factory.mktemp(f"night-{projects}-{seed}-{fmt}") / "export"
+            generate_export(directory, projects=projects, seed=seed, as_of=AS_OF, fmt=fmt)
+            made[projects, seed, fmt] = directory
+        return made[projects, seed, fmt]
+
+    return _night
 
 
 @pytest.fixture

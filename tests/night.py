@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import functools
 import json
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from processor.contract import TABLES
 COLUMNS = {name: list(table.column_names) for name, table in TABLES.items()}  # the contract's, in file order
 
 AS_OF = dt.date(2026, 11, 24)
+POLICIES = Path(__file__).resolve().parents[1] / "policies.yaml"
 
 
 def day(offset: int, base: dt.date = AS_OF) -> str:
@@ -22,6 +24,21 @@ def day(offset: int, base: dt.date = AS_OF) -> str:
 
 def at(offset: int, hour: int = 10, base: dt.date = AS_OF) -> str:
     return f"{day(offset, base)}T{hour:02d}:00:00Z"
+
+
+@functools.lru_cache(maxsize=1)
+def shipped_thresholds() -> dict:
+    """policies.yaml's thresholds: Python tests read them here instead of hard-coding a shipped number."""
+    from rules.document import load_policies
+
+    return load_policies(POLICIES).thresholds
+
+
+def lose_contact(n: Night, target: str, project_id: str = "P1", days_older: int = 0) -> None:
+    """Unanswered attempts to `target` that meet every shipped contact-loss threshold exactly (or older)."""
+    t = shipped_thresholds()
+    n.unanswered(target, t["contact_loss_unanswered_attempts"], t["contact_loss_days_since_oldest"] + days_older,
+                 project_id=project_id, by_project_success=max(1, t["contact_loss_attempts_by_project_success"]))
 
 
 class Night:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
-from night import AS_OF, Night
+from night import AS_OF, Night, lose_contact, shipped_thresholds
 
 PAULA, PEDRO, QUENTIN = "paula@shakers.test", "pedro@shakers.test", "quentin@shakers.test"
 
@@ -23,17 +23,17 @@ def busy_night(as_of: dt.date = AS_OF, *, paula_name: str = "Paula Success", sho
 
     n.project("P1", title=shop_title)
     n.milestone("P1", amount="1200.50", milestone_id="M1", title="Checkout flow")
-    n.unanswered("C1", 3, oldest_days_ago=10, project_id="P1")
+    lose_contact(n, "C1", project_id="P1", days_older=3)
 
     n.project("P2", title="Mobile app", client="C2", talent="T2", ps="PS2")
     n.milestone("P2", amount="3400.00", payee="T2", milestone_id="M2", title="Login screens")
     n.milestone("P2", status="pending", amount="800.00", payee="T2", milestone_id="M3", title="Store release")
-    n.unanswered("T2", 3, oldest_days_ago=9, project_id="P2")
-    n.invoice("M2", due_in=-4, amount="3400.00", invoice_id="I1")
+    lose_contact(n, "T2", project_id="P2", days_older=2)
+    n.invoice("M2", due_in=-(shipped_thresholds()["invoice_grace_days"] + 4), amount="3400.00", invoice_id="I1")
 
     n.project("P3", title="Data pipeline", client="C2", talent="T3", area="design")
     n.milestone("P3", amount="500.00", escrow="100.00", payee="T3", milestone_id="M4", title="Ingestion")
-    n.unanswered("T3", 2, oldest_days_ago=3, project_id="P3")
+    n.unanswered("T3", shipped_thresholds()["at_risk_unanswered_attempts"], oldest_days_ago=3, project_id="P3")
 
     n.project("P4", title="Quiet project", ps="PS3")
     n.milestone("P4", amount="100.00", milestone_id="M5")

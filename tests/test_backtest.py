@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Night
+from conftest import CONTACT_THRESHOLDS, Night, policies_with
 
 ROOT = Path(__file__).resolve().parents[1]
 POLICIES = ROOT / "policies.yaml"
@@ -40,12 +40,14 @@ def five_nights(root: Path) -> Path:
 
 
 def threshold(tmp_path: Path, name: str, old: int, new: int) -> Path:
-    copy = tmp_path / f"{name}-{new}.yaml"
-    text = POLICIES.read_text()
-    line = re.search(rf"^  {name}: (\d+) ", text, re.M)
-    assert line and int(line[1]) == old, f"{name} is not {old} in policies.yaml"
-    copy.write_text(text.replace(f"  {name}: {old} ", f"  {name}: {new} ", 1))
-    return copy
+    """The candidate: the pinned baseline with one threshold changed from `old` to `new`."""
+    assert CONTACT_THRESHOLDS[name] == old
+    return policies_with(tmp_path / f"{name}-{new}.yaml", **{**CONTACT_THRESHOLDS, name: new})
+
+
+def pinned(tmp_path: Path) -> Path:
+    """The baseline: policies.yaml with the contact thresholds these nights' dates are built on."""
+    return policies_with(tmp_path / "baseline.yaml", **CONTACT_THRESHOLDS)
 
 
 def backtest(*args, env=None, cwd=None) -> subprocess.CompletedProcess:
@@ -63,7 +65,7 @@ def test_a_lowered_threshold_halts_a_project_two_nights_earlier_and_the_report_s
     root = five_nights(tmp_path / "exports")
     candidate = threshold(tmp_path, "contact_loss_days_since_oldest", 7, 5)
     live = tmp_path / "live" / "ledger.sqlite"
-    proc = backtest("--exports-root", root, "--baseline", POLICIES, "--candidate", candidate, "--workers", 0,
+    proc = backtest("--exports-root", root, "--baseline", pinned(tmp_path), "--candidate", candidate, "--workers", 0,
                     env=with_live_ledger(live))
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
@@ -84,7 +86,7 @@ def test_a_lowered_threshold_halts_a_project_two_nights_earlier_and_the_report_s
 def test_the_json_says_the_same_night_by_night(tmp_path):
     root = five_nights(tmp_path / "exports")
     candidate = threshold(tmp_path, "contact_loss_days_since_oldest", 7, 5)
-    proc = backtest("--exports-root", root, "--baseline", POLICIES, "--candidate", candidate, "--json", "--workers", 0,
+    proc = backtest("--exports-root", root, "--baseline", pinned(tmp_path), "--candidate", candidate, "--json", "--workers", 0,
                     "--from", "2026-11-21", "--to", "2026-11-23")
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
@@ -103,7 +105,7 @@ def test_the_json_says_the_same_night_by_night(tmp_path):
 
 def test_the_same_file_on_both_sides_changes_nothing(tmp_path):
     root = five_nights(tmp_path / "exports")
-    proc = backtest("--exports-root", root, "--baseline", POLICIES, "--candidate", POLICIES, "--json", "--workers", 0)
+    proc = backtest("--exports-root", root, "--baseline", pinned(tmp_path), "--candidate", pinned(tmp_path), "--json", "--workers", 0)
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert report["same"] is True
@@ -112,7 +114,7 @@ def test_the_same_file_on_both_sides_changes_nothing(tmp_path):
          "emails_only_baseline", "emails_only_candidate"], 0)
     assert report["timing"] == {"halt_project": [], "reject_user": []}
     assert all(n["decisions"]["baseline"] == n["decisions"]["candidate"] > 0 for n in report["nights"])
-    text = backtest("--exports-root", root, "--baseline", POLICIES, "--candidate", POLICIES, "--workers", 0)
+    text = backtest("--exports-root", root, "--baseline", pinned(tmp_path), "--candidate", pinned(tmp_path), "--workers", 0)
     assert "no difference: both make the same decisions on every night, and every email is the same" in text.stdout
 
 
@@ -123,9 +125,10 @@ def test_the_scratch_ledgers_never_touch_the_live_one(tmp_path):
                          capture_output=True, text=True, timeout=600, env=with_live_ledger(live))
     assert run.returncode == 0, run.stderr
     candidate = threshold(tmp_path, "contact_loss_days_since_oldest", 7, 5)
+    baseline = pinned(tmp_path)
     before = hashlib.sha256(live.read_bytes()).hexdigest()
     listing = sorted(p.name for p in tmp_path.iterdir())
-    proc = backtest("--exports-root", root, "--baseline", POLICIES, "--candidate", candidate, "--workers", 0,
+    proc = backtest("--exports-root", root, "--baseline", baseline, "--candidate", candidate, "--workers", 0,
                     env=with_live_ledger(live), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert hashlib.sha256(live.read_bytes()).hexdigest() == before
@@ -138,7 +141,7 @@ def test_the_html_page_is_self_contained_with_a_chart_per_night(tmp_path):
     root = five_nights(tmp_path / "exports")
     candidate = threshold(tmp_path, "contact_loss_days_since_oldest", 7, 5)
     page = tmp_path / "pages" / "backtest.html"
-    proc = backtest("--exports-root", root, "--baseline", POLICIES, "--candidate", candidate, "--html", page, "--workers", 0)
+    proc = backtest("--exports-root", root, "--baseline", pinned(tmp_path), "--candidate", candidate, "--html", page, "--workers", 0)
     assert proc.returncode == 0, proc.stderr
     text = page.read_text(encoding="utf-8")
     assert "<svg" in text and "</svg>" in text
@@ -161,7 +164,7 @@ def test_a_range_with_no_night_is_a_usage_error_naming_the_nights_there_are(tmp_
 def test_a_broken_candidate_is_refused_before_any_night_is_read(tmp_path):
     root = five_nights(tmp_path / "exports")
     bad = tmp_path / "bad.yaml"
-    bad.write_text(POLICIES.read_text().replace("contact_loss_unanswered_attempts: 3 ", "contact_loss_unanswered_attempts: three ", 1))
+    bad.write_text(re.sub(r"(contact_loss_unanswered_attempts: )\d+", r"\g<1>three", POLICIES.read_text(), count=1))
     proc = backtest("--exports-root", root, "--baseline", POLICIES, "--candidate", bad)
     assert proc.returncode == 3
     assert f"{bad}:11:37: threshold 'contact_loss_unanswered_attempts' must be a whole number ≥ 0, got 'three'" in proc.stderr
@@ -188,7 +191,7 @@ def test_a_rejected_user_is_followed_across_nights_too(tmp_path):
         n.unanswered("T1", 3, oldest_days_ago=10)  # 11-14: 6 days old on the first night, 7 on the second
         n.write(root / night.isoformat())
     candidate = threshold(tmp_path, "contact_loss_days_since_oldest", 7, 6)
-    proc = backtest("--exports-root", root, "--baseline", POLICIES, "--candidate", candidate, "--json", "--workers", 0)
+    proc = backtest("--exports-root", root, "--baseline", pinned(tmp_path), "--candidate", candidate, "--json", "--workers", 0)
     assert proc.returncode == 0, proc.stderr
     timing = json.loads(proc.stdout)["timing"]
     assert timing["reject_user"] == [{"target": "T1", "baseline": "2026-11-21", "candidate": "2026-11-20",

@@ -14,7 +14,6 @@ from processor.dask_engine import dask_client, evaluate_on_dask
 from processor.evaluate import CRASH_HOOK_ENV
 from processor.export import read_export
 from processor.facts import build_facts
-from processor.generate import generate_export
 from processor.run import decide_night, run_night
 from rules.document import load_policies
 
@@ -24,10 +23,8 @@ AS_OF = dt.date(2026, 11, 24)
 
 
 @pytest.fixture(scope="module")
-def night(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("dask") / "export"
-    generate_export(directory, projects=1_500, seed=21, as_of=AS_OF, fmt="parquet")
-    return directory
+def night(generated_nights):
+    return generated_nights(projects=1_500, seed=21, fmt="parquet")
 
 
 @pytest.fixture(scope="module")

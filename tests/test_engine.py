@@ -15,7 +15,6 @@ from hypothesis import strategies as st
 
 from processor.export import read_export
 from processor.facts import build_facts
-from processor.generate import generate_export
 from processor.partition import engine_batches, fact_batches
 from rules.compile import RULESET_NAME, SEEN_RULE, to_ruleset
 from rules.document import load_policies
@@ -23,7 +22,7 @@ from rules.engine import EngineError, PolicyEngine
 from rules.vocabulary import FACT_KINDS
 
 from conftest import POLICIES
-from test_prefilter import facts_from, project_strategy
+from strategies import facts_from, project_strategy
 
 AS_OF = dt.date(2026, 11, 24)
 
@@ -64,10 +63,8 @@ def engine_records(frames) -> list[list[dict]]:
 
 
 @pytest.fixture(scope="module")
-def night_frames(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("night") / "export"
-    generate_export(directory, projects=1_500, seed=21, as_of=AS_OF, fmt="parquet")
-    return build_facts(read_export(directory).tables, AS_OF).frames
+def night_frames(generated_nights):
+    return build_facts(read_export(generated_nights(projects=1_500, seed=21, fmt="parquet")).tables, AS_OF).frames
 
 
 @pytest.mark.parametrize("projects", [1, 7, 100, 10_000])

@@ -16,14 +16,13 @@ from hypothesis import strategies as st
 from processor.evaluate import CRASH_HOOK_ENV, evaluate
 from processor.export import read_export
 from processor.facts import Facts, text_array, build_facts
-from processor.generate import generate_export
 from processor.partition import _rows_between, candidate_facts, fired_rows, iter_firings, project_ids, project_shares
 from rules.compile import to_ruleset
 from rules.document import load_policies
 from rules.engine import PolicyEngine
 
 from conftest import POLICIES
-from test_prefilter import facts_from, project_strategy
+from strategies import facts_from, project_strategy
 
 AS_OF = dt.date(2026, 11, 24)
 
@@ -57,10 +56,8 @@ def reshaped(facts: Facts, names: list[str], seed: int) -> Facts:
 
 
 @pytest.fixture(scope="module")
-def night_facts(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("night") / "export"
-    generate_export(directory, projects=2_000, seed=13, as_of=AS_OF, fmt="parquet")
-    return build_facts(read_export(directory).tables, AS_OF)
+def night_facts(generated_nights):
+    return build_facts(read_export(generated_nights(projects=2_000, seed=13, fmt="parquet")).tables, AS_OF)
 
 
 # ---------------------------------------------------------------- shares

@@ -22,30 +22,27 @@ PROJECTS = 3000
 
 
 @pytest.fixture(scope="module")
-def nights(tmp_path_factory):
-    root = tmp_path_factory.mktemp("generated")
-    generate_export(root / "csv", projects=PROJECTS, seed=11, as_of=AS_OF, fmt="csv")
-    generate_export(root / "parquet", projects=PROJECTS, seed=11, as_of=AS_OF, fmt="parquet")
-    return root
+def nights(generated_nights):
+    return {fmt: generated_nights(projects=PROJECTS, seed=11, fmt=fmt) for fmt in ("csv", "parquet")}
 
 
 def test_every_policy_fires_on_a_generated_night(nights):
     policies = load_policies(POLICIES)
-    decisions, ev, _ = decide_night(policies, read_export(nights / "csv"), AS_OF, workers=1)
+    decisions, ev, _ = decide_night(policies, read_export(nights["csv"]), AS_OF, workers=1)
     assert {p.id for p in policies.policies} <= set(decisions["policy_id"])
     assert not ev.not_evaluated
 
 
 def test_at_least_a_tenth_of_generated_projects_have_something_a_policy_reads(nights):
     policies = load_policies(POLICIES)
-    facts = build_facts(read_export(nights / "csv").tables, AS_OF)
+    facts = build_facts(read_export(nights["csv"]).tables, AS_OF)
     assert len(candidate_projects(policies, facts)) >= PROJECTS // 10
 
 
 def test_csv_and_parquet_of_the_same_night_give_identical_decisions(nights):
     policies = load_policies(POLICIES)
-    from_csv, _, _ = decide_night(policies, read_export(nights / "csv"), AS_OF, workers=1)
-    from_parquet, _, _ = decide_night(policies, read_export(nights / "parquet"), AS_OF, workers=1)
+    from_csv, _, _ = decide_night(policies, read_export(nights["csv"]), AS_OF, workers=1)
+    from_parquet, _, _ = decide_night(policies, read_export(nights["parquet"]), AS_OF, workers=1)
     assert len(from_csv) > 100
     pd.testing.assert_frame_equal(from_csv, from_parquet)
 
@@ -66,7 +63,7 @@ def test_broken_rows_are_rejected_and_every_row_is_evaluated_or_rejected(tmp_pat
 
 
 def test_every_generated_milestone_payable_to_its_client_is_flagged_once(nights):
-    export = read_export(nights / "csv")
+    export = read_export(nights["csv"])
     decisions, _, _ = decide_night(load_policies(POLICIES), export, AS_OF, workers=0)
     m, p = export.tables["milestones"], export.tables["projects"]
     paid = m.merge(p[["project_id", "client_id"]], on="project_id")

@@ -23,15 +23,14 @@ from processor.decide import make_decisions
 from processor.evaluate import evaluate
 from processor.export import read_export
 from processor.facts import Facts, build_facts
-from processor.generate import generate_export
 from processor.masks import any_mask, mask
 from processor.partition import candidate_facts, engine_batches, project_ids, single_fact_rules, split_by_project
 from processor.run import decide_night
 from rules.document import PolicyError, load_policies, parse_policies
 from rules.model import All, Any_, Comparison, Not, Policy
-from rules.vocabulary import FACT_KINDS, HOLD_REASONS, MILESTONE_STATUSES
 
 from conftest import POLICIES
+from strategies import facts_from, project_strategy
 
 AS_OF = dt.date(2026, 11, 24)
 
@@ -45,10 +44,8 @@ def both_ways(policies, facts: Facts):
 
 
 @pytest.fixture(scope="module")
-def generated_night(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("night") / "export"
-    generate_export(directory, projects=3_000, seed=11, as_of=AS_OF, fmt="parquet")
-    return read_export(directory)
+def generated_night(generated_nights):
+    return read_export(generated_nights(projects=3_000, seed=11, fmt="parquet"))
 
 
 @pytest.fixture(scope="module")
@@ -80,9 +77,8 @@ def test_worker_processes_and_the_prefilter_together_change_nothing(generated_ni
     pd.testing.assert_frame_equal(alone, parallel)
 
 
-def test_a_csv_night_of_another_seed_agrees_too(tmp_path):
-    generate_export(tmp_path / "csv", projects=1_500, seed=12, as_of=AS_OF, fmt="csv")
-    export = read_export(tmp_path / "csv")
+def test_a_csv_night_of_another_seed_agrees_too(generated_nights):
+    export = read_export(generated_nights(projects=1_500, seed=12, fmt="csv"))
     policies = load_policies(POLICIES)
     with_all, _, _ = decide_night(policies, export, AS_OF, workers=0, prefilter=False)
     with_cut, _, _ = decide_night(policies, export, AS_OF, workers=0, prefilter=True)
@@ -122,73 +118,6 @@ def test_parts_keep_each_projects_facts_together_and_lose_none(generated_facts):
 
 
 # ---------------------------------------------------------------- facts hypothesis makes up
-
-WORDS = {
-    "project_status": ["active", "on_hold", "closed"],
-    "hold_reason": ["none", *HOLD_REASONS],
-    "talent_decision": ["none", "wait", "close", "continue", "halt"],
-    "area": ["development", "design"],
-    "client_status": ["active", "rejected", "none"],
-    "talent_status": ["active", "rejected", "none"],
-    "user_status": ["active", "rejected", "none"],
-    "party": ["client", "talent"],
-    "milestone_status": list(MILESTONE_STATUSES),
-    "invoice_status": ["open", "paid", "void"],
-}
-NUMBERS = {
-    "days_on_hold": st.integers(0, 40),
-    "most_days_overdue": st.integers(0, 40),
-    "unanswered_attempts": st.integers(0, 6),
-    "days_since_oldest_unanswered": st.integers(0, 20),
-    "unanswered_by_project_success": st.integers(0, 4),
-    "amount_cents": st.integers(0, 10 ** 9),
-    "escrow_gap_cents": st.one_of(st.just(0), st.integers(0, 10 ** 6)),
-    "days_overdue": st.integers(-10, 40),
-}
-COMMON = ("project_status", "hold_reason", "talent_decision", "area", "days_on_hold")
-
-
-def _value(field: str, kind: str):
-    if field in WORDS:
-        return st.sampled_from(WORDS[field])
-    if field in NUMBERS:
-        return NUMBERS[field]
-    assert FACT_KINDS[kind][field][0] == "yes/no", field  # a new field: give it a domain above
-    return st.booleans()
-
-
-def _fact(kind: str):
-    own = [f for f in FACT_KINDS[kind] if f not in COMMON and not f.endswith("_id") and f != "party"]
-    return st.fixed_dictionaries({f: _value(f, kind) for f in own})
-
-
-project_strategy = st.fixed_dictionaries({
-    **{f: _value(f, "project") for f in COMMON},
-    "project": _fact("project"),
-    "client": _fact("party"),
-    "talent": _fact("party"),
-    "milestones": st.lists(_fact("milestone"), max_size=3),
-    "invoices": st.lists(_fact("invoice"), max_size=3),
-})
-
-
-def facts_from(projects: list[dict]) -> Facts:
-    rows = {kind: [] for kind in FACT_KINDS}
-    for i, p in enumerate(projects):
-        pid = f"P{i:04d}"
-        common = {"project_id": pid, **{f: p[f] for f in COMMON}}
-        rows["project"].append({**common, **p["project"], "fact_id": f"project:{pid}"})
-        for party in ("client", "talent"):
-            rows["party"].append({**common, **p[party], "party": party, "user_id": f"{party[0].upper()}{i:04d}",
-                                  "fact_id": f"party:{pid}:{party}"})
-        for j, m in enumerate(p["milestones"]):
-            rows["milestone"].append({**common, **m, "milestone_id": f"M{i:04d}{j}", "fact_id": f"milestone:M{i:04d}{j}"})
-        for j, inv in enumerate(p["invoices"]):
-            rows["invoice"].append({**common, **inv, "invoice_id": f"I{i:04d}{j}", "milestone_id": f"M{i:04d}0",
-                                    "fact_id": f"invoice:I{i:04d}{j}"})
-    frames = {kind: pd.DataFrame(r, columns=[*FACT_KINDS[kind], "fact_id"]) for kind, r in rows.items()}
-    empty = pd.DataFrame()
-    return Facts(AS_OF, frames, empty, empty, empty, empty)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

@@ -7,9 +7,11 @@ from hypothesis import strategies as st
 
 from processor.reports import _plain, _text, _words, _words_of, escape, plain
 
+from strategies import cell_text
+
 # Everything a name or a title from the export may hold: control characters, every kind of space,
 # line and paragraph separators, markup, quotes, letters of any script.
-TEXTS = st.lists(st.text(alphabet=st.characters(exclude_categories=("Cs",)), max_size=30)
+TEXTS = st.lists(cell_text(30)
                  | st.sampled_from(["", " ", "\u2028x\u2029", "a\r\nBcc: b", "<script>'\"&", "Núñez\u00a0O'Brien", "\x85\x1c"]),
                  min_size=1, max_size=20)
 

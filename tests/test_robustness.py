@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import lose_contact
 from night import Night
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,7 +35,7 @@ def small_night() -> Night:
     n.project("P1", talent_decision="halt")
     n.invoice(n.milestone("P1"), due_in=-3)
     n.project("P2")
-    n.unanswered("T1", 3, oldest_days_ago=9, project_id="P2")
+    lose_contact(n, "T1", project_id="P2", days_older=2)
     n.project("P3")
     n.milestone("P3", status="validated", amount="99.95")
     return n
