@@ -41,6 +41,19 @@ def lose_contact(n: Night, target: str, project_id: str = "P1", days_older: int 
                  project_id=project_id, by_project_success=max(1, t["contact_loss_attempts_by_project_success"]))
 
 
+def sample_night(as_of: dt.date | None = None) -> "Night":
+    """One of each: a non-payment halt (P1), a talent gone (P2: a Top Shaker takes over), a release (P3)."""
+    n = Night() if as_of is None else Night(as_of)
+    n.top_shaker("TS1")
+    n.project("P1", talent_decision="halt")
+    n.invoice(n.milestone("P1"), due_in=-3)
+    n.project("P2")
+    lose_contact(n, "T1", project_id="P2", days_older=2)
+    n.project("P3")
+    n.milestone("P3", status="validated", amount="99.95")
+    return n
+
+
 class Night:
     """Start with one Project Success manager, one client and one talent; add what a test needs."""
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
 from pathlib import Path
 
 from night import AS_OF, Night, lose_contact, shipped_thresholds
@@ -42,3 +43,22 @@ def busy_night(as_of: dt.date = AS_OF, *, paula_name: str = "Paula Success", sho
 
 def write(n: Night, directory: Path) -> Path:
     return n.write(directory)
+
+
+@dataclass
+class Report:
+    """What processor.delivery reads of a report (processor.reports.ManagerReport has these too)."""
+
+    manager_id: str
+    name: str
+    email: str
+    subject: str
+    text: str
+    html: str
+    as_of: str = "2026-11-24"
+
+
+def reports(n: int) -> list[Report]:
+    """`n` made-up reports, each of its own manager, with non-ASCII text."""
+    return [Report(f"PS{i}", f"Manager Nº{i}", f"ps{i}@shakers.test", f"report {i}", f"text {i} é\n" * (i + 1),
+                   f"<p>html {i} €</p>\n" * (i + 1)) for i in range(n)]

@@ -609,7 +609,7 @@ def test_a_refused_address_is_retried_on_a_bounded_number_of_nights_then_given_u
 
 
 def test_the_next_run_sends_an_earlier_nights_email_that_was_written_but_never_tried(tmp_path, monkeypatch, server):
-    from test_outbox import reports as some_reports
+    from report_nights import reports as some_reports
 
     smtp_env(monkeypatch, server.port)
     with Ledger(tmp_path / "ledger.sqlite") as ledger:   # a night killed between its outbox and its first email

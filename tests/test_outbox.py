@@ -6,7 +6,6 @@ import base64
 import email
 import email.errors
 import email.policy
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -16,19 +15,7 @@ from hypothesis import strategies as st
 from processor.delivery import address, message, outbox
 from processor.run import owe_written, write_outbox
 from processor.ledger import Ledger
-
-
-@dataclass
-class Report:
-    """What processor.delivery reads of a report (processor.reports.ManagerReport has these too)."""
-
-    manager_id: str
-    name: str
-    email: str
-    subject: str
-    text: str
-    html: str
-    as_of: str = "2026-11-24"
+from report_nights import Report, reports
 
 
 def parse(data: bytes) -> email.message.EmailMessage:
@@ -111,11 +98,6 @@ def test_a_name_with_line_breaks_cannot_add_a_header():
     msg = parse(data)
     assert msg["Bcc"] is None and [a.addr_spec for a in msg["To"].addresses] == ["ps@shakers.test"]
     assert not any(line.lower().startswith(b"bcc") for line in data.split(b"\r\n\r\n", 1)[0].splitlines())
-
-
-def reports(n: int) -> list[Report]:
-    return [Report(f"PS{i}", f"Manager Nº{i}", f"ps{i}@shakers.test", f"report {i}", f"text {i} é\n" * (i + 1),
-                   f"<p>html {i} €</p>\n" * (i + 1)) for i in range(n)]
 
 
 def outbox_of(directory: Path) -> dict[str, tuple]:

@@ -15,8 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import lose_contact
-from night import Night
+from night import Night, sample_night
 
 ROOT = Path(__file__).resolve().parents[1]
 POLICIES = ROOT / "policies.yaml"
@@ -29,16 +28,7 @@ def base_env(**extra) -> dict:
     return env
 
 
-def small_night() -> Night:
-    n = Night()
-    n.top_shaker("TS1")
-    n.project("P1", talent_decision="halt")
-    n.invoice(n.milestone("P1"), due_in=-3)
-    n.project("P2")
-    lose_contact(n, "T1", project_id="P2", days_older=2)
-    n.project("P3")
-    n.milestone("P3", status="validated", amount="99.95")
-    return n
+small_night = sample_night
 
 
 @pytest.fixture

@@ -14,21 +14,12 @@ from processor.cli import main
 from processor.run import run_night
 
 from conftest import POLICIES
-from night import Night
+from night import Night, sample_night
 
 EXE = [sys.executable, "-m", "processor.cli"]
 
 
-def busy_night(as_of=None) -> Night:
-    n = Night() if as_of is None else Night(as_of)
-    n.top_shaker("TS1")
-    n.project("P1", talent_decision="halt")
-    n.invoice(n.milestone("P1"), due_in=-3)
-    n.project("P2")
-    n.unanswered("T1", 3, oldest_days_ago=9, project_id="P2")
-    n.project("P3")
-    n.milestone("P3", status="validated", amount="99.95")
-    return n
+busy_night = sample_night
 
 
 def run(tmp_path, night, name="run", fmt="csv", **kw):
