@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -13,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from night import Night
+from night import Night, shipped_thresholds
 
 from processor.nightly import export_nights, nights_to_do, run_nightly
 
@@ -394,10 +395,11 @@ def _on_hold_since(as_of: dt.date, held_since: dt.date, decision: str = "") -> N
     return n
 
 
-def test_a_talent_who_has_not_decided_after_5_days_is_escalated_on_the_fifth_night(tmp_path):
+def test_a_talent_who_has_not_decided_is_escalated_on_the_night_the_escalation_days_are_reached(tmp_path):
+    e = shipped_thresholds()["talent_decision_escalation_days"]
     held = dt.date(2026, 11, 1)
-    days = {held + dt.timedelta(days=k): _on_hold_since(held + dt.timedelta(days=k), held) for k in (4, 5, 6)}
-    days[held + dt.timedelta(days=7)] = _on_hold_since(held + dt.timedelta(days=7), held, decision="wait")
+    days = {held + dt.timedelta(days=k): _on_hold_since(held + dt.timedelta(days=k), held) for k in (e - 1, e, e + 1)}
+    days[held + dt.timedelta(days=e + 2)] = _on_hold_since(held + dt.timedelta(days=e + 2), held, decision="wait")
     write_nights(tmp_path, days)
     result = nightly(tmp_path)
     by_night = {o.night: o.result for o in result.outcomes}
@@ -406,28 +408,29 @@ def test_a_talent_who_has_not_decided_after_5_days_is_escalated_on_the_fifth_nig
         d = getattr(by_night[held + dt.timedelta(days=day)], frame)
         return d[d["policy_id"] == "talent-decision-overdue"]
 
-    assert overdue(4).empty
-    assert list(overdue(5)["state"]) == ["new"]
-    row = overdue(5).iloc[0]
+    assert overdue(e - 1).empty
+    assert list(overdue(e)["state"]) == ["new"]
+    row = overdue(e).iloc[0]
     assert (row["action"], row["reason"], row["subject_id"]) == ("flag_for_review", "talent_decision_overdue", "T1")
-    assert json.loads(row["evidence"])["thresholds"] == {"talent_decision_escalation_days": 5}
-    assert list(overdue(6)["state"]) == ["ongoing"]
-    assert overdue(7).empty and list(overdue(7, "resolved")["state"]) == ["resolved"]  # the talent decided
+    assert json.loads(row["evidence"])["thresholds"] == {"talent_decision_escalation_days": e}
+    assert list(overdue(e + 1)["state"]) == ["ongoing"]
+    assert overdue(e + 2).empty and list(overdue(e + 2, "resolved")["state"]) == ["resolved"]  # the talent decided
 
 
-def test_a_project_on_hold_for_more_than_14_days_is_escalated_on_the_fifteenth_night(tmp_path):
+def test_a_project_on_hold_for_more_than_its_escalation_days_is_escalated_the_night_after(tmp_path):
+    days = shipped_thresholds()["on_hold_escalation_days"]
     held = dt.date(2026, 11, 1)
     write_nights(tmp_path, {held + dt.timedelta(days=k): _on_hold_since(held + dt.timedelta(days=k), held, "wait")
-                            for k in (14, 15)})
+                            for k in (days, days + 1)})
     result = nightly(tmp_path)
-    on_14, on_15 = (o.result.decisions for o in result.outcomes)
-    assert "long-hold" not in set(on_14["policy_id"])
-    flagged = on_15[on_15["policy_id"] == "long-hold"]
+    at_the_edge, after = (o.result.decisions for o in result.outcomes)
+    assert "long-hold" not in set(at_the_edge["policy_id"])
+    flagged = after[after["policy_id"] == "long-hold"]
     assert list(zip(flagged["action"], flagged["reason"], flagged["state"])) == [("flag_for_review", "on_hold_too_long", "new")]
 
 
 def test_escalation_days_are_thresholds_a_policy_editor_changes_in_policies_yaml(tmp_path):
-    text = POLICIES.read_text().replace("talent_decision_escalation_days: 5", "talent_decision_escalation_days: 2")
+    text = re.sub(r"talent_decision_escalation_days: \d+", "talent_decision_escalation_days: 2", POLICIES.read_text())
     edited = tmp_path / "policies.yaml"
     edited.write_text(text)
     held = dt.date(2026, 11, 1)
