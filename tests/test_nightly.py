@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from night import Night
 
 from processor.nightly import export_nights, nights_to_do, run_nightly
