@@ -373,7 +373,9 @@ def report(results: list[dict]) -> tuple[str, list[str]]:
             if not (r["baseline"]["identical_firings"] and r["baseline"]["identical_decisions"]):
                 missed.append(f"{name}: the optimized engine's decisions differ from the baseline's on the sample")
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
-    fmt_row = lambda row: "| " + " | ".join(str(x).ljust(w) for x, w in zip(row, widths)) + " |"
+    def fmt_row(row):
+        return "| " + " | ".join(str(x).ljust(w) for x, w in zip(row, widths)) + " |"
+
     lines.append(fmt_row(head))
     lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     lines += [fmt_row(row) for row in rows]

@@ -26,12 +26,11 @@ from typing import Callable
 
 import pandas as pd
 
-from rules.model import PolicySet
-from rules.vocabulary import Action
-
 from processor.decide import DECISION_COLUMNS, KEY_COLUMNS
 from processor.diff import _thresholds_only, compare
 from processor.explain import IN_PROCESS_PROJECTS
+from rules.model import PolicySet
+from rules.vocabulary import Action
 
 # Actions whose timing the backtest follows, and what each is about.
 TIMED = {Action.HALT_PROJECT: "project_id", Action.REJECT_USER: "subject_id"}
@@ -298,7 +297,7 @@ def backtest_lines(b: Backtest) -> list[str]:
     lines = [f"backtest of {b.candidate['file']} against {b.baseline['file']} over {t['nights']} nights of {b.exports_root} "
              f"({b.nights[0].as_of} to {b.nights[-1].as_of})"]
     if b.same:
-        lines.append(f"no difference: both make the same decisions on every night, and every email is the same")
+        lines.append("no difference: both make the same decisions on every night, and every email is the same")
         return lines
     lines.append(f"  {'night':<10}  {'projects':>8}  {'baseline':>8}  {'candidate':>9}  {'added':>6}  {'removed':>7}  "
                  f"{'changed':>7}  {'thresholds only':>15}  {'emails changed':>14}")

@@ -16,9 +16,8 @@ from pathlib import Path
 
 import click
 
-from rules.document import PolicyError
-
 from processor.contract import DEFAULT_MAX_REJECT_SHARE
+from rules.document import PolicyError
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_POLICIES, EXIT_EXPORT, EXIT_UNDELIVERED, EXIT_LOCKED = 0, 1, 2, 3, 4, 5, 6
 
@@ -74,7 +73,7 @@ def guarded(fn):
         from processor import files
         from processor.dask_engine import SchedulerUnreachable
         from processor.export import InvalidExport
-        from processor.ledger import LedgerProblem, LedgerUnreadable, LedgerFull, default_ledger_path
+        from processor.ledger import LedgerFull, LedgerProblem, LedgerUnreadable, default_ledger_path
         from processor.lock import LedgerBusy, LockPathError
         from rules.engine import EngineError
 

@@ -252,7 +252,7 @@ def explain(export_dir, project_id, as_of, policies_path, only, as_json):
 def diff(export_dir, baseline_path, candidate_path, as_of, as_json, examples, workers):
     """Backtest a policy change: evaluate BASELINE and CANDIDATE on the same night and show the decisions
     added, removed and changed. Writes nothing, records nothing in the ledger, sends nothing."""
-    from processor.diff import diff_lines, diff_night, diff_json
+    from processor.diff import diff_json, diff_lines, diff_night
 
     loaded = _both(baseline_path, candidate_path)
     result = diff_night(loaded["baseline"], loaded["candidate"], export_dir, as_of, workers=_workers(workers))
@@ -281,7 +281,8 @@ def backtest(exports_root, baseline_path, candidate_path, since, until, as_json,
     """Replay BASELINE and CANDIDATE over every night of EXPORTS_ROOT, each with its own scratch ledger, and show
     per night and in total what the change would have done: decisions added and removed, projects halted and users
     rejected earlier or later, emails that would have changed. Writes nothing else; the live ledger is never opened."""
-    from processor.backtest import backtest as run_backtest, backtest_html, backtest_json, backtest_lines
+    from processor.backtest import backtest as run_backtest
+    from processor.backtest import backtest_html, backtest_json, backtest_lines
     from processor.progress import Progress
 
     if since and until and since > until:

@@ -32,13 +32,12 @@ from typing import Callable, Iterator
 
 import pandas as pd
 
-from rules.compile import to_ruleset
-from rules.model import PolicySet
-from rules.engine import EngineError, PolicyEngine
-
 from processor.evaluate import CRASH_HOOK_ENV, Evaluation
 from processor.facts import Facts
 from processor.partition import candidate_facts, fired_rows, iter_firings, project_ids, split_by_project
+from rules.compile import to_ruleset
+from rules.engine import EngineError, PolicyEngine
+from rules.model import PolicySet
 
 PARTS_PER_WORKER = 4
 LOCAL_WORKERS = 2

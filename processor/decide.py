@@ -21,11 +21,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from rules.model import ActionSpec, Policy, PolicySet, evidence_fields, evidence_thresholds
-from rules.vocabulary import Action
-
 from processor.arrowtext import concat, runs
 from processor.facts import STR, Facts, is_in, json_values, positions, rows_among
+from rules.model import ActionSpec, Policy, PolicySet, evidence_fields, evidence_thresholds
+from rules.vocabulary import Action
 
 DECISION_COLUMNS = [
     "run_id", "as_of", "policy_id", "action", "project_id", "subject_id", "milestone_id", "invoice_id",

@@ -19,10 +19,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from rules.model import PolicySet
-
 from processor.decide import KEY_COLUMNS
 from processor.policytest import describe
+from rules.model import PolicySet
 
 COMPARED = ["assignee_id", "amount", "currency", "reason", "evidence"]
 ROW_COLUMNS = [*KEY_COLUMNS, "assignee_id", "amount", "currency", "reason", "evidence", "project_success_id"]

@@ -37,13 +37,12 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from rules.compile import to_ruleset
-from rules.model import PolicySet
-from rules.engine import PolicyEngine
-
-from processor.facts import STR, Facts, text_array, is_in
-from processor.partition import candidate_facts, candidate_rows, iter_firings, project_ids, project_shares
+from processor.facts import STR, Facts, is_in, text_array
 from processor.killpoints import kill_point
+from processor.partition import candidate_facts, candidate_rows, iter_firings, project_ids, project_shares
+from rules.compile import to_ruleset
+from rules.engine import PolicyEngine
+from rules.model import PolicySet
 
 # A share holds at most this many of the night's projects (fewer projects per share: smaller
 # tasks, each with a fixed cost; more: more memory per worker without the pre-filter).

@@ -18,12 +18,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from processor.policytest import describe
 from rules.compile import explain_fact
 from rules.document import did_you_mean
 from rules.model import PolicySet
 from rules.vocabulary import OPERATORS
-
-from processor.policytest import describe
 
 # Above this many projects the night is evaluated in worker processes.
 IN_PROCESS_PROJECTS = 20_000

@@ -17,7 +17,6 @@ import pyarrow.compute as pc
 from processor import arrowtext
 from processor.killpoints import kill_point
 
-
 # Every temporary file this program writes is `.NAME` + PARTIAL_MARK + a random part, beside
 # NAME: a name nobody else makes, so that clearing a killed run's leftovers never takes a user's file.
 PARTIAL_MARK = ".shakers-partial-"

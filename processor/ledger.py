@@ -118,7 +118,7 @@ class LedgerUnreadable(LedgerProblem):
         backup = previous_copy(path)
         how = (f"restore the copy the nightly job made before its last start: cp {backup} {path} "
                f"(the nights recorded since then are run again)" if backup.exists() else
-               f"restore it from your backups, or move it away to start a new ledger (every night is then new)")
+               "restore it from your backups, or move it away to start a new ledger (every night is then new)")
         super().__init__(f"the ledger {path} is not a usable SQLite database ({detail}): {how}. {outcome}")
 
 

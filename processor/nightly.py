@@ -49,14 +49,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from rules.document import load_policies
-
 from processor import files, killpoints
+from processor import ledger as ledger_module
 from processor.contract import DEFAULT_MAX_REJECT_SHARE
 from processor.killpoints import kill_point
-from processor import ledger as ledger_module
 from processor.ledger import Ledger, LedgerProblem, check_and_back_up, default_ledger_path
 from processor.lock import LedgerLock
+from rules.document import load_policies
 
 NIGHT_NAME = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 EXIT_OK, EXIT_FAILURE, EXIT_EXPORT, EXIT_UNDELIVERED = 0, 1, 4, 5

@@ -27,13 +27,12 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from processor.arrowtext import concat, joined_between
+from processor.facts import fixed_width_bytes, is_in, json_values, text_array
+from processor.masks import any_mask
 from rules.compile import to_ruleset
 from rules.model import PolicySet
 from rules.vocabulary import FACT_KINDS
-
-from processor.arrowtext import concat, joined_between
-from processor.facts import text_array, fixed_width_bytes, is_in, json_values
-from processor.masks import any_mask
 
 Frames = dict[str, pd.DataFrame]
 # Projects whose facts go to durable-rules in one assertion. Each assertion has a fixed cost

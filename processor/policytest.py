@@ -39,10 +39,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from processor.contract import TABLES
 from rules.document import PolicyError, did_you_mean, located_yaml, read_text
 from rules.model import PolicySet, Problem, iter_comparisons
 from rules.vocabulary import OPERATORS
-from processor.contract import TABLES
 
 DEFAULT_AS_OF = dt.date(2026, 11, 24)
 CASES_DIR = "policy_tests"

@@ -34,9 +34,8 @@ import pyarrow.compute as pc
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 from markupsafe import Markup
 
-from rules.vocabulary import Action
-
 from processor.arrowtext import concat, joined_between, joined_bytes, runs
+from rules.vocabulary import Action
 
 AT_RISK_REASON = "contact_at_risk"
 SECTIONS = (

@@ -19,23 +19,22 @@ from typing import Callable, Mapping
 
 import pandas as pd
 
-from rules.document import load_policies
-from rules.model import PolicySet
-
 from processor import files, killpoints
-from processor.killpoints import kill_point
-from processor.decide import DECISION_COLUMNS, make_decisions
-from processor.evaluate import Evaluation, evaluate
-from processor.export import Export, read_export
 from processor.contract import DEFAULT_MAX_REJECT_SHARE
-from processor.facts import Facts, build_facts
+from processor.decide import DECISION_COLUMNS, make_decisions
 from processor.delivery.message import Outgoing, read_eml
 from processor.delivery.outbox import OutboxWriters, Written
 from processor.delivery.settings import MailConfigError, SmtpSettings
 from processor.delivery.smtp import CLAIM_STALE_SECONDS, DeliveryResult, deliver
+from processor.evaluate import Evaluation, evaluate
+from processor.export import Export, read_export
+from processor.facts import Facts, build_facts
+from processor.killpoints import kill_point
 from processor.ledger import OWED, Ledger, check_ledger_usable, default_ledger_path
 from processor.progress import counter_of
 from processor.reports import build_reports, render_overview, render_reports
+from rules.document import load_policies
+from rules.model import PolicySet
 
 log = logging.getLogger(__name__)
 

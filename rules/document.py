@@ -81,7 +81,7 @@ TEXT_PATTERN = r"\S"  # a reason code: any text that is not blank
 TEST_WORDS = tuple(BY_WORD)
 
 # Who an action may concern, where that is narrower than WHO.
-WHO_FOR_ACTION = {Action.REJECT_USER: ("client", "talent", "party")}
+WHO_FOR_ACTION: dict[str, tuple[str, ...]] = {Action.REJECT_USER: ("client", "talent", "party")}
 # Actions that pick milestones of the project with their 'milestones' argument.
 MILESTONE_PICKING_ACTIONS = (Action.RELEASE_MILESTONE_PAYMENT, Action.REASSIGN_MILESTONE)
 
@@ -739,12 +739,14 @@ def _unused(top: dict, thresholds: dict, named: dict, policies: list[Policy], re
     tnode = top.get("thresholds")
     for name in thresholds:
         if name not in used and name not in REQUIRED_THRESHOLDS:
+            assert tnode is not None  # the threshold was read from this block
             key = tnode.keys[name]
             notes.append(Problem(key.line, key.col, f"note: threshold '{name}' is not used by any condition — changing it changes nothing; "
                                                     f"use it as e.g. '{{at_least: {name}}}', or remove it", beyond_schema=True))
     cnode = top.get("conditions")
     for name in named:
         if name not in referenced:
+            assert cnode is not None  # the condition was read from this block
             key = cnode.keys[name]
             notes.append(Problem(key.line, key.col, f"note: condition '{name}' is not used by any policy — add '- {name}' under a policy's 'when', "
                                                     f"or remove it", beyond_schema=True))
@@ -778,6 +780,7 @@ def _policy(ck: _Checker, item: _Node, thresholds, named, seen: dict[str, int]) 
         ck.bad(desc, f"'description' is a sentence of text, got {_kind(desc.value)}")
     if len(ck.problems) > before:
         return None
+    assert pid is not None and kind is not None  # both are required keys: a missing one returned above
     policy = Policy(pid.value, desc.value if desc is not None else "", kind, when, then, item.line)
     groups = engine_size(policy)[0]
     if groups > MAX_ENGINE_GROUPS:

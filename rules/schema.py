@@ -51,7 +51,7 @@ SCHEMA_ID = "https://shakers.example/schemas/policies.schema.json"
 
 _WORD_OPS = {o.word: f"holds when the fact is {o.explain} this number ({o.symbol})"
              for o in OPERATORS.values() if o.ordered}
-_ACTION_SENTENCES = {
+_ACTION_SENTENCES: dict[str, str] = {
     Action.HALT_PROJECT: "put the project on hold, with a reason",
     Action.REQUEST_TALENT_DECISION: "ask the talent to decide: wait for the client or close their work",
     Action.RELEASE_MILESTONE_PAYMENT: "release a milestone's money held in escrow to its payee",
@@ -158,7 +158,7 @@ def _argument(action: str, name: str, vkind: str, kind: str | None, description:
 
 
 def _actions(kind: str | None) -> dict:
-    items = []
+    items: list[dict[str, object]] = []
     for action in ACTIONS:
         args, required = action_arguments(action, kind)
         sentence = _ACTION_SENTENCES.get(action, action)

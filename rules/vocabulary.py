@@ -107,7 +107,7 @@ ACTION_ARGS: dict[str, dict[str, tuple[str, bool, str]]] = {
     Action.FLAG_FOR_REVIEW: {"reason": ("text", True, "a short reason code, e.g. escrow_shortfall"),
                         "who": ("who", False, "whom the flag concerns")},
 }
-DEFAULT_WHO = {
+DEFAULT_WHO: dict[str, str] = {
     Action.HALT_PROJECT: "nobody",
     Action.REQUEST_TALENT_DECISION: "talent",
     Action.RELEASE_MILESTONE_PAYMENT: "payee",

@@ -12,8 +12,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from conftest import CONTACT_THRESHOLDS, Night, policies_with
 
 ROOT = Path(__file__).resolve().parents[1]

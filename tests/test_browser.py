@@ -15,7 +15,6 @@ import zlib
 from pathlib import Path
 
 import pytest
-
 from night import AS_OF
 from report_nights import PAULA, busy_night
 

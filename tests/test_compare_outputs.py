@@ -11,9 +11,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from night import Night
 
 from conftest import lose_contact
-from night import Night
 
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("compare_outputs", ROOT / "bench" / "compare_outputs.py")

@@ -11,8 +11,8 @@ from pathlib import Path
 import pandas as pd
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from night import AS_OF, Night
+
 from processor.decide import KEY_COLUMNS
 from processor.evaluate import CRASH_HOOK_ENV
 from processor.ledger import decision_keys

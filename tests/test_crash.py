@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from night import Night
+
 from processor import files
 
 ROOT = Path(__file__).resolve().parents[1]

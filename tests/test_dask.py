@@ -7,17 +7,17 @@ thread each). Decisions, firings and what each engine reports must match.
 from __future__ import annotations
 
 import datetime as dt
+
 import pandas as pd
 import pytest
 
+from conftest import POLICIES
 from processor.dask_engine import dask_client, evaluate_on_dask
 from processor.evaluate import CRASH_HOOK_ENV
 from processor.export import read_export
 from processor.facts import build_facts
 from processor.run import decide_night, run_night
 from rules.document import load_policies
-
-from conftest import POLICIES
 
 AS_OF = dt.date(2026, 11, 24)
 

@@ -12,7 +12,9 @@ import pytest
 from durable.engine import Host
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from strategies import facts_from, project_strategy
 
+from conftest import POLICIES
 from processor.export import read_export
 from processor.facts import build_facts
 from processor.partition import engine_batches, fact_batches
@@ -20,9 +22,6 @@ from rules.compile import RULESET_NAME, SEEN_RULE, to_ruleset
 from rules.document import load_policies
 from rules.engine import EngineError, PolicyEngine
 from rules.vocabulary import FACT_KINDS
-
-from conftest import POLICIES
-from strategies import facts_from, project_strategy
 
 AS_OF = dt.date(2026, 11, 24)
 

@@ -10,13 +10,12 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from conftest import POLICIES
 from processor.evaluate import evaluate
 from processor.facts import Facts
 from processor.masks import mask
 from rules.document import load_policies
 from rules.vocabulary import FACT_KINDS
-
-from conftest import POLICIES
 
 N = 100_000
 

@@ -12,17 +12,16 @@ import pandas as pd
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from strategies import facts_from, project_strategy
 
+from conftest import POLICIES
 from processor.evaluate import CRASH_HOOK_ENV, evaluate
 from processor.export import read_export
-from processor.facts import Facts, text_array, build_facts
+from processor.facts import Facts, build_facts, text_array
 from processor.partition import _rows_between, candidate_facts, fired_rows, iter_firings, project_ids, project_shares
 from rules.compile import to_ruleset
 from rules.document import load_policies
 from rules.engine import PolicyEngine
-
-from conftest import POLICIES
-from strategies import facts_from, project_strategy
 
 AS_OF = dt.date(2026, 11, 24)
 

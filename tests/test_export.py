@@ -17,11 +17,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from hypothesis import HealthCheck, given, settings
+from strategies import cell_text
 
 from processor.contract import TABLES, Kind
 from processor.export import REJECT_COLUMNS, InvalidExport, read_export
-
-from strategies import cell_text
 
 # --------------------------------------------------------------------------- a small valid night
 

@@ -15,7 +15,6 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
 from night import Night
 
 from processor.contract import DEFAULT_MAX_REJECT_SHARE, MAX_ID_LENGTH

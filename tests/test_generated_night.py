@@ -8,14 +8,13 @@ import json
 import pandas as pd
 import pytest
 
+from conftest import POLICIES
 from processor.evaluate import candidate_projects
 from processor.export import read_export
 from processor.facts import build_facts
 from processor.generate import generate_export
 from processor.run import decide_night, run_night
 from rules.document import load_policies
-
-from conftest import POLICIES
 
 AS_OF = dt.date(2026, 11, 24)
 PROJECTS = 3000

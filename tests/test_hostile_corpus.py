@@ -16,7 +16,6 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-
 from hostile import CASES, ROOT, run_args, write_corpus
 
 SHAKERS_RULES = Path(sys.executable).with_name("shakers-rules")

@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from night import Night
 
 from processor.lock import LedgerBusy, LedgerLock, holder, lock_path_for

@@ -11,17 +11,15 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-
 from mailserver import Inbox, PasswordCheck, Server, free_port, make_certificates
 from night import AS_OF
 from report_nights import PAULA, PEDRO, QUENTIN, busy_night
 
+from processor.cli import main
 from processor.delivery import message, settings
 from processor.delivery.address import mailbox, valid_address
-from processor.run import publish, write_outbox
-from processor.cli import main
 from processor.ledger import Ledger
-from processor.run import run_night
+from processor.run import publish, run_night, write_outbox
 
 ROOT = Path(__file__).resolve().parents[1]
 POLICIES = ROOT / "policies.yaml"
@@ -140,8 +138,10 @@ def test_a_rerun_of_the_night_emails_nobody_twice(tmp_path, monkeypatch, server)
     for again in (second, third):
         assert again.exit_code == 0
         assert again.summary["reports"]["sent"] == 0 and again.summary["reports"]["already_sent"] == 2
-    ids = lambda r: sorted(email.message_from_bytes(p.read_bytes(), policy=email.policy.default)["Message-ID"]
-                           for p in (r.out_dir / "outbox").glob("*.eml"))
+    def ids(r):
+        return sorted(email.message_from_bytes(p.read_bytes(), policy=email.policy.default)["Message-ID"]
+                      for p in (r.out_dir / "outbox").glob("*.eml"))
+
     assert ids(first) == ids(second) == ids(third)
 
 
@@ -417,8 +417,8 @@ def test_a_report_without_a_usable_address_is_not_built_is_told_to_a_person_and_
                                                                                               server, caplog):
     """Defence in depth: whatever the export lets through, an address that is not plain gets no email,
     and no later run pretends it will deliver it (it is not owed, so the night does not exit 5 for it)."""
-    from processor.reports import build_reports
     from processor.export import read_export
+    from processor.reports import build_reports
     from processor.run import decide_night
     from rules.document import load_policies
 

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from night import Night, shipped_thresholds
 
 from processor.nightly import export_nights, nights_to_do, run_nightly

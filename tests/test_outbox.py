@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
+from report_nights import Report, reports
 
 from processor.delivery import address, message, outbox
-from processor.run import owe_written, write_outbox
 from processor.ledger import Ledger
-from report_nights import Report, reports
+from processor.run import owe_written, write_outbox
 
 
 def parse(data: bytes) -> email.message.EmailMessage:

@@ -33,7 +33,16 @@ from rules.document import (
 )
 from rules.engine import PolicyEngine
 from rules.schema import SCHEMA_FILE, policy_schema, schema_errors, schema_text, vocabulary_markdown
-from rules.vocabulary import ACTIONS, COMMON_FIELDS, FACT_KINDS, FLAG, HOLD_REASONS, KNOWN_TEXT, MILESTONE_STATUSES, NUMBER
+from rules.vocabulary import (
+    ACTIONS,
+    COMMON_FIELDS,
+    FACT_KINDS,
+    FLAG,
+    HOLD_REASONS,
+    KNOWN_TEXT,
+    MILESTONE_STATUSES,
+    NUMBER,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 POLICIES = ROOT / "policies.yaml"

@@ -18,7 +18,9 @@ import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from strategies import facts_from, project_strategy
 
+from conftest import POLICIES
 from processor.decide import make_decisions
 from processor.evaluate import evaluate
 from processor.export import read_export
@@ -28,9 +30,6 @@ from processor.partition import candidate_facts, engine_batches, project_ids, si
 from processor.run import decide_night
 from rules.document import PolicyError, load_policies, parse_policies
 from rules.model import All, Any_, Comparison, Not, Policy
-
-from conftest import POLICIES
-from strategies import facts_from, project_strategy
 
 AS_OF = dt.date(2026, 11, 24)
 

@@ -4,10 +4,9 @@ from __future__ import annotations
 import markupsafe
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from strategies import cell_text
 
 from processor.reports import _plain, _text, _words, _words_of, escape, plain
-
-from strategies import cell_text
 
 # Everything a name or a title from the export may hold: control characters, every kind of space,
 # line and paragraph separators, markup, quotes, letters of any script.

@@ -9,7 +9,6 @@ import re
 from pathlib import Path
 
 import pytest
-
 from htmltree import parse
 from night import AS_OF, shipped_thresholds
 from report_nights import PAULA, PEDRO, busy_night

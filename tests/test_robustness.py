@@ -14,7 +14,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-
 from night import Night, sample_night
 
 ROOT = Path(__file__).resolve().parents[1]

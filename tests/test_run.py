@@ -9,12 +9,11 @@ import sys
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-
-from processor.cli import main
-from processor.run import run_night
+from night import Night, sample_night
 
 from conftest import POLICIES
-from night import Night, sample_night
+from processor.cli import main
+from processor.run import run_night
 
 EXE = [sys.executable, "-m", "processor.cli"]
 
