@@ -107,3 +107,51 @@ def test_every_comparison_word_holds_on_the_same_values_in_durable_rules_the_mas
         by_explain = [explain_fact(policy, fact)[0] for fact in facts]
         assert by_engine == by_masks == by_explain, (policy.id, by_engine, by_masks, by_explain)
         assert any(by_engine) and not all(by_engine), f"{policy.id}: the values chosen do not tell the evaluators apart"
+
+
+# --------------------------------------------------------------------------- the processor's layers
+PROCESSOR = ROOT / "processor"
+# (which modules, what they may not import, why)
+LAYERS = (
+    ("processor.delivery", ("processor.run", "processor.ledger", "processor.reports", "processor.nightly", "processor.cli"),
+     "delivery sends what it is given; the run records it"),
+    ("processor", ("processor.cli",), "the CLI is a shell over the library: nothing below it imports it"),
+)
+
+
+def _module_name(path: Path) -> str:
+    return ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+
+
+def _breaches(paths: list[Path]) -> list[str]:
+    """`module imports forbidden (why)` for every import that crosses a layer the wrong way."""
+    found = []
+    for path in paths:
+        name = _module_name(path)
+        for package, forbidden, why in LAYERS:
+            if not (name == package or name.startswith(package + ".")) or name.startswith("processor.cli"):
+                continue
+            for imported in sorted(_imports_of(path)):
+                if any(imported == f or imported.startswith(f + ".") or imported.startswith(f + "_") for f in forbidden):
+                    found.append(f"{name} imports {imported} ({why})")
+    return found
+
+
+def test_the_processor_imports_down_its_layers_only():
+    assert _breaches(sorted(PROCESSOR.rglob("*.py"))) == []
+
+
+def test_the_layer_check_sees_a_delivery_module_reaching_up_and_a_library_module_importing_the_cli(tmp_path, monkeypatch):
+    fake_root = tmp_path
+    (fake_root / "processor" / "delivery").mkdir(parents=True)
+    (fake_root / "processor" / "delivery" / "smtp.py").write_text("def f():\n    from processor.ledger import Ledger\n")
+    (fake_root / "processor" / "run.py").write_text("from processor.cli_nightly import nightly\n")
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", fake_root)
+    got = _breaches(sorted((fake_root / "processor").rglob("*.py")))
+    assert got == ["processor.delivery.smtp imports processor.ledger (delivery sends what it is given; the run records it)",
+                   "processor.delivery.smtp imports processor.ledger.Ledger (delivery sends what it is given; "
+                   "the run records it)",
+                   "processor.run imports processor.cli_nightly (the CLI is a shell over the library: nothing below "
+                   "it imports it)",
+                   "processor.run imports processor.cli_nightly.nightly (the CLI is a shell over the library: nothing "
+                   "below it imports it)"]
