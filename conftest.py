@@ -20,7 +20,7 @@ def _policytest():
     try:  # the tools room of issue 13, once it lands; the flat module until then
         from processor.tools import policytest
     except ImportError:
-        from processor import policytest
+        from processor.tools import policytest
     return policytest
 
 

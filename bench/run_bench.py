@@ -4,7 +4,7 @@
 For each size (--projects) and format (--formats) it:
 
 1. generates the night once with `shakers-rules generate --seed 5 --as-of
-   2026-11-24` into bench/.cache/ (reused while processor/generate.py is
+   2026-11-24` into bench/.cache/ (reused while processor/tools/generate.py is
    unchanged);
 2. measures the read floor in this process: pandas reading the five files and
    nothing else (read_parquet / read_csv), best of --floor-repeats;
@@ -272,7 +272,7 @@ class _OneByOne:
         self.host.set_rulesets(copy.deepcopy(ruleset))
 
     def evaluate(self, frames) -> list[tuple[str, str]]:
-        from processor.partition import engine_batches
+        from processor.engine.batches import engine_batches
 
         for _pids, project in engine_batches(frames, 1):   # one project's facts per batch
             facts = json.loads(project)
@@ -288,10 +288,10 @@ def engine_baseline(directory: Path, sample: int, workers: int) -> dict:
     import numpy as np
     import pandas as pd
 
-    from processor.decide import make_decisions
-    from processor.evaluate import evaluate
-    from processor.export import read_export
-    from processor.facts import Facts, build_facts
+    from processor.engine.decide import make_decisions
+    from processor.engine.facts import Facts, build_facts
+    from processor.engine.local import evaluate
+    from processor.export.read import read_export
     from rules.compile import to_ruleset
     from rules.document import load_policies
 

@@ -14,7 +14,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from processor import arrowtext
+from processor import arrow as arrowtext
 from processor.killpoints import kill_point
 
 # Every temporary file this program writes is `.NAME` + PARTIAL_MARK + a random part, beside

@@ -10,7 +10,7 @@ of that as-of date (e.g. `write:2026-11-25`), so a catch-up can die mid-way.
 Unset (always, outside tests) they cost two dictionary lookups.
 
 `hang()` is the engine's other test hook (SHAKERS_TEST_HANG_ON_PROJECT, read in
-processor.evaluate): a worker that meets that project stops making progress, as
+processor.engine.local): a worker that meets that project stops making progress, as
 one stuck inside durable-rules' C core would, for the watchdog to find.
 """
 from __future__ import annotations

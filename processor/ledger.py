@@ -23,8 +23,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from processor import files
-from processor.decide import DECISION_COLUMNS, KEY_COLUMNS
 from processor.delivery.states import DELIVERY_TRANSITIONS, OWED, SETTLED, allowed_delivery, sources  # noqa: F401
+from processor.engine.decide import DECISION_COLUMNS, KEY_COLUMNS
 from processor.killpoints import kill_point
 
 # What the ledger keeps of each decision (in decision_nights.detail) so that a
@@ -548,7 +548,7 @@ def _ago(seconds: float) -> str:
 def _decision(detail: str) -> dict:
     """A decision as the ledger kept it. Its evidence was stored as an object (or, by ledgers before
     2026-11-25, as text): it comes back as the text it was, the canonical json.dumps(sort_keys=True)
-    processor.decide writes."""
+    processor.engine.decide writes."""
     row = json.loads(detail)
     evidence = row.get("evidence")
     if not isinstance(evidence, str):

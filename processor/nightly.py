@@ -51,7 +51,7 @@ from typing import Callable
 
 from processor import files, killpoints
 from processor import ledger as ledger_module
-from processor.contract import DEFAULT_MAX_REJECT_SHARE
+from processor.export.contract import DEFAULT_MAX_REJECT_SHARE
 from processor.killpoints import kill_point
 from processor.ledger import Ledger, LedgerProblem, check_and_back_up, default_ledger_path
 from processor.lock import LedgerLock
@@ -253,7 +253,7 @@ def run_nightly(exports_root: str | Path, runs_root: str | Path, *, ledger_path:
     PolicyError (exit 3) when the policies file is broken (checked on every start), LedgerBusy (exit 6)
     when another run holds the ledger; otherwise reports per night, nights waiting for their manifest too.
     A night with more than `max_reject_share` of a table's rows rejected is invalid."""
-    from processor.export import InvalidExport
+    from processor.export.read import InvalidExport
     from processor.run import run_night
 
     say = progress or (lambda _msg: None)

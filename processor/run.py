@@ -20,19 +20,19 @@ from typing import Callable, Mapping
 import pandas as pd
 
 from processor import files, killpoints
-from processor.contract import DEFAULT_MAX_REJECT_SHARE
-from processor.decide import DECISION_COLUMNS, make_decisions
 from processor.delivery.message import Outgoing, read_eml
 from processor.delivery.outbox import OutboxWriters, Written
 from processor.delivery.settings import MailConfigError, SmtpSettings
 from processor.delivery.smtp import CLAIM_STALE_SECONDS, DeliveryResult, deliver
-from processor.evaluate import Evaluation, evaluate
-from processor.export import Export, read_export
-from processor.facts import Facts, build_facts
+from processor.engine.decide import DECISION_COLUMNS, make_decisions
+from processor.engine.facts import Facts, build_facts
+from processor.engine.local import Evaluation, evaluate
+from processor.export.contract import DEFAULT_MAX_REJECT_SHARE
+from processor.export.read import Export, read_export
 from processor.killpoints import kill_point
 from processor.ledger import OWED, Ledger, check_ledger_usable, default_ledger_path
 from processor.progress import counter_of
-from processor.reports import build_reports, render_overview, render_reports
+from processor.reports.build import build_reports, render_overview, render_reports
 from rules.document import load_policies
 from rules.model import PolicySet
 
@@ -83,7 +83,7 @@ def decide_night(policies: PolicySet, export: Export, as_of: dt.date, *, workers
     """The night's decisions (without run_id/as_of/state): nothing is written anywhere.
 
     engine "local": durable-rules in `workers` processes here; "dask": in a Dask cluster's
-    workers (`scheduler` address, else a local cluster), see processor.dask_engine."""
+    workers (`scheduler` address, else a local cluster), see processor.engine.cluster."""
     timings = {} if timings is None else timings
     say = progress or (lambda _msg: None)
     t = time.perf_counter()
@@ -93,7 +93,7 @@ def decide_night(policies: PolicySet, export: Export, as_of: dt.date, *, workers
     t = time.perf_counter()
     counter = counter_of(progress, "durable-rules")
     if engine == "dask":
-        from processor.dask_engine import evaluate_on_dask
+        from processor.engine.cluster import evaluate_on_dask
 
         ev = evaluate_on_dask(policies, facts, scheduler=scheduler, prefilter=prefilter, progress=counter,
                               workers=workers if workers > 0 else 2)

@@ -3,7 +3,7 @@ hold (see DURABLE_RULES.md):
 
 * one durable-rules session, and a batch of whole projects' facts in it at a
   time: assert them, collect what fired, retract them, go on. Every rule reads
-  one fact (processor.partition.single_fact_rules), so facts that share a batch
+  one fact (processor.engine.batches.single_fact_rules), so facts that share a batch
   cannot change what fires for each other;
 * every fact carries a unique `id` (its kind and key), so no two facts collide;
 * a fact carries only the fields the rules about its kind read
@@ -139,7 +139,7 @@ class PolicyEngine:
 
     def evaluate_json(self, facts: str, ids: str | None = None) -> list[tuple[str, str]]:
         """Like `evaluate`, the facts given as the JSON array durable-rules reads (flat facts,
-        each one's `id` first: see processor.partition.fact_batches); ids: the same facts'
+        each one's `id` first: see processor.engine.batches.fact_batches); ids: the same facts'
         ids alone, [{"id": ...}, ...], what their retraction needs (else the facts are read again).
 
         Each pair appears once even when a rule's `any`/`one_of` let durable-rules

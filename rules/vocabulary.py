@@ -1,7 +1,7 @@
 """The words a policy may use: fact kinds, their fields, actions and who they concern,
 and the comparisons a condition makes (OPERATORS).
 
-This is the one place that names them. The facts builder (processor.facts)
+This is the one place that names them. The facts builder (processor.engine.facts)
 produces exactly these fields; the policy checker refuses any other name; the
 policy editor's guide is generated from the descriptions below.
 """

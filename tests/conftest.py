@@ -35,7 +35,7 @@ def policies_with(path: Path, **thresholds: int) -> Path:
 def generated_nights(tmp_path_factory):
     """generated_nights(projects, seed, fmt) -> the directory of a generated export, made once per session
     for each size asked for (modules that share a size share the files; read them, never write into them)."""
-    from processor.generate import generate_export
+    from processor.tools.generate import generate_export
 
     made: dict[tuple, Path] = {}
 
@@ -57,7 +57,7 @@ def night():
 @pytest.fixture
 def decide(tmp_path):
     """Write a Night as a real export, run durable-rules on it through the library, return the decisions."""
-    from processor.export import read_export
+    from processor.export.read import read_export
     from processor.run import decide_night
     from rules.document import load_policies
 

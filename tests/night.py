@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from processor.contract import TABLES
+from processor.export.contract import TABLES
 
 COLUMNS = {name: list(table.column_names) for name, table in TABLES.items()}  # the contract's, in file order
 

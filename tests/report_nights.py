@@ -47,7 +47,7 @@ def write(n: Night, directory: Path) -> Path:
 
 @dataclass
 class Report:
-    """What processor.delivery reads of a report (processor.reports.ManagerReport has these too)."""
+    """What processor.delivery reads of a report (processor.reports.build.ManagerReport has these too)."""
 
     manager_id: str
     name: str

@@ -6,7 +6,7 @@ import datetime as dt
 import pandas as pd
 from hypothesis import strategies as st
 
-from processor.facts import Facts
+from processor.engine.facts import Facts
 from rules.vocabulary import FACT_KINDS, HOLD_REASONS, MILESTONE_STATUSES
 
 AS_OF = dt.date(2026, 11, 24)

@@ -6,7 +6,7 @@ import pyarrow as pa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from processor.arrowtext import joined_between, runs
+from processor.arrow import joined_between, runs
 
 TEXTS = st.lists(st.text(max_size=8), max_size=30)
 

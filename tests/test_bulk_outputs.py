@@ -11,8 +11,9 @@ import pyarrow.compute as pc
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from processor import arrowtext, files
-from processor.decide import KEY_COLUMNS
+from processor import arrow as arrowtext
+from processor import files
+from processor.engine.decide import KEY_COLUMNS
 from processor.ledger import decision_keys
 
 

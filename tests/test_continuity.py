@@ -13,8 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from night import AS_OF, Night
 
-from processor.decide import KEY_COLUMNS
-from processor.evaluate import CRASH_HOOK_ENV
+from processor.engine.decide import KEY_COLUMNS
+from processor.engine.local import CRASH_HOOK_ENV
 from processor.ledger import decision_keys
 from processor.run import run_night
 

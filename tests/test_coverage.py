@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from processor.problem_codes import POLICY_PROBLEM_CODES, UNKNOWN_POLICY_PROBLEM
+from processor.tools.problem_codes import POLICY_PROBLEM_CODES, UNKNOWN_POLICY_PROBLEM
 from rules.document import PolicyError, load_policies
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -236,7 +236,7 @@ def _corpus_problems():
 def test_every_problem_of_the_corpus_has_a_code_of_its_own_kind():
     problems = _corpus_problems()
     assert len(problems) > 40
-    from processor.problem_codes import policy_problem_code
+    from processor.tools.problem_codes import policy_problem_code
 
     unknown = [(name, message) for name, message in problems if policy_problem_code(message) == UNKNOWN_POLICY_PROBLEM]
     assert unknown == []
@@ -253,7 +253,7 @@ def test_every_problem_of_the_corpus_has_a_code_of_its_own_kind():
 ])
 def test_a_problem_s_code_stays_what_it_was(message, code):
     """Codes are an interface: a program matching on one must not see it change."""
-    from processor.problem_codes import policy_problem_code
+    from processor.tools.problem_codes import policy_problem_code
 
     assert policy_problem_code(message) == code
 

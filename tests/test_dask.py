@@ -12,10 +12,10 @@ import pandas as pd
 import pytest
 
 from conftest import POLICIES
-from processor.dask_engine import dask_client, evaluate_on_dask
-from processor.evaluate import CRASH_HOOK_ENV
-from processor.export import read_export
-from processor.facts import build_facts
+from processor.engine.cluster import dask_client, evaluate_on_dask
+from processor.engine.facts import build_facts
+from processor.engine.local import CRASH_HOOK_ENV
+from processor.export.read import read_export
 from processor.run import decide_night, run_night
 from rules.document import load_policies
 
@@ -66,7 +66,7 @@ def test_the_whole_run_with_the_dask_engine_writes_the_same_decisions(night, clu
 
 
 def test_a_project_that_kills_its_dask_worker_is_reported_not_dropped(night, monkeypatch):
-    from processor.evaluate import evaluate
+    from processor.engine.local import evaluate
 
     policies = load_policies(POLICIES)
     facts = build_facts(read_export(night).tables, AS_OF)

@@ -15,9 +15,9 @@ from hypothesis import strategies as st
 from strategies import facts_from, project_strategy
 
 from conftest import POLICIES
-from processor.export import read_export
-from processor.facts import build_facts
-from processor.partition import engine_batches, fact_batches
+from processor.engine.batches import engine_batches, fact_batches
+from processor.engine.facts import build_facts
+from processor.export.read import read_export
 from rules.compile import RULESET_NAME, SEEN_RULE, to_ruleset
 from rules.document import load_policies
 from rules.engine import EngineError, PolicyEngine

@@ -11,9 +11,9 @@ import numpy as np
 import pandas as pd
 
 from conftest import POLICIES
-from processor.evaluate import evaluate
-from processor.facts import Facts
-from processor.masks import mask
+from processor.engine.facts import Facts
+from processor.engine.local import evaluate
+from processor.engine.prefilter import mask
 from rules.document import load_policies
 from rules.vocabulary import FACT_KINDS
 

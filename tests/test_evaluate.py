@@ -1,4 +1,4 @@
-"""processor.evaluate hands each worker a share of the night's projects (rows of facts the
+"""processor.engine.local hands each worker a share of the night's projects (rows of facts the
 worker inherits) instead of the facts themselves. These tests hold it to the plain way:
 every candidate fact through one engine in this process, the firings sorted and deduplicated
 with pandas, the fired rows found by fact id — whatever the order of the rows, the spelling
@@ -15,10 +15,17 @@ from hypothesis import strategies as st
 from strategies import facts_from, project_strategy
 
 from conftest import POLICIES
-from processor.evaluate import CRASH_HOOK_ENV, evaluate
-from processor.export import read_export
-from processor.facts import Facts, build_facts, text_array
-from processor.partition import _rows_between, candidate_facts, fired_rows, iter_firings, project_ids, project_shares
+from processor.engine.batches import (
+    _rows_between,
+    candidate_facts,
+    fired_rows,
+    iter_firings,
+    project_ids,
+    project_shares,
+)
+from processor.engine.facts import Facts, build_facts, text_array
+from processor.engine.local import CRASH_HOOK_ENV, evaluate
+from processor.export.read import read_export
 from rules.compile import to_ruleset
 from rules.document import load_policies
 from rules.engine import PolicyEngine
@@ -80,7 +87,7 @@ def test_without_the_prefilter_too(night_facts):
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(st.lists(project_strategy, min_size=1, max_size=10), st.integers(1, 4), st.booleans(),
-       # Ids as the contract admits them: never empty, never holding a NUL (processor/export.py).
+       # Ids as the contract admits them: never empty, never holding a NUL (processor/export/read.py).
        st.lists(st.text(min_size=1, max_size=3).filter(lambda s: "\0" not in s), min_size=10, max_size=10, unique=True),
        st.integers(0, 3))
 def test_made_up_facts_in_any_order_and_spelling_fire_as_plainly(projects, chunk, shuffle, names, seed):
@@ -154,7 +161,7 @@ def test_a_project_that_kills_its_worker_is_reported_and_every_other_fires_as_pl
 def test_a_project_that_hangs_its_worker_is_killed_by_the_watchdog_and_every_other_fires_as_plainly(night_facts, monkeypatch):
     import time
 
-    from processor.evaluate import HANG_HOOK_ENV, STALL_ENV
+    from processor.engine.local import HANG_HOOK_ENV, STALL_ENV
 
     policies = load_policies(POLICIES)
     firings, _, sent = plainly(policies, night_facts)
@@ -172,7 +179,7 @@ def test_a_project_that_hangs_its_worker_is_killed_by_the_watchdog_and_every_oth
 
 
 def test_the_watchdogs_bound_grows_with_the_share_and_the_environment_replaces_it(monkeypatch):
-    from processor.evaluate import STALL_BASE_SECONDS, STALL_ENV, stall_seconds
+    from processor.engine.local import STALL_BASE_SECONDS, STALL_ENV, stall_seconds
 
     monkeypatch.delenv(STALL_ENV, raising=False)
     assert stall_seconds(1) >= STALL_BASE_SECONDS and stall_seconds(50_000) > stall_seconds(1_000) > stall_seconds(1)

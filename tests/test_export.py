@@ -19,8 +19,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from strategies import cell_text
 
-from processor.contract import TABLES, Kind
-from processor.export import REJECT_COLUMNS, InvalidExport, read_export
+from processor.export.contract import TABLES, Kind
+from processor.export.read import REJECT_COLUMNS, InvalidExport, read_export
 
 # --------------------------------------------------------------------------- a small valid night
 

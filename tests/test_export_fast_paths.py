@@ -1,6 +1,6 @@
 """The export's fast paths give exactly what the general checks give.
 
-``processor.export`` takes shortcuts for the common case: Arrow's cast for
+``processor.export.read`` takes shortcuts for the common case: Arrow's cast for
 dates and times spelled the way exports write them, an integer or decimal
 cast for money,
 neighbour comparisons for ids and keys already in order. Each shortcut falls
@@ -21,8 +21,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from hypothesis import given, settings
 
-from processor import export
-from processor.contract import TABLES
+from processor.export import read as export
+from processor.export.contract import TABLES
 
 # A value of the exports' own length that Arrow's cast refuses, so every value
 # of the column goes through the general parser.

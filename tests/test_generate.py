@@ -1,4 +1,4 @@
-"""Tests for the synthetic export generator (processor/generate.py)."""
+"""Tests for the synthetic export generator (processor/tools/generate.py)."""
 from __future__ import annotations
 
 import datetime as dt
@@ -8,7 +8,7 @@ import re
 import pandas as pd
 import pytest
 
-from processor.generate import AREAS, COLUMNS, TABLES, generate_export
+from processor.tools.generate import AREAS, COLUMNS, TABLES, generate_export
 
 AS_OF = dt.date(2026, 11, 24)
 AS_OF_TS = pd.Timestamp(AS_OF)

@@ -9,11 +9,11 @@ import pandas as pd
 import pytest
 
 from conftest import POLICIES
-from processor.evaluate import candidate_projects
-from processor.export import read_export
-from processor.facts import build_facts
-from processor.generate import generate_export
+from processor.engine.facts import build_facts
+from processor.engine.local import candidate_projects
+from processor.export.read import read_export
 from processor.run import decide_night, run_night
+from processor.tools.generate import generate_export
 from rules.document import load_policies
 
 AS_OF = dt.date(2026, 11, 24)

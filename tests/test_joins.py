@@ -1,4 +1,4 @@
-"""processor.facts' joins by position take shortcuts (runs of equal keys looked up once, binary
+"""processor.engine.facts' joins by position take shortcuts (runs of equal keys looked up once, binary
 search over sorted fixed-width ids, row ranges in sorted tables); each must agree with the
 plain pandas answer whatever the order, widths and gaps of the keys."""
 from __future__ import annotations
@@ -8,7 +8,7 @@ import pandas as pd
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from processor.facts import is_in, positions, rows_among
+from processor.engine.facts import is_in, positions, rows_among
 
 # Ids of one width (the binary-search path) or of several (the hash path), and some missing.
 ID = st.sampled_from(["P01", "P02", "P03", "P10", "P11", "P7", "P100", "Q01"])

@@ -15,7 +15,7 @@ from mailserver import Inbox, PasswordCheck, Server, free_port, make_certificate
 from night import AS_OF
 from report_nights import PAULA, PEDRO, QUENTIN, busy_night
 
-from processor.cli import main
+from processor.cli.main import main
 from processor.delivery import message, settings
 from processor.delivery.address import mailbox, valid_address
 from processor.ledger import Ledger
@@ -417,8 +417,8 @@ def test_a_report_without_a_usable_address_is_not_built_is_told_to_a_person_and_
                                                                                               server, caplog):
     """Defence in depth: whatever the export lets through, an address that is not plain gets no email,
     and no later run pretends it will deliver it (it is not owed, so the night does not exit 5 for it)."""
-    from processor.export import read_export
-    from processor.reports import build_reports
+    from processor.export.read import read_export
+    from processor.reports.build import build_reports
     from processor.run import decide_night
     from rules.document import load_policies
 
@@ -758,7 +758,7 @@ def test_a_non_ascii_domain_needs_no_smtputf8_but_a_non_ascii_local_part_does_an
 @pytest.mark.parametrize("address", ["paula@shakers.test,evil@evil.test", 'pa"ula@shakers.test', "paula..s@shakers.test",
                                      "<paula>@shakers.test", "paula@shakers.test."])
 def test_an_address_mail_cannot_carry_is_rejected_when_the_export_is_read_with_the_reason(tmp_path, address):
-    from processor.export import read_export
+    from processor.export.read import read_export
 
     n = busy_night()
     n.rows["users"][0]["email"] = address

@@ -112,7 +112,7 @@ def test_a_milestone_payable_to_its_projects_client_records_its_status_and_why(n
 
 
 def test_the_report_says_why_a_milestone_payable_to_the_client_is_flagged(night, decide):
-    from processor.reports import why
+    from processor.reports.build import why
 
     night.project()
     night.milestone(status="completed", payee="C1")

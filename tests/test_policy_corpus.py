@@ -19,7 +19,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from processor.cli import main
+from processor.cli.main import main
 from rules.document import MAX_FILE_BYTES, PolicyError, load_policies, plain_document, read_text
 from rules.schema import schema_errors
 

@@ -19,8 +19,8 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from conftest import AS_OF, CONTACT_THRESHOLDS, Night, policies_with
-from processor.cli import main
-from processor.masks import mask
+from processor.cli.main import main
+from processor.engine.prefilter import mask
 from rules.compile import to_ruleset
 from rules.document import (
     MAX_DEPTH,
@@ -63,7 +63,7 @@ def test_schema_prints_the_committed_schema_file():
 
 
 def test_the_installed_command_delivers_all_it_printed_and_its_exit_status(tmp_path):
-    """The command exits without tearing the interpreter down (processor.cli.entry): what it
+    """The command exits without tearing the interpreter down (processor.cli.main.entry): what it
     printed into a file or a pipe arrives whole, and the exit status is the command's."""
     printed = tmp_path / "schema.json"
     with printed.open("w") as out:
@@ -387,7 +387,7 @@ def test_make_test_runs_the_policy_cases_after_pytest():
 
 
 def _all_cases():
-    from processor.policytest import case_files, load_cases
+    from processor.tools.policytest import case_files, load_cases
 
     return [case for path in case_files([CASES]) for case in load_cases(path)]
 
@@ -425,7 +425,7 @@ def test_changing_any_default_threshold_makes_a_shipped_case_fail(tmp_path, line
     """Proof by one failing case: `shakers-rules test COPY` runs every case, so one failure fails it.
 
     The cases that name the threshold (or test the policy the number sits in) go first, to find it fast."""
-    from processor.policytest import check_case, decide_case
+    from processor.tools.policytest import check_case, decide_case
 
     lines = POLICIES.read_text().splitlines(keepends=True)
     changed, n = re.subn(rf"\b{old}\b", str(new), lines[line].split("#", 1)[0], count=1)
@@ -578,7 +578,7 @@ def test_explain_shows_every_policy_and_each_condition_against_its_threshold(tmp
 
 
 def test_explain_json_agrees_with_the_night_s_decisions(tmp_path):
-    from processor.export import read_export
+    from processor.export.read import read_export
     from processor.run import decide_night
 
     export = near_miss_night(tmp_path)
@@ -711,7 +711,7 @@ def test_diff_with_a_broken_candidate_reports_it_and_exits_3(tmp_path):
 
 
 def test_diff_on_a_generated_night_shows_the_expected_additions(tmp_path):
-    generate = pytest.importorskip("processor.generate")
+    generate = pytest.importorskip("processor.tools.generate")
     export = tmp_path / "generated"
     generate.generate_export(export, projects=400, seed=7, as_of=AS_OF)
     same = invoke("diff", "--export", export, "--baseline", POLICIES, "--candidate", POLICIES, "--json", "--workers", 0)

@@ -1,7 +1,7 @@
 """The pre-filter never changes a decision.
 
 Only facts that satisfy some policy's pandas mask go to durable-rules
-(processor.partition). These differential tests run the same facts through
+(processor.engine.batches). These differential tests run the same facts through
 durable-rules twice, once every fact of every project and once pre-filtered,
 and require identical firings and decisions: on generated nights, on facts
 hypothesis makes up in the vocabulary's words, and under policy thresholds
@@ -21,12 +21,12 @@ from hypothesis import strategies as st
 from strategies import facts_from, project_strategy
 
 from conftest import POLICIES
-from processor.decide import make_decisions
-from processor.evaluate import evaluate
-from processor.export import read_export
-from processor.facts import Facts, build_facts
-from processor.masks import any_mask, mask
-from processor.partition import candidate_facts, engine_batches, project_ids, single_fact_rules, split_by_project
+from processor.engine.batches import candidate_facts, engine_batches, project_ids, single_fact_rules, split_by_project
+from processor.engine.decide import make_decisions
+from processor.engine.facts import Facts, build_facts
+from processor.engine.local import evaluate
+from processor.engine.prefilter import any_mask, mask
+from processor.export.read import read_export
 from processor.run import decide_night
 from rules.document import PolicyError, load_policies, parse_policies
 from rules.model import All, Any_, Comparison, Not, Policy

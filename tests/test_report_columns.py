@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from strategies import cell_text
 
-from processor.reports import _plain, _text, _words, _words_of, escape, plain
+from processor.reports.build import _plain, _text, _words, _words_of, escape, plain
 
 # Everything a name or a title from the export may hold: control characters, every kind of space,
 # line and paragraph separators, markup, quotes, letters of any script.
@@ -47,7 +47,7 @@ def test_what_each_action_says_is_what_it_says_alone(rows):
     """The rows' sentences are written an action at a time: each row still says what it says alone."""
     import pyarrow as pa
 
-    from processor.reports import _actions
+    from processor.reports.build import _actions
 
     def table(rows):
         return pa.table({
@@ -69,7 +69,7 @@ def _report_order_by_pandas(decisions):
     import pandas as pd
     import pyarrow as pa
 
-    from processor.reports import AT_RISK_REASON, SECTION_KEYS, _first_seen
+    from processor.reports.build import AT_RISK_REASON, SECTION_KEYS, _first_seen
 
     flagged = (decisions["action"] == "flag_for_review").to_numpy(dtype=bool, na_value=False)
     at_risk = flagged & (decisions["reason"] == AT_RISK_REASON).to_numpy(dtype=bool, na_value=False)
@@ -97,8 +97,8 @@ def test_report_order_is_the_order_by_section_names(rows):
     import numpy as np
     import pandas as pd
 
-    from processor.facts import STR
-    from processor.reports import _report_order
+    from processor.engine.facts import STR
+    from processor.reports.build import _report_order
 
     columns = ["state", "action", "reason", "project_success_id", "project_id", "policy_id", "evidence"]
     decisions = pd.DataFrame({c: pd.array([r[i] for r in rows], dtype=STR if c != "state" else object)

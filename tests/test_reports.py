@@ -13,7 +13,7 @@ from htmltree import parse
 from night import AS_OF, shipped_thresholds
 from report_nights import PAULA, PEDRO, busy_night
 
-from processor.reports import build_reports, format_money, why
+from processor.reports.build import build_reports, format_money, why
 from processor.run import run_night
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -199,7 +199,7 @@ def test_hostile_names_and_titles_are_text_not_markup(tmp_path):
 
 
 def test_long_sections_are_cut_and_say_how_many_more(tmp_path, monkeypatch):
-    import processor.reports as reports
+    import processor.reports.build as reports
 
     monkeypatch.setattr(reports, "MAX_ITEMS_PER_SECTION", 1)
     paula = emails(run(tmp_path))[PEDRO]
@@ -249,7 +249,7 @@ def test_a_night_without_decisions_writes_no_email_and_still_an_overview(tmp_pat
 
 
 def test_build_reports_is_a_library_call(tmp_path):
-    from processor.export import read_export
+    from processor.export.read import read_export
     from processor.run import decide_night
     from rules.document import load_policies
 
@@ -261,8 +261,8 @@ def test_build_reports_is_a_library_call(tmp_path):
 
 def test_reports_written_a_batch_at_a_time_say_what_each_says_alone(tmp_path, monkeypatch):
     """The outbox writers write many reports at once; a report written alone says the same."""
-    import processor.reports as reports
-    from processor.export import read_export
+    import processor.reports.build as reports
+    from processor.export.read import read_export
     from processor.run import decide_night
     from rules.document import load_policies
 

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from night import Night, sample_night
 
 from conftest import POLICIES
-from processor.cli import main
+from processor.cli.main import main
 from processor.run import run_night
 
 EXE = [sys.executable, "-m", "processor.cli"]
@@ -97,7 +97,7 @@ def test_rerunning_the_same_night_gives_the_same_result(tmp_path):
 
 def test_csv_and_parquet_give_identical_decisions(tmp_path):
     night = busy_night()
-    from processor.export import read_export
+    from processor.export.read import read_export
     from processor.run import decide_night
     from rules.document import load_policies
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from email.headerregistry import Address
 
-from processor import contract
+from processor.export import contract
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\u0085\u2028\u2029]+")
 # The export contract's own pattern (one source of truth): a non-ASCII domain goes IDNA-encoded,

@@ -1,7 +1,7 @@
 """Read one night's export (CSV or Parquet) and check it against the contract.
 
 ``read_export(directory)`` returns an :class:`Export`: the rows that honour the
-contract (``processor.contract``) as typed frames, and one line per problem for
+contract (``processor.export.contract``) as typed frames, and one line per problem for
 the rows that do not. A file that cannot be used at all (missing, unreadable,
 not a regular file, missing a column or naming one twice, a Parquet column of a
 type that cannot hold its values, not matching ``manifest.json``) raises
@@ -71,7 +71,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from processor.contract import (
+from processor.export.contract import (
     DEFAULT_MAX_REJECT_SHARE,
     MAX_ID_LENGTH,
     TABLES,

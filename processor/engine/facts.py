@@ -18,8 +18,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from processor.arrowtext import runs
-from processor.export import ids_as_numbers
+from processor.arrow import runs
+from processor.export.read import ids_as_numbers
 from rules.vocabulary import FACT_KINDS
 
 KINDS = tuple(FACT_KINDS)

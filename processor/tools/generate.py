@@ -42,7 +42,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from processor import arrowtext
+from processor import arrow as arrowtext
 
 __all__ = ["generate_export", "TABLES", "COLUMNS", "AREAS"]
 

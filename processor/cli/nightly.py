@@ -7,8 +7,8 @@ from pathlib import Path
 
 import click
 
-from processor.cli import DAY, EXIT_USAGE, check_mail_settings, err, guarded, progress_printer
-from processor.contract import DEFAULT_MAX_REJECT_SHARE
+from processor.cli.common import DAY, EXIT_USAGE, check_mail_settings, err, guarded, progress_printer
+from processor.export.contract import DEFAULT_MAX_REJECT_SHARE
 from processor.nightly import DEFAULT_KEEP_NIGHTS, STATUS_FILE, NoNights, deliver_night, run_nightly
 
 

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from processor.contract import TABLES
+from processor.export.contract import TABLES
 from rules.document import PolicyError, did_you_mean, located_yaml, read_text
 from rules.model import PolicySet, Problem, iter_comparisons
 from rules.vocabulary import OPERATORS
@@ -429,7 +429,7 @@ def decide_case(policies: PolicySet, case: Case, workdir: Path) -> tuple[pd.Data
 
 def _decide_case(policies: PolicySet, case: Case, workdir: Path):
     """decide_case, with the night's facts too (what coverage evaluates the conditions on)."""
-    from processor.export import InvalidExport, read_export
+    from processor.export.read import InvalidExport, read_export
     from processor.run import decide_night
 
     try:
@@ -539,7 +539,7 @@ def why_not(policies: PolicySet, facts, policy_id: str, wanted: dict | None = No
     """Why a policy did not fire on a case's night: for its `most` nearest facts (those about what
     `wanted` names first, then fewest conditions failing), the conditions that fail, actual value
     against threshold, as `explain` words them."""
-    from processor.explain import _condition_line, _fact_label, _plain
+    from processor.tools.explain import _condition_line, _fact_label, _plain
     from rules.compile import explain_fact
 
     policy = next((p for p in policies.policies if p.id == policy_id), None)
@@ -648,7 +648,7 @@ class Coverage:
 
     def observe(self, facts) -> None:
         """Evaluate every condition on every fact of one case's night."""
-        from processor.explain import _plain
+        from processor.tools.explain import _plain
         from rules.compile import explain_fact
 
         self.cases += 1
@@ -723,7 +723,7 @@ def _percent(p: float) -> str:
 
 def tests_json(results: list[CaseResult], coverage: Coverage | None, fail_under: float | None) -> dict:
     """What `test --format json` prints: every case, every problem (file, line, column, message, code), the coverage."""
-    from processor.problem_codes import case_problem_code, problem_json
+    from processor.tools.problem_codes import case_problem_code, problem_json
 
     problems = []
     for r in results:

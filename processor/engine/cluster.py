@@ -3,7 +3,7 @@
 What runs where:
 
 * on the driver (the `shakers-rules run` process): reading and checking the
-  export, the facts, the pre-filter (processor.partition), cutting the
+  export, the facts, the pre-filter (processor.engine.batches), cutting the
   candidate facts into parts by project id, and — once the firings are
   gathered — decisions, Top Shaker choice, ledger, files and reports;
 * on the workers: durable-rules. Each part (every fact of its projects that
@@ -32,9 +32,9 @@ from typing import Callable, Iterator
 
 import pandas as pd
 
-from processor.evaluate import CRASH_HOOK_ENV, Evaluation
-from processor.facts import Facts
-from processor.partition import candidate_facts, fired_rows, iter_firings, project_ids, split_by_project
+from processor.engine.batches import candidate_facts, fired_rows, iter_firings, project_ids, split_by_project
+from processor.engine.facts import Facts
+from processor.engine.local import CRASH_HOOK_ENV, Evaluation
 from rules.compile import to_ruleset
 from rules.engine import EngineError, PolicyEngine
 from rules.model import PolicySet
@@ -106,7 +106,7 @@ def evaluate_on_dask(policies: PolicySet, facts: Facts, *, scheduler: str | None
                      workers: int = LOCAL_WORKERS, parts_per_worker: int = PARTS_PER_WORKER,
                      progress: Callable[[int, int], None] | None = None,
                      stall_seconds: float = STALL_SECONDS) -> Evaluation:
-    """Like processor.evaluate.evaluate, with durable-rules running in a Dask cluster's workers."""
+    """Like processor.engine.local.evaluate, with durable-rules running in a Dask cluster's workers."""
     from distributed.scheduler import KilledWorker
 
     frames = candidate_facts(policies, facts.frames) if prefilter else facts.frames

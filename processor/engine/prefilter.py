@@ -1,6 +1,6 @@
 """The condition tree evaluated on columns of facts: which rows could satisfy a policy.
 
-The pre-filter (processor.partition) sends the engine only the facts some policy's
+The pre-filter (processor.engine.batches) sends the engine only the facts some policy's
 conditions hold for; durable-rules still decides what fires. `mask` is the plain pandas
 reading, `any_mask` the same for several policies at once, faster. Both read the model's
 tree (rules.compile.normalize) and the one operator table (rules.vocabulary.OPERATORS).

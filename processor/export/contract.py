@@ -3,7 +3,7 @@
 This module is the one source of truth for what the export's five tables look
 like: their columns, the kind of value each column holds, whether it may be
 empty, which table it points to and which values an enumeration allows.
-``processor.export`` reads and checks files against it; the generator and the
+``processor.export.read`` reads and checks files against it; the generator and the
 facts builder can use the same constants instead of repeating literals.
 
 ``TABLES`` maps each table name to its :class:`Table`, in an order in which

@@ -2,7 +2,7 @@
 compare their decisions, like a fraud team replaying a rule change on
 yesterday's traffic before it goes live.
 
-A decision is identified by its key (processor.decide.KEY_COLUMNS: policy_id,
+A decision is identified by its key (processor.engine.decide.KEY_COLUMNS: policy_id,
 action, project_id, subject_id, milestone_id, invoice_id). A key only the
 candidate makes is *added*; one only the baseline makes is *removed*; one both
 make with a different assignee, amount, currency, reason or evidence is
@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from processor.decide import KEY_COLUMNS
-from processor.policytest import describe
+from processor.engine.decide import KEY_COLUMNS
+from processor.tools.policytest import describe
 from rules.model import PolicySet
 
 COMPARED = ["assignee_id", "amount", "currency", "reason", "evidence"]
@@ -49,7 +49,7 @@ class NightDiff:
 def diff_night(baseline: PolicySet, candidate: PolicySet, export_dir: str | Path, as_of: dt.date | None = None,
                workers: int = 1) -> NightDiff:
     """Evaluate both policy sets on one night (read once) and compare the decisions."""
-    from processor.export import read_export
+    from processor.export.read import read_export
     from processor.run import decide_night, resolve_as_of
 
     export = read_export(export_dir)

@@ -2,7 +2,7 @@
 exports root, each through its own scratch ledger, so that `new`, `ongoing` and `resolved`
 play out as they would have.
 
-Per night and in total: decisions added and removed per policy and action (processor.diff's
+Per night and in total: decisions added and removed per policy and action (processor.tools.diff's
 comparison), decisions that differ only in the threshold values their evidence records
 (counted apart), projects halted and users rejected earlier or later (and by how many nights),
 and the Project Success managers whose email would have changed. Emails are not written: a
@@ -26,15 +26,15 @@ from typing import Callable
 
 import pandas as pd
 
-from processor.decide import DECISION_COLUMNS, KEY_COLUMNS
-from processor.diff import _thresholds_only, compare
-from processor.explain import IN_PROCESS_PROJECTS
+from processor.engine.decide import DECISION_COLUMNS, KEY_COLUMNS
+from processor.tools.diff import _thresholds_only, compare
+from processor.tools.explain import IN_PROCESS_PROJECTS
 from rules.model import PolicySet
 from rules.vocabulary import Action
 
 # Actions whose timing the backtest follows, and what each is about.
 TIMED = {Action.HALT_PROJECT: "project_id", Action.REJECT_USER: "subject_id"}
-# What a manager's email shows of a decision (processor.reports builds it from these).
+# What a manager's email shows of a decision (processor.reports.build builds it from these).
 EMAIL_COLUMNS = [*KEY_COLUMNS, "assignee_id", "amount", "currency", "reason", "evidence", "state"]
 
 
@@ -89,11 +89,11 @@ def backtest(baseline: PolicySet, candidate: PolicySet, exports_root: str | Path
     """Both policy sets over every night of `exports_root` from `since` to `until` (inclusive).
 
     workers: engine processes; None: in this process for a night of up to
-    processor.explain.IN_PROCESS_PROJECTS projects (faster there), else one per core.
+    processor.tools.explain.IN_PROCESS_PROJECTS projects (faster there), else one per core.
 
     Raises ValueError when the range holds no night (the message says which nights there are),
     InvalidExport when a night's export cannot be read."""
-    from processor.export import read_export
+    from processor.export.read import read_export
     from processor.ledger import Ledger
     from processor.nightly import export_nights
     from processor.run import decide_night

@@ -10,12 +10,12 @@ run never waits forever (workers=0, in this process, has no watchdog).
 
 Only candidate facts go to the engine: those that satisfy some policy's
 conditions, found with pandas masks compiled from the same policies
-(processor.masks; see processor.partition). Every rule reads one fact, so a
+(processor.engine.prefilter; see processor.engine.batches). Every rule reads one fact, so a
 fact that satisfies none cannot fire anything; tests/test_prefilter.py checks
 that the decisions with and without this pre-filter are identical.
 
 The workers are forked from the run and inherit the night's facts: each task
-names only a share of the projects (processor.partition.project_shares), and
+names only a share of the projects (processor.engine.batches.project_shares), and
 the worker picks that share's rows, pre-filters them, writes them as JSON,
 evaluates them and finds the rows of the facts that fired. So the two cores
 share all of that work, and no facts are copied to a worker. Only when a
@@ -37,9 +37,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from processor.facts import STR, Facts, is_in, text_array
+from processor.engine.batches import candidate_facts, candidate_rows, iter_firings, project_ids, project_shares
+from processor.engine.facts import STR, Facts, is_in, text_array
 from processor.killpoints import kill_point
-from processor.partition import candidate_facts, candidate_rows, iter_firings, project_ids, project_shares
 from rules.compile import to_ruleset
 from rules.engine import PolicyEngine
 from rules.model import PolicySet

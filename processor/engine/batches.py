@@ -5,14 +5,14 @@ Every policy reads exactly one fact (a policy is `about` one kind; the compiled
 ruleset has one fact pattern per rule), so a fact that satisfies no policy's
 conditions cannot make anything fire, whatever other facts share its project.
 The pre-filter therefore keeps facts, not whole projects: per kind, the rows
-where some policy's pandas mask (processor.masks.mask, read from the same
-condition tree as the durable-rules ruleset; found by processor.masks.any_mask)
+where some policy's pandas mask (processor.engine.prefilter.mask, read from the same
+condition tree as the durable-rules ruleset; found by processor.engine.prefilter.any_mask)
 holds. durable-rules still decides what fires; the masks only spare it the
 facts that cannot matter. The differential tests (tests/test_prefilter.py)
 check that decisions with and without the pre-filter are identical.
 
-Both engines use this module: the local worker processes (processor.evaluate)
-and Dask (processor.dask_engine). Nothing here loops over rows: even the JSON
+Both engines use this module: the local worker processes (processor.engine.local)
+and Dask (processor.engine.cluster). Nothing here loops over rows: even the JSON
 handed to durable-rules is written column by column (each distinct value of a
 field encoded once), only for the facts that go there, and with only the fields
 the rules about each kind read (rules.engine).
@@ -27,9 +27,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from processor.arrowtext import concat, joined_between
-from processor.facts import fixed_width_bytes, is_in, json_values, text_array
-from processor.masks import any_mask
+from processor.arrow import concat, joined_between
+from processor.engine.facts import fixed_width_bytes, is_in, json_values, text_array
+from processor.engine.prefilter import any_mask
 from rules.compile import to_ruleset
 from rules.model import PolicySet
 from rules.vocabulary import FACT_KINDS

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from processor.cli import EXIT_UNDELIVERED, EXIT_USAGE, err, guarded
+from processor.cli.common import EXIT_UNDELIVERED, EXIT_USAGE, err, guarded
 
 
 def _ledger_of(run_dir: Path, ledger_path: Path | None) -> Path | None:

@@ -34,7 +34,7 @@ import pyarrow.compute as pc
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 from markupsafe import Markup
 
-from processor.arrowtext import concat, joined_between, joined_bytes, runs
+from processor.arrow import concat, joined_between, joined_bytes, runs
 from rules.vocabulary import Action
 
 AT_RISK_REASON = "contact_at_risk"
@@ -462,7 +462,7 @@ class ManagerReport:
 
 def _environment() -> Environment:
     return Environment(
-        loader=PackageLoader("processor", "templates"),
+        loader=PackageLoader("processor.reports", "templates"),
         autoescape=select_autoescape(enabled_extensions=("html", "htm", "xml"), disabled_extensions=("txt",),
                                      default_for_string=True, default=True),
         undefined=StrictUndefined,

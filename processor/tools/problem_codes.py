@@ -83,7 +83,7 @@ POLICY_PROBLEM_CODES: list[tuple[str, str]] = [
 ]
 UNKNOWN_POLICY_PROBLEM = "policy-problem"
 
-# The case files' own sentences (processor.policytest), before the policies-file ones they share.
+# The case files' own sentences (processor.tools.policytest), before the policies-file ones they share.
 CASE_PROBLEM_CODES: list[tuple[str, str]] = [
     ("case-file-empty", r"the case file is empty"),
     ("case-bad-date", r"'as_of' is a date"),

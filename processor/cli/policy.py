@@ -1,9 +1,7 @@
 """The policy editor's commands: `schema`, `validate`, `test`, `explain`, `diff` (thin shells
-over rules.schema, rules.document, processor.policytest, processor.explain, processor.diff).
+over rules.schema, rules.document, processor.tools.policytest, processor.tools.explain, processor.tools.diff).
 
-processor.cli registers COMMANDS. This module imports processor.cli only when
-a command runs, so `python -m processor.cli` (which imports this module while
-processor.cli is still being set up) works too.
+processor.cli.main adds COMMANDS to the group.
 """
 from __future__ import annotations
 
@@ -16,14 +14,14 @@ from pathlib import Path
 
 import click
 
+from processor.cli.common import DAY, guarded
+
 
 def _guarded(fn):
-    """processor.cli.guarded, looked up when the command runs: PolicyError -> exit 3, InvalidExport -> exit 4."""
+    """processor.cli.common.guarded, with libraries' warnings silenced: PolicyError -> exit 3, InvalidExport -> exit 4."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from processor.cli import guarded
-
         with warnings.catch_warnings():
             # Libraries' deprecation notices are for us, not for a policy editor's terminal.
             warnings.simplefilter("ignore", FutureWarning)
@@ -48,16 +46,6 @@ def _pipe_safe(fn):
     return wrapper
 
 
-class _Day(click.ParamType):
-    name = "YYYY-MM-DD"
-
-    def convert(self, value, param, ctx):
-        from processor.cli import DAY
-
-        return DAY.convert(value, param, ctx)
-
-
-DAY = _Day()
 _POLICIES_FILE = click.Path(dir_okay=False, path_type=Path)
 _EXPORT_DIR = click.Path(file_okay=False, path_type=Path)
 
@@ -105,7 +93,7 @@ _FORMAT = click.Choice(["text", "json"])
 @_guarded
 def validate(file, fmt):
     """Check a policies file: every problem, each as FILE:LINE:COL: what is wrong — what is expected."""
-    from processor.problem_codes import policy_problem_code, problem_json
+    from processor.tools.problem_codes import policy_problem_code, problem_json
     from rules.document import PolicyError, load_policies
 
     if fmt == "text":
@@ -126,7 +114,7 @@ def validate(file, fmt):
 
 def _problems_json(e) -> dict:
     """A policies file's PolicyError as `--format json` prints it."""
-    from processor.problem_codes import policy_problem_code, problem_json
+    from processor.tools.problem_codes import policy_problem_code, problem_json
 
     return {"file": e.filename, "valid": False,
             "problems": [problem_json(e.filename, p, policy_problem_code(p.message)) for p in e.problems]}
@@ -155,7 +143,7 @@ def test_policies(policies_path, case_paths, pattern, coverage, fail_under, fmt,
     fails, or when --coverage --fail-under finds the coverage below it."""
     import re
 
-    from processor.policytest import Coverage, case_files, default_cases, report_lines, run_cases, tests_json
+    from processor.tools.policytest import Coverage, case_files, default_cases, report_lines, run_cases, tests_json
     from rules.document import PolicyError, load_policies
 
     if fail_under is not None and not coverage:
@@ -217,7 +205,7 @@ def test_policies(policies_path, case_paths, pattern, coverage, fail_under, fmt,
 @_guarded
 def explain(export_dir, project_id, as_of, policies_path, only, as_json):
     """For one project: every policy, whether it fired, and each condition's actual value against its threshold."""
-    from processor.explain import ProjectNotFound, explain_project, explanation_lines
+    from processor.tools.explain import ProjectNotFound, explain_project, explanation_lines
     from rules.document import did_you_mean, load_policies
 
     policies = load_policies(policies_path)
@@ -252,7 +240,7 @@ def explain(export_dir, project_id, as_of, policies_path, only, as_json):
 def diff(export_dir, baseline_path, candidate_path, as_of, as_json, examples, workers):
     """Backtest a policy change: evaluate BASELINE and CANDIDATE on the same night and show the decisions
     added, removed and changed. Writes nothing, records nothing in the ledger, sends nothing."""
-    from processor.diff import diff_json, diff_lines, diff_night
+    from processor.tools.diff import diff_json, diff_lines, diff_night
 
     loaded = _both(baseline_path, candidate_path)
     result = diff_night(loaded["baseline"], loaded["candidate"], export_dir, as_of, workers=_workers(workers))
@@ -281,9 +269,9 @@ def backtest(exports_root, baseline_path, candidate_path, since, until, as_json,
     """Replay BASELINE and CANDIDATE over every night of EXPORTS_ROOT, each with its own scratch ledger, and show
     per night and in total what the change would have done: decisions added and removed, projects halted and users
     rejected earlier or later, emails that would have changed. Writes nothing else; the live ledger is never opened."""
-    from processor.backtest import backtest as run_backtest
-    from processor.backtest import backtest_html, backtest_json, backtest_lines
     from processor.progress import Progress
+    from processor.tools.backtest import backtest as run_backtest
+    from processor.tools.backtest import backtest_html, backtest_json, backtest_lines
 
     if since and until and since > until:
         raise click.BadParameter(f"--from {since} is after --to {until}", param_hint="--from")

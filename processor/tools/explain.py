@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from processor.policytest import describe
+from processor.tools.policytest import describe
 from rules.compile import explain_fact
 from rules.document import did_you_mean
 from rules.model import PolicySet
@@ -37,7 +37,7 @@ def explain_project(policies: PolicySet, export_dir: str | Path, project_id: str
     """The explanation of one project on one night, as plain data (what `explain --json` prints)."""
     import os
 
-    from processor.export import read_export
+    from processor.export.read import read_export
     from processor.run import decide_night, resolve_as_of
 
     export = read_export(export_dir, max_reject_share=1.0)  # a night with many rejects is one to explain

@@ -1,0 +1,1 @@
+"""The `shakers-rules` command: one module per command group, assembled in processor.cli.main."""

@@ -1,0 +1,4 @@
+"""`python -m processor.cli`."""
+from processor.cli.main import main
+
+main()

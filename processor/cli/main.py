@@ -1,0 +1,79 @@
+"""The `shakers-rules` command: a thin shell over processor.* and rules.*, one module per command group.
+
+Exit status (SPEC §7): 0 success; 1 unexpected failure; 2 usage error;
+3 invalid policies; 4 invalid or incomplete export; 5 decisions written but
+some reports not delivered; 6 another run holds the same ledger.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from processor.cli import night, nightly, policy, reports
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="shakers-rules")
+def main():
+    """shakers-rules: every night, turn the marketplace's export into the actions its policies
+    (policies.yaml) call for, evaluated by the durable-rules engine, and report them to Project
+    Success.
+
+    \b
+    Typical night:
+      shakers-rules validate policies.yaml
+      shakers-rules run --export exports/2026-11-24 --out runs/2026-11-24
+    """
+    _arrow_memory_pool()
+
+
+def _arrow_memory_pool():
+    """Arrow's jemalloc pool for the whole command, unless ARROW_DEFAULT_MEMORY_POOL names one.
+
+    A night allocates and frees gigabytes of Arrow buffers. The default pool (mimalloc) hands
+    freed memory back to the system at once and faults it in again on the next column; jemalloc
+    keeps it for reuse. Measured on a 1M-project night (2 cores): kernel time 11.4 s -> 6.3 s, wall
+    19.9 s -> 15.8 s, peak 3.57 GB -> 3.14 GB. A pyarrow built without jemalloc keeps its default."""
+    if os.environ.get("ARROW_DEFAULT_MEMORY_POOL"):
+        return
+    import pyarrow as pa
+
+    try:
+        pa.set_memory_pool(pa.jemalloc_memory_pool())
+    except (NotImplementedError, pa.ArrowNotImplementedError):
+        pass
+
+
+for _group in (night, policy, reports, nightly):
+    for _command in _group.COMMANDS:
+        main.add_command(_command)
+
+
+def entry() -> None:
+    """The installed `shakers-rules` command: `main`, then an exit that skips tearing down the
+    interpreter's objects, one by one, when nothing else is left to do.
+
+    A night leaves millions of objects behind; freeing them at exit took 0.12 s of a 1M-project
+    run (bench/). Every file is written and closed by then; the streams are flushed and the exit
+    handlers (logging's, multiprocessing's) run here as usual. With another thread still alive, or
+    an exit status that is not a number, the exit is Python's own."""
+    import atexit
+    import threading
+
+    try:
+        main()
+    except SystemExit as done:
+        if not isinstance(done.code, (int, type(None))) or threading.active_count() > 1:
+            raise
+        code = done.code or 0
+    else:  # pragma: no cover - click's standalone mode always exits
+        code = 0
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe: nothing more can reach it
+            pass
+    atexit._run_exitfuncs()
+    os._exit(code)

@@ -1,0 +1,1 @@
+"""The engine: pre-filter, fact batches, durable-rules in local workers or on Dask, decisions."""

@@ -1,0 +1,1 @@
+"""The export: its contract, reading it and checking it."""

@@ -1,0 +1,1 @@
+"""The reports: built from a night's decisions and rendered through the templates."""
