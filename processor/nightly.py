@@ -253,7 +253,7 @@ def run_nightly(exports_root: str | Path, runs_root: str | Path, *, ledger_path:
     PolicyError (exit 3) when the policies file is broken (checked on every start), LedgerBusy (exit 6)
     when another run holds the ledger; otherwise reports per night, nights waiting for their manifest too.
     A night with more than `max_reject_share` of a table's rows rejected is invalid."""
-    from processor.export.read import InvalidExport
+    from processor.export.contract import InvalidExport
     from processor.run import run_night
 
     say = progress or (lambda _msg: None)

@@ -19,8 +19,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from strategies import cell_text
 
-from processor.export.contract import TABLES, Kind
-from processor.export.read import REJECT_COLUMNS, InvalidExport, read_export
+from processor.export.checks import REJECT_COLUMNS
+from processor.export.contract import TABLES, InvalidExport, Kind
+from processor.export.read import read_export
 
 # --------------------------------------------------------------------------- a small valid night
 

@@ -1,6 +1,6 @@
 """The export's fast paths give exactly what the general checks give.
 
-``processor.export.read`` takes shortcuts for the common case: Arrow's cast for
+``processor.export`` (checks, references) takes shortcuts for the common case: Arrow's cast for
 dates and times spelled the way exports write them, an integer or decimal
 cast for money,
 neighbour comparisons for ids and keys already in order. Each shortcut falls
@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from hypothesis import given, settings
 
-from processor.export import read as export
+from processor.export import checks, files, references
 from processor.export.contract import TABLES
 
 # A value of the exports' own length that Arrow's cast refuses, so every value
@@ -36,10 +36,10 @@ _POISON = {
 def _parse(table: str, column: str, values: list[str | None]) -> tuple[pd.Series, pd.DataFrame]:
     """The parsed column and its reject lines, as ``read_export`` makes them from Parquet text."""
     spec = TABLES[table]
-    raw = {column: export._raw_column(pa.chunked_array([pa.array(values, pa.string())]))}
-    problems = export._Problems(spec, raw, len(values))
-    parsed = export._parse_column(spec.column(column), raw[column], problems)
-    ids = pd.Series([f"r{i}" for i in range(len(values))], dtype=export.STRING)
+    raw = {column: files._raw_column(pa.chunked_array([pa.array(values, pa.string())]))}
+    problems = checks._Problems(spec, raw, len(values))
+    parsed = checks._parse_column(spec.column(column), raw[column], problems)
+    ids = pd.Series([f"r{i}" for i in range(len(values))], dtype=checks.STRING)
     return pd.Series(parsed), problems.frame(ids)
 
 
@@ -128,7 +128,7 @@ def test_first_rows_in_order_or_not(values, in_order):
     """The general duplicate check, whose answer the in-order shortcut takes for granted."""
     if in_order:
         values = sorted(values, key=lambda v: (v is None, v or ""))
-    got = export._first_rows(pa.chunked_array([pa.array(values, pa.large_string())]))
+    got = references._first_rows(pa.chunked_array([pa.array(values, pa.large_string())]))
     assert got.tolist() == _first_rows_by_dict(values)
 
 
@@ -141,9 +141,9 @@ def test_first_rows_in_order_or_not(values, in_order):
 def test_sorted_keys_are_unique_exactly_when_no_row_repeats_an_earlier_one(keys, in_order):
     if in_order:
         keys = sorted(keys, key=lambda k: (k[0] is None, k[0] or "", k[1] is None, k[1] or 0))
-    project = pd.Series([k[0] for k in keys], dtype=export.STRING)
+    project = pd.Series([k[0] for k in keys], dtype=checks.STRING)
     sequence = pd.Series([k[1] for k in keys], dtype="Int64")
-    if export._sorted_and_unique([project, sequence]):
+    if references._sorted_and_unique([project, sequence]):
         assert not pd.DataFrame({"p": project, "s": sequence}).dropna().duplicated().any()
 
 
@@ -159,11 +159,11 @@ def test_a_far_year_in_the_exports_spelling_is_judged_by_pandas():
 
 def test_ids_in_increasing_order_are_their_own_first_rows():
     ids = pa.chunked_array([pa.array([f"U{i:06d}" for i in range(1000)], pa.large_string())])
-    assert export._increasing(ids) and np.array_equal(export._first_rows(ids), np.arange(1000))
+    assert checks._increasing(ids) and np.array_equal(references._first_rows(ids), np.arange(1000))
     repeated = pa.chunked_array([pa.array(["U1", "U2", "U2"], pa.large_string())])
-    assert not export._increasing(repeated) and export._first_rows(repeated).tolist() == [0, 1, 1]
-    assert export._sorted_and_unique([pd.Series(["p1", "p1", "p2"], dtype=export.STRING), pd.Series([1, 2, 1])])
-    assert not export._sorted_and_unique([pd.Series(["p1", "p1"], dtype=export.STRING), pd.Series([1, 1])])
+    assert not checks._increasing(repeated) and references._first_rows(repeated).tolist() == [0, 1, 1]
+    assert references._sorted_and_unique([pd.Series(["p1", "p1", "p2"], dtype=checks.STRING), pd.Series([1, 2, 1])])
+    assert not references._sorted_and_unique([pd.Series(["p1", "p1"], dtype=checks.STRING), pd.Series([1, 1])])
 
 
 
@@ -196,11 +196,11 @@ def test_references_are_found_as_a_hash_lookup_of_their_text_finds_them(ids, dat
         "with an empty one": lambda refs: [*refs, None],
     }
     wanted = [pa.chunked_array([pa.array(shaped[shape](refs), pa.large_string())]) for refs, shape in columns]
-    target = export._CheckedTable(
+    target = checks._CheckedTable(
         frame=pd.DataFrame(), rejects=pd.DataFrame(), rejected=np.zeros(0, bool), id_values=kept,
         id_first_row=np.arange(len(kept)), kept_ids=kept, kept_ids_increasing=True, kept_roles=None,
     )
-    got = export._kept_positions(wanted, target)
+    got = references._kept_positions(wanted, target)
     assert [g.to_pylist() for g in got] == [pc.index_in(w, value_set=kept).to_pylist() for w in wanted]
 
 
@@ -208,8 +208,8 @@ def test_references_in_order_split_in_chunks_are_found():
     kept = pa.chunked_array([pa.array(["U1", "U2"], pa.large_string()), pa.array([], pa.large_string()),
                              pa.array(["U4"], pa.large_string())])
     refs = pa.chunked_array([pa.array(["U1", "U1"], pa.large_string()), pa.array(["U3", "U4"], pa.large_string())])
-    target = export._CheckedTable(
+    target = checks._CheckedTable(
         frame=pd.DataFrame(), rejects=pd.DataFrame(), rejected=np.zeros(0, bool), id_values=kept,
         id_first_row=np.arange(len(kept)), kept_ids=kept, kept_ids_increasing=True, kept_roles=None,
     )
-    assert export._positions_in_order(refs, target).to_pylist() == [0, 0, None, 2]
+    assert references._positions_in_order(refs, target).to_pylist() == [0, 0, None, 2]

@@ -17,8 +17,8 @@ import pyarrow.parquet as pq
 import pytest
 from night import Night
 
-from processor.export.contract import DEFAULT_MAX_REJECT_SHARE, MAX_ID_LENGTH
-from processor.export.read import InvalidExport, read_export
+from processor.export.contract import DEFAULT_MAX_REJECT_SHARE, MAX_ID_LENGTH, InvalidExport
+from processor.export.read import read_export
 from processor.nightly import run_nightly
 
 ROOT = Path(__file__).resolve().parents[1]

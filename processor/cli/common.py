@@ -71,7 +71,7 @@ def guarded(fn):
 
         from processor import files
         from processor.engine.cluster import SchedulerUnreachable
-        from processor.export.read import InvalidExport
+        from processor.export.contract import InvalidExport
         from processor.ledger import LedgerFull, LedgerProblem, LedgerUnreadable, default_ledger_path
         from processor.lock import LedgerBusy, LockPathError
         from rules.engine import EngineError

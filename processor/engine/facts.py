@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from processor.arrow import runs
-from processor.export.read import ids_as_numbers
+from processor.export.references import ids_as_numbers
 from rules.vocabulary import FACT_KINDS
 
 KINDS = tuple(FACT_KINDS)

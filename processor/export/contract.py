@@ -3,8 +3,9 @@
 This module is the one source of truth for what the export's five tables look
 like: their columns, the kind of value each column holds, whether it may be
 empty, which table it points to and which values an enumeration allows.
-``processor.export.read`` reads and checks files against it; the generator and the
-facts builder can use the same constants instead of repeating literals.
+``processor.export.read`` reads and checks files against it (and raises
+:class:`InvalidExport`); the generator and the facts builder use the same
+constants instead of repeating literals.
 
 ``TABLES`` maps each table name to its :class:`Table`, in an order in which
 every reference points to a table that comes earlier (users first), so checking
@@ -16,6 +17,10 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+
+
+class InvalidExport(Exception):
+    """The export cannot be used at all (exit 4); ``str(e)`` names the file and the fix."""
 
 
 class Kind(str, enum.Enum):

@@ -429,7 +429,8 @@ def decide_case(policies: PolicySet, case: Case, workdir: Path) -> tuple[pd.Data
 
 def _decide_case(policies: PolicySet, case: Case, workdir: Path):
     """decide_case, with the night's facts too (what coverage evaluates the conditions on)."""
-    from processor.export.read import InvalidExport, read_export
+    from processor.export.contract import InvalidExport
+    from processor.export.read import read_export
     from processor.run import decide_night
 
     try:
