@@ -4,7 +4,7 @@
 For each size (--projects) and format (--formats) it:
 
 1. generates the night once with `shakers-rules generate --seed 5 --as-of
-   2026-11-24` into bench/.cache/ (reused while processor/tools/generate.py is
+   2026-11-24` into bench/.cache/ (reused while processor/tools/generate/ is
    unchanged);
 2. measures the read floor in this process: pandas reading the five files and
    nothing else (read_parquet / read_csv), best of --floor-repeats;
@@ -78,7 +78,10 @@ def cli() -> list[str]:
 
 # --------------------------------------------------------------------------- the nights
 def generator_version() -> str:
-    return hashlib.sha256((ROOT / "processor" / "generate.py").read_bytes()).hexdigest()[:10]
+    digest = hashlib.sha256()
+    for path in sorted((ROOT / "processor" / "tools" / "generate").glob("*.py")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:10]
 
 
 def night_dir(cache: Path, projects: int, fmt: str) -> Path:

@@ -35,7 +35,7 @@ def policies_with(path: Path, **thresholds: int) -> Path:
 def generated_nights(tmp_path_factory):
     """generated_nights(projects, seed, fmt) -> the directory of a generated export, made once per session
     for each size asked for (modules that share a size share the files; read them, never write into them)."""
-    from processor.tools.generate import generate_export
+    from processor.tools.generate.export import generate_export
 
     made: dict[tuple, Path] = {}
 

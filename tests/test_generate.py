@@ -1,4 +1,4 @@
-"""Tests for the synthetic export generator (processor/tools/generate.py)."""
+"""Tests for the synthetic export generator (processor/tools/generate/)."""
 from __future__ import annotations
 
 import datetime as dt
@@ -8,7 +8,12 @@ import re
 import pandas as pd
 import pytest
 
-from processor.tools.generate import AREAS, COLUMNS, TABLES, generate_export
+from processor.export import contract
+from processor.tools.generate.export import generate_export
+from processor.tools.generate.vocabulary import AREAS
+
+TABLES = tuple(contract.TABLES)
+COLUMNS = {name: table.column_names for name, table in contract.TABLES.items()}
 
 AS_OF = dt.date(2026, 11, 24)
 AS_OF_TS = pd.Timestamp(AS_OF)

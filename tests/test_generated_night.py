@@ -13,7 +13,7 @@ from processor.engine.facts import build_facts
 from processor.engine.local import candidate_projects
 from processor.export.read import read_export
 from processor.run import decide_night, run_night
-from processor.tools.generate import generate_export
+from processor.tools.generate.export import generate_export
 from rules.document import load_policies
 
 AS_OF = dt.date(2026, 11, 24)

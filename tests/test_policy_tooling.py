@@ -711,7 +711,7 @@ def test_diff_with_a_broken_candidate_reports_it_and_exits_3(tmp_path):
 
 
 def test_diff_on_a_generated_night_shows_the_expected_additions(tmp_path):
-    generate = pytest.importorskip("processor.tools.generate")
+    generate = pytest.importorskip("processor.tools.generate.export")
     export = tmp_path / "generated"
     generate.generate_export(export, projects=400, seed=7, as_of=AS_OF)
     same = invoke("diff", "--export", export, "--baseline", POLICIES, "--candidate", POLICIES, "--json", "--workers", 0)

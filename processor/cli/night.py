@@ -93,7 +93,7 @@ def print_summary(result, quiet: bool = False):
 @guarded
 def generate(projects, seed, out_dir, fmt, as_of, corrupt):
     """Write a realistic synthetic export of one night, with every policy situation in it."""
-    from processor.tools.generate import generate_export
+    from processor.tools.generate.export import generate_export
 
     as_of = as_of or dt.datetime.now(dt.timezone.utc).date()
     manifest = generate_export(out_dir, projects=projects, seed=seed, as_of=as_of, fmt=fmt, corrupt=corrupt,

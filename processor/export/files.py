@@ -170,7 +170,8 @@ def _read_manifest(directory: Path) -> tuple[dict | None, pd.Timestamp | None]:
         rows = entry.get("rows") if isinstance(entry, dict) else None
         if isinstance(rows, bool) or not isinstance(rows, int) or rows < 0:
             raise InvalidExport(
-                f'{path}: tables.{name} must be like {{"rows": 1000}} with a whole number of rows, got {json.dumps(entry)}'
+                f'{path}: tables.{name} must be like {{"rows": 1000}} with a whole number of rows, '
+                f"got {json.dumps(entry)}"
             )
     exported_at = None
     if manifest.get("exported_at") is not None:

@@ -241,8 +241,8 @@ def _refuse_unwhole_tables(
         )
     raise InvalidExport(
         f"{path}: {rejected} of {rows} rows ({_percent(rejected / rows)}) are rejected, more than the limit of "
-        f"{_percent(limit)} (--max-reject-share {limit:g}), so the night is not whole{also}; {reasons}. Fix the export and re-export the night, or, for a night you trust, raise "
-        "--max-reject-share"
+        f"{_percent(limit)} (--max-reject-share {limit:g}), so the night is not whole{also}; {reasons}. "
+        "Fix the export and re-export the night, or, for a night you trust, raise --max-reject-share"
     )
 
 

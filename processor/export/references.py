@@ -156,7 +156,8 @@ def _check_reference(
         problems.add(
             dangling & ~known,
             name,
-            f"is not a {target_table.id_column} in {target_file}: point it at an existing {entity} or add that {entity}",
+            f"is not a {target_table.id_column} in {target_file}: point it at an existing {entity} "
+            f"or add that {entity}",
         )
 
         def rejected_reason(values: pd.Series, at: np.ndarray) -> pd.Series:
@@ -321,7 +322,8 @@ def _fixed_width_bytes(text: pa.ChunkedArray, width: int) -> np.ndarray:
 
 
 def ids_as_numbers(values: list[np.ndarray]) -> list[np.ndarray] | None:
-    """Bytes of one width (numpy ``S<width>`` arrays) as uint64 numbers, in the same order and equal exactly when the bytes are.
+    """Bytes of one width (numpy ``S<width>`` arrays) as uint64 numbers, in the same order and equal exactly
+    when the bytes are.
 
     A value's number is its last 8 bytes read big-endian (zero-padded when
     shorter), when the bytes before those are one prefix common to every value
