@@ -17,7 +17,7 @@ import functools
 import json
 from pathlib import Path
 
-from rules.document import (
+from rules.grammar import (
     MAX_NUMBER,
     NAME_PATTERN,
     POLICY_ID_PATTERN,

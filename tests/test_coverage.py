@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from processor.tools.problem_codes import POLICY_PROBLEM_CODES, UNKNOWN_POLICY_PROBLEM
-from rules.document import PolicyError, load_policies
+from rules.document import load_policies
+from rules.grammar import PolicyError
 
 ROOT = Path(__file__).resolve().parents[1]
 POLICIES = ROOT / "policies.yaml"

@@ -20,7 +20,8 @@ import yaml
 from click.testing import CliRunner
 
 from processor.cli.main import main
-from rules.document import MAX_FILE_BYTES, PolicyError, load_policies, plain_document, read_text
+from rules.document import load_policies, plain_document, read_text
+from rules.grammar import MAX_FILE_BYTES, PolicyError
 from rules.schema import schema_errors
 
 CORPUS = Path(__file__).resolve().parent / "policy_corpus"

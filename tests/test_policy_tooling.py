@@ -22,16 +22,9 @@ from conftest import AS_OF, CONTACT_THRESHOLDS, Night, policies_with
 from processor.cli.main import main
 from processor.engine.prefilter import mask
 from rules.compile import to_ruleset
-from rules.document import (
-    MAX_DEPTH,
-    PolicyError,
-    action_arguments,
-    allowed_who,
-    load_policies,
-    parse_policies,
-    plain_document,
-)
+from rules.document import load_policies, parse_policies, plain_document
 from rules.engine import PolicyEngine
+from rules.grammar import MAX_DEPTH, PolicyError, action_arguments, allowed_who
 from rules.schema import SCHEMA_FILE, policy_schema, schema_errors, schema_text, vocabulary_markdown
 from rules.vocabulary import (
     ACTIONS,

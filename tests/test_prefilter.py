@@ -28,7 +28,8 @@ from processor.engine.local import evaluate
 from processor.engine.prefilter import any_mask, mask
 from processor.export.read import read_export
 from processor.run import decide_night
-from rules.document import PolicyError, load_policies, parse_policies
+from rules.document import load_policies, parse_policies
+from rules.grammar import PolicyError
 from rules.model import All, Any_, Comparison, Not, Policy
 
 AS_OF = dt.date(2026, 11, 24)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import click
 
-from rules.document import PolicyError
+from rules.grammar import PolicyError
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_POLICIES, EXIT_EXPORT, EXIT_UNDELIVERED, EXIT_LOCKED = 0, 1, 2, 3, 4, 5, 6
 

@@ -94,7 +94,8 @@ _FORMAT = click.Choice(["text", "json"])
 def validate(file, fmt):
     """Check a policies file: every problem, each as FILE:LINE:COL: what is wrong — what is expected."""
     from processor.tools.problem_codes import policy_problem_code, problem_json
-    from rules.document import PolicyError, load_policies
+    from rules.document import load_policies
+    from rules.grammar import PolicyError
 
     if fmt == "text":
         policies = load_policies(file)
@@ -144,7 +145,8 @@ def test_policies(policies_path, case_paths, pattern, coverage, fail_under, fmt,
     import re
 
     from processor.tools.policytest import Coverage, case_files, default_cases, report_lines, run_cases, tests_json
-    from rules.document import PolicyError, load_policies
+    from rules.document import load_policies
+    from rules.grammar import PolicyError
 
     if fail_under is not None and not coverage:
         raise click.UsageError("--fail-under needs --coverage (e.g. --coverage --fail-under 100)")
@@ -206,7 +208,8 @@ def test_policies(policies_path, case_paths, pattern, coverage, fail_under, fmt,
 def explain(export_dir, project_id, as_of, policies_path, only, as_json):
     """For one project: every policy, whether it fired, and each condition's actual value against its threshold."""
     from processor.tools.explain import ProjectNotFound, explain_project, explanation_lines
-    from rules.document import did_you_mean, load_policies
+    from rules.document import load_policies
+    from rules.grammar import did_you_mean
 
     policies = load_policies(policies_path)
     ids = [p.id for p in policies.policies]
@@ -297,7 +300,8 @@ def backtest(exports_root, baseline_path, candidate_path, since, until, as_json,
 
 def _both(baseline_path: Path, candidate_path: Path) -> dict:
     """Both policies files, every problem of both reported (the last one's by the guard: exit 3)."""
-    from rules.document import PolicyError, load_policies
+    from rules.document import load_policies
+    from rules.grammar import PolicyError
 
     loaded, errors = {}, []
     for role, path in (("baseline", baseline_path), ("candidate", candidate_path)):

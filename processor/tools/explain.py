@@ -20,7 +20,7 @@ import pandas as pd
 
 from processor.tools.policytest import describe
 from rules.compile import explain_fact
-from rules.document import did_you_mean
+from rules.grammar import did_you_mean
 from rules.model import PolicySet
 from rules.vocabulary import OPERATORS
 

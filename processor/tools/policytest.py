@@ -40,7 +40,8 @@ from pathlib import Path
 import pandas as pd
 
 from processor.export.contract import TABLES
-from rules.document import PolicyError, did_you_mean, located_yaml, read_text
+from rules.document import located_yaml, read_text
+from rules.grammar import PolicyError, did_you_mean
 from rules.model import PolicySet, Problem, iter_comparisons
 from rules.vocabulary import OPERATORS
 
