@@ -16,12 +16,6 @@ POLICIES = ROOT / "policies.yaml"
 CASES_DIR = ROOT / "policy_tests"
 
 
-def _policytest():
-    try:  # the tools room of issue 13, once it lands; the flat module until then
-        from processor.tools import policytest
-    except ImportError:
-        from processor.tools import policytest
-    return policytest
 
 
 def pytest_collect_file(parent, file_path):
@@ -32,10 +26,11 @@ def pytest_collect_file(parent, file_path):
 
 class PolicyCaseFile(pytest.File):
     def collect(self):
-        policytest = _policytest()
+        from processor.tools import cases as case_files
+
         try:
-            cases = policytest.load_cases(self.path.relative_to(ROOT))
-        except policytest.CaseFileError as e:  # an unreadable case file is one failed item, its problems located
+            cases = case_files.load_cases(self.path.relative_to(ROOT))
+        except case_files.CaseFileError as e:  # an unreadable case file is one failed item, its problems located
             yield PolicyCaseItem.from_parent(self, name="(the case file)", case=None,
                                              problems=[p.located(e.filename) for p in e.problems])
             return
@@ -69,7 +64,8 @@ class PolicyCaseItem(pytest.Item):
         import functools
         import tempfile
 
-        policytest = _policytest()
+        from processor.tools import policytest
+
         policies = _shipped_policies()
         with tempfile.TemporaryDirectory(prefix="shakers-policy-case-") as tmp:
             decisions, refused, facts = policytest._decide_case(policies, self.case, Path(tmp) / "case")

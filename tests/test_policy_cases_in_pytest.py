@@ -17,7 +17,7 @@ def pytest_in(directory: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 def test_every_shipped_policy_case_is_a_pytest_item_named_after_it():
-    from processor.tools.policytest import case_files, load_cases
+    from processor.tools.cases import case_files, load_cases
 
     cases = [f"policy_tests/{path.name}::{case.name}" for path in case_files([ROOT / "policy_tests"])
              for case in load_cases(path)]

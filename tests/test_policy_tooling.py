@@ -380,7 +380,7 @@ def test_make_test_runs_the_policy_cases_after_pytest():
 
 
 def _all_cases():
-    from processor.tools.policytest import case_files, load_cases
+    from processor.tools.cases import case_files, load_cases
 
     return [case for path in case_files([CASES]) for case in load_cases(path)]
 

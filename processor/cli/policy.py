@@ -144,7 +144,8 @@ def test_policies(policies_path, case_paths, pattern, coverage, fail_under, fmt,
     fails, or when --coverage --fail-under finds the coverage below it."""
     import re
 
-    from processor.tools.policytest import Coverage, case_files, default_cases, report_lines, run_cases, tests_json
+    from processor.tools.cases import case_files, default_cases
+    from processor.tools.policytest import Coverage, report_lines, run_cases, tests_json
     from rules.document import load_policies
     from rules.grammar import PolicyError
 
