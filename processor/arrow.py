@@ -4,10 +4,17 @@ literals row by row, CSV rows with minimal quoting, and the bytes of a column en
 The night's outputs (decisions.csv, decisions.jsonl, the ledger's details), the engine's facts
 as JSON, the decisions' evidence, the generator's CSV and the emails' items are all written
 this way: no loop over rows in Python.
+
+Also the one home of the helpers that turn a column into text (`large_text`, `text_or_empty`,
+`string_series`, `str_array`) and of the one-line text a person reads (`one_line`), each named
+after what it does with nulls and which type it gives.
 """
 from __future__ import annotations
 
+import re
+
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -46,7 +53,7 @@ def csv_field(text: str) -> str:
     return '"' + text.replace('"', '""') + '"' if any(c in text for c in '",\r\n') else text
 
 
-def plain(values: pa.Array) -> bool:
+def needs_no_quoting(values: pa.Array) -> bool:
     """Whether the values (no nulls) are text that neither CSV's minimal quoting nor JSON's escapes
     touch: every byte printable ASCII (space to "~") but the quote, the comma and the backslash.
     Ids, dates and enumerations are. Seen in the column's bytes at once (a byte under 0x80 is always
@@ -69,7 +76,7 @@ def csv_rows(columns: list[pa.Array]) -> memoryview:
     fields = []
     for values in columns:
         values = pc.fill_null(values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values, "")
-        fields.append(values if plain(values) else per_distinct(_csv_quoted, values))
+        fields.append(values if needs_no_quoting(values) else per_distinct(_csv_quoted, values))
     # The commas as the join's separator: each literal part costs the kernel about what a column does.
     fields[-1] = concat(fields[-1], "\n")
     return joined_bytes(join(fields, ","))
@@ -121,3 +128,60 @@ def joined_between(values: pa.Array, cuts: np.ndarray) -> pa.Array:
     data = values.buffers()[2] or pa.py_buffer(b"")
     return pa.Array.from_buffers(pa.large_string(), len(cuts) - 1,
                                  [None, pa.py_buffer(np.ascontiguousarray(offsets[cuts])), data])
+
+
+
+# --------------------------------------------------------------------------- columns as text
+STRING = pd.StringDtype()  # pandas' "string": pd.NA is the null (the export's frames)
+STR = pd.StringDtype("pyarrow", na_value=np.nan)  # pandas' `str`: NaN is the null (the facts' frames)
+
+
+def large_text(values) -> pa.ChunkedArray:
+    """A column (a pandas Series, an Arrow array, chunked or not, or a list) as large_string Arrow
+    text, nulls kept; an Arrow-backed Series is not copied."""
+    if not isinstance(values, (pa.Array, pa.ChunkedArray)):
+        values = pa.array(values, from_pandas=True)
+    if isinstance(values, pa.Array):
+        values = pa.chunked_array([values])
+    return values if values.type == pa.large_string() else values.cast(pa.large_string())
+
+
+def text_or_empty(values) -> pa.Array:
+    """A column as one large_string Arrow array (see large_text), every null made ''."""
+    return pc.fill_null(large_text(values).combine_chunks(), pa.scalar("", pa.large_string()))
+
+
+def _as_string_dtype(arrow_type: pa.DataType):
+    return STRING if arrow_type in (pa.string(), pa.large_string()) else None
+
+
+def string_series(text: pa.ChunkedArray) -> pd.Series:
+    """Arrow text as a STRING Series, null as pd.NA (the Series holds the same Arrow data, nothing is copied)."""
+    return text.to_pandas(types_mapper=_as_string_dtype)
+
+
+def str_array(text: pa.Array, missing: str | None = None) -> pd.arrays.ArrowStringArray:
+    """Arrow text as the `str` (STR) column of a frame, null as NaN; `missing`, when given, stands in for nulls."""
+    return pd.array(text if missing is None else pc.fill_null(text, missing), dtype=STR)
+
+
+# --------------------------------------------------------------------------- text for a person
+# Control characters and line breaks (NEL, LS, PS too): what one line of text must not hold.
+CONTROL = re.compile(r"[\x00-\x1f\x7f\u0085\u2028\u2029]+")
+
+
+def one_line(value) -> str:
+    """User-provided text fit for one line: control characters and line breaks made spaces, runs of
+    blanks one space, trimmed; '' for None, NaN and pd.NA."""
+    if value is None or (isinstance(value, float) and value != value) or value is pd.NA:
+        return ""
+    return " ".join(CONTROL.sub(" ", str(value)).split())
+
+
+def cell_text(value) -> str:
+    """A Python value as an export's CSV cell holds it: booleans as true/false, None as ''."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return ""
+    return str(value)

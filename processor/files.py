@@ -289,7 +289,7 @@ def json_lines(frame: pd.DataFrame, json_columns: tuple[str, ...] = ()) -> pa.Ar
                 values = pc.if_else(empty, pa.scalar("null", values.type), values)
             parts += [key, values]
             continue
-        if not values.null_count and arrowtext.plain(values):  # ids, dates, enumerations: as they are
+        if not values.null_count and arrowtext.needs_no_quoting(values):  # ids, dates, enumerations: as they are
             parts += [key + '"', values, '"']
             continue
         ascii = pc.string_is_ascii(values)

@@ -112,12 +112,12 @@ def test_json_lines_built_column_wise_are_what_pandas_encodes(frame):
 
 @settings(max_examples=300, deadline=None)
 @given(st.lists(_plain_text | _text, max_size=6))
-def test_a_column_is_plain_when_no_value_holds_what_csv_quotes_or_json_escapes(values):
+def test_a_column_needs_no_quoting_when_no_value_holds_what_csv_quotes_or_json_escapes(values):
     printable = {chr(c) for c in range(0x20, 0x7f)} - set('",\\')
-    assert arrowtext.plain(pa.array(values, pa.large_string())) == all(set(v) <= printable for v in values)
-    assert arrowtext.plain(pa.array(values, pa.large_string()).slice(1)) == all(set(v) <= printable for v in values[1:])
+    assert arrowtext.needs_no_quoting(pa.array(values, pa.large_string())) == all(set(v) <= printable for v in values)
+    assert arrowtext.needs_no_quoting(pa.array(values, pa.large_string()).slice(1)) == all(set(v) <= printable for v in values[1:])
     # What is not plain may come only after many bytes that are.
-    assert arrowtext.plain(pa.array(["P0000001"] * 1000 + values, pa.large_string())) == all(set(v) <= printable for v in values)
+    assert arrowtext.needs_no_quoting(pa.array(["P0000001"] * 1000 + values, pa.large_string())) == all(set(v) <= printable for v in values)
 
 
 @settings(max_examples=200, deadline=None)

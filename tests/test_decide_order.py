@@ -6,8 +6,8 @@ import pandas as pd
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from processor.arrow import STR
 from processor.engine.decide import _sort_order
-from processor.engine.facts import STR
 
 TEXT = st.one_of(st.none(), st.sampled_from(["", "P1", "P10", "P2", "é", "Z", "a", "\u2028", "P1 "]))
 

@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from hypothesis import given, settings
 
+from processor import arrow
 from processor.export import checks, files, references
 from processor.export.contract import TABLES
 
@@ -39,7 +40,7 @@ def _parse(table: str, column: str, values: list[str | None]) -> tuple[pd.Series
     raw = {column: files._raw_column(pa.chunked_array([pa.array(values, pa.string())]))}
     problems = checks._Problems(spec, raw, len(values))
     parsed = checks._parse_column(spec.column(column), raw[column], problems)
-    ids = pd.Series([f"r{i}" for i in range(len(values))], dtype=checks.STRING)
+    ids = pd.Series([f"r{i}" for i in range(len(values))], dtype=arrow.STRING)
     return pd.Series(parsed), problems.frame(ids)
 
 
@@ -141,7 +142,7 @@ def test_first_rows_in_order_or_not(values, in_order):
 def test_sorted_keys_are_unique_exactly_when_no_row_repeats_an_earlier_one(keys, in_order):
     if in_order:
         keys = sorted(keys, key=lambda k: (k[0] is None, k[0] or "", k[1] is None, k[1] or 0))
-    project = pd.Series([k[0] for k in keys], dtype=checks.STRING)
+    project = pd.Series([k[0] for k in keys], dtype=arrow.STRING)
     sequence = pd.Series([k[1] for k in keys], dtype="Int64")
     if references._sorted_and_unique([project, sequence]):
         assert not pd.DataFrame({"p": project, "s": sequence}).dropna().duplicated().any()
@@ -162,8 +163,8 @@ def test_ids_in_increasing_order_are_their_own_first_rows():
     assert checks._increasing(ids) and np.array_equal(references._first_rows(ids), np.arange(1000))
     repeated = pa.chunked_array([pa.array(["U1", "U2", "U2"], pa.large_string())])
     assert not checks._increasing(repeated) and references._first_rows(repeated).tolist() == [0, 1, 1]
-    assert references._sorted_and_unique([pd.Series(["p1", "p1", "p2"], dtype=checks.STRING), pd.Series([1, 2, 1])])
-    assert not references._sorted_and_unique([pd.Series(["p1", "p1"], dtype=checks.STRING), pd.Series([1, 1])])
+    assert references._sorted_and_unique([pd.Series(["p1", "p1", "p2"], dtype=arrow.STRING), pd.Series([1, 2, 1])])
+    assert not references._sorted_and_unique([pd.Series(["p1", "p1"], dtype=arrow.STRING), pd.Series([1, 1])])
 
 
 

@@ -13,6 +13,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from report_nights import Report, reports
 
+from processor import arrow
 from processor.delivery import address, message, outbox
 from processor.ledger import Ledger
 from processor.run import owe_written, write_outbox
@@ -216,7 +217,7 @@ _texts = st.one_of(st.lists(_word, max_size=30).map(" ".join),
 @example("a " * 34 + "b" * 8)
 @example("x" * 69 + " " + "y" * 8)
 def test_a_subject_is_folded_as_the_email_package_folds_it(text):
-    text = address.plain(text)
+    text = arrow.one_line(text)
     assert message._subject(text) == message._folded("Subject", text)
 
 

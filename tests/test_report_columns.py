@@ -97,7 +97,7 @@ def test_report_order_is_the_order_by_section_names(rows):
     import numpy as np
     import pandas as pd
 
-    from processor.engine.facts import STR
+    from processor.arrow import STR
     from processor.reports.build import _report_order
 
     columns = ["state", "action", "reason", "project_success_id", "project_id", "policy_id", "evidence"]

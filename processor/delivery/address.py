@@ -1,20 +1,16 @@
 """Email addresses as the reports use them: the export contract's pattern, the form SMTP carries,
-a header-safe mailbox; and `plain`, the one-line text of anything from the export."""
+a header-safe mailbox (its name made one line by processor.arrow.one_line)."""
 from __future__ import annotations
 
 import re
 from email.headerregistry import Address
 
+from processor.arrow import one_line
 from processor.export import contract
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f\u0085\u2028\u2029]+")
 # The export contract's own pattern (one source of truth): a non-ASCII domain goes IDNA-encoded,
 # a non-ASCII local part needs a server that offers SMTPUTF8.
 _ADDR = re.compile(next(c.pattern for c in contract.USERS.columns if c.name == "email"))
-
-
-def plain(text) -> str:
-    return " ".join(_CONTROL.sub(" ", str(text or "")).split())
 
 
 def valid_address(addr: str) -> bool:
@@ -40,7 +36,7 @@ def wire_address(addr: str) -> str:
 def mailbox(name: str, addr: str) -> Address:
     """A header-safe mailbox: the name loses control characters and line breaks; the address must be plain."""
     if not valid_address(addr):
-        raise ValueError(f"'{plain(addr)[:80]}' is not an email address")
+        raise ValueError(f"'{one_line(addr)[:80]}' is not an email address")
     local, _at, domain = wire_address(addr).rpartition("@")
     # By its parts: the `email` package refuses a non-ASCII local part given as one addr_spec.
-    return Address(display_name=plain(name)[:120], username=local, domain=domain)
+    return Address(display_name=one_line(name)[:120], username=local, domain=domain)

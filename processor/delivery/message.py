@@ -27,7 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from processor.delivery.address import mailbox, plain, valid_address
+from processor.arrow import one_line
+from processor.delivery.address import mailbox, valid_address
 from processor.delivery.settings import sender_address
 
 MESSAGE_ID_DOMAIN = "shakers-rules.local"
@@ -88,7 +89,7 @@ def _subject(text: str) -> bytes:
 def _to(name: str, addr: str) -> bytes:
     """The To line: written directly when the name needs no quotes and at most one encoded word
     (_encoded_name), and the line needs no folding; else by the `email` package."""
-    shown = plain(name)[:120]   # what mailbox() makes of it
+    shown = one_line(name)[:120]   # what mailbox() makes of it
     if not addr.isascii():
         box = mailbox(name, addr)
         # A non-ASCII local part is written as UTF-8 (RFC 6532): only a server with SMTPUTF8 gets it.
@@ -138,14 +139,14 @@ def _sender(mail_from: str) -> bytes:
 def headers(report, mail_from: str, date: str, mid: str) -> bytes:
     """The header block of one manager's report (ending with its blank line)."""
     return b"".join((
-        _subject(plain(report.subject)),
+        _subject(one_line(report.subject)),
         _sender(mail_from),
         _to(report.name, report.email),
         _shared("Date", date),
         # made here of the night's date, hex digits and our domain: nothing to encode or fold
         f"Message-ID: {mid}\r\n".encode("ascii") if _OWN_MESSAGE_ID.fullmatch(mid) else _folded("Message-ID", mid),
         b"Auto-Submitted: auto-generated\r\n",
-        _shared("X-Shakers-Night", plain(report.as_of)),
+        _shared("X-Shakers-Night", one_line(report.as_of)),
         b"MIME-Version: 1.0\r\n",
         f'Content-Type: multipart/alternative;\r\n boundary="{boundary(mid)}"\r\n\r\n'.encode(),
     ))

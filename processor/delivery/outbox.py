@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from processor import files
-from processor.delivery.address import plain, valid_address
+from processor.arrow import one_line
+from processor.delivery.address import valid_address
 from processor.delivery.message import Outgoing, _message_pieces, message_id, outbox_name, read_eml
 from processor.killpoints import kill_point
 
@@ -54,9 +55,9 @@ class Written:
 
 def unaddressed_report(report) -> dict:
     """Why a report gets no email, for a person: the manager, the address and the fix."""
-    return {"manager_id": report.manager_id, "email": plain(report.email)[:120],
-            "why": f"no report email for {plain(report.name)[:80] or 'the manager'} ({report.manager_id}): "
-                   f"'{plain(report.email)[:120]}' is not an address mail can be sent to — correct "
+    return {"manager_id": report.manager_id, "email": one_line(report.email)[:120],
+            "why": f"no report email for {one_line(report.name)[:80] or 'the manager'} ({report.manager_id}): "
+                   f"'{one_line(report.email)[:120]}' is not an address mail can be sent to — correct "
                    f"their email in the users table; the next night's report will go to it"}
 
 
@@ -109,7 +110,7 @@ class OutboxWriters:
             os.replace(temporary, path)
         _fsync_directory(self.outbox)
         outgoing = [Outgoing(mid, r.as_of, r.email, str(path), r.manager_id,
-                             f"{plain(r.name)[:80]} ({r.manager_id})".strip())
+                             f"{one_line(r.name)[:80]} ({r.manager_id})".strip())
                     for r, mid, path in zip(self.addressed, self.mids, self.paths)]
         keep = {path.name for path in self.paths}
         stale = [(path, read_eml(path)) for path in sorted(self.outbox.glob("*.eml")) if path.name not in keep]

@@ -10,7 +10,8 @@ from email.headerregistry import Address
 from pathlib import Path
 from typing import Mapping
 
-from processor.delivery.address import plain, valid_address
+from processor.arrow import one_line
+from processor.delivery.address import valid_address
 
 TLS_MODES = ("none", "starttls", "ssl")
 DEFAULT_PORTS = {"starttls": 587, "ssl": 465, "none": 25}
@@ -59,7 +60,7 @@ class SmtpSettings:
 
         tls = (get("SHAKERS_SMTP_TLS") or "starttls").lower()
         if tls not in TLS_MODES:
-            raise MailConfigError(f"SHAKERS_SMTP_TLS must be one of none, starttls, ssl — got '{plain(tls)[:40]}'")
+            raise MailConfigError(f"SHAKERS_SMTP_TLS must be one of none, starttls, ssl — got '{one_line(tls)[:40]}'")
         port = _number(get("SHAKERS_SMTP_PORT"), "SHAKERS_SMTP_PORT", int, DEFAULT_PORTS[tls], 1, 65535)
         mail_from = get("SHAKERS_MAIL_FROM") or DEFAULT_FROM
         sender_address(mail_from)  # fail early with a sentence
@@ -70,7 +71,7 @@ class SmtpSettings:
         host = get("SHAKERS_SMTP_HOST")
         allow_plain = (get("SHAKERS_SMTP_ALLOW_PLAINTEXT_LOGIN") or "0").lower()
         if allow_plain not in ("0", "1", "yes", "no", "true", "false"):
-            raise MailConfigError(f"SHAKERS_SMTP_ALLOW_PLAINTEXT_LOGIN must be 1 or 0 — got '{plain(allow_plain)[:40]}'")
+            raise MailConfigError(f"SHAKERS_SMTP_ALLOW_PLAINTEXT_LOGIN must be 1 or 0 — got '{one_line(allow_plain)[:40]}'")
         if host and tls == "none" and user and password and allow_plain not in ("1", "yes", "true"):
             raise MailConfigError("SHAKERS_SMTP_TLS=none would send SHAKERS_SMTP_PASSWORD in clear text — set "
                                   "SHAKERS_SMTP_TLS=starttls or ssl, or SHAKERS_SMTP_ALLOW_PLAINTEXT_LOGIN=1 if the "
@@ -123,7 +124,7 @@ def _number(text, name, kind, default, low, high):
     except ValueError:
         value = None
     if value is None or not (low <= value <= high):
-        raise MailConfigError(f"{name} must be a number from {low} to {high} — got '{plain(text)[:40]}'")
+        raise MailConfigError(f"{name} must be a number from {low} to {high} — got '{one_line(text)[:40]}'")
     return value
 
 
@@ -131,5 +132,5 @@ def sender_address(value: str) -> Address:
     name, addr = email.utils.parseaddr(value)
     if not valid_address(addr) or "\n" in value or "\r" in value:
         raise MailConfigError(f"SHAKERS_MAIL_FROM must be an email address such as reports@example.com "
-                              f"or 'Reports <reports@example.com>' — got '{plain(value)[:80]}'")
-    return Address(display_name=plain(name) or SENDER_NAME, addr_spec=addr)
+                              f"or 'Reports <reports@example.com>' — got '{one_line(value)[:80]}'")
+    return Address(display_name=one_line(name) or SENDER_NAME, addr_spec=addr)

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Protocol
 
-from processor.delivery.address import plain, wire_address
+from processor.arrow import one_line
+from processor.delivery.address import wire_address
 from processor.delivery.message import Outgoing, seven_bit
 from processor.delivery.settings import SmtpSettings, sender_address
 
@@ -54,7 +55,7 @@ class Unreachable(Exception):
 
 def scrub(text: str, settings: SmtpSettings) -> str:
     """An error text without the password (nor its base64 forms a server might echo)."""
-    text = plain(text)
+    text = one_line(text)
     if settings.password:
         secrets = {settings.password, base64.b64encode(settings.password.encode()).decode()}
         if settings.user:

@@ -21,8 +21,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from processor.arrow import concat, runs
-from processor.engine.facts import STR, Facts, is_in, json_values, positions, rows_among
+from processor.arrow import STR, concat, runs
+from processor.engine.facts import Facts, is_in, json_values, positions, rows_among
 from rules.model import ActionSpec, Policy, PolicySet, evidence_fields, evidence_thresholds
 from rules.vocabulary import Action
 

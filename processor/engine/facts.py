@@ -19,11 +19,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from processor.arrow import runs
+from processor.arrow import str_array as _text
 from processor.export.references import ids_as_numbers
 from rules.vocabulary import FACT_KINDS
 
 KINDS = tuple(FACT_KINDS)
-STR = pd.StringDtype("pyarrow", na_value=np.nan)  # pandas' `str`: the text columns of the facts
 
 
 @dataclass
@@ -63,11 +63,6 @@ def text_array(s: pd.Series) -> pa.Array:
     a = pa.array(s.astype(str), from_pandas=True)
     a = a.combine_chunks() if isinstance(a, pa.ChunkedArray) else a
     return a.cast(pa.large_string())
-
-
-def _text(a: pa.Array, missing: str | None = None) -> pd.arrays.ArrowStringArray:
-    """A pyarrow text array as the `str` column of a frame; `missing` stands in for nulls."""
-    return pd.array(a if missing is None else pc.fill_null(a, missing), dtype=STR)
 
 
 def positions(keys: pd.Series, ids: pd.Series) -> np.ndarray:

@@ -37,8 +37,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from processor.arrow import STR
 from processor.engine.batches import candidate_facts, candidate_rows, iter_firings, project_ids, project_shares
-from processor.engine.facts import STR, Facts, is_in, text_array
+from processor.engine.facts import Facts, is_in, text_array
 from processor.killpoints import kill_point
 from rules.compile import to_ruleset
 from rules.engine import PolicyEngine

@@ -11,6 +11,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from processor.arrow import STRING, large_text, string_series
 from processor.export.contract import (
     MAX_ID_LENGTH,
     Column,
@@ -18,7 +19,6 @@ from processor.export.contract import (
     Table,
 )
 
-STRING = pd.StringDtype()  # "string": pd.NA is the null
 REJECT_COLUMNS = ("table", "row", "record_id", "column", "value", "reason")
 
 
@@ -71,22 +71,13 @@ def _as_text(values: pd.Series) -> pd.Series:
     return values.astype(STRING)
 
 
-def _text(raw: pa.ChunkedArray | pd.Series) -> pa.ChunkedArray:
-    """A raw column as Arrow text (``large_string``, null when empty)."""
-    return raw if isinstance(raw, pa.ChunkedArray) else _arrow_text(_as_text(raw))
-
-
-def _as_string_dtype(arrow_type: pa.DataType):
-    return STRING if arrow_type in (pa.string(), pa.large_string()) else None
+def _raw_text(raw: pa.ChunkedArray | pd.Series) -> pa.ChunkedArray:
+    """A raw column as Arrow text (``large_string``, null when empty); a natural-typed one as pandas writes it."""
+    return raw if isinstance(raw, pa.ChunkedArray) else large_text(_as_text(raw))
 
 
 def _as_int64_dtype(arrow_type: pa.DataType):
     return pd.Int64Dtype() if arrow_type == pa.int64() else None
-
-
-def _string_series(text: pa.ChunkedArray) -> pd.Series:
-    """Arrow text as a STRING Series (the Series holds the same Arrow data, nothing is copied)."""
-    return text.to_pandas(types_mapper=_as_string_dtype)
 
 
 def _missing(raw: pa.ChunkedArray | pd.Series) -> np.ndarray:
@@ -106,7 +97,7 @@ def _mask(values) -> np.ndarray:
 
 def _matches(text: pa.ChunkedArray | pd.Series, pattern: str) -> np.ndarray:
     """Whether each whole text matches ``pattern`` (RE2 syntax); null -> False."""
-    values = text if isinstance(text, pa.ChunkedArray) else _arrow_text(text)
+    values = text if isinstance(text, pa.ChunkedArray) else large_text(text)
     return _mask(pc.match_substring_regex(values, f"^(?:{pattern})$"))
 
 
@@ -215,7 +206,7 @@ def _parse_time_text(text: pa.ChunkedArray, kind: Kind) -> tuple[np.ndarray, np.
     far = np.zeros(len(text), dtype=bool)
     rest = np.flatnonzero(text.is_valid().to_numpy(zero_copy_only=False) & np.isnat(values))
     if len(rest):
-        others = _string_series(text.take(pa.array(rest)))
+        others = string_series(text.take(pa.array(rest)))
         parse = _parse_date_text if kind is Kind.DATE else _parse_timestamp_text
         parsed, bad[rest] = parse(others)
         if parsed.dt.tz is not None:
@@ -253,7 +244,7 @@ class _Problems:
         """The values of ``positions`` as read, as text ("" when empty)."""
         raw = self.raw[column]
         if isinstance(raw, pa.ChunkedArray):
-            return _string_series(pc.fill_null(raw.take(pa.array(positions)), ""))
+            return string_series(pc.fill_null(raw.take(pa.array(positions)), ""))
         return _as_text(raw.iloc[positions]).fillna("").reset_index(drop=True)
 
     def add(self, bad: np.ndarray, column: str, sentence: str | None = None, *, reason=None) -> None:
@@ -352,7 +343,7 @@ def _parse_column(
         problems.empty(missing, column)
 
     if kind in (Kind.ID, Kind.TEXT, Kind.AREAS, Kind.ENUM):
-        text = _text(raw)
+        text = _raw_text(raw)
         if kind is Kind.ENUM:
             problems.add(
                 ~missing & ~_is_one_of(text, column.values),
@@ -376,12 +367,12 @@ def _parse_column(
             # "P1\0" would be "P1" wherever ids become fixed-width bytes (the engine's shares).
             problems.add(_mask(pc.match_substring(text, "\x00")), name,
                          reason=f"{name} holds a NUL character, which no id may: write the row's real id")
-        return _string_series(text)
+        return string_series(text)
 
     if kind is Kind.BOOL:
         if isinstance(raw, pd.Series) and isinstance(raw.dtype, pd.BooleanDtype):
             return raw.fillna(bool(column.default)).to_numpy(dtype=bool)
-        lower = pc.utf8_lower(_text(raw))
+        lower = pc.utf8_lower(_raw_text(raw))
         true, false = _mask(pc.equal(lower, "true")), _mask(pc.equal(lower, "false"))
         problems.add(~missing & ~true & ~false, name, "is not a boolean: write true or false")
         return true | (~false & bool(column.default))
@@ -394,7 +385,7 @@ def _parse_column(
             problems.add(~missing & ~integral, name, "is not a whole number: write digits like 3")
             number = raw.where(integral).astype("Int64")
         else:
-            text = _text(raw)
+            text = _raw_text(raw)
             ok = _matches(text, _INT_TEXT)
             problems.add(~missing & ~ok, name, "is not a whole number: write digits like 3")
             number = pc.cast(_null_unless(text, ok), pa.int64()).to_pandas(types_mapper=_as_int64_dtype)
@@ -408,7 +399,7 @@ def _parse_column(
         if numeric and not pd.api.types.is_bool_dtype(raw.dtype):
             number = raw.to_numpy(dtype="float64", na_value=np.nan)
         else:
-            text = _text(raw)
+            text = _raw_text(raw)
             ok = _matches(text, _FLOAT_TEXT)
             problems.add(~missing & ~ok, name, "is not a number: write it like 4.5")
             number = pc.cast(_null_unless(text, ok), pa.float64()).to_numpy(zero_copy_only=False)
@@ -417,7 +408,7 @@ def _parse_column(
         return number
 
     if kind is Kind.MONEY:
-        amount = _parse_money(_text(raw), missing, column, problems)
+        amount = _parse_money(_raw_text(raw), missing, column, problems)
         problems.add(_out_of_range(amount, column, scale=100), name, _range_sentence(column))
         if column.default is not None:
             amount = amount.mask(missing, int(round(column.default * 100)))
@@ -432,7 +423,7 @@ def _parse_column(
             far = _outside_years(day)
             day = day.where(~far).astype("datetime64[ns]")
         else:
-            values, bad, far = _parse_time_text(_text(raw), kind)
+            values, bad, far = _parse_time_text(_raw_text(raw), kind)
             problems.add(bad, name, "is not a date: write YYYY-MM-DD")
             day = pd.Series(values)
         problems.add(far, name, f"is not a usable date: the year must be from {_FIRST_YEAR} to {_LAST_YEAR}")
@@ -444,7 +435,7 @@ def _parse_column(
             far = _outside_years(stamp)
             stamp = stamp.where(~far).astype("datetime64[ns, UTC]")
         else:
-            values, bad, far = _parse_time_text(_text(raw), kind)
+            values, bad, far = _parse_time_text(_raw_text(raw), kind)
             problems.add(bad, name, "is not a timestamp: write ISO-8601 in UTC like 2026-11-24T09:30:00Z")
             stamp = pd.Series(values, dtype="datetime64[ns, UTC]")
         problems.add(far, name, f"is not a usable time: the year must be from {_FIRST_YEAR} to {_LAST_YEAR}")
@@ -497,17 +488,9 @@ def _increasing(values: pa.ChunkedArray, *, strictly: bool = True) -> bool:
     return bool(pc.all(compare(values.slice(1), values.slice(0, len(values) - 1))).as_py())
 
 
-def _arrow_text(text: pd.Series) -> pa.ChunkedArray:
-    """A STRING Series as large_string Arrow text (nulls kept; an Arrow-backed Series is not copied)."""
-    values = pa.array(text, from_pandas=True)
-    if isinstance(values, pa.Array):
-        values = pa.chunked_array([values])
-    return values if values.type == pa.large_string() else values.cast(pa.large_string())
-
-
 def _lookup(values: pd.Series, value_set: pa.ChunkedArray) -> np.ndarray:
     """Position of each of ``values`` in ``value_set`` (all must be found)."""
-    return pc.index_in(_arrow_text(values), value_set=value_set).to_numpy(zero_copy_only=False).astype("int64")
+    return pc.index_in(large_text(values), value_set=value_set).to_numpy(zero_copy_only=False).astype("int64")
 
 
 def _numbers(values: np.ndarray) -> pd.Series:

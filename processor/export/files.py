@@ -19,7 +19,8 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from processor.export.checks import STRING, _as_int64_dtype, _blank_to_null, _one_of, _parse_timestamp_text
+from processor.arrow import STRING
+from processor.export.checks import _as_int64_dtype, _blank_to_null, _one_of, _parse_timestamp_text
 from processor.export.contract import (
     TABLES,
     Column,

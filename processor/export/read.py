@@ -65,15 +65,15 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from processor.arrow import large_text
 from processor.export.checks import (
-    _arrow_text,
     _CheckedTable,
     _empty_rejects,
     _increasing,
     _parse_column,
     _Problems,
+    _raw_text,
     _take,
-    _text,
 )
 from processor.export.contract import (
     DEFAULT_MAX_REJECT_SHARE,
@@ -197,16 +197,16 @@ def read_export(directory: str | Path, timings: dict | None = None, *,
 def _projects_with_rejects(raw: dict, checked: dict) -> frozenset:
     """The project ids (as read) of every rejected row that belongs to a project."""
     def at_rejected(table: str, column: str) -> pa.Array:
-        values = _text(raw[table][column])
+        values = _raw_text(raw[table][column])
         return values.filter(pa.chunked_array([pa.array(checked[table].rejected)]))
 
     ids = [at_rejected("projects", "project_id"), at_rejected("milestones", "project_id"),
            at_rejected("contact_attempts", "project_id")]
     invoice_milestones = at_rejected("invoices", "milestone_id")
     if len(invoice_milestones):
-        milestones = _text(raw["milestones"]["milestone_id"])
+        milestones = _raw_text(raw["milestones"]["milestone_id"])
         found = pc.index_in(invoice_milestones, value_set=milestones.combine_chunks())
-        ids.append(_text(raw["milestones"]["project_id"]).take(pc.drop_null(found)))
+        ids.append(_raw_text(raw["milestones"]["project_id"]).take(pc.drop_null(found)))
     return frozenset(v for part in ids for v in pc.drop_null(part).to_pylist())
 
 
@@ -303,7 +303,7 @@ def _check_table(
     rows = problems.rows
     ids = parsed[table.id_column]
 
-    ids_arrow = _arrow_text(ids)
+    ids_arrow = large_text(ids)
     increasing = ids_arrow.null_count == 0 and _increasing(ids_arrow)
     if increasing:
         # Ids in increasing order, as exports usually write them: each row has its own.
@@ -330,8 +330,8 @@ def _check_table(
         {column.output_name: _take(parsed[column.name], keep, rows) for column in table.columns}, copy=False
     )
     frame["_row"] = (keep + 1).astype("int64")
-    kept_ids = _arrow_text(frame[table.id_column])
-    kept_roles = _arrow_text(frame["role"]) if table.name == "users" else None
+    kept_ids = large_text(frame[table.id_column])
+    kept_roles = large_text(frame["role"]) if table.name == "users" else None
     return _CheckedTable(
         frame=frame,
         rejects=problems.frame(ids),

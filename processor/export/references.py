@@ -9,8 +9,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from processor.arrow import large_text, string_series
 from processor.export.checks import (
-    _arrow_text,
     _CheckedTable,
     _entity,
     _increasing,
@@ -19,8 +19,7 @@ from processor.export.checks import (
     _missing,
     _numbers,
     _Problems,
-    _string_series,
-    _text,
+    _raw_text,
 )
 from processor.export.contract import (
     TABLES,
@@ -126,7 +125,7 @@ def _look_up_references(
     columns = [(later.name, column.name) for later in TABLES.values() for column in later.references
                if column.references == name]
     # An id column is parsed as its text: these are the references _check_reference checks.
-    return dict(zip(columns, _kept_positions([_text(raw[table][column]) for table, column in columns], target)))
+    return dict(zip(columns, _kept_positions([_raw_text(raw[table][column]) for table, column in columns], target)))
 
 
 def _check_reference(
@@ -145,7 +144,7 @@ def _check_reference(
     target_table = TABLES[column.references]
     target_file = f"{target_table.name}.{file_name.rsplit('.', 1)[1]}"
     entity = _entity(target_table.name)
-    refs_arrow = _arrow_text(refs)
+    refs_arrow = large_text(refs)
 
     if kept_index.null_count > refs_arrow.null_count:
         dangling = ~_missing(refs_arrow) & _missing(kept_index)
@@ -162,7 +161,7 @@ def _check_reference(
 
         def rejected_reason(values: pd.Series, at: np.ndarray) -> pd.Series:
             # Looked up by the references as read: ``values`` quotes only the start of an overlong one.
-            row = target.id_first_row[_lookup(_string_series(refs_arrow.take(pa.array(at))), target.id_values)] + 1
+            row = target.id_first_row[_lookup(string_series(refs_arrow.take(pa.array(at))), target.id_values)] + 1
             return (
                 f"{name} '" + values + f"' points to {target_file} row " + _numbers(row)
                 + f", which was rejected: fix that {entity} first"
@@ -175,7 +174,7 @@ def _check_reference(
         wrong = pc.invert(pc.take(has_role, kept_index))
 
         def role_reason(values: pd.Series, at: np.ndarray) -> pd.Series:
-            actual = _string_series(target.kept_roles.take(kept_index.take(pa.array(at)))).fillna("")
+            actual = string_series(target.kept_roles.take(kept_index.take(pa.array(at)))).fillna("")
             return (
                 f"{name} '" + values + "' is a " + actual + f" user, not a {column.role}: "
                 f"point {name} at a user whose role is {column.role}"

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
@@ -34,7 +33,10 @@ import pyarrow.compute as pc
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 from markupsafe import Markup
 
+from processor.arrow import CONTROL as _CONTROL
 from processor.arrow import concat, joined_between, joined_bytes, runs
+from processor.arrow import one_line as plain
+from processor.arrow import text_or_empty as _text
 from rules.vocabulary import Action
 
 AT_RISK_REASON = "contact_at_risk"
@@ -50,14 +52,6 @@ SECTIONS = (
 MAX_ITEMS_PER_SECTION = 200
 
 CURRENCY_SYMBOLS = {"EUR": "€", "USD": "$", "GBP": "£", "JPY": "¥"}
-_CONTROL = re.compile(r"[\x00-\x1f\x7f\u0085\u2028\u2029]+")
-
-
-def plain(value) -> str:
-    """User-provided text fit for one line: no control characters or line breaks, trimmed."""
-    if value is None or (isinstance(value, float) and value != value) or value is pd.NA:
-        return ""
-    return " ".join(_CONTROL.sub(" ", str(value)).split())
 
 
 def format_money(amount, currency) -> str:
@@ -96,15 +90,6 @@ _BLANK = [c for c in map(chr, range(0x3001)) if c.isspace() or _CONTROL.match(c)
 _BLANKS = "[" + "".join(f"\\x{{{ord(c):x}}}" for c in _BLANK) + "]+"
 # Text plain() changes: it has such a character other than a space, or spaces at an end or side by side.
 _NOT_PLAIN = "[" + "".join(f"\\x{{{ord(c):x}}}" for c in _BLANK if c != " ") + "]|^ | $|  "
-
-
-def _text(values) -> pa.Array:
-    """A column (pandas, arrow or a list) as arrow text; nulls become ''."""
-    if not isinstance(values, (pa.Array, pa.ChunkedArray)):
-        values = pa.array(values, from_pandas=True)
-    if isinstance(values, pa.ChunkedArray):
-        values = values.combine_chunks()
-    return pc.fill_null(values.cast(TEXT), _arg(""))
 
 
 def _arg(value):

@@ -29,6 +29,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from processor.arrow import cell_text
 from processor.export.contract import TABLES
 from rules.document import located_yaml, read_text
 from rules.grammar import PolicyError, did_you_mean
@@ -239,7 +240,7 @@ class _CaseReader:
             if isinstance(v.value, (dict, list)):
                 self.bad(v, f"'{key}' is matched against one value, got a {'list' if isinstance(v.value, list) else 'block'}")
                 return None
-            wanted[MATCH_KEYS[key]] = "" if v.value is None else _text(v.value)
+            wanted[MATCH_KEYS[key]] = "" if v.value is None else cell_text(v.value)
         return wanted, count
 
     def given(self, n, as_of: dt.date) -> dict[str, list[dict]]:
@@ -276,14 +277,6 @@ class _CaseReader:
 
 class _Nowhere:
     line, col = 1, 1
-
-
-def _text(v) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if v is None:
-        return ""
-    return str(v)
 
 
 # --------------------------------------------------------------------------- building a night
@@ -324,23 +317,23 @@ class _Night:
         given = {k: v for k, v in given.items()}
         row: dict = {}
         if table == "users":
-            user_id = _text(given.get("user_id") or self._next("users", "U"))
-            role = _text(given.get("role", "talent"))
+            user_id = cell_text(given.get("user_id") or self._next("users", "U"))
+            role = cell_text(given.get("role", "talent"))
             row = {"user_id": user_id, "role": role, "name": user_id, "email": f"{user_id.lower()}@example.test",
                    "status": "active", "is_top_shaker": "false", "areas": "", "rating": "", "max_active_projects": ""}
             self.tables["users"] = [u for u in self.tables["users"] if u["user_id"] != user_id]
         elif table == "projects":
-            project_id = _text(given.get("project_id") or self._next("projects", "P"))
+            project_id = cell_text(given.get("project_id") or self._next("projects", "P"))
             row = {"project_id": project_id, "title": f"Project {project_id}", "client_id": "C1", "talent_id": "T1",
                    "project_success_id": "PS1", "area": "development", "status": "active", "hold_reason": "",
                    "held_since": "", "talent_decision": "", "created_at": self.at(90, 9)}
             if "held_days_ago" in given:
                 row["held_since"] = self.day(_whole(given.pop("held_days_ago"), "held_days_ago"))
         elif table == "milestones":
-            project = self._project(_text(given["project_id"]) if "project_id" in given else None)
-            milestone_id = _text(given.get("milestone_id") or self._next("milestones", "M"))
-            status = _text(given.get("status", "active"))
-            amount = _text(given.get("amount", "1000.00"))
+            project = self._project(cell_text(given["project_id"]) if "project_id" in given else None)
+            milestone_id = cell_text(given.get("milestone_id") or self._next("milestones", "M"))
+            status = cell_text(given.get("status", "active"))
+            amount = cell_text(given.get("amount", "1000.00"))
             sequence = 1 + sum(1 for m in self.tables["milestones"] if m["project_id"] == project["project_id"])
             row = {"milestone_id": milestone_id, "project_id": project["project_id"], "sequence": str(sequence),
                    "title": f"Milestone {sequence}", "amount": amount, "currency": "EUR", "status": status,
@@ -351,24 +344,24 @@ class _Night:
             if status in ("completed", "validated", "released"):
                 row["completed_at"] = self.at(5, 9)
             if "escrow" in given:
-                row["escrow_amount"] = _text(given.pop("escrow"))
+                row["escrow_amount"] = cell_text(given.pop("escrow"))
         elif table == "invoices":
             milestones = self.tables["milestones"]
-            milestone_id = _text(given["milestone_id"]) if "milestone_id" in given else (milestones[0]["milestone_id"] if milestones else "")
+            milestone_id = cell_text(given["milestone_id"]) if "milestone_id" in given else (milestones[0]["milestone_id"] if milestones else "")
             if not milestone_id:
                 raise ValueError("an invoice belongs to a milestone: add one under 'milestones' first, or give 'milestone_id'")
             milestone = next((m for m in milestones if m["milestone_id"] == milestone_id), {})
             overdue = _whole(given.pop("days_overdue", 0), "days_overdue")
-            due = _text(given.get("due_date", self.day(overdue)))
-            row = {"invoice_id": _text(given.get("invoice_id") or self._next("invoices", "I")), "milestone_id": milestone_id,
+            due = cell_text(given.get("due_date", self.day(overdue)))
+            row = {"invoice_id": cell_text(given.get("invoice_id") or self._next("invoices", "I")), "milestone_id": milestone_id,
                    "amount": milestone.get("amount", "1000.00"), "currency": "EUR",
                    "issued_at": (dt.date.fromisoformat(due) - dt.timedelta(days=14)).isoformat() if _is_day(due) else due,
                    "due_date": due, "status": "open", "paid_at": ""}
-            if _text(given.get("status")) == "paid":
+            if cell_text(given.get("status")) == "paid":
                 row["paid_at"] = self.at(1, 9)
         elif table == "contact_attempts":
-            project = self._project(_text(given["project_id"]) if "project_id" in given else None)
-            to = _text(given.pop("to", "client"))
+            project = self._project(cell_text(given["project_id"]) if "project_id" in given else None)
+            to = cell_text(given.pop("to", "client"))
             target = {"client": project.get("client_id", ""), "talent": project.get("talent_id", "")}.get(to, to)
             days_ago = _whole(given.pop("days_ago", 1), "days_ago")
             answered = given.pop("answered_days_ago", None)
@@ -378,7 +371,7 @@ class _Night:
                    "answered_at": "" if answered is None else self.at(_whole(answered, "answered_days_ago"), 18)}
         for key in list(given):
             if key in COLUMNS[table]:
-                row[key] = _text(given[key])
+                row[key] = cell_text(given[key])
         self.tables[table].append(row)
 
 
