@@ -87,7 +87,7 @@ def test_without_the_prefilter_too(night_facts):
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(st.lists(project_strategy, min_size=1, max_size=10), st.integers(1, 4), st.booleans(),
-       # Ids as the contract admits them: never empty, never holding a NUL (processor/export/read.py).
+       # Ids as the contract admits them: never empty, never holding a NUL (processor/export/checks.py).
        st.lists(st.text(min_size=1, max_size=3).filter(lambda s: "\0" not in s), min_size=10, max_size=10, unique=True),
        st.integers(0, 3))
 def test_made_up_facts_in_any_order_and_spelling_fire_as_plainly(projects, chunk, shuffle, names, seed):
