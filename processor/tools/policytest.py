@@ -349,3 +349,5 @@ def tests_json(results: list[CaseResult], coverage: Coverage | None, fail_under:
                              "code": "condition-uncovered" if below else "condition-uncovered-note",
                              "message": f"{row.policy}: {row.test}: {'; '.join(row.missing())}",
                              "severity": "error" if below else "note"})
+    out["problems"] = problems
+    return out
