@@ -32,7 +32,8 @@ from processor.export.read import Export, read_export
 from processor.killpoints import kill_point
 from processor.ledger import OWED, Ledger, check_ledger_usable, default_ledger_path
 from processor.progress import counter_of
-from processor.reports.build import build_reports, render_overview, render_reports
+from processor.reports.build import build_reports, render_reports
+from processor.reports.overview import render_overview
 from rules.document import load_policies
 from rules.model import PolicySet
 
