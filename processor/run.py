@@ -224,7 +224,7 @@ def run_night(export_dir: str | Path, *, policies_path: str | Path = "policies.y
     return NightResult(out, run_id, as_of, decisions, rejects, summary, ev, exit_code, timings, resolved=resolved)
 
 
-def _trend(ledger: Ledger, as_of: dt.date, decisions: pd.DataFrame, resolved: pd.DataFrame) -> dict:
+def _trend(ledger: Ledger, as_of: dt.date, decisions: pd.DataFrame, resolved: pd.DataFrame) -> dict | None:
     """The overview's per-policy trend over the last nights; tonight's counts are the run's own (the ledger
     keeps them). A ledger that cannot give it leaves the overview without one, and says so."""
     rows = pd.concat([decisions[["policy_id", "state"]], resolved[["policy_id", "state"]]], ignore_index=True)
@@ -235,7 +235,7 @@ def _trend(ledger: Ledger, as_of: dt.date, decisions: pd.DataFrame, resolved: pd
         return night_counts(ledger, as_of.isoformat(), tonight, TREND_NIGHTS)
     except sqlite3.Error as e:
         log.warning("the overview shows no trend of the last nights: the ledger %s could not give it (%s)", ledger.path, e)
-        return {}
+        return None
 
 
 def _done(pool: ThreadPoolExecutor, future) -> None:

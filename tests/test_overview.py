@@ -165,3 +165,34 @@ def test_the_reject_reasons_are_listed_with_their_counts(nights):
         listed[(table, column, reason)] = int(tr.attrs["data-count"])
     assert listed == dict(expected) and sum(listed.values()) >= CORRUPT[-1]
     assert not page(nights[0]).find_all("tr", class_="reject-reason")
+
+
+def test_a_ledger_that_cannot_give_the_trend_leaves_the_night_done_and_the_page_says_so(tmp_path):
+    ledger = tmp_path / "ledger.sqlite"
+    runs = run_nights(tmp_path, ledger, nights=NIGHTS[:1])
+    with sqlite3.connect(ledger) as db:   # a table of that name that takes no rows: every write to it fails
+        db.execute("DROP TABLE policy_counts")
+        db.execute("CREATE TABLE policy_counts (as_of TEXT CHECK (0), policy_id, state, decisions)")
+    export = tmp_path / f"export-{NIGHTS[0]}"
+    done = cli_run(tmp_path, NIGHTS[1], export, ledger)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "no trend of the last nights" in done.stderr and str(ledger) in done.stderr
+    assert "Traceback" not in done.stderr
+    trend = page(tmp_path / f"run-{NIGHTS[1]}").find("section", id="trend").text()
+    assert "the ledger could not give the counts of the last nights" in trend
+    assert page(runs[0]).find_all("div", class_="trend-policy")
+
+
+def test_hostile_names_and_policy_words_are_text_on_the_overview_page(tmp_path):
+    from night import AS_OF
+    from report_nights import busy_night
+
+    from processor.run import run_night
+
+    hostile = '<script>alert("x")</script><img src=x onerror=alert(1)>'
+    export = busy_night(paula_name=f"Paula {hostile}").write(tmp_path / "export")
+    result = run_night(export, policies_path=ROOT / "policies.yaml", out_dir=tmp_path / "run",
+                       ledger_path=tmp_path / "ledger.sqlite", workers=0, as_of=AS_OF)
+    doc = page(result.out_dir)
+    assert not {n.tag for n in doc.iter()} & {"script", "img"}
+    assert hostile in doc.find("tr", class_="manager", data_manager="PS1").text()

@@ -74,7 +74,8 @@ def render_overview(summary: dict, decisions: pd.DataFrame, rejects: pd.DataFram
                     trend: Mapping[str, Mapping[str, Mapping[str, int]]] | None = None) -> str:
     """The night at a glance for the operations team: one self-contained HTML page.
 
-    `trend`: {night: {policy_id: {state: decisions}}} of the last nights, tonight's included (ledger.night_counts)."""
+    `trend`: {night: {policy_id: {state: decisions}}} of the last nights, tonight's included (ledger.night_counts);
+    None when the ledger could not give it (the page says so)."""
     deliveries, descriptions = deliveries or {}, descriptions or {}
     by_policy = []
     if not decisions.empty:
@@ -96,7 +97,7 @@ def render_overview(summary: dict, decisions: pd.DataFrame, rejects: pd.DataFram
     if len(rejects):
         grouped = rejects.groupby(["table", "column", "reason"], dropna=False).size().reset_index(name="count")
         reject_reasons = grouped.sort_values("count", ascending=False, kind="stable").to_dict("records")
-    context = {"s": summary, "words": WORDS, "by_policy": by_policy, "chart": chart, "trends": trends,
+    context = {"s": summary, "words": WORDS, "trend_known": trend is not None, "by_policy": by_policy, "chart": chart, "trends": trends,
                "trend_nights": [night_label(n) for n in sorted(trend or {})], "managers": managers,
                "totals": totals, "reject_reasons": reject_reasons[:50],
                "reject_rows": rejects.head(20).to_dict("records") if len(rejects) else [],
