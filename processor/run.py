@@ -234,7 +234,8 @@ def _trend(ledger: Ledger, as_of: dt.date, decisions: pd.DataFrame, resolved: pd
     try:
         return night_counts(ledger, as_of.isoformat(), tonight, TREND_NIGHTS)
     except sqlite3.Error as e:
-        log.warning("the overview shows no trend of the last nights: the ledger %s could not give it (%s)", ledger.path, e)
+        log.warning("the overview shows no trend of the last nights: the ledger %s could not give it (%s)",
+                    ledger.path, e)
         return None
 
 

@@ -226,7 +226,8 @@ def overview_nights(tmp_path_factory):
 
 
 @pytest.mark.parametrize("width, row", [(1200, "table-row"), (390, "block")])
-def test_the_overview_page_never_scrolls_sideways_and_its_tables_stack_on_a_phone(overview_nights, tmp_path, width, row):
+def test_the_overview_page_never_scrolls_sideways_and_its_tables_stack_on_a_phone(overview_nights, tmp_path, width,
+                                                                                  row):
     page = overview_nights.out_dir / "report.html"
     measured = measure_in_frame(tmp_path, page, width)
     assert int(measured["width"]) == width

@@ -116,7 +116,8 @@ def test_a_pruned_night_is_left_out_of_the_trend_not_shown_as_zero(nights, tmp_p
     runs = run_nights(tmp_path, tmp_path / "ledger.sqlite", before_last=prune_first_night)
     trend = trend_of(runs[-1])
     assert {tuple(n) for n in trend.values()} == {(str(NIGHTS[1]), str(NIGHTS[2]))}
-    assert {p: n[str(NIGHTS[2])] for p, n in trend.items()} == {p: n[str(NIGHTS[2])] for p, n in trend_of(nights[-1]).items()}
+    last = str(NIGHTS[2])
+    assert {p: n[last] for p, n in trend.items()} == {p: n[last] for p, n in trend_of(nights[-1]).items()}
 
 
 def email_sections(msg) -> dict[str, tuple[str, int, int]]:

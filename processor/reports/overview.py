@@ -90,14 +90,16 @@ def render_overview(summary: dict, decisions: pd.DataFrame, rejects: pd.DataFram
     trends = trend_charts(trend or {}, list(summary["decisions"]["by_policy"]))
     for t in trends:
         t["description"] = descriptions.get(t["policy_id"], "")
-    managers = [{"id": r.manager_id, "name": r.name, "email": r.email, "counts": r.counts, "projects": len(r.projects),
-                 "delivery": deliveries.get(r.manager_id, {"status": "not built"})} for r in reports]
+    managers = [{"id": r.manager_id, "name": r.name, "email": r.email, "counts": r.counts,
+                 "projects": len(r.projects), "delivery": deliveries.get(r.manager_id, {"status": "not built"})}
+                for r in reports]
     totals = {key: sum(r.counts[key] for r in reports) for key in WORDS}
     reject_reasons = []
     if len(rejects):
         grouped = rejects.groupby(["table", "column", "reason"], dropna=False).size().reset_index(name="count")
         reject_reasons = grouped.sort_values("count", ascending=False, kind="stable").to_dict("records")
-    context = {"s": summary, "words": WORDS, "trend_known": trend is not None, "by_policy": by_policy, "chart": chart, "trends": trends,
+    context = {"s": summary, "words": WORDS, "trend_known": trend is not None, "by_policy": by_policy, "chart": chart,
+               "trends": trends,
                "trend_nights": [night_label(n) for n in sorted(trend or {})], "managers": managers,
                "totals": totals, "reject_reasons": reject_reasons[:50],
                "reject_rows": rejects.head(20).to_dict("records") if len(rejects) else [],
