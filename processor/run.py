@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import logging
+import sqlite3
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -30,9 +31,10 @@ from processor.engine.local import Evaluation, evaluate
 from processor.export.contract import DEFAULT_MAX_REJECT_SHARE
 from processor.export.read import Export, read_export
 from processor.killpoints import kill_point
-from processor.ledger import OWED, Ledger, check_ledger_usable, default_ledger_path
+from processor.ledger import OWED, Ledger, check_ledger_usable, default_ledger_path, night_counts
 from processor.progress import counter_of
-from processor.reports.build import build_reports, render_overview, render_reports
+from processor.reports.build import build_reports, render_reports
+from processor.reports.overview import TREND_NIGHTS, render_overview
 from rules.document import load_policies
 from rules.model import PolicySet
 
@@ -205,8 +207,9 @@ def run_night(export_dir: str | Path, *, policies_path: str | Path = "policies.y
             raise
         summary["reports"] = {**delivery.summary, "overview": "report.html", "outbox": "outbox",
                               "ledger": str(Path(ledger.path).resolve())}
-        files.write_text(out / "report.html",
-                         render_overview(summary, decisions, rejects, reports, delivery.by_manager, descriptions))
+        trend = _trend(ledger, as_of, decisions, resolved)
+        files.write_text(out / "report.html", render_overview(summary, decisions, rejects, reports, delivery.by_manager,
+                                                              descriptions, trend))
         # Reports is the phase's whole wall time; the files and ledger written during it are timed apart.
         timings["reports"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - started
@@ -219,6 +222,21 @@ def run_night(export_dir: str | Path, *, policies_path: str | Path = "policies.y
                     out / "outbox", out)
     exit_code = 1 if ev.not_evaluated else 5 if delivery.undelivered else 0
     return NightResult(out, run_id, as_of, decisions, rejects, summary, ev, exit_code, timings, resolved=resolved)
+
+
+def _trend(ledger: Ledger, as_of: dt.date, decisions: pd.DataFrame, resolved: pd.DataFrame) -> dict | None:
+    """The overview's per-policy trend over the last nights; tonight's counts are the run's own (the ledger
+    keeps them). A ledger that cannot give it leaves the overview without one, and says so."""
+    rows = pd.concat([decisions[["policy_id", "state"]], resolved[["policy_id", "state"]]], ignore_index=True)
+    tonight: dict[str, dict[str, int]] = {}
+    for (policy, state), n in rows.groupby(["policy_id", "state"]).size().items():
+        tonight.setdefault(str(policy), {})[str(state)] = int(n)
+    try:
+        return night_counts(ledger, as_of.isoformat(), tonight, TREND_NIGHTS)
+    except sqlite3.Error as e:
+        log.warning("the overview shows no trend of the last nights: the ledger %s could not give it (%s)",
+                    ledger.path, e)
+        return None
 
 
 def _done(pool: ThreadPoolExecutor, future) -> None:

@@ -179,3 +179,72 @@ def test_the_overview_screenshot_is_not_blank(night_run, tmp_path):
     seen = colours(png)
     assert len(seen) > 20, f"the screenshot looks blank: {len(seen)} colours"
     assert (0x25, 0x63, 0xeb) in seen                 # the chart's "new" bars were painted
+
+
+# ---------------------------------------------------------------- the overview page on a desktop and a phone
+# (headless chromium will not make a window narrower than 500 px: the page is measured in an iframe that wide)
+
+def measure_in_frame(tmp_path: Path, page: Path, width: int) -> dict[str, str]:
+    """The page laid out `width` px wide by chromium: its scrollWidth, the frame's width, how a table row displays."""
+    import html
+
+    wrapper = tmp_path / f"measure-{width}.html"
+    wrapper.write_text(
+        f'<!DOCTYPE html><html><body style="margin:0"><iframe id="f" style="border:0;width:{width}px;height:900px" '
+        f'srcdoc="{html.escape(page.read_text(encoding="utf-8"))}"></iframe><script>'
+        'document.getElementById("f").onload = function () { var d = this.contentDocument, w = this.contentWindow;'
+        ' var row = d.querySelector("table.stack tbody tr");'
+        ' document.body.setAttribute("data-scroll-width", d.documentElement.scrollWidth);'
+        ' document.body.setAttribute("data-width", w.innerWidth);'
+        ' document.body.setAttribute("data-row", row ? w.getComputedStyle(row).display : ""); };'
+        "</script></body></html>", encoding="utf-8")
+    dom = chromium(tmp_path, "--window-size=1300,1000", "--dump-dom", wrapper.as_uri()).stdout
+    from htmltree import parse
+
+    body = parse(dom).find("body").attrs
+    assert "data-scroll-width" in body, "the page was not measured"
+    return {k.removeprefix("data-"): v for k, v in body.items() if k.startswith("data-")}
+
+
+@pytest.fixture(scope="module")
+def overview_nights(tmp_path_factory):
+    """Three generated nights on one ledger (the second repeats the first, the third differs and has broken
+    rows: long values in the rejects table)."""
+    from processor.tools.generate import generate_export
+
+    tmp = tmp_path_factory.mktemp("overview-browser")
+    saved = os.environ.pop("SHAKERS_SMTP_HOST", None)
+    try:
+        for night, seed, corrupt in (("2026-11-22", 4, 0), ("2026-11-23", 4, 0), ("2026-11-24", 9, 7)):
+            generate_export(tmp / night, projects=150, seed=seed, as_of=night, fmt="csv", corrupt=corrupt)
+            result = run_night(tmp / night, policies_path=ROOT / "policies.yaml", out_dir=tmp / f"run-{night}",
+                               ledger_path=tmp / "ledger.sqlite", workers=0, max_reject_share=1.0)
+    finally:
+        if saved is not None:
+            os.environ["SHAKERS_SMTP_HOST"] = saved
+    return result
+
+
+@pytest.mark.parametrize("width, row", [(1200, "table-row"), (390, "block")])
+def test_the_overview_page_never_scrolls_sideways_and_its_tables_stack_on_a_phone(overview_nights, tmp_path, width,
+                                                                                  row):
+    page = overview_nights.out_dir / "report.html"
+    measured = measure_in_frame(tmp_path, page, width)
+    assert int(measured["width"]) == width
+    assert int(measured["scroll-width"]) <= width, f"{measured['scroll-width']} px wide in a {width} px window"
+    assert measured["row"] == row
+
+
+def test_the_sideways_check_sees_a_page_wider_than_the_phone(tmp_path):
+    wide = tmp_path / "wide.html"
+    wide.write_text('<!DOCTYPE html><html><body><table class="stack"><tbody><tr><td>x</td></tr></tbody></table>'
+                    '<div style="width:600px">too wide</div></body></html>', encoding="utf-8")
+    assert int(measure_in_frame(tmp_path, wide, 390)["scroll-width"]) > 390
+
+
+def test_the_overview_screenshots_on_a_desktop_and_a_phone_are_not_blank(overview_nights, tmp_path):
+    page = overview_nights.out_dir / "report.html"
+    for name, size in (("overview-desktop.png", "1200,1400"), ("overview-phone.png", "500,1400")):
+        seen = colours(screenshot(tmp_path, page, name, size))
+        assert len(seen) > 20, f"{name} looks blank"
+        assert (0x25, 0x63, 0xeb) in seen and (0x9c, 0xa3, 0xaf) in seen   # new and ongoing bars were painted
