@@ -210,7 +210,7 @@ def measure_in_frame(tmp_path: Path, page: Path, width: int) -> dict[str, str]:
 def overview_nights(tmp_path_factory):
     """Three generated nights on one ledger (the second repeats the first, the third differs and has broken
     rows: long values in the rejects table)."""
-    from processor.tools.generate import generate_export
+    from processor.tools.generate.export import generate_export
 
     tmp = tmp_path_factory.mktemp("overview-browser")
     saved = os.environ.pop("SHAKERS_SMTP_HOST", None)

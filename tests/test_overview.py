@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 from htmltree import parse
 
-from processor.tools.generate import generate_export
+from processor.tools.generate.export import generate_export
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI = str(Path(sys.executable).with_name("shakers-rules"))
