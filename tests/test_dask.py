@@ -164,19 +164,34 @@ def test_a_stall_setting_that_is_no_duration_is_a_usage_error_naming_it(night, t
     assert not (tmp_path / "run" / "decisions.csv").exists()
 
 
-def test_an_unreachable_scheduler_is_a_usage_error_naming_the_address(night, tmp_path):
+def test_a_scheduler_address_nobody_listens_on_is_a_usage_error_at_once_naming_it(night, tmp_path):
     import socket
+    import time
 
     with socket.socket() as s:  # a port on 127.0.0.1 that nobody listens on once this closes
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     address = f"tcp://127.0.0.1:{port}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SHAKERS_")}
-    env["SHAKERS_DASK_CONNECT_SECONDS"] = "2"
-    proc = subprocess.run([str(Path(sys.executable).with_name("shakers-rules")), "run", "--export", str(night),
-                           "--out", str(tmp_path / "run"), "--ledger", str(tmp_path / "ledger.sqlite"),
-                           "--policies", str(POLICIES), "--as-of", AS_OF.isoformat(), "--engine", "dask",
-                           "--scheduler", address, "-q"], capture_output=True, text=True, env=env, timeout=300)
+    started = time.monotonic()
+    proc = subprocess.run(cli(night, tmp_path, "--scheduler", address), env=clean_env(), capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert f"cannot reach the Dask scheduler at --scheduler {address} (connection refused" in proc.stderr
+    assert time.monotonic() - started < 30  # refused is final: the 30 s connect time is not waited out
+    assert "Traceback" not in proc.stderr and "unexpected" not in proc.stderr
+    assert not (tmp_path / "run" / "decisions.csv").exists()
+
+
+def test_a_scheduler_address_that_never_answers_is_a_usage_error_after_the_connect_time(night, tmp_path):
+    import socket
+
+    with socket.socket() as silent:  # accepts connections (the kernel's backlog) and never says a word
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        address = f"tcp://127.0.0.1:{silent.getsockname()[1]}"
+        proc = subprocess.run(cli(night, tmp_path, "--scheduler", address),
+                              env=clean_env(SHAKERS_DASK_CONNECT_SECONDS="2"), capture_output=True, text=True,
+                              timeout=300)
     assert proc.returncode == 2, proc.stderr
     assert f"cannot reach the Dask scheduler at --scheduler {address} within 2s" in proc.stderr
     assert "Traceback" not in proc.stderr and "unexpected" not in proc.stderr

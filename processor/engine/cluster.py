@@ -33,6 +33,7 @@ import json
 import logging
 import math
 import os
+import socket
 import threading
 from contextlib import contextmanager
 from typing import Callable, Iterator
@@ -66,10 +67,9 @@ class DaskUsageError(Exception):
 class SchedulerUnreachable(DaskUsageError):
     """The --scheduler address answers no Dask scheduler; `str(e)` says what to check."""
 
-    def __init__(self, address: str, seconds: float, cause: BaseException):
+    def __init__(self, address: str, why: str):
         self.address = address
-        super().__init__(f"cannot reach the Dask scheduler at --scheduler {address} within {seconds:g}s "
-                         f"({type(cause).__name__}: {cause}). Nothing was evaluated: check that the scheduler is "
+        super().__init__(f"cannot reach the Dask scheduler at --scheduler {address} {why}. Nothing was evaluated: check that the scheduler is "
                          f"running and the address (tcp://HOST:PORT, usually port 8786), or leave out --scheduler "
                          f"to start a local cluster for the run.")
 
@@ -114,12 +114,15 @@ def dask_client(scheduler: str | None = None, *, workers: int = LOCAL_WORKERS) -
 
     if scheduler:
         seconds = float(os.environ.get(CONNECT_ENV) or CONNECT_SECONDS)
-        try:
-            client = Client(scheduler, timeout=f"{seconds:g}s")
-        except (OSError, TimeoutError, ValueError) as e:  # refused, timed out, or not an address
-            raise SchedulerUnreachable(scheduler, seconds, e) from None
-        with _quiet_distributed(), client:  # quiet until the client is closed: closing logs its reconnects
-            yield client
+        with _quiet_distributed():  # until the client is closed: closing logs its reconnects, with tracebacks
+            _refused_at_once(scheduler)
+            try:
+                _handshake(scheduler, seconds)  # Client(timeout=) waits forever on a port that accepts and is silent
+                client = Client(scheduler, timeout=f"{seconds:g}s")
+            except (OSError, TimeoutError, ValueError) as e:  # timed out, or not an address
+                raise SchedulerUnreachable(scheduler, f"within {seconds:g}s ({type(e).__name__}: {e})") from None
+            with client:
+                yield client
         return
     import dask
 
@@ -131,6 +134,39 @@ def dask_client(scheduler: str | None = None, *, workers: int = LOCAL_WORKERS) -
                           scheduler_kwargs={"dashboard_address": "127.0.0.1:0"}, host="127.0.0.1",
                           silence_logs=logging.CRITICAL) as cluster, Client(cluster) as client:
             yield client
+
+
+def _refused_at_once(scheduler: str) -> None:
+    """SchedulerUnreachable at once when nothing listens at a tcp:// address (Dask would retry it for the
+    whole connect time); an address that accepts, or of another kind, is left to the client to try."""
+    from urllib.parse import urlsplit
+
+    try:
+        url = urlsplit(scheduler if "://" in scheduler else f"tcp://{scheduler}")
+        host, port = url.hostname, url.port
+    except ValueError:
+        return
+    if url.scheme != "tcp" or not host or not port:
+        return
+    try:
+        socket.create_connection((host, port), timeout=5).close()
+    except ConnectionRefusedError:
+        raise SchedulerUnreachable(scheduler, "(connection refused: nothing listens on that port)") from None
+    except OSError:
+        return  # a timeout or no route: the client tries for the whole connect time
+
+
+def _handshake(scheduler: str, seconds: float) -> None:
+    """Dask's own connection handshake with the scheduler, bounded by `seconds` (TimeoutError past them)."""
+    import asyncio
+
+    from distributed.comm import connect
+
+    async def probe() -> None:
+        comm = await asyncio.wait_for(connect(scheduler, timeout=seconds), seconds)
+        await comm.close()
+
+    asyncio.run(probe())
 
 
 @contextmanager
