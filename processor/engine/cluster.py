@@ -69,7 +69,8 @@ class SchedulerUnreachable(DaskUsageError):
 
     def __init__(self, address: str, why: str):
         self.address = address
-        super().__init__(f"cannot reach the Dask scheduler at --scheduler {address} {why}. Nothing was evaluated: check that the scheduler is "
+        super().__init__(f"cannot reach the Dask scheduler at --scheduler {address} {why}. "
+                         f"Nothing was evaluated: check that the scheduler is "
                          f"running and the address (tcp://HOST:PORT, usually port 8786), or leave out --scheduler "
                          f"to start a local cluster for the run.")
 
@@ -310,7 +311,8 @@ class _Watch:
                 raise self.failure(f"made no progress for {self.stall:g}s ({len(remaining)} part(s) waiting, "
                                    f"{self.lost()} worker(s) lost, $SHAKERS_DASK_STALL_SECONDS)") from None
             except _gone() as e:
-                raise self.failure(f"went away mid-night (the client lost its connection: {type(e).__name__})") from None
+                raise self.failure(f"went away mid-night (the client lost its connection: "
+                                   f"{type(e).__name__})") from None
             yield from finished
 
     def result(self, future):
