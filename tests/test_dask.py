@@ -7,6 +7,10 @@ thread each). Decisions, firings and what each engine reports must match.
 from __future__ import annotations
 
 import datetime as dt
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -92,27 +96,102 @@ def test_a_cluster_without_workers_fails_the_run_instead_of_hanging_it(night):
     facts = build_facts(read_export(night).tables, AS_OF)
     with LocalCluster(n_workers=0, processes=True, dashboard_address=None, host="127.0.0.1",
                       scheduler_kwargs={"dashboard_address": "127.0.0.1:0"}) as empty:
-        with pytest.raises(EngineError, match="no progress"):
+        with pytest.raises(EngineError, match=f"scheduler at --scheduler {empty.scheduler_address} has no workers: "
+                                              f"none joined within 3s"):
             evaluate_on_dask(policies, facts, scheduler=empty.scheduler_address, stall_seconds=3)
 
 
-def test_an_unreachable_scheduler_is_a_usage_error_naming_the_address(night, tmp_path):
-    import os
+def cli(night, tmp_path, *extra: str, **env: str) -> list[str]:
+    return [str(Path(sys.executable).with_name("shakers-rules")), "run", "--export", str(night),
+            "--out", str(tmp_path / "run"), "--ledger", str(tmp_path / "ledger.sqlite"), "--policies", str(POLICIES),
+            "--as-of", AS_OF.isoformat(), "--engine", "dask", "-q", *extra]
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    return {**{k: v for k, v in os.environ.items() if not k.startswith("SHAKERS_")}, **extra}
+
+
+def listening(pid: int) -> list[tuple[int, str, int]]:
+    """(pid, ip, port) of every socket listening in the process `pid` and its descendants."""
+    import psutil
+
+    root = psutil.Process(pid)
+    found = []
+    for proc in [root, *root.children(recursive=True)]:
+        try:
+            found += [(proc.pid, c.laddr.ip, c.laddr.port) for c in proc.net_connections(kind="inet")
+                      if c.status == psutil.CONN_LISTEN]
+        except psutil.NoSuchProcess:
+            pass
+    return found
+
+
+def test_the_local_cluster_of_a_run_listens_on_127_0_0_1_only_and_a_stall_there_is_exit_1_naming_it(night, tmp_path):
+    import time
+
+    from processor.engine.batches import candidate_facts, project_ids
+
+    facts = build_facts(read_export(night).tables, AS_OF)
+    victim = str(project_ids(candidate_facts(load_policies(POLICIES), facts.frames))[0])  # one the engine is sent
+    marker = tmp_path / "hung.pid"
+    # The workers inherit the driver's environment: the first to meet the victim hangs, the night stalls.
+    env = clean_env(SHAKERS_TEST_HANG_ON_PROJECT=victim, SHAKERS_TEST_HANG_ONCE_FILE=str(marker),
+                    SHAKERS_DASK_STALL_SECONDS="8")
+    proc = subprocess.Popen(cli(night, tmp_path), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (marker.exists() and marker.read_text().strip()):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.stderr else ""
+            time.sleep(0.1)
+        sockets = listening(proc.pid)
+    finally:
+        out, err = proc.communicate(timeout=240)
+    # The scheduler (its comm and its HTTP server), two nannies and two workers, all started by the run.
+    assert len({pid for pid, _, _ in sockets}) >= 3 and len(sockets) >= 6, sockets
+    assert {ip for _, ip, _ in sockets} == {"127.0.0.1"}, sockets
+    assert proc.returncode == 1, err
+    assert "the local Dask cluster's scheduler at tcp://127.0.0.1:" in err and "made no progress for 8s" in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "run" / "decisions.csv").exists()
+
+
+def test_a_stall_setting_that_is_no_duration_is_a_usage_error_naming_it(night, tmp_path):
+    proc = subprocess.run(cli(night, tmp_path), env=clean_env(SHAKERS_DASK_STALL_SECONDS="soon"),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert "SHAKERS_DASK_STALL_SECONDS='soon' is not a number of seconds above 0" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "run" / "decisions.csv").exists()
+
+
+def test_a_scheduler_address_nobody_listens_on_is_a_usage_error_at_once_naming_it(night, tmp_path):
     import socket
-    import subprocess
-    import sys
-    from pathlib import Path
+    import time
 
     with socket.socket() as s:  # a port on 127.0.0.1 that nobody listens on once this closes
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     address = f"tcp://127.0.0.1:{port}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SHAKERS_")}
-    env["SHAKERS_DASK_CONNECT_SECONDS"] = "2"
-    proc = subprocess.run([str(Path(sys.executable).with_name("shakers-rules")), "run", "--export", str(night),
-                           "--out", str(tmp_path / "run"), "--ledger", str(tmp_path / "ledger.sqlite"),
-                           "--policies", str(POLICIES), "--as-of", AS_OF.isoformat(), "--engine", "dask",
-                           "--scheduler", address, "-q"], capture_output=True, text=True, env=env, timeout=300)
+    started = time.monotonic()
+    proc = subprocess.run(cli(night, tmp_path, "--scheduler", address), env=clean_env(), capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert f"cannot reach the Dask scheduler at --scheduler {address} (connection refused" in proc.stderr
+    assert time.monotonic() - started < 30  # refused is final: the 30 s connect time is not waited out
+    assert "Traceback" not in proc.stderr and "unexpected" not in proc.stderr
+    assert not (tmp_path / "run" / "decisions.csv").exists()
+
+
+def test_a_scheduler_address_that_never_answers_is_a_usage_error_after_the_connect_time(night, tmp_path):
+    import socket
+
+    with socket.socket() as silent:  # accepts connections (the kernel's backlog) and never says a word
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        address = f"tcp://127.0.0.1:{silent.getsockname()[1]}"
+        proc = subprocess.run(cli(night, tmp_path, "--scheduler", address),
+                              env=clean_env(SHAKERS_DASK_CONNECT_SECONDS="2"), capture_output=True, text=True,
+                              timeout=300)
     assert proc.returncode == 2, proc.stderr
     assert f"cannot reach the Dask scheduler at --scheduler {address} within 2s" in proc.stderr
     assert "Traceback" not in proc.stderr and "unexpected" not in proc.stderr

@@ -70,7 +70,7 @@ def guarded(fn):
         import sqlite3
 
         from processor import files
-        from processor.engine.cluster import SchedulerUnreachable
+        from processor.engine.cluster import DaskUsageError
         from processor.export.contract import InvalidExport
         from processor.ledger import LedgerFull, LedgerProblem, LedgerUnreadable, default_ledger_path
         from processor.lock import LedgerBusy, LockPathError
@@ -93,7 +93,7 @@ def guarded(fn):
         except LedgerProblem as e:
             err(str(e))
             sys.exit(e.exit_code)
-        except (LockPathError, files.OutputPathError, SchedulerUnreachable) as e:
+        except (LockPathError, files.OutputPathError, DaskUsageError) as e:
             err(str(e))
             sys.exit(EXIT_USAGE)
         except files.DiskFull as e:

@@ -62,6 +62,10 @@ def print_summary(result, quiet: bool = False):
     click.echo(f"night {s['as_of']}: {s['rows']['read']:,} rows read, {s['rows']['rejected']:,} rejected; "
                f"{s['engine']['projects']:,} projects, {d['total']:,} decisions "
                f"({d['by_state'].get('new', 0):,} new, {d['by_state'].get('ongoing', 0):,} ongoing)")
+    if s["engine"]["worker_crashes"]:
+        click.echo(f"  ENGINE WORKERS LOST: {s['engine']['worker_crashes']:,} (crashed or killed mid-night; their "
+                   f"work was retried, a project that still failed is listed as not evaluated; summary.json "
+                   f"engine.worker_crashes)")
     if quiet:
         return
     width = max((len(p) for p in d["by_policy"]), default=10)
