@@ -94,7 +94,7 @@ def start_cluster(tmp_path):
 @pytest.fixture(scope="module")
 def nights(tmp_path_factory):
     """Two consecutive generated nights, CSV then Parquet, each with corrupt rows, and their local runs."""
-    from processor.tools.generate import generate_export
+    from processor.tools.generate.export import generate_export
 
     base = tmp_path_factory.mktemp("dask-cluster-nights")
     exports = []
