@@ -335,7 +335,8 @@ def test_a_ledger_made_before_the_schema_had_a_version_is_migrated_and_keeps_its
         db.execute("DROP TABLE deliveries")
         db.execute("CREATE TABLE deliveries (message_id TEXT PRIMARY KEY, as_of TEXT NOT NULL, "
                    "recipient TEXT NOT NULL, eml_path TEXT NOT NULL, status TEXT NOT NULL, "
-                   "attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT NOT NULL DEFAULT '', updated_at TEXT NOT NULL)")
+                   "attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT NOT NULL DEFAULT '', "
+                   "updated_at TEXT NOT NULL)")
         db.execute("INSERT INTO deliveries VALUES ('<old@x>', '2026-11-23', 'p@shakers.test', '/x.eml', 'sent', 1, "
                    "'', 'then')")
         db.execute("PRAGMA user_version = 0")
