@@ -65,8 +65,8 @@ def email_view(path: Path) -> list[str]:
             continue
         payload = part.get_payload(decode=True) or b""
         lines.append(f"part {i} {part.get_content_type()} {dict(part.get_params() or [])}")
-        text = payload.decode(part.get_content_charset() or "utf-8", "replace") if part.get_content_maintype() == "text" \
-            else payload.hex()
+        text = (payload.decode(part.get_content_charset() or "utf-8", "replace")
+                if part.get_content_maintype() == "text" else payload.hex())
         lines += [f"part {i} | {line}" for line in text.splitlines()]
     return lines
 
@@ -86,7 +86,8 @@ def ledger_rows(path: Path, run_dir: Path) -> dict[str, tuple[list[str], list[tu
             rows = []
             for row in cursor:
                 # an email's path names the run's own directory: its name in the outbox is what must agree
-                rows.append(tuple(Path(str(row[i])).name if names[i] == "eml_path" else str(row[i]).replace(str(run_dir), "<run>")
+                rows.append(tuple(Path(str(row[i])).name if names[i] == "eml_path"
+                                  else str(row[i]).replace(str(run_dir), "<run>")
                                   for i in keep))
             out[table] = ([names[i] for i in keep], sorted(rows))
     return out
@@ -98,7 +99,8 @@ def differences(what: str, base: list, new: list) -> list[str]:
         return []
     import difflib
 
-    diff = [d for d in difflib.unified_diff([str(x) for x in base], [str(x) for x in new], "base", "new", n=0, lineterm="")
+    diff = [d for d in difflib.unified_diff([str(x) for x in base], [str(x) for x in new], "base", "new", n=0,
+                                            lineterm="")
             if d[:1] in "+-" and not d.startswith(("+++", "---"))]
     shown = [f"  {d[:300]}" for d in diff[:2 * SHOWN]]
     more = f"  ... and {len(diff) - len(shown)} more lines" if len(diff) > len(shown) else ""
@@ -113,7 +115,8 @@ def compare_runs(base: Path, new: Path) -> list[str]:
         if a.exists() != b.exists():
             out.append(f"{name}: only the {'base' if a.exists() else 'new'} run wrote it")
         elif a.exists() and a.read_bytes() != b.read_bytes():
-            out += differences(name, a.read_text(encoding="utf-8").splitlines(), b.read_text(encoding="utf-8").splitlines())
+            out += differences(name, a.read_text(encoding="utf-8").splitlines(),
+                               b.read_text(encoding="utf-8").splitlines())
     a_mail = {p.name: p for p in (base / "out" / "outbox").glob("*.eml")}
     b_mail = {p.name: p for p in (new / "out" / "outbox").glob("*.eml")}
     for name in sorted(a_mail.keys() ^ b_mail.keys()):
@@ -157,10 +160,12 @@ def main(argv: list[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="shakers-compare-"))
     base_code = tmp / "base-code"
     try:
-        subprocess.run(["git", "-C", str(HERE), "worktree", "add", "--detach", "--quiet", str(base_code), sha.stdout.strip()],
+        subprocess.run(["git", "-C", str(HERE), "worktree", "add", "--detach", "--quiet", str(base_code),
+                        sha.stdout.strip()],
                        check=True)
         export = tmp / "export"
-        gen = shakers(base_code, ["generate", "--projects", str(args.projects), "--seed", str(args.seed), "--out", str(export),
+        gen = shakers(base_code, ["generate", "--projects", str(args.projects), "--seed", str(args.seed),
+                                  "--out", str(export),
                                   "--format", args.format, "--as-of", AS_OF, "--corrupt", str(args.corrupt)], tmp)
         if gen.returncode != 0:
             print(f"compare_outputs: the base code could not generate the night:\n{gen.stderr}", file=sys.stderr)
@@ -171,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
             where.mkdir()
             started = time.monotonic()
             done = shakers(code, ["run", "--export", str(export), "--as-of", AS_OF, "--policies", str(policies),
-                                  "--out", "out", "--ledger", "ledger.sqlite", "--workers", str(args.workers), "-q"], where)
+                                  "--out", "out", "--ledger", "ledger.sqlite", "--workers", str(args.workers),
+                                  "-q"], where)
             runs[side] = done
             print(f"{side} ({args.base_ref if side == 'base' else 'working tree'}): exit {done.returncode} "
                   f"in {time.monotonic() - started:.1f}s: {done.stdout.strip() or done.stderr.strip()[-300:]}")

@@ -368,7 +368,8 @@ def report(results: list[dict]) -> tuple[str, list[str]]:
             if ratio > TARGET_RUN_OVER_FLOOR:
                 missed.append(f"{name}: run {ratio:.1f}x the read floor (target <= {TARGET_RUN_OVER_FLOOR:g}x)")
             if speed is None or speed < TARGET_ENGINE_SPEEDUP:
-                missed.append(f"{name}: engine {speed or 0:.1f}x faster than the baseline (target >= {TARGET_ENGINE_SPEEDUP:g}x)")
+                missed.append(f"{name}: engine {speed or 0:.1f}x faster than the baseline "
+                              f"(target >= {TARGET_ENGINE_SPEEDUP:g}x)")
             if run["peak_pss"] > TARGET_PEAK_BYTES:
                 missed.append(f"{name}: peak memory {gib(run['peak_pss'])} (target <= 4 GB)")
             if run["not_evaluated"]:
@@ -397,7 +398,8 @@ def report(results: list[dict]) -> tuple[str, list[str]]:
     busy = [r for r in results if max(r["run"]["load"]) > (os.cpu_count() or 1) + 0.5]
     if busy:
         lines += ["", "note: the machine was busy with other work during " + ", ".join(
-            f"{r['projects']:,} {r['format']} (load {r['run']['load'][0]:.1f} -> {r['run']['load'][1]:.1f})" for r in busy)
+            f"{r['projects']:,} {r['format']} (load {r['run']['load'][0]:.1f} -> {r['run']['load'][1]:.1f})"
+            for r in busy)
             + "; wall times there are inflated"]
     return "\n".join(lines), missed
 
@@ -414,7 +416,8 @@ def _growth(results: list[dict]) -> str:
         pa_, pb = phases_of(a["run"]), phases_of(b["run"])
         parts = [f"floor {b['floor'] / a['floor']:.1f}x", f"run {b['run']['wall'] / a['run']['wall']:.1f}x"]
         parts += [f"{p} {pb[p] / pa_[p]:.1f}x" for p in PHASES if pa_.get(p) and pb.get(p)]
-        out.append(f"growth {a['projects']:,} -> {b['projects']:,} {fmt} ({size:.0f}x the projects): " + ", ".join(parts))
+        out.append(f"growth {a['projects']:,} -> {b['projects']:,} {fmt} ({size:.0f}x the projects): "
+                   + ", ".join(parts))
     return "\n".join(out)
 
 
@@ -430,16 +433,20 @@ def compile_project():
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--projects", type=int, nargs="+", default=[100_000, 1_000_000], help="night sizes (default: 100000 1000000)")
+    ap.add_argument("--projects", type=int, nargs="+", default=[100_000, 1_000_000],
+                    help="night sizes (default: 100000 1000000)")
     ap.add_argument("--formats", nargs="+", choices=("parquet", "csv"), default=["parquet", "csv"])
     ap.add_argument("--engine", choices=("local", "dask"), default="local")
-    ap.add_argument("--workers", type=int, default=None, help="engine workers for the run (default: the run's own default)")
-    ap.add_argument("--baseline-sample", type=int, default=100_000, help="projects the baseline is measured on (then scaled)")
+    ap.add_argument("--workers", type=int, default=None,
+                    help="engine workers for the run (default: the run's own default)")
+    ap.add_argument("--baseline-sample", type=int, default=100_000,
+                    help="projects the baseline is measured on (then scaled)")
     ap.add_argument("--floor-repeats", type=int, default=3, help="reads of the files a floor is the best of")
     ap.add_argument("--repeats", type=int, default=3,
                     help="floor-then-run measurements per night; the median ratio is reported and judged (default: 3)")
     ap.add_argument("--cache", type=Path, default=ROOT / "bench" / ".cache")
-    ap.add_argument("--keep-runs", type=Path, default=None, help="copy each night's output directory (its last repeat's) here")
+    ap.add_argument("--keep-runs", type=Path, default=None,
+                    help="copy each night's output directory (its last repeat's) here")
     ap.add_argument("--json", type=Path, default=None, help="also write the raw measurements here")
     args = ap.parse_args(argv)
     compile_project()
@@ -459,7 +466,8 @@ def main(argv=None) -> int:
                 floor = read_floor(directory, fmt, args.floor_repeats)
                 say(f"[{projects:,} {fmt}] repeat {repeat}/{args.repeats}: read floor {floor:.2f}s; full run ...")
                 run = full_run(directory, args.engine, args.workers, keep)
-                say(f"[{projects:,} {fmt}] run {run['wall']:.1f}s ({run['wall'] / floor:.1f}x), phases {run['timings']}")
+                say(f"[{projects:,} {fmt}] run {run['wall']:.1f}s ({run['wall'] / floor:.1f}x), "
+                    f"phases {run['timings']}")
                 trials.append((run["wall"] / floor, floor, run))
             trials.sort(key=lambda trial: trial[0])
             _ratio, floor, run = trials[(len(trials) - 1) // 2]   # the median repeat (the lower one of an even count)
@@ -468,7 +476,8 @@ def main(argv=None) -> int:
             run["peak_pss"] = full_run(directory, args.engine, args.workers, None, memory=True)["peak_pss"]
             if projects not in baselines:  # the engine does not care about the file format
                 say(f"[{projects:,}] engine baseline on {min(projects, args.baseline_sample):,} projects ...")
-                baselines[projects] = engine_baseline(directory, args.baseline_sample, args.workers or (os.cpu_count() or 1))
+                baselines[projects] = engine_baseline(directory, args.baseline_sample,
+                                                      args.workers or (os.cpu_count() or 1))
             base = baselines[projects]
             results.append({"projects": projects, "format": fmt, "floor": floor, "run": run, "baseline": base,
                             "baseline_total": base["per_project"] * run["projects"]})

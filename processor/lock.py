@@ -99,7 +99,8 @@ def _read_holder(path: Path) -> Holder | None:
     text = raw.decode("utf-8", errors="replace")
     try:
         data = json.loads(text)
-        return Holder(int(data["pid"]) if data.get("pid") else None, data.get("since"), data.get("host"), data.get("command"))
+        return Holder(int(data["pid"]) if data.get("pid") else None, data.get("since"), data.get("host"),
+                      data.get("command"))
     except (ValueError, TypeError, AttributeError, KeyError):
         # Not ours (an editor, a disk error, another tool): say what is there rather than invent a holder.
         return Holder(None, None, garbage=text[:40])
@@ -120,7 +121,8 @@ class LedgerLock:
 
     `stale` is the Holder a killed run left in the lock file, when this run took it over."""
 
-    def __init__(self, ledger_path: str | Path, command: str = "shakers-rules", say: Callable[[str], None] | None = None):
+    def __init__(self, ledger_path: str | Path, command: str = "shakers-rules",
+                 say: Callable[[str], None] | None = None):
         self.ledger_path = Path(ledger_path)
         self.path = lock_path_for(self.ledger_path)
         self.command = command
@@ -157,7 +159,8 @@ class LedgerLock:
             note = "" if not alive else " (that pid is in use again, by another process: the lock itself was free)"
             self.say(f"took over a stale lock left by {previous.describe()}, which ended without releasing it{note}")
         self.since = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-        record = json.dumps({"pid": os.getpid(), "since": self.since, "host": socket.gethostname(), "command": self.command})
+        record = json.dumps({"pid": os.getpid(), "since": self.since, "host": socket.gethostname(),
+                             "command": self.command})
         os.ftruncate(fd, 0)
         os.pwrite(fd, (record + "\n").encode(), 0)
         os.fsync(fd)
@@ -180,7 +183,8 @@ class LedgerLock:
                                            f"Give --ledger (or $SHAKERS_LEDGER) a path in a directory") from None
         except PermissionError:
             raise LockPathError(self.path, f"this user may not create or write files in {where}. Give it write "
-                                           f"permission there, or keep the ledger in a directory it can write") from None
+                                           f"permission there, or keep the ledger in a directory it can "
+                                           f"write") from None
         except OSError as e:
             if e.errno != errno.EROFS:
                 raise

@@ -318,7 +318,8 @@ def run_nightly(exports_root: str | Path, runs_root: str | Path, *, ledger_path:
 
 def _outcome_of_run(night: dt.date, r, seconds: float) -> NightOutcome:
     s = r.summary["decisions"]
-    counts = (f"{s['total']:,} decisions ({s['by_state'].get('new', 0):,} new, {s['by_state'].get('ongoing', 0):,} ongoing, "
+    counts = (f"{s['total']:,} decisions ({s['by_state'].get('new', 0):,} new, "
+              f"{s['by_state'].get('ongoing', 0):,} ongoing, "
               f"{len(r.resolved):,} resolved) in {seconds:.1f}s")
     if r.evaluation.not_evaluated:
         return NightOutcome(night, "incomplete", EXIT_FAILURE,
@@ -328,7 +329,8 @@ def _outcome_of_run(night: dt.date, r, seconds: float) -> NightOutcome:
         return NightOutcome(night, "undelivered", EXIT_UNDELIVERED,
                             f"{counts}; some reports could not be sent and will be retried next time", r.out_dir, r)
     if r.exit_code not in (EXIT_OK,):
-        return NightOutcome(night, "failed", r.exit_code, f"{counts}; the run ended with exit code {r.exit_code}", r.out_dir, r)
+        return NightOutcome(night, "failed", r.exit_code, f"{counts}; the run ended with exit code {r.exit_code}",
+                            r.out_dir, r)
     return NightOutcome(night, "done", EXIT_OK, counts, r.out_dir, r)
 
 

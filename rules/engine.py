@@ -117,7 +117,8 @@ class PolicyEngine:
         # kind (under None): the only ones its facts need to carry besides their id.
         self._fields: dict[str | None, set[str]] = {None: set()}
         for rule in rules.values():
-            conditions = [condition for part in (*rule.get("all", ()), *rule.get("any", ())) for condition in part.values()]
+            conditions = [condition for part in (*rule.get("all", ()), *rule.get("any", ()))
+                          for condition in part.values()]
             kind = _kind_tested(conditions[0]) if len(conditions) == 1 else None
             self._fields.setdefault(kind, set()).update(name for c in conditions for name in _fields_read(c))
         for name, rule in rules.items():

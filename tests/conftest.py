@@ -63,11 +63,13 @@ def decide(tmp_path):
 
     counter = {"n": 0}
 
-    def _decide(n: Night, policies: Path = POLICIES, fmt: str = "csv", as_of=AS_OF, workers: int = 0, prefilter: bool = True) -> pd.DataFrame:
+    def _decide(n: Night, policies: Path = POLICIES, fmt: str = "csv", as_of=AS_OF, workers: int = 0,
+                prefilter: bool = True) -> pd.DataFrame:
         counter["n"] += 1
         export = read_export(n.write(tmp_path / f"export{counter['n']}", fmt))
         assert export.rejects.empty, export.rejects.to_dict("records")
-        decisions, _ev, _facts = decide_night(load_policies(policies), export, as_of, workers=workers, prefilter=prefilter)
+        decisions, _ev, _facts = decide_night(load_policies(policies), export, as_of, workers=workers,
+                                              prefilter=prefilter)
         return decisions
 
     return _decide
@@ -76,7 +78,8 @@ def decide(tmp_path):
 def actions(decisions: pd.DataFrame, policy_id: str | None = None) -> list[tuple]:
     """(policy, action, project, subject, milestone, assignee) tuples, for readable assertions."""
     d = decisions if policy_id is None else decisions[decisions["policy_id"] == policy_id]
-    return [tuple(r) for r in d[["policy_id", "action", "project_id", "subject_id", "milestone_id", "assignee_id"]].itertuples(index=False)]
+    return [tuple(r) for r in d[["policy_id", "action", "project_id", "subject_id", "milestone_id",
+                                 "assignee_id"]].itertuples(index=False)]
 
 
 def fired(decisions: pd.DataFrame) -> set[str]:

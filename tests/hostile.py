@@ -243,7 +243,8 @@ def manifest_not_json(root: Path) -> Built:
 
 def manifest_nested_10000_levels(root: Path) -> Built:
     export, _ = _night(root)
-    (export / "manifest.json").write_text('{"exported_at": "2026-11-24T23:59:59Z", "deep": ' + "[" * 10_000 + "]" * 10_000 + "}")
+    (export / "manifest.json").write_text('{"exported_at": "2026-11-24T23:59:59Z", "deep": '
+                                          + "[" * 10_000 + "]" * 10_000 + "}")
     return Built(export)
 
 

@@ -70,29 +70,35 @@ class Night:
         return f"{prefix}{self._n:04d}"
 
     def user(self, user_id, role, **kw):
-        row = {"user_id": user_id, "role": role, "name": kw.pop("name", user_id), "email": kw.pop("email", f"{user_id.lower()}@example.test"),
+        row = {"user_id": user_id, "role": role, "name": kw.pop("name", user_id),
+               "email": kw.pop("email", f"{user_id.lower()}@example.test"),
                "status": "active", "is_top_shaker": "false", "areas": "", "rating": "", "max_active_projects": ""}
         row.update({k: _text(v) for k, v in kw.items()})
         self.rows["users"].append(row)
         return user_id
 
     def top_shaker(self, user_id, areas="development", rating=4.5, max_active_projects="", **kw):
-        return self.user(user_id, "talent", is_top_shaker="true", areas=areas, rating=rating, max_active_projects=max_active_projects, **kw)
+        return self.user(user_id, "talent", is_top_shaker="true", areas=areas, rating=rating,
+                         max_active_projects=max_active_projects, **kw)
 
     def project(self, project_id="P1", status="active", client="C1", talent="T1", ps="PS1", area="development", **kw):
-        row = {"project_id": project_id, "title": kw.pop("title", f"Project {project_id}"), "client_id": client, "talent_id": talent,
+        row = {"project_id": project_id, "title": kw.pop("title", f"Project {project_id}"), "client_id": client,
+               "talent_id": talent,
                "project_success_id": ps, "area": area, "status": status, "hold_reason": "", "held_since": "",
                "talent_decision": "", "created_at": at(-90)}
         row.update({k: _text(v) for k, v in kw.items()})
         self.rows["projects"].append(row)
         return project_id
 
-    def milestone(self, project_id="P1", status="active", amount="1000.00", escrow=None, payee="T1", milestone_id=None, **kw):
+    def milestone(self, project_id="P1", status="active", amount="1000.00", escrow=None, payee="T1", milestone_id=None,
+                  **kw):
         mid = milestone_id or self._id("M")
         seq = 1 + sum(1 for m in self.rows["milestones"] if m["project_id"] == project_id)
-        row = {"milestone_id": mid, "project_id": project_id, "sequence": str(seq), "title": f"Milestone {seq}", "amount": amount,
-               "currency": "EUR", "status": status, "payee_id": payee, "escrow_amount": amount if escrow is None else escrow,
-               "activated_at": at(-30) if status != "pending" else "", "completed_at": "", "validated_at": "", "released_at": ""}
+        row = {"milestone_id": mid, "project_id": project_id, "sequence": str(seq), "title": f"Milestone {seq}",
+               "amount": amount, "currency": "EUR", "status": status, "payee_id": payee,
+               "escrow_amount": amount if escrow is None else escrow,
+               "activated_at": at(-30) if status != "pending" else "", "completed_at": "", "validated_at": "",
+               "released_at": ""}
         if status in ("validated", "released"):
             row["validated_at"] = at(-3)
         if status == "released":
@@ -103,17 +109,20 @@ class Night:
 
     def invoice(self, milestone_id, due_in=0, status="open", amount="1000.00", invoice_id=None, **kw):
         iid = invoice_id or self._id("I")
-        row = {"invoice_id": iid, "milestone_id": milestone_id, "amount": amount, "currency": "EUR", "issued_at": day(due_in - 14),
+        row = {"invoice_id": iid, "milestone_id": milestone_id, "amount": amount, "currency": "EUR",
+               "issued_at": day(due_in - 14),
                "due_date": day(due_in), "status": status, "paid_at": at(-1) if status == "paid" else ""}
         row.update({k: _text(v) for k, v in kw.items()})
         self.rows["invoices"].append(row)
         return iid
 
-    def attempt(self, target, project_id="P1", days_ago=1, made_by="project_success", answered_days_ago=None, channel="email"):
+    def attempt(self, target, project_id="P1", days_ago=1, made_by="project_success", answered_days_ago=None,
+                channel="email"):
         aid = self._id("A")
         self.rows["contact_attempts"].append({
-            "attempt_id": aid, "project_id": project_id, "target_user_id": target, "made_by": made_by, "channel": channel,
-            "attempted_at": at(-days_ago), "answered_at": "" if answered_days_ago is None else at(-answered_days_ago, 18)})
+            "attempt_id": aid, "project_id": project_id, "target_user_id": target, "made_by": made_by,
+            "channel": channel, "attempted_at": at(-days_ago),
+            "answered_at": "" if answered_days_ago is None else at(-answered_days_ago, 18)})
         return aid
 
     def unanswered(self, target, count, oldest_days_ago, project_id="P1", by_project_success=1):

@@ -10,7 +10,8 @@ from night import AS_OF, Night, lose_contact, shipped_thresholds
 PAULA, PEDRO, QUENTIN = "paula@shakers.test", "pedro@shakers.test", "quentin@shakers.test"
 
 
-def busy_night(as_of: dt.date = AS_OF, *, paula_name: str = "Paula Success", shop_title: str = "Shop redesign") -> Night:
+def busy_night(as_of: dt.date = AS_OF, *, paula_name: str = "Paula Success",
+               shop_title: str = "Shop redesign") -> Night:
     """Three managers. Paula: P1 (client lost: halt), P3 (talent at risk, escrow short).
     Pedro: P2 (talent lost: Top Shaker takes over; an invoice overdue). Quentin: P4, all well (no email)."""
     n = Night(as_of)

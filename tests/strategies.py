@@ -71,7 +71,8 @@ def facts_from(projects: list[dict]) -> Facts:
             rows["party"].append({**common, **p[party], "party": party, "user_id": f"{party[0].upper()}{i:04d}",
                                   "fact_id": f"party:{pid}:{party}"})
         for j, m in enumerate(p["milestones"]):
-            rows["milestone"].append({**common, **m, "milestone_id": f"M{i:04d}{j}", "fact_id": f"milestone:M{i:04d}{j}"})
+            rows["milestone"].append({**common, **m, "milestone_id": f"M{i:04d}{j}",
+                                      "fact_id": f"milestone:M{i:04d}{j}"})
         for j, inv in enumerate(p["invoices"]):
             rows["invoice"].append({**common, **inv, "invoice_id": f"I{i:04d}{j}", "milestone_id": f"M{i:04d}0",
                                     "fact_id": f"invoice:I{i:04d}{j}"})

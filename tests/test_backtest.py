@@ -69,11 +69,13 @@ def test_a_lowered_threshold_halts_a_project_two_nights_earlier_and_the_report_s
     out = proc.stdout
     assert "over 5 nights" in out
     assert "projects halted at another time: 1 (2 nights earlier: 1)" in out
-    assert "project P1 halted 2 nights earlier under the candidate: 2026-11-20 instead of 2026-11-22 (client-contact-loss)" in out
+    assert ("project P1 halted 2 nights earlier under the candidate: 2026-11-20 instead of 2026-11-22 "
+            "(client-contact-loss)") in out
     # the contact-risk flags of the two nights before are gone; the halt and the talent's question come in their place
     assert re.search(r"client-contact-loss / halt_project\s+2\s+0\s+0\s+3$", out, re.M)
     assert re.search(r"contact-risk / flag_for_review\s+0\s+2\s+0\s+0$", out, re.M)
-    assert "in total: 4 added, 2 removed, 0 changed, 6 changed only in the threshold values their evidence records" in out
+    assert ("in total: 4 added, 2 removed, 0 changed, 6 changed only in the threshold values their evidence "
+            "records") in out
     # PS1's email changes on the first three nights (on the third: 'new' under the baseline, 'ongoing' under the
     # candidate, and the baseline's risk flag resolved); PS2's never does
     assert "  2026-11-20: PS1\n  2026-11-21: PS1\n  2026-11-22: PS1\n" in out
@@ -84,7 +86,8 @@ def test_a_lowered_threshold_halts_a_project_two_nights_earlier_and_the_report_s
 def test_the_json_says_the_same_night_by_night(tmp_path):
     root = five_nights(tmp_path / "exports")
     candidate = threshold(tmp_path, "contact_loss_days_since_oldest", 7, 5)
-    proc = backtest("--exports-root", root, "--baseline", pinned(tmp_path), "--candidate", candidate, "--json", "--workers", 0,
+    proc = backtest("--exports-root", root, "--baseline", pinned(tmp_path), "--candidate", candidate, "--json",
+                    "--workers", 0,
                     "--from", "2026-11-21", "--to", "2026-11-23")
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
@@ -103,7 +106,8 @@ def test_the_json_says_the_same_night_by_night(tmp_path):
 
 def test_the_same_file_on_both_sides_changes_nothing(tmp_path):
     root = five_nights(tmp_path / "exports")
-    proc = backtest("--exports-root", root, "--baseline", pinned(tmp_path), "--candidate", pinned(tmp_path), "--json", "--workers", 0)
+    proc = backtest("--exports-root", root, "--baseline", pinned(tmp_path), "--candidate", pinned(tmp_path), "--json",
+                    "--workers", 0)
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert report["same"] is True
@@ -112,14 +116,16 @@ def test_the_same_file_on_both_sides_changes_nothing(tmp_path):
          "emails_only_baseline", "emails_only_candidate"], 0)
     assert report["timing"] == {"halt_project": [], "reject_user": []}
     assert all(n["decisions"]["baseline"] == n["decisions"]["candidate"] > 0 for n in report["nights"])
-    text = backtest("--exports-root", root, "--baseline", pinned(tmp_path), "--candidate", pinned(tmp_path), "--workers", 0)
+    text = backtest("--exports-root", root, "--baseline", pinned(tmp_path), "--candidate", pinned(tmp_path),
+                    "--workers", 0)
     assert "no difference: both make the same decisions on every night, and every email is the same" in text.stdout
 
 
 def test_the_scratch_ledgers_never_touch_the_live_one(tmp_path):
     root = five_nights(tmp_path / "exports")
     live = tmp_path / "ledger.sqlite"
-    run = subprocess.run([SHAKERS_RULES, "run", "--export", root / "2026-11-20", "--out", tmp_path / "run", "--ledger", live],
+    run = subprocess.run([SHAKERS_RULES, "run", "--export", root / "2026-11-20", "--out", tmp_path / "run",
+                          "--ledger", live],
                          capture_output=True, text=True, timeout=600, env=with_live_ledger(live))
     assert run.returncode == 0, run.stderr
     candidate = threshold(tmp_path, "contact_loss_days_since_oldest", 7, 5)
@@ -130,7 +136,8 @@ def test_the_scratch_ledgers_never_touch_the_live_one(tmp_path):
                     env=with_live_ledger(live), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert hashlib.sha256(live.read_bytes()).hexdigest() == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == listing  # nothing beside it either (no journal, no scratch file)
+    # nothing beside it either (no journal, no scratch file)
+    assert sorted(p.name for p in tmp_path.iterdir()) == listing
     with sqlite3.connect(live) as db:
         assert [r[0] for r in db.execute("SELECT as_of FROM runs")] == ["2026-11-20"]
 
@@ -139,7 +146,8 @@ def test_the_html_page_is_self_contained_with_a_chart_per_night(tmp_path):
     root = five_nights(tmp_path / "exports")
     candidate = threshold(tmp_path, "contact_loss_days_since_oldest", 7, 5)
     page = tmp_path / "pages" / "backtest.html"
-    proc = backtest("--exports-root", root, "--baseline", pinned(tmp_path), "--candidate", candidate, "--html", page, "--workers", 0)
+    proc = backtest("--exports-root", root, "--baseline", pinned(tmp_path), "--candidate", candidate, "--html", page,
+                    "--workers", 0)
     assert proc.returncode == 0, proc.stderr
     text = page.read_text(encoding="utf-8")
     assert "<svg" in text and "</svg>" in text
@@ -154,8 +162,10 @@ def test_a_range_with_no_night_is_a_usage_error_naming_the_nights_there_are(tmp_
     root = five_nights(tmp_path / "exports")
     proc = backtest("--exports-root", root, "--baseline", POLICIES, "--candidate", POLICIES, "--from", "2027-01-01")
     assert proc.returncode == 2
-    assert f"no night of {root} is in the range 2027-01-01 to the last: it holds 2026-11-20 to 2026-11-24 (5 nights)" in proc.stderr
-    backwards = backtest("--exports-root", root, "--baseline", POLICIES, "--candidate", POLICIES, "--from", "2026-11-24", "--to", "2026-11-20")
+    assert (f"no night of {root} is in the range 2027-01-01 to the last: it holds 2026-11-20 to 2026-11-24 "
+            f"(5 nights)") in proc.stderr
+    backwards = backtest("--exports-root", root, "--baseline", POLICIES, "--candidate", POLICIES,
+                         "--from", "2026-11-24", "--to", "2026-11-20")
     assert backwards.returncode == 2 and "--from 2026-11-24 is after --to 2026-11-20" in backwards.stderr
 
 
@@ -165,7 +175,8 @@ def test_a_broken_candidate_is_refused_before_any_night_is_read(tmp_path):
     bad.write_text(re.sub(r"(contact_loss_unanswered_attempts: )\d+", r"\g<1>three", POLICIES.read_text(), count=1))
     proc = backtest("--exports-root", root, "--baseline", POLICIES, "--candidate", bad)
     assert proc.returncode == 3
-    assert f"{bad}:11:37: threshold 'contact_loss_unanswered_attempts' must be a whole number ≥ 0, got 'three'" in proc.stderr
+    assert (f"{bad}:11:37: threshold 'contact_loss_unanswered_attempts' must be a whole number ≥ 0, "
+            f"got 'three'") in proc.stderr
     assert "Traceback" not in proc.stderr
 
 
@@ -189,7 +200,8 @@ def test_a_rejected_user_is_followed_across_nights_too(tmp_path):
         n.unanswered("T1", 3, oldest_days_ago=10)  # 11-14: 6 days old on the first night, 7 on the second
         n.write(root / night.isoformat())
     candidate = threshold(tmp_path, "contact_loss_days_since_oldest", 7, 6)
-    proc = backtest("--exports-root", root, "--baseline", pinned(tmp_path), "--candidate", candidate, "--json", "--workers", 0)
+    proc = backtest("--exports-root", root, "--baseline", pinned(tmp_path), "--candidate", candidate, "--json",
+                    "--workers", 0)
     assert proc.returncode == 0, proc.stderr
     timing = json.loads(proc.stdout)["timing"]
     assert timing["reject_user"] == [{"target": "T1", "baseline": "2026-11-21", "candidate": "2026-11-20",

@@ -87,7 +87,8 @@ def test_a_changed_ledger_row_is_named_but_its_timestamps_are_not(runs):
         db.execute("UPDATE runs SET finished_at = '2035-01-01T00:00:00+00:00'")
     assert compare_outputs.compare_runs(base, new) == []
     with sqlite3.connect(new / "ledger.sqlite") as db:
-        db.execute("UPDATE decision_nights SET state = 'ongoing' WHERE rowid = (SELECT min(rowid) FROM decision_nights)")
+        db.execute("UPDATE decision_nights SET state = 'ongoing' "
+                   "WHERE rowid = (SELECT min(rowid) FROM decision_nights)")
     found = compare_outputs.compare_runs(base, new)
     assert found[0].startswith("ledger decision_nights (")
 

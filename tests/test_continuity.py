@@ -131,7 +131,8 @@ def test_distinct_decisions_never_share_a_key_whatever_their_ids_hold(rows):
 
 
 def test_keys_of_plain_ids_are_the_parts_joined_as_ledgers_have_always_kept_them():
-    frame = pd.DataFrame([["release-validated", "release_milestone_payment", "P1", "T1", "M1", ""]], columns=KEY_COLUMNS)
+    frame = pd.DataFrame([["release-validated", "release_milestone_payment", "P1", "T1", "M1", ""]],
+                         columns=KEY_COLUMNS)
     assert decision_keys(frame).tolist() == ["release-validated|release_milestone_payment|P1|T1|M1|"]
 
 

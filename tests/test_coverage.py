@@ -86,7 +86,8 @@ def test_the_shipped_cases_make_every_condition_true_and_false_and_meet_every_th
         assert any(x.startswith(f"  {policy.id} (") for x in out), policy.id
     assert "✗" not in proc.stdout
     # a threshold's edge is shown by its value on both sides
-    assert re.search(r"unanswered_attempts at least \d+ \(contact_loss_unanswered_attempts\): true ✓, false ✓, edge \d+ ✓, edge \d+ ✓",
+    assert re.search(r"unanswered_attempts at least \d+ \(contact_loss_unanswered_attempts\): "
+                     r"true ✓, false ✓, edge \d+ ✓, edge \d+ ✓",
                      proc.stdout)
 
 
@@ -98,9 +99,12 @@ def test_coverage_below_the_floor_fails_naming_each_uncovered_condition_by_file_
     assert "coverage 50.0% is below --fail-under 100%" in proc.stderr
     named = [x for x in proc.stderr.splitlines() if ": very-long-hold: " in x]
     # only the threshold's condition is named: project_status on_hold is made both ways already
-    assert named == [f"{policies}:{line}:9: very-long-hold: days_on_hold more than 60 (very_long_hold_days): no case makes it true; "
-                     "no case sits on its edge at 61 (where it just holds); no case sits just past its edge at 60 (where it just fails)"]
-    assert f"✗ {policies}:{line}  days_on_hold more than 60 (very_long_hold_days): true ✗, false ✓, edge 61 ✗, edge 60 ✗" in proc.stdout
+    assert named == [f"{policies}:{line}:9: very-long-hold: days_on_hold more than 60 (very_long_hold_days): "
+                     "no case makes it true; "
+                     "no case sits on its edge at 61 (where it just holds); "
+                     "no case sits just past its edge at 60 (where it just fails)"]
+    assert (f"✗ {policies}:{line}  days_on_hold more than 60 (very_long_hold_days): "
+            f"true ✗, false ✓, edge 61 ✗, edge 60 ✗") in proc.stdout
     assert f"✓ {policies}:{line - 1}  project_status is on_hold: true ✓, false ✓" in proc.stdout
 
 
@@ -123,7 +127,8 @@ def test_cases_on_both_sides_of_a_threshold_s_edge_bring_it_to_full_coverage(tmp
     edge.write_text(EDGE)
     proc = shakers("test", policies, "--cases", cases, "--cases", edge, "--coverage", "--fail-under", "100")
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert f"{policies}:{line}  days_on_hold more than 60 (very_long_hold_days): true ✓, false ✓, edge 61 ✓, edge 60 ✓" in proc.stdout
+    assert (f"{policies}:{line}  days_on_hold more than 60 (very_long_hold_days): "
+            f"true ✓, false ✓, edge 61 ✓, edge 60 ✓") in proc.stdout
     # one side of the edge alone is not enough
     edge.write_text(EDGE.split("  - name: on hold exactly")[0])
     proc = shakers("test", policies, "--cases", cases, "--cases", edge, "--coverage", "--fail-under", "100")
@@ -151,7 +156,8 @@ def test_run_pattern_runs_only_the_cases_whose_name_matches():
     ran = [x for x in proc.stdout.splitlines() if x.startswith("PASS")]
     assert ran and all(re.search("talent.*(decide|decision)", x) for x in ran)
     everything = shakers("test", POLICIES, "--cases", CASES, "-q")
-    assert int(SUMMARY.match(proc.stdout.splitlines()[-1])[1]) < int(SUMMARY.match(everything.stdout.splitlines()[-1])[1])
+    assert (int(SUMMARY.match(proc.stdout.splitlines()[-1])[1])
+            < int(SUMMARY.match(everything.stdout.splitlines()[-1])[1]))
 
 
 def test_run_pattern_that_matches_no_case_is_a_usage_error_not_a_pass():
@@ -170,7 +176,8 @@ def test_run_pattern_that_is_not_a_regular_expression_says_so():
 # =========================================================================== --format json
 def test_test_json_lists_cases_and_a_failing_case_as_a_located_problem_with_a_code(tmp_path):
     copy = tmp_path / "policies.yaml"
-    copy.write_text(POLICIES.read_text().replace("contact_loss_unanswered_attempts: 3 ", "contact_loss_unanswered_attempts: 4 ", 1))
+    copy.write_text(POLICIES.read_text().replace("contact_loss_unanswered_attempts: 3 ",
+                                                 "contact_loss_unanswered_attempts: 4 ", 1))
     proc = shakers("test", copy, "--cases", CASES, "--format", "json")
     assert proc.returncode == 1, proc.stderr
     report = json.loads(proc.stdout)
@@ -247,7 +254,8 @@ def test_every_problem_of_the_corpus_has_a_code_of_its_own_kind():
 
 @pytest.mark.parametrize("message, code", [
     ("unknown fact 'unanswerd_attempts' (did you mean 'unanswered_attempts'?) — facts are: ...", "unknown-fact"),
-    ("'days_since_oldest_unanswered' is compared with a number of days, got 'seven days' — write ...", "unknown-threshold"),
+    ("'days_since_oldest_unanswered' is compared with a number of days, got 'seven days' — write ...",
+     "unknown-threshold"),
     ("threshold 'invoice_grace_days' must be a whole number ≥ 0, got -1", "bad-threshold-value"),
     ("note: threshold 'x' is not used by any condition — changing it changes nothing", "unused-threshold"),
     ("policy id 'a' is used twice (first on line 3) — ids must be unique", "duplicate-policy-id"),
@@ -266,4 +274,5 @@ def test_test_json_of_an_invalid_policies_file_lists_its_problems_and_runs_no_ca
     assert proc.returncode == 3
     report = json.loads(proc.stdout)
     assert "cases" not in report and report["valid"] is False
-    assert [(p["code"], p["message"].split(" (")[0]) for p in report["problems"]] == [("unknown-value", "'talnet' is not a value of 'party'")]
+    assert ([(p["code"], p["message"].split(" (")[0]) for p in report["problems"]]
+            == [("unknown-value", "'talnet' is not a value of 'party'")])

@@ -38,7 +38,8 @@ def a_night(as_of: dt.date) -> Night:
     n.project("P2", ps="PS2", client="C2", talent="T2", area="design")
     n.milestone("P2", milestone_id="M2")
     n.invoice("M2", due_in=-3, invoice_id="I2")
-    n.project("P3", status="on_hold", hold_reason="client_contact_loss", held_since=(D1 - dt.timedelta(days=4)).isoformat())
+    n.project("P3", status="on_hold", hold_reason="client_contact_loss",
+              held_since=(D1 - dt.timedelta(days=4)).isoformat())
     n.project("P4")
     n.milestone("P4", status="validated", milestone_id="M4")
     n.project("P5")
@@ -81,7 +82,8 @@ def outcome(root: Path) -> dict:
     with sqlite3.connect(root / "ledger.sqlite") as db:
         got["runs"] = db.execute("SELECT as_of, run_id, policies_sha256, decisions FROM runs ORDER BY as_of").fetchall()
         got["decision_nights"] = db.execute("SELECT * FROM decision_nights ORDER BY as_of, decision_key").fetchall()
-        got["deliveries"] = db.execute("SELECT message_id, as_of, recipient, status FROM deliveries ORDER BY message_id").fetchall()
+        got["deliveries"] = db.execute("SELECT message_id, as_of, recipient, status FROM deliveries "
+                                       "ORDER BY message_id").fetchall()
     return got
 
 
@@ -147,18 +149,21 @@ def test_a_run_killed_mid_catch_up_then_rerun_ends_exactly_as_a_clean_run(tmp_pa
     assert rerun.returncode == 0, rerun.stderr
     assert f"{D1}:" not in rerun.stdout  # done nights are not redone
     assert outcome(tmp_path) == clean
-    assert not [p for p in (tmp_path / "runs").rglob(".*") if files.is_partial(p)]  # the killed run's temporary files are gone
+    # the killed run's temporary files are gone
+    assert not [p for p in (tmp_path / "runs").rglob(".*") if files.is_partial(p)]
 
 
 def test_a_single_run_killed_while_writing_leaves_the_previous_files_whole_and_the_rerun_replaces_them(tmp_path):
     export = write_exports(tmp_path) / D1.isoformat()
-    args = CLI + ["run", "--export", str(export), "--out", str(tmp_path / "run"), "--ledger", str(tmp_path / "ledger.sqlite"),
+    args = CLI + ["run", "--export", str(export), "--out", str(tmp_path / "run"),
+                  "--ledger", str(tmp_path / "ledger.sqlite"),
                   "--policies", str(POLICIES), "--workers", "0", "-q"]
     first = subprocess.run(args, capture_output=True, text=True, env=base_env(), timeout=300)
     assert first.returncode == 0, first.stderr
     before = (tmp_path / "run" / "decisions.csv").read_text()
     for point in ("write", "ledger"):
-        killed = subprocess.run(args, capture_output=True, text=True, env=base_env(SHAKERS_TEST_KILL_AT=point), timeout=300)
+        killed = subprocess.run(args, capture_output=True, text=True, env=base_env(SHAKERS_TEST_KILL_AT=point),
+                                timeout=300)
         assert killed.returncode == -9
         assert (tmp_path / "run" / "decisions.csv").read_text() == before
         assert_nothing_half_written(tmp_path / "run")
@@ -196,7 +201,8 @@ def test_a_worker_that_hangs_is_killed_by_the_watchdog_and_its_project_reported_
     done = subprocess.run(CLI + ["run", "--export", str(export), "--out", str(tmp_path / "run"), "--ledger",
                                  str(tmp_path / "ledger.sqlite"), "--policies", str(POLICIES), "--workers", "2"],
                           capture_output=True, text=True, timeout=300,
-                          env=base_env(SHAKERS_TEST_HANG_ON_PROJECT="P2", SHAKERS_ENGINE_STALL_SECONDS="2", SHAKERS_TEST_TAG=tag))
+                          env=base_env(SHAKERS_TEST_HANG_ON_PROJECT="P2", SHAKERS_ENGINE_STALL_SECONDS="2",
+                                       SHAKERS_TEST_TAG=tag))
     assert done.returncode == 1, done.stderr
     assert time.monotonic() - started < 120
     assert "NOT EVALUATED" in done.stdout and "P2" in done.stdout

@@ -37,7 +37,8 @@ def test_a_hostile_input_gets_its_exit_status_and_a_sentence_never_a_traceback(c
                               capture_output=True, text=True, errors="replace", timeout=case.timeout,
                               cwd=tmp_path, env=_environment(), stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
-        pytest.fail(f"{case.name}: the run still had not finished after {case.timeout:.0f} s (it must never wait on its input)")
+        pytest.fail(f"{case.name}: the run still had not finished after {case.timeout:.0f} s "
+                    f"(it must never wait on its input)")
     said = done.stdout + done.stderr
     assert "Traceback" not in said, said[-3000:]
     assert "please report" not in said.lower(), said[-3000:]

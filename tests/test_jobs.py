@@ -107,7 +107,8 @@ def test_a_failed_start_prints_its_exit_and_its_log_lines_for_cron_to_mail(site)
 
 
 @pytest.mark.parametrize("setting, value, says", [
-    ("SHAKERS_BIN", "/nonexistent/shakers-rules", "SHAKERS_BIN=/nonexistent/shakers-rules is not an executable program"),
+    ("SHAKERS_BIN", "/nonexistent/shakers-rules",
+     "SHAKERS_BIN=/nonexistent/shakers-rules is not an executable program"),
     ("SHAKERS_LEDGER", "", "set SHAKERS_LEDGER in"),
 ])
 def test_the_wrappers_own_setup_errors_go_to_its_log_as_well_as_stderr(site, setting, value, says):
@@ -167,7 +168,8 @@ def nobodys_site():
     shutil.rmtree(path)
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or SETPRIV is None, reason="needs root and setpriv to run the wrapper as another user")
+@pytest.mark.skipif(os.geteuid() != 0 or SETPRIV is None,
+                    reason="needs root and setpriv to run the wrapper as another user")
 @pytest.mark.parametrize("mode, group, readable", [(0o640, "nogroup", True), (0o600, "root", False)])
 def test_the_documented_env_file_permissions_let_a_non_root_service_user_read_it(nobodys_site, mode, group, readable):
     """docs/operations.md and docs/reports.md: chmod 640, owner root:<the service's group>."""
@@ -179,7 +181,8 @@ def test_the_documented_env_file_permissions_let_a_non_root_service_user_read_it
                         + "SHAKERS_BIN=/bin/true\nSHAKERS_LOG=journal\nSHAKERS_SMTP_PASSWORD=secret\n")
     os.chown(env_file, 0, grp.getgrnam(group).gr_gid)
     env_file.chmod(mode)
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(nobodys_site), "SHAKERS_ENV_FILE": str(env_file)}
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(nobodys_site),
+           "SHAKERS_ENV_FILE": str(env_file)}
     done = subprocess.run([SETPRIV, "--reuid=nobody", "--regid=nogroup", "--clear-groups", "bash", str(WRAPPER)],
                           capture_output=True, text=True, env=env, cwd=nobodys_site, timeout=60)
     if readable:
@@ -305,7 +308,8 @@ def test_a_failed_service_starts_the_failure_template_which_logs_at_error_priori
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
 
 
-@pytest.mark.skipif(SYSTEMD_ANALYZE is None, reason="systemd-analyze is not installed; the parser test above still runs")
+@pytest.mark.skipif(SYSTEMD_ANALYZE is None,
+                    reason="systemd-analyze is not installed; the parser test above still runs")
 def test_systemd_analyze_verifies_the_service_and_timer(units_here):
     done = subprocess.run([SYSTEMD_ANALYZE, "verify", "--man=no", "shakers-rules.service", "shakers-rules.timer",
                            FAILURE_INSTANCE], capture_output=True, text=True, cwd=units_here, timeout=120)
@@ -338,7 +342,8 @@ def test_systemd_analyze_would_catch_a_broken_timer(units_here):
 @pytest.mark.skipif(SYSTEMD_ANALYZE is None, reason="systemd-analyze is not installed")
 def test_the_timer_fires_once_a_day_at_a_fixed_utc_time():
     on_calendar = _unit("shakers-rules.timer")["Timer"]["OnCalendar"]
-    done = subprocess.run([SYSTEMD_ANALYZE, "calendar", "--iterations=2", on_calendar], capture_output=True, text=True, timeout=60)
+    done = subprocess.run([SYSTEMD_ANALYZE, "calendar", "--iterations=2", on_calendar], capture_output=True,
+                          text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     elapses = re.findall(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) UTC", done.stdout)
     assert len(elapses) == 2

@@ -177,7 +177,8 @@ def test_a_run_after_a_killed_run_takes_the_stale_lock_over_and_says_so(tmp_path
     proc = _hold_in_subprocess(ledger)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    done = subprocess.run(CLI + ["run", "--export", str(export), "--ledger", str(ledger), "--out", str(tmp_path / "run"),
+    done = subprocess.run(CLI + ["run", "--export", str(export), "--ledger", str(ledger),
+                                 "--out", str(tmp_path / "run"),
                                  "--policies", str(ROOT / "policies.yaml"), "--workers", "0", "-q"],
                           cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
@@ -186,12 +187,14 @@ def test_a_run_after_a_killed_run_takes_the_stale_lock_over_and_says_so(tmp_path
 
 
 def _run(tmp_path: Path, ledger: Path, out: str = "run") -> subprocess.CompletedProcess:
-    return subprocess.run(CLI + ["run", "--export", str(_export(tmp_path)), "--ledger", str(ledger), "--out", str(tmp_path / out),
+    return subprocess.run(CLI + ["run", "--export", str(_export(tmp_path)), "--ledger", str(ledger),
+                                 "--out", str(tmp_path / out),
                                  "--policies", str(ROOT / "policies.yaml"), "--workers", "0", "-q"],
                           cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=120)
 
 
-@pytest.mark.parametrize("garbage", [b"<<<<<<< HEAD\n", b"\x00\xff\xfe\x81binary", b'{"pid": "not a number"}', b"[1, 2]"])
+@pytest.mark.parametrize("garbage", [b"<<<<<<< HEAD\n", b"\x00\xff\xfe\x81binary", b'{"pid": "not a number"}',
+                                     b"[1, 2]"])
 def test_a_lock_file_holding_garbage_is_taken_over_with_a_notice_saying_what_it_held(tmp_path, garbage):
     ledger = tmp_path / "ledger.sqlite"
     lock_path_for(ledger).write_bytes(garbage)

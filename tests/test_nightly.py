@@ -35,7 +35,8 @@ def a_night(as_of: dt.date) -> Night:
     n = Night(as_of)
     n.project("P1")
     n.milestone("P1", escrow="10.00", milestone_id="M1")
-    n.project("P2", status="on_hold", hold_reason="client_contact_loss", held_since=(D1 - dt.timedelta(days=2)).isoformat())
+    n.project("P2", status="on_hold", hold_reason="client_contact_loss",
+              held_since=(D1 - dt.timedelta(days=2)).isoformat())
     return n
 
 
@@ -80,7 +81,8 @@ def test_catch_up_runs_every_missed_night_oldest_first_each_with_its_own_as_of(t
     for day in (D1, D2, D3):
         d = decisions(tmp_path, day)
         assert set(d["as_of"]) == {day.isoformat()}
-    assert [r[0] for r in ledger_rows(tmp_path / "ledger.sqlite", "SELECT as_of FROM runs ORDER BY finished_at, as_of")] == \
+    assert [r[0] for r in ledger_rows(tmp_path / "ledger.sqlite",
+                                      "SELECT as_of FROM runs ORDER BY finished_at, as_of")] == \
         [D1.isoformat(), D2.isoformat(), D3.isoformat()]
     # The escrow shortfall is new the first night and ongoing after: the nights were chained in order.
     states = [decisions(tmp_path, day).set_index("policy_id").loc["escrow-shortfall", "state"] for day in (D1, D2, D3)]
@@ -252,7 +254,8 @@ def test_a_broken_policies_file_is_refused_with_exit_3_even_on_a_quiet_night(tmp
 # ----------------------------------------------------------------------------- the date of a night
 def _cli_run(export: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SHAKERS_")}
-    return subprocess.run(CLI + ["run", "--export", str(export), "--out", str(out), "--ledger", str(out.parent / "ledger.sqlite"),
+    return subprocess.run(CLI + ["run", "--export", str(export), "--out", str(out),
+                                 "--ledger", str(out.parent / "ledger.sqlite"),
                                  "--policies", str(POLICIES), "--workers", "0", "-q", *extra],
                           capture_output=True, text=True, env=env, timeout=300)
 
@@ -343,7 +346,8 @@ def test_a_broken_policies_file_stops_the_job_before_any_night_with_exit_3(tmp_p
     bad = tmp_path / "policies.yaml"
     bad.write_text("version: 1\npolicies: []\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith("SHAKERS_")}
-    done = subprocess.run(CLI + ["nightly", "--exports-root", str(tmp_path / "exports"), "--runs-root", str(tmp_path / "runs"),
+    done = subprocess.run(CLI + ["nightly", "--exports-root", str(tmp_path / "exports"),
+                                 "--runs-root", str(tmp_path / "runs"),
                                  "--ledger", str(tmp_path / "ledger.sqlite"), "--policies", str(bad)],
                           capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 3, done.stderr
@@ -351,7 +355,8 @@ def test_a_broken_policies_file_stops_the_job_before_any_night_with_exit_3(tmp_p
 
 
 def test_a_missing_exports_root_is_a_usage_error(tmp_path):
-    done = subprocess.run(CLI + ["nightly", "--exports-root", str(tmp_path / "nowhere"), "--runs-root", str(tmp_path / "runs")],
+    done = subprocess.run(CLI + ["nightly", "--exports-root", str(tmp_path / "nowhere"),
+                                 "--runs-root", str(tmp_path / "runs")],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 2 and "is not a directory" in done.stderr
 
@@ -375,7 +380,8 @@ def test_a_decision_that_no_longer_holds_is_resolved_once_the_next_night(tmp_pat
     assert "escrow-shortfall" not in set(decisions(tmp_path, D2)["policy_id"])
     assert decisions(tmp_path, D3, "resolved.csv").empty  # listed once, not again
     assert json.loads((tmp_path / "runs" / D2.isoformat() / "summary.json").read_text())["decisions"]["resolved"] == 1
-    assert ledger_rows(tmp_path / "ledger.sqlite", "SELECT state FROM decision_nights WHERE as_of = ? AND policy_id = ?",
+    assert ledger_rows(tmp_path / "ledger.sqlite",
+                       "SELECT state FROM decision_nights WHERE as_of = ? AND policy_id = ?",
                        D2.isoformat(), "escrow-shortfall") == [("resolved",)]
 
 
@@ -425,7 +431,8 @@ def test_a_project_on_hold_for_more_than_its_escalation_days_is_escalated_the_ni
     at_the_edge, after = (o.result.decisions for o in result.outcomes)
     assert "long-hold" not in set(at_the_edge["policy_id"])
     flagged = after[after["policy_id"] == "long-hold"]
-    assert list(zip(flagged["action"], flagged["reason"], flagged["state"])) == [("flag_for_review", "on_hold_too_long", "new")]
+    assert (list(zip(flagged["action"], flagged["reason"], flagged["state"]))
+            == [("flag_for_review", "on_hold_too_long", "new")])
 
 
 def test_escalation_days_are_thresholds_a_policy_editor_changes_in_policies_yaml(tmp_path):

@@ -44,7 +44,8 @@ def test_if_the_talent_closes_the_milestones_are_paid_in_order_in_their_currency
     assert list(released["currency"]) == ["EUR", "EUR"]
 
 
-def test_an_absent_talent_is_replaced_then_the_milestones_reassigned_then_both_told_then_the_talent_rejected(night, decide):
+def test_an_absent_talent_is_replaced_then_the_milestones_reassigned_then_both_told_then_the_talent_rejected(
+        night, decide):
     night.top_shaker("TS1", areas="design;development", rating=4.9)
     night.project()
     active = night.milestone(status="active")

@@ -52,7 +52,8 @@ def test_a_failing_case_fails_by_name_with_its_differences_and_a_broken_case_fil
     assert "FAILED policy_tests/escrow.yaml::a validated milestone is released, its amount" in out
     assert "policy_tests/escrow.yaml:2: a validated milestone is released, its amount" in out
     assert "expected, but not made: {policy: release-validated, amount: 421.00}" in out
-    assert "release-validated: release_milestone_payment on P1 (subject T1, milestone M1, assignee T1, amount 420.00)" in out
+    assert ("release-validated: release_milestone_payment on P1 (subject T1, milestone M1, assignee T1, "
+            "amount 420.00)") in out
     assert "FAILED policy_tests/broken.yaml::(the case file)" in out
     assert "policy_tests/broken.yaml:3:" in out and "unknown key 'gvien'" in out and "did you mean 'given'" in out
     assert "1 passed" in out and "Traceback" not in out

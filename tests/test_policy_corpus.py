@@ -36,8 +36,10 @@ EXPECTED: dict[str, list[tuple[int, int, str]]] = {
                                 (1, 1, "missing 'thresholds'")],
     "typo_policy_key.yaml": [(12, 5, "unknown key 'descripton' in a policy (did you mean 'description'?)")],
     "typo_fact.yaml": [(14, 9, "unknown fact 'unanswerd_attempts' (did you mean 'unanswered_attempts'?)")],
-    "word_for_days.yaml": [(15, 50, "'days_since_oldest_unanswered' is compared with a number of days, got 'seven days'")],
-    "threshold_is_a_word.yaml": [(3, 35, "threshold 'contact_loss_days_since_oldest' must be a whole number ≥ 0, got 'seven'")],
+    "word_for_days.yaml": [(15, 50, "'days_since_oldest_unanswered' is compared with a number of days, "
+                                    "got 'seven days'")],
+    "threshold_is_a_word.yaml": [(3, 35, "threshold 'contact_loss_days_since_oldest' must be a whole number ≥ 0, "
+                                         "got 'seven'")],
     "negative_threshold.yaml": [(3, 23, "threshold 'invoice_grace_days' must be a whole number ≥ 0, got -1")],
     "fractional_threshold.yaml": [(3, 23, "must be a whole number ≥ 0, got 2.5")],
     "bad_indentation.yaml": [(7, 10, "not valid YAML")],
@@ -45,8 +47,10 @@ EXPECTED: dict[str, list[tuple[int, int, str]]] = {
     "misplaced_when.yaml": [(7, 1, "unknown key 'when' in the policies file ('when' belongs inside a policy"),
                             (9, 1, "unknown key 'then'"), (5, 5, "a policy is missing 'when' and 'then'")],
     "unknown_action.yaml": [(17, 9, "unknown action 'flag_for_reviw' (did you mean 'flag_for_review'?)")],
-    "action_missing_argument.yaml": [(16, 9, "'halt_project' needs 'reason'"), (17, 9, "'reassign_milestone' needs 'milestones'")],
-    "unknown_action_argument.yaml": [(16, 53, "unknown argument 'because' of 'halt_project' — 'halt_project' takes: reason")],
+    "action_missing_argument.yaml": [(16, 9, "'halt_project' needs 'reason'"),
+                                     (17, 9, "'reassign_milestone' needs 'milestones'")],
+    "unknown_action_argument.yaml": [(16, 53, "unknown argument 'because' of 'halt_project' — "
+                                              "'halt_project' takes: reason")],
     "bad_hold_reason.yaml": [(16, 32, "'client_lost' is not a hold reason (did you mean 'client_contact_loss'?)")],
     "duplicate_ids.yaml": [(18, 9, "policy id 'client-contact-loss' is used twice (first on line 11)")],
     "duplicate_key.yaml": [(17, 5, "'then' is written twice in the same block (first on line 15)")],
@@ -56,25 +60,33 @@ EXPECTED: dict[str, list[tuple[int, int, str]]] = {
     "not_yaml_syntax.yaml": [(3, 1, "the '[' opened on line 2 is never closed")],
     "not_utf8.yaml": [(2, 35, "this is not UTF-8 text — save the file as UTF-8")],
     "binary.yaml": [(1, 2, "this is not UTF-8 text")],
-    "unknown_about.yaml": [(12, 12, "'about' must be one of: project, party, milestone, invoice, got 'projects' (did you mean 'project'?)")],
+    "unknown_about.yaml": [(12, 12, "'about' must be one of: project, party, milestone, invoice, got 'projects' "
+                                    "(did you mean 'project'?)")],
     "fact_of_another_kind.yaml": [(14, 9, "'milestone_status' is a fact about a milestone, not about a party")],
     "comparison_on_text.yaml": [(14, 36, "'at_least' compares numbers, but 'project_status' is text")],
     "unknown_value.yaml": [(14, 25, "'actve' is not a value of 'project_status' (did you mean 'active'?)"),
                            (15, 34, "'talant' is not a value of 'party' (did you mean 'talent'?)")],
     "flag_not_true_or_false.yaml": [(14, 30, "'answered_since_hold' is yes/no: write true or false, got 'maybe'")],
-    "unknown_threshold_name.yaml": [(14, 41, "got 'at_risk_unanswered_attempts' — write a whole number or a threshold name (did you mean 'contact_loss_unanswered_attempts'?)")],
+    "unknown_threshold_name.yaml": [
+        (14, 41, "got 'at_risk_unanswered_attempts' — write a whole number or a threshold name "
+                 "(did you mean 'contact_loss_unanswered_attempts'?)")],
     "unknown_named_condition.yaml": [(14, 9, "'contact_lost' is not a named condition (did you mean 'contact_loss'?)")],
-    "named_condition_wrong_kind.yaml": [(14, 9, "condition 'contact_loss' tests 'days_since_oldest_unanswered' and 'unanswered_attempts', which facts about a milestone do not have")],
+    "named_condition_wrong_kind.yaml": [
+        (14, 9, "condition 'contact_loss' tests 'days_since_oldest_unanswered' and 'unanswered_attempts', "
+                "which facts about a milestone do not have")],
     "wrong_version.yaml": [(1, 10, "'version' must be 1, got 2")],
     "missing_policies.yaml": [(1, 1, "the policies file is missing 'policies'")],
     "missing_required_threshold.yaml": [(3, 3, "'thresholds' is missing 'top_shaker_default_max_active_projects'")],
     "list_at_top.yaml": [(1, 1, "the policies file must be a block of 'key: value' lines, got a list")],
     "two_documents.yaml": [(12, 1, "a second YAML document ('---') starts here")],
-    "anchors_and_aliases.yaml": [(7, 11, "anchors are not used in a policies file"), (13, 11, "aliases are not used in a policies file")],
+    "anchors_and_aliases.yaml": [(7, 11, "anchors are not used in a policies file"),
+                                 (13, 11, "aliases are not used in a policies file")],
     "billion_laughs.yaml": [(1, 4, "'&a' names a part of the file for reuse"), (2, 8, "(and 71 more below)")],
     "deep_nesting.yaml": [(5, 48, "blocks are nested more than 40 levels deep")],
-    "python_tag.yaml": [(3, 43, "the YAML tag 'tag:yaml.org,2002:python/object/apply:os.system' is not used in a policies file")],
-    "who_party_outside_a_party_policy.yaml": [(16, 58, "got 'party' ('party' only in a policy about a party; this one is about a milestone)")],
+    "python_tag.yaml": [(3, 43, "the YAML tag 'tag:yaml.org,2002:python/object/apply:os.system' "
+                                "is not used in a policies file")],
+    "who_party_outside_a_party_policy.yaml": [(16, 58, "got 'party' ('party' only in a policy about a party; "
+                                                       "this one is about a milestone)")],
     "empty_when.yaml": [(13, 10, "'when' must be a list of conditions")],
     "reserved_policy_id.yaml": [(11, 9, "a policy's 'id' is a short name of letters, digits and '-'")],
     "many_problems.yaml": [
@@ -127,7 +139,8 @@ def test_a_valid_file_of_the_corpus_is_accepted(name):
     assert "OK" in result.stdout
 
 
-@pytest.mark.parametrize("name", ["many_problems.yaml", "not_utf8.yaml", "deep_nesting.yaml", "billion_laughs.yaml", "empty.yaml"])
+@pytest.mark.parametrize("name", ["many_problems.yaml", "not_utf8.yaml", "deep_nesting.yaml", "billion_laughs.yaml",
+                                  "empty.yaml"])
 def test_the_real_command_prints_no_traceback(name):
     proc = subprocess.run([SHAKERS_RULES, "validate", str(CORPUS / name)], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 3

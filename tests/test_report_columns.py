@@ -11,7 +11,8 @@ from processor.reports.build import _plain, _text, _words, _words_of, escape, pl
 # Everything a name or a title from the export may hold: control characters, every kind of space,
 # line and paragraph separators, markup, quotes, letters of any script.
 TEXTS = st.lists(cell_text(30)
-                 | st.sampled_from(["", " ", "\u2028x\u2029", "a\r\nBcc: b", "<script>'\"&", "Núñez\u00a0O'Brien", "\x85\x1c"]),
+                 | st.sampled_from(["", " ", "\u2028x\u2029", "a\r\nBcc: b", "<script>'\"&", "Núñez\u00a0O'Brien",
+                                    "\x85\x1c"]),
                  min_size=1, max_size=20)
 
 
@@ -42,7 +43,8 @@ ACTIONS = ["halt_project", "request_talent_decision", "release_milestone_payment
 
 @settings(max_examples=100)
 @given(st.lists(st.tuples(st.sampled_from(ACTIONS), st.sampled_from(["", "€1,200.00", "5.00 CHF"]),
-                          st.sampled_from(["", "M1", "M 2"]), st.sampled_from(["", "late_payment"])), min_size=1, max_size=25))
+                          st.sampled_from(["", "M1", "M 2"]), st.sampled_from(["", "late_payment"])),
+                min_size=1, max_size=25))
 def test_what_each_action_says_is_what_it_says_alone(rows):
     """The rows' sentences are written an action at a time: each row still says what it says alone."""
     import pyarrow as pa
@@ -52,8 +54,9 @@ def test_what_each_action_says_is_what_it_says_alone(rows):
     def table(rows):
         return pa.table({
             "action": [r[0] for r in rows], "_money": [r[1] for r in rows], "milestone_id": [r[2] for r in rows],
-            "reason": [r[3] for r in rows], "_subject_label": ["Ana"] * len(rows), "_assignee_label": ["Bo"] * len(rows),
-            "_payee_label": ["Cy"] * len(rows), "_milestone_title": ["Logo"] * len(rows), "invoice_id": ["I1"] * len(rows),
+            "reason": [r[3] for r in rows], "_subject_label": ["Ana"] * len(rows),
+            "_assignee_label": ["Bo"] * len(rows), "_payee_label": ["Cy"] * len(rows),
+            "_milestone_title": ["Logo"] * len(rows), "invoice_id": ["I1"] * len(rows),
             "subject_id": ["U1"] * len(rows)})
 
     text, money = _actions(table(rows))
@@ -74,7 +77,8 @@ def _report_order_by_pandas(decisions):
     flagged = (decisions["action"] == "flag_for_review").to_numpy(dtype=bool, na_value=False)
     at_risk = flagged & (decisions["reason"] == AT_RISK_REASON).to_numpy(dtype=bool, na_value=False)
     state = decisions["state"].astype(object).to_numpy()
-    section = np.select([state == "resolved", at_risk, flagged], ["resolved", "at_risk", "flagged"], state).astype(object)
+    section = np.select([state == "resolved", at_risk, flagged], ["resolved", "at_risk", "flagged"],
+                        state).astype(object)
     manager, managers = pd.factorize(decisions["project_success_id"], sort=True)
     rank = pd.Series(section).map({k: i for i, k in enumerate(SECTION_KEYS)}).fillna(len(SECTION_KEYS)).to_numpy(int)
     firing = _first_seen(pa.array(manager), pa.array(section), *(pa.array(decisions[c], from_pandas=True)
@@ -83,14 +87,16 @@ def _report_order_by_pandas(decisions):
     width = len(SECTION_KEYS) + 1
     per_section = np.bincount(manager * width + rank, minlength=len(managers) * width).reshape(len(managers), width)
     new_total = np.bincount(manager, weights=(state == "new"), minlength=len(managers))
-    pairs = pd.DataFrame({"m": manager, "p": decisions["project_id"].astype(str).to_numpy()}).drop_duplicates().sort_values(["m", "p"])
+    pairs = (pd.DataFrame({"m": manager, "p": decisions["project_id"].astype(str).to_numpy()})
+             .drop_duplicates().sort_values(["m", "p"]))
     cuts, listed = np.searchsorted(pairs["m"].to_numpy(), np.arange(len(managers) + 1)), pairs["p"].tolist()
     return order, rank, firing, per_section, new_total, manager, list(managers), listed, cuts
 
 
 @settings(max_examples=200)
 @given(st.lists(st.tuples(st.sampled_from(["new", "ongoing", "resolved", "flagged", "paused", ""]),
-                          st.sampled_from(["flag_for_review", "notify_client"]), st.sampled_from(["contact_at_risk", "x"]),
+                          st.sampled_from(["flag_for_review", "notify_client"]),
+                          st.sampled_from(["contact_at_risk", "x"]),
                           st.sampled_from(["PS1", "PS2"]), st.sampled_from(["P1", "P2", "P10", "Pé"]),
                           st.sampled_from(["a", "b"]), st.sampled_from(["{}", "{1}"])), min_size=1, max_size=30))
 def test_report_order_is_the_order_by_section_names(rows):

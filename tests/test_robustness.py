@@ -152,7 +152,8 @@ def test_a_ledger_that_is_not_sqlite_is_named_with_how_to_restore_it(tmp_path, e
 
 def _nightly(root: Path, **env) -> subprocess.CompletedProcess:
     return cli(CLI + ["nightly", "--exports-root", str(root / "exports"), "--runs-root", str(root / "runs"),
-                      "--ledger", str(root / "ledger.sqlite"), "--policies", str(POLICIES), "--workers", "0", "-q"], **env)
+                      "--ledger", str(root / "ledger.sqlite"), "--policies", str(POLICIES), "--workers", "0", "-q"],
+                     **env)
 
 
 def test_a_corrupt_ledger_is_restored_from_the_copy_the_nightly_job_made_before_its_last_start(tmp_path):
@@ -245,7 +246,8 @@ def test_a_full_disk_names_the_path_that_could_not_be_written(tmp_path, export):
 # ----------------------------------------------------------------------------- closed pipes
 def test_run_piped_into_head_finishes_the_night_and_exits_quietly(tmp_path, export):
     out, ledger = tmp_path / "run", tmp_path / "ledger.sqlite"
-    proc = subprocess.Popen(run_args(export, out, ledger), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=base_env())
+    proc = subprocess.Popen(run_args(export, out, ledger), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=base_env())
     first = proc.stdout.readline()   # `| head -1`
     proc.stdout.close()
     stderr = proc.stderr.read().decode()
@@ -260,7 +262,8 @@ def test_run_piped_into_head_finishes_the_night_and_exits_quietly(tmp_path, expo
 def test_a_pipe_closed_on_the_progress_lines_never_stops_the_night_halfway(tmp_path, export):
     out, ledger = tmp_path / "run", tmp_path / "ledger.sqlite"
     # `run … 2>&1 | head -1`: the reader leaves after the first progress line, long before the night is done.
-    proc = subprocess.Popen(run_args(export, out, ledger), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=base_env())
+    proc = subprocess.Popen(run_args(export, out, ledger), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            env=base_env())
     first = proc.stdout.readline()
     proc.stdout.close()
     assert proc.wait(timeout=300) == 0
@@ -330,10 +333,12 @@ def test_a_ledger_made_before_the_schema_had_a_version_is_migrated_and_keeps_its
     with sqlite3.connect(ledger) as db:
         db.execute("DROP TABLE nightly_attempts")
         db.execute("DROP TABLE deliveries")
-        db.execute("CREATE TABLE deliveries (message_id TEXT PRIMARY KEY, as_of TEXT NOT NULL, recipient TEXT NOT NULL, "
-                   "eml_path TEXT NOT NULL, status TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, "
-                   "last_error TEXT NOT NULL DEFAULT '', updated_at TEXT NOT NULL)")
-        db.execute("INSERT INTO deliveries VALUES ('<old@x>', '2026-11-23', 'p@shakers.test', '/x.eml', 'sent', 1, '', 'then')")
+        db.execute("CREATE TABLE deliveries (message_id TEXT PRIMARY KEY, as_of TEXT NOT NULL, "
+                   "recipient TEXT NOT NULL, eml_path TEXT NOT NULL, status TEXT NOT NULL, "
+                   "attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT NOT NULL DEFAULT '', "
+                   "updated_at TEXT NOT NULL)")
+        db.execute("INSERT INTO deliveries VALUES ('<old@x>', '2026-11-23', 'p@shakers.test', '/x.eml', 'sent', 1, "
+                   "'', 'then')")
         db.execute("PRAGMA user_version = 0")
     with Ledger(ledger) as opened:
         assert opened.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION

@@ -113,7 +113,8 @@ def guarded(fn):
         except Exception as e:
             ledger = Path(kwargs.get("ledger_path") or default_ledger_path())
             if isinstance(e, sqlite3.DatabaseError) and ("malformed" in str(e) or "not a database" in str(e)):
-                err(str(LedgerUnreadable(ledger, str(e), "The night was not recorded.")))  # a damaged page met after the open
+                # a damaged page met after the open
+                err(str(LedgerUnreadable(ledger, str(e), "The night was not recorded.")))
                 sys.exit(EXIT_FAILURE)
             if isinstance(e, sqlite3.OperationalError) and "disk is full" in str(e):
                 err(str(LedgerFull(ledger)))
@@ -129,7 +130,8 @@ def guarded(fn):
             if os.environ.get("SHAKERS_DEBUG"):
                 traceback.print_exc()
             log = files.write_error_log(e, files.run_directory())
-            where = f"the traceback is in {log}" if log else "no log file could be written; rerun with SHAKERS_DEBUG=1 to see the traceback"
+            where = (f"the traceback is in {log}" if log
+                     else "no log file could be written; rerun with SHAKERS_DEBUG=1 to see the traceback")
             err(f"unexpected failure: {type(e).__name__}: {e}. This is a bug in shakers-rules; {where}.")
             sys.exit(EXIT_FAILURE)
         finally:

@@ -24,7 +24,8 @@ def deliver_on_stderr(run_dir: Path, ledger_path: Path) -> int:
 @click.option("--runs-root", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Where each night's run directory goes (RUNS_ROOT/YYYY-MM-DD).")
 @click.option("--ledger", "ledger_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="SQLite ledger shared by successive nights. Default: $SHAKERS_LEDGER, else ~/.local/share/shakers-rules/ledger.sqlite.")
+              help="SQLite ledger shared by successive nights. "
+                   "Default: $SHAKERS_LEDGER, else ~/.local/share/shakers-rules/ledger.sqlite.")
 @click.option("--policies", "policies_path", default="policies.yaml", show_default=True,
               type=click.Path(dir_okay=False, path_type=Path), help="The policies file.")
 @click.option("--workers", type=click.IntRange(0, 64), default=None,

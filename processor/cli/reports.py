@@ -51,7 +51,8 @@ def send(run_dir, ledger_path):
 
     outbox = run_dir / "outbox"
     if not outbox.is_dir():
-        err(f"{run_dir} has no outbox/ directory — give the run directory of a night (the --out of `shakers-rules run`)")
+        err(f"{run_dir} has no outbox/ directory — give the run directory of a night "
+            f"(the --out of `shakers-rules run`)")
         sys.exit(EXIT_USAGE)
     ledger_file = _ledger_of(run_dir, ledger_path)
     if ledger_file is None:
@@ -77,7 +78,8 @@ def send(run_dir, ledger_path):
     click.echo(f"{run_dir}: {len(result.sent):,} sent now, {len(result.already_sent):,} already delivered, "
                f"{owed:,} still owed (via {settings.describe()})")
     if owed:
-        err(f"{owed:,} email(s) still owed; they stay in {outbox} — run `shakers-rules send --run {run_dir}` again later.")
+        err(f"{owed:,} email(s) still owed; they stay in {outbox} — "
+            f"run `shakers-rules send --run {run_dir}` again later.")
         sys.exit(EXIT_UNDELIVERED)
 
 

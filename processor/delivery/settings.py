@@ -66,12 +66,14 @@ class SmtpSettings:
         sender_address(mail_from)  # fail early with a sentence
         cafile = get("SHAKERS_SMTP_CAFILE")
         if cafile and not Path(cafile).is_file():
-            raise MailConfigError(f"SHAKERS_SMTP_CAFILE names {cafile}, which is not a file — give a PEM bundle of the CA(s) to trust")
+            raise MailConfigError(f"SHAKERS_SMTP_CAFILE names {cafile}, which is not a file — "
+                                  f"give a PEM bundle of the CA(s) to trust")
         user, password = get("SHAKERS_SMTP_USER"), env.get("SHAKERS_SMTP_PASSWORD") or None
         host = get("SHAKERS_SMTP_HOST")
         allow_plain = (get("SHAKERS_SMTP_ALLOW_PLAINTEXT_LOGIN") or "0").lower()
         if allow_plain not in ("0", "1", "yes", "no", "true", "false"):
-            raise MailConfigError(f"SHAKERS_SMTP_ALLOW_PLAINTEXT_LOGIN must be 1 or 0 — got '{one_line(allow_plain)[:40]}'")
+            raise MailConfigError(f"SHAKERS_SMTP_ALLOW_PLAINTEXT_LOGIN must be 1 or 0 — "
+                                  f"got '{one_line(allow_plain)[:40]}'")
         if host and tls == "none" and user and password and allow_plain not in ("1", "yes", "true"):
             raise MailConfigError("SHAKERS_SMTP_TLS=none would send SHAKERS_SMTP_PASSWORD in clear text — set "
                                   "SHAKERS_SMTP_TLS=starttls or ssl, or SHAKERS_SMTP_ALLOW_PLAINTEXT_LOGIN=1 if the "
@@ -108,7 +110,8 @@ def read_config_file(path: str) -> dict[str, str]:
             continue
         name, sep, value = line.partition("=")
         if not sep or not name.strip().startswith("SHAKERS_"):
-            raise MailConfigError(f"{path}:{n}: expected NAME=value with a SHAKERS_ name, e.g. SHAKERS_SMTP_HOST=smtp.example.com")
+            raise MailConfigError(f"{path}:{n}: expected NAME=value with a SHAKERS_ name, "
+                                  f"e.g. SHAKERS_SMTP_HOST=smtp.example.com")
         value = value.strip()
         if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
             value = value[1:-1]

@@ -68,7 +68,8 @@ def scrub(text: str, settings: SmtpSettings) -> str:
 
 def _describe_error(e: BaseException) -> str:
     if isinstance(e, smtplib.SMTPRecipientsRefused):
-        return "; ".join(f"{r} refused: {c} {m.decode(errors='replace') if isinstance(m, bytes) else m}" for r, (c, m) in e.recipients.items())
+        return "; ".join(f"{r} refused: {c} {m.decode(errors='replace') if isinstance(m, bytes) else m}"
+                         for r, (c, m) in e.recipients.items())
     if isinstance(e, smtplib.SMTPResponseException):
         m = e.smtp_error.decode(errors="replace") if isinstance(e.smtp_error, bytes) else str(e.smtp_error)
         return f"{e.smtp_code} {m}"
@@ -213,7 +214,8 @@ def deliver(outgoing: Iterable[Outgoing], settings: SmtpSettings, record: Delive
         if record.delivery_refused(item.message_id, why, night, settings.permanent_nights) == "permanent":
             row = record.delivery(item.message_id) or {}
             # A reason that names its own fix keeps it; a server's refusal gets the usual one.
-            fix = "" if " — " in why else " — correct the manager's email in the users table (or their mailbox on the server)"
+            fix = ("" if " — " in why
+                   else " — correct the manager's email in the users table (or their mailbox on the server)")
             result.permanent[item.message_id] = (
                 f"the report of {item.as_of} for {item.who} is given up after {row.get('nights_tried', '?')} night(s): "
                 f"{why}{fix}")
@@ -231,7 +233,8 @@ def deliver(outgoing: Iterable[Outgoing], settings: SmtpSettings, record: Delive
             if status in ("outbox", "withdrawn", "permanent"):
                 result.skipped.append(item.message_id)
                 continue
-            if not record.claim_delivery(item.message_id, item.as_of, item.recipient, item.eml_path, stale_after=CLAIM_STALE_SECONDS):
+            if not record.claim_delivery(item.message_id, item.as_of, item.recipient, item.eml_path,
+                                         stale_after=CLAIM_STALE_SECONDS):
                 result.busy.append(item.message_id)
                 continue
             claimed.add(item.message_id)
@@ -277,7 +280,8 @@ def _send_with_retries(session: Session, settings: SmtpSettings, sender: str, it
         except Exception as e:
             kind, text = _classify(e), scrub(_describe_error(e), settings)
             if isinstance(e, smtplib.SMTPAuthenticationError) and kind is PermanentFailure:
-                raise Unreachable(f"{where} refused the login for SHAKERS_SMTP_USER ({text}) — check the user and password") from None
+                raise Unreachable(f"{where} refused the login for SHAKERS_SMTP_USER ({text}) — "
+                                  f"check the user and password") from None
             if isinstance(e, ssl.SSLCertVerificationError):
                 raise Unreachable(f"{where}'s certificate is not trusted ({text}) — if the server uses a private or "
                                   f"self-signed CA, set SHAKERS_SMTP_CAFILE to a PEM file of it") from None
@@ -314,9 +318,11 @@ def _send_with_retries(session: Session, settings: SmtpSettings, sender: str, it
             if session.left() <= 0:
                 raise DeadlinePassed(settings) from None
             if attempt == settings.retries:
-                raise TemporaryFailure(f"{where} kept failing for {item.who} ({text}) after {attempt} attempts") from None
+                raise TemporaryFailure(f"{where} kept failing for {item.who} ({text}) after {attempt} "
+                                       f"attempts") from None
             # A connection that was reused may simply have timed out on the server: reconnect at once.
-            delay = 0 if connected and attempt == 1 else min(settings.backoff * 2 ** (attempt - 1), max(0.0, session.left()))
+            delay = (0 if connected and attempt == 1
+                     else min(settings.backoff * 2 ** (attempt - 1), max(0.0, session.left())))
             if delay:
                 say(f"SMTP {where} failed temporarily ({text}); trying again in {delay:g}s")
                 sleep(delay)

@@ -1,4 +1,5 @@
-"""An email's delivery states and the moves between them (the ledger keeps them; processor.delivery.smtp reports them)."""
+"""An email's delivery states and the moves between them (the ledger keeps them;
+processor.delivery.smtp reports them)."""
 from __future__ import annotations
 
 # A delivery's status moves only along these (None: not in the ledger yet):
@@ -11,7 +12,8 @@ DELIVERY_TRANSITIONS: dict[str | None, frozenset[str]] = {
     None: frozenset({"outbox", "pending", "sending"}),
     "outbox": frozenset({"pending", "withdrawn"}),
     "pending": frozenset({"sending", "failed", "withdrawn"}),
-    "sending": frozenset({"sending", "delivered", "failed", "permanent", "withdrawn"}),   # sending: a stale claim taken over
+    # sending: a stale claim taken over
+    "sending": frozenset({"sending", "delivered", "failed", "permanent", "withdrawn"}),
     "failed": frozenset({"sending", "withdrawn"}),
     "permanent": frozenset({"pending", "withdrawn"}),   # pending: only when `send --run` asks
     "withdrawn": frozenset({"outbox", "pending"}),

@@ -64,7 +64,8 @@ class Backtest:
 
     @property
     def same(self) -> bool:
-        return all(not (n.added or n.removed or n.changed or n.threshold_only or any(n.emails.values())) for n in self.nights) \
+        return all(not (n.added or n.removed or n.changed or n.threshold_only or any(n.emails.values()))
+                   for n in self.nights) \
             and not any(self.timing.values())
 
     def totals(self) -> dict:
@@ -85,7 +86,8 @@ class Backtest:
 
 
 def backtest(baseline: PolicySet, candidate: PolicySet, exports_root: str | Path, *, since: dt.date | None = None,
-             until: dt.date | None = None, workers: int | None = None, progress: Callable[[str], None] | None = None) -> Backtest:
+             until: dt.date | None = None, workers: int | None = None,
+             progress: Callable[[str], None] | None = None) -> Backtest:
     """Both policy sets over every night of `exports_root` from `since` to `until` (inclusive).
 
     workers: engine processes; None: in this process for a night of up to
@@ -103,7 +105,8 @@ def backtest(baseline: PolicySet, candidate: PolicySet, exports_root: str | Path
     every = export_nights(root)
     nights = [d for d in every if (since is None or d >= since) and (until is None or d <= until)]
     if not nights:
-        there = f"it holds {every[0]} to {every[-1]} ({len(every)} nights)" if every else "it holds no YYYY-MM-DD directories"
+        there = (f"it holds {every[0]} to {every[-1]} ({len(every)} nights)" if every
+                 else "it holds no YYYY-MM-DD directories")
         raise ValueError(f"no night of {root} is in the range {since or 'the first'} to {until or 'the last'}: {there}")
     sides = {"baseline": baseline, "candidate": candidate}
     descriptions = {side: {p.id: p.description for p in ps.policies} for side, ps in sides.items()}
@@ -121,16 +124,19 @@ def backtest(baseline: PolicySet, candidate: PolicySet, exports_root: str | Path
                     engines = 0 if len(export.tables["projects"]) <= IN_PROCESS_PROJECTS else (os.cpu_count() or 1)
                 for side, policies in sides.items():
                     decisions, ev, _facts = decide_night(policies, export, night, workers=engines)
-                    made[side], resolved[side] = _through_ledger(ledgers[side], night, policies, decisions, ev.not_evaluated)
+                    made[side], resolved[side] = _through_ledger(ledgers[side], night, policies, decisions,
+                                                                 ev.not_evaluated)
                     for action, target in TIMED.items():
                         rows = made[side][made[side]["action"] == action]
                         for value, policy in zip(rows[target].astype(str), rows["policy_id"]):
                             first[side][action].setdefault(value, {"night": night, "policy": policy})
-                result = _night(night, str(root / night.isoformat()), len(export.tables["projects"]), made, resolved, descriptions)
+                result = _night(night, str(root / night.isoformat()), len(export.tables["projects"]), made, resolved,
+                                descriptions)
                 result.seconds = time.perf_counter() - started
                 out.append(result)
                 say(f"night {i}/{len(nights)} {night}: {result.added:,} added, {result.removed:,} removed, "
-                    f"{result.changed:,} changed, {len(result.emails['changed']):,} emails changed ({result.seconds:.1f}s)")
+                    f"{result.changed:,} changed, {len(result.emails['changed']):,} emails changed "
+                    f"({result.seconds:.1f}s)")
         finally:
             for ledger in ledgers.values():
                 ledger.close()
@@ -163,7 +169,8 @@ def _night(night, export, projects, made, resolved, descriptions) -> Night:
 
     def bump(pairs, what):
         for pid, action in pairs:
-            by_policy.setdefault(f"{pid} / {action}", {"added": 0, "removed": 0, "changed": 0, "threshold_only": 0})[what] += 1
+            by_policy.setdefault(f"{pid} / {action}",
+                                 {"added": 0, "removed": 0, "changed": 0, "threshold_only": 0})[what] += 1
 
     bump(zip(added["policy_id"], added["action"]), "added")
     bump(zip(removed["policy_id"], removed["action"]), "removed")
@@ -215,7 +222,8 @@ def _hashed(rows: pd.DataFrame, descriptions: dict[str, str]) -> pd.DataFrame:
     split = frame["evidence"].str.rpartition(_THRESHOLDS_KEY)
     has = split[1] != ""
     facts = split[0].where(has, frame["evidence"])
-    words = frame.drop(columns=["evidence"]).assign(facts=facts, description=frame["policy_id"].map(descriptions).fillna(""))
+    words = frame.drop(columns=["evidence"]).assign(facts=facts,
+                                                    description=frame["policy_id"].map(descriptions).fillna(""))
     return pd.DataFrame({
         "manager": rows["project_success_id"].astype(str).to_numpy(),
         "words": pd.util.hash_pandas_object(words, index=False).to_numpy(),
@@ -248,7 +256,8 @@ def _timing(first, nights: list[dt.date]) -> dict[str, list[dict]]:
 def backtest_json(b: Backtest) -> dict:
     return {"exports_root": b.exports_root, "baseline": b.baseline, "candidate": b.candidate, "same": b.same,
             "totals": b.totals(), "timing": b.timing,
-            "nights": [{"as_of": n.as_of.isoformat(), "export": n.export, "projects": n.projects, "decisions": n.decisions,
+            "nights": [{"as_of": n.as_of.isoformat(), "export": n.export, "projects": n.projects,
+                        "decisions": n.decisions,
                         "states": n.states, "added": n.added, "removed": n.removed, "changed": n.changed,
                         "threshold_only": n.threshold_only, "by_policy": n.by_policy, "emails": n.emails,
                         "seconds": round(n.seconds, 3)} for n in b.nights]}
@@ -268,20 +277,25 @@ def timing_lines(b: Backtest, examples: int | None = 10) -> list[str]:
         for r in rows:
             if r["nights_earlier"] is not None:
                 shifts[r["nights_earlier"]] = shifts.get(r["nights_earlier"], 0) + 1
-        parts = [f"{abs(k)} night{'s' if abs(k) != 1 else ''} {'earlier' if k > 0 else 'later'}: {n:,}" for k, n in sorted(shifts.items(), reverse=True)]
+        parts = [f"{abs(k)} night{'s' if abs(k) != 1 else ''} {'earlier' if k > 0 else 'later'}: {n:,}"
+                 for k, n in sorted(shifts.items(), reverse=True)]
         only_c = sum(1 for r in rows if r["nights_earlier"] is None and r["candidate"])
         only_b = sum(1 for r in rows if r["nights_earlier"] is None and not r["candidate"])
-        parts += [f"only under the candidate: {only_c:,}"] * bool(only_c) + [f"only under the baseline: {only_b:,}"] * bool(only_b)
+        parts += ([f"only under the candidate: {only_c:,}"] * bool(only_c)
+                  + [f"only under the baseline: {only_b:,}"] * bool(only_b))
         lines.append(f"  {noun}s {verb} at another time: {len(rows):,} ({', '.join(parts)})")
         for r in rows if examples is None else _first_of_each(rows, examples):
             if r["nights_earlier"] is not None:
                 n = r["nights_earlier"]
                 when = f"{abs(n)} night{'s' if abs(n) != 1 else ''} {'earlier' if n > 0 else 'later'}"
-                lines.append(f"  {noun} {r['target']} {verb} {when} under the candidate: {r['candidate']} instead of {r['baseline']} ({r['policy']})")
+                lines.append(f"  {noun} {r['target']} {verb} {when} under the candidate: {r['candidate']} "
+                             f"instead of {r['baseline']} ({r['policy']})")
             elif r["candidate"]:
-                lines.append(f"  {noun} {r['target']} {verb} on {r['candidate']} under the candidate only ({r['policy']})")
+                lines.append(f"  {noun} {r['target']} {verb} on {r['candidate']} under the candidate only "
+                             f"({r['policy']})")
             else:
-                lines.append(f"  {noun} {r['target']} no longer {verb}: the baseline did on {r['baseline']} ({r['policy']})")
+                lines.append(f"  {noun} {r['target']} no longer {verb}: the baseline did on {r['baseline']} "
+                             f"({r['policy']})")
     return lines
 
 
@@ -294,7 +308,8 @@ def _first_of_each(rows: list[dict], n: int) -> list[dict]:
 
 def backtest_lines(b: Backtest) -> list[str]:
     t = b.totals()
-    lines = [f"backtest of {b.candidate['file']} against {b.baseline['file']} over {t['nights']} nights of {b.exports_root} "
+    lines = [f"backtest of {b.candidate['file']} against {b.baseline['file']} over {t['nights']} nights "
+             f"of {b.exports_root} "
              f"({b.nights[0].as_of} to {b.nights[-1].as_of})"]
     if b.same:
         lines.append("no difference: both make the same decisions on every night, and every email is the same")
@@ -303,26 +318,31 @@ def backtest_lines(b: Backtest) -> list[str]:
                  f"{'changed':>7}  {'thresholds only':>15}  {'emails changed':>14}")
     for n in b.nights:
         emails = len(n.emails["changed"]) + len(n.emails["only_baseline"]) + len(n.emails["only_candidate"])
-        lines.append(f"  {n.as_of.isoformat():<10}  {n.projects:>8,}  {n.decisions['baseline']:>8,}  {n.decisions['candidate']:>9,}  "
+        lines.append(f"  {n.as_of.isoformat():<10}  {n.projects:>8,}  {n.decisions['baseline']:>8,}  "
+                     f"{n.decisions['candidate']:>9,}  "
                      f"{n.added:>6,}  {n.removed:>7,}  {n.changed:>7,}  {n.threshold_only:>15,}  {emails:>14,}")
     lines.append(f"in total: {t['added']:,} added, {t['removed']:,} removed, {t['changed']:,} changed, "
                  f"{t['threshold_only']:,} changed only in the threshold values their evidence records")
     if t["by_policy"]:
         lines += ["", "per policy and action:"]
         width = max(len(k) for k in t["by_policy"])
-        lines.append(f"  {'policy / action':<{width}}  {'added':>6}  {'removed':>7}  {'changed':>7}  {'thresholds only':>15}")
+        lines.append(f"  {'policy / action':<{width}}  {'added':>6}  {'removed':>7}  {'changed':>7}  "
+                     f"{'thresholds only':>15}")
         for key, c in t["by_policy"].items():
-            lines.append(f"  {key:<{width}}  {c['added']:>6,}  {c['removed']:>7,}  {c['changed']:>7,}  {c['threshold_only']:>15,}")
+            lines.append(f"  {key:<{width}}  {c['added']:>6,}  {c['removed']:>7,}  {c['changed']:>7,}  "
+                         f"{c['threshold_only']:>15,}")
     timing = timing_lines(b)
     if timing:
         lines += ["", "earlier or later:"] + timing
     lines += ["", f"emails to Project Success that would change: {t['emails_changed']:,} "
-                  f"(+{t['emails_only_candidate']:,} sent only under the candidate, {t['emails_only_baseline']:,} no longer sent; "
+                  f"(+{t['emails_only_candidate']:,} sent only under the candidate, "
+                  f"{t['emails_only_baseline']:,} no longer sent; "
                   f"{t['emails_threshold_only']:,} differ only in the threshold values they quote)"]
     for n in b.nights:
         changed = n.emails["changed"] + n.emails["only_candidate"] + n.emails["only_baseline"]
         if changed:
-            lines.append(f"  {n.as_of}: {', '.join(changed[:10])}{f' and {len(changed) - 10:,} more' if len(changed) > 10 else ''}")
+            lines.append(f"  {n.as_of}: {', '.join(changed[:10])}"
+                         f"{f' and {len(changed) - 10:,} more' if len(changed) > 10 else ''}")
     return lines
 
 
@@ -340,9 +360,11 @@ def backtest_html(b: Backtest) -> str:
         for j, (k, colour) in enumerate(series):
             v = getattr(n, k)
             h = round(height * v / top)
-            bars.append(f'<rect x="{x0 + j * bar}" y="{20 + height - h}" width="{bar - 2}" height="{h}" fill="{colour}">'
+            bars.append(f'<rect x="{x0 + j * bar}" y="{20 + height - h}" width="{bar - 2}" height="{h}" '
+                        f'fill="{colour}">'
                         f'<title>{e(n.as_of.isoformat())}: {v:,} {k.replace("_", " ")}</title></rect>')
-        bars.append(f'<text x="{x0}" y="{height + 36}" font-size="10" transform="rotate(30 {x0} {height + 36})">{e(n.as_of.isoformat())}</text>')
+        bars.append(f'<text x="{x0}" y="{height + 36}" font-size="10" transform="rotate(30 {x0} {height + 36})">'
+                    f'{e(n.as_of.isoformat())}</text>')
     legend = "".join(f'<span style="color:{c}">■</span> {k.replace("_", " ")} &nbsp; ' for k, c in series)
     svg = (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height + 80}" role="img" '
            f'aria-label="decisions added, removed and changed per night">'
@@ -351,25 +373,33 @@ def backtest_html(b: Backtest) -> str:
            f'<text x="4" y="26" font-size="10">{top:,}</text><text x="4" y="{20 + height}" font-size="10">0</text>'
            + "".join(bars) + "</svg>")
     rows = "".join(
-        f"<tr><td>{e(n.as_of.isoformat())}</td><td>{n.projects:,}</td><td>{n.decisions['baseline']:,}</td><td>{n.decisions['candidate']:,}</td>"
+        f"<tr><td>{e(n.as_of.isoformat())}</td><td>{n.projects:,}</td><td>{n.decisions['baseline']:,}</td>"
+        f"<td>{n.decisions['candidate']:,}</td>"
         f"<td>{n.added:,}</td><td>{n.removed:,}</td><td>{n.changed:,}</td><td>{n.threshold_only:,}</td>"
-        f"<td>{len(n.emails['changed']) + len(n.emails['only_baseline']) + len(n.emails['only_candidate']):,}</td></tr>" for n in b.nights)
-    policy_rows = "".join(f"<tr><td>{e(k)}</td><td>{c['added']:,}</td><td>{c['removed']:,}</td><td>{c['changed']:,}</td>"
+        f"<td>{len(n.emails['changed']) + len(n.emails['only_baseline']) + len(n.emails['only_candidate']):,}"
+        f"</td></tr>" for n in b.nights)
+    policy_rows = "".join(f"<tr><td>{e(k)}</td><td>{c['added']:,}</td><td>{c['removed']:,}</td>"
+                          f"<td>{c['changed']:,}</td>"
                           f"<td>{c['threshold_only']:,}</td></tr>" for k, c in t["by_policy"].items())
     timing = "".join(f"<li>{e(line.strip())}</li>" for line in timing_lines(b, examples=200)) or "<li>none</li>"
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>Backtest of {e(b.candidate['file'])}</title>
 <style>body{{font-family:sans-serif;margin:2em;color:#222}} table{{border-collapse:collapse;margin:1em 0}}
-td,th{{border:1px solid #ccc;padding:.2em .6em;text-align:right}} td:first-child,th:first-child{{text-align:left}}</style></head>
+td,th{{border:1px solid #ccc;padding:.2em .6em;text-align:right}} \
+td:first-child,th:first-child{{text-align:left}}</style></head>
 <body><h1>Backtest of {e(b.candidate['file'])} against {e(b.baseline['file'])}</h1>
-<p>{t['nights']} nights of {e(b.exports_root)}, {e(b.nights[0].as_of.isoformat())} to {e(b.nights[-1].as_of.isoformat())}:
-{t['added']:,} decisions added, {t['removed']:,} removed, {t['changed']:,} changed, {t['threshold_only']:,} changed only in the
-threshold values their evidence records; {t['emails_changed'] + t['emails_only_baseline'] + t['emails_only_candidate']:,} emails to Project Success would change.
+<p>{t['nights']} nights of {e(b.exports_root)}, {e(b.nights[0].as_of.isoformat())} to \
+{e(b.nights[-1].as_of.isoformat())}:
+{t['added']:,} decisions added, {t['removed']:,} removed, {t['changed']:,} changed, \
+{t['threshold_only']:,} changed only in the
+threshold values their evidence records; \
+{t['emails_changed'] + t['emails_only_baseline'] + t['emails_only_candidate']:,} emails to Project Success would change.
 {'<strong>No difference.</strong>' if b.same else ''}</p>
 <h2>Per night</h2><p>{legend}</p>{svg}
 <table><tr><th>night</th><th>projects</th><th>baseline</th><th>candidate</th><th>added</th><th>removed</th><th>changed</th>
 <th>thresholds only</th><th>emails changed</th></tr>{rows}</table>
-<h2>Per policy and action</h2><table><tr><th>policy / action</th><th>added</th><th>removed</th><th>changed</th><th>thresholds only</th></tr>{policy_rows}</table>
+<h2>Per policy and action</h2><table><tr><th>policy / action</th><th>added</th><th>removed</th><th>changed</th>\
+<th>thresholds only</th></tr>{policy_rows}</table>
 <h2>Earlier or later</h2><ul>{timing}</ul>
 <p><small>baseline sha256 {e(b.baseline['sha256'])}, candidate sha256 {e(b.candidate['sha256'])}</small></p>
 </body></html>

@@ -7,8 +7,9 @@ action, project_id, subject_id, milestone_id, invoice_id). A key only the
 candidate makes is *added*; one only the baseline makes is *removed*; one both
 make with a different assignee, amount, currency, reason or evidence is
 *changed*; a changed decision whose evidence differs only in the threshold values it records (the
-same decision, made under new values) is counted apart from the changes of substance. Both nights go through the real pipeline (processor.run.decide_night),
-which writes nothing: no output files, no ledger, no email.
+same decision, made under new values) is counted apart from the changes of substance. Both nights
+go through the real pipeline (processor.run.decide_night), which writes nothing: no output files,
+no ledger, no email.
 """
 from __future__ import annotations
 
@@ -38,7 +39,8 @@ class NightDiff:
     candidate: pd.DataFrame
     added: pd.DataFrame
     removed: pd.DataFrame
-    changed: list[dict] = field(default_factory=list)   # {"baseline": row, "candidate": row, "differences": {column: [before, after]}}
+    # {"baseline": row, "candidate": row, "differences": {column: [before, after]}}
+    changed: list[dict] = field(default_factory=list)
     not_evaluated: list[str] = field(default_factory=list)
 
     @property
@@ -89,7 +91,8 @@ def compare(before: pd.DataFrame, after: pd.DataFrame) -> tuple[pd.DataFrame, pd
     for c in COMPARED:
         differs |= matched[f"{c}_b"] != matched[f"{c}_a"]
     changed = []
-    for brow, arow in zip(side(matched[differs], "_b").to_dict("records"), side(matched[differs], "_a").to_dict("records")):
+    for brow, arow in zip(side(matched[differs], "_b").to_dict("records"),
+                          side(matched[differs], "_a").to_dict("records")):
         differences = {c: [brow[c], arow[c]] for c in COMPARED if brow[c] != arow[c]}
         changed.append({"baseline": brow, "candidate": arow, "differences": differences})
     return side(added, "_a"), side(removed, "_b"), changed
@@ -125,7 +128,8 @@ def diff_json(d: NightDiff) -> dict:
 # --------------------------------------------------------------------------- text
 def evidence_changes(before: str, after: str) -> list[str]:
     """'thresholds.contact_loss_unanswered_attempts 3 → 4' for each evidence value that differs."""
-    flat_b, flat_a = _flat(_decision({"evidence": before})["evidence"]), _flat(_decision({"evidence": after})["evidence"])
+    flat_b = _flat(_decision({"evidence": before})["evidence"])
+    flat_a = _flat(_decision({"evidence": after})["evidence"])
     out = []
     for k in sorted(set(flat_b) | set(flat_a)):
         if flat_b.get(k) != flat_a.get(k):
@@ -165,10 +169,12 @@ def diff_lines(d: NightDiff, examples: int = 3) -> list[str]:
     lines.append("")
     counts = _counts(d)
     width = max(len(k) for k in counts) if counts else 10
-    lines.append(f"  {'policy / action':<{width}}  {'baseline':>8}  {'candidate':>9}  {'added':>6}  {'removed':>7}  {'changed':>7}  "
+    lines.append(f"  {'policy / action':<{width}}  {'baseline':>8}  {'candidate':>9}  {'added':>6}  {'removed':>7}  "
+                 f"{'changed':>7}  "
                  f"{'thresholds only':>15}")
     for key, c in counts.items():
-        lines.append(f"  {key:<{width}}  {c['baseline']:>8,}  {c['candidate']:>9,}  {c['added']:>6,}  {c['removed']:>7,}  {c['changed']:>7,}  "
+        lines.append(f"  {key:<{width}}  {c['baseline']:>8,}  {c['candidate']:>9,}  {c['added']:>6,}  "
+                     f"{c['removed']:>7,}  {c['changed']:>7,}  "
                      f"{c['threshold_only']:>15,}")
     for title, frame in (("added", d.added), ("removed", d.removed)):
         if frame.empty or not examples:
@@ -227,12 +233,15 @@ def _counts(d: NightDiff) -> dict[str, dict[str, int]]:
     def bump(frame_or_rows, column):
         for pid, action in frame_or_rows:
             key = f"{pid} / {action}"
-            out.setdefault(key, {"baseline": 0, "candidate": 0, "added": 0, "removed": 0, "changed": 0, "threshold_only": 0})[column] += 1
+            out.setdefault(key, {"baseline": 0, "candidate": 0, "added": 0, "removed": 0, "changed": 0,
+                                 "threshold_only": 0})[column] += 1
 
     bump(zip(d.added["policy_id"], d.added["action"]), "added")
     bump(zip(d.removed["policy_id"], d.removed["action"]), "removed")
-    bump(((c["candidate"]["policy_id"], c["candidate"]["action"]) for c in d.changed if not _thresholds_only(c)), "changed")
-    bump(((c["candidate"]["policy_id"], c["candidate"]["action"]) for c in d.changed if _thresholds_only(c)), "threshold_only")
+    bump(((c["candidate"]["policy_id"], c["candidate"]["action"]) for c in d.changed if not _thresholds_only(c)),
+         "changed")
+    bump(((c["candidate"]["policy_id"], c["candidate"]["action"]) for c in d.changed if _thresholds_only(c)),
+         "threshold_only")
     for column, frame in (("baseline", d.baseline), ("candidate", d.candidate)):
         sizes = frame.groupby(["policy_id", "action"]).size()
         for (pid, action), n in sizes.items():

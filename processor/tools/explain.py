@@ -44,7 +44,8 @@ def explain_project(policies: PolicySet, export_dir: str | Path, project_id: str
     as_of = resolve_as_of(export, as_of)
     projects = export.tables["projects"]
     known = projects["project_id"].astype(str)
-    out = {"project_id": project_id, "as_of": as_of.isoformat(), "export": str(export_dir), "policies_file": policies.path}
+    out = {"project_id": project_id, "as_of": as_of.isoformat(), "export": str(export_dir),
+           "policies_file": policies.path}
     if not (known == project_id).any():
         refused = export.rejects[(export.rejects["table"] == "projects") & (export.rejects["record_id"] == project_id)]
         if len(refused):
@@ -54,7 +55,8 @@ def explain_project(policies: PolicySet, export_dir: str | Path, project_id: str
             return out
         close = did_you_mean(project_id, known.head(200_000).tolist())
         some = "" if close else f" (it has e.g. {', '.join(known.head(3))})"
-        raise ProjectNotFound(f"project '{project_id}' is not in the export {export_dir} ({len(known):,} projects){close or some} — "
+        raise ProjectNotFound(f"project '{project_id}' is not in the export {export_dir} ({len(known):,} projects)"
+                              f"{close or some} — "
                               f"give a project_id from its projects table")
     if workers is None:
         workers = 0 if len(projects) <= IN_PROCESS_PROJECTS else (os.cpu_count() or 1)
@@ -81,7 +83,8 @@ def explain_project(policies: PolicySet, export_dir: str | Path, project_id: str
             "fired": not made.empty,
             "conditions_hold": any(f["holds"] for f in fact_lines),
             "facts": fact_lines,
-            "decisions": [{k: _plain(v) for k, v in r.items() if k != "evidence"} | {"evidence": _json(r.get("evidence"))}
+            "decisions": [{k: _plain(v) for k, v in r.items() if k != "evidence"}
+                          | {"evidence": _json(r.get("evidence"))}
                           for r in made.to_dict("records")],
         })
     return out
@@ -123,14 +126,17 @@ def explanation_lines(ex: dict) -> list[str]:
     """The explanation as a person reads it."""
     lines = []
     if "refused" in ex:
-        lines.append(f"project {ex['project_id']}: refused by the export reader on {ex['as_of']}, so no policy evaluated it:")
+        lines.append(f"project {ex['project_id']}: refused by the export reader on {ex['as_of']}, "
+                     f"so no policy evaluated it:")
         lines += [f"  {r}" for r in ex["refused"]]
         return lines
     p = ex["project"]
     fired = [x for x in ex["policies"] if x["fired"]]
     lines.append(f"project {ex['project_id']} \"{p.get('title', '')}\" — {p.get('status')}, area {p.get('area')}; "
-                 f"client {p.get('client_id')}, talent {p.get('talent_id')}, Project Success {p.get('project_success_id')}")
-    lines.append(f"night {ex['as_of']}, policies {ex['policies_file']}: {len(fired)} of the {len(ex['policies'])} policies shown fired")
+                 f"client {p.get('client_id')}, talent {p.get('talent_id')}, "
+                 f"Project Success {p.get('project_success_id')}")
+    lines.append(f"night {ex['as_of']}, policies {ex['policies_file']}: {len(fired)} of the {len(ex['policies'])} "
+                 f"policies shown fired")
     if ex.get("not_evaluated"):
         lines.append("WARNING: durable-rules crashed on this project: it was NOT evaluated tonight.")
     for pol in ex["policies"]:
