@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from processor.arrow import concat, runs
-from processor.engine.facts import STR, Facts, is_in, json_values, positions, rows_among
+from processor.engine.facts import STR, Facts, is_in, json_values, positions
 from rules.model import ActionSpec, Policy, PolicySet, evidence_fields, evidence_thresholds
 from rules.vocabulary import Action
 
@@ -189,7 +189,7 @@ def _fired_context(policies: PolicySet, firings: pd.DataFrame, facts: Facts, fir
 
 def _rows(table: pd.DataFrame, project_ids: pd.Series, columns: list[str]) -> pd.DataFrame:
     """The columns the decisions read, of the rows about these projects."""
-    return table[columns].iloc[rows_among(table["project_id"], project_ids)]
+    return table[columns].iloc[np.flatnonzero(is_in(table["project_id"], project_ids))]
 
 
 def make_decisions(policies: PolicySet, firings: pd.DataFrame, facts: Facts,
