@@ -29,12 +29,8 @@ def main():
 
 
 def _arrow_memory_pool():
-    """Arrow's jemalloc pool for the whole command, unless ARROW_DEFAULT_MEMORY_POOL names one.
-
-    A night allocates and frees gigabytes of Arrow buffers. The default pool (mimalloc) hands
-    freed memory back to the system at once and faults it in again on the next column; jemalloc
-    keeps it for reuse. Measured on a 1M-project night (2 cores): kernel time 11.4 s -> 6.3 s, wall
-    19.9 s -> 15.8 s, peak 3.57 GB -> 3.14 GB. A pyarrow built without jemalloc keeps its default."""
+    """Arrow's jemalloc pool for the whole command, unless ARROW_DEFAULT_MEMORY_POOL names one: it keeps freed
+    memory for reuse instead of faulting it in again (docs/performance.md, "Why the code is the way it is")."""
     if os.environ.get("ARROW_DEFAULT_MEMORY_POOL"):
         return
     import pyarrow as pa
