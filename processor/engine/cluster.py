@@ -137,7 +137,8 @@ def evaluate_on_dask(policies: PolicySet, facts: Facts, *, scheduler: str | None
                     killed.append(part)
             if killed:
                 result.worker_crashes += 1
-                pending, alone = split_failed(killed, project_ids, lambda part, pids: split_by_project(part, pids, len(pids))[0])
+                pending, alone = split_failed(killed, project_ids,
+                                              lambda part, pids: split_by_project(part, pids, len(pids))[0])
                 suspects += alone
         # Each suspect alone on the cluster, one at a time: no other part can take it down with it.
         for part in suspects:
