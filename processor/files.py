@@ -1,6 +1,7 @@
 """Writing files so that nobody ever sees half of one: write beside, fsync, rename."""
 from __future__ import annotations
 
+import csv
 import errno
 import json
 import os
@@ -190,21 +191,22 @@ def write_json(path: str | Path, obj):
 
 
 def write_csv(path: str | Path, frame: pd.DataFrame):
-    """The frame as CSV (header, minimal quoting, "\n" line ends, nulls as empty fields).
+    """The frame as CSV by pandas (header, minimal quoting, "\n" line ends, nulls as empty fields).
 
-    Frames of text columns (every output of a night) are quoted and joined by Arrow's
-    compute kernels, without a loop over rows in Python; other frames go through pandas.
-    Both give the same bytes (tests/test_bulk_outputs.py), but for a lone carriage return,
-    which Arrow's path quotes and pandas leaves bare (a reader would split the row there)."""
-    body = _csv_body(frame)
-    if body is None:
-        with atomic_path(path) as tmp:
-            frame.to_csv(tmp, index=False, lineterminator="\n")
-        return
+    The csv module leaves a lone carriage return unquoted (a reader would split the row there): a frame
+    holding one is written with every field quoted instead."""
+    quoting = csv.QUOTE_ALL if _holds_carriage_return(frame) else csv.QUOTE_MINIMAL
     with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            f.write((",".join(arrowtext.csv_field(str(n)) for n in frame.columns) + "\n").encode("utf-8"))
-            f.write(body)
+        frame.to_csv(tmp, index=False, lineterminator="\n", quoting=quoting)
+
+
+def _holds_carriage_return(frame: pd.DataFrame) -> bool:
+    if any("\r" in str(name) for name in frame.columns):
+        return True
+    columns = _text_arrays(frame)
+    if columns is None:  # numbers, dates or mixed objects: seen as the text pandas writes
+        return bool(frame.astype(str).apply(lambda c: c.str.contains("\r", regex=False)).any().any())
+    return any(pc.any(pc.match_substring(c, "\r")).as_py() for c in columns)
 
 
 def write_jsonl(path: str | Path, frame: pd.DataFrame, json_columns=()) -> pa.Array | None:
@@ -228,9 +230,7 @@ def write_jsonl(path: str | Path, frame: pd.DataFrame, json_columns=()) -> pa.Ar
 
 
 # --------------------------------------------------------------------------- column-wise text
-# A night writes ~230k decision rows per million projects, three times over (CSV, JSON lines,
-# the ledger's copy). Building those lines a column at a time with Arrow's string kernels
-# costs a fraction of pandas' row-by-row writers; the bytes are the same.
+# JSON lines and the ledger's keys are built a column at a time with Arrow's string kernels, not row by row.
 
 # What JSON text cannot hold as is (control characters) or pandas' encoder writes as an escape
 # (those and non-ASCII): rows holding such text are left to pandas' own encoder.
@@ -257,15 +257,6 @@ def _text_arrays(frame: pd.DataFrame) -> list[pa.Array] | None:
     return out
 
 
-def _csv_body(frame: pd.DataFrame) -> memoryview | None:
-    """The frame's CSV rows (no header) as bytes, built column-wise; None when not all text
-    (or a single column, where the csv module quotes an empty field)."""
-    columns = _text_arrays(frame) if frame.shape[1] > 1 else None
-    if columns is None:
-        return None
-    return arrowtext.csv_rows(columns)
-
-
 def json_lines(frame: pd.DataFrame, json_columns: tuple[str, ...] = ()) -> pa.Array | None:
     """The rows as JSON objects (one string each, no line end), keys in the columns' order.
 
@@ -285,7 +276,7 @@ def json_lines(frame: pd.DataFrame, json_columns: tuple[str, ...] = ()) -> pa.Ar
         opening = ","
         if name in json_columns:
             empty = pc.fill_null(pc.equal(values, ""), True)
-            if pc.any(empty).as_py():  # (a copy of the whole column otherwise: evidence is 40 MB at 1M projects)
+            if pc.any(empty).as_py():  # else no copy of the whole column (evidence is big)
                 values = pc.if_else(empty, pa.scalar("null", values.type), values)
             parts += [key, values]
             continue

@@ -17,6 +17,7 @@ from processor import arrow
 from processor.delivery import address, message, outbox
 from processor.ledger import Ledger
 from processor.run import owe_written, write_outbox
+from processor.workers import Dealt
 
 
 def parse(data: bytes) -> email.message.EmailMessage:
@@ -147,7 +148,7 @@ def test_a_forked_writer_does_not_outlive_a_killed_run(tmp_path):
     pid_file = tmp_path / "writer.pid"
     script = f"""
 import os, time
-from processor.delivery.outbox import Forked
+from processor.workers import Dealt
 
 def work(share):
     if share == [1]:  # the forked writer's share
@@ -155,7 +156,7 @@ def work(share):
     time.sleep(60)
     return share
 
-Forked(work, [0, 1], 2).start(idle=True).wait()
+Dealt(work, [0, 1], 2).start(idle=True).wait()
 """
     run = subprocess.Popen([sys.executable, "-c", script], env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
     deadline = time.monotonic() + 30
@@ -197,9 +198,13 @@ def test_the_nights_own_work_runs_while_the_writers_work_and_before_any_email_is
     assert len(list((tmp_path / "outbox").glob("*.eml"))) == 5
 
 
+def _times_ten(share):
+    return [x * 10 for x in share]
+
+
 def test_work_dealt_to_forked_processes_while_the_parent_is_busy_comes_back_in_order():
     calls = []
-    writers = outbox.Forked(lambda share: [x * 10 for x in share], list(range(7)), 3).start()
+    writers = Dealt(_times_ten, list(range(7)), 3).start()
     calls.append(1)   # the parent's own work while the children work
     got = writers.wait()
     assert got == [x * 10 for x in range(7)] and calls == [1]

@@ -56,8 +56,8 @@ def test_schema_prints_the_committed_schema_file():
 
 
 def test_the_installed_command_delivers_all_it_printed_and_its_exit_status(tmp_path):
-    """The command exits without tearing the interpreter down (processor.cli.main.entry): what it
-    printed into a file or a pipe arrives whole, and the exit status is the command's."""
+    """What the installed command (processor.cli.main.entry) printed into a file or a pipe arrives
+    whole, and the exit status is the command's."""
     printed = tmp_path / "schema.json"
     with printed.open("w") as out:
         assert subprocess.run([SHAKERS_RULES, "schema"], stdout=out).returncode == 0

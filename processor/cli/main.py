@@ -7,7 +7,6 @@ some reports not delivered; 6 another run holds the same ledger.
 from __future__ import annotations
 
 import os
-import sys
 
 import click
 
@@ -30,12 +29,8 @@ def main():
 
 
 def _arrow_memory_pool():
-    """Arrow's jemalloc pool for the whole command, unless ARROW_DEFAULT_MEMORY_POOL names one.
-
-    A night allocates and frees gigabytes of Arrow buffers. The default pool (mimalloc) hands
-    freed memory back to the system at once and faults it in again on the next column; jemalloc
-    keeps it for reuse. Measured on a 1M-project night (2 cores): kernel time 11.4 s -> 6.3 s, wall
-    19.9 s -> 15.8 s, peak 3.57 GB -> 3.14 GB. A pyarrow built without jemalloc keeps its default."""
+    """Arrow's jemalloc pool for the whole command, unless ARROW_DEFAULT_MEMORY_POOL names one: it keeps freed
+    memory for reuse instead of faulting it in again (docs/performance.md, "Why the code is the way it is")."""
     if os.environ.get("ARROW_DEFAULT_MEMORY_POOL"):
         return
     import pyarrow as pa
@@ -52,28 +47,5 @@ for _group in (night, policy, reports, nightly):
 
 
 def entry() -> None:
-    """The installed `shakers-rules` command: `main`, then an exit that skips tearing down the
-    interpreter's objects, one by one, when nothing else is left to do.
-
-    A night leaves millions of objects behind; freeing them at exit took 0.12 s of a 1M-project
-    run (bench/). Every file is written and closed by then; the streams are flushed and the exit
-    handlers (logging's, multiprocessing's) run here as usual. With another thread still alive, or
-    an exit status that is not a number, the exit is Python's own."""
-    import atexit
-    import threading
-
-    try:
-        main()
-    except SystemExit as done:
-        if not isinstance(done.code, (int, type(None))) or threading.active_count() > 1:
-            raise
-        code = done.code or 0
-    else:  # pragma: no cover - click's standalone mode always exits
-        code = 0
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):  # a closed pipe: nothing more can reach it
-            pass
-    atexit._run_exitfuncs()
-    os._exit(code)
+    """The installed `shakers-rules` command (setup.cfg's console script): `main`, exiting as Python does."""
+    main()

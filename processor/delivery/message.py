@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import base64
-import binascii
 import datetime as dt
 import email
 import email.parser
@@ -187,28 +186,17 @@ def _part(subtype: str, text: str | bytes, fence: bytes) -> list:
             # The line break before the next delimiter belongs to the delimiter (RFC 2046 5.1.1),
             # not to the text: one more, so that the text ends with its own.
             return [_PART_HEADERS["7bit" if data.isascii() else "8bit"][subtype], data, b"\r\n"]
-    return [_PART_HEADERS["base64"][subtype], *_base64_lines(data)]
+    return [_PART_HEADERS["base64"][subtype], _base64_lines(data)]
 
 
 def base64_body(text: str | bytes) -> bytes:
     """`text` in canonical form as base64 lines of 76 characters."""
-    return b"".join(_base64_lines(canonical(text)))
+    return _base64_lines(canonical(text))
 
 
-def _base64_lines(data: bytes) -> list:
-    """base64_body's pieces (bytes-like) of canonical text, for a caller that joins or writes them itself.
-
-    binascii encodes the whole text at C speed and numpy cuts it into lines, two bytes at a time
-    (76 characters and a CRLF are 38 and 39 two-byte units): `base64.encodebytes` would loop in
-    Python over every 57 bytes."""
-    encoded = binascii.b2a_base64(data, newline=False)
-    full = len(encoded) // 76
-    lines = np.empty((full, 39), dtype=np.uint16)
-    lines[:, :38] = np.frombuffer(encoded, dtype=np.uint16, count=full * 38).reshape(full, 38)
-    lines[:, 38] = np.frombuffer(b"\r\n", dtype=np.uint16)[0]   # CR LF, in the machine's byte order
-    rest = encoded[full * 76:]
-    body = lines.view(np.uint8).ravel()
-    return [body, rest + b"\r\n"] if rest else [body]
+def _base64_lines(data: bytes) -> bytes:
+    """Canonical text as base64 lines of 76 characters, each ending in CRLF (an empty text: no line)."""
+    return base64.encodebytes(data).replace(b"\n", b"\r\n")
 
 
 def build_message(report, text: str, html: str, mail_from: str, date: str | None = None) -> tuple[str, bytes]:

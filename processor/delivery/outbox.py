@@ -9,12 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import email.utils
 import functools
-import gc
-import multiprocessing
 import os
-import threading
-import time
-import traceback
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +20,7 @@ from processor.arrow import one_line
 from processor.delivery.address import valid_address
 from processor.delivery.message import Outgoing, _message_pieces, message_id, outbox_name, read_eml
 from processor.killpoints import kill_point
+from processor.workers import Dealt
 
 # A process is worth forking for this many emails or more (a fork of a big night costs ~0.1 s).
 REPORTS_PER_WRITER = 100
@@ -79,8 +75,8 @@ class OutboxWriters:
         if workers is None:
             workers = min(_cores(), len(self.addressed) // REPORTS_PER_WRITER)
         date = email.utils.format_datetime(dt.datetime.now(dt.timezone.utc))   # one Date for the night's outbox
-        self._work = Forked(functools.partial(_write_emails, mail_from, date, render),
-                            list(zip(self.addressed, self.paths)), workers)
+        self._work = Dealt(functools.partial(_write_emails, mail_from, date, render),
+                           list(zip(self.addressed, self.paths)), workers, what="an outbox writer process")
 
     def start(self) -> "OutboxWriters":
         """Fork the writers: every email is written by a child while the caller works until `wait()`."""
@@ -156,89 +152,3 @@ def _fsync_directory(directory: Path):
     """Make the renames into `directory` durable too."""
     fd = os.open(directory, os.O_RDONLY)
     _fsync_and_close(fd)
-
-
-class Forked:
-    """`work(items)`, with the items dealt round-robin to `workers` forked processes from `start()`;
-    `wait()` gives its results in the items' order. With one worker (or one item), or a parent that
-    is `idle` meanwhile, `wait()` does (a share of) the work itself.
-
-    The processes are forked: they see the parent's memory as it is, so nothing is pickled to them,
-    and only `work`'s (small) results come back. No thread of the parent may run while they fork."""
-
-    def __init__(self, work: Callable[[list], list], items: list, workers: int):
-        self.work, self.items, self.workers = work, items, workers
-        self.children: list = []
-        self.forking = workers > 1 and len(items) >= 2
-        self.shares = [items[i::workers] for i in range(workers)] if self.forking else [items]
-        self.own: list | None = None   # the share the parent does in wait()
-
-    def start(self, *, idle: bool = False) -> "Forked":
-        if not self.forking:
-            self.own = self.items
-            return self
-        context = multiprocessing.get_context("fork")
-        # The night's objects are hidden from the garbage collector while the writers work: a child's
-        # collections would write to (and so copy) every page of a big parent's memory, and the parent's
-        # would walk the millions of objects the night still holds.
-        gc.freeze()
-        try:
-            if idle:
-                self.own = self.shares[0]
-            for share in self.shares[1:] if idle else self.shares:
-                receive, send = context.Pipe(duplex=False)
-                child = context.Process(target=_child, args=(self.work, share, send), daemon=True)
-                child.start()
-                send.close()
-                self.children.append((child, receive))
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def wait(self) -> list:
-        if not self.forking:
-            return self.work(self.items)
-        try:
-            results = [] if self.own is None else [self.work(self.own)]
-            for child, receive in self.children:
-                try:
-                    ok, value = receive.recv()
-                except EOFError:
-                    child.join()
-                    raise RuntimeError(f"an outbox writer process died (exit code {child.exitcode})") from None
-                if not ok:
-                    raise RuntimeError(f"an outbox writer process failed: {value}")
-                results.append(value)
-        finally:
-            self.stop()
-        merged: list = [None] * len(self.items)
-        for i, result in enumerate(results):
-            merged[i::self.workers] = result
-        return merged
-
-    def stop(self) -> None:
-        """Wait for the children to end (each ends once its share is done or cannot be handed back)."""
-        children, self.children = self.children, []
-        for child, receive in children:
-            receive.close()
-            child.join()
-        if self.forking:
-            gc.unfreeze()
-
-
-def _child(work, share, send):
-    parent = os.getppid()
-
-    def outlive_nobody():
-        while os.getppid() == parent:
-            time.sleep(0.1)
-        os._exit(1)  # the run was killed: stop writing now (the next run removes the temporary files)
-
-    threading.Thread(target=outlive_nobody, daemon=True).start()
-    try:
-        send.send((True, work(share)))
-    except BaseException:
-        send.send((False, traceback.format_exc()))
-    finally:
-        send.close()

@@ -43,6 +43,7 @@ import pandas as pd
 from processor.engine.batches import candidate_facts, fired_rows, iter_firings, project_ids, split_by_project
 from processor.engine.facts import Facts
 from processor.engine.local import CRASH_HOOK_ENV, HANG_HOOK_ENV, Evaluation
+from processor.engine.retry import split_failed
 from rules.compile import to_ruleset
 from rules.engine import EngineError, PolicyEngine
 from rules.model import PolicySet
@@ -208,7 +209,7 @@ def evaluate_on_dask(policies: PolicySet, facts: Facts, *, scheduler: str | None
         while pending:
             futures = {client.submit(_evaluate_part, part, ruleset_json, key, pure=False): part for part in pending}
             pending = []
-            crashed = False
+            killed = []
             for future in watch.as_completed(futures):
                 part = futures[future]
                 try:
@@ -218,16 +219,12 @@ def evaluate_on_dask(policies: PolicySet, facts: Facts, *, scheduler: str | None
                         progress(done, len(ids))
                 except KilledWorker:
                     # Every part queued on a dying worker fails with it, guilty or not: split and retry.
-                    crashed = True
-                    pids = project_ids(part)
-                    if len(pids) == 1:
-                        suspects.append(part)
-                        continue
-                    half = len(pids) // 2
-                    pending += [split_by_project(part, pids[:half], half)[0],
-                                split_by_project(part, pids[half:], len(pids) - half)[0]]
-            if crashed:
+                    killed.append(part)
+            if killed:
                 result.worker_crashes += 1
+                pending, alone = split_failed(killed, project_ids,
+                                              lambda part, pids: split_by_project(part, pids, len(pids))[0])
+                suspects += alone
         # Each suspect alone on the cluster, one at a time: no other part can take it down with it.
         for part in suspects:
             try:

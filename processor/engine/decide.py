@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from processor.arrow import STR, concat, runs
-from processor.engine.facts import Facts, is_in, json_values, positions, rows_among
+from processor.engine.facts import Facts, is_in, json_values, positions
 from rules.model import ActionSpec, Policy, PolicySet, evidence_fields, evidence_thresholds
 from rules.vocabulary import Action
 
@@ -33,16 +33,16 @@ DECISION_COLUMNS = [
 KEY_COLUMNS = ["policy_id", "action", "project_id", "subject_id", "milestone_id", "invoice_id"]
 
 
+_CENT = pa.scalar(Decimal("0.01"), pa.decimal128(2, 2))
+
+
 def money(cents: pd.Series) -> pd.Series:
-    """Integer cents -> decimal text with two places ('' for none); never a float."""
-    out = pd.Series("", index=cents.index, dtype=object)
-    has = cents.notna()
-    if has.any():
-        c = cents[has].astype("int64")
-        sign = np.where(c < 0, "-", "")
-        a = c.abs()
-        out[has] = sign + (a // 100).astype(str) + "." + (a % 100).astype(str).str.zfill(2)
-    return out
+    """Integer cents -> decimal text with two places ('' for none); never a float: Arrow's decimals."""
+    values = pa.array(cents, from_pandas=True)
+    if not pa.types.is_integer(values.type):  # missing cents made the column float: whole numbers, checked by the cast
+        values = values.cast(pa.int64())
+    text = pc.multiply(values.cast(pa.decimal128(19, 0)), _CENT).cast(pa.large_string())
+    return pd.Series(pd.array(text.fill_null(""), dtype=STR), index=cents.index)
 
 
 def cents_to_decimal(text: str) -> Decimal | None:
@@ -189,7 +189,7 @@ def _fired_context(policies: PolicySet, firings: pd.DataFrame, facts: Facts, fir
 
 def _rows(table: pd.DataFrame, project_ids: pd.Series, columns: list[str]) -> pd.DataFrame:
     """The columns the decisions read, of the rows about these projects."""
-    return table[columns].iloc[rows_among(table["project_id"], project_ids)]
+    return table[columns].iloc[np.flatnonzero(is_in(table["project_id"], project_ids))]
 
 
 def make_decisions(policies: PolicySet, firings: pd.DataFrame, facts: Facts,

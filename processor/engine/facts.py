@@ -18,7 +18,6 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from processor.arrow import runs
 from processor.arrow import str_array as _text
 from processor.export.references import ids_as_numbers
 from rules.vocabulary import FACT_KINDS
@@ -114,24 +113,11 @@ def fixed_width_bytes(text: pa.Array) -> np.ndarray | None:
 
 
 def is_in(values: pd.Series, among) -> np.ndarray:
-    """values.isin(among) as a numpy mask, found as `positions` finds keys (pandas' isin on arrow
-    text walks `among` in Python: seconds for a few hundred thousand ids)."""
+    """values.isin(among) as a numpy mask, by pyarrow's hash (pandas' isin walks arrow text in Python)."""
     if len(values) == 0:
         return np.zeros(0, dtype=bool)
     among = among if isinstance(among, pd.Series) else pd.Series(np.asarray(among, dtype=object))
-    return _positions(text_array(values), pc.unique(text_array(among))) >= 0
-
-
-def rows_among(values: pd.Series, among: pd.Series) -> np.ndarray:
-    """The rows (in order) whose value is among `among`: np.flatnonzero(is_in(values, among)).
-    In a table sorted by that value (fixed-width text), each of `among` finds its rows by
-    binary search, without reading the whole column."""
-    text, wanted = text_array(values), pc.unique(text_array(among))
-    table, keys = fixed_width_bytes(text), fixed_width_bytes(wanted)
-    if table is None or keys is None or table.dtype != keys.dtype or not bool((table[1:] >= table[:-1]).all()):
-        return np.flatnonzero(is_in(values, among))
-    start, end = np.searchsorted(table, keys, "left"), np.searchsorted(table, keys, "right")
-    return np.sort(runs(start, end - start))
+    return pc.is_in(text_array(values), value_set=text_array(among)).to_numpy(zero_copy_only=False)
 
 
 def _runs(keys: pa.Array) -> tuple[pa.Array, np.ndarray]:

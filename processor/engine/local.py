@@ -24,10 +24,8 @@ split them by project, as positions in the inherited facts).
 """
 from __future__ import annotations
 
-import gc
-import multiprocessing as mp
 import os
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Callable
@@ -40,7 +38,9 @@ import pyarrow.compute as pc
 from processor.arrow import STR
 from processor.engine.batches import candidate_facts, candidate_rows, iter_firings, project_ids, project_shares
 from processor.engine.facts import Facts, is_in, text_array
+from processor.engine.retry import split_failed
 from processor.killpoints import kill_point
+from processor.workers import forked_pool, kill_workers
 from rules.compile import to_ruleset
 from rules.engine import PolicyEngine
 from rules.model import PolicySet
@@ -119,32 +119,11 @@ def _share_candidates(share: int) -> dict[str, np.ndarray]:
 
 # -- worker side -------------------------------------------------------------
 _ENGINE: PolicyEngine | None = None
-_DRIVER_PID = os.getpid()  # the process that forks the workers (set again by evaluate())
 
 
 def _init_worker(ruleset: dict):
     global _ENGINE
-    _die_with_parent()
-    if os.getpid() != _DRIVER_PID:
-        # The objects inherited from the run are left out of this worker's garbage collections:
-        # walking them would write to, and so copy, the memory pages the worker shares with it.
-        gc.freeze()
     _ENGINE = PolicyEngine(ruleset)
-
-
-def _die_with_parent():
-    """Linux: a worker whose run was killed (SIGKILL gives no chance to clean up) goes with it."""
-    if os.getpid() == _DRIVER_PID:
-        return  # workers=0: this is the run itself
-    try:
-        import ctypes
-        import signal
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # 1 = PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-    if os.getppid() != _DRIVER_PID:  # the run died before the line above took effect
-        os._exit(0)
 
 
 def _evaluate_task(task: Task) -> _Part:
@@ -176,8 +155,7 @@ def evaluate(policies: PolicySet, facts: Facts, *, workers: int = 1, prefilter: 
 
     progress(done, total) counts the night's projects (those found to have no candidate fact
     are done too). workers=0 evaluates in this process (no crash isolation; for debugging)."""
-    global _DRIVER_PID, _NIGHT
-    _DRIVER_PID = os.getpid()
+    global _NIGHT
     total = len(facts.frames["project"])
     # Several shares per worker, so both cores stay busy and progress moves.
     shares = project_shares(facts.frames, max(1, workers * 4, -(-total // chunk_projects)))
@@ -216,8 +194,7 @@ def _run(ruleset: dict, shares: int, workers: int, result: Evaluation, progress:
     pending: list[Task] = list(range(shares))
     while pending:
         retry: list[Task] = []
-        ctx = mp.get_context("fork")
-        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=(ruleset,)) as pool:
+        with forked_pool(workers, _init_worker, (ruleset,)) as pool:
             out = {pool.submit(_evaluate_task, task): task for task in pending}
             kill_point("evaluate")  # test hook: die while the workers are busy
             while out:
@@ -225,7 +202,7 @@ def _run(ruleset: dict, shares: int, workers: int, result: Evaluation, progress:
                                    return_when=FIRST_COMPLETED)
                 if not finished:  # nothing finished in time: a worker is stuck; the rest is redone as after a crash
                     result.worker_stalls += 1
-                    _kill_workers(pool)
+                    kill_workers(pool)
                     finished = set(out)
                 for fut in finished:
                     task = out.pop(fut)
@@ -237,26 +214,19 @@ def _run(ruleset: dict, shares: int, workers: int, result: Evaluation, progress:
                         retry.append(task)
         if retry:
             result.worker_crashes += 1
-        pending = []
-        for task in retry:
-            pids, rows = _as_chunk(task)
+        chunks = [_as_chunk(task) for task in retry]
+        for task, (pids, _rows) in zip(retry, chunks):
             done += covers(task) - len(pids)  # a share's projects without candidates are done
-            if len(pids) == 0:
-                continue  # none of it goes to durable-rules: nothing to retry
-            if len(pids) == 1:
-                alone = _evaluate_alone(ruleset, (pids, rows))
-                if alone is None:
-                    # Alone, and it still kills the engine: say so, do not guess.
-                    result.not_evaluated.append(str(pids[0]))
-                else:
-                    parts.append(alone)
-                done += 1
-                progress(done, total)
-                continue
-            half = len(pids) // 2
-            for some in (pids[:half], pids[half:]):
-                pending.append((some, {kind: at[is_in(_NIGHT.frames[kind]["project_id"].iloc[at], some)]
-                                       for kind, at in rows.items()}))
+        pending, suspects = split_failed(chunks, lambda chunk: chunk[0], _subset)
+        for chunk in suspects:
+            alone = _evaluate_alone(ruleset, chunk)
+            if alone is None:
+                # Alone, and it still kills the engine: say so, do not guess.
+                result.not_evaluated.append(str(chunk[0][0]))
+            else:
+                parts.append(alone)
+            done += 1
+            progress(done, total)
     return parts
 
 
@@ -273,6 +243,11 @@ def _firings_frame(tables: list[pa.Table]) -> pd.DataFrame:
     return pd.DataFrame({"policy_id": pd.array(policy.filter(keep), dtype=STR), "fact_id": pd.array(fact.filter(keep), dtype=STR)})
 
 
+def _subset(chunk: Chunk, some: np.ndarray) -> Chunk:
+    """Of a chunk, these of its projects and their candidate facts."""
+    return some, {kind: at[is_in(_NIGHT.frames[kind]["project_id"].iloc[at], some)] for kind, at in chunk[1].items()}
+
+
 def _as_chunk(task: Task) -> Chunk:
     """A task as its projects and the positions of their candidate facts."""
     if not isinstance(task, int):
@@ -283,13 +258,12 @@ def _as_chunk(task: Task) -> Chunk:
 
 def _evaluate_alone(ruleset: dict, chunk: Chunk) -> _Part | None:
     """Evaluate one project in a fresh worker; None when that worker dies too, or makes no progress in time."""
-    ctx = mp.get_context("fork")
-    with ProcessPoolExecutor(max_workers=1, mp_context=ctx, initializer=_init_worker, initargs=(ruleset,)) as pool:
+    with forked_pool(1, _init_worker, (ruleset,)) as pool:
         fut = pool.submit(_evaluate_task, chunk)
         try:
             return fut.result(timeout=stall_seconds(len(chunk[0])))
         except TimeoutError:
-            _kill_workers(pool)
+            kill_workers(pool)
             return None
         except BrokenProcessPool:
             return None
@@ -299,11 +273,3 @@ def stall_seconds(projects: int) -> float:
     """How long a worker may go without finishing a task of `projects` projects before the watchdog kills it."""
     flat = os.environ.get(STALL_ENV)
     return float(flat) if flat else STALL_BASE_SECONDS + STALL_SECONDS_PER_PROJECT * projects
-
-
-def _kill_workers(pool: ProcessPoolExecutor) -> None:
-    """SIGKILL the pool's workers (a stuck one cannot be asked to stop); their tasks fail with BrokenProcessPool."""
-    # The executor's own table of its processes: it has no public way to end them before Python 3.14.
-    for process in list((pool._processes or {}).values()):
-        if process.is_alive():
-            process.kill()
