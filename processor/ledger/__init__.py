@@ -1,5 +1,5 @@
-"""The ledger: a SQLite file that remembers decisions, deliveries and the nightly job's attempts across
-nights. All the SQL on it is here; its schema version is PRAGMA user_version, every write one transaction.
+"""The ledger: a SQLite file that remembers decisions, deliveries, the nightly job's attempts and policy promotions
+(promotions.py) across nights. All its SQL is in this package; schema version: PRAGMA user_version.
 
 A decision is identified by its key (policy, action, project, subject, milestone, invoice). Its state on
 a night is `new` when it did not hold on the previous night the ledger knows, `ongoing` when it did. A
@@ -26,13 +26,13 @@ from processor import files
 from processor.delivery.states import DELIVERY_TRANSITIONS, OWED, SETTLED, allowed_delivery, sources  # noqa: F401
 from processor.engine.decide import DECISION_COLUMNS, KEY_COLUMNS
 from processor.killpoints import kill_point
+from processor.ledger.promotions import PROMOTIONS_SCHEMA
 
-# What the ledger keeps of each decision (in decision_nights.detail) so that a
-# resolved one can be listed with the same columns the night after.
+# What the ledger keeps of each decision (decision_nights.detail): a resolved one is listed the night after.
 DETAIL_COLUMNS = [c for c in DECISION_COLUMNS if c not in ("run_id", "as_of", "state")]
 
-# PRAGMA user_version of a ledger this version made or migrated (_migrate says what each step did).
-SCHEMA_VERSION = 1
+# PRAGMA user_version of a ledger this version made or migrated (_migrate says what each step did; 2: promotions).
+SCHEMA_VERSION = 2
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -75,7 +75,7 @@ CREATE TABLE IF NOT EXISTS deliveries (
 -- finished (killed after the ledger's commit, e.g. while sending) is run again: every step is idempotent.
 CREATE TABLE IF NOT EXISTS nightly_attempts (as_of TEXT PRIMARY KEY, started_at TEXT NOT NULL, finished_at TEXT,
                                              status TEXT NOT NULL DEFAULT '');
-"""
+""" + PROMOTIONS_SCHEMA
 
 
 def default_ledger_path() -> Path:
