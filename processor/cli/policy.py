@@ -321,15 +321,16 @@ _LEDGER_HELP = "The ledger the promotion is recorded in. Default: $SHAKERS_LEDGE
 @click.command()
 @click.argument("candidate", required=False, type=_POLICIES_FILE)
 @click.option("--to", "live", type=_POLICIES_FILE, default=None,
-              help="The live policies file to replace. Default: $SHAKERS_POLICIES, else policies.yaml (as `run` reads).")
+              help="The live policies file. Default: $SHAKERS_POLICIES, else policies.yaml (as `run` reads).")
 @click.option("--note", default="", help="Why: recorded with the promotion, listed by `history`.")
 @click.option("--yes", is_flag=True, help="Replace the live file without asking.")
 @click.option("--rollback", is_flag=True, help="Put back the file the live one held before its last promotion.")
 @click.option("--cases", "case_paths", multiple=True, type=click.Path(exists=True, path_type=Path),
-              help="Case files or directories (repeatable). Default: policy_tests/ beside CANDIDATE, else ./policy_tests.")
-@click.option("--exports-root", type=click.Path(file_okay=False, path_type=Path), default=None, envvar="SHAKERS_EXPORTS",
+              help="Case files or directories (repeatable). Default: policy_tests/ beside CANDIDATE, else here.")
+@click.option("--exports-root", type=click.Path(file_okay=False, path_type=Path), default=None,
+              envvar="SHAKERS_EXPORTS_ROOT",
               help="The nightly job's exports (YYYY-MM-DD directories): the newest night is diffed. "
-                   "Default: $SHAKERS_EXPORTS; neither: no diff.")
+                   "Default: $SHAKERS_EXPORTS_ROOT (as the nightly job), else no diff.")
 @click.option("--ledger", "ledger_path", type=_LEDGER_FILE, default=None, help=_LEDGER_HELP)
 @click.option("--workers", type=click.IntRange(0, 64), default=None, help="Engine worker processes for the diff.")
 @_guarded
@@ -406,7 +407,7 @@ def _promote_diff(candidate: Path, live: Path, exports_root: Path | None, worker
     from rules.document import PolicyError, load_policies
 
     if exports_root is None:
-        click.echo("no diff: no --exports-root (or $SHAKERS_EXPORTS) names the nightly exports")
+        click.echo("no diff: no --exports-root (or $SHAKERS_EXPORTS_ROOT) names the nightly exports")
         return None
     night = last_night(exports_root) if exports_root.is_dir() else None
     if night is None:

@@ -46,7 +46,7 @@ def record_promotion(ledger: Ledger, *, user: str, kind: str, live_path: str, ca
 
 
 def promotions(ledger: Ledger, live_path: str | None = None) -> list[dict]:
-    """The promotions recorded (of the live file `live_path` when given), oldest first; diff_counts as a dict or None."""
+    """The promotions recorded (of the live file `live_path` when given), oldest first; diff_counts a dict or None."""
     where, args = ("WHERE live_path = ? ", (live_path,)) if live_path is not None else ("", ())
     rows = ledger.db.execute(f"SELECT {', '.join(COLUMNS)} FROM promotions {where}ORDER BY id", args).fetchall()
     out = []

@@ -18,7 +18,6 @@ from processor import files
 from processor.killpoints import kill_point
 
 LIVE_ENV = "SHAKERS_POLICIES"   # the live policies file, as `run` and `nightly` read it
-EXPORTS_ENV = "SHAKERS_EXPORTS"  # the nightly job's exports root, whose newest night promote diffs against
 
 
 class PromoteRefused(Exception):
