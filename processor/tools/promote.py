@@ -106,6 +106,9 @@ def _keep(live: Path, data: bytes) -> Path:
 
 def replace_live(live: Path, data: bytes) -> Replaced:
     """The live file replaced by `data` atomically, both versions kept first (so either can be restored)."""
+    for directory, name in ((live.parent, live.name), (versions_directory(live), "")):
+        for partial in directory.glob(f".{name}*{files.PARTIAL_MARK}*"):  # a killed promote's temporaries
+            partial.unlink(missing_ok=True)
     old = live.read_bytes() if live.exists() else None
     if old is not None:
         _keep(live, old)
