@@ -230,3 +230,14 @@ def test_a_ledger_of_schema_1_gains_the_promotions_table(tmp_path):
     with Ledger(path) as ledger:
         assert ledger.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
         assert ledger.db.execute("SELECT count(*) FROM promotions").fetchone()[0] == 0
+
+
+def test_a_promotion_the_ledger_cannot_record_is_not_made(tmp_path):
+    live = live_file(tmp_path)
+    before = live.read_bytes()
+    (tmp_path / "not-a-dir").write_text("a file")
+    done = cli("promote", more_attempts(tmp_path), "--to", live, "--yes", "--cases", ESCROW_CASES, tmp=tmp_path,
+               env={"SHAKERS_LEDGER": str(tmp_path / "not-a-dir" / "ledger.sqlite")})
+    assert done.returncode == 2, done.stderr
+    assert "not-a-dir" in done.stderr and "Traceback" not in done.stderr
+    assert live.read_bytes() == before

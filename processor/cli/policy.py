@@ -340,7 +340,7 @@ def promote(candidate, live, note, yes, rollback, case_paths, exports_root, ledg
     and the diff's counts in the ledger. `promote --rollback` restores the previous file byte for byte.
 
     Exit 3 when the candidate fails validation or a case (the live file is left as it was), 2 when declined."""
-    from processor.ledger import Ledger, default_ledger_path
+    from processor.ledger import Ledger, check_ledger_usable, default_ledger_path
     from processor.ledger.promotions import PROMOTE, ROLLBACK, last_promotion, record_promotion
     from processor.tools.promote import (
         PromoteRefused,
@@ -374,6 +374,7 @@ def promote(candidate, live, note, yes, rollback, case_paths, exports_root, ledg
         if not yes and not _confirmed(f"Replace {live} with {source}?"):
             _err(f"not promoted: {live} was left as it was (give --yes to replace it without asking)")
             sys.exit(2)
+        check_ledger_usable(ledger_path)  # a promotion that could not be recorded is not made
         done = replace_live(live, data)
     except PromoteRefused as e:
         _err(str(e))
