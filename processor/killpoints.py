@@ -4,7 +4,8 @@
 it reaches `kill_point(<point>)`. Points: `read` (the export is being read),
 `evaluate` (engine workers are busy), `write` (an output file is written but
 not yet in place), `ledger` (inside the ledger's transaction, before commit),
-`send` (reports are being delivered). `<point>:<night>` limits it to the run
+`send` (reports are being delivered), `promote` (a new live policies file
+written beside the live one, not yet in place). `<point>:<night>` limits it to the run
 of that as-of date (e.g. `write:2026-11-25`), so a catch-up can die mid-way.
 
 Unset (always, outside tests) they cost two dictionary lookups.
@@ -22,7 +23,7 @@ import time
 KILL_ENV = "SHAKERS_TEST_KILL_AT"
 # `SHAKERS_TEST_RAISE_AT=<point>[:<night>]`: raise an exception there instead, as a bug of ours would.
 RAISE_ENV = "SHAKERS_TEST_RAISE_AT"
-POINTS = ("read", "evaluate", "write", "ledger", "send")
+POINTS = ("read", "evaluate", "write", "ledger", "send", "promote")
 
 _night: str | None = None
 

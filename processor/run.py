@@ -31,7 +31,9 @@ from processor.engine.local import Evaluation, evaluate
 from processor.export.contract import DEFAULT_MAX_REJECT_SHARE
 from processor.export.read import Export, read_export
 from processor.killpoints import kill_point
-from processor.ledger import OWED, Ledger, check_ledger_usable, default_ledger_path, night_counts
+from processor.ledger import OWED, Ledger, check_ledger_usable, default_ledger_path
+from processor.ledger.promotions import ROLLBACK, last_promotion
+from processor.ledger.trend import night_counts
 from processor.progress import counter_of
 from processor.reports.build import build_reports, render_reports
 from processor.reports.overview import TREND_NIGHTS, render_overview
@@ -176,6 +178,9 @@ def run_night(export_dir: str | Path, *, policies_path: str | Path = "policies.y
             reported = decisions if resolved.empty else pd.concat([decisions, resolved], ignore_index=True)
             reports = build_reports(reported, facts.projects, facts.milestones, facts.users, as_of, run_id,
                                     descriptions)
+            changed = policies_changed(ledger, policies_path)
+            for report in reports:
+                report.policies_changed = changed
             _done(decisions_csv, decisions_written)   # no thread may run while a process forks
             # Before the first email: `send --run` must use the ledger that knows what this run delivered.
             files.write_json(out / LEDGER_RECORD, {"ledger": str(Path(ledger.path).resolve())})
@@ -237,6 +242,16 @@ def _trend(ledger: Ledger, as_of: dt.date, decisions: pd.DataFrame, resolved: pd
         log.warning("the overview shows no trend of the last nights: the ledger %s could not give it (%s)",
                     ledger.path, e)
         return None
+
+
+def policies_changed(ledger: Ledger, policies_path: str | Path) -> str:
+    """The reports' footer line on the policies file's last promotion or rollback in the ledger ("" when none)."""
+    last = last_promotion(ledger, str(Path(policies_path).resolve()))
+    if last is None:
+        return ""
+    when = dt.datetime.fromisoformat(last["promoted_at"]).strftime("%Y-%m-%d %H:%M UTC")
+    how = "rolled back" if last["kind"] == ROLLBACK else "promoted"
+    return f"Policies last changed {when} ({how} by {last['user']}{': ' + last['note'] if last['note'] else ''})."
 
 
 def _done(pool: ThreadPoolExecutor, future) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from night import AS_OF, Night
+from night import AS_OF, Night, lose_contact
 
 from processor.engine.decide import KEY_COLUMNS
 from processor.engine.local import CRASH_HOOK_ENV
@@ -140,13 +140,13 @@ def test_projects_whose_ids_differ_only_by_a_bar_keep_separate_states(tmp_path):
     n = Night()
     for pid in ("A|B", "A"):
         n.project(pid)
-        n.unanswered("C1", 4, 20, project_id=pid)
+        lose_contact(n, "C1", project_id=pid, days_older=13)   # the shipped thresholds, whatever they are
     first = run(n, tmp_path, "1")
     halts = first.decisions[first.decisions["action"] == "halt_project"]
     assert sorted(halts["project_id"]) == ["A", "A|B"]
     m = Night(AS_OF + dt.timedelta(days=1))
     m.project("A|B")
-    m.unanswered("C1", 4, 20, project_id="A|B")
+    lose_contact(m, "C1", project_id="A|B", days_older=13)
     second = run(m, tmp_path, "2")
     assert set(second.decisions["state"]) == {"ongoing"}
     assert set(second.resolved["project_id"]) == {"A"}

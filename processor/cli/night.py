@@ -17,9 +17,8 @@ from processor.export.contract import DEFAULT_MAX_REJECT_SHARE
               help="The night's export directory (five tables as CSV or Parquet, optional manifest.json).")
 @click.option("--as-of", type=DAY, default=None,
               help="The night the export describes. Default: the manifest's export date, else today (UTC).")
-@click.option("--policies", "policies_path", default="policies.yaml", show_default=True,
-              type=click.Path(dir_okay=False, path_type=Path),
-              help="The policies file.")
+@click.option("--policies", "policies_path", default="policies.yaml", show_default=True, envvar="SHAKERS_POLICIES",
+              type=click.Path(dir_okay=False, path_type=Path), help="The policies file. Also $SHAKERS_POLICIES.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Run directory for decisions, rejects, summary and reports. Default: runs/<as-of>.")
 @click.option("--ledger", "ledger_path", type=click.Path(dir_okay=False, path_type=Path), default=None,

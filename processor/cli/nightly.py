@@ -26,8 +26,8 @@ def deliver_on_stderr(run_dir: Path, ledger_path: Path) -> int:
 @click.option("--ledger", "ledger_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="SQLite ledger shared by successive nights. "
                    "Default: $SHAKERS_LEDGER, else ~/.local/share/shakers-rules/ledger.sqlite.")
-@click.option("--policies", "policies_path", default="policies.yaml", show_default=True,
-              type=click.Path(dir_okay=False, path_type=Path), help="The policies file.")
+@click.option("--policies", "policies_path", default="policies.yaml", show_default=True, envvar="SHAKERS_POLICIES",
+              type=click.Path(dir_okay=False, path_type=Path), help="The policies file. Also $SHAKERS_POLICIES.")
 @click.option("--workers", type=click.IntRange(0, 64), default=None,
               help="Engine worker processes (default: the machine's cores).")
 @click.option("--keep-nights", type=click.IntRange(0), default=DEFAULT_KEEP_NIGHTS, show_default=True,

@@ -1,5 +1,5 @@
-"""The policy editor's commands: `schema`, `validate`, `test`, `explain`, `diff` (thin shells
-over rules.schema, rules.document, processor.tools.policytest, processor.tools.explain, processor.tools.diff).
+"""The policy editor's commands: `schema`, `validate`, `test`, `explain`, `diff`, `backtest`, `promote`, `history`
+(thin shells over rules.*, processor.tools.policytest/explain/diff/backtest/promote).
 
 processor.cli.main adds COMMANDS to the group.
 """
@@ -318,4 +318,149 @@ def _both(baseline_path: Path, candidate_path: Path) -> dict:
     return loaded
 
 
-COMMANDS = [schema, validate, test_policies, explain, diff, backtest]
+# --------------------------------------------------------------------------- promote, history
+_LEDGER_FILE = click.Path(dir_okay=False, path_type=Path)
+_LEDGER_HELP = "The ledger the promotion is recorded in. Default: $SHAKERS_LEDGER, else the nightly job's default."
+
+
+@click.command()
+@click.argument("candidate", required=False, type=_POLICIES_FILE)
+@click.option("--to", "live", type=_POLICIES_FILE, default=None,
+              help="The live policies file. Default: $SHAKERS_POLICIES, else policies.yaml (as `run` reads).")
+@click.option("--note", default="", help="Why: recorded with the promotion, listed by `history`.")
+@click.option("--yes", is_flag=True, help="Replace the live file without asking.")
+@click.option("--rollback", is_flag=True, help="Put back the file the live one held before its last promotion.")
+@click.option("--cases", "case_paths", multiple=True, type=click.Path(exists=True, path_type=Path),
+              help="Case files or directories (repeatable). Default: policy_tests/ beside CANDIDATE, else here.")
+@click.option("--exports-root", type=click.Path(file_okay=False, path_type=Path), default=None,
+              envvar="SHAKERS_EXPORTS_ROOT",
+              help="The nightly job's exports (YYYY-MM-DD directories): the newest night is diffed. "
+                   "Default: $SHAKERS_EXPORTS_ROOT (as the nightly job), else no diff.")
+@click.option("--ledger", "ledger_path", type=_LEDGER_FILE, default=None, help=_LEDGER_HELP)
+@click.option("--workers", type=click.IntRange(0, 64), default=None, help="Engine worker processes for the diff.")
+@_guarded
+def promote(candidate, live, note, yes, rollback, case_paths, exports_root, ledger_path, workers):
+    """Install CANDIDATE as the live policies file: validate it, run the policy cases, show the last night's
+    diff, then (asked, or --yes) replace the live file atomically and record who, when, both SHA-256s, the note
+    and the diff's counts in the ledger. `promote --rollback` restores the previous file byte for byte.
+
+    Exit 3 when the candidate fails validation or a case (the live file is left as it was), 2 when declined."""
+    from processor.ledger import Ledger, check_ledger_usable, default_ledger_path
+    from processor.ledger.promotions import PROMOTE, ROLLBACK, last_promotion, record_promotion
+    from processor.tools.promote import (
+        PromoteRefused,
+        check_candidate,
+        default_live_path,
+        replace_live,
+        rollback_bytes,
+        versions_directory,
+        who,
+    )
+
+    live = live or default_live_path()
+    ledger_path = ledger_path or default_ledger_path()
+    if rollback == (candidate is not None):
+        raise click.UsageError("give a CANDIDATE file to promote, or --rollback (not both)")
+    try:
+        if rollback:
+            with Ledger(ledger_path) as ledger:
+                data = rollback_bytes(live, last_promotion(ledger, str(live.resolve())))
+            source, kind, counts, night = versions_directory(live) / _sha(data), ROLLBACK, None, ""
+            click.echo(f"rolling {live} back to the file it held before its last promotion ({_sha(data)[:12]})")
+        else:
+            _, passed = check_candidate(candidate, list(case_paths), live)
+            click.echo(f"{candidate}: valid; {passed} policy cases pass")
+            counts = _promote_diff(candidate, live, exports_root, workers)
+            night = counts["night"] if counts else ""
+            data, source, kind = candidate.read_bytes(), candidate, PROMOTE
+        if live.exists() and live.read_bytes() == data:
+            click.echo(f"{live} already holds this file (SHA-256 {_sha(data)[:12]}): nothing to do")
+            return
+        if not yes and not _confirmed(f"Replace {live} with {source}?"):
+            _err(f"not promoted: {live} was left as it was (give --yes to replace it without asking)")
+            sys.exit(2)
+        check_ledger_usable(ledger_path)  # a promotion that could not be recorded is not made
+        done = replace_live(live, data)
+    except PromoteRefused as e:
+        _err(str(e))
+        sys.exit(e.exit_code)
+    with Ledger(ledger_path) as ledger:
+        record_promotion(ledger, user=who(), kind=kind, live_path=str(live.resolve()), candidate_path=str(source),
+                         old_sha256=done.old_sha256, new_sha256=done.new_sha256, note=note, diff_night=night,
+                         diff_counts=counts)
+    click.echo(f"{live} replaced: {done.old_sha256[:12] or '(none)'} -> {done.new_sha256[:12]}; "
+               f"{'rollback' if rollback else 'promotion'} recorded in {ledger_path}")
+
+
+def _sha(data: bytes) -> str:
+    from processor.tools.promote import sha256
+
+    return sha256(data)
+
+
+def _confirmed(question: str) -> bool:
+    try:
+        return click.confirm(question, default=False)
+    except click.Abort:  # no answer (end of input): not a yes
+        click.echo("", err=True)
+        return False
+
+
+def _promote_diff(candidate: Path, live: Path, exports_root: Path | None, workers: int | None) -> dict | None:
+    """The last night's diff of the live file against the candidate, printed; its counts (None: no diff, said why)."""
+    from processor.tools.diff import diff_lines, diff_night
+    from processor.tools.promote import diff_counts, last_night
+    from rules.document import PolicyError, load_policies
+
+    if exports_root is None:
+        click.echo("no diff: no --exports-root (or $SHAKERS_EXPORTS_ROOT) names the nightly exports")
+        return None
+    night = last_night(exports_root) if exports_root.is_dir() else None
+    if night is None:
+        click.echo(f"no diff: {exports_root} holds no YYYY-MM-DD export directory")
+        return None
+    if not live.exists():
+        click.echo(f"no diff: {live} does not exist yet (this promotion makes it)")
+        return None
+    try:
+        baseline = load_policies(live)
+    except PolicyError as e:
+        click.echo(f"no diff: the live file {live} does not validate ({e.problems[0].located(str(live))})")
+        return None
+    d = diff_night(baseline, load_policies(candidate), night, workers=_workers(workers))
+    for line in diff_lines(d):
+        click.echo(line)
+    return diff_counts(d)
+
+
+@click.command()
+@click.option("--ledger", "ledger_path", type=_LEDGER_FILE, default=None, help=_LEDGER_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print the promotions as a JSON list.")
+@_guarded
+def history(ledger_path, as_json):
+    """List the policies file's promotions and rollbacks recorded in the ledger, oldest first."""
+    from processor.ledger import Ledger, default_ledger_path
+    from processor.ledger.promotions import promotions
+
+    ledger_path = ledger_path or default_ledger_path()
+    if not ledger_path.exists():
+        found: list[dict] = []
+    else:
+        with Ledger(ledger_path) as ledger:
+            found = promotions(ledger)
+    if as_json:
+        click.echo(json.dumps(found, indent=2))
+        return
+    if not found:
+        click.echo(f"no promotion recorded in {ledger_path}")
+        return
+    for p in found:
+        c = p["diff_counts"]
+        diff = (f"night {c['night']}: {c['added']} added, {c['removed']} removed, {c['changed']} changed, "
+                f"{c['threshold_only']} threshold-only" if c else "no diff")
+        click.echo(f"{p['promoted_at']}  {p['kind']:<8}  {p['user']}  {p['live_path']}  "
+                   f"{p['old_sha256'][:12] or '(none)'} -> {p['new_sha256'][:12]}  {diff}"
+                   + (f"  note: {p['note']}" if p["note"] else ""))
+
+
+COMMANDS = [schema, validate, test_policies, explain, diff, backtest, promote, history]

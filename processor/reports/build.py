@@ -422,6 +422,7 @@ class ManagerReport:
     projects: list[str]
     night: _Night = field(repr=False, compare=False)
     rows: slice                  # this manager's rows among night.shown
+    policies_changed: str = ""   # the footer's line on when the policies last changed (filled by processor.run)
 
     # Written when asked for, not kept: the outbox writers write each email in their own process.
     @property

@@ -1,5 +1,5 @@
-"""The ledger: a SQLite file that remembers decisions, deliveries and the nightly job's attempts across
-nights. All the SQL on it is here; its schema version is PRAGMA user_version, every write one transaction.
+"""The ledger: a SQLite file that remembers decisions, deliveries, the nightly job's attempts and policy promotions
+(promotions.py) across nights. All its SQL is in this package; schema version: PRAGMA user_version.
 
 A decision is identified by its key (policy, action, project, subject, milestone, invoice). Its state on
 a night is `new` when it did not hold on the previous night the ledger knows, `ongoing` when it did. A
@@ -26,13 +26,13 @@ from processor import files
 from processor.delivery.states import DELIVERY_TRANSITIONS, OWED, SETTLED, allowed_delivery, sources  # noqa: F401
 from processor.engine.decide import DECISION_COLUMNS, KEY_COLUMNS
 from processor.killpoints import kill_point
+from processor.ledger.promotions import PROMOTIONS_SCHEMA
 
-# What the ledger keeps of each decision (in decision_nights.detail) so that a
-# resolved one can be listed with the same columns the night after.
+# What the ledger keeps of each decision (decision_nights.detail): a resolved one is listed the night after.
 DETAIL_COLUMNS = [c for c in DECISION_COLUMNS if c not in ("run_id", "as_of", "state")]
 
-# PRAGMA user_version of a ledger this version made or migrated (_migrate says what each step did).
-SCHEMA_VERSION = 1
+# PRAGMA user_version of a ledger this version made or migrated (_migrate says what each step did; 2: promotions).
+SCHEMA_VERSION = 2
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -75,7 +75,7 @@ CREATE TABLE IF NOT EXISTS deliveries (
 -- finished (killed after the ledger's commit, e.g. while sending) is run again: every step is idempotent.
 CREATE TABLE IF NOT EXISTS nightly_attempts (as_of TEXT PRIMARY KEY, started_at TEXT NOT NULL, finished_at TEXT,
                                              status TEXT NOT NULL DEFAULT '');
-"""
+""" + PROMOTIONS_SCHEMA
 
 
 def default_ledger_path() -> Path:
@@ -598,32 +598,3 @@ def peek(path: str | Path, sends_mail: bool) -> tuple[set[str], set[str]] | None
     except sqlite3.DatabaseError:
         return None
     return None if any(journal.exists() for journal in journals) else (done, owed)
-
-
-
-# ---- the overview's trend (run.py passes it to processor.reports.overview, which never reads the ledger)
-
-def night_counts(ledger: Ledger, as_of: str, tonight: dict[str, dict[str, int]],
-                 nights: int) -> dict[str, dict[str, dict[str, int]]]:
-    """{night: {policy_id: {state: decisions}}} of the newest `nights` recorded nights up to `as_of`, oldest first.
-
-    Tonight's counts are given and kept in policy_counts; an earlier night missing there is counted from its
-    decision rows once and kept (counting reads every row: seconds a night at 1M projects, docs/performance.md);
-    a night pruned before it was counted is left out, its counts no longer known. One transaction."""
-    with ledger.transaction() as cur:
-        cur.execute("CREATE TABLE IF NOT EXISTS policy_counts (as_of TEXT NOT NULL, policy_id TEXT NOT NULL, "
-                    "state TEXT NOT NULL, decisions INTEGER NOT NULL, PRIMARY KEY (as_of, policy_id, state))")
-        cur.execute("DELETE FROM policy_counts WHERE as_of = ?", (as_of,))
-        cur.executemany("INSERT INTO policy_counts VALUES (?, ?, ?, ?)",
-                        [(as_of, p, state, n) for p, states in tonight.items() for state, n in states.items()])
-        runs = cur.execute("SELECT as_of, decisions FROM runs WHERE as_of <= ? ORDER BY as_of DESC LIMIT ?",
-                           (as_of, max(1, int(nights)))).fetchall()[::-1]
-        counts: dict[str, dict[str, dict[str, int]]] = {night: {} for night, _n in runs}
-        for night, decided in runs:
-            query = "SELECT policy_id, state, decisions FROM policy_counts WHERE as_of = ?"
-            if night != as_of and not cur.execute(query, (night,)).fetchone():
-                cur.execute("INSERT INTO policy_counts SELECT as_of, policy_id, state, count(*) FROM decision_nights "
-                            "WHERE as_of = ? GROUP BY policy_id, state", (night,))
-            for policy, state, n in cur.execute(query, (night,)):
-                counts[night].setdefault(policy, {})[state] = n
-    return {night: counts[night] for night, decided in runs if counts[night] or not decided}
