@@ -35,15 +35,6 @@ LEDGER_TABLES = ("runs", "decision_nights", "deliveries")
 SHOWN = 5  # differences shown per thing compared; the count says how many more
 
 
-def cli() -> str:
-    beside = Path(sys.executable).with_name("shakers-rules")
-    found = str(beside) if beside.exists() else shutil.which("shakers-rules")
-    if not found:
-        sys.exit("compare_outputs: no shakers-rules command beside this Python or on PATH — "
-                 "run it with the project's virtualenv, e.g. .venv/bin/python bench/compare_outputs.py main")
-    return found
-
-
 def clean_env(code: Path) -> dict:
     """The run's environment: that code first on the path; no mail server, no shared ledger."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SHAKERS_")}
@@ -52,7 +43,8 @@ def clean_env(code: Path) -> dict:
 
 
 def shakers(code: Path, args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([cli(), *args], cwd=cwd, env=clean_env(code), capture_output=True, text=True)
+    # `python -m processor.cli` starts either side's own code, whatever its layout (the console script names one)
+    return subprocess.run([sys.executable, "-m", "processor.cli", *args], cwd=cwd, env=clean_env(code), capture_output=True, text=True)
 
 
 # ---------------------------------------------------------------- what a run left, made comparable
