@@ -1,9 +1,11 @@
 """The reports to Project Success and the run's overview page: what they say, and that it is safe HTML."""
 from __future__ import annotations
 
+import csv
 import datetime as dt
 import email
 import email.policy
+import io
 import json
 import re
 from pathlib import Path
@@ -101,17 +103,17 @@ def test_a_report_has_its_sections_with_projects_people_milestones_and_money(tmp
     paula = emails(run(tmp_path))[PAULA]
     doc = parse(html_of(paula))
     sections = [h.attrs["id"] for h in doc.find_all("h2")]
-    assert sections == ["section-new", "section-ongoing", "section-at_risk", "section-flagged", "section-resolved"]
-    counts = {c.attrs["data-section"]: int(c.text()) for c in doc.find_all("div", class_="count")}
-    assert counts == {"new": 2, "ongoing": 0, "at_risk": 1, "flagged": 1, "resolved": 0}
-    items = doc.find_all("table", class_="item")
-    assert [i.attrs["data-project"] for i in items] == ["P1", "P3", "P3"]
+    assert sections == ["section-act_now", "section-platform", "section-still_open", "section-resolved"]
+    counts = {c.attrs["data-section"]: int(c.text()) for c in doc.find_all("b", class_="count")}
+    assert counts == {"act_now": 4, "platform": 0, "still_open": 0, "resolved": 0}
+    items = doc.find_all("div", class_="card")
+    assert [i.attrs["data-project"] for i in items] == ["P1", "P3"]   # one card per project: P3's two flags in one
     shop = items[0].text()
     assert "Shop redesign" in shop and "Carla Client" in shop and "Tomas Talent" in shop
     assert "Halt the project (client contact loss)" in shop and "Why:" in shop
     oldest = shipped_thresholds()["contact_loss_days_since_oldest"] + 3   # busy_night: P1's oldest attempt
     assert f"{oldest} days ago" in shop
-    escrow = items[2].text()
+    escrow = items[1].text()
     assert "€500.00" in escrow and "€400.00" in escrow and "Clara Buyer" in escrow
     assert doc.find("span", id="manager-name").text() == "Paula Success"
 
@@ -123,14 +125,14 @@ def test_a_top_shaker_takeover_lists_every_milestone_and_its_money(tmp_path):
     assert "Move Login screens (M2, €3,400.00) to Toni Top" in text
     assert "Move Store release (M3, €800.00) to Toni Top" in text
     assert "Reject Teo Absent from the platform" in text
-    assert pedro["Subject"] == "Shakers policy report, night of 2026-11-24: 7 new actions"
+    assert pedro["Subject"].strip() == "Shakers policy report, night of 2026-11-24: 6 to act on now (1 for the platform)"
 
 
 def test_the_text_part_says_what_the_html_part_says(tmp_path):
     for msg in emails(run(tmp_path)).values():
         doc = parse(html_of(msg))
         text = text_of(msg)
-        for item in doc.find_all("table", class_="item"):
+        for item in doc.find_all("div", class_="card"):
             assert f"({item.attrs['data-project']})" in text
         html_text = doc.text()
         for money in set(re.findall(r"€[\d,]+\.\d\d", html_text)):
@@ -143,11 +145,13 @@ def test_the_next_night_shows_what_still_holds_as_ongoing(tmp_path):
     run(tmp_path)
     second = run(tmp_path, night=busy_night(AS_OF + dt.timedelta(days=1)), as_of=AS_OF + dt.timedelta(days=1))
     paula = emails(second)[PAULA]
-    assert paula["Subject"] == "Shakers policy report, night of 2026-11-25: 0 new actions (2 ongoing, 1 at risk, 1 flagged)"
+    # halts and flags stay in "Act now" while they hold; the talent's pending decision is still open
+    assert paula["Subject"].strip() == "Shakers policy report, night of 2026-11-25: 3 to act on now (1 still open)"
     doc = parse(html_of(paula))
-    ongoing = [i for i in doc.find_all("table", class_="item")][0]
-    assert ongoing.attrs["data-project"] == "P1"
-    assert "Nothing tonight." in text_of(paula).split("== Ongoing actions")[0]
+    first = doc.find_all("div", class_="card")[0]
+    assert first.attrs["data-project"] == "P1" and "still open" in first.text()
+    still_open = text_of(paula).split("== Still open")[1].split("== Resolved")[0]
+    assert "Ask Tomas Talent to wait" in still_open
 
 
 def test_a_decision_that_no_longer_holds_is_listed_once_as_resolved(tmp_path):
@@ -158,10 +162,10 @@ def test_a_decision_that_no_longer_holds_is_listed_once_as_resolved(tmp_path):
     second = run(tmp_path, night=calmer, as_of=AS_OF + dt.timedelta(days=1))
     paula = emails(second)[PAULA]
     doc = parse(html_of(paula))
-    counts = {c.attrs["data-section"]: int(c.text()) for c in doc.find_all("div", class_="count")}
-    assert counts["resolved"] == 1 and counts["flagged"] == 0
+    counts = {c.attrs["data-section"]: int(c.text()) for c in doc.find_all("b", class_="count")}
+    assert counts["resolved"] == 1
     assert "1 resolved" in paula["Subject"]
-    assert "escrow shortfall" in text_of(paula).split("== Resolved since the last night")[1].lower()
+    assert "escrow" in text_of(paula).split("== Resolved since last night")[1].lower()
     third = run(tmp_path, night=_same(calmer, 2), as_of=AS_OF + dt.timedelta(days=2))
     assert "resolved" not in emails(third)[PAULA]["Subject"]  # listed once, not every night after
 
@@ -178,7 +182,11 @@ def test_the_email_html_is_self_contained_with_no_scripts(tmp_path):
     for msg in emails(run(tmp_path)).values():
         doc = parse(html_of(msg))
         tags = {n.tag for n in doc.iter()}
-        assert not tags & {"script", "link", "img", "iframe", "object", "embed", "style", "form"}
+        assert not tags & {"script", "link", "img", "iframe", "object", "embed", "form"}
+        # one <style> in the head (Gmail keeps it there), fetching nothing
+        styles = doc.find_all("style")
+        assert len(styles) == 1 and doc.find("head").find("style") is not None
+        assert not re.search(r"url\(|@import|expression", styles[0].text(), re.I)
         for n in doc.iter():
             for name, value in n.attrs.items():
                 assert not name.startswith("on")
@@ -193,17 +201,63 @@ def test_hostile_names_and_titles_are_text_not_markup(tmp_path):
     doc = parse(html)
     assert not doc.find_all("script") and not doc.find_all("img")
     assert hostile in doc.find("span", id="manager-name").text()
-    assert hostile in doc.find_all("table", class_="item")[0].text()
+    assert hostile in doc.find_all("div", class_="card")[0].text()
     assert "&lt;script&gt;" in html
     assert hostile in text_of(paula)                 # the text part shows it as it is: text is not markup
 
 
-def test_long_sections_are_cut_and_say_how_many_more(tmp_path, monkeypatch):
+def _library_reports(tmp_path, night=None):
+    from processor.export.read import read_export
+    from processor.run import decide_night
+    from rules.document import load_policies
+
+    export = read_export((night or busy_night()).write(tmp_path / "export"))
+    decisions, _ev, facts = decide_night(load_policies(POLICIES), export, AS_OF, workers=0)
+    return build_reports(decisions.assign(state="new"), facts.projects, facts.milestones, facts.users, AS_OF, "run-1")
+
+
+def test_an_email_that_does_not_fit_shows_its_cards_in_order_while_they_fit_and_counts_the_rest(tmp_path, monkeypatch):
     import processor.reports.build as reports
 
-    monkeypatch.setattr(reports, "MAX_ITEMS_PER_SECTION", 1)
-    paula = emails(run(tmp_path))[PEDRO]
-    assert "… and 1 more in decisions.csv" in html_of(paula)
+    pedro = [r for r in _library_reports(tmp_path) if r.email == PEDRO][0]
+    whole = pedro.html
+    every = [c.attrs["data-project"] + c.text()[:40] for c in parse(whole).find_all("div", class_="card")]
+    actions = len(parse(whole).find_all("li"))
+    cut_any = False
+    for limit in range(len(whole.encode()) + 1000, len(whole.encode()) - 1100, -100):   # the page alone is ~4.6 KB
+        monkeypatch.setattr(reports, "HTML_LIMIT", limit)
+        text, html, (name, _csv) = next(reports.render_reports([pedro]))
+        assert len(html.encode()) <= limit
+        doc = parse(html)
+        shown = [c.attrs["data-project"] + c.text()[:40] for c in doc.find_all("div", class_="card")]
+        assert shown == every[:len(shown)]                                   # a prefix: "Act now" goes last
+        more = sum(int(m) for m in re.findall(r"… and (\d+) more actions not shown here", html))
+        assert len(doc.find_all("li")) + more == actions                      # every action is shown or counted
+        assert more == sum(int(m) for m in re.findall(r"\.\.\. and (\d+) more actions not shown here", text))
+        assert name == "actions-2026-11-24.csv"
+        cut_any |= 0 < len(shown) < len(every)
+    assert cut_any
+
+
+def test_the_email_attaches_every_action_of_its_manager_as_a_csv(tmp_path):
+    result = run(tmp_path)
+    for address, msg in emails(result).items():
+        assert msg.get_content_type() == "multipart/mixed"
+        attached = list(msg.iter_attachments())
+        assert [(p.get_filename(), p.get_content_type()) for p in attached] == [("actions-2026-11-24.csv", "text/csv")]
+        rows = list(csv.DictReader(io.StringIO(attached[0].get_content())))
+        manager = {"paula@shakers.test": "PS1", "pedro@shakers.test": "PS2"}[address]
+        mine = result.decisions[result.decisions["project_success_id"] == manager]
+        assert sorted((r["project_id"], r["rule"]) for r in rows) == sorted(zip(mine["project_id"], mine["policy_id"]))
+        assert all(r["what_to_do"] and r["action"] and r["section"] for r in rows)
+
+
+@pytest.mark.parametrize("cell", ["=HYPERLINK(\"http://x\")", "+1+1", "-2+3", "@SUM(A1)"])
+def test_a_formula_in_the_attachment_is_neutralised(tmp_path, cell):
+    pedro = [r for r in _library_reports(tmp_path, busy_night(shop_title=cell)) if r.email == PAULA][0]
+    rows = list(csv.DictReader(io.StringIO(pedro.attachment[1].decode("utf-8"))))
+    titles = {r["project"] for r in rows if r["project_id"] == "P1"}
+    assert titles == {"'" + cell}
 
 
 # ---------------------------------------------------------------- the overview page
@@ -271,9 +325,9 @@ def test_reports_written_a_batch_at_a_time_say_what_each_says_alone(tmp_path, mo
     built = build_reports(decisions.assign(state="new"), facts.projects, facts.milestones, facts.users, AS_OF, "run-1")
     together = list(reports.render_reports(built))
     monkeypatch.setattr(reports, "REPORTS_PER_BATCH", 1)
-    assert list(reports.render_reports(built)) == together == [(r.text, r.html) for r in built]
-    assert list(reports.render_reports(built, encoded=True)) == [(t.encode(), h.encode()) for t, h in together]
-    assert all("Shop redesign" in html for _text, html in together[:1])
+    assert list(reports.render_reports(built)) == together == [(r.text, r.html, r.attachment) for r in built]
+    assert list(reports.render_reports(built, encoded=True)) == [(t.encode(), h.encode(), a) for t, h, a in together]
+    assert all("Shop redesign" in html for _text, html, _a in together[:1])
     # A page whose own words hold the mark its items' places are found by is rendered around the items themselves.
     monkeypatch.setattr(reports._Slot, "MARK", "Project Success")
     assert list(reports.render_reports(built)) == together
