@@ -331,3 +331,21 @@ def test_reports_written_a_batch_at_a_time_say_what_each_says_alone(tmp_path, mo
     # A page whose own words hold the mark its items' places are found by is rendered around the items themselves.
     monkeypatch.setattr(reports._Slot, "MARK", "Project Success")
     assert list(reports.render_reports(built)) == together
+
+
+@pytest.mark.parametrize("toni, because", [
+    ({"areas": "design"}, "no Top Shaker covers the area"),
+    ({"max_active_projects": "0"}, "all who cover it are at capacity"),
+])
+def test_no_top_shaker_available_says_why_in_the_evidence_and_the_card(tmp_path, toni, because):
+    night = busy_night()
+    night.rows["users"] = [{**u, **toni} if u["user_id"] == "TS1" else u for u in night.rows["users"]]
+    result = run(tmp_path, night=night)
+    flags = result.decisions[(result.decisions["reason"] == "no_top_shaker_available")]
+    assert len(flags) == 1 and json.loads(flags["evidence"].iloc[0])["facts"]["no_top_shaker"] == because
+    others = result.decisions[result.decisions["reason"] != "no_top_shaker_available"]
+    assert not any("no_top_shaker" in e for e in others["evidence"])    # only those rows' evidence changes
+    pedro = emails(result)[PEDRO]
+    card = parse(html_of(pedro)).find_all("div", class_="card")[0].text()
+    assert f"No Top Shaker was assigned: {because}" in card or f"no Top Shaker was assigned: {because}" in card
+    assert f"no Top Shaker was assigned: {because}" in " ".join(text_of(pedro).split()).replace("No Top", "no Top")

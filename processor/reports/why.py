@@ -77,6 +77,7 @@ def _evidence_words(text: str) -> dict[str, str | None]:
         decided = "the talent has not decided yet"
     elif "talent_decision" in facts:
         decided = f"the talent decided to {_words(facts['talent_decision'])}"
+    nobody = f"no Top Shaker was assigned: {facts['no_top_shaker']}" if facts.get("no_top_shaker") else None
     answered = "the client answered again after the hold" \
         if facts.get("answered_since_hold") is True or facts.get("client_answered_since_hold") is True else None
     if "days_overdue" in facts:
@@ -98,7 +99,7 @@ def _evidence_words(text: str) -> dict[str, str | None]:
     others = [f"{_words(k)} {v}" for k, v in sorted(limits.items()) if k not in spoken]
     return {"party": str(facts.get("party") or ""), "unanswered": unanswered, "limits": limit_clauses,
             "user_rejected": "1" if facts.get("user_status") == "rejected" else None,
-            "middle": clauses(*roles, hold, decided, answered), "overdue": overdue, "most": most,
+            "middle": clauses(*roles, hold, decided, answered, nobody), "overdue": overdue, "most": most,
             "gap_cents": str(int(facts["escrow_gap_cents"])) if "escrow_gap_cents" in facts else None, "release": release,
             "limit_suffix": f" (limit: {', '.join(others)})" if others else ""}
 
