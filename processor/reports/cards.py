@@ -131,8 +131,9 @@ def _item_html(f: dict[str, pa.Array]) -> tuple[pa.Array, pa.Array]:
     e = {k: escape(v) for k, v in f.items() if k not in ("section", "opens", "closes")}
     title = _or(e["title"], e["project_id"])
     opening = _cat(
-        '<div class="card" data-project="', e["project_id"], '" style="border:1px solid #e5e7eb;border-left:4px solid ',
-        _choose(f["section"], BORDER_COLOURS, "#9ca3af"), ';margin:0 0 10px 0;padding:8px 10px;">\n'
+        # the <style> block draws the rest of the card; its colour stays inline where <style> is dropped
+        '<div class="card" data-project="', e["project_id"], '" style="border-left:4px solid ',
+        _choose(f["section"], BORDER_COLOURS, "#9ca3af"), '">\n'
         '<div class="t">', _if(_present(e["link"]), _cat('<a href="', e["link"], '">', title, "</a>"), title),
         ' <span class="id">(', e["project_id"], ')</span></div>\n'
         '<div class="p">Client: <b>', e["client"], "</b> · Talent: <b>", e["talent"], "</b></div>\n")
