@@ -83,11 +83,11 @@ def test_the_why_of_an_escrow_shortfall_says_what_is_missing():
     assert why(d, {}) == "Escrow holds €400.00 less than the milestone's €500.00."
 
 
-def test_the_why_shows_a_threshold_it_has_no_words_for_by_its_name():
-    """A policy editor's new threshold still reaches the manager, by name."""
+def test_the_why_shows_a_threshold_it_has_no_words_for_as_a_figure_without_its_internal_name():
+    """A policy editor's new threshold still reaches the manager, as a person says it."""
     d = {"evidence": json.dumps({"facts": {"days_on_hold": 31, "project_status": "on_hold"},
                                  "thresholds": {"on_hold_escalation_days": 14}})}
-    assert why(d, {}) == "The project has been on hold for 31 days (limit: on hold escalation days 14)."
+    assert why(d, {}) == "The project has been on hold for 31 days (the rule's limit: 14 days)."
 
 
 # ---------------------------------------------------------------- one report per manager with work
@@ -349,3 +349,24 @@ def test_no_top_shaker_available_says_why_in_the_evidence_and_the_card(tmp_path,
     card = parse(html_of(pedro)).find_all("div", class_="card")[0].text()
     assert f"No Top Shaker was assigned: {because}" in card or f"no Top Shaker was assigned: {because}" in card
     assert f"no Top Shaker was assigned: {because}" in " ".join(text_of(pedro).split()).replace("No Top", "no Top")
+
+
+def test_a_card_links_to_the_project_on_the_platform_when_the_url_is_set(tmp_path, monkeypatch):
+    monkeypatch.setenv("SHAKERS_PLATFORM_URL", "https://app.example.test/projects/{project_id}?from=email")
+    paula = emails(run(tmp_path))[PAULA]
+    links = [a.attrs["href"] for a in parse(html_of(paula)).find_all("a")]
+    assert links == ["https://app.example.test/projects/P1?from=email", "https://app.example.test/projects/P3?from=email"]
+    assert "https://app.example.test/projects/P1?from=email" in text_of(paula)
+    monkeypatch.setenv("SHAKERS_PLATFORM_URL", "javascript:alert(1)//{project_id}")     # not a web address: no link
+    assert not parse(html_of(emails(run(tmp_path, out="again"))[PAULA])).find_all("a")
+
+
+def test_the_footer_says_when_the_policies_last_changed_only_when_told(tmp_path):
+    reports = _library_reports(tmp_path)
+    assert all("Policies last changed" not in r.html + r.text for r in reports)
+    import dataclasses
+
+    told = dataclasses.replace(reports[0], policies_changed="2026-11-20 by Ana Policy")
+    assert "Policies last changed: 2026-11-20 by Ana Policy." in told.html
+    assert "Policies last changed: 2026-11-20 by Ana Policy." in told.text
+    assert "decisions.csv" not in told.html + told.text and "actions-2026-11-24.csv" in told.html

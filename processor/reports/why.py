@@ -25,6 +25,7 @@ from processor.reports.columns import (
     _words_of,
     format_cents,
     format_money,
+    plain,
 )
 from rules.vocabulary import Action
 
@@ -96,12 +97,14 @@ def _evidence_words(text: str) -> dict[str, str | None]:
     # thresholds no phrase above speaks of (a policy editor's new ones) still show, by name
     spoken = {"contact_loss_unanswered_attempts", "contact_loss_days_since_oldest", "contact_loss_attempts_by_project_success",
               "at_risk_unanswered_attempts", "invoice_grace_days"}
-    others = [f"{_words(k)} {v}" for k, v in sorted(limits.items()) if k not in spoken]
+    # said as a figure, never by the threshold's internal name: a day count as days
+    others = [_plural(int(v), "day") if k.endswith("_days") and str(v).lstrip("-").isdigit() else plain(v)
+              for k, v in sorted(limits.items()) if k not in spoken]
     return {"party": str(facts.get("party") or ""), "unanswered": unanswered, "limits": limit_clauses,
             "user_rejected": "1" if facts.get("user_status") == "rejected" else None,
             "middle": clauses(*roles, hold, decided, answered, nobody), "overdue": overdue, "most": most,
             "gap_cents": str(int(facts["escrow_gap_cents"])) if "escrow_gap_cents" in facts else None, "release": release,
-            "limit_suffix": f" (limit: {', '.join(others)})" if others else ""}
+            "limit_suffix": f" (the rule's limit: {', '.join(others)})" if others else ""}
 
 
 EVIDENCE_WORDS = ("party", "unanswered", "limits", "user_rejected", "middle", "overdue", "most", "gap_cents", "release",
