@@ -370,3 +370,19 @@ def test_the_footer_says_when_the_policies_last_changed_only_when_told(tmp_path)
     assert "Policies last changed: 2026-11-20 by Ana Policy." in told.html
     assert "Policies last changed: 2026-11-20 by Ana Policy." in told.text
     assert "decisions.csv" not in told.html + told.text and "actions-2026-11-24.csv" in told.html
+
+
+def test_a_still_open_card_says_since_which_night_and_for_how_many_when_the_ledger_knows(tmp_path):
+    from processor.export.read import read_export
+    from processor.run import decide_night
+    from rules.document import load_policies
+
+    export = read_export(busy_night().write(tmp_path / "export"))
+    decisions, _ev, facts = decide_night(load_policies(POLICIES), export, AS_OF, workers=0)
+    decisions = decisions.assign(state="ongoing", since="2026-11-20")
+    paula = [r for r in build_reports(decisions, facts.projects, facts.milestones, facts.users, AS_OF, "r")
+             if r.email == PAULA][0]
+    assert "still open since 20 Nov 2026, 5 nights" in paula.html and "still open since 20 Nov 2026, 5 nights" in paula.text
+    plain_ongoing = [r for r in build_reports(decisions.drop(columns="since"), facts.projects, facts.milestones,
+                                              facts.users, AS_OF, "r") if r.email == PAULA][0]
+    assert "(still open)" in plain_ongoing.text and "still open since" not in plain_ongoing.text

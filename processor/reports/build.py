@@ -339,7 +339,7 @@ def render_reports(reports: list[ManagerReport], encoded: bool = False) -> Itera
         around = [len(r.page("report.html", [_Slot(True)] * width, [10 ** 9] * width).encode("utf-8")) for r in batch]
         written = write_items(rows.slice(a, b - a), night.rank[at[a:b]], night.card[at[a:b]], night.firing[at[a:b]],
                               sizes[start:stop], HTML_LIMIT - np.array(around, dtype=np.int64), night.descriptions,
-                              night.platform_url)
+                              night.platform_url, reports[0].as_of)
         lines = csv_lines(rows.slice(a, b - a), night.rank[at[a:b]], written.to_do, written.why)
         attached = [(file_name(r.as_of), attachment(lines[cuts[i] - a:cuts[i + 1] - a]))
                     for i, r in zip(range(start, stop), batch)]

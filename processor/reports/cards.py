@@ -6,6 +6,7 @@ the card, the tail of its last closes it. Everything user-provided is escaped co
 """
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 from typing import Mapping
 from urllib.parse import quote
@@ -61,8 +62,22 @@ def _links(project_ids: pa.Array, template: str) -> pa.Array:
     return _cat(before, _per_distinct(lambda pid: quote(pid, safe=""), project_ids), after)
 
 
+def state_words(state: str, since: str, as_of: str) -> str:
+    """'new', 'resolved', or 'still open' with since which night and for how many when `since` is known
+    ('still open since 20 Nov 2026, 5 nights')."""
+    said = STATE_WORDS.get(state, plain(state))
+    try:
+        first, night = dt.date.fromisoformat(since[:10]), dt.date.fromisoformat(as_of[:10])
+    except ValueError:
+        return said
+    if state != "ongoing" or first >= night:
+        return said
+    nights = (night - first).days + 1
+    return f"{said} since {first.day} {first:%b %Y}, {nights} nights"
+
+
 def write_items(rows: pa.Table, rank: np.ndarray, card: np.ndarray, firing: np.ndarray, sizes: list[int],
-                budgets: np.ndarray, descriptions: Mapping[str, str], platform_url: str = "") -> _Written:
+                budgets: np.ndarray, descriptions: Mapping[str, str], platform_url: str = "", as_of: str = "") -> _Written:
     """The items of the sections of consecutive reports of `sizes` rows each: each report shows its cards
     in order while their HTML fits in its budget of bytes ("Act now" comes first, so it is cut last)."""
     width = len(SECTION_KEYS)
@@ -79,7 +94,7 @@ def write_items(rows: pa.Table, rank: np.ndarray, card: np.ndarray, firing: np.n
     cards = card[starts]
     opens = np.r_[True, cards[1:] != cards[:-1]]
     closes = np.r_[cards[1:] != cards[:-1], True]
-    said_once = ("project_id", "policy_id", "subject_id", "state", "invoice_id", "_money", "_gap", "_title", "_client_id",
+    said_once = ("project_id", "policy_id", "subject_id", "state", "since", "invoice_id", "_money", "_gap", "_title", "_client_id",
                  "_talent_id", "_client_name", "_talent_name", "_subject_name",
                  *(f"_ev_{w}" for w in EVIDENCE_WORDS if w != "gap_cents"))
     first = {name: _arg(column) for name, column in zip(said_once, rows.select(said_once).take(pa.array(starts)).columns)}
@@ -97,7 +112,8 @@ def write_items(rows: pa.Table, rank: np.ndarray, card: np.ndarray, firing: np.n
             "project_id": project_id, "title": first["_title"], "link": _links(project_id, platform_url),
             "client": _or(first["_client_name"], clients), "talent": _or(first["_talent_name"], talents),
             "policy_id": _plain(first["policy_id"]),
-            "state": _per_distinct(lambda s: STATE_WORDS.get(s, plain(s)), first["state"]), "why": whys,
+            "state": _per_distinct(lambda s, since: state_words(s, since, as_of), first["state"], first["since"]),
+            "why": whys,
             "description": _per_distinct(lambda pid: plain(descriptions.get(pid, "")), first["policy_id"])}
     html = [*_item_html(item), _action_html(texts, money)]
     text = [*_item_text(item), _action_text(texts, money)]

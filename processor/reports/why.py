@@ -126,6 +126,9 @@ def _looked_up(decisions: pd.DataFrame, order: np.ndarray, people: _Lookup, mile
     table = {c: _text(pa.array(decisions[c], from_pandas=True).take(at))
              for c in ("project_id", "policy_id", "action", "subject_id", "milestone_id", "invoice_id", "assignee_id",
                        "amount", "currency", "reason", "evidence", "state")}
+    # `since` (optional): the first night an ongoing decision held, as the ledger knows it
+    table["since"] = _text(pa.array(decisions["since"], from_pandas=True).take(at)) if "since" in decisions.columns \
+        else pa.repeat(_arg(""), len(order)).cast(TEXT)
     table.update(_evidence_columns(table["evidence"]))
     table["_money"] = _per_distinct(format_money, table["amount"], table["currency"])
     table["_gap"] = _per_distinct(lambda cents, currency: format_cents(cents, currency) if cents else None,
