@@ -113,4 +113,5 @@ def test_hostile_text_is_escaped_and_adds_no_header(night):
         assert "Bcc" not in msg and len(msg["To"].addresses) == 1
         csv_part = [p for p in msg.iter_attachments()]
         assert [(p.get_content_type(), p.get_filename()) for p in csv_part] == [("text/csv", attachment[0])]
-        assert csv_part[0].get_content().encode("utf-8").replace(b"\r\n", b"\n") == attachment[1].replace(b"\r\n", b"\n")
+        sent = csv_part[0].get_content().encode("utf-8")
+        assert sent.replace(b"\r\n", b"\n") == attachment[1].replace(b"\r\n", b"\n")

@@ -40,7 +40,7 @@ ACTIONS = ["halt_project", "request_talent_decision", "release_milestone_payment
            "resume_project", "flag_for_review", "some_new_action", ""]
 
 
-@settings(max_examples=100)
+@settings(max_examples=100, deadline=None)   # a shared machine is slow at times: tests never assert times
 @given(st.lists(st.tuples(st.sampled_from(ACTIONS), st.sampled_from(["", "€1,200.00", "5.00 CHF"]),
                           st.sampled_from(["", "M1", "M 2"]), st.sampled_from(["", "late_payment"])), min_size=1, max_size=25))
 def test_what_each_action_says_is_what_it_says_alone(rows):
@@ -106,7 +106,7 @@ def _report_order_by_python(decisions):
     return order, rank, per_section, new_total, listed
 
 
-@settings(max_examples=200)
+@settings(max_examples=200, deadline=None)
 @given(st.lists(st.tuples(st.sampled_from(["new", "ongoing", "resolved", "flagged", "paused", ""]),
                           st.sampled_from(["flag_for_review", "notify_client", "halt_project", "resume_project"]), st.sampled_from(["contact_at_risk", "x"]),
                           st.sampled_from(["PS1", "PS2"]), st.sampled_from(["P1", "P2", "P10", "Pé"]),

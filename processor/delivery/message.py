@@ -147,7 +147,8 @@ def headers(report, mail_from: str, date: str, mid: str, mixed: bool = False) ->
         b"Auto-Submitted: auto-generated\r\n",
         _shared("X-Shakers-Night", plain(report.as_of)),
         b"MIME-Version: 1.0\r\n",
-        f'Content-Type: multipart/{"mixed" if mixed else "alternative"};\r\n boundary="{boundary(mid)}"\r\n\r\n'.encode(),
+        f'Content-Type: multipart/{"mixed" if mixed else "alternative"};\r\n'
+        f' boundary="{boundary(mid)}"\r\n\r\n'.encode(),
     ))
 
 

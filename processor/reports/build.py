@@ -275,8 +275,8 @@ def build_reports(decisions: pd.DataFrame, projects: pd.DataFrame, milestones: p
         counts = dict(zip(SECTION_KEYS, per_section[m, :-1].tolist()))
         # what the overview's columns count (new, ongoing, at risk, flagged), as before the sections changed
         counts.update(zip(("new", "ongoing", "at_risk", "flagged"), per_old[m, :4].tolist()))
-        others = [f"{counts[k]:,} {label}" for k, label in (("platform", "for the platform"), ("still_open", "still open"),
-                                                             ("resolved", "resolved")) if counts[k]]
+        others = [f"{counts[k]:,} {label}" for k, label in
+                  (("platform", "for the platform"), ("still_open", "still open"), ("resolved", "resolved")) if counts[k]]
         subject = f"Shakers policy report, night of {as_of}: {counts['act_now']:,} to act on now" \
             + (f" ({', '.join(others)})" if others else "")
         reports.append(ManagerReport(
@@ -306,7 +306,8 @@ def _platform_summary(decisions: pd.DataFrame, manager: np.ndarray, platform: np
     for (m, action), n in counts.items():
         totals = [format_cents(c, cur) for (mm, a, cur), c in money.loc[[m]].items() if a == action] \
             if m in money.index.get_level_values(0) else []
-        said.setdefault(int(m), []).append({"action": action_words(action), "count": int(n), "totals": " · ".join(totals)})
+        said.setdefault(int(m), []).append({"action": action_words(action), "count": int(n),
+                                            "totals": " · ".join(totals)})
     return said
 
 

@@ -77,7 +77,8 @@ def state_words(state: str, since: str, as_of: str) -> str:
 
 
 def write_items(rows: pa.Table, rank: np.ndarray, card: np.ndarray, firing: np.ndarray, sizes: list[int],
-                budgets: np.ndarray, descriptions: Mapping[str, str], platform_url: str = "", as_of: str = "") -> _Written:
+                budgets: np.ndarray, descriptions: Mapping[str, str], platform_url: str = "",
+                as_of: str = "") -> _Written:
     """The items of the sections of consecutive reports of `sizes` rows each: each report shows its cards
     in order while their HTML fits in its budget of bytes ("Act now" comes first, so it is cut last)."""
     width = len(SECTION_KEYS)
@@ -94,18 +95,21 @@ def write_items(rows: pa.Table, rank: np.ndarray, card: np.ndarray, firing: np.n
     cards = card[starts]
     opens = np.r_[True, cards[1:] != cards[:-1]]
     closes = np.r_[cards[1:] != cards[:-1], True]
-    said_once = ("project_id", "policy_id", "subject_id", "state", "since", "invoice_id", "_money", "_gap", "_title", "_client_id",
-                 "_talent_id", "_client_name", "_talent_name", "_subject_name",
+    said_once = ("project_id", "policy_id", "subject_id", "state", "since", "invoice_id", "_money", "_gap", "_title",
+                 "_client_id", "_talent_id", "_client_name", "_talent_name", "_subject_name",
                  *(f"_ev_{w}" for w in EVIDENCE_WORDS if w != "gap_cents"))
-    first = {name: _arg(column) for name, column in zip(said_once, rows.select(said_once).take(pa.array(starts)).columns)}
+    at_starts = rows.select(said_once).take(pa.array(starts))
+    first = {name: _arg(column) for name, column in zip(said_once, at_starts.columns)}
     clients, talents = first["_client_id"], first["_talent_id"]
     # The party a party-fact is about: whoever the evidence names, else for flags a guess from the subject.
     party = first["_ev_party"]
     subject = _plain(first["subject_id"])
     named = pc.is_in(party, pa.array(["client", "talent"], TEXT))
     is_client = pc.equal(party, _arg("client"))
-    first["_party"] = _if(named, party, _if(pc.equal(clients, subject), "client", _if(pc.equal(talents, subject), "talent", "")))
-    first["_party_name"] = _if(named, _if(is_client, first["_client_name"], first["_talent_name"]), first["_subject_name"])
+    guessed = _if(pc.equal(clients, subject), "client", _if(pc.equal(talents, subject), "talent", ""))
+    first["_party"] = _if(named, party, guessed)
+    first["_party_name"] = _if(named, _if(is_client, first["_client_name"], first["_talent_name"]),
+                               first["_subject_name"])
     project_id = _plain(first["project_id"])
     whys = _whys(first)
     item = {"section": pa.array(section[starts], TEXT), "opens": pa.array(opens), "closes": pa.array(closes),
