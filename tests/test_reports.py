@@ -386,3 +386,15 @@ def test_a_still_open_card_says_since_which_night_and_for_how_many_when_the_ledg
     plain_ongoing = [r for r in build_reports(decisions.drop(columns="since"), facts.projects, facts.milestones,
                                               facts.users, AS_OF, "r") if r.email == PAULA][0]
     assert "(still open)" in plain_ongoing.text and "still open since" not in plain_ongoing.text
+
+
+def test_what_the_platform_will_do_is_grouped_with_counts_and_totals_per_currency(tmp_path):
+    night = busy_night()
+    night.invoice("M2", due_in=-3, amount="100.00", currency="USD", invoice_id="I9")   # a second overdue invoice
+    pedro = [r for r in _library_reports(tmp_path, night) if r.email == PEDRO][0]
+    rows = {p["action"]: (p["count"], p["totals"]) for p in pedro.platform}
+    notices = rows["Non-payment notice to the talent"]
+    assert notices == (2, "€3,400.00 · $100.00")
+    table = parse(pedro.html).find("table", class_="sum")
+    assert "Non-payment notice to the talent" in table.text() and notices[1] in table.text()
+    assert f"Non-payment notice to the talent: {notices[0]} ({notices[1]})" in pedro.text
