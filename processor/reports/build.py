@@ -35,7 +35,7 @@ from markupsafe import Markup
 
 from processor.arrow import joined_between, runs
 from processor.reports.attachment import attachment, csv_lines, file_name
-from processor.reports.cards import _Written, write_items
+from processor.reports.cards import _Written, sent_size, write_items
 from processor.reports.columns import (  # noqa: F401  (format_money, escape...: what the tests and tools import from here)
     TEXT,
     _arg,
@@ -337,7 +337,7 @@ def render_reports(reports: list[ManagerReport], encoded: bool = False) -> Itera
         a, b = cuts[start], cuts[stop]
         batch = reports[start:stop]
         # The page around the cards, with room for the widest count of cut actions, is what the cards may not use.
-        around = [len(r.page("report.html", [_Slot(True)] * width, [10 ** 9] * width).encode("utf-8")) for r in batch]
+        around = [sent_size(r.page("report.html", [_Slot(True)] * width, [10 ** 9] * width)) for r in batch]
         written = write_items(rows.slice(a, b - a), night.rank[at[a:b]], night.card[at[a:b]], night.firing[at[a:b]],
                               sizes[start:stop], HTML_LIMIT - np.array(around, dtype=np.int64), night.descriptions,
                               night.platform_url, reports[0].as_of)

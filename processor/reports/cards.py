@@ -124,8 +124,8 @@ def write_items(rows: pa.Table, rank: np.ndarray, card: np.ndarray, firing: np.n
 
     # Each report's cards in order while they fit; each item's pieces: its head, its actions, its tail.
     items, actions = len(starts), np.diff(np.append(starts, len(rows)))
-    size = (pc.binary_length(html[0]).to_numpy() + pc.binary_length(html[1]).to_numpy()).astype(np.int64)
-    size += np.add.reduceat(pc.binary_length(html[2]).to_numpy().astype(np.int64), starts)
+    size = (_sent_size(html[0]) + _sent_size(html[1])).astype(np.int64)
+    size += np.add.reduceat(_sent_size(html[2]).astype(np.int64), starts)
     card_of_item = np.cumsum(opens) - 1
     card_size = np.bincount(card_of_item, weights=size).astype(np.int64)
     card_owner = owner[starts][opens]
@@ -143,6 +143,16 @@ def write_items(rows: pa.Table, rank: np.ndarray, card: np.ndarray, firing: np.n
     bounds = np.r_[0, np.cumsum(np.bincount(slot[kept], weights=pieces, minlength=slots))].astype(np.int64)
     of_row = np.searchsorted(starts, np.arange(len(rows)), side="right") - 1
     return _Written(html, text, order, bounds, cut, texts, whys.take(pa.array(of_row)))
+
+
+def _sent_size(pieces: pa.Array) -> np.ndarray:
+    """The bytes of each piece as sent: UTF-8, each line break a CRLF."""
+    return pc.add(pc.binary_length(pieces), pc.count_substring(pieces, "\n")).to_numpy()
+
+
+def sent_size(page: str) -> int:
+    """The bytes of a page as sent (delivery.message.canonical: UTF-8, CRLF)."""
+    return len(page.encode("utf-8")) + page.count("\n")
 
 
 def _item_html(f: dict[str, pa.Array]) -> tuple[pa.Array, pa.Array]:
