@@ -143,9 +143,9 @@ def test_the_browser_builds_the_report_email_with_its_projects_and_figures(night
 
     doc = parse(dom)
     assert doc.find("span", id="manager-name").text() == "Paula Success"
-    assert [t.attrs["data-project"] for t in doc.find_all("table", class_="item")] == ["P1", "P3", "P3"]
-    counts = {c.attrs["data-section"]: c.text() for c in doc.find_all("div", class_="count")}
-    assert counts == {"new": "2", "ongoing": "0", "at_risk": "1", "flagged": "1", "resolved": "0"}
+    assert [t.attrs["data-project"] for t in doc.find_all("div", class_="card")] == ["P1", "P3"]
+    counts = {c.attrs["data-section"]: c.text() for c in doc.find_all("b", class_="count")}
+    assert counts == {"act_now": "4", "platform": "0", "still_open": "0", "resolved": "0"}
     text = doc.text()
     for expected in ("Shop redesign", "Data pipeline", "Carla Client", "Tina Risky", "€500.00", "€400.00"):
         assert expected in text
@@ -248,3 +248,70 @@ def test_the_overview_screenshots_on_a_desktop_and_a_phone_are_not_blank(overvie
         seen = colours(screenshot(tmp_path, page, name, size))
         assert len(seen) > 20, f"{name} looks blank"
         assert (0x25, 0x63, 0xeb) in seen and (0x9c, 0xa3, 0xaf) in seen   # new and ongoing bars were painted
+
+
+# ---------------------------------------------------------------- the demo night's email, desktop and phone
+
+# The email inside an iframe of the phone's or the desktop's width (a headless window is at least 500 px wide):
+# its srcdoc shares the probe's origin, so the probe can measure the laid-out email.
+PROBE = """<!DOCTYPE html><html><body style="margin:0">
+<iframe id="mail" style="border:0;width:{width}px;height:{height}px" srcdoc="{srcdoc}"></iframe>
+<script>
+document.getElementById("mail").onload = function () {{
+  var d = this.contentDocument, w = this.contentWindow;
+  var out = document.createElement("pre"); out.id = "measured";
+  out.textContent = JSON.stringify({{scroll: d.documentElement.scrollWidth, width: w.innerWidth,
+    act_now_top: d.getElementById("section-act_now").getBoundingClientRect().top, height: w.innerHeight}});
+  document.body.appendChild(out);
+}};
+</script></body></html>"""
+
+
+def measured(tmp_path: Path, page: Path, size: str) -> dict:
+    """The email's width and where "Act now" starts, as laid out at `size` (dumped by chromium)."""
+    import html
+    import json
+
+    width, height = (int(v) for v in size.split(","))
+    probe = tmp_path / f"measure-{width}x{height}.html"
+    probe.write_text(PROBE.format(width=width, height=height, srcdoc=html.escape(page.read_text(encoding="utf-8"))),
+                     encoding="utf-8")
+    dom = chromium(tmp_path, f"--window-size={max(width, 500) + 100},{height + 100}", "--virtual-time-budget=5000",
+                   "--dump-dom", probe.as_uri()).stdout
+    assert '<pre id="measured">' in dom, dom[-2000:]
+    return json.loads(html.unescape(dom.split('<pre id="measured">')[1].split("</pre>")[0]))
+
+
+@pytest.fixture(scope="module")
+def demo_email(generated_nights, tmp_path_factory):
+    """The biggest email of the demo night (`make demo`: 2,000 projects, seed 7), as an HTML file."""
+    tmp = tmp_path_factory.mktemp("demo")
+    saved = os.environ.pop("SHAKERS_SMTP_HOST", None)
+    try:
+        result = run_night(generated_nights(projects=2_000, seed=7), policies_path=ROOT / "policies.yaml",
+                           out_dir=tmp / "run", ledger_path=tmp / "ledger.sqlite", workers=0, as_of=AS_OF)
+    finally:
+        if saved is not None:
+            os.environ["SHAKERS_SMTP_HOST"] = saved
+    biggest = max((result.out_dir / "outbox").glob("*.eml"), key=lambda p: p.stat().st_size)
+    msg = email.message_from_bytes(biggest.read_bytes(), policy=email.policy.default)
+    page = tmp / "demo-email.html"
+    page.write_text(msg.get_body(("html",)).get_content(), encoding="utf-8")
+    return page
+
+
+@pytest.mark.parametrize("size", ["1200,900", "390,844"])
+def test_the_demo_email_needs_no_horizontal_scrolling_and_opens_on_act_now(demo_email, tmp_path, size):
+    seen = measured(tmp_path, demo_email, size)
+    assert seen["width"] == int(size.split(",")[0])
+    assert seen["scroll"] <= seen["width"], f"the email scrolls sideways at {size}: {seen}"
+    assert 0 < seen["act_now_top"] < seen["height"], f"'Act now' is below the fold at {size}: {seen}"
+
+
+@pytest.mark.parametrize("size, name", [("1200,900", "report-email-desktop.png"), ("390,844", "report-email-phone.png")])
+def test_the_demo_email_screenshots_are_painted(demo_email, tmp_path, size, name):
+    png = screenshot(tmp_path, demo_email, name, size)
+    width, height, _rows = png_pixels(png)
+    assert (width, height) == tuple(int(v) for v in size.split(","))
+    seen = colours(png)
+    assert len(seen) > 20 and (0x1e, 0x3a, 0x8a) in seen and (0xdc, 0x26, 0x26) in seen   # the band, Act now's cards

@@ -75,8 +75,12 @@ def test_each_manager_with_work_gets_exactly_one_email_with_both_parts(tmp_path,
     for received in inbox.messages:
         assert received.mail_from == "reports@shakers.test"
         msg = received.message
-        assert msg.get_content_type() == "multipart/alternative"
-        assert [p.get_content_type() for p in msg.iter_parts()] == ["text/plain", "text/html"]
+        assert msg.get_content_type() == "multipart/mixed"       # the text and HTML parts, then the CSV
+        alternative, attached = list(msg.iter_parts())
+        assert alternative.get_content_type() == "multipart/alternative"
+        assert [p.get_content_type() for p in alternative.iter_parts()] == ["text/plain", "text/html"]
+        assert (attached.get_content_type(), attached.get_filename()) == ("text/csv", "actions-2026-11-24.csv")
+        assert attached.get_content_disposition() == "attachment"
         assert len(msg["To"].addresses) == 1 and msg["To"].addresses[0].addr_spec == received.rcpt_tos[0]
         assert msg["Message-ID"].endswith("@shakers-rules.local>")
         assert "2026-11-24" in msg["Subject"]
@@ -88,7 +92,7 @@ def test_each_manager_with_work_gets_exactly_one_email_with_both_parts(tmp_path,
     for part in ("plain", "html"):
         text = body(pedro, part)
         assert "Mobile app" in text and "Toni Top" in text and "€3,400.00" in text and "Shop redesign" not in text
-    assert pedro["Subject"] == "Shakers policy report, night of 2026-11-24: 7 new actions"
+    assert pedro["Subject"].strip() == "Shakers policy report, night of 2026-11-24: 6 to act on now (1 for the platform)"
     reports = result.summary["reports"]
     assert (reports["emails_written"], reports["sent"], reports["undelivered"]) == (2, 2, 0)
     assert json.loads((result.out_dir / "summary.json").read_text())["reports"]["sent"] == 2
@@ -120,9 +124,10 @@ def test_a_server_without_8bitmime_gets_each_email_in_seven_bits_saying_the_same
             path = next(p for p in (result.out_dir / "outbox").glob("*.eml")
                         if email.message_from_bytes(p.read_bytes(), policy=email.policy.default)["Message-ID"] == sent["Message-ID"])
             kept = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
-            assert [p["Content-Transfer-Encoding"] for p in sent.iter_parts()] == ["base64", "base64"]
-            assert [(p.get_content_type(), p.get_content()) for p in sent.iter_parts()] == \
-                [(p.get_content_type(), p.get_content()) for p in kept.iter_parts()]
+            leaves = [p for p in sent.walk() if not p.is_multipart()]
+            assert [p["Content-Transfer-Encoding"] for p in leaves] == ["base64", "base64", "base64"]
+            assert [(p.get_content_type(), p.get_content()) for p in leaves] == \
+                [(p.get_content_type(), p.get_content()) for p in kept.walk() if not p.is_multipart()]
             assert [(k, str(v)) for k, v in sent.items() if k != "Content-Transfer-Encoding"] == \
                 [(k, str(v)) for k, v in kept.items() if k != "Content-Transfer-Encoding"]
     finally:

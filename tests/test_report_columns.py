@@ -11,8 +11,7 @@ from processor.reports.build import _plain, _text, _words, _words_of, escape, pl
 # Everything a name or a title from the export may hold: control characters, every kind of space,
 # line and paragraph separators, markup, quotes, letters of any script.
 TEXTS = st.lists(cell_text(30)
-                 | st.sampled_from(["", " ", "\u2028x\u2029", "a\r\nBcc: b", "<script>'\"&", "Núñez\u00a0O'Brien",
-                                    "\x85\x1c"]),
+                 | st.sampled_from(["", " ", "\u2028x\u2029", "a\r\nBcc: b", "<script>'\"&", "Núñez\u00a0O'Brien", "\x85\x1c"]),
                  min_size=1, max_size=20)
 
 
@@ -41,10 +40,9 @@ ACTIONS = ["halt_project", "request_talent_decision", "release_milestone_payment
            "resume_project", "flag_for_review", "some_new_action", ""]
 
 
-@settings(max_examples=100)
+@settings(max_examples=100, deadline=None)   # a shared machine is slow at times: tests never assert times
 @given(st.lists(st.tuples(st.sampled_from(ACTIONS), st.sampled_from(["", "€1,200.00", "5.00 CHF"]),
-                          st.sampled_from(["", "M1", "M 2"]), st.sampled_from(["", "late_payment"])),
-                min_size=1, max_size=25))
+                          st.sampled_from(["", "M1", "M 2"]), st.sampled_from(["", "late_payment"])), min_size=1, max_size=25))
 def test_what_each_action_says_is_what_it_says_alone(rows):
     """The rows' sentences are written an action at a time: each row still says what it says alone."""
     import pyarrow as pa
@@ -54,9 +52,8 @@ def test_what_each_action_says_is_what_it_says_alone(rows):
     def table(rows):
         return pa.table({
             "action": [r[0] for r in rows], "_money": [r[1] for r in rows], "milestone_id": [r[2] for r in rows],
-            "reason": [r[3] for r in rows], "_subject_label": ["Ana"] * len(rows),
-            "_assignee_label": ["Bo"] * len(rows), "_payee_label": ["Cy"] * len(rows),
-            "_milestone_title": ["Logo"] * len(rows), "invoice_id": ["I1"] * len(rows),
+            "reason": [r[3] for r in rows], "_subject_label": ["Ana"] * len(rows), "_assignee_label": ["Bo"] * len(rows),
+            "_payee_label": ["Cy"] * len(rows), "_milestone_title": ["Logo"] * len(rows), "invoice_id": ["I1"] * len(rows),
             "subject_id": ["U1"] * len(rows)})
 
     text, money = _actions(table(rows))
@@ -66,49 +63,65 @@ def test_what_each_action_says_is_what_it_says_alone(rows):
     assert "Close the project" in text.to_pylist() or "close_project" not in [r[0] for r in rows]
 
 
-def _report_order_by_pandas(decisions):
-    """The reports' order as first written, a row's section by name (the reference)."""
-    import numpy as np
-    import pandas as pd
-    import pyarrow as pa
+def _report_order_by_python(decisions):
+    """The reports' order row by row in Python (the reference): a row's section by its state and action;
+    cards of one project per section, "Act now" by the most serious action, then the oldest, then by id."""
+    from processor.reports.words import ACT_NOW_ORDER, ALWAYS_ACT_NOW, PLATFORM_ACTIONS, SECTION_KEYS
 
-    from processor.reports.build import AT_RISK_REASON, SECTION_KEYS, _first_seen
+    rows = decisions.astype(object).where(decisions.notna(), None).to_dict("records")
+    managers = sorted({r["project_success_id"] for r in rows})
 
-    flagged = (decisions["action"] == "flag_for_review").to_numpy(dtype=bool, na_value=False)
-    at_risk = flagged & (decisions["reason"] == AT_RISK_REASON).to_numpy(dtype=bool, na_value=False)
-    state = decisions["state"].astype(object).to_numpy()
-    section = np.select([state == "resolved", at_risk, flagged], ["resolved", "at_risk", "flagged"],
-                        state).astype(object)
-    manager, managers = pd.factorize(decisions["project_success_id"], sort=True)
-    rank = pd.Series(section).map({k: i for i, k in enumerate(SECTION_KEYS)}).fillna(len(SECTION_KEYS)).to_numpy(int)
-    firing = _first_seen(pa.array(manager), pa.array(section), *(pa.array(decisions[c], from_pandas=True)
-                                                                 for c in ("project_id", "policy_id", "evidence")))
-    order = np.lexsort((firing, rank, manager))
+    def section(r):
+        if r["state"] == "resolved":
+            return "resolved"
+        if r["state"] in ("new", "ongoing") and r["action"] in ALWAYS_ACT_NOW:
+            return "act_now"
+        if r["state"] == "new":
+            return "platform" if r["action"] in PLATFORM_ACTIONS else "act_now"
+        return "still_open" if r["state"] == "ongoing" else None
+
+    rank = [SECTION_KEYS.index(section(r)) if section(r) else len(SECTION_KEYS) for r in rows]
+    key = [(r["project_success_id"], rank[i] if section(r) else ("state", r["state"])) for i, r in enumerate(rows)]
+    cards, firings = {}, {}
+    card = [cards.setdefault((*key[i], r["project_id"]), len(cards)) for i, r in enumerate(rows)]
+    firing = [firings.setdefault((*key[i], r["project_id"], r["policy_id"], r["evidence"]), len(firings))
+              for i, r in enumerate(rows)]
+    serious = {a.value: n for n, a in enumerate(ACT_NOW_ORDER)}
+    act_now = SECTION_KEYS.index("act_now")
+
+    def card_key(c):
+        mine = [i for i in range(len(rows)) if card[i] == c]
+        if rank[mine[0]] != act_now:
+            return (0, 0)
+        return (min(serious.get(rows[i]["action"], len(serious)) for i in mine),
+                min(int(rows[i]["state"] == "new") for i in mine))
+
+    order = sorted(range(len(rows)), key=lambda i: (managers.index(rows[i]["project_success_id"]), rank[i],
+                                                    *card_key(card[i]), rows[i]["project_id"], firing[i], i))
     width = len(SECTION_KEYS) + 1
-    per_section = np.bincount(manager * width + rank, minlength=len(managers) * width).reshape(len(managers), width)
-    new_total = np.bincount(manager, weights=(state == "new"), minlength=len(managers))
-    pairs = (pd.DataFrame({"m": manager, "p": decisions["project_id"].astype(str).to_numpy()})
-             .drop_duplicates().sort_values(["m", "p"]))
-    cuts, listed = np.searchsorted(pairs["m"].to_numpy(), np.arange(len(managers) + 1)), pairs["p"].tolist()
-    return order, rank, firing, per_section, new_total, manager, list(managers), listed, cuts
+    per_section = [[sum(1 for i, r in enumerate(rows) if r["project_success_id"] == m and rank[i] == k) for k in range(width)]
+                   for m in managers]
+    new_total = [sum(1 for r in rows if r["project_success_id"] == m and r["state"] == "new") for m in managers]
+    listed = [p for m in managers for p in sorted({r["project_id"] for r in rows if r["project_success_id"] == m})]
+    return order, rank, per_section, new_total, listed
 
 
-@settings(max_examples=200)
+@settings(max_examples=200, deadline=None)
 @given(st.lists(st.tuples(st.sampled_from(["new", "ongoing", "resolved", "flagged", "paused", ""]),
-                          st.sampled_from(["flag_for_review", "notify_client"]),
-                          st.sampled_from(["contact_at_risk", "x"]),
+                          st.sampled_from(["flag_for_review", "notify_client", "halt_project", "resume_project"]), st.sampled_from(["contact_at_risk", "x"]),
                           st.sampled_from(["PS1", "PS2"]), st.sampled_from(["P1", "P2", "P10", "Pé"]),
                           st.sampled_from(["a", "b"]), st.sampled_from(["{}", "{1}"])), min_size=1, max_size=30))
-def test_report_order_is_the_order_by_section_names(rows):
+def test_report_order_is_by_section_then_the_most_serious_card_first(rows):
     import numpy as np
     import pandas as pd
 
-    from processor.arrow import STR
+    from processor.engine.facts import STR
     from processor.reports.build import _report_order
 
     columns = ["state", "action", "reason", "project_success_id", "project_id", "policy_id", "evidence"]
     decisions = pd.DataFrame({c: pd.array([r[i] for r in rows], dtype=STR if c != "state" else object)
                               for i, c in enumerate(columns)})
-    got, expected = _report_order(decisions), _report_order_by_pandas(decisions)
-    for a, b in zip(got, expected):
+    order, rank, _card, _firing, per_section, _old, new_total, _m, _ms, listed, _cuts = _report_order(decisions)
+    expected = _report_order_by_python(decisions)
+    for a, b in zip((order, rank, per_section, new_total, listed), expected):
         assert np.array_equal(np.asarray(a, dtype=object), np.asarray(b, dtype=object))

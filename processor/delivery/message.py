@@ -135,8 +135,8 @@ def _sender(mail_from: str) -> bytes:
     return _folded("From", sender_address(mail_from))
 
 
-def headers(report, mail_from: str, date: str, mid: str) -> bytes:
-    """The header block of one manager's report (ending with its blank line)."""
+def headers(report, mail_from: str, date: str, mid: str, mixed: bool = False) -> bytes:
+    """The header block of one manager's report (ending with its blank line); `mixed`: it has an attachment."""
     return b"".join((
         _subject(one_line(report.subject)),
         _sender(mail_from),
@@ -147,7 +147,8 @@ def headers(report, mail_from: str, date: str, mid: str) -> bytes:
         b"Auto-Submitted: auto-generated\r\n",
         _shared("X-Shakers-Night", one_line(report.as_of)),
         b"MIME-Version: 1.0\r\n",
-        f'Content-Type: multipart/alternative;\r\n boundary="{boundary(mid)}"\r\n\r\n'.encode(),
+        f'Content-Type: multipart/{"mixed" if mixed else "alternative"};\r\n'
+        f' boundary="{boundary(mid)}"\r\n\r\n'.encode(),
     ))
 
 
@@ -175,12 +176,17 @@ def canonical(text: str | bytes) -> bytes:
 SMTP_LINE = 1000
 
 
-def _part(subtype: str, text: str | bytes, fence: bytes) -> list:
+def inner_boundary(mid: str) -> str:
+    """The boundary of the text and HTML parts inside a message with an attachment (none is a part of the other)."""
+    return f"shakers-alt-{hashlib.sha256(mid.encode()).hexdigest()[:24]}"
+
+
+def _part(subtype: str, text: str | bytes, *fences: bytes) -> list:
     """One part of a message (its headers, then its body) as pieces to write: the canonical text
-    as it is (7bit when ASCII, else 8bit) when every line fits SMTP's, it holds no NUL and not
-    `fence` (the boundary); else base64."""
+    as it is (7bit when ASCII, else 8bit) when every line fits SMTP's, it holds no NUL and none of
+    `fences` (the boundaries); else base64."""
     data = canonical(text)
-    if b"\0" not in data and fence not in data:
+    if b"\0" not in data and not any(fence in data for fence in fences):
         breaks = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == ord("\n"))
         if int(np.diff(breaks, prepend=-1).max()) <= SMTP_LINE:
             # The line break before the next delimiter belongs to the delimiter (RFC 2046 5.1.1),
@@ -199,25 +205,47 @@ def _base64_lines(data: bytes) -> bytes:
     return base64.encodebytes(data).replace(b"\n", b"\r\n")
 
 
-def build_message(report, text: str, html: str, mail_from: str, date: str | None = None) -> tuple[str, bytes]:
-    """(Message-ID, the email as sent) for one manager's report: multipart/alternative, `text` then `html`.
+def build_message(report, text: str, html: str, mail_from: str, date: str | None = None,
+                  attachment: tuple[str, bytes] | None = None) -> tuple[str, bytes]:
+    """(Message-ID, the email as sent) for one manager's report: multipart/alternative, `text` then `html`;
+    with an `attachment` (file name, CSV bytes, made by the caller) multipart/mixed of those and a text/csv part.
 
-    `date` (RFC 5322) defaults to now. The `email` package builds and folds the headers; the two
+    `date` (RFC 5322) defaults to now. The `email` package builds and folds the headers; the
     parts are assembled here (_part: its pure-Python generator dominated big nights)."""
-    mid, pieces = _message_pieces(report, text, html, mail_from, date)
+    mid, pieces = _message_pieces(report, text, html, mail_from, date, attachment)
     return mid, b"".join(pieces)
 
 
-def _message_pieces(report, text: str, html: str, mail_from: str, date: str | None = None) -> tuple[str, list]:
+_SAFE_FILE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def _csv_part(name: str, data: bytes) -> list:
+    """The attachment's part: text/csv, base64 (a CSV's lines may be longer than SMTP's), its name made safe."""
+    name = _SAFE_FILE.sub("_", one_line(name))[:100] or "actions.csv"
+    head = (f'\r\nContent-Type: text/csv; charset="utf-8"; name="{name}"\r\n'
+            f'Content-Disposition: attachment; filename="{name}"\r\n'
+            "Content-Transfer-Encoding: base64\r\n\r\n").encode("ascii")
+    return [head, _base64_lines(bytes(data))]
+
+
+def _message_pieces(report, text: str, html: str, mail_from: str, date: str | None = None,
+                    attachment: tuple[str, bytes] | None = None) -> tuple[str, list]:
     """build_message's email as the pieces it is made of, in order (written out without joining them)."""
     mid = message_id(report.as_of, report.email, report.manager_id)
     date = date or email.utils.format_datetime(dt.datetime.now(dt.timezone.utc))
     fence = boundary(mid).encode()
     delimiter = b"--" + fence
-    out = [headers(report, mail_from, date, mid)]
+    out = [headers(report, mail_from, date, mid, mixed=attachment is not None)]
+    if attachment is None:
+        for subtype, part in (("plain", text), ("html", html)):
+            out += [delimiter, *_part(subtype, part, fence)]
+        out += [delimiter, b"--\r\n"]
+        return mid, out
+    inner = inner_boundary(mid).encode()
+    out += [delimiter, f'\r\nContent-Type: multipart/alternative;\r\n boundary="{inner.decode()}"\r\n\r\n'.encode()]
     for subtype, part in (("plain", text), ("html", html)):
-        out += [delimiter, *_part(subtype, part, fence)]
-    out += [delimiter, b"--\r\n"]
+        out += [b"--" + inner, *_part(subtype, part, fence, inner)]
+    out += [b"--" + inner, b"--\r\n", delimiter, *_csv_part(*attachment), delimiter, b"--\r\n"]
     return mid, out
 
 

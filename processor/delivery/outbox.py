@@ -27,11 +27,12 @@ REPORTS_PER_WRITER = 100
 # fsync waits on the disk, not the CPU: threads let the journal commit many files at once.
 FSYNC_THREADS = 8
 
-Render = Callable[[list], Iterable[tuple[str | bytes, str | bytes]]]
+Render = Callable[[list], Iterable[tuple]]   # (text, html) or (text, html, (attachment's name, bytes))
 
 
-def _parts(reports) -> Iterator[tuple[str, str]]:
-    return ((report.text, report.html) for report in reports)
+def _parts(reports) -> Iterator[tuple]:
+    return ((report.text, report.html, *([report.attachment] if hasattr(report, "attachment") else []))
+            for report in reports)
 
 
 @dataclass
@@ -125,8 +126,8 @@ def _write_emails(mail_from: str, date: str, render, emails: list) -> list[str]:
     try:
         with ThreadPoolExecutor(FSYNC_THREADS) as syncing:
             synced = []
-            for (report, path), (text, html) in zip(emails, render([report for report, _path in emails])):
-                _mid, pieces = _message_pieces(report, text, html, mail_from, date)
+            for (report, path), (text, html, *attached) in zip(emails, render([report for report, _path in emails])):
+                _mid, pieces = _message_pieces(report, text, html, mail_from, date, *attached)
                 fd, temporary = files.temporary_beside(path)
                 temporaries.append(temporary)
                 with open(fd, "wb", closefd=False) as f:

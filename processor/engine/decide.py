@@ -293,6 +293,28 @@ def choose_top_shakers(needs: pd.DataFrame, pool: pd.DataFrame) -> dict[str, str
     return chosen
 
 
+NO_TOP_SHAKER_COVERS = "no Top Shaker covers the area"
+ALL_AT_CAPACITY = "all who cover it are at capacity"
+
+
+def _why_no_top_shaker(needs: pd.DataFrame, pool: pd.DataFrame) -> dict[str, str]:
+    """project_id -> why no Top Shaker could be chosen: none covers its area (but the absent talent),
+    or all who do are at capacity. Asked only of the projects left without one (few)."""
+    covering: dict[str, set[str]] = {}
+    for user, areas in zip(pool["user_id"], pool["areas"]):
+        for area in set(a.strip() for a in areas.split(";")) - {""}:
+            covering.setdefault(area, set()).add(user)
+    return {project: ALL_AT_CAPACITY if covering.get(area, set()) - {absent} else NO_TOP_SHAKER_COVERS
+            for project, area, absent in zip(needs["project_id"], needs["area"], needs["talent_id"])}
+
+
+def _with_fact(evidence: str, name: str, value: str) -> str:
+    """The evidence (as _evidence writes it) with one more fact."""
+    parsed = json.loads(evidence or "{}")
+    parsed.setdefault("facts", {})[name] = value
+    return json.dumps(parsed, sort_keys=True)
+
+
 def assign_top_shakers(decisions: pd.DataFrame, context: Facts, pool: Callable[[], pd.DataFrame]) -> np.ndarray:
     """Fill in the chosen Top Shakers (in place). Returns which rows stay: without an eligible
     Top Shaker the assignment becomes a flag and the reassignments go.
@@ -318,5 +340,10 @@ def assign_top_shakers(decisions: pd.DataFrame, context: Facts, pool: Callable[[
     flag = nobody & (decisions["action"] == Action.ASSIGN_TOP_SHAKER)
     decisions.loc[flag, "action"] = Action.FLAG_FOR_REVIEW.value  # the bare text, as the column holds
     decisions.loc[flag, "reason"] = decisions.loc[flag, "_fallback"].replace("", "no_top_shaker_available")
+    if flag.any():   # the flag's evidence says why nobody was chosen (the manager's next step differs)
+        why_nobody = _why_no_top_shaker(needs, pool())
+        decisions.loc[flag, "evidence"] = [_with_fact(text, "no_top_shaker", why_nobody.get(project, ""))
+                                           for text, project in zip(decisions.loc[flag, "evidence"],
+                                                                    decisions.loc[flag, "project_id"])]
     decisions.loc[flag, ["assignee_id", "amount", "currency"]] = ""
     return ~(nobody & (decisions["action"] == Action.REASSIGN_MILESTONE)).to_numpy()
