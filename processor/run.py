@@ -251,7 +251,8 @@ def policies_changed(ledger: Ledger, policies_path: str | Path) -> str:
         return ""
     when = dt.datetime.fromisoformat(last["promoted_at"]).strftime("%Y-%m-%d %H:%M UTC")
     how = "rolled back" if last["kind"] == ROLLBACK else "promoted"
-    return f"Policies last changed {when} ({how} by {last['user']}{': ' + last['note'] if last['note'] else ''})."
+    # the footer's words around it: "Policies last changed: <this>."
+    return f"{when} ({how} by {last['user']}{': ' + last['note'] if last['note'] else ''})"
 
 
 def _done(pool: ThreadPoolExecutor, future) -> None:

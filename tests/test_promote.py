@@ -212,7 +212,7 @@ def test_the_report_footer_says_when_the_policies_last_changed(tmp_path):
     assert cli("run", "--export", export, "--out", tmp_path / "after", "-q", tmp=tmp_path, env=env).returncode == 0
     when = history(tmp_path)[0]["promoted_at"][:10]
     lines = _footer_lines(tmp_path / "after")
-    assert lines and all(f"Policies last changed {when}" in line and "stricter contact" in line for line in lines)
+    assert lines and all(f"Policies last changed: {when}" in line and "stricter contact" in line for line in lines)
     assert any(line.startswith("Policies last changed") for line in lines)   # the plain-text part's line
 
 

@@ -115,7 +115,7 @@ def test_report_order_is_by_section_then_the_most_serious_card_first(rows):
     import numpy as np
     import pandas as pd
 
-    from processor.engine.facts import STR
+    from processor.arrow import STR
     from processor.reports.build import _report_order
 
     columns = ["state", "action", "reason", "project_success_id", "project_id", "policy_id", "evidence"]

@@ -12,10 +12,10 @@ from typing import Mapping
 import pandas as pd
 
 from processor.reports.build import ManagerReport, environment
+from processor.reports.words import SECTION_TITLES
 
-# The emails' section names (the email templates' words today): the one place the overview takes them from.
-WORDS = {"new": "New actions", "ongoing": "Ongoing actions", "at_risk": "Projects at risk",
-         "flagged": "Flagged for review", "resolved": "Resolved since the last night"}
+# The emails' section names (reports/words.py), and the decisions each email counts as new tonight.
+WORDS = {**SECTION_TITLES, "new_total": "New tonight"}
 # Nights the per-policy trend shows (run.py reads that many from the ledger).
 TREND_NIGHTS = 7
 STATES = ("new", "ongoing", "resolved")

@@ -53,7 +53,8 @@ def who() -> str:
 def check_candidate(candidate: Path, cases: list[Path], live: Path):
     """The candidate's PolicySet when it validates (else PolicyError: exit 3) and every case passes (else
     PromoteRefused naming the failing cases). `cases` empty: policy_tests/ beside the candidate, else ./policy_tests."""
-    from processor.tools.policytest import case_files, default_cases, run_cases
+    from processor.tools.cases import case_files, default_cases
+    from processor.tools.policytest import run_cases
     from rules.document import load_policies
 
     policies = load_policies(candidate)
