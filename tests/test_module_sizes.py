@@ -5,8 +5,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 LIMIT = 600
-# Over the limit today and split by the work that rewrites it (issue 15's emails); remove it when it is.
-WAITING = {"processor/reports/build.py"}
+# Modules allowed over the limit for now, each until the work that splits it lands (none today).
+WAITING: set[str] = set()
 
 
 def _line_counts() -> dict[str, int]:
