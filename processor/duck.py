@@ -1,0 +1,76 @@
+"""The night's DuckDB: the one place its settings live and connections are opened.
+
+Every stage that runs SQL opens its connection here, with `with connect() as con:`, and
+closes it before it returns: a DuckDB instance is never held across a fork of the engine's
+or the outbox's workers (processor.workers).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import duckdb
+
+# What a night may use when --memory-limit is not given: DuckDB spills past it to the temp directory.
+DEFAULT_MEMORY_LIMIT = "1GB"
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)\s*$", re.IGNORECASE)
+
+
+class MemoryLimitError(ValueError):
+    """A --memory-limit DuckDB would not understand."""
+
+
+def check_memory_limit(text: str) -> str:
+    """The limit as DuckDB reads it ("1.5GB", "800MB"), or MemoryLimitError saying what is wanted."""
+    if not _SIZE.match(text):
+        raise MemoryLimitError(f"--memory-limit {text!r} is not a size: write a number and a unit, "
+                               "such as 800MB or 1.5GB")
+    return text.strip()
+
+
+@dataclass(frozen=True)
+class Settings:
+    memory_limit: str = DEFAULT_MEMORY_LIMIT
+    # Where DuckDB spills; None: a private directory made per connection and removed after it.
+    temp_directory: Path | None = None
+    threads: int | None = None
+
+
+_settings = Settings()
+
+
+def configure(settings: Settings) -> None:
+    """Set the night's settings (the run does, from --memory-limit and --out) before any stage runs."""
+    global _settings
+    _settings = settings
+
+
+def current() -> Settings:
+    return _settings
+
+
+@contextlib.contextmanager
+def connect(threads: int | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
+    """An in-memory DuckDB with the night's memory limit and spill directory, closed (and its
+    spill files removed) on leaving the block."""
+    settings = _settings
+    parent = settings.temp_directory
+    if parent is not None:
+        parent.mkdir(parents=True, exist_ok=True)
+    spill = Path(tempfile.mkdtemp(prefix=f"duckdb-{os.getpid()}-", dir=parent))
+    config: dict[str, str | int] = {"memory_limit": settings.memory_limit, "temp_directory": str(spill)}
+    wanted = threads if threads is not None else settings.threads
+    if wanted is not None:
+        config["threads"] = wanted
+    con = duckdb.connect(":memory:", config=config)
+    try:
+        yield con
+    finally:
+        con.close()
+        shutil.rmtree(spill, ignore_errors=True)
