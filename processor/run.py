@@ -130,7 +130,8 @@ def run_night(export_dir: str | Path, *, policies_path: str | Path = "policies.y
     t = time.perf_counter()
     export = read_export(export_dir, timings=timings, max_reject_share=max_reject_share)
     timings["read"] = time.perf_counter() - t - timings.get("validate", 0.0)  # reading alone; checking is `validate`
-    say(f"read {sum(export.read_counts.values()):,} rows ({export.format}); {sum(export.rejected_counts.values()):,} rejected")
+    say(f"read {sum(export.read_counts.values()):,} rows ({export.format}); {sum(export.rejected_counts.values()):,} "
+        f"rejected")
     source = as_of_source or source_of_as_of(export, as_of)
     as_of = resolve_as_of(export, as_of)
     if source == "today":  # on stderr even when quiet: a night dated by the clock should be a choice
@@ -152,7 +153,7 @@ def run_night(export_dir: str | Path, *, policies_path: str | Path = "policies.y
     with Ledger(ledger_path or default_ledger_path()) as ledger:
         decisions.insert(0, "run_id", run_id)
         decisions.insert(1, "as_of", as_of.isoformat())
-        decisions["state"] = ledger.states(as_of, decisions)
+        decisions["state"], since = ledger.states_since(as_of, decisions)
         decisions = decisions[DECISION_COLUMNS]
         # Projects not wholly evaluated tonight keep their earlier decisions as they were (SPEC §4: a
         # rejected row is not evaluated; the engine may have failed on some projects).
@@ -175,7 +176,9 @@ def run_night(export_dir: str | Path, *, policies_path: str | Path = "policies.y
         writers = None
         try:
             # Decisions that stopped holding are listed once, in this night's report (state `resolved`).
-            reported = decisions if resolved.empty else pd.concat([decisions, resolved], ignore_index=True)
+            # The reports say since which night an open decision holds (not a column of decisions.csv).
+            reported = decisions.assign(since=since)
+            reported = reported if resolved.empty else pd.concat([reported, resolved], ignore_index=True)
             reports = build_reports(reported, facts.projects, facts.milestones, facts.users, as_of, run_id,
                                     descriptions)
             changed = policies_changed(ledger, policies_path)
@@ -191,13 +194,13 @@ def run_night(export_dir: str | Path, *, policies_path: str | Path = "policies.y
             # Reports that fail leave the night written and recorded all the same, its summary without them.
             _done(decisions_csv, decisions_written)
             _write_and_record(out, ledger, as_of, run_id, policies.sha256, decisions, rejects, resolved,
-                              timings, say, carried)
+                              timings, say, carried, since)
             files.write_json(out / "summary.json", summary)
             raise
         try:
             # The night's files, then its record in the ledger, while the writers work (in other processes).
             _write_and_record(out, ledger, as_of, run_id, policies.sha256, decisions, rejects, resolved,
-                              timings, say, carried)
+                              timings, say, carried, since)
         except BaseException:
             writers.stop()
             raise
@@ -272,7 +275,7 @@ def _write_decisions(out: Path, decisions: pd.DataFrame, timings: dict) -> None:
 
 def _write_and_record(out: Path, ledger: Ledger, as_of: dt.date, run_id: str, policies_sha: str,
                       decisions: pd.DataFrame, rejects: pd.DataFrame, resolved: pd.DataFrame,
-                      timings: dict, say: Callable[[str], None], carried: list) -> None:
+                      timings: dict, say: Callable[[str], None], carried: list, since: pd.Series) -> None:
     """The night's other files, then its record in the ledger: the ledger learns of the night last,
     so a run killed before that left no trace there."""
     t = time.perf_counter()
@@ -284,7 +287,7 @@ def _write_and_record(out: Path, ledger: Ledger, as_of: dt.date, run_id: str, po
     say(f"decisions, rejects and resolved written to {out}")
     t = time.perf_counter()
     ledger.record_night(as_of, run_id, policies_sha, str(out), decisions, resolved=resolved, details=lines,
-                        carried=carried)
+                        carried=carried, since=since)
     timings["ledger"] = timings.get("ledger", 0.0) + time.perf_counter() - t
     say("ledger updated")
 
@@ -399,7 +402,8 @@ def send_reports(ledger: Ledger, written: Written, settings: SmtpSettings, confi
         status = statuses.get(o.message_id, "pending")
         by_manager[o.manager_id] = {"status": STATUS_SHOWN.get(status, status), "message_id": o.message_id,
                                     "file": Path(o.eml_path).name,
-                                    "error": result.failed.get(o.message_id, "") or result.permanent.get(o.message_id, "")}
+                                    "error": result.failed.get(o.message_id, "")
+                                    or result.permanent.get(o.message_id, "")}
     for u in unaddressed:
         by_manager[u["manager_id"]] = {"status": "no address", "message_id": "", "file": "", "error": u["why"]}
     undelivered = (len(owed_now) if sending or config_error else 0) + sum(1 for m in result.failed if m not in by_id)

@@ -195,7 +195,9 @@ def _footer_lines(run_dir: Path) -> list[str]:
     for eml in sorted((run_dir / "outbox").glob("*.eml")):
         for part in email.message_from_bytes(eml.read_bytes()).walk():
             if part.get_content_type() in ("text/plain", "text/html"):
-                lines += [line for line in part.get_payload(decode=True).decode().splitlines() if "Policies last" in line]
+                lines += [
+                    line for line in part.get_payload(decode=True).decode().splitlines() if "Policies last" in line
+                ]
     return lines
 
 
@@ -228,7 +230,7 @@ def test_a_ledger_of_schema_1_gains_the_promotions_table(tmp_path):
     db.commit()
     db.close()
     with Ledger(path) as ledger:
-        assert ledger.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert ledger.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
         assert ledger.db.execute("SELECT count(*) FROM promotions").fetchone()[0] == 0
 
 

@@ -16,7 +16,6 @@ import json
 import os
 import sqlite3
 from pathlib import Path
-from typing import Iterable
 
 import pandas as pd
 import pyarrow as pa
@@ -26,13 +25,23 @@ from processor import files
 from processor.delivery.states import DELIVERY_TRANSITIONS, OWED, SETTLED, allowed_delivery, sources  # noqa: F401
 from processor.engine.decide import DECISION_COLUMNS, KEY_COLUMNS
 from processor.killpoints import kill_point
+from processor.ledger.deliveries import Deliveries, _now, _quoted
+from processor.ledger.problems import (  # noqa: F401  (the package's names)
+    LedgerFull,
+    LedgerProblem,
+    LedgerReadOnly,
+    LedgerTooNew,
+    LedgerUnreadable,
+    previous_copy,
+)
 from processor.ledger.promotions import PROMOTIONS_SCHEMA
 
 # What the ledger keeps of each decision (decision_nights.detail): a resolved one is listed the night after.
 DETAIL_COLUMNS = [c for c in DECISION_COLUMNS if c not in ("run_id", "as_of", "state")]
 
-# PRAGMA user_version of a ledger this version made or migrated (_migrate says what each step did; 2: promotions).
-SCHEMA_VERSION = 2
+# PRAGMA user_version of a ledger this version made or migrated (_migrate says what each step did;
+# 2: promotions; 3: decision_nights.since).
+SCHEMA_VERSION = 3
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -52,6 +61,8 @@ CREATE TABLE IF NOT EXISTS decision_nights (
     subject_id TEXT NOT NULL,
     state TEXT NOT NULL,
     detail TEXT NOT NULL DEFAULT '',
+    -- the first night of the decision's current streak of nights ('' in rows of ledgers before schema 3)
+    since TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (as_of, decision_key)
 );
 -- Ledgers made before 2026-11-25 had an index on decision_key alone: no query uses it (each
@@ -98,66 +109,8 @@ def decision_keys(decisions: pd.DataFrame) -> pd.Series:
         if pc.any(pc.match_substring_regex(values, r"[\\|]")).as_py():
             values = pc.replace_substring(pc.replace_substring(values, "\\", "\\\\"), "|", "\\|")
         parts.append(values)
-    return pd.Series(pc.binary_join_element_wise(*parts, pa.scalar("|", pa.large_string())), index=decisions.index, dtype="str")
-
-
-class LedgerProblem(Exception):
-    """A ledger this run cannot use; `str(e)` names the file and the fix, `exit_code` is the CLI's (SPEC §7)."""
-
-    exit_code = 1
-
-
-class LedgerUnreadable(LedgerProblem):
-    """The file is not a SQLite database, or is corrupt: the operator restores it or names another one
-    (exit 2, as for any ledger this run cannot use)."""
-
-    exit_code = 2
-
-    def __init__(self, path: Path, detail: str, outcome: str = "Nothing was done."):
-        self.path = path
-        backup = previous_copy(path)
-        how = (f"restore the copy the nightly job made before its last start: cp {backup} {path} "
-               f"(the nights recorded since then are run again)" if backup.exists() else
-               "restore it from your backups, or move it away to start a new ledger (every night is then new)")
-        super().__init__(f"the ledger {path} is not a usable SQLite database ({detail}): {how}. {outcome}")
-
-
-class LedgerTooNew(LedgerProblem):
-    """The ledger's schema is newer than this version knows (a usage error, exit 2): nothing is written to it."""
-
-    exit_code = 2
-
-    def __init__(self, path: Path, version: int):
-        self.path = path
-        super().__init__(f"the ledger {path} was written by a newer shakers-rules (ledger schema {version}; this one knows "
-                         f"{SCHEMA_VERSION} and older): run the version that wrote it, or upgrade. Nothing was done.")
-
-
-class LedgerReadOnly(LedgerProblem):
-    """This user cannot write the ledger or its directory (a usage error, exit 2); found before a night is evaluated."""
-
-    exit_code = 2
-
-    def __init__(self, path: Path, why: str):
-        self.path = path
-        super().__init__(f"the ledger {path} cannot be written: {why}. Nothing was done: give this user write "
-                         f"permission there (SQLite also writes a journal file beside the ledger), or choose "
-                         f"another --ledger.")
-
-
-class LedgerFull(LedgerProblem):
-    """No space left on the ledger's file system (exit 1)."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        super().__init__(f"no space left on the device holding the ledger {path}: free some space there "
-                         f"(or move the ledger) and run again; the ledger was left as it was before this run.")
-
-
-def previous_copy(path: str | Path) -> Path:
-    """Where the nightly job keeps its copy of the ledger as it was before the job last started."""
-    path = Path(path)
-    return path.with_name(path.name + ".previous")
+    return pd.Series(pc.binary_join_element_wise(*parts, pa.scalar("|", pa.large_string())), index=decisions.index,
+                     dtype="str")
 
 
 # A ledger bigger than this is not copied before each nightly start (~5 s at the 200 MB/s measured;
@@ -207,7 +160,7 @@ def check_ledger_usable(path: str | Path) -> None:
         raise LedgerReadOnly(path, f"this user may not create files in {directory}")
 
 
-class Ledger:
+class Ledger(Deliveries):
     def __init__(self, path: str | Path):
         self.path = Path(path)
         try:
@@ -247,7 +200,7 @@ class Ledger:
         version = int(self.db.execute("PRAGMA user_version").fetchone()[0])
         if version > SCHEMA_VERSION:
             self.db.close()
-            raise LedgerTooNew(self.path, version)
+            raise LedgerTooNew(self.path, version, SCHEMA_VERSION)
         if version < SCHEMA_VERSION:
             self._migrate()
 
@@ -257,8 +210,12 @@ class Ledger:
             for statement in filter(str.strip, SCHEMA.split(";")):
                 cur.execute(statement)
             # Ledgers made before decisions kept their full row (needed to list them once resolved).
-            if "detail" not in {r[1] for r in cur.execute("PRAGMA table_info(decision_nights)")}:
+            kept = {r[1] for r in cur.execute("PRAGMA table_info(decision_nights)")}
+            if "detail" not in kept:
                 cur.execute("ALTER TABLE decision_nights ADD COLUMN detail TEXT NOT NULL DEFAULT ''")
+            # Schema 3: since which night each decision holds (older rows learn it when next needed: _first_nights).
+            if "since" not in kept:
+                cur.execute("ALTER TABLE decision_nights ADD COLUMN since TEXT NOT NULL DEFAULT ''")
             # Ledgers made before the delivery states: their columns added and their statuses renamed.
             columns = {r[1] for r in cur.execute("PRAGMA table_info(deliveries)")}
             if "claimed_at" not in columns:
@@ -326,13 +283,49 @@ class Ledger:
 
     def states(self, as_of: dt.date, decisions: pd.DataFrame) -> pd.Series:
         """`new` or `ongoing` for each decision row, against the previous recorded night."""
+        return self.states_since(as_of, decisions)[0]
+
+    def states_since(self, as_of: dt.date, decisions: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
+        """(state, since) for each decision row: `new` or `ongoing` against the previous recorded night,
+        and the ISO date of the first night of its current streak (tonight for a new one)."""
         keys = decision_keys(decisions)
+        night = as_of.isoformat()
         prev = self.previous_night(as_of)
         if prev is None or keys.empty:
-            return pd.Series(["new"] * len(keys), index=decisions.index, dtype=object)
-        held = {k for (k,) in self.db.execute(
-            "SELECT decision_key FROM decision_nights WHERE as_of = ? AND state != 'resolved'", (prev,))}
-        return pd.Series(keys.isin(held).map({True: "ongoing", False: "new"}).to_numpy(), index=decisions.index, dtype=object)
+            return (pd.Series(["new"] * len(keys), index=decisions.index, dtype=object),
+                    pd.Series([night] * len(keys), index=decisions.index, dtype=object))
+        held = dict(self.db.execute(
+            "SELECT decision_key, since FROM decision_nights WHERE as_of = ? AND state != 'resolved'", (prev,)))
+        ongoing = keys.isin(held.keys())
+        unknown = {k for k in keys[ongoing] if not held[k]}
+        if unknown:  # rows of a ledger from before schema 3
+            held.update(self._first_nights(unknown, prev))
+        states = pd.Series(ongoing.map({True: "ongoing", False: "new"}).to_numpy(), index=decisions.index,
+                           dtype=object)
+        since = pd.Series(keys.map(held).where(ongoing, night).to_numpy(), index=decisions.index, dtype=object)
+        return states, since
+
+    def _first_nights(self, keys: set[str], last: str) -> dict[str, str]:
+        """The first night of the streak that ends on the night `last`, for decisions held on it whose rows
+        do not say (ledgers before schema 3): the recorded nights walked back until each was not held."""
+        first = dict.fromkeys(keys, last)
+        open_ = set(keys)
+        nights = [r[0] for r in self.db.execute("SELECT as_of FROM runs WHERE as_of < ? ORDER BY as_of DESC",
+                                                (last,))]
+        for night in nights:
+            if not open_:
+                break
+            held = dict(self.db.execute(
+                "SELECT decision_key, since FROM decision_nights WHERE as_of = ? AND state != 'resolved'", (night,)))
+            for key in list(open_):
+                if key not in held:
+                    open_.discard(key)
+                elif held[key]:
+                    first[key] = held[key]
+                    open_.discard(key)
+                else:
+                    first[key] = night
+        return first
 
     def resolved(self, as_of: dt.date, decisions: pd.DataFrame, not_evaluated=()) -> pd.DataFrame:
         """Decisions that held on the previous recorded night and no longer hold on `as_of`.
@@ -349,7 +342,8 @@ class Ledger:
             "ORDER BY project_id, decision_key", (prev,)).fetchall()
         tonight = set(decision_keys(decisions))
         skip = set(map(str, not_evaluated))
-        gone = [_decision(detail) for key, project, detail in rows if key not in tonight and project not in skip and detail]
+        gone = [_decision(detail) for key, project, detail in rows if key not in tonight and project not in skip
+                and detail]
         return pd.DataFrame(gone, columns=DETAIL_COLUMNS).fillna("")
 
     def carried(self, as_of: dt.date, decisions: pd.DataFrame, not_evaluated=()) -> list[tuple]:
@@ -362,23 +356,28 @@ class Ledger:
             return []
         tonight = set(decision_keys(decisions))
         rows = self.db.execute(
-            "SELECT decision_key, policy_id, action, project_id, subject_id, state, detail FROM decision_nights "
-            "WHERE as_of = ? AND state != 'resolved' ORDER BY project_id, decision_key", (prev,)).fetchall()
+            "SELECT decision_key, policy_id, action, project_id, subject_id, state, detail, since "
+            "FROM decision_nights WHERE as_of = ? AND state != 'resolved' ORDER BY project_id, decision_key",
+            (prev,)).fetchall()
         return [row for row in rows if row[3] in skip and row[0] not in tonight]
 
     def record_night(self, as_of: dt.date, run_id: str, policies_sha: str, out_dir: str, decisions: pd.DataFrame,
-                     resolved: pd.DataFrame | None = None, details=None, carried=()):
+                     resolved: pd.DataFrame | None = None, details=None, carried=(), since=None):
         """Replace the night's record with these decisions (and the ones resolved tonight, and the
         `carried` rows of projects not wholly evaluated, from `carried()`), atomically.
 
         `details`: the decisions' lines of decisions.jsonl, when the caller has made them already;
-        the ledger keeps each decision as that JSON object (its evidence embedded, not re-escaped)."""
+        the ledger keeps each decision as that JSON object (its evidence embedded, not re-escaped).
+        `since`: each decision's first night of its streak (`states_since`); without it, '' (found when
+        needed)."""
         night = as_of.isoformat()
         # Rows made as SQLite takes them (no list of a night's tuples in between). The keys and details,
         # text made by Arrow, come as NumPy arrays of Python strings, which Arrow makes faster than lists;
-        # the frame's columns as lists (tolist gives Python ints, floats: what SQLite can bind, whatever their type).
+        # the frame's columns as lists (tolist gives Python ints, floats: what SQLite can bind, whatever
+        # their type).
         batches = []
-        for frame, lines in ((decisions, details), (resolved, None)):
+        firsts = {"decisions": since}
+        for name, frame, lines in (("decisions", decisions, details), ("resolved", resolved, None)):
             if frame is None or frame.empty:
                 continue
             keys = decision_keys(frame).to_numpy()
@@ -386,15 +385,17 @@ class Ledger:
                 lines = files.json_lines(frame[DETAIL_COLUMNS], json_columns=("evidence",))
             details = lines.to_numpy(zero_copy_only=False) if lines is not None else \
                 frame[DETAIL_COLUMNS].to_json(orient="records", lines=True).splitlines()
+            first = firsts.get(name)
+            first = itertools.repeat("") if first is None else list(first)
             batches.append(zip(itertools.repeat(night), keys, *(frame[c].tolist() for c in
-                               ("policy_id", "action", "project_id", "subject_id", "state")), details))
+                               ("policy_id", "action", "project_id", "subject_id", "state")), details, first))
         batches.append(((night, *row) for row in carried))
         rows = itertools.chain.from_iterable(batches)
         with self.transaction() as cur:
             cur.execute("DELETE FROM decision_nights WHERE as_of = ?", (night,))
             cur.executemany("INSERT OR REPLACE INTO decision_nights "
-                            "(as_of, decision_key, policy_id, action, project_id, subject_id, state, detail) "
-                            "VALUES (?,?,?,?,?,?,?,?)", rows)
+                            "(as_of, decision_key, policy_id, action, project_id, subject_id, state, detail, "
+                            "since) VALUES (?,?,?,?,?,?,?,?,?)", rows)
             cur.execute("INSERT OR REPLACE INTO runs VALUES (?,?,?,?,?,?)",
                         (night, run_id, policies_sha, out_dir, _now(), len(decisions)))
             kill_point("ledger")  # test hook: die with the transaction open
@@ -410,7 +411,8 @@ class Ledger:
         new/ongoing/resolved compare with), and every delivery still owed. Removed: older
         nights' decision rows and their delivered emails' records. One transaction."""
         keep_nights = max(1, int(keep_nights))
-        row = self.db.execute("SELECT as_of FROM runs ORDER BY as_of DESC LIMIT 1 OFFSET ?", (keep_nights - 1,)).fetchone()
+        row = self.db.execute("SELECT as_of FROM runs ORDER BY as_of DESC LIMIT 1 OFFSET ?",
+                              (keep_nights - 1,)).fetchone()
         if row is None:
             return {"decision_nights": 0, "deliveries": 0}
         oldest_kept = row[0]
@@ -429,120 +431,8 @@ class Ledger:
 
     def attempt_finished(self, night: str, status: str) -> None:
         with self.transaction() as cur:
-            cur.execute("UPDATE nightly_attempts SET finished_at = ?, status = ? WHERE as_of = ?", (_now(), status, night))
-
-    # ---- deliveries: one row per report email, by Message-ID; its status moves only as DELIVERY_TRANSITIONS allows.
-
-    def delivery(self, message_id: str) -> dict | None:
-        cur = self.db.execute("SELECT * FROM deliveries WHERE message_id = ?", (message_id,))
-        row = cur.fetchone()
-        return dict(zip([c[0] for c in cur.description], row)) if row else None
-
-    def delivery_statuses(self, message_ids: Iterable[str]) -> dict[str, str]:
-        """Message-ID -> status of those the ledger knows."""
-        wanted = list(message_ids)
-        statuses = {}
-        for start in range(0, len(wanted), 500):   # SQLite's limit on host parameters
-            chunk = wanted[start:start + 500]
-            statuses.update(self.db.execute(
-                f"SELECT message_id, status FROM deliveries WHERE message_id IN ({','.join('?' * len(chunk))})", chunk))
-        return statuses
-
-    def owe_deliveries(self, emails: Iterable[tuple[str, str, str, str, str]], *, outbox_only: bool = False,
-                       asked: bool = False):
-        """These emails (message_id, as_of, recipient, eml_path, manager) are in the outbox. One transaction.
-
-        New ones become `pending` (owed), or `outbox` with `outbox_only` (a night with no SMTP host:
-        not owed, never sent later unless asked). An `outbox` or `withdrawn` one becomes owed again;
-        with `asked` (`send --run`) a `permanent` one too (tried again; refused again, it is given up
-        again at once, its address's nights being counted). A delivered one does not change; a
-        failed or sending one keeps its status."""
-        target = "outbox" if outbox_only else "pending"
-        promote = [s for s in sources(target) if s is not None and (asked or s != "permanent")]
-        now = _now()
-        with self.transaction() as cur:
-            cur.executemany(
-                "INSERT INTO deliveries (message_id, as_of, recipient, eml_path, status, attempts, last_error, updated_at, manager) "
-                "VALUES (?, ?, ?, ?, ?, 0, '', ?, ?) "
-                "ON CONFLICT(message_id) DO UPDATE SET eml_path = excluded.eml_path, recipient = excluded.recipient, "
-                f"manager = excluded.manager, status = CASE WHEN status IN ({_quoted(promote)}) THEN excluded.status ELSE status END, "
-                "nights_tried = CASE WHEN status = 'permanent' AND excluded.status = 'pending' THEN 0 ELSE nights_tried END, "
-                "updated_at = excluded.updated_at WHERE deliveries.status != 'delivered'",
-                [(mid, as_of, recipient, path, target, now, manager) for mid, as_of, recipient, path, manager in emails])
-
-    def claim_delivery(self, message_id: str, as_of: str, recipient: str, eml_path: str, stale_after: float = 900) -> bool:
-        """Mark the email as being sent by this process (`claimed_at`, which nothing else writes);
-        False unless it is owed: a claim younger than `stale_after` seconds is another sender's."""
-        with self.transaction() as cur:
-            row = cur.execute("SELECT status, claimed_at FROM deliveries WHERE message_id = ?", (message_id,)).fetchone()
-            if row is None:
-                cur.execute("INSERT INTO deliveries (message_id, as_of, recipient, eml_path, status, attempts, last_error, "
-                            "updated_at, claimed_at) VALUES (?, ?, ?, ?, 'sending', 1, '', ?, ?)",
-                            (message_id, as_of, recipient, eml_path, _now(), _now()))
-                return True
-            status, claimed_at = row
-            fresh = status == "sending" and claimed_at >= _ago(stale_after)
-            if not allowed_delivery(status, "sending") or fresh:
-                return False
-            cur.execute("UPDATE deliveries SET status = 'sending', attempts = attempts + 1, eml_path = ?, updated_at = ?, "
-                        "claimed_at = ? WHERE message_id = ?", (eml_path, _now(), _now(), message_id))
-            return True
-
-    def _move(self, message_id: str, target: str, **columns):
-        sets = "".join(f", {name} = ?" for name in columns)
-        with self.transaction() as cur:
-            cur.execute(f"UPDATE deliveries SET status = ?, updated_at = ?{sets} WHERE message_id = ? "
-                        f"AND status IN ({_quoted(sources(target))})", (target, _now(), *columns.values(), message_id))
-
-    def delivery_sent(self, message_id: str):
-        self._move(message_id, "delivered", last_error="", nights_tried=0)
-
-    def delivery_failed(self, message_id: str, error: str):
-        """Still owed; `error` must already be free of credentials."""
-        self._move(message_id, "failed", last_error=error[:500])
-
-    def delivery_refused(self, message_id: str, error: str, night: str, nights: int) -> str:
-        """A refusal that trying again soon will not change (5xx). The nights it counts are its
-        recipient's: each night any email to that address was refused counts once, so a bad address
-        is given up after `nights` nights, not retried forever with a new report every night. On
-        the `nights`-th it is `permanent` (no longer owed), before that `failed`. Returns the status."""
-        row = self.delivery(message_id)
-        if row is None or row["status"] != "sending":
-            return row["status"] if row else ""
-        counted, tonight = self.db.execute(
-            "SELECT coalesce(max(nights_tried), 0), coalesce(max(last_night_tried = ?), 0) FROM deliveries "
-            "WHERE lower(recipient) = lower(?) AND status != 'delivered'", (night, row["recipient"])).fetchone()
-        tried = counted + (0 if tonight else 1)
-        target = "permanent" if tried >= nights else "failed"
-        self._move(message_id, target, last_error=error[:500], nights_tried=tried, last_night_tried=night)
-        return target
-
-    def withdraw_delivery(self, message_id: str):
-        self._move(message_id, "withdrawn")
-
-    def deliveries_owed(self, stale_after: float = 900, as_of: str | None = None) -> list[dict]:
-        """Emails owed (pending, failed, or claimed by a sender that died over `stale_after` seconds
-        ago), oldest night first; only the night `as_of`'s when given."""
-        night = "" if as_of is None else "AND as_of = ? "
-        cur = self.db.execute(
-            "SELECT * FROM deliveries WHERE (status IN ('pending', 'failed') OR (status = 'sending' AND claimed_at < ?)) "
-            f"{night}ORDER BY as_of, message_id", (_ago(stale_after),) + (() if as_of is None else (as_of,)))
-        names = [c[0] for c in cur.description]
-        return [dict(zip(names, r)) for r in cur.fetchall()]
-
-    def deliveries_owed_count(self, as_of: str | None = None) -> int:
-        """How many emails are owed (of the night `as_of`), a claim of any age included: not delivered either."""
-        night = "" if as_of is None else " AND as_of = ?"
-        return self.db.execute(f"SELECT count(*) FROM deliveries WHERE status IN ({_quoted(OWED)}){night}",
-                               () if as_of is None else (as_of,)).fetchone()[0]
-
-
-def _quoted(statuses) -> str:
-    return ", ".join(f"'{s}'" for s in statuses if s is not None)
-
-
-def _ago(seconds: float) -> str:
-    return (dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=seconds)).isoformat(timespec="seconds")
+            cur.execute("UPDATE nightly_attempts SET finished_at = ?, status = ? WHERE as_of = ?",
+                        (_now(), status, night))
 
 
 def _decision(detail: str) -> dict:
@@ -554,10 +444,6 @@ def _decision(detail: str) -> dict:
     if not isinstance(evidence, str):
         row["evidence"] = "" if evidence is None else json.dumps(evidence, sort_keys=True)
     return row
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
 # ---- the nightly job's view of the ledger: what is done, what is owed

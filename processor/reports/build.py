@@ -160,15 +160,18 @@ def environment() -> Environment:
 def _mentioned(frame: pd.DataFrame, key: str, among: pa.Array, *columns: str) -> list[pa.Array]:
     """The key and the columns, as text, of the frame's rows whose key is among `among`."""
     keep = pc.fill_null(pc.is_in(_text(frame[key]), value_set=among), False)
-    return [_text(pa.array(frame[c], from_pandas=True).filter(keep)) for c in (key, *columns)]  # the few rows kept, made text
+    # the few rows kept, made text
+    return [_text(pa.array(frame[c], from_pandas=True).filter(keep)) for c in (key, *columns)]
 
 
 def _projects_and_people(keys: dict[str, pa.Array], projects: pd.DataFrame, users: pd.DataFrame) -> dict[str, _Lookup]:
     """Lookups of what the decisions' projects are called and who their client and talent are, and
     of the names and emails of the people the decisions and those projects name."""
-    project_id, title, client_id, talent_id = _mentioned(projects, "project_id", keys["project_id"], "title", "client_id",
+    project_id, title, client_id, talent_id = _mentioned(projects, "project_id", keys["project_id"], "title",
+                                                         "client_id",
                                                          "talent_id")
-    named = pa.concat_arrays([keys[c] for c in ("subject_id", "assignee_id", "project_success_id")] + [client_id, talent_id])
+    named = pa.concat_arrays([keys[c] for c in ("subject_id", "assignee_id",
+                                                "project_success_id")] + [client_id, talent_id])
     user_id, name, email = _mentioned(users, "user_id", named, "name", "email")
     user_id = _plain(user_id)
     return {"titles": _Lookup(_plain(project_id), _plain(title)), "clients": _Lookup(project_id, client_id),
@@ -251,7 +254,8 @@ def build_reports(decisions: pd.DataFrame, projects: pd.DataFrame, milestones: p
         return []
     # Only the rows the decisions mention reach a report: those are looked up (by Arrow's kernels,
     # which let go of the GIL) on other threads while the rows are put in report order here.
-    keys = {c: _text(decisions[c]) for c in ("project_id", "milestone_id", "subject_id", "assignee_id", "project_success_id")}
+    keys = {c: _text(decisions[c]) for c in ("project_id", "milestone_id", "subject_id", "assignee_id",
+                                             "project_success_id")}
     with ThreadPoolExecutor(2) as threads:
         looking_up = threads.submit(_projects_and_people, keys, projects, users)
         milestone_titles = threads.submit(_milestone_titles, keys, milestones)
@@ -276,7 +280,8 @@ def build_reports(decisions: pd.DataFrame, projects: pd.DataFrame, milestones: p
         # what the overview's columns count (new, ongoing, at risk, flagged), as before the sections changed
         counts.update(zip(("new", "ongoing", "at_risk", "flagged"), per_old[m, :4].tolist()))
         others = [f"{counts[k]:,} {label}" for k, label in
-                  (("platform", "for the platform"), ("still_open", "still open"), ("resolved", "resolved")) if counts[k]]
+                  (("platform", "for the platform"), ("still_open", "still open"), ("resolved", "resolved"))
+                  if counts[k]]
         subject = f"Shakers policy report, night of {as_of}: {counts['act_now']:,} to act on now" \
             + (f" ({', '.join(others)})" if others else "")
         reports.append(ManagerReport(
@@ -328,7 +333,8 @@ def render_reports(reports: list[ManagerReport], encoded: bool = False) -> Itera
     night = reports[0].night
     sizes = [r.rows.stop - r.rows.start for r in reports]
     at = np.concatenate([np.arange(r.rows.start, r.rows.stop) for r in reports] + [np.zeros(0, dtype=np.int64)])
-    rows = _looked_up(night.decisions, night.shown[at], night.people, night.milestone_titles, night.titles, night.clients,
+    rows = _looked_up(night.decisions, night.shown[at], night.people, night.milestone_titles, night.titles,
+                      night.clients,
                       night.talents)
     cuts = np.cumsum([0] + sizes)
     width = len(SECTION_KEYS)

@@ -89,13 +89,15 @@ def _evidence_words(text: str) -> dict[str, str | None]:
         d = int(facts["most_days_overdue"])
         most = f"the most overdue invoice is {_plural(d, 'day')} late" if d > 0 else "no invoice is overdue any more"
     status = facts.get("milestone_status")
-    release = clauses("the client validated the work, so the held money is due to the payee" if status == "validated" else None,
+    release = clauses("the client validated the work, so the held money is due to the payee" if status == "validated"
+                      else None,
                       "the money was released but the client never validated the work"
                       if status == "released" and facts.get("has_validated_at") is False else None,
                       "the milestone's payee is the project's own client, so its money would go back to the payer"
                       if facts.get("payee_is_client") is True else None)
     # thresholds no phrase above speaks of (a policy editor's new ones) still show, by name
-    spoken = {"contact_loss_unanswered_attempts", "contact_loss_days_since_oldest", "contact_loss_attempts_by_project_success",
+    spoken = {"contact_loss_unanswered_attempts", "contact_loss_days_since_oldest",
+              "contact_loss_attempts_by_project_success",
               "at_risk_unanswered_attempts", "invoice_grace_days"}
     # said as a figure, never by the threshold's internal name: a day count as days
     others = [_plural(int(v), "day") if k.endswith("_days") and str(v).lstrip("-").isdigit() else plain(v)
@@ -103,7 +105,8 @@ def _evidence_words(text: str) -> dict[str, str | None]:
     return {"party": str(facts.get("party") or ""), "unanswered": unanswered, "limits": limit_clauses,
             "user_rejected": "1" if facts.get("user_status") == "rejected" else None,
             "middle": clauses(*roles, hold, decided, answered, nobody), "overdue": overdue, "most": most,
-            "gap_cents": str(int(facts["escrow_gap_cents"])) if "escrow_gap_cents" in facts else None, "release": release,
+            "gap_cents": str(int(facts["escrow_gap_cents"])) if "escrow_gap_cents" in facts else None,
+            "release": release,
             "limit_suffix": f" (the rule's limit: {', '.join(others)})" if others else ""}
 
 
@@ -139,10 +142,12 @@ def _looked_up(decisions: pd.DataFrame, order: np.ndarray, people: _Lookup, mile
     (table["_milestone_title"],) = milestone_titles.get(_plain(table["milestone_id"]))
     (table["_title"],) = titles.get(project)
     (table["_client_id"],), (table["_talent_id"],) = clients.get(table["project_id"]), talents.get(table["project_id"])
-    table["_subject_name"], by_plain_subject, by_assignee, by_payee, table["_client_name"], table["_talent_name"] = people.get(
-        table["subject_id"], subject, assignee, payee, table["_client_id"], table["_talent_id"])
+    (table["_subject_name"], by_plain_subject, by_assignee, by_payee, table["_client_name"],
+     table["_talent_name"]) = people.get(table["subject_id"], subject, assignee, payee, table["_client_id"],
+                                         table["_talent_id"])
     table["_subject_label"], table["_assignee_label"], table["_payee_label"] = (
-        _or(_or(name, ids), "—") for name, ids in ((by_plain_subject, subject), (by_assignee, assignee), (by_payee, payee)))
+        _or(_or(name, ids), "—") for name, ids in ((by_plain_subject, subject), (by_assignee, assignee),
+                                                   (by_payee, payee)))
     for consumed in ("evidence", "assignee_id", "_ev_gap_cents"):  # said in the columns above
         del table[consumed]
     return pa.table(table)
@@ -167,7 +172,8 @@ def _whys(rows) -> pa.Array:
         _arg(rows["_ev_middle"]),
         _cat("invoice ", _plain(rows["invoice_id"]), _if(_present(money), _cat(" (", money, ")")), rows["_ev_overdue"]),
         _arg(rows["_ev_most"]),
-        _if(_present(money), _cat("escrow holds ", gap, " less than the milestone's ", money), _cat("escrow is ", gap, " short")),
+        _if(_present(money), _cat("escrow holds ", gap, " less than the milestone's ", money),
+            _cat("escrow is ", gap, " short")),
         _arg(rows["_ev_release"]),
         _arg("; "), null_handling="skip")
     said = _present(sentence)
@@ -179,7 +185,8 @@ def why(decision: Mapping, people: Mapping[str, str]) -> str:
     """The why of one decision (a row of the decisions as a mapping, names by user id): see _whys.
 
     `_party` (client or talent) and `_party_user` (who that party is) may say whom a party-fact is about."""
-    row = {c: _text([decision.get(c) or ""]) for c in ("evidence", "subject_id", "invoice_id", "amount", "currency", "_party")}
+    row = {c: _text([decision.get(c) or ""]) for c in ("evidence", "subject_id", "invoice_id", "amount", "currency",
+                                                       "_party")}
     row.update(_evidence_columns(row["evidence"]))
     row["_money"] = _text([format_money(decision.get("amount"), decision.get("currency"))])
     gap = row["_ev_gap_cents"][0].as_py()
@@ -203,10 +210,12 @@ _TO_DO: dict[str, Callable[[dict[str, pa.Array]], pa.Array] | str] = {
     Action.REJECT_USER: lambda c: _cat("Reject ", c["subject"], " from the platform"),
     Action.ASSIGN_TOP_SHAKER: lambda c: _cat("Assign Top Shaker ", c["assignee"], " to take over"),
     Action.REASSIGN_MILESTONE: lambda c: _cat(
-        "Move ", _if(_present(c["ms_id"]), _cat(c["ms_title"], " (", c["ms_id"], _if(_present(c["money"]), _cat(", ", c["money"])), ")"),
+        "Move ", _if(_present(c["ms_id"]), _cat(c["ms_title"], " (", c["ms_id"], _if(_present(c["money"]),
+                                                                                     _cat(", ", c["money"])), ")"),
                      "the milestone"), " to ", c["assignee"]),
     Action.NOTIFY_TALENT_NON_PAYMENT: lambda c: _cat("Tell ", c["subject"], " that invoice ", c["invoice_id"],
-                                                _if(_present(c["money"]), _cat(" (", c["money"], ")")), " is unpaid: continue or halt"),
+                                                _if(_present(c["money"]), _cat(" (", c["money"], ")")),
+                                                " is unpaid: continue or halt"),
     Action.RESUME_PROJECT: "Resume the project",
     Action.FLAG_FOR_REVIEW: lambda c: _cat("Review: ", _or(c["reason"], "flagged"),
                                       _if(_present(c["subject_id"]), _cat(" — ", c["subject"]))),
@@ -220,7 +229,8 @@ def _actions(rows) -> tuple[pa.Array, pa.Array]:
     columns = {"money": money, "reason": _words_of(rows["reason"]), "subject": _text(rows["_subject_label"]),
                "assignee": _text(rows["_assignee_label"]), "payee": _text(rows["_payee_label"]),
                "ms_id": _plain(rows["milestone_id"]), "ms_title": _or(_text(rows["_milestone_title"]), "milestone"),
-               "invoice_id": _plain(rows["invoice_id"]), "subject_id": _plain(rows["subject_id"]), "action": _text(rows["action"])}
+               "invoice_id": _plain(rows["invoice_id"]), "subject_id": _plain(rows["subject_id"]),
+               "action": _text(rows["action"])}
     # Each action's sentences are written for its own rows only, then all rows put back in their order.
     encoded = pc.dictionary_encode(columns["action"])
     kind = encoded.indices.to_numpy(zero_copy_only=False)
@@ -240,5 +250,6 @@ def _actions(rows) -> tuple[pa.Array, pa.Array]:
     with_money = np.flatnonzero(_present(money).to_numpy(zero_copy_only=False))
     said = np.zeros(len(text), dtype=bool)
     said[with_money] = np.strings.find(np.asarray(text.take(with_money).to_numpy(zero_copy_only=False), dtype=string),
-                                       np.asarray(money.take(with_money).to_numpy(zero_copy_only=False), dtype=string)) >= 0
+                                       np.asarray(money.take(with_money).to_numpy(zero_copy_only=False),
+                                                  dtype=string)) >= 0
     return text, _if(pa.array(said), "", money)
