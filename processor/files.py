@@ -294,8 +294,8 @@ def json_lines(frame: pd.DataFrame, json_columns: tuple[str, ...] = ()) -> pa.Ar
     lines = arrowtext.concat(*parts, "}")
     if unplain.any():
         where = np.flatnonzero(unplain)
-        lines = pc.replace_with_mask(lines, pa.array(unplain), pa.array(_pandas_json_lines(frame.iloc[where], json_columns),
-                                                                         pa.large_string()))
+        replaced = pa.array(_pandas_json_lines(frame.iloc[where], json_columns), pa.large_string())
+        lines = pc.replace_with_mask(lines, pa.array(unplain), replaced)
     return lines
 
 
@@ -308,7 +308,8 @@ def _pandas_json_lines(frame: pd.DataFrame, json_columns: tuple[str, ...]) -> li
         if segment:
             text = frame[segment].to_json(orient="records", lines=True, force_ascii=True)
             # pandas escapes every "/" as "\/" (valid JSON, but noisy); a "\/" is always that escape.
-            inner = pd.Series(text.rstrip("\n").split("\n"), index=frame.index).str.slice(1, -1).str.replace("\\/", "/", regex=False)
+            inner = pd.Series(text.rstrip("\n").split("\n"), index=frame.index).str.slice(1, -1)
+            inner = inner.str.replace("\\/", "/", regex=False)
             pieces.append(inner)
             segment.clear()
 

@@ -45,17 +45,21 @@ from rules.yamlnodes import _compose, _PlainLoader, _text_keys
 def parse_policies(text: str, filename: str = "policies.yaml") -> PolicySet:
     """Check a policies document given as text; raise PolicyError listing every problem."""
     if len(text.encode("utf-8", "replace")) > MAX_FILE_BYTES:
-        raise PolicyError(filename, [Problem(1, 1, f"the file is larger than {MAX_FILE_BYTES // 1_000_000} MB — a policies file is a few hundred lines; is this the right file?",
+        raise PolicyError(filename, [Problem(1, 1, f"the file is larger than {MAX_FILE_BYTES // 1_000_000} MB — a "
+                                                   f"policies file is a few hundred lines; is this the right file?",
                                              beyond_schema=True)])
     root, problems = _compose(text, filename)
     if root is None:
-        raise PolicyError(filename, problems or [Problem(1, 1, "the file is empty — it must hold 'version', 'thresholds' and 'policies'")])
+        raise PolicyError(filename, problems or [Problem(1, 1, "the file is empty — it must hold 'version', "
+                                                               "'thresholds' and 'policies'")])
     ck = _Checker(problems)
     if isinstance(root.value, str):
-        ck.bad(root, f"this is not a policies file: it reads as plain text ({_shown(root.value)}), not as 'key: value' lines — "
+        ck.bad(root, f"this is not a policies file: it reads as plain text ({_shown(root.value)}), not as 'key: "
+                     f"value' lines — "
                      f"it must hold 'version', 'thresholds' and 'policies'")
         raise PolicyError(filename, ck.problems)
-    top = ck.mapping(root, "the policies file", TOP_LEVEL_KEYS, required=REQUIRED_TOP_LEVEL_KEYS, misplaced=_MISPLACED_AT_TOP)
+    top = ck.mapping(root, "the policies file", TOP_LEVEL_KEYS, required=REQUIRED_TOP_LEVEL_KEYS,
+                     misplaced=_MISPLACED_AT_TOP)
     if top is None:
         raise PolicyError(filename, ck.problems)
     version = top.get("version")
@@ -67,7 +71,8 @@ def parse_policies(text: str, filename: str = "policies.yaml") -> PolicySet:
     pnode = top.get("policies")
     if pnode is not None:
         if not isinstance(pnode.value, list) or not pnode.value:
-            what = "it is empty" if isinstance(pnode.value, list) or pnode.value is None else f"got {_kind(pnode.value)}"
+            what = "it is empty" if isinstance(pnode.value,
+                                               list) or pnode.value is None else f"got {_kind(pnode.value)}"
             ck.bad(pnode, f"'policies' must be a list of policies (each starting with '- id:'), {what}")
         else:
             seen: dict[str, int] = {}
@@ -78,11 +83,13 @@ def parse_policies(text: str, filename: str = "policies.yaml") -> PolicySet:
     tests = sum(engine_size(p)[1] for p in policies)
     if tests > MAX_ENGINE_TESTS and pnode is not None:
         ck.bad(pnode, f"the policies make {tests} tests in all, the rules engine holds at most {MAX_ENGINE_TESTS} — "
-                      "a policies file is a few dozen policies; remove some, or merge tests into one_of lists", beyond_schema=True)
+                      "a policies file is a few dozen policies; remove some, or merge tests into one_of lists",
+                      beyond_schema=True)
     if ck.problems:
         raise PolicyError(filename, ck.problems)
     notes = _unused(top, thresholds, named, policies, ck.referenced)
-    return PolicySet(filename, hashlib.sha256(text.encode()).hexdigest(), SUPPORTED_VERSION, thresholds, policies, named, notes)
+    return PolicySet(filename, hashlib.sha256(text.encode()).hexdigest(), SUPPORTED_VERSION, thresholds, policies,
+                     named, notes)
 
 
 def read_text(path: str | Path) -> str:
@@ -97,18 +104,23 @@ def read_text(path: str | Path) -> str:
             os.close(fd)
             if stat.S_ISDIR(mode):
                 raise IsADirectoryError
-            kind = "a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file"
-            raise PolicyError(name, [Problem(1, 1, f"this is {kind}, not a file — give the policies file itself, e.g. policies.yaml")])
+            kind = "a FIFO (named pipe)" if stat.S_ISFIFO(mode) \
+                else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file"
+            raise PolicyError(name, [Problem(1, 1, f"this is {kind}, not a file — give the policies file itself, e.g. "
+                                                   f"policies.yaml")])
         with os.fdopen(fd, "rb") as handle:
             raw = handle.read(MAX_FILE_BYTES + 1)
     except FileNotFoundError:
-        raise PolicyError(name, [Problem(1, 1, "no such file — give the policies file with --policies, or run from the directory holding policies.yaml")]) from None
+        raise PolicyError(name, [Problem(1, 1, "no such file — give the policies file with --policies, or run from "
+                                               "the directory holding policies.yaml")]) from None
     except IsADirectoryError:
-        raise PolicyError(name, [Problem(1, 1, "this is a directory — give the policies file itself, e.g. policies.yaml")]) from None
+        raise PolicyError(name, [Problem(1, 1, "this is a directory — give the policies file itself, "
+                                               "e.g. policies.yaml")]) from None
     except OSError as e:
         raise PolicyError(name, [Problem(1, 1, f"cannot be read: {e.strerror}")]) from None
     if len(raw) > MAX_FILE_BYTES:
-        raise PolicyError(name, [Problem(1, 1, f"the file is larger than {MAX_FILE_BYTES // 1_000_000} MB — a policies file is a few hundred lines; is this the right file?",
+        raise PolicyError(name, [Problem(1, 1, f"the file is larger than {MAX_FILE_BYTES // 1_000_000} MB — a "
+                                               f"policies file is a few hundred lines; is this the right file?",
                                          beyond_schema=True)])
     try:
         text = raw.decode("utf-8")

@@ -65,15 +65,18 @@ class _Loader(yaml.SafeLoader):
         mark = event.start_mark
         if isinstance(event, yaml.AliasEvent):
             self.get_event()
-            self._refuse("alias", mark, f"'*{event.anchor}' repeats another part of the file — aliases are not used in a policies file: write the value out")
+            self._refuse("alias", mark, f"'*{event.anchor}' repeats another part of the file — aliases are not used "
+                                        f"in a policies file: write the value out")
             return yaml.ScalarNode("tag:yaml.org,2002:null", "", mark, event.end_mark)
         if getattr(event, "anchor", None):
-            self._refuse("anchor", mark, f"'&{event.anchor}' names a part of the file for reuse — anchors are not used in a policies file: remove it")
+            self._refuse("anchor", mark, f"'&{event.anchor}' names a part of the file for reuse — anchors are not "
+                                         f"used in a policies file: remove it")
             event.anchor = None
         self.depth += 1
         try:
             if self.depth > MAX_DEPTH:
-                raise _TooDeep(None, None, f"blocks are nested more than {MAX_DEPTH} levels deep here — a policies file needs a few; check the indentation", mark)
+                raise _TooDeep(None, None, f"blocks are nested more than {MAX_DEPTH} levels deep here — a policies "
+                                           f"file needs a few; check the indentation", mark)
             return super().compose_node(parent, index)
         finally:
             self.depth -= 1
@@ -89,14 +92,16 @@ class _PlainLoader(_Loader):
             p = self.refused[0]
             raise yaml.composer.ComposerError(None, None, f"line {p.line}: {p.message}", None)
         if node.tag not in _STANDARD_TAGS:
-            raise yaml.composer.ComposerError(None, None, f"the YAML tag '{node.tag}' is not used in a policies file", node.start_mark)
+            raise yaml.composer.ComposerError(None, None, f"the YAML tag '{node.tag}' is not used in a policies file",
+                                              node.start_mark)
         return node
 
 
 def _to_nodes(node: yaml.Node, problems: list[Problem]) -> _Node:
     line, col = node.start_mark.line + 1, node.start_mark.column + 1
     if node.tag not in _STANDARD_TAGS:
-        problems.append(Problem(line, col, f"the YAML tag '{node.tag}' is not used in a policies file — remove it", beyond_schema=True))
+        problems.append(Problem(line, col, f"the YAML tag '{node.tag}' is not used in a policies file — remove it",
+                                beyond_schema=True))
         return _Node(None, line, col)
     if isinstance(node, yaml.MappingNode):
         values: dict[str, _Node] = {}
@@ -104,11 +109,13 @@ def _to_nodes(node: yaml.Node, problems: list[Problem]) -> _Node:
         for knode, vnode in node.value:
             key = _to_nodes(knode, problems)
             if not isinstance(key.value, str):
-                problems.append(Problem(key.line, key.col, f"{_shown(key.value)} cannot be a key here — keys are words such as 'id' or 'when'"))
+                problems.append(Problem(key.line, key.col, f"{_shown(key.value)} cannot be a key here — keys are "
+                                                           f"words such as 'id' or 'when'"))
                 continue
             if key.value in values:
                 first = keys[key.value]
-                problems.append(Problem(key.line, key.col, f"'{key.value}' is written twice in the same block (first on line {first.line}) — keep one",
+                problems.append(Problem(key.line, key.col, f"'{key.value}' is written twice in the same block (first "
+                                                           f"on line {first.line}) — keep one",
                                         beyond_schema=True))
             values[key.value] = _to_nodes(vnode, problems)
             keys[key.value] = key
@@ -120,7 +127,8 @@ def _to_nodes(node: yaml.Node, problems: list[Problem]) -> _Node:
     try:
         value = _SCALARS.yaml_constructors[node.tag](_SCALARS, node)
     except (ValueError, yaml.YAMLError):
-        problems.append(Problem(line, col, f"'{node.value}' is not a {node.tag.rsplit(':', 1)[-1]} — remove the tag or fix the value", beyond_schema=True))
+        problems.append(Problem(line, col, f"'{node.value}' is not a {node.tag.rsplit(':', 1)[-1]} — remove the tag "
+                                           f"or fix the value", beyond_schema=True))
         value = None
     return _Node(value, line, col)
 
@@ -146,14 +154,16 @@ def _compose(text: str, filename: str) -> tuple[_Node | None, list[Problem]]:
             docs.append(loader.get_node())
             if len(docs) > 1:
                 mark = docs[1].start_mark
-                problems.append(Problem(mark.line + 1, 1, "a second YAML document ('---') starts here — keep one document per file"))
+                problems.append(Problem(mark.line + 1, 1, "a second YAML document ('---') starts here — keep one "
+                                                          "document per file"))
                 break
     except _TooDeep as e:
         mark = e.problem_mark
         raise PolicyError(filename, [Problem(mark.line + 1, mark.column + 1, e.problem, beyond_schema=True)]) from None
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
-        raise PolicyError(filename, [Problem(mark.line + 1 if mark else 1, mark.column + 1 if mark else 1, _yaml_sentence(e))]) from None
+        raise PolicyError(filename, [Problem(mark.line + 1 if mark else 1, mark.column + 1 if mark else 1,
+                                             _yaml_sentence(e))]) from None
     except yaml.reader.ReaderError as e:
         raise PolicyError(filename, [_unreadable_character(text, e)]) from None
     except yaml.YAMLError as e:
@@ -172,7 +182,8 @@ def _unreadable_character(text: str, e: yaml.reader.ReaderError) -> Problem:
     position = max(0, min(e.position, len(text)))
     line = text.count("\n", 0, position) + 1
     col = position - (text.rfind("\n", 0, position) + 1) + 1
-    return Problem(line, col, f"the control character U+{e.character:04X} cannot be in a policies file — delete it (it is invisible in most editors)")
+    return Problem(line, col, f"the control character U+{e.character:04X} cannot be in a policies file — delete it "
+                              f"(it is invisible in most editors)")
 
 
 def _yaml_sentence(e: yaml.MarkedYAMLError) -> str:
@@ -184,10 +195,12 @@ def _yaml_sentence(e: yaml.MarkedYAMLError) -> str:
         opened = "[" if "sequence" in context else "{"
         return f"this is not valid YAML: the '{opened}' opened on line {e.context_mark.line + 1} is never closed"
     if "mapping values are not allowed" in what:
-        return ("this is not valid YAML: a ':' where a new 'key: value' cannot start — check the indentation of this line "
+        return ("this is not valid YAML: a ':' where a new 'key: value' cannot start — check the indentation of this "
+                "line "
                 "against the line above, or put quotes around a text containing ': '")
     if "expected <block end>" in what or "expected <block end>" in context:
-        return "this is not valid YAML: this line is indented differently from the lines of its block — line it up with them"
+        return ("this is not valid YAML: this line is indented differently from the lines of its block — line it up "
+                "with them")
     if "could not find expected ':'" in what:
         return "this is not valid YAML: a line here is missing the ':' after its key, or a quote is not closed"
     if "found character" in what and "cannot start any token" in what:

@@ -24,4 +24,5 @@ def test_joined_between_is_the_values_between_cuts_end_to_end(values, data):
     array = pa.array(["-", *values, "+"], pa.large_string()).slice(1, len(values))   # an offset into shared bytes
     cuts = sorted(data.draw(st.lists(st.integers(0, len(values)), max_size=8)))
     cuts = [0, *cuts, len(values)]
-    assert joined_between(array, np.array(cuts)).to_pylist() == ["".join(values[a:b]) for a, b in zip(cuts[:-1], cuts[1:])]
+    assert joined_between(array, np.array(cuts)).to_pylist() == ["".join(values[a:b]) for a,
+                                                                 b in zip(cuts[:-1], cuts[1:])]

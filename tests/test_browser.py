@@ -124,7 +124,8 @@ def night_run(tmp_path_factory):
     saved = os.environ.pop("SHAKERS_SMTP_HOST", None)
     try:
         export = busy_night().write(tmp / "export")
-        result = run_night(export, policies_path=ROOT / "policies.yaml", out_dir=tmp / "run", ledger_path=tmp / "ledger.sqlite",
+        result = run_night(export, policies_path=ROOT / "policies.yaml", out_dir=tmp / "run",
+                           ledger_path=tmp / "ledger.sqlite",
                            workers=0, as_of=AS_OF)
     finally:
         if saved is not None:
@@ -308,7 +309,8 @@ def test_the_demo_email_needs_no_horizontal_scrolling_and_opens_on_act_now(demo_
     assert 0 < seen["act_now_top"] < seen["height"], f"'Act now' is below the fold at {size}: {seen}"
 
 
-@pytest.mark.parametrize("size, name", [("1200,900", "report-email-desktop.png"), ("390,844", "report-email-phone.png")])
+@pytest.mark.parametrize("size, name", [("1200,900", "report-email-desktop.png"),
+                                        ("390,844", "report-email-phone.png")])
 def test_the_demo_email_screenshots_are_painted(demo_email, tmp_path, size, name):
     png = screenshot(tmp_path, demo_email, name, size)
     width, height, _rows = png_pixels(png)

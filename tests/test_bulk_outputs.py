@@ -56,7 +56,8 @@ def test_ledger_keys_built_column_wise_are_the_joined_key_columns():
 
 # Text as the night's outputs can hold it: ids, sentences, JSON, names in any script,
 # and the characters CSV and JSON have to quote or escape.
-_text = st.text(alphabet=st.sampled_from(list('aZ09 ,"\\/\n\r\t{}:é€😀\x00\x7f')) | st.characters(exclude_categories=("Cs",)), max_size=12)
+_text = st.text(alphabet=st.sampled_from(list('aZ09 ,"\\/\n\r\t{}:é€😀\x00\x7f'))
+                | st.characters(exclude_categories=("Cs",)), max_size=12)
 
 
 # Ids, dates and enumerations: text neither CSV nor JSON has to quote or escape (the writers' fast path).
@@ -71,7 +72,8 @@ def _column(draw, rows: int) -> list:
     if draw(st.booleans()):
         values = values | st.none()
     if draw(st.booleans()):
-        return draw(st.lists(st.sampled_from(draw(st.lists(values, min_size=1, max_size=3))), min_size=rows, max_size=rows))
+        return draw(st.lists(st.sampled_from(draw(st.lists(values, min_size=1, max_size=3))), min_size=rows,
+                             max_size=rows))
     return draw(st.lists(values, min_size=rows, max_size=rows))
 
 
@@ -92,7 +94,8 @@ def test_csv_reads_back_as_the_frame_and_quotes_only_what_needs_it_unless_a_lone
     path = tmp_path_factory.mktemp("csv") / "f.csv"
     files.write_csv(path, frame)
     with open(path, encoding="utf-8", newline="") as f:
-        assert list(csv.reader(f)) == [list(frame.columns)] + frame.astype(object).where(frame.notna(), "").values.tolist()
+        assert list(csv.reader(f)) == [list(frame.columns)] + frame.astype(object).where(frame.notna(),
+                                                                                         "").values.tolist()
     # The csv module leaves a lone carriage return bare (a reader then splits the row there): all quoted then.
     cr = any("\r" in str(n) for n in frame.columns) or \
         frame.astype(object).map(lambda v: isinstance(v, str) and "\r" in v).any().any()
@@ -118,13 +121,16 @@ def test_json_lines_built_column_wise_are_what_pandas_encodes(frame):
 def test_a_column_needs_no_quoting_when_no_value_holds_what_csv_quotes_or_json_escapes(values):
     printable = {chr(c) for c in range(0x20, 0x7f)} - set('",\\')
     assert arrowtext.needs_no_quoting(pa.array(values, pa.large_string())) == all(set(v) <= printable for v in values)
-    assert arrowtext.needs_no_quoting(pa.array(values, pa.large_string()).slice(1)) == all(set(v) <= printable for v in values[1:])
+    assert arrowtext.needs_no_quoting(pa.array(values, pa.large_string()).slice(1)) == all(set(v) <= printable
+                                                                                           for v in values[1:])
     # What is not plain may come only after many bytes that are.
-    assert arrowtext.needs_no_quoting(pa.array(["P0000001"] * 1000 + values, pa.large_string())) == all(set(v) <= printable for v in values)
+    assert arrowtext.needs_no_quoting(pa.array(["P0000001"] * 1000 + values,
+                                               pa.large_string())) == all(set(v) <= printable for v in values)
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(_text | st.none(), min_size=1, max_size=3).flatmap(lambda pool: st.lists(st.sampled_from(pool), max_size=12)))
+@given(st.lists(_text | st.none(), min_size=1, max_size=3).flatmap(lambda pool: st.lists(st.sampled_from(pool),
+                                                                                         max_size=12)))
 def test_a_function_worked_out_on_the_distinct_values_gives_what_it_gives_on_all(values):
     values = pa.array(values, pa.large_string())
     for function in (pc.utf8_upper, lambda v: pc.replace_substring(v, '"', '""')):

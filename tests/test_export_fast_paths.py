@@ -179,7 +179,8 @@ _OTHERS = st.one_of(_IDS, _PREFIXED, _LONG, _NUMBERED, st.text(alphabet="AUé0",
 
 @settings(max_examples=400, deadline=None)
 @given(
-    st.one_of(st.sets(_IDS, max_size=8), st.sets(_PREFIXED, max_size=8), st.sets(st.one_of(_PREFIXED, _LONG), max_size=8),
+    st.one_of(st.sets(_IDS, max_size=8), st.sets(_PREFIXED, max_size=8), st.sets(st.one_of(_PREFIXED, _LONG),
+                                                                                 max_size=8),
               st.sets(_NUMBERED, max_size=8)),
     st.data(),
 )

@@ -210,7 +210,8 @@ def test_rows_rejected_because_they_point_to_a_rejected_row_count_towards_their_
         night.user(f"X{i:02d}", "client")
     night.user("PS2", "project_success")
     night.project("P99", ps="PS2")
-    night.rows["users"][0]["email"] = "nobody"  # PS1: 1 user of 34, within the limit, but 20 of the 21 projects are hers
+    # PS1: 1 user of 34, within the limit, but 20 of the 21 projects are hers
+    night.rows["users"][0]["email"] = "nobody"
 
     with pytest.raises(InvalidExport) as refused:
         read_export(night.write(tmp_path / "export"), max_reject_share=0.1)
@@ -267,7 +268,8 @@ def test_an_id_longer_than_256_characters_is_a_rejected_row_with_the_limit_in_it
 
     projects = export.rejects[export.rejects["table"] == "projects"]
     assert projects["row"].tolist() == [1] and projects["column"].tolist() == ["project_id"]
-    assert f"is {MAX_ID_LENGTH + 1} characters long, more than the {MAX_ID_LENGTH} an id may have" in projects["reason"].iloc[0]
+    assert (f"is {MAX_ID_LENGTH + 1} characters long, more than the {MAX_ID_LENGTH} an id may have"
+            in projects["reason"].iloc[0])
     # The rejects file gets the start of the value, not all of it.
     assert len(projects["value"].iloc[0]) < 50 and len(projects["record_id"].iloc[0]) < 50
     assert "Q" * MAX_ID_LENGTH in set(export.tables["projects"]["project_id"])
@@ -339,7 +341,8 @@ def test_a_manifest_that_is_not_a_small_regular_file_gets_a_sentence_not_a_hang(
 def test_a_deeply_nested_manifest_is_an_invalid_export(tmp_path, refused, depth):
     export = a_night().write(tmp_path / "bad")
     manifest = json.loads((export / "manifest.json").read_text())
-    (export / "manifest.json").write_text(json.dumps(manifest)[:-1] + ', "x": ' + "[" * (depth - 1) + "]" * (depth - 1) + "}")
+    deep = "[" * (depth - 1) + "]" * (depth - 1)
+    (export / "manifest.json").write_text(json.dumps(manifest)[:-1] + ', "x": ' + deep + "}")
 
     assert "manifest.json nests more than 20 levels deep" in refused(export)
 
@@ -416,7 +419,8 @@ def test_the_nightly_command_takes_max_reject_share(tmp_path):
     bad = a_night(D1)
     bad.rows["projects"][0]["status"] = bad.rows["projects"][1]["status"] = "paused"
     bad.write(exports / D1.isoformat())
-    args = ["nightly", "--exports-root", exports, "--runs-root", tmp_path / "runs", "--ledger", tmp_path / "ledger.sqlite",
+    args = ["nightly", "--exports-root", exports, "--runs-root", tmp_path / "runs", "--ledger",
+            tmp_path / "ledger.sqlite",
             "--policies", POLICIES, "--workers", "0", "-q"]
 
     refused = cli(*args)

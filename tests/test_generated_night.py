@@ -70,4 +70,5 @@ def test_every_generated_milestone_payable_to_its_client_is_flagged_once(nights)
     flagged = decisions[decisions["policy_id"] == "payee-is-client"]
     assert len(to_client) >= 2
     assert sorted(flagged["milestone_id"]) == sorted(to_client["milestone_id"])
-    assert (flagged["subject_id"].to_numpy() == flagged["project_id"].map(p.set_index("project_id")["client_id"]).to_numpy()).all()
+    clients = flagged["project_id"].map(p.set_index("project_id")["client_id"])
+    assert (flagged["subject_id"].to_numpy() == clients.to_numpy()).all()

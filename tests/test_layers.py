@@ -113,20 +113,25 @@ def test_every_comparison_word_holds_on_the_same_values_in_durable_rules_the_mas
 PROCESSOR = ROOT / "processor"
 # (which modules, what they may not import, why)
 LAYERS = (
-    ("processor.delivery", ("processor.run", "processor.ledger", "processor.reports", "processor.nightly", "processor.cli"),
+    ("processor.delivery", ("processor.run", "processor.ledger", "processor.reports", "processor.nightly",
+                            "processor.cli"),
      "delivery sends what it is given; the run records it"),
-    ("processor.export", ("processor.engine", "processor.reports", "processor.delivery", "processor.run", "processor.ledger",
+    ("processor.export", ("processor.engine", "processor.reports", "processor.delivery", "processor.run",
+                          "processor.ledger",
                           "processor.nightly", "processor.tools"),
      "reading and checking the export comes first: it knows nothing of what is done with the rows"),
-    ("processor.engine", ("processor.reports", "processor.delivery", "processor.run", "processor.ledger", "processor.nightly",
+    ("processor.engine", ("processor.reports", "processor.delivery", "processor.run", "processor.ledger",
+                          "processor.nightly",
                           "processor.tools"),
      "the engine turns facts into decisions; what becomes of them is the run's business"),
     ("processor", ("processor.cli",), "the CLI is a shell over the library: nothing below it imports it"),
-    ("processor.cli", ("processor.cli.main",), "a command module never imports the group; the group imports the commands"),
+    ("processor.cli", ("processor.cli.main",), "a command module never imports the group; the group imports the "
+                                               "commands"),
 )
 
 
-# Where a rule does not look: the CLI may import its own modules, and the group (main, `python -m`) imports the commands.
+# Where a rule does not look: the CLI may import its own modules, and the group (main, `python -m`) imports the
+# commands.
 EXEMPT = {"processor": ("processor.cli",), "processor.cli": ("processor.cli.main", "processor.cli.__main__")}
 
 
@@ -147,7 +152,8 @@ def _breaches(paths: list[Path]) -> list[str]:
             if not (name == package or name.startswith(package + ".")) or _exempt(name, package):
                 continue
             for imported in sorted(_imports_of(path)):
-                if any(imported == f or imported.startswith(f + ".") or imported.startswith(f + "_") for f in forbidden):
+                if any(imported == f or imported.startswith(f + ".") or imported.startswith(f + "_")
+                       for f in forbidden):
                     found.append(f"{name} imports {imported} ({why})")
     return found
 
@@ -156,7 +162,8 @@ def test_the_processor_imports_down_its_layers_only():
     assert _breaches(sorted(PROCESSOR.rglob("*.py"))) == []
 
 
-def test_the_layer_check_sees_delivery_reaching_up_a_library_module_importing_the_cli_and_a_command_the_group(tmp_path, monkeypatch):
+def test_the_layer_check_sees_delivery_reaching_up_a_library_module_importing_the_cli_and_a_command_the_group(
+        tmp_path, monkeypatch):
     fake_root = tmp_path
     (fake_root / "processor" / "delivery").mkdir(parents=True)
     (fake_root / "processor" / "delivery" / "smtp.py").write_text("def f():\n    from processor.ledger import Ledger\n")
@@ -167,7 +174,8 @@ def test_the_layer_check_sees_delivery_reaching_up_a_library_module_importing_th
     got = _breaches(sorted((fake_root / "processor").rglob("*.py")))
     assert got == ["processor.cli.policy imports processor.cli.main (a command module never imports the group; the "
                    "group imports the commands)",
-                   "processor.delivery.smtp imports processor.ledger (delivery sends what it is given; the run records it)",
+                   "processor.delivery.smtp imports processor.ledger (delivery sends what it is given; the run "
+                   "records it)",
                    "processor.delivery.smtp imports processor.ledger.Ledger (delivery sends what it is given; "
                    "the run records it)",
                    "processor.run imports processor.cli.nightly (the CLI is a shell over the library: nothing below "

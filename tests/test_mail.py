@@ -55,7 +55,8 @@ def smtp_env(monkeypatch, port: int, tls: str = "none", **more):
 
 def run(tmp_path, night=None, as_of=AS_OF, out="run", ledger="ledger.sqlite", **kw):
     export = (night or busy_night(as_of)).write(tmp_path / f"export-{as_of}")
-    return run_night(export, policies_path=POLICIES, out_dir=tmp_path / out, ledger_path=tmp_path / ledger, workers=0, **kw)
+    return run_night(export, policies_path=POLICIES, out_dir=tmp_path / out, ledger_path=tmp_path / ledger, workers=0,
+                     **kw)
 
 
 def body(message, kind: str) -> str:
@@ -92,7 +93,8 @@ def test_each_manager_with_work_gets_exactly_one_email_with_both_parts(tmp_path,
     for part in ("plain", "html"):
         text = body(pedro, part)
         assert "Mobile app" in text and "Toni Top" in text and "€3,400.00" in text and "Shop redesign" not in text
-    assert pedro["Subject"].strip() == "Shakers policy report, night of 2026-11-24: 6 to act on now (1 for the platform)"
+    assert pedro["Subject"].strip() == ("Shakers policy report, night of 2026-11-24: 6 to act on now "
+                                        "(1 for the platform)")
     reports = result.summary["reports"]
     assert (reports["emails_written"], reports["sent"], reports["undelivered"]) == (2, 2, 0)
     assert json.loads((result.out_dir / "summary.json").read_text())["reports"]["sent"] == 2
@@ -122,7 +124,8 @@ def test_a_server_without_8bitmime_gets_each_email_in_seven_bits_saying_the_same
             assert received.data.isascii() and "BODY=8BITMIME" not in received.mail_options
             sent = received.message
             path = next(p for p in (result.out_dir / "outbox").glob("*.eml")
-                        if email.message_from_bytes(p.read_bytes(), policy=email.policy.default)["Message-ID"] == sent["Message-ID"])
+                        if email.message_from_bytes(p.read_bytes(),
+                                                    policy=email.policy.default)["Message-ID"] == sent["Message-ID"])
             kept = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
             leaves = [p for p in sent.walk() if not p.is_multipart()]
             assert [p["Content-Transfer-Encoding"] for p in leaves] == ["base64", "base64", "base64"]
@@ -160,7 +163,8 @@ def test_the_message_id_depends_on_the_night_and_the_recipient_only():
 # ---------------------------------------------------------------- never lost
 
 
-def test_with_the_server_down_the_run_exits_5_keeps_every_email_and_send_delivers_each_once(tmp_path, monkeypatch, caplog):
+def test_with_the_server_down_the_run_exits_5_keeps_every_email_and_send_delivers_each_once(tmp_path, monkeypatch,
+                                                                                            caplog):
     port = free_port()                      # nothing listens here yet
     smtp_env(monkeypatch, port, SHAKERS_SMTP_RETRIES="2")
     with caplog.at_level(logging.WARNING):
@@ -198,7 +202,8 @@ def test_what_a_night_could_not_send_is_sent_by_the_next_run(tmp_path, monkeypat
     assert run(tmp_path, out="night1").exit_code == 5
     server = Server(port=port)
     try:
-        nxt = run(tmp_path, night=busy_night(AS_OF + dt.timedelta(days=1)), as_of=AS_OF + dt.timedelta(days=1), out="night2")
+        nxt = run(tmp_path, night=busy_night(AS_OF + dt.timedelta(days=1)), as_of=AS_OF + dt.timedelta(days=1),
+                  out="night2")
         assert nxt.exit_code == 0
         assert nxt.summary["reports"]["earlier_nights_sent"] == 2 and nxt.summary["reports"]["sent"] == 2
         nights = sorted(m.message["X-Shakers-Night"] for m in server.inbox.messages)
@@ -394,7 +399,8 @@ def test_a_wrong_password_never_shows_the_password_anywhere(tmp_path, monkeypatc
 
 def test_a_name_with_a_line_break_cannot_add_a_header(tmp_path, monkeypatch, server):
     smtp_env(monkeypatch, server.port)
-    night = busy_night(paula_name="Evil\r\nBcc: attacker@evil.test", shop_title="Shop\r\nBcc: x@y.test <script>alert(1)</script>")
+    night = busy_night(paula_name="Evil\r\nBcc: attacker@evil.test", shop_title="Shop\r\nBcc: x@y.test "
+                                                                                "<script>alert(1)</script>")
     result = run(tmp_path, night=night)
     assert result.exit_code == 0
     assert sorted(r for m in server.inbox.messages for r in m.rcpt_tos) == [PAULA, PEDRO]
@@ -460,7 +466,8 @@ def test_the_settings_follow_spec_section_6(monkeypatch, tmp_path):
     config = tmp_path / "smtp.env"
     config.write_text("# mail\nSHAKERS_SMTP_HOST=mail.example.com\nSHAKERS_SMTP_PASSWORD='p w'\n")
     from_file = settings.SmtpSettings.from_env({"SHAKERS_SMTP_CONFIG": str(config), "SHAKERS_SMTP_USER": "u"})
-    assert (from_file.host, from_file.user, from_file.password, from_file.login) == ("mail.example.com", "u", "p w", True)
+    assert (from_file.host, from_file.user, from_file.password, from_file.login) == ("mail.example.com", "u", "p w",
+                                                                                     True)
     assert "p w" not in repr(from_file) and "p w" not in from_file.describe()
     with pytest.raises(settings.MailConfigError, match="SHAKERS_SMTP_PORT"):
         settings.SmtpSettings.from_env({"SHAKERS_SMTP_PORT": "smtp"})
@@ -557,7 +564,8 @@ def test_an_old_ledgers_sent_emails_are_delivered_and_its_never_tried_ones_outbo
 
     path = tmp_path / "old.sqlite"
     with sqlite3.connect(path) as db:   # the deliveries table as ledgers before the delivery states had it
-        db.execute("CREATE TABLE deliveries (message_id TEXT PRIMARY KEY, as_of TEXT NOT NULL, recipient TEXT NOT NULL, "
+        db.execute("CREATE TABLE deliveries (message_id TEXT PRIMARY KEY, as_of TEXT NOT NULL, recipient TEXT NOT "
+                   "NULL, "
                    "eml_path TEXT NOT NULL, status TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, "
                    "last_error TEXT NOT NULL DEFAULT '', updated_at TEXT NOT NULL)")
         for mid, status in (("<a>", "sent"), ("<b>", "pending"), ("<c>", "failed"), ("<d>", "sending")):
@@ -588,7 +596,8 @@ def night(n: int) -> dt.date:
     return AS_OF + dt.timedelta(days=n)
 
 
-def test_a_refused_address_is_retried_on_a_bounded_number_of_nights_then_given_up_and_told(tmp_path, monkeypatch, caplog):
+def test_a_refused_address_is_retried_on_a_bounded_number_of_nights_then_given_up_and_told(tmp_path, monkeypatch,
+                                                                                           caplog):
     server = Server(Inbox(refuse_rcpt={PAULA: "550 5.1.1 <paula@shakers.test>: mailbox unavailable"}))
     try:
         smtp_env(monkeypatch, server.port, SHAKERS_SMTP_PERMANENT_NIGHTS="2")
@@ -622,7 +631,8 @@ def test_the_next_run_sends_an_earlier_nights_email_that_was_written_but_never_t
         assert set(ledger.delivery_statuses(o.message_id for o in written).values()) == {"pending"}
     nxt = run(tmp_path, night=busy_night(night(1)), as_of=night(1), out="n1")
     assert nxt.exit_code == 0 and nxt.summary["reports"]["earlier_nights_sent"] == 2
-    assert sorted(r for m in server.inbox.messages for r in m.rcpt_tos) == [PAULA, PEDRO, "ps0@shakers.test", "ps1@shakers.test"]
+    assert sorted(r for m in server.inbox.messages for r in m.rcpt_tos) == [PAULA, PEDRO, "ps0@shakers.test",
+                                                                            "ps1@shakers.test"]
 
 
 def test_nights_written_without_a_host_are_not_sent_later_but_send_run_still_sends_them(tmp_path, monkeypatch, server):
@@ -635,7 +645,8 @@ def test_nights_written_without_a_host_are_not_sent_later_but_send_run_still_sen
     asked = cli("send", "--run", old[0].out_dir, env={k: v for k, v in os.environ.items() if k.startswith("SHAKERS_")})
     assert asked.returncode == 0, asked.stderr
     assert "2 sent now, 0 already delivered, 0 still owed" in asked.stdout
-    assert sorted(m.message["X-Shakers-Night"] for m in server.inbox.messages) == [night(0).isoformat()] * 2 + [night(2).isoformat()] * 2
+    assert sorted(m.message["X-Shakers-Night"]
+                  for m in server.inbox.messages) == [night(0).isoformat()] * 2 + [night(2).isoformat()] * 2
 
 
 def test_send_uses_the_ledger_the_run_recorded_before_its_first_email_never_a_default_one(tmp_path, monkeypatch):
@@ -668,12 +679,14 @@ def test_send_uses_the_ledger_the_run_recorded_before_its_first_email_never_a_de
 
 @pytest.mark.parametrize("setting, says", [
     ({"SHAKERS_SMTP_TLS": "maybe"}, "SHAKERS_SMTP_TLS must be one of none, starttls, ssl"),
-    ({"SHAKERS_SMTP_CONFIG": "/nonexistent/smtp.env"}, "SHAKERS_SMTP_CONFIG names /nonexistent/smtp.env, which cannot be read"),
+    ({"SHAKERS_SMTP_CONFIG": "/nonexistent/smtp.env"}, "SHAKERS_SMTP_CONFIG names /nonexistent/smtp.env, which cannot "
+                                                       "be read"),
     ({"SHAKERS_SMTP_TLS": "none", "SHAKERS_SMTP_USER": "reports", "SHAKERS_SMTP_PASSWORD": "pw"},
      "SHAKERS_SMTP_ALLOW_PLAINTEXT_LOGIN=1"),
 ])
 @pytest.mark.parametrize("command", ["run", "nightly"])
-def test_a_wrong_smtp_setting_stops_run_and_nightly_with_exit_2_before_anything_is_evaluated(tmp_path, setting, says, command):
+def test_a_wrong_smtp_setting_stops_run_and_nightly_with_exit_2_before_anything_is_evaluated(tmp_path, setting, says,
+                                                                                             command):
     exports = tmp_path / "exports"
     busy_night().write(exports / AS_OF.isoformat())
     env = {"SHAKERS_SMTP_HOST": "127.0.0.1", **setting}
@@ -681,7 +694,8 @@ def test_a_wrong_smtp_setting_stops_run_and_nightly_with_exit_2_before_anything_
         done = cli("run", "--export", exports / AS_OF.isoformat(), "--out", tmp_path / "runs" / "x", "--ledger",
                    tmp_path / "ledger.sqlite", "--policies", POLICIES, "--workers", "0", env=env)
     else:
-        done = cli("nightly", "--exports-root", exports, "--runs-root", tmp_path / "runs", "--ledger", tmp_path / "ledger.sqlite",
+        done = cli("nightly", "--exports-root", exports, "--runs-root", tmp_path / "runs", "--ledger",
+                   tmp_path / "ledger.sqlite",
                    "--policies", POLICIES, "--workers", "0", env=env)
     assert done.returncode == 2, done.stderr
     assert says in done.stderr and "Nothing was evaluated" in done.stderr and "Traceback" not in done.stderr
@@ -689,16 +703,19 @@ def test_a_wrong_smtp_setting_stops_run_and_nightly_with_exit_2_before_anything_
 
 
 def test_a_login_in_clear_text_is_allowed_only_when_said_so():
-    login = {"SHAKERS_SMTP_HOST": "h", "SHAKERS_SMTP_TLS": "none", "SHAKERS_SMTP_USER": "u", "SHAKERS_SMTP_PASSWORD": "p"}
+    login = {"SHAKERS_SMTP_HOST": "h", "SHAKERS_SMTP_TLS": "none", "SHAKERS_SMTP_USER": "u",
+             "SHAKERS_SMTP_PASSWORD": "p"}
     with pytest.raises(settings.MailConfigError, match="in clear text"):
         settings.SmtpSettings.from_env(login)
     assert settings.SmtpSettings.from_env({**login, "SHAKERS_SMTP_ALLOW_PLAINTEXT_LOGIN": "1"}).login
     with pytest.raises(settings.MailConfigError, match="SHAKERS_SMTP_DEADLINE"):
         settings.SmtpSettings.from_env({"SHAKERS_SMTP_DEADLINE": "soon"})
-    assert settings.SmtpSettings.from_env({}).deadline == 600 and settings.SmtpSettings.from_env({}).permanent_nights == 3   # SPEC §6
+    defaults = settings.SmtpSettings.from_env({})
+    assert defaults.deadline == 600 and defaults.permanent_nights == 3   # SPEC §6
 
 
-def test_a_stalling_server_cannot_hold_the_delivery_past_its_deadline_and_what_is_left_stays_owed(tmp_path, monkeypatch):
+def test_a_stalling_server_cannot_hold_the_delivery_past_its_deadline_and_what_is_left_stays_owed(tmp_path,
+                                                                                                   monkeypatch):
     server = Server(Inbox(stall_seconds=8))
     try:
         smtp_env(monkeypatch, server.port, SHAKERS_SMTP_DEADLINE="1.5", SHAKERS_SMTP_TIMEOUT="30")
@@ -725,8 +742,10 @@ def test_an_internationalised_address_goes_with_smtputf8_and_its_domain_in_idna(
         assert result.exit_code == 0, result.summary["reports"]
         paula = next(m for m in server.inbox.messages if m.rcpt_tos != [PEDRO])
         assert paula.rcpt_tos == ["páula@xn--bcher-kva.test"] and "SMTPUTF8" in paula.mail_options
-        to = email.message_from_string(paula.data.decode("utf-8"), policy=email.policy.default)["To"]   # RFC 6532: UTF-8
-        assert to.addresses[0].addr_spec == "páula@xn--bcher-kva.test" and to.addresses[0].display_name == "Paula Success"
+        # RFC 6532: UTF-8
+        to = email.message_from_string(paula.data.decode("utf-8"), policy=email.policy.default)["To"]
+        assert to.addresses[0].addr_spec == "páula@xn--bcher-kva.test"
+        assert to.addresses[0].display_name == "Paula Success"
         pedro = server.inbox.to(PEDRO)[0]
         assert "SMTPUTF8" not in pedro.mail_options            # an ASCII email goes as before
         kept = sorted(message.read_eml(p).recipient for p in (result.out_dir / "outbox").glob("*.eml"))
@@ -760,7 +779,8 @@ def test_a_non_ascii_domain_needs_no_smtputf8_but_a_non_ascii_local_part_does_an
     assert len(server.inbox.to(PEDRO)) == 2
 
 
-@pytest.mark.parametrize("address", ["paula@shakers.test,evil@evil.test", 'pa"ula@shakers.test', "paula..s@shakers.test",
+@pytest.mark.parametrize("address", ["paula@shakers.test,evil@evil.test", 'pa"ula@shakers.test',
+                                     "paula..s@shakers.test",
                                      "<paula>@shakers.test", "paula@shakers.test."])
 def test_an_address_mail_cannot_carry_is_rejected_when_the_export_is_read_with_the_reason(tmp_path, address):
     from processor.export.read import read_export
@@ -832,7 +852,8 @@ def test_a_report_given_up_is_printed_by_the_cli_with_the_servers_reason_and_the
     try:
         export = busy_night().write(tmp_path / "export")
         done = cli("run", "--export", export, "--out", tmp_path / "run", "--ledger", tmp_path / "ledger.sqlite",
-                   "--policies", POLICIES, "--workers", "0", "-q", env=mail_env(server.port, SHAKERS_SMTP_PERMANENT_NIGHTS="1"))
+                   "--policies", POLICIES, "--workers", "0", "-q", env=mail_env(server.port,
+                                                                                SHAKERS_SMTP_PERMANENT_NIGHTS="1"))
         assert done.returncode == 0, done.stderr               # given up: told, not retried, not exit 5
         line = next(line for line in done.stderr.splitlines() if "given up" in line)
         assert "Paula Success (PS1)" in line and "550 5.1.1" in line and "no such user here" in line

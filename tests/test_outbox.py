@@ -47,7 +47,8 @@ def test_a_base64_part_decodes_back_to_its_text_in_lines_of_76(text):
 
 
 def test_an_email_decodes_to_its_headers_text_and_html():
-    report = Report("PS1", "Ainhoa Núñez", "ainhoa@shakers.test", "Shakers policy report, night of 2026-11-24: 2 new actions",
+    report = Report("PS1", "Ainhoa Núñez", "ainhoa@shakers.test", "Shakers policy report, night of 2026-11-24: 2 new "
+                                                                  "actions",
                     "Hello Ainhoa Núñez\n€5.00\n", "<p>Hello Ainhoa N&uacute;&ntilde;ez — €5.00</p>\n")
     mid, data = message.build_message(report, report.text, report.html, "Policy reports <reports@shakers.test>")
     msg = parse(data)
@@ -95,7 +96,8 @@ def test_a_body_that_quotes_the_boundary_stays_inside_its_part():
 
 
 def test_a_name_with_line_breaks_cannot_add_a_header():
-    report = Report("PS1", "Evil\r\nBcc: attacker@evil.test", "ps@shakers.test", "night\r\nBcc: x@evil.test", "t\n", "h\n")
+    report = Report("PS1", "Evil\r\nBcc: attacker@evil.test", "ps@shakers.test", "night\r\nBcc: x@evil.test", "t\n",
+                    "h\n")
     _mid, data = message.build_message(report, report.text, report.html, "reports@shakers.test")
     msg = parse(data)
     assert msg["Bcc"] is None and [a.addr_spec for a in msg["To"].addresses] == ["ps@shakers.test"]
@@ -122,7 +124,8 @@ def test_forked_writers_write_the_same_outbox_as_one_process_and_the_ledger_owes
         assert all(three.delivery(o.message_id)["eml_path"] == o.eml_path for o in forked)
 
 
-@pytest.mark.parametrize("failing, error", [("PS1", RuntimeError), ("PS2", ValueError)])   # in the forked writer, in this process
+# in the forked writer, in this process
+@pytest.mark.parametrize("failing, error", [("PS1", RuntimeError), ("PS2", ValueError)])
 def test_a_writer_that_fails_fails_the_outbox_and_the_ledger_owes_nothing(tmp_path, monkeypatch, failing, error):
     def broken(report, text, html, mail_from, date=None):
         if report.manager_id == failing:
@@ -134,7 +137,8 @@ def test_a_writer_that_fails_fails_the_outbox_and_the_ledger_owes_nothing(tmp_pa
     with Ledger(tmp_path / "ledger.sqlite") as ledger:
         with pytest.raises(error, match=f"cannot render {failing}"):
             write_outbox(tmp_path / "outbox", reports(4), "reports@shakers.test", ledger, workers=2)
-        assert ledger.delivery_statuses(message.message_id("2026-11-24", r.email, r.manager_id) for r in reports(4)) == {}
+        assert ledger.delivery_statuses(message.message_id("2026-11-24", r.email, r.manager_id)
+                                        for r in reports(4)) == {}
     assert list((tmp_path / "outbox").iterdir()) == []
 
 
@@ -158,7 +162,8 @@ def work(share):
 
 Dealt(work, [0, 1], 2).start(idle=True).wait()
 """
-    run = subprocess.Popen([sys.executable, "-c", script], env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    run = subprocess.Popen([sys.executable, "-c", script], env={**os.environ,
+                                                                "PYTHONPATH": str(Path(__file__).parents[1])})
     deadline = time.monotonic() + 30
     while not (pid_file.exists() and pid_file.read_text()) and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -227,7 +232,8 @@ def test_a_subject_is_folded_as_the_email_package_folds_it(text):
 
 
 @settings(max_examples=400, deadline=None)
-@given(st.text(st.sampled_from("abZ09 .\"é\r\n"), max_size=90), st.from_regex(r"[a-z0-9._+-]{1,30}@[a-z0-9.-]{1,50}", fullmatch=True))
+@given(st.text(st.sampled_from("abZ09 .\"é\r\n"), max_size=90), st.from_regex(r"[a-z0-9._+-]{1,30}@[a-z0-9.-]{1,50}",
+                                                                              fullmatch=True))
 def test_a_to_line_is_the_one_the_email_package_writes(name, addr):
     try:
         expected = message._folded("To", address.mailbox(name, addr))
@@ -264,12 +270,15 @@ def test_the_subjects_and_names_of_a_night_take_the_short_way(monkeypatch):
 
     monkeypatch.setattr(message, "_folded", not_called)
     monkeypatch.setattr(message, "_shared", not_called)
-    subject = "Shakers policy report, night of 2026-11-24: 123 new actions (45 ongoing, 6 at risk, 7 flagged, 8 resolved)"
+    subject = ("Shakers policy report, night of 2026-11-24: 123 new actions (45 ongoing, 6 at risk, 7 flagged, "
+               "8 resolved)")
     assert message._subject(subject) == (b"Subject: Shakers policy report, night of 2026-11-24: 123 new actions (45\r\n"
                                       b" ongoing, 6 at risk, 7 flagged, 8 resolved)\r\n")
     assert message._to("Paula Success", "paula@shakers.test") == b"To: Paula Success <paula@shakers.test>\r\n"
-    assert message._to("Raúl Álvarez", "raul@shakers.test") == b"To: =?utf-8?q?Ra=C3=BAl_=C3=81lvarez?= <raul@shakers.test>\r\n"
-    assert message._to("Laura Pérez", "laura@shakers.test") == b"To: Laura =?utf-8?q?P=C3=A9rez?= <laura@shakers.test>\r\n"
+    assert message._to("Raúl Álvarez",
+                       "raul@shakers.test") == b"To: =?utf-8?q?Ra=C3=BAl_=C3=81lvarez?= <raul@shakers.test>\r\n"
+    assert message._to("Laura Pérez",
+                       "laura@shakers.test") == b"To: Laura =?utf-8?q?P=C3=A9rez?= <laura@shakers.test>\r\n"
 
 
 def test_the_delivery_package_works_without_the_ledger_the_reports_or_the_run():
@@ -279,7 +288,8 @@ def test_the_delivery_package_works_without_the_ledger_the_reports_or_the_run():
     import sys
 
     script = ("import sys; import processor.delivery.outbox, processor.delivery.smtp, processor.delivery.settings; "
-              "print(sorted(m for m in sys.modules if m in ('processor.ledger', 'processor.run', 'processor.reports.build', "
+              "print(sorted(m for m in sys.modules if m in ('processor.ledger', 'processor.run', "
+              "'processor.reports.build', "
               "'processor.nightly', 'processor.cli')))")
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
                           env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})

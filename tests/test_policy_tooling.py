@@ -172,7 +172,8 @@ def action_for(kind: str):
             elif vkind == "hold reason":
                 value = st.sampled_from(HOLD_REASONS)
             elif vkind == "milestone statuses":
-                value = st.one_of(st.sampled_from(MILESTONE_STATUSES), st.lists(st.sampled_from(MILESTONE_STATUSES), min_size=1, max_size=3))
+                value = st.one_of(st.sampled_from(MILESTONE_STATUSES), st.lists(st.sampled_from(MILESTONE_STATUSES),
+                                                                                min_size=1, max_size=3))
             else:
                 value = st.sampled_from(["escrow_shortfall", "look_at_it", "no_top_shaker_available"])
             parts[name] = value if name in required else st.one_of(st.none(), value)
@@ -181,7 +182,8 @@ def action_for(kind: str):
             given_args = {k: v for k, v in values.items() if v is not None}
             return {action: given_args} if given_args else st.sampled_from([action, {action: None}])
 
-        return st.fixed_dictionaries(parts).flatmap(lambda vs: st.just(shape(vs)) if isinstance(shape(vs), dict) else shape(vs))
+        return st.fixed_dictionaries(parts).flatmap(lambda vs: st.just(shape(vs)) if isinstance(shape(vs), dict)
+                                                    else shape(vs))
 
     return st.sampled_from(ACTIONS).flatmap(build)
 
@@ -244,7 +246,8 @@ def test_a_valid_generated_document_compiles_and_runs_through_durable_rules(docu
         policies = parse_policies(text, "generated.yaml")
     except PolicyError as e:
         # The one refusal a valid-by-construction document may meet: the rules engine's own limits.
-        assert all("for the rules engine" in p.message or "the rules engine holds" in p.message for p in e.problems), e.problems
+        assert all("for the rules engine" in p.message or "the rules engine holds" in p.message
+                   for p in e.problems), e.problems
         assert all(p.beyond_schema for p in e.problems)
         assume(False)
     assert [p.id for p in policies.policies] == [p["id"] for p in document["policies"]]
@@ -304,7 +307,8 @@ def mutate(document: dict, how: str, data) -> tuple[dict, str | None]:
     return d, "project_statuss_typo"
 
 
-FACT_NUMBER = {"project": "days_on_hold", "party": "unanswered_attempts", "milestone": "escrow_gap_cents", "invoice": "days_overdue"}
+FACT_NUMBER = {"project": "days_on_hold", "party": "unanswered_attempts", "milestone": "escrow_gap_cents",
+               "invoice": "days_overdue"}
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -330,10 +334,12 @@ yaml_values = st.recursive(
               st.sampled_from(["version", "policies", "when", "then", "about", "party", "contact_loss", "active",
                                "halt_project", "flag_for_review", "at_least", "any", "not", "milestone", "1", ""])),
     lambda inner: st.one_of(st.lists(inner, max_size=4),
-                            st.dictionaries(st.sampled_from(["version", "thresholds", "conditions", "policies", "id", "about",
+                            st.dictionaries(st.sampled_from(["version", "thresholds", "conditions", "policies", "id",
+                                                             "about",
                                                              "when", "then", "any", "not", "party", "reason", "who",
                                                              "milestones", "at_least", "one_of", "unanswered_attempts",
-                                                             "top_shaker_default_max_active_projects"]), inner, max_size=5)),
+                                                             "top_shaker_default_max_active_projects"]), inner,
+                                                             max_size=5)),
     max_leaves=30)
 
 
@@ -456,8 +462,10 @@ def _end_line(policies, policy) -> int:
 
 def test_a_changed_threshold_fails_the_real_command_with_the_difference(tmp_path):
     copy = tmp_path / "policies.yaml"
-    copy.write_text(POLICIES.read_text().replace("contact_loss_unanswered_attempts: 3 ", "contact_loss_unanswered_attempts: 4 ", 1))
-    proc = subprocess.run([SHAKERS_RULES, "test", str(copy), "--cases", str(CASES)], capture_output=True, text=True, timeout=600)
+    copy.write_text(POLICIES.read_text().replace("contact_loss_unanswered_attempts: 3 ",
+                                                 "contact_loss_unanswered_attempts: 4 ", 1))
+    proc = subprocess.run([SHAKERS_RULES, "test", str(copy), "--cases", str(CASES)], capture_output=True, text=True,
+                          timeout=600)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     out = proc.stdout.splitlines()
     m = SUMMARY.match(out[-1])
@@ -487,20 +495,25 @@ cases:
     result = invoke("test", policies, "--cases", cases)
     assert result.exit_code == 1
     thresholds = load_policies(policies).thresholds
-    needed, days, by_ps = (thresholds[f"contact_loss_{name}"] for name in ("unanswered_attempts", "days_since_oldest", "attempts_by_project_success"))
+    needed, days, by_ps = (thresholds[f"contact_loss_{name}"] for name in ("unanswered_attempts", "days_since_oldest",
+                                                                           "attempts_by_project_success"))
     assert result.stdout.splitlines() == [
         f"FAIL  {cases}:2  the client is lost after two attempts",
         "      expected, but not made: {policy: client-contact-loss, action: halt_project}",
         # why, in explain's words: the nearest facts first (the client: one condition fails), each failing condition
         "        why: the client C1:",
         "          ✗ contact_loss:",
-        f"            ✗ unanswered_attempts at least {needed} (contact_loss_unanswered_attempts): actual 2 — {needed - 2} short",
+        f"            ✗ unanswered_attempts at least {needed} (contact_loss_unanswered_attempts): actual 2 — "
+        f"{needed - 2} short",
         "        why: the talent T1:",
         "          ✗ party is client: actual talent",
         "          ✗ contact_loss:",
-        f"            ✗ unanswered_attempts at least {needed} (contact_loss_unanswered_attempts): actual 0 — {needed} short",
-        f"            ✗ days_since_oldest_unanswered at least {days} (contact_loss_days_since_oldest): actual 0 — {days} short",
-        f"            ✗ unanswered_by_project_success at least {by_ps} (contact_loss_attempts_by_project_success): actual 0 — {by_ps} short",
+        f"            ✗ unanswered_attempts at least {needed} (contact_loss_unanswered_attempts): actual 0 — {needed} "
+        f"short",
+        f"            ✗ days_since_oldest_unanswered at least {days} (contact_loss_days_since_oldest): actual 0 — "
+        f"{days} short",
+        f"            ✗ unanswered_by_project_success at least {by_ps} (contact_loss_attempts_by_project_success): "
+        f"actual 0 — {by_ps} short",
         "      forbidden, but made: contact-risk: flag_for_review on P1 (subject C1, reason contact_at_risk)",
         "      the night's decisions:",
         "        contact-risk: flag_for_review on P1 (subject C1, reason contact_at_risk)",
@@ -521,7 +534,8 @@ def test_a_broken_case_file_is_a_located_failure_not_a_traceback(tmp_path):
 
 def test_a_case_night_the_export_reader_refuses_says_so(tmp_path):
     cases = tmp_path / "refused.yaml"
-    cases.write_text("cases:\n  - name: odd status\n    given:\n      projects:\n        - {status: paused}\n    forbid:\n      - {policy: long-hold}\n")
+    cases.write_text("cases:\n  - name: odd status\n    given:\n      projects:\n        - {status: paused}\n    "
+                     "forbid:\n      - {policy: long-hold}\n")
     result = invoke("test", POLICIES, "--cases", cases)
     assert result.exit_code == 1
     assert "the case's night has rows the export reader refuses (fix the case):" in result.stdout
@@ -624,13 +638,15 @@ def lowered(tmp_path, name="contact_loss_unanswered_attempts", old=3, new=2) -> 
 
 def test_diff_shows_the_decisions_a_lowered_threshold_adds_and_removes(tmp_path):
     export = near_miss_night(tmp_path)
-    result = invoke("diff", "--export", export, "--baseline", pinned(tmp_path), "--candidate", lowered(tmp_path), "--json")
+    result = invoke("diff", "--export", export, "--baseline", pinned(tmp_path), "--candidate", lowered(tmp_path),
+                    "--json")
     assert result.exit_code == 0, result.output
     d = json.loads(result.stdout)
     assert set(d) == {"added", "removed", "changed"}
     assert {(r["policy_id"], r["action"], r["project_id"]) for r in d["added"]} == {
         ("client-contact-loss", "halt_project", "P1"), ("client-contact-loss", "request_talent_decision", "P1")}
-    assert [(r["policy_id"], r["action"], r["subject_id"]) for r in d["removed"]] == [("contact-risk", "flag_for_review", "C1")]
+    assert [(r["policy_id"], r["action"], r["subject_id"]) for r in d["removed"]] == [("contact-risk",
+                                                                                       "flag_for_review", "C1")]
     assert d["added"][0]["evidence"]["facts"]["unanswered_attempts"] == 2
     assert d["changed"] == []
 
@@ -650,7 +666,8 @@ def test_diff_reports_a_changed_reason_as_changed(tmp_path):
     export = near_miss_night(tmp_path)
     candidate = tmp_path / "candidate.yaml"
     candidate.write_text(POLICIES.read_text().replace("reason: escrow_shortfall", "reason: escrow_not_paid_in"))
-    d = json.loads(invoke("diff", "--export", export, "--baseline", POLICIES, "--candidate", candidate, "--json").stdout)
+    d = json.loads(invoke("diff", "--export", export, "--baseline", POLICIES, "--candidate", candidate,
+                          "--json").stdout)
     assert d["added"] == [] and d["removed"] == []
     assert [(c["policy_id"], c["reason"], c["baseline"]) for c in d["changed"]] == [
         ("escrow-shortfall", "escrow_not_paid_in", {"reason": "escrow_shortfall"})]
@@ -683,14 +700,19 @@ def test_diff_counts_a_decision_changed_only_in_its_recorded_threshold_apart_fro
     candidate = lowered(tmp_path, "contact_loss_days_since_oldest", 7, 6)
     result = invoke("diff", "--export", export, "--baseline", pinned(tmp_path), "--candidate", candidate)
     assert result.exit_code == 0, result.output
-    assert "0 added, 0 removed, 0 changed, 2 changed only in the threshold values their evidence records" in result.stdout
+    assert ("0 added, 0 removed, 0 changed, 2 changed only in the threshold values their evidence records"
+            in result.stdout)
     assert re.search(r"client-contact-loss / halt_project\s+1\s+1\s+0\s+0\s+0\s+1$", result.stdout, re.M)
-    d = json.loads(invoke("diff", "--export", export, "--baseline", pinned(tmp_path), "--candidate", candidate, "--json").stdout)
+    d = json.loads(invoke("diff", "--export", export, "--baseline", pinned(tmp_path), "--candidate", candidate,
+                          "--json").stdout)
     assert [c["threshold_only"] for c in d["changed"]] == [True, True]
-    assert all(c["baseline"]["evidence"]["thresholds"]["contact_loss_days_since_oldest"] == CONTACT_THRESHOLDS["contact_loss_days_since_oldest"] for c in d["changed"])
+    shipped = CONTACT_THRESHOLDS["contact_loss_days_since_oldest"]
+    assert all(c["baseline"]["evidence"]["thresholds"]["contact_loss_days_since_oldest"] == shipped
+               for c in d["changed"])
     reason = tmp_path / "reason.yaml"
     reason.write_text(POLICIES.read_text().replace("reason: escrow_shortfall", "reason: escrow_not_paid_in"))
-    real = invoke("diff", "--export", near_miss_night(tmp_path / "near"), "--baseline", POLICIES, "--candidate", reason, "--json")
+    real = invoke("diff", "--export", near_miss_night(tmp_path / "near"), "--baseline", POLICIES, "--candidate", reason,
+                  "--json")
     assert [c["threshold_only"] for c in json.loads(real.stdout)["changed"]] == [False]
 
 
@@ -700,7 +722,8 @@ def test_diff_with_a_broken_candidate_reports_it_and_exits_3(tmp_path):
     bad.write_text(re.sub(r"(contact_loss_unanswered_attempts: )\d+", r"\g<1>three", POLICIES.read_text(), count=1))
     result = invoke("diff", "--export", export, "--baseline", POLICIES, "--candidate", bad)
     assert result.exit_code == 3
-    assert f"{bad}:11:37: threshold 'contact_loss_unanswered_attempts' must be a whole number ≥ 0, got 'three'" in result.stderr
+    assert (f"{bad}:11:37: threshold 'contact_loss_unanswered_attempts' must be a whole number ≥ 0, got 'three'"
+            in result.stderr)
 
 
 def test_diff_on_a_generated_night_shows_the_expected_additions(tmp_path):
@@ -709,7 +732,8 @@ def test_diff_on_a_generated_night_shows_the_expected_additions(tmp_path):
     generate.generate_export(export, projects=400, seed=7, as_of=AS_OF)
     same = invoke("diff", "--export", export, "--baseline", POLICIES, "--candidate", POLICIES, "--json", "--workers", 0)
     assert json.loads(same.stdout) == {"added": [], "removed": [], "changed": []}
-    result = invoke("diff", "--export", export, "--baseline", pinned(tmp_path), "--candidate", lowered(tmp_path), "--json", "--workers", 0)
+    result = invoke("diff", "--export", export, "--baseline", pinned(tmp_path), "--candidate", lowered(tmp_path),
+                    "--json", "--workers", 0)
     d = json.loads(result.stdout)
     added = {(r["policy_id"], r["action"]) for r in d["added"]}
     assert ("client-contact-loss", "halt_project") in added or ("talent-contact-loss", "reject_user") in added
@@ -724,7 +748,8 @@ def test_diff_on_a_generated_night_shows_the_expected_additions(tmp_path):
 def test_the_guide_holds_the_vocabulary_the_program_generates():
     guide = (ROOT / "docs" / "policies.md").read_text(encoding="utf-8")
     assert vocabulary_markdown() in guide, "docs/policies.md is stale: paste `shakers-rules schema --markdown` into it"
-    for command in ("shakers-rules validate", "shakers-rules test", "shakers-rules explain", "shakers-rules diff", "shakers-rules schema",
+    for command in ("shakers-rules validate", "shakers-rules test", "shakers-rules explain", "shakers-rules diff",
+                    "shakers-rules schema",
                     "shakers-rules backtest", "shakers-rules test policies.yaml --coverage"):
         assert command in guide
 
@@ -738,7 +763,8 @@ def test_the_guide_lists_every_shipped_policy_with_its_kind_of_fact():
 # =========================================================================== validate
 def test_validate_notes_a_threshold_or_condition_nothing_uses_but_accepts_the_file(tmp_path):
     copy = tmp_path / "policies.yaml"
-    text, n = re.subn(r"^(  invoice_grace_days: -?\d+) ", r"\1\n  invoice_grace_dayz: 2 ", POLICIES.read_text(), count=1, flags=re.M)
+    text, n = re.subn(r"^(  invoice_grace_days: -?\d+) ", r"\1\n  invoice_grace_dayz: 2 ", POLICIES.read_text(),
+                      count=1, flags=re.M)
     assert n == 1  # a typo'd twin beside the real threshold, whatever its value
     copy.write_text(text.replace("conditions:\n", "conditions:\n  never_used:\n    - project_status: active\n", 1))
     result = invoke("validate", copy)
@@ -747,7 +773,8 @@ def test_validate_notes_a_threshold_or_condition_nothing_uses_but_accepts_the_fi
     assert f"OK — {len(shipped.policies)} policies, {len(shipped.thresholds) + 1} thresholds" in result.stdout
     line = next(i for i, text in enumerate(copy.read_text().splitlines(), 1) if "invoice_grace_dayz" in text)
     assert f"{copy}:{line}:3: note: threshold 'invoice_grace_dayz' is not used by any condition" in result.stderr
-    assert re.search(rf"{re.escape(str(copy))}:\d+:3: note: condition 'never_used' is not used by any policy", result.stderr)
+    assert re.search(rf"{re.escape(str(copy))}:\d+:3: note: condition 'never_used' is not used by any policy",
+                     result.stderr)
     assert load_policies(POLICIES).notes == []
 
 

@@ -11,7 +11,8 @@ from processor.reports.build import _plain, _text, _words, _words_of, escape, pl
 # Everything a name or a title from the export may hold: control characters, every kind of space,
 # line and paragraph separators, markup, quotes, letters of any script.
 TEXTS = st.lists(cell_text(30)
-                 | st.sampled_from(["", " ", "\u2028x\u2029", "a\r\nBcc: b", "<script>'\"&", "Núñez\u00a0O'Brien", "\x85\x1c"]),
+                 | st.sampled_from(["", " ", "\u2028x\u2029", "a\r\nBcc: b", "<script>'\"&", "Núñez\u00a0O'Brien",
+                                    "\x85\x1c"]),
                  min_size=1, max_size=20)
 
 
@@ -42,7 +43,8 @@ ACTIONS = ["halt_project", "request_talent_decision", "release_milestone_payment
 
 @settings(max_examples=100, deadline=None)   # a shared machine is slow at times: tests never assert times
 @given(st.lists(st.tuples(st.sampled_from(ACTIONS), st.sampled_from(["", "€1,200.00", "5.00 CHF"]),
-                          st.sampled_from(["", "M1", "M 2"]), st.sampled_from(["", "late_payment"])), min_size=1, max_size=25))
+                          st.sampled_from(["", "M1", "M 2"]), st.sampled_from(["", "late_payment"])), min_size=1,
+                          max_size=25))
 def test_what_each_action_says_is_what_it_says_alone(rows):
     """The rows' sentences are written an action at a time: each row still says what it says alone."""
     import pyarrow as pa
@@ -52,8 +54,10 @@ def test_what_each_action_says_is_what_it_says_alone(rows):
     def table(rows):
         return pa.table({
             "action": [r[0] for r in rows], "_money": [r[1] for r in rows], "milestone_id": [r[2] for r in rows],
-            "reason": [r[3] for r in rows], "_subject_label": ["Ana"] * len(rows), "_assignee_label": ["Bo"] * len(rows),
-            "_payee_label": ["Cy"] * len(rows), "_milestone_title": ["Logo"] * len(rows), "invoice_id": ["I1"] * len(rows),
+            "reason": [r[3] for r in rows], "_subject_label": ["Ana"] * len(rows),
+            "_assignee_label": ["Bo"] * len(rows),
+            "_payee_label": ["Cy"] * len(rows), "_milestone_title": ["Logo"] * len(rows),
+            "invoice_id": ["I1"] * len(rows),
             "subject_id": ["U1"] * len(rows)})
 
     text, money = _actions(table(rows))
@@ -99,7 +103,8 @@ def _report_order_by_python(decisions):
     order = sorted(range(len(rows)), key=lambda i: (managers.index(rows[i]["project_success_id"]), rank[i],
                                                     *card_key(card[i]), rows[i]["project_id"], firing[i], i))
     width = len(SECTION_KEYS) + 1
-    per_section = [[sum(1 for i, r in enumerate(rows) if r["project_success_id"] == m and rank[i] == k) for k in range(width)]
+    per_section = [[sum(1 for i, r in enumerate(rows) if r["project_success_id"] == m and rank[i] == k)
+                    for k in range(width)]
                    for m in managers]
     new_total = [sum(1 for r in rows if r["project_success_id"] == m and r["state"] == "new") for m in managers]
     listed = [p for m in managers for p in sorted({r["project_id"] for r in rows if r["project_success_id"] == m})]
@@ -108,7 +113,8 @@ def _report_order_by_python(decisions):
 
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.tuples(st.sampled_from(["new", "ongoing", "resolved", "flagged", "paused", ""]),
-                          st.sampled_from(["flag_for_review", "notify_client", "halt_project", "resume_project"]), st.sampled_from(["contact_at_risk", "x"]),
+                          st.sampled_from(["flag_for_review", "notify_client", "halt_project", "resume_project"]),
+                          st.sampled_from(["contact_at_risk", "x"]),
                           st.sampled_from(["PS1", "PS2"]), st.sampled_from(["P1", "P2", "P10", "Pé"]),
                           st.sampled_from(["a", "b"]), st.sampled_from(["{}", "{1}"])), min_size=1, max_size=30))
 def test_report_order_is_by_section_then_the_most_serious_card_first(rows):

@@ -68,13 +68,15 @@ def test_the_why_of_a_contact_loss_names_the_person_the_count_and_the_threshold(
                 "thresholds": {"contact_loss_unanswered_attempts": 3, "contact_loss_days_since_oldest": 7,
                                "contact_loss_attempts_by_project_success": 1}}
     sentence = why({"evidence": json.dumps(evidence), "subject_id": "", "_party_user": "C1"}, {"C1": "Carla Client"})
-    assert sentence == ("Carla Client (client) has not answered 3 contact attempts, the oldest 10 days ago, 1 of them by "
-                        "Project Success; contact counts as lost at 3 attempts over 7 days with 1 by Project Success.")
+    assert sentence == ("Carla Client (client) has not answered 3 contact attempts, the oldest 10 days ago, 1 of "
+                        "them by Project Success; contact counts as lost at 3 attempts over 7 days with 1 by "
+                        "Project Success.")
 
 
 def test_the_why_of_an_overdue_invoice_says_how_late_and_how_much():
     evidence = {"facts": {"days_overdue": 4, "invoice_status": "open"}, "thresholds": {"invoice_grace_days": 0}}
-    d = {"evidence": json.dumps(evidence), "invoice_id": "I1", "amount": "3400.00", "currency": "EUR", "subject_id": "T2"}
+    d = {"evidence": json.dumps(evidence), "invoice_id": "I1", "amount": "3400.00", "currency": "EUR",
+         "subject_id": "T2"}
     assert why(d, {}) == "Invoice I1 (€3,400.00) is 4 days past its due date (grace: 0 days)."
 
 
@@ -126,7 +128,8 @@ def test_a_top_shaker_takeover_lists_every_milestone_and_its_money(tmp_path):
     assert "Move Login screens (M2, €3,400.00) to Toni Top" in text
     assert "Move Store release (M3, €800.00) to Toni Top" in text
     assert "Reject Teo Absent from the platform" in text
-    assert pedro["Subject"].strip() == "Shakers policy report, night of 2026-11-24: 6 to act on now (1 for the platform)"
+    assert pedro["Subject"].strip() == ("Shakers policy report, night of 2026-11-24: 6 to act on now "
+                                        "(1 for the platform)")
 
 
 def test_the_text_part_says_what_the_html_part_says(tmp_path):
@@ -312,8 +315,10 @@ def test_build_reports_is_a_library_call(tmp_path):
 
     export = read_export(busy_night().write(tmp_path / "export"))
     decisions, _ev, facts = decide_night(load_policies(POLICIES), export, AS_OF, workers=0)
-    reports = build_reports(decisions.assign(state="new"), facts.projects, facts.milestones, facts.users, AS_OF, "run-1")
-    assert [(r.manager_id, r.email, r.projects) for r in reports] == [("PS1", PAULA, ["P1", "P3"]), ("PS2", PEDRO, ["P2"])]
+    reports = build_reports(decisions.assign(state="new"), facts.projects, facts.milestones, facts.users, AS_OF,
+                            "run-1")
+    assert [(r.manager_id, r.email, r.projects) for r in reports] == [("PS1", PAULA, ["P1", "P3"]), ("PS2", PEDRO,
+                                                                                                     ["P2"])]
 
 
 def test_reports_written_a_batch_at_a_time_say_what_each_says_alone(tmp_path, monkeypatch):
@@ -358,7 +363,8 @@ def test_a_card_links_to_the_project_on_the_platform_when_the_url_is_set(tmp_pat
     monkeypatch.setenv("SHAKERS_PLATFORM_URL", "https://app.example.test/projects/{project_id}?from=email")
     paula = emails(run(tmp_path))[PAULA]
     links = [a.attrs["href"] for a in parse(html_of(paula)).find_all("a")]
-    assert links == ["https://app.example.test/projects/P1?from=email", "https://app.example.test/projects/P3?from=email"]
+    assert links == ["https://app.example.test/projects/P1?from=email",
+                     "https://app.example.test/projects/P3?from=email"]
     assert "https://app.example.test/projects/P1?from=email" in text_of(paula)
     monkeypatch.setenv("SHAKERS_PLATFORM_URL", "javascript:alert(1)//{project_id}")     # not a web address: no link
     assert not parse(html_of(emails(run(tmp_path, out="again"))[PAULA])).find_all("a")
@@ -385,7 +391,8 @@ def test_a_still_open_card_says_since_which_night_and_for_how_many_when_the_ledg
     decisions = decisions.assign(state="ongoing", since="2026-11-20")
     paula = [r for r in build_reports(decisions, facts.projects, facts.milestones, facts.users, AS_OF, "r")
              if r.email == PAULA][0]
-    assert "still open since 20 Nov 2026, 5 nights" in paula.html and "still open since 20 Nov 2026, 5 nights" in paula.text
+    words = "still open since 20 Nov 2026, 5 nights"
+    assert words in paula.html and words in paula.text
     plain_ongoing = [r for r in build_reports(decisions.drop(columns="since"), facts.projects, facts.milestones,
                                               facts.users, AS_OF, "r") if r.email == PAULA][0]
     assert "(still open)" in plain_ongoing.text and "still open since" not in plain_ongoing.text

@@ -103,7 +103,8 @@ def test_csv_and_parquet_give_identical_decisions(tmp_path):
 
     policies = load_policies(POLICIES)
     d_csv, _, _ = decide_night(policies, read_export(night.write(tmp_path / "c", "csv")), night.as_of, workers=0)
-    d_parquet, _, _ = decide_night(policies, read_export(night.write(tmp_path / "p", "parquet")), night.as_of, workers=0)
+    d_parquet, _, _ = decide_night(policies, read_export(night.write(tmp_path / "p", "parquet")), night.as_of,
+                                   workers=0)
     assert len(d_csv) > 0
     pd.testing.assert_frame_equal(d_csv, d_parquet)
 
@@ -111,11 +112,13 @@ def test_csv_and_parquet_give_identical_decisions(tmp_path):
 def test_bad_rows_go_to_rejects_and_the_rest_of_the_night_still_runs(tmp_path):
     night = busy_night()
     night.rows["invoices"].append({"invoice_id": "IBAD", "milestone_id": "NOPE", "amount": "10.00", "currency": "EUR",
-                                   "issued_at": "2026-11-01", "due_date": "2026-11-10", "status": "open", "paid_at": ""})
+                                   "issued_at": "2026-11-01", "due_date": "2026-11-10", "status": "open",
+                                   "paid_at": ""})
     night.rows["projects"].append({**night.rows["projects"][0], "project_id": "P9", "status": "paused"})
     result = run(tmp_path, night, max_reject_share=1.0)  # in a night this small one bad row is a quarter of its table
     rejects = list(csv.DictReader(open(result.out_dir / "rejects.csv")))
-    assert {(r["table"], r["record_id"], r["column"]) for r in rejects} >= {("invoices", "IBAD", "milestone_id"), ("projects", "P9", "status")}
+    assert {(r["table"], r["record_id"], r["column"]) for r in rejects} >= {("invoices", "IBAD", "milestone_id"),
+                                                                            ("projects", "P9", "status")}
     assert all(r["reason"] and r["row"] for r in rejects)
     assert "non-payment-halt" in set(result.decisions["policy_id"])  # the night went on
     summary = result.summary
@@ -129,7 +132,8 @@ def test_bad_rows_go_to_rejects_and_the_rest_of_the_night_still_runs(tmp_path):
 
 def test_run_prints_a_short_summary_and_where_the_files_are(tmp_path):
     export = busy_night().write(tmp_path / "export")
-    res = CliRunner().invoke(main, ["run", "--export", str(export), "--policies", str(POLICIES), "--out", str(tmp_path / "out"),
+    res = CliRunner().invoke(main, ["run", "--export", str(export), "--policies", str(POLICIES), "--out",
+                                    str(tmp_path / "out"),
                                     "--ledger", str(tmp_path / "l.sqlite"), "--workers", "1"])
     assert res.exit_code == 0, res.output
     assert "night 2026-11-24:" in res.output
@@ -140,7 +144,8 @@ def test_run_prints_a_short_summary_and_where_the_files_are(tmp_path):
 def test_invalid_policies_exit_3_before_the_export_is_read(tmp_path):
     bad = tmp_path / "policies.yaml"
     bad.write_text(POLICIES.read_text().replace("{at_least: contact_loss_unanswered_attempts}", "{at_least: three}", 1))
-    proc = subprocess.run(EXE + ["run", "--export", str(tmp_path / "missing"), "--policies", str(bad), "--ledger", str(tmp_path / "l")],
+    proc = subprocess.run(EXE + ["run", "--export", str(tmp_path / "missing"), "--policies", str(bad), "--ledger",
+                                 str(tmp_path / "l")],
                           capture_output=True, text=True)
     assert proc.returncode == 3, proc.stderr
     line = next(i for i, text in enumerate(bad.read_text().splitlines(), 1) if "{at_least: three}" in text)
@@ -151,7 +156,8 @@ def test_invalid_policies_exit_3_before_the_export_is_read(tmp_path):
 def test_a_missing_table_is_an_invalid_export_exit_4(tmp_path):
     export = busy_night().write(tmp_path / "export")
     (export / "invoices.csv").unlink()
-    proc = subprocess.run(EXE + ["run", "--export", str(export), "--policies", str(POLICIES), "--out", str(tmp_path / "o"),
+    proc = subprocess.run(EXE + ["run", "--export", str(export), "--policies", str(POLICIES), "--out",
+                                 str(tmp_path / "o"),
                                  "--ledger", str(tmp_path / "l")], capture_output=True, text=True)
     assert proc.returncode == 4, proc.stderr
     assert "invoices" in proc.stderr and "Traceback" not in proc.stderr
@@ -162,14 +168,16 @@ def test_a_truncated_table_is_an_invalid_export_exit_4(tmp_path):
     export = busy_night().write(tmp_path / "export")
     lines = (export / "projects.csv").read_text().splitlines()
     (export / "projects.csv").write_text("\n".join(lines[:-1]) + "\n")
-    proc = subprocess.run(EXE + ["run", "--export", str(export), "--policies", str(POLICIES), "--out", str(tmp_path / "o"),
+    proc = subprocess.run(EXE + ["run", "--export", str(export), "--policies", str(POLICIES), "--out",
+                                 str(tmp_path / "o"),
                                  "--ledger", str(tmp_path / "l")], capture_output=True, text=True)
     assert proc.returncode == 4
     assert "projects" in proc.stderr and "manifest" in proc.stderr
 
 
 def test_a_bad_date_option_is_a_usage_error_exit_2(tmp_path):
-    proc = subprocess.run(EXE + ["run", "--export", str(tmp_path), "--as-of", "yesterday"], capture_output=True, text=True)
+    proc = subprocess.run(EXE + ["run", "--export", str(tmp_path), "--as-of", "yesterday"], capture_output=True,
+                          text=True)
     assert proc.returncode == 2
     assert "YYYY-MM-DD" in proc.stderr and "Traceback" not in proc.stderr
 
@@ -182,7 +190,9 @@ def test_validate_says_ok_for_the_shipped_policies():
 
 def test_validate_names_file_line_and_column_and_exits_3(tmp_path):
     bad = tmp_path / "p.yaml"
-    bad.write_text("version: 1\nthresholds:\n  top_shaker_default_max_active_projects: 3\npolicies:\n  - id: x\n    about: party\n    when:\n      - unanswerd_attempts: {at_least: 2}\n    then:\n      - close_project\n")
+    bad.write_text("version: 1\nthresholds:\n  top_shaker_default_max_active_projects: 3\npolicies:\n  - id: x\n    "
+                   "about: party\n    when:\n      - unanswerd_attempts: {at_least: 2}\n    then:\n      - "
+                   "close_project\n")
     proc = subprocess.run(EXE + ["validate", str(bad)], capture_output=True, text=True)
     assert proc.returncode == 3
     assert f"{bad}:8:9:" in proc.stderr and "did you mean 'unanswered_attempts'" in proc.stderr

@@ -18,7 +18,8 @@ from processor.cli.common import DAY, guarded
 
 
 def _guarded(fn):
-    """processor.cli.common.guarded, with libraries' warnings silenced: PolicyError -> exit 3, InvalidExport -> exit 4."""
+    """processor.cli.common.guarded, with libraries' warnings silenced: PolicyError -> exit 3,
+    InvalidExport -> exit 4."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -32,7 +33,8 @@ def _guarded(fn):
 
 
 def _pipe_safe(fn):
-    """`shakers-rules test | head`: the reader left; stop quietly (Python's documented recipe), no 'unexpected failure'."""
+    """`shakers-rules test | head`: the reader left; stop quietly (Python's documented recipe), no
+    'unexpected failure'."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -60,9 +62,11 @@ def _workers(workers: int | None) -> int:
 
 # --------------------------------------------------------------------------- schema
 @click.command()
-@click.option("--markdown", is_flag=True, help="Print the vocabulary of facts and actions as Markdown tables (the editor's guide pastes them).")
+@click.option("--markdown", is_flag=True, help="Print the vocabulary of facts and actions as Markdown tables (the "
+                                               "editor's guide pastes them).")
 @click.option("--check", "check_file", type=_POLICIES_FILE, default=None,
-              help="Check that this committed schema file equals the schema the program builds; exit 1 when it does not.")
+              help="Check that this committed schema file equals the schema the program builds; exit 1 when it does "
+                   "not.")
 @_guarded
 def schema(markdown, check_file):
     """Print the JSON Schema of policies.yaml (editors use it to complete and check while typing)."""
@@ -89,7 +93,8 @@ _FORMAT = click.Choice(["text", "json"])
 @click.command()
 @click.argument("file", default="policies.yaml", type=_POLICIES_FILE)
 @click.option("--format", "fmt", type=_FORMAT, default="text", show_default=True,
-              help="json: {\"file\", \"valid\", \"problems\": [{file, line, column, message, code, severity}]} on stdout.")
+              help="json: {\"file\", \"valid\", \"problems\": [{file, line, column, message, code, severity}]} on "
+                   "stdout.")
 @_guarded
 def validate(file, fmt):
     """Check a policies file: every problem, each as FILE:LINE:COL: what is wrong — what is expected."""
@@ -125,7 +130,8 @@ def _problems_json(e) -> dict:
 @click.command("test")
 @click.argument("policies_path", metavar="[POLICIES]", default="policies.yaml", type=_POLICIES_FILE)
 @click.option("--cases", "case_paths", multiple=True, type=click.Path(exists=True, path_type=Path),
-              help="A case file or a directory of them (repeatable). Default: policy_tests/ beside POLICIES, else ./policy_tests.")
+              help="A case file or a directory of them (repeatable). Default: policy_tests/ beside POLICIES, else "
+                   "./policy_tests.")
 @click.option("--run", "pattern", default=None, metavar="PATTERN",
               help="Run only the cases whose name this regular expression finds (e.g. 'contact|edge').")
 @click.option("--coverage", is_flag=True,
@@ -167,7 +173,8 @@ def test_policies(policies_path, case_paths, pattern, coverage, fail_under, fmt,
         sys.exit(3)  # invalid policies: no case runs
     paths = list(case_paths) or [default_cases(policies_path)]
     if not case_files([p for p in paths if p.exists()]):
-        _err(f"no test cases found in {', '.join(map(str, paths))} — write cases as policy_tests/*.yaml (docs/policies.md shows how), "
+        _err(f"no test cases found in {', '.join(map(str, paths))} — write cases as policy_tests/*.yaml "
+             f"(docs/policies.md shows how), "
              "or name them with --cases")
         sys.exit(2)
     cover = Coverage(policies) if coverage else None
@@ -201,9 +208,12 @@ def test_policies(policies_path, case_paths, pattern, coverage, fail_under, fmt,
 @click.command()
 @click.option("--export", "export_dir", required=True, type=_EXPORT_DIR, help="The night's export directory.")
 @click.option("--project", "project_id", required=True, help="The project to explain.")
-@click.option("--as-of", type=DAY, default=None, help="The night. Default: the manifest's export date, else today (UTC).")
-@click.option("--policies", "policies_path", default="policies.yaml", show_default=True, type=_POLICIES_FILE, help="The policies file.")
-@click.option("--policy", "only", multiple=True, metavar="ID", help="Show only this policy (repeatable). Default: every policy.")
+@click.option("--as-of", type=DAY, default=None, help="The night. Default: the manifest's export date, else today "
+                                                      "(UTC).")
+@click.option("--policies", "policies_path", default="policies.yaml", show_default=True, type=_POLICIES_FILE,
+              help="The policies file.")
+@click.option("--policy", "only", multiple=True, metavar="ID",
+              help="Show only this policy (repeatable). Default: every policy.")
 @click.option("--json", "as_json", is_flag=True, help="Print the explanation as JSON.")
 @_guarded
 def explain(export_dir, project_id, as_of, policies_path, only, as_json):
@@ -216,7 +226,8 @@ def explain(export_dir, project_id, as_of, policies_path, only, as_json):
     ids = [p.id for p in policies.policies]
     for policy_id in only:
         if policy_id not in ids:
-            raise click.BadParameter(f"'{policy_id}' is not a policy of {policies_path}{did_you_mean(policy_id, ids)}", param_hint="--policy")
+            raise click.BadParameter(f"'{policy_id}' is not a policy of {policies_path}{did_you_mean(policy_id, ids)}",
+                                     param_hint="--policy")
     try:
         explanation = explain_project(policies, export_dir, project_id, as_of)
     except ProjectNotFound as e:
@@ -234,12 +245,18 @@ def explain(export_dir, project_id, as_of, policies_path, only, as_json):
 # --------------------------------------------------------------------------- diff
 @click.command()
 @click.option("--export", "export_dir", required=True, type=_EXPORT_DIR, help="The night's export directory.")
-@click.option("--baseline", "baseline_path", required=True, type=_POLICIES_FILE, help="The policies as they are (e.g. policies.yaml).")
-@click.option("--candidate", "candidate_path", required=True, type=_POLICIES_FILE, help="The policies as you would change them.")
-@click.option("--as-of", type=DAY, default=None, help="The night. Default: the manifest's export date, else today (UTC).")
-@click.option("--json", "as_json", is_flag=True, help='Print {"added": [...], "removed": [...], "changed": [...]} decision rows as JSON.')
-@click.option("--examples", type=click.IntRange(0, 1000), default=3, show_default=True, help="Examples shown per policy and action.")
-@click.option("--workers", type=click.IntRange(0, 64), default=None, help="Engine worker processes (default: the machine's cores).")
+@click.option("--baseline", "baseline_path", required=True, type=_POLICIES_FILE,
+              help="The policies as they are (e.g. policies.yaml).")
+@click.option("--candidate", "candidate_path", required=True, type=_POLICIES_FILE,
+              help="The policies as you would change them.")
+@click.option("--as-of", type=DAY, default=None, help="The night. Default: the manifest's export date, else today "
+                                                      "(UTC).")
+@click.option("--json", "as_json", is_flag=True, help='Print {"added": [...], "removed": [...], "changed": [...]} '
+                                                      'decision rows as JSON.')
+@click.option("--examples", type=click.IntRange(0, 1000), default=3, show_default=True,
+              help="Examples shown per policy and action.")
+@click.option("--workers", type=click.IntRange(0, 64), default=None,
+              help="Engine worker processes (default: the machine's cores).")
 @_guarded
 def diff(export_dir, baseline_path, candidate_path, as_of, as_json, examples, workers):
     """Backtest a policy change: evaluate BASELINE and CANDIDATE on the same night and show the decisions
@@ -257,17 +274,21 @@ def diff(export_dir, baseline_path, candidate_path, as_of, as_json, examples, wo
 
 # --------------------------------------------------------------------------- backtest
 @click.command()
-@click.option("--exports-root", "exports_root", required=True, type=click.Path(file_okay=False, exists=True, path_type=Path),
+@click.option("--exports-root", "exports_root", required=True,
+              type=click.Path(file_okay=False, exists=True, path_type=Path),
               help="The directory of nights' exports, one YYYY-MM-DD directory each (as `nightly` reads them).")
-@click.option("--baseline", "baseline_path", required=True, type=_POLICIES_FILE, help="The policies as they are (e.g. policies.yaml).")
-@click.option("--candidate", "candidate_path", required=True, type=_POLICIES_FILE, help="The policies as you would change them.")
+@click.option("--baseline", "baseline_path", required=True, type=_POLICIES_FILE,
+              help="The policies as they are (e.g. policies.yaml).")
+@click.option("--candidate", "candidate_path", required=True, type=_POLICIES_FILE,
+              help="The policies as you would change them.")
 @click.option("--from", "since", type=DAY, default=None, help="The first night (default: the oldest there is).")
 @click.option("--to", "until", type=DAY, default=None, help="The last night (default: the newest there is).")
 @click.option("--json", "as_json", is_flag=True, help="Print the backtest as JSON.")
 @click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write a self-contained page with a per-night chart to this file.")
 @click.option("--workers", type=click.IntRange(0, 64), default=None,
-              help="Engine worker processes (default: none for a night of up to 20,000 projects, else the machine's cores).")
+              help="Engine worker processes (default: none for a night of up to 20,000 projects, else the machine's "
+                   "cores).")
 @_guarded
 def backtest(exports_root, baseline_path, candidate_path, since, until, as_json, html_path, workers):
     """Replay BASELINE and CANDIDATE over every night of EXPORTS_ROOT, each with its own scratch ledger, and show

@@ -123,7 +123,8 @@ def load_cases(path: Path) -> list[Case]:
         text = read_text(path)
         root = located_yaml(text, name)
     except PolicyError as e:
-        raise CaseFileError(name, [Problem(p.line, p.col, p.message.replace("policies file", "case file")) for p in e.problems]) from None
+        raise CaseFileError(name, [Problem(p.line, p.col, p.message.replace("policies file", "case file"))
+                                   for p in e.problems]) from None
     reader = _CaseReader(name)
     cases = reader.file(root)
     if reader.problems:
@@ -145,7 +146,8 @@ class _CaseReader:
             return None
         for key, knode in n.keys.items():
             if key not in allowed:
-                self.bad(knode, f"unknown key '{key}' in {what}{did_you_mean(key, allowed)} — expected one of: {', '.join(allowed)}")
+                self.bad(knode, f"unknown key '{key}' in {what}{did_you_mean(key, allowed)} — expected one of: "
+                                f"{', '.join(allowed)}")
         for key in required:
             if key not in n.value:
                 self.bad(n, f"{what} is missing '{key}'")
@@ -183,7 +185,8 @@ class _CaseReader:
             if case is None:
                 continue
             if case.name in names:
-                self.bad(item, f"case name '{case.name}' is used twice (first on line {names[case.name]}) — name each case after what it shows")
+                self.bad(item, f"case name '{case.name}' is used twice (first on line {names[case.name]}) — name each "
+                               f"case after what it shows")
             names[case.name] = case.line
             out.append(case)
         return out
@@ -238,7 +241,8 @@ class _CaseReader:
             if key not in MATCH_KEYS:
                 continue  # reported by mapping()
             if isinstance(v.value, (dict, list)):
-                self.bad(v, f"'{key}' is matched against one value, got a {'list' if isinstance(v.value, list) else 'block'}")
+                self.bad(v, f"'{key}' is matched against one value, got a "
+                            f"{'list' if isinstance(v.value, list) else 'block'}")
                 return None
             wanted[MATCH_KEYS[key]] = "" if v.value is None else cell_text(v.value)
         return wanted, count
@@ -265,7 +269,8 @@ class _CaseReader:
                     if key not in COLUMNS[table] and key not in SHORTHANDS[table]:
                         continue  # reported by mapping()
                     if isinstance(v.value, (dict, list)):
-                        self.bad(v, f"'{key}' of '{table}' is one value, got a {'list' if isinstance(v.value, list) else 'block'}")
+                        self.bad(v, f"'{key}' of '{table}' is one value, got a "
+                                    f"{'list' if isinstance(v.value, list) else 'block'}")
                         continue
                     plain[key] = v.value
                 try:
@@ -287,7 +292,8 @@ class _Night:
         self.as_of = as_of
         self.tables: dict[str, list[dict]] = {t: [] for t in COLUMNS}
         self._numbers = {t: 0 for t in COLUMNS}
-        for user_id, role, extra in (("PS1", "project_success", {}), ("C1", "client", {}), ("T1", "talent", {"areas": "development"})):
+        for user_id, role, extra in (("PS1", "project_success", {}), ("C1", "client", {}), ("T1", "talent",
+                                                                                            {"areas": "development"})):
             self.add("users", {"user_id": user_id, "role": role, **extra})
 
     def day(self, days_before: int) -> str:
@@ -347,15 +353,19 @@ class _Night:
                 row["escrow_amount"] = cell_text(given.pop("escrow"))
         elif table == "invoices":
             milestones = self.tables["milestones"]
-            milestone_id = cell_text(given["milestone_id"]) if "milestone_id" in given else (milestones[0]["milestone_id"] if milestones else "")
+            milestone_id = cell_text(given["milestone_id"]) if "milestone_id" in given \
+                else (milestones[0]["milestone_id"] if milestones else "")
             if not milestone_id:
-                raise ValueError("an invoice belongs to a milestone: add one under 'milestones' first, or give 'milestone_id'")
+                raise ValueError("an invoice belongs to a milestone: add one under 'milestones' first, or give "
+                                 "'milestone_id'")
             milestone = next((m for m in milestones if m["milestone_id"] == milestone_id), {})
             overdue = _whole(given.pop("days_overdue", 0), "days_overdue")
             due = cell_text(given.get("due_date", self.day(overdue)))
-            row = {"invoice_id": cell_text(given.get("invoice_id") or self._next("invoices", "I")), "milestone_id": milestone_id,
+            row = {"invoice_id": cell_text(given.get("invoice_id") or self._next("invoices", "I")),
+                   "milestone_id": milestone_id,
                    "amount": milestone.get("amount", "1000.00"), "currency": "EUR",
-                   "issued_at": (dt.date.fromisoformat(due) - dt.timedelta(days=14)).isoformat() if _is_day(due) else due,
+                   "issued_at": (dt.date.fromisoformat(due) - dt.timedelta(days=14)).isoformat() if _is_day(due)
+                   else due,
                    "due_date": due, "status": "open", "paid_at": ""}
             if cell_text(given.get("status")) == "paid":
                 row["paid_at"] = self.at(1, 9)

@@ -159,9 +159,11 @@ def why_not(policies: PolicySet, facts, policy_id: str, wanted: dict | None = No
         fact = {k: _plain(v) for k, v in fact.items()}
         held, events = explain_fact(policy, fact)
         failing = [e for e in events if e["holds"] is False]
-        ids = {str(fact.get(c)) for c in ("project_id", "user_id", "milestone_id", "invoice_id") if fact.get(c) is not None}
+        ids = {str(fact.get(c)) for c in ("project_id", "user_id", "milestone_id", "invoice_id")
+               if fact.get(c) is not None}
         named = any((wanted or {}).get(c) in ids for c in ("subject_id", "milestone_id", "invoice_id", "project_id"))
-        explained.append(((not named, sum("field" in e for e in failing)), _fact_label(policy.about, fact), held, failing))
+        explained.append(((not named, sum("field" in e for e in failing)), _fact_label(policy.about, fact), held,
+                          failing))
     out = []
     for _n, label, held, failing in sorted(explained, key=lambda x: x[0])[:most]:
         if held:
@@ -247,7 +249,8 @@ class Coverage:
                 offsets = OPERATORS[t.op].edge  # a threshold comparison's (just holds, just fails)
                 if t.threshold and offsets:
                     edge = (t.value + offsets[0], t.value + offsets[1])
-                rows.append(ConditionCoverage(policy.id, policies.path, t.line, column, t.describe(), t.threshold, edge))
+                rows.append(ConditionCoverage(policy.id, policies.path, t.line, column, t.describe(), t.threshold,
+                                              edge))
             self.conditions[policy.id] = rows
         self.cases = 0
 
@@ -336,7 +339,8 @@ def tests_json(results: list[CaseResult], coverage: Coverage | None, fail_under:
             problems += [problem_json(r.file, p, case_problem_code(p.message)) for p in r.problems]
         elif not r.passed:
             problems.append({"file": r.file, "line": r.line, "column": 1, "code": "case-failed",
-                             "message": f"case '{r.name}' fails: " + "; ".join(d.strip() for d in r.differences), "severity": "error"})
+                             "message": f"case '{r.name}' fails: " + "; ".join(d.strip() for d in r.differences),
+                             "severity": "error"})
     out = {"cases": [{"file": r.file, "line": r.line, "name": r.name, "passed": r.passed, "differences": r.differences}
                      for r in results],
            "passed": sum(r.passed for r in results), "failed": sum(not r.passed for r in results)}
