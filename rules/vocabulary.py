@@ -40,7 +40,8 @@ TEXT, NUMBER, FLAG = "text", "number", "yes/no"
 COMMON_FIELDS: dict[str, tuple[str, str]] = {
     "project_id": (TEXT, "the project's id"),
     "project_status": (TEXT, "active, on_hold or closed"),
-    "hold_reason": (TEXT, "why the project is on hold: client_contact_loss, talent_contact_loss, non_payment, other, or none"),
+    "hold_reason": (TEXT, "why the project is on hold: client_contact_loss, talent_contact_loss, non_payment, "
+                          "other, or none"),
     "talent_decision": (TEXT, "what the talent decided: wait, close, continue, halt, or none"),
     "area": (TEXT, "the project's area, e.g. development"),
     "days_on_hold": (NUMBER, "whole days since held_since (0 when not on hold)"),
@@ -71,7 +72,8 @@ FACT_KINDS: dict[str, dict[str, tuple[str, str]]] = {
         "amount_cents": (NUMBER, "the milestone's value, in cents"),
         "escrow_gap_cents": (NUMBER, "value minus the money held in escrow, in cents (0 when fully paid in)"),
         "has_validated_at": (FLAG, "the client validated the work (validated_at is set)"),
-        "payee_is_client": (FLAG, "the milestone's payee is its project's client (the money would go back to the payer)"),
+        "payee_is_client": (FLAG, "the milestone's payee is its project's client "
+                                  "(the money would go back to the payer)"),
     },
     "invoice": {
         **COMMON_FIELDS,
@@ -93,15 +95,21 @@ WHO = ("client", "talent", "project_success", "payee", "party", "nobody")
 # Per action: the default subject, and the arguments it accepts
 # (argument -> (kind of value, required, description)).
 ACTION_ARGS: dict[str, dict[str, tuple[str, bool, str]]] = {
-    Action.HALT_PROJECT: {"reason": ("hold reason", True, "why the project is halted: client_contact_loss, talent_contact_loss, non_payment or other")},
+    Action.HALT_PROJECT: {"reason": ("hold reason", True, "why the project is halted: client_contact_loss, "
+                                     "talent_contact_loss, non_payment or other")},
     Action.REQUEST_TALENT_DECISION: {},
-    Action.RELEASE_MILESTONE_PAYMENT: {"milestones": ("milestone statuses", False, "release every milestone of the project in these statuses; omit in a policy about a milestone")},
+    Action.RELEASE_MILESTONE_PAYMENT: {"milestones": ("milestone statuses", False,
+                                                      "release every milestone of the project in these statuses; "
+                                                      "omit in a policy about a milestone")},
     Action.CLOSE_PROJECT: {},
     Action.NOTIFY_CLIENT: {},
     Action.NOTIFY_TALENT: {},
     Action.REJECT_USER: {"who": ("who", True, "whom to reject: client or talent")},
-    Action.ASSIGN_TOP_SHAKER: {"if_none_available": ("text", False, "the flag_for_review reason used when no Top Shaker is eligible")},
-    Action.REASSIGN_MILESTONE: {"milestones": ("milestone statuses", True, "reassign every milestone of the project in these statuses to the Top Shaker")},
+    Action.ASSIGN_TOP_SHAKER: {"if_none_available": ("text", False,
+                                                     "the flag_for_review reason used when no Top Shaker is eligible")},
+    Action.REASSIGN_MILESTONE: {"milestones": ("milestone statuses", True,
+                                               "reassign every milestone of the project in these statuses "
+                                               "to the Top Shaker")},
     Action.NOTIFY_TALENT_NON_PAYMENT: {},
     Action.RESUME_PROJECT: {},
     Action.FLAG_FOR_REVIEW: {"reason": ("text", True, "a short reason code, e.g. escrow_shortfall"),

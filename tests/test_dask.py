@@ -64,7 +64,8 @@ def test_a_scheduler_address_sends_the_work_to_that_cluster(night, cluster):
 def test_the_whole_run_with_the_dask_engine_writes_the_same_decisions(night, cluster, tmp_path):
     kw = dict(policies_path=POLICIES, as_of=AS_OF, ledger_path=tmp_path / "ledger.sqlite")
     local = run_night(night, out_dir=tmp_path / "local", workers=1, **kw)
-    on_dask = run_night(night, out_dir=tmp_path / "dask", engine="dask", scheduler=cluster, **{**kw, "ledger_path": tmp_path / "l2.sqlite"})
+    on_dask = run_night(night, out_dir=tmp_path / "dask", engine="dask", scheduler=cluster,
+                        **{**kw, "ledger_path": tmp_path / "l2.sqlite"})
     assert (tmp_path / "local" / "decisions.csv").read_text() == (tmp_path / "dask" / "decisions.csv").read_text()
     assert on_dask.summary["engine"]["sent_to_engine"] == local.summary["engine"]["sent_to_engine"]
 

@@ -53,7 +53,8 @@ def _batched(frames, projects: int, whole_facts: bool = False) -> set[tuple[str,
     """What fires in batches of `projects` projects, each batch retracted by its ids (as the night does)."""
     engine = PolicyEngine(to_ruleset(load_policies(POLICIES)))
     fields = None if whole_facts else engine.fields_of
-    return {pair for batch in fact_batches(frames, projects, fields) for pair in engine.evaluate_json(batch.facts, batch.ids)}
+    return {pair for batch in fact_batches(frames, projects, fields)
+            for pair in engine.evaluate_json(batch.facts, batch.ids)}
 
 
 def engine_records(frames) -> list[list[dict]]:

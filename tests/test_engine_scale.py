@@ -27,7 +27,8 @@ def synthetic_facts(n: int, seed: int = 3) -> Facts:
         "project_id": pid,
         "project_status": rng.choice(["active", "on_hold", "closed"], n, p=[0.8, 0.1, 0.1]),
         "hold_reason": rng.choice(["none", "client_contact_loss", "non_payment", "other"], n, p=[0.7, 0.1, 0.1, 0.1]),
-        "talent_decision": rng.choice(["none", "wait", "close", "continue", "halt"], n, p=[0.8, 0.05, 0.05, 0.05, 0.05]),
+        "talent_decision": rng.choice(["none", "wait", "close", "continue", "halt"], n,
+                                      p=[0.8, 0.05, 0.05, 0.05, 0.05]),
         "area": rng.choice(["development", "design"], n),
         "days_on_hold": rng.integers(0, 30, n),
     })

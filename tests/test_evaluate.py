@@ -150,7 +150,8 @@ def test_a_project_that_kills_its_worker_is_reported_and_every_other_fires_as_pl
     kept = firings[owner[firings["fact_id"]].to_numpy() != victim].reset_index(drop=True)
     pd.testing.assert_frame_equal(ev.firings, kept)
     for kind, frame in frames.items():
-        pd.testing.assert_index_equal(ev.fired_rows[kind], frame.index[frame["fact_id"].isin(kept["fact_id"]).to_numpy()])
+        pd.testing.assert_index_equal(ev.fired_rows[kind],
+                                      frame.index[frame["fact_id"].isin(kept["fact_id"]).to_numpy()])
     total = len(frames["project"])
     assert seen[-1] == (total, total)
 
@@ -158,14 +159,16 @@ def test_a_project_that_kills_its_worker_is_reported_and_every_other_fires_as_pl
 # ---------------------------------------------------------------- a project that hangs its worker
 
 
-def test_a_project_that_hangs_its_worker_is_killed_by_the_watchdog_and_every_other_fires_as_plainly(night_facts, monkeypatch):
+def test_a_project_that_hangs_its_worker_is_killed_by_the_watchdog_and_every_other_fires_as_plainly(night_facts,
+                                                                                                    monkeypatch):
     import time
 
     from processor.engine.local import HANG_HOOK_ENV, STALL_ENV
 
     policies = load_policies(POLICIES)
     firings, _, sent = plainly(policies, night_facts)
-    owner = pd.concat([f[["fact_id", "project_id"]] for f in night_facts.frames.values()]).set_index("fact_id")["project_id"]
+    owner = pd.concat([f[["fact_id", "project_id"]] for f in night_facts.frames.values()])\
+        .set_index("fact_id")["project_id"]
     victim = owner[firings["fact_id"]].iloc[len(firings) // 3]
     monkeypatch.setenv(HANG_HOOK_ENV, victim)
     monkeypatch.setenv(STALL_ENV, "1.5")

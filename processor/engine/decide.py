@@ -53,7 +53,8 @@ def _fired_frame(policy: Policy, fired_ids: pd.Series, facts: Facts) -> pd.DataF
     frame = facts.frames[policy.about]
     rows = frame[is_in(frame["fact_id"], fired_ids)]
     evidence = _evidence(rows, evidence_fields(policy), evidence_thresholds(policy))
-    keep = ["project_id", "fact_id"] + [c for c in ("party", "user_id", "milestone_id", "invoice_id") if c in rows.columns]
+    keep = ["project_id", "fact_id"] + [c for c in ("party", "user_id", "milestone_id", "invoice_id")
+                                        if c in rows.columns]
     return rows[keep].assign(evidence=evidence).reset_index(drop=True)
 
 
@@ -171,12 +172,15 @@ def _fired_context(policies: PolicySet, firings: pd.DataFrame, facts: Facts, fir
     read = {kind: ["project_id", "fact_id", "party", "user_id", "milestone_id", "invoice_id"] for kind in facts.frames}
     for policy in policies.policies:
         read.setdefault(policy.about, []).extend(evidence_fields(policy))
-    columns = {kind: [c for c in dict.fromkeys(read[kind]) if c in frame.columns] for kind, frame in facts.frames.items()}
+    columns = {kind: [c for c in dict.fromkeys(read[kind]) if c in frame.columns]
+               for kind, frame in facts.frames.items()}
     if fired_rows is not None:
-        frames = {kind: frame.loc[fired_rows.get(kind, frame.index[:0]), columns[kind]] for kind, frame in facts.frames.items()}
+        frames = {kind: frame.loc[fired_rows.get(kind, frame.index[:0]), columns[kind]]
+                  for kind, frame in facts.frames.items()}
     else:
         fired = pd.Series(firings["fact_id"].unique())
-        frames = {kind: frame.loc[is_in(frame["fact_id"], fired), columns[kind]] for kind, frame in facts.frames.items()}
+        frames = {kind: frame.loc[is_in(frame["fact_id"], fired), columns[kind]]
+                  for kind, frame in facts.frames.items()}
     ids = pd.concat([f["project_id"] for f in frames.values()]).drop_duplicates().sort_values(ignore_index=True)
     # The three tables are searched at once (numpy's searches and Arrow's takes let go of the GIL).
     milestones = threads.submit(_rows, facts.milestones, ids,
@@ -230,17 +234,19 @@ def _sort_order(keys: list) -> np.ndarray:
     columns (pandas or numpy): one stable sort of an Arrow table of the keys (text compared by its
     bytes in UTF-8, which orders as Python does)."""
     table = pa.table({str(i): pa.array(key, from_pandas=True) for i, key in enumerate(keys)})
-    return pc.sort_indices(table, sort_keys=[(str(i), "ascending") for i in range(len(keys))]).to_numpy()  # nulls at the end
+    # nulls at the end
+    return pc.sort_indices(table, sort_keys=[(str(i), "ascending") for i in range(len(keys))]).to_numpy()
 
 
 # --------------------------------------------------------------------------- Top Shakers
 def top_shaker_pool(users: pd.DataFrame, projects: pd.DataFrame, default_capacity: int) -> pd.DataFrame:
     """Eligible-in-principle Top Shakers: talent, top, active; with areas, rating, load and capacity."""
-    ts = users.loc[users["is_top_shaker"].astype(bool).to_numpy(), ["user_id", "role", "status", "areas", "rating", "max_active_projects"]]
+    ts = users.loc[users["is_top_shaker"].astype(bool).to_numpy(),
+                   ["user_id", "role", "status", "areas", "rating", "max_active_projects"]]
     ts = ts[((ts["role"] == "talent") & (ts["status"] == "active")).to_numpy(dtype=bool, na_value=False)]
     # Their active projects as talent: the active projects' talents looked up among them.
-    of_active = positions(projects.loc[(projects["status"] == "active").to_numpy(dtype=bool, na_value=False), "talent_id"],
-                          ts["user_id"])
+    of_active = positions(projects.loc[(projects["status"] == "active").to_numpy(dtype=bool, na_value=False),
+                                       "talent_id"], ts["user_id"])
     return pd.DataFrame({
         "user_id": ts["user_id"].astype(str).to_numpy(),
         "areas": ts["areas"].astype(object).where(ts["areas"].notna(), "").astype(str).to_numpy(),
@@ -270,8 +276,8 @@ def choose_top_shakers(needs: pd.DataFrame, pool: pd.DataFrame) -> dict[str, str
                 by_area.setdefault(area.strip(), []).append((-rating[user], load[user], user))
     for heap in by_area.values():
         heapq.heapify(heap)
-    for project_id, area, absent in sorted(zip(needs["project_id"].tolist(), needs["area"].tolist(), needs["talent_id"].tolist()),
-                                           key=lambda r: str(r[0])):
+    for project_id, area, absent in sorted(zip(needs["project_id"].tolist(), needs["area"].tolist(),
+                                               needs["talent_id"].tolist()), key=lambda r: str(r[0])):
         heap = by_area.get(area, [])
         best, set_aside = None, []
         while heap:

@@ -218,14 +218,16 @@ def _party_facts(tables: dict[str, pd.DataFrame], common: dict, project_ids: pa.
     # Ordered by (project_id, party): the client and the talent row of each project, by project id.
     by_id = _sorted_order(project_ids)
     rows = np.column_stack([by_id, by_id + n]).ravel()
-    party = pa.array(["client", "talent"], pa.large_string()).take(np.tile(np.array([0, 1]), n))  # not 2M Python strings
+    # not 2M Python strings
+    party = pa.array(["client", "talent"], pa.large_string()).take(np.tile(np.array([0, 1]), n))
     party_facts = pd.DataFrame({
         **_common_frame(common, np.repeat(by_id, 2)),
         "party": _text(party),
         "user_id": _text(pa.concat_arrays([client_ids, talent_ids]).take(rows)),
         "user_status": _text(user_status.take(rows)),
         "unanswered_attempts": unanswered[rows].astype("int64"),
-        "unanswered_by_project_success": np.bincount(row[counts & by_project_success], minlength=2 * n)[rows].astype("int64"),
+        "unanswered_by_project_success":
+            np.bincount(row[counts & by_project_success], minlength=2 * n)[rows].astype("int64"),
         "days_since_oldest_unanswered": np.where(unanswered > 0, today - _day(oldest), 0)[rows].astype("int64"),
         "answered_since_hold": answered_since_hold[rows],
     }, copy=False)
@@ -267,11 +269,13 @@ def build_facts(tables: dict[str, pd.DataFrame], as_of: dt.date) -> Facts:
             "milestone_id": _text(milestone_ids),
             "milestone_status": _text(_take(text_array(m["status"]), ms_kept)),
             "amount_cents": amount,
-            "escrow_gap_cents": np.maximum(amount - _take(m["escrow_amount_cents"].to_numpy(dtype="int64"), ms_kept), 0),
+            "escrow_gap_cents":
+                np.maximum(amount - _take(m["escrow_amount_cents"].to_numpy(dtype="int64"), ms_kept), 0),
             "has_validated_at": _take(m["validated_at"].notna().to_numpy(), ms_kept),
             # An empty payee is nobody, so never the client.
             "payee_is_client": pc.equal(_take(text_array(m["payee_id"]), ms_kept),
-                                        client_ids.take(_take(ms_project, ms_kept))).fill_null(False).to_numpy(zero_copy_only=False),
+                                        client_ids.take(_take(ms_project, ms_kept)))
+                                 .fill_null(False).to_numpy(zero_copy_only=False),
         }, copy=False)
         milestone_facts["fact_id"] = _text(_fact_ids("milestone", milestone_ids))
 

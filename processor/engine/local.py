@@ -129,16 +129,20 @@ def _init_worker(ruleset: dict):
 def _evaluate_task(task: Task) -> _Part:
     rows = _share_candidates(task) if isinstance(task, int) else task[1]
     # Of the candidates, only the columns the engine's JSON and the counts below read.
-    frames = {kind: _NIGHT.frames[kind][_engine_columns(_NIGHT.frames[kind], kind)].iloc[at] for kind, at in rows.items()}
+    frames = {kind: _NIGHT.frames[kind][_engine_columns(_NIGHT.frames[kind], kind)].iloc[at]
+              for kind, at in rows.items()}
     firings = list(iter_firings(_ENGINE, frames, crash_on=os.environ.get(CRASH_HOOK_ENV),
                                 hang_on=os.environ.get(HANG_HOOK_ENV)))
     policy_ids, fact_ids = zip(*firings) if firings else ((), ())
-    table = pa.table({"policy_id": pa.array(policy_ids, pa.large_string()), "fact_id": pa.array(fact_ids, pa.large_string())})
+    table = pa.table({"policy_id": pa.array(policy_ids, pa.large_string()),
+                      "fact_id": pa.array(fact_ids, pa.large_string())})
     table = table.take(pc.sort_indices(table, _FIRINGS_ORDER))  # sorted here, the run's sort has less to do
-    fired = {kind: at[pc.is_in(text_array(frames[kind]["fact_id"]), value_set=table["fact_id"]).to_numpy(zero_copy_only=False)]
+    fired = {kind: at[pc.is_in(text_array(frames[kind]["fact_id"]), value_set=table["fact_id"])
+                      .to_numpy(zero_copy_only=False)]
              for kind, at in rows.items()}
     # Project ids are never missing (the export requires them): their distinct values are the projects.
-    projects = pc.count_distinct(pa.chunked_array([text_array(f["project_id"]) for f in frames.values()], pa.large_string()))
+    projects = pc.count_distinct(pa.chunked_array([text_array(f["project_id"]) for f in frames.values()],
+                                                  pa.large_string()))
     return _Part(table, fired, projects.as_py())
 
 
@@ -167,13 +171,15 @@ def evaluate(policies: PolicySet, facts: Facts, *, workers: int = 1, prefilter: 
         _NIGHT = None
     result.projects_sent = sum(part.sent for part in parts) + len(result.not_evaluated)
     result.firings = _firings_frame([part.firings for part in parts])
-    result.fired_rows = {kind: frame.index[np.sort(np.concatenate([np.zeros(0, np.intp), *(p.fired[kind] for p in parts)]))]
-                         for kind, frame in facts.frames.items()}
+    result.fired_rows = {
+        kind: frame.index[np.sort(np.concatenate([np.zeros(0, np.intp), *(p.fired[kind] for p in parts)]))]
+        for kind, frame in facts.frames.items()}
     result.not_evaluated.sort()
     return result
 
 
-def _run(ruleset: dict, shares: int, workers: int, result: Evaluation, progress: Callable[[int, int], None]) -> list[_Part]:
+def _run(ruleset: dict, shares: int, workers: int, result: Evaluation,
+         progress: Callable[[int, int], None]) -> list[_Part]:
     """Every share evaluated (by `workers` processes); what could not be is in result.not_evaluated."""
     parts: list[_Part] = []
     done, total = 0, result.projects_total
@@ -240,7 +246,8 @@ def _firings_frame(tables: list[pa.Table]) -> pd.DataFrame:
     n = len(policy)
     repeated = pc.and_(pc.equal(policy.slice(1), policy.slice(0, n - 1)), pc.equal(fact.slice(1), fact.slice(0, n - 1)))
     keep = pa.concat_arrays([pa.array([True]), pc.invert(repeated)])
-    return pd.DataFrame({"policy_id": pd.array(policy.filter(keep), dtype=STR), "fact_id": pd.array(fact.filter(keep), dtype=STR)})
+    return pd.DataFrame({"policy_id": pd.array(policy.filter(keep), dtype=STR),
+                         "fact_id": pd.array(fact.filter(keep), dtype=STR)})
 
 
 def _subset(chunk: Chunk, some: np.ndarray) -> Chunk:

@@ -166,7 +166,8 @@ class Ledger(Deliveries):
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except (FileExistsError, NotADirectoryError):
-            raise LedgerReadOnly(self.path, f"something on the path {self.path.parent} is a file, not a directory") from None
+            raise LedgerReadOnly(self.path, f"something on the path {self.path.parent} is a file, "
+                                            "not a directory") from None
         except PermissionError:
             raise LedgerReadOnly(self.path, f"this user may not create {self.path.parent}") from None
         if self.path.is_dir():
@@ -250,7 +251,8 @@ class Ledger(Deliveries):
             # The journal is made beside the ledger at the first write: a directory we cannot write fails the commit.
             fd, probe = files.temporary_beside(self.path)
         except OSError as e:
-            raise LedgerReadOnly(self.path, f"this user may not create files in {self.path.parent} ({e.strerror})") from None
+            raise LedgerReadOnly(self.path, f"this user may not create files in {self.path.parent} "
+                                            f"({e.strerror})") from None
         os.close(fd)
         os.unlink(probe)
         try:
@@ -266,7 +268,8 @@ class Ledger(Deliveries):
                 raise LedgerFull(self.path) from None
             if "readonly" not in str(e):
                 raise
-            raise LedgerReadOnly(self.path, "the file is read-only for this user, or on a read-only file system") from None
+            raise LedgerReadOnly(self.path, "the file is read-only for this user, "
+                                            "or on a read-only file system") from None
 
     def close(self):
         self.db.close()
