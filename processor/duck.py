@@ -19,6 +19,8 @@ import duckdb
 
 # What a night may use when --memory-limit is not given: DuckDB spills past it to the temp directory.
 DEFAULT_MEMORY_LIMIT = "1GB"
+# The run's spill directory, inside its --out (removed when its last connection closes).
+SPILL_DIRECTORY = ".duckdb-spill"
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)\s*$", re.IGNORECASE)
 
 
@@ -74,3 +76,6 @@ def connect(threads: int | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
     finally:
         con.close()
         shutil.rmtree(spill, ignore_errors=True)
+        if parent is not None:
+            with contextlib.suppress(OSError):  # another connection's files are still there
+                parent.rmdir()

@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from processor import files, killpoints
+from processor import duck, files, killpoints
 from processor import ledger as ledger_module
 from processor.export.contract import DEFAULT_MAX_REJECT_SHARE
 from processor.killpoints import kill_point
@@ -248,7 +248,8 @@ def run_nightly(exports_root: str | Path, runs_root: str | Path, *, ledger_path:
                 policies_path: str | Path = "policies.yaml", workers: int = 1, keep_nights: int = DEFAULT_KEEP_NIGHTS,
                 since: dt.date | None = None, deliver: Deliver | None = None,
                 progress: Callable[[str], None] | None = None, manifest_required: bool = True,
-                max_reject_share: float = DEFAULT_MAX_REJECT_SHARE) -> NightlyResult:
+                max_reject_share: float = DEFAULT_MAX_REJECT_SHARE,
+                memory_limit: str = duck.DEFAULT_MEMORY_LIMIT) -> NightlyResult:
     """Do every night not yet done. Raises NoNights (exit 2) when EXPORTS_ROOT holds no night directory,
     PolicyError (exit 3) when the policies file is broken (checked on every start), LedgerBusy (exit 6)
     when another run holds the ledger; otherwise reports per night, nights waiting for their manifest too.
@@ -289,7 +290,8 @@ def run_nightly(exports_root: str | Path, runs_root: str | Path, *, ledger_path:
             try:
                 night_result = run_night(exports_root / night.isoformat(), policies_path=policies_path, as_of=night,
                                          out_dir=out, ledger_path=ledger_path, workers=workers, progress=progress,
-                                         as_of_source="directory", max_reject_share=max_reject_share)
+                                         as_of_source="directory", max_reject_share=max_reject_share,
+                                         memory_limit=memory_limit)
             except InvalidExport as e:
                 outcome = NightOutcome(night, "invalid", EXIT_EXPORT,
                                        f"invalid export, not recorded; it will be tried again next time: {e}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import logging
+import shutil
 import sqlite3
 import sys
 import time
@@ -20,7 +21,7 @@ from typing import Callable, Mapping
 
 import pandas as pd
 
-from processor import files, killpoints
+from processor import duck, files, killpoints
 from processor.delivery.message import Outgoing, read_eml
 from processor.delivery.outbox import OutboxWriters, Written
 from processor.delivery.settings import MailConfigError, SmtpSettings
@@ -116,12 +117,14 @@ def run_night(export_dir: str | Path, *, policies_path: str | Path = "policies.y
               out_dir: str | Path | None = None, ledger_path: str | Path | None = None, workers: int = 1,
               prefilter: bool = True, progress: Callable[[str], None] | None = None,
               engine: str = "local", scheduler: str | None = None, as_of_source: str | None = None,
-              max_reject_share: float = DEFAULT_MAX_REJECT_SHARE) -> NightResult:
+              max_reject_share: float = DEFAULT_MAX_REJECT_SHARE,
+              memory_limit: str = duck.DEFAULT_MEMORY_LIMIT) -> NightResult:
     """Evaluate one night and write its outputs. Raises PolicyError (exit 3) or InvalidExport (exit 4),
     also when more than ``max_reject_share`` of a table's rows are rejected (read_export);
     LedgerProblem or files.OutputPathError (a ledger or --out this run cannot use) before evaluating.
 
-    `as_of_source` says where a given `as_of` came from for summary.json (default "option")."""
+    `as_of_source` says where a given `as_of` came from for summary.json (default "option"); DuckDB may hold
+    `memory_limit` before it spills to <out>/.duckdb-spill, removed when the run ends."""
     say = progress or (lambda _msg: None)
     timings: dict[str, float] = {}
     started = time.perf_counter()
@@ -143,6 +146,9 @@ def run_night(export_dir: str | Path, *, policies_path: str | Path = "policies.y
     files.check_output_directory(out)  # an --out under a file: a sentence now, not after the evaluation
     files.working_in(out)  # where an unexpected failure's traceback goes (error.log)
     files.remove_partials(out)  # temporary files of a run that was killed while writing
+    # DuckDB spills beside the run; each connection removes its files (a killed run's go here).
+    shutil.rmtree(out / duck.SPILL_DIRECTORY, ignore_errors=True)
+    duck.configure(duck.Settings(memory_limit=memory_limit, temp_directory=out / duck.SPILL_DIRECTORY))
     decisions, ev, facts = decide_night(policies, export, as_of, workers=workers, prefilter=prefilter,
                                         progress=progress, timings=timings, engine=engine, scheduler=scheduler)
     # Nothing below reads the raw tables or the per-kind facts again: let them go before the

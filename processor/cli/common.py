@@ -164,6 +164,34 @@ class Day(click.ParamType):
 DAY = Day()
 
 
+class Size(click.ParamType):
+    """A memory size as DuckDB reads it (800MB, 1.5GB); a sentence for anything else."""
+
+    name = "size"
+
+    def convert(self, value, param, ctx):
+        from processor.duck import MemoryLimitError, check_memory_limit
+
+        try:
+            return check_memory_limit(str(value))
+        except MemoryLimitError as e:
+            told = ctx is not None and param is not None and \
+                ctx.get_parameter_source(param.name) == click.core.ParameterSource.ENVIRONMENT
+            self.fail(str(e).removeprefix("--memory-limit ") + (" (it comes from $SHAKERS_MEMORY_LIMIT)" if told else ""),
+                      param, ctx)
+
+
+def memory_limit_option(fn):
+    """--memory-limit (also $SHAKERS_MEMORY_LIMIT): what DuckDB may hold before it spills beside the run."""
+    from processor.duck import DEFAULT_MEMORY_LIMIT
+
+    return click.option(
+        "--memory-limit", type=Size(), default=DEFAULT_MEMORY_LIMIT, show_default=True,
+        envvar="SHAKERS_MEMORY_LIMIT",
+        help="Memory DuckDB may use for the night's queries before it spills to <out>/.duckdb-spill "
+             "(removed after the run). Also $SHAKERS_MEMORY_LIMIT.")(fn)
+
+
 def check_mail_settings(command: str):
     """Exit 2 with the sentence when an SMTP setting is wrong: found before the night is evaluated."""
     from processor.delivery.settings import MailConfigError, SmtpSettings

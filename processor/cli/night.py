@@ -8,7 +8,15 @@ from pathlib import Path
 
 import click
 
-from processor.cli.common import DAY, check_mail_settings, err, guarded, progress_printer, quiet_broken_pipe
+from processor.cli.common import (
+    DAY,
+    check_mail_settings,
+    err,
+    guarded,
+    memory_limit_option,
+    progress_printer,
+    quiet_broken_pipe,
+)
 from processor.export.contract import DEFAULT_MAX_REJECT_SHARE
 
 
@@ -35,11 +43,11 @@ from processor.export.contract import DEFAULT_MAX_REJECT_SHARE
                    "Default: a local cluster started for the run.")
 @click.option("--max-reject-share", type=click.FloatRange(0, 1), default=DEFAULT_MAX_REJECT_SHARE, show_default=True,
               help="Refuse the night (exit 4) when more than this share of a table's rows is rejected.")
+@memory_limit_option
 @click.option("-q", "--quiet", is_flag=True, help="Print only the final summary line.")
 @guarded
 def run(export_dir, as_of, policies_path, out_dir, ledger_path, workers, no_prefilter, engine, scheduler,
-        max_reject_share,
-        quiet):
+        max_reject_share, memory_limit, quiet):
     """Evaluate one night's export and write decisions.csv, decisions.jsonl, rejects.csv and summary.json."""
     from processor.ledger import default_ledger_path
     from processor.lock import LedgerLock
@@ -54,7 +62,7 @@ def run(export_dir, as_of, policies_path, out_dir, ledger_path, workers, no_pref
                            ledger_path=ledger_path,
                            workers=(os.cpu_count() or 1) if workers is None else workers, prefilter=not no_prefilter,
                            progress=progress_printer(quiet), engine=engine, scheduler=scheduler,
-                           max_reject_share=max_reject_share)
+                           max_reject_share=max_reject_share, memory_limit=memory_limit)
     try:
         print_summary(result, quiet)
     except BrokenPipeError:  # `run … | head -1`: the night is done and recorded; its exit code stands

@@ -7,7 +7,15 @@ from pathlib import Path
 
 import click
 
-from processor.cli.common import DAY, EXIT_USAGE, check_mail_settings, err, guarded, progress_printer
+from processor.cli.common import (
+    DAY,
+    EXIT_USAGE,
+    check_mail_settings,
+    err,
+    guarded,
+    memory_limit_option,
+    progress_printer,
+)
 from processor.export.contract import DEFAULT_MAX_REJECT_SHARE
 from processor.nightly import DEFAULT_KEEP_NIGHTS, STATUS_FILE, NoNights, deliver_night, run_nightly
 
@@ -40,10 +48,11 @@ def deliver_on_stderr(run_dir: Path, ledger_path: Path) -> int:
                    "Without it a night waits for its manifest, which the producer writes last.")
 @click.option("--max-reject-share", type=click.FloatRange(0, 1), default=DEFAULT_MAX_REJECT_SHARE, show_default=True,
               help="A night with more than this share of a table's rows rejected is invalid (tried again next time).")
+@memory_limit_option
 @click.option("-q", "--quiet", is_flag=True, help="Only one line per night and the final line.")
 @guarded
 def nightly(exports_root, runs_root, ledger_path, policies_path, workers, keep_nights, since, no_manifest_required,
-            max_reject_share, quiet):
+            max_reject_share, memory_limit, quiet):
     """Run every night of EXPORTS_ROOT not yet done, oldest first, into RUNS_ROOT/<night>, and deliver
     the reports. A missed night is caught up; an invalid export is reported and tried again next time.
     A night directory is taken once its manifest.json is there; until then it is reported as waiting.
@@ -63,7 +72,8 @@ def nightly(exports_root, runs_root, ledger_path, policies_path, workers, keep_n
         result = run_nightly(exports_root, runs_root, ledger_path=ledger_path, policies_path=policies_path,
                              workers=(os.cpu_count() or 1) if workers is None else workers, keep_nights=keep_nights,
                              since=since, deliver=deliver_on_stderr, progress=progress_printer(quiet),
-                             manifest_required=not no_manifest_required, max_reject_share=max_reject_share)
+                             manifest_required=not no_manifest_required, max_reject_share=max_reject_share,
+                             memory_limit=memory_limit)
     except NoNights as e:
         err(str(e))
         sys.exit(EXIT_USAGE)
