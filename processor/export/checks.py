@@ -227,7 +227,6 @@ class _CheckedTable:
     id_values: pa.ChunkedArray  # every distinct id read (large_string), in order of first row
     id_first_row: np.ndarray  # 0-based position of each id_values' first row
     kept_ids: pa.ChunkedArray  # ids of the valid rows (unique, large_string)
-    kept_ids_increasing: bool  # whether kept_ids are known to be in increasing order
     kept_roles: pa.ChunkedArray | None  # users only: the role of each kept_ids user
 
 
