@@ -7,7 +7,11 @@ the card, the tail of its last closes it. Everything user-provided is escaped co
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import re
 from dataclasses import dataclass
+from importlib import resources
+from string import Formatter
 from typing import Mapping
 from urllib.parse import quote
 
@@ -112,15 +116,16 @@ def write_items(rows: pa.Table, rank: np.ndarray, card: np.ndarray, firing: np.n
                                first["_subject_name"])
     project_id = _plain(first["project_id"])
     whys = _whys(first)
-    item = {"section": pa.array(section[starts], TEXT), "opens": pa.array(opens), "closes": pa.array(closes),
-            "project_id": project_id, "title": first["_title"], "link": _links(project_id, platform_url),
+    item = {"project_id": project_id, "title": first["_title"], "link": _links(project_id, platform_url),
             "client": _or(first["_client_name"], clients), "talent": _or(first["_talent_name"], talents),
             "policy_id": _plain(first["policy_id"]),
             "state": _per_distinct(lambda s, since: state_words(s, since, as_of), first["state"], first["since"]),
             "why": whys,
             "description": _per_distinct(lambda pid: plain(descriptions.get(pid, "")), first["policy_id"])}
-    html = [*_item_html(item), _action_html(texts, money)]
-    text = [*_item_text(item), _action_text(texts, money)]
+    border = _choose(pa.array(section[starts], TEXT), BORDER_COLOURS, "#9ca3af")
+    html = _pieces("card.html", {**{k: escape(v) for k, v in item.items()}, "border": border}, pa.array(opens),
+                   pa.array(closes), escape(texts), escape(money))
+    text = _pieces("card.txt", item, pa.array(opens), pa.array(closes), texts, money)
 
     # Each report's cards in order while they fit; each item's pieces: its head, its actions, its tail.
     items, actions = len(starts), np.diff(np.append(starts, len(rows)))
@@ -155,43 +160,69 @@ def sent_size(page: str) -> int:
     return len(page.encode("utf-8")) + page.count("\n")
 
 
-def _item_html(f: dict[str, pa.Array]) -> tuple[pa.Array, pa.Array]:
-    """Each item as the email's HTML, what comes before its actions and what comes after them (a card's
-    first item opens it with the project's title and people, its last closes it); every value escaped."""
-    e = {k: escape(v) for k, v in f.items() if k not in ("section", "opens", "closes")}
-    title = _or(e["title"], e["project_id"])
-    opening = _cat(
-        # the <style> block draws the rest of the card; its colour stays inline where <style> is dropped
-        '<div class="card" data-project="', e["project_id"], '" style="border-left:4px solid ',
-        _choose(f["section"], BORDER_COLOURS, "#9ca3af"), '">\n'
-        '<div class="t">', _if(_present(e["link"]), _cat('<a href="', e["link"], '">', title, "</a>"), title),
-        ' <span class="id">(', e["project_id"], ')</span></div>\n'
-        '<div class="p">Client: <b>', e["client"], "</b> · Talent: <b>", e["talent"], "</b></div>\n")
-    head = _cat(_if(f["opens"], opening), '<ul class="a">\n')
-    tail = _cat(
-        "</ul>\n",
-        _if(_present(f["why"]), _cat('<div class="why"><b>Why:</b> ', e["why"], "</div>\n"),
-            _if(_present(f["description"]), _cat('<div class="why">', e["description"], "</div>\n"))),
-        '<div class="r">Rule <code>', e["policy_id"], "</code> · ", e["state"], "</div>\n",
-        _if(f["closes"], "</div>\n"))
-    return head, tail
+def _pieces(source: str, v: dict, opens: pa.Array, closes: pa.Array, texts: pa.Array, money: pa.Array) -> list:
+    """Each item's head and tail and each row's action, in the fragments of templates/`source`."""
+    t = fragments(source)
+    v = {**v, "title": _or(v["title"], v["project_id"])}
+    heading = _if(_present(v["link"]), t.fill("title_link", v), t.fill("title", v))
+    head = _cat(_if(opens, t.fill("open", {**v, "heading": heading})), t.fill("actions", v))
+    told = _if(_present(v["why"]), t.fill("why", v), _if(_present(v["description"]), t.fill("description", v)))
+    tail = _cat(t.fill("actions_end", v), told, t.fill("rule", v), _if(closes, t.fill("close", v)))
+    amount = _if(_present(money), t.fill("money", {"amount": money}))
+    return [head, tail, t.fill("action", {"text": texts, "money": amount})]
 
 
-def _action_html(text: pa.Array, money: pa.Array) -> pa.Array:
-    return _cat("<li>", escape(text), _if(_present(money), _cat(' <b class="m">', escape(money), "</b>")), "</li>\n")
+class TemplateError(ValueError):
+    """A card template that does not say all a card needs (a typo in it must not be silent)."""
 
 
-def _item_text(f: dict[str, pa.Array]) -> tuple[pa.Array, pa.Array]:
-    """Each item as the email's plain text, what comes before its actions and what comes after them."""
-    opening = _cat("* ", _or(f["title"], f["project_id"]), " (", f["project_id"], ")",
-                   _if(_present(f["link"]), _cat(" ", f["link"])),
-                   "\n  Client: ", f["client"], " | Talent: ", f["talent"], "\n")
-    head = _if(f["opens"], opening)
-    tail = _cat(_if(_present(f["why"]), _cat("  Why: ", f["why"], "\n"),
-                    _if(_present(f["description"]), _cat("  ", f["description"], "\n"))),
-                "  Rule ", f["policy_id"], " (", f["state"], ")\n", _if(f["closes"], "\n"))
-    return head, tail
+# The fragments a card is written with, and the fields each may name.
+_ITEM = ("project_id", "title", "link", "client", "talent", "policy_id", "state", "why", "description", "border")
+FRAGMENTS = {"open": (*_ITEM, "heading"), "actions": _ITEM, "action": ("text", "money"), "actions_end": _ITEM,
+             "why": _ITEM, "description": _ITEM, "rule": _ITEM, "close": _ITEM, "title": _ITEM,
+             "title_link": _ITEM, "money": ("amount",)}
+_NAMED = re.compile(r"^\[([a-z_]+)\](?:[ \t].*)?\n", re.MULTILINE)
 
 
-def _action_text(text: pa.Array, money: pa.Array) -> pa.Array:
-    return _cat("  - ", text, _if(_present(money), _cat("  [", money, "]")), "\n")
+@dataclass(frozen=True)
+class Fragments:
+    """A card template's fragments, each as pairs of literal text and the field after it (or None)."""
+
+    pieces: dict[str, list[tuple[str, str | None]]]
+
+    def fill(self, name: str, fields: Mapping[str, object]):
+        """The fragment with each field's column in its place (text when it names no field)."""
+        parts = [part for text, field in self.pieces[name] for part in (text, "" if field is None else fields[field])]
+        return "".join(parts) if all(isinstance(p, str) for p in parts) else _cat(*parts)
+
+
+def parse_fragments(template: str, source: str) -> Fragments:
+    """The fragments of a card template (how it is read: templates/card.html's first lines)."""
+    _note, *named = _NAMED.split(template)
+    names = named[::2]
+    wrong = [f"[{n}]" for n in names if n not in FRAGMENTS or names.count(n) > 1]
+    missing = [f"[{n}]" for n in FRAGMENTS if n not in names]
+    if wrong or missing:
+        raise TemplateError(f"{source} must have each of the fragments {', '.join(FRAGMENTS)} once; "
+                            f"it lacks {', '.join(missing) or 'none'} and has unknown or repeated "
+                            f"{', '.join(wrong) or 'none'}")
+    pieces = {}
+    for name, body in zip(names, named[1::2]):
+        try:
+            parsed = list(Formatter().parse(body.removesuffix("\n")))
+        except ValueError:
+            raise TemplateError(f"{source}: fragment [{name}] has a lone {{ or }} (write {{{{ or }}}} for one)") \
+                from None
+        for _text, field, spec, conversion in parsed:
+            said = f"{field}{'!' + conversion if conversion else ''}{':' + spec if spec else ''}"
+            if field is not None and said not in FRAGMENTS[name]:
+                raise TemplateError(f"{source}: fragment [{name}] names {{{said}}}, which is none of its fields "
+                                    f"({', '.join(FRAGMENTS[name])})")
+        pieces[name] = [(text, field) for text, field, _spec, _conversion in parsed]
+    return Fragments(pieces)
+
+
+@functools.cache
+def fragments(source: str) -> Fragments:
+    """templates/`source`'s fragments, read once per process."""
+    return parse_fragments((resources.files("processor.reports") / "templates" / source).read_text("utf-8"), source)
