@@ -1,4 +1,4 @@
-"""A batch of reports' cards as pieces of HTML and text, cut to what fits in an email.
+"""A batch of reports' cards as pieces of HTML and text (templates/card.html, card.txt), cut to fit in an email.
 
 A card is one project in one section; inside it each item (a firing: the actions one rule calls for on
 the project, with one why) is its head, its actions and its tail. The head of a card's first item opens
@@ -11,7 +11,6 @@ import functools
 import re
 from dataclasses import dataclass
 from importlib import resources
-from string import Formatter
 from typing import Mapping
 from urllib.parse import quote
 
@@ -122,10 +121,9 @@ def write_items(rows: pa.Table, rank: np.ndarray, card: np.ndarray, firing: np.n
             "state": _per_distinct(lambda s, since: state_words(s, since, as_of), first["state"], first["since"]),
             "why": whys,
             "description": _per_distinct(lambda pid: plain(descriptions.get(pid, "")), first["policy_id"])}
-    border = _choose(pa.array(section[starts], TEXT), BORDER_COLOURS, "#9ca3af")
-    html = _pieces("card.html", {**{k: escape(v) for k, v in item.items()}, "border": border}, pa.array(opens),
-                   pa.array(closes), escape(texts), escape(money))
-    text = _pieces("card.txt", item, pa.array(opens), pa.array(closes), texts, money)
+    item["border"] = _choose(pa.array(section[starts], TEXT), BORDER_COLOURS, "#9ca3af")
+    html = _pieces("card.html", {k: escape(v) for k, v in item.items()}, opens, closes, escape(texts), escape(money))
+    text = _pieces("card.txt", item, opens, closes, texts, money)
 
     # Each report's cards in order while they fit; each item's pieces: its head, its actions, its tail.
     items, actions = len(starts), np.diff(np.append(starts, len(rows)))
@@ -160,69 +158,52 @@ def sent_size(page: str) -> int:
     return len(page.encode("utf-8")) + page.count("\n")
 
 
-def _pieces(source: str, v: dict, opens: pa.Array, closes: pa.Array, texts: pa.Array, money: pa.Array) -> list:
+def _pieces(source: str, v: dict, opens: np.ndarray, closes: np.ndarray, texts: pa.Array, money: pa.Array) -> list:
     """Each item's head and tail and each row's action, in the fragments of templates/`source`."""
-    t = fragments(source)
+    t, opens, closes = fragments(source), pa.array(opens), pa.array(closes)
     v = {**v, "title": _or(v["title"], v["project_id"])}
-    heading = _if(_present(v["link"]), t.fill("title_link", v), t.fill("title", v))
-    head = _cat(_if(opens, t.fill("open", {**v, "heading": heading})), t.fill("actions", v))
-    told = _if(_present(v["why"]), t.fill("why", v), _if(_present(v["description"]), t.fill("description", v)))
-    tail = _cat(t.fill("actions_end", v), told, t.fill("rule", v), _if(closes, t.fill("close", v)))
-    amount = _if(_present(money), t.fill("money", {"amount": money}))
-    return [head, tail, t.fill("action", {"text": texts, "money": amount})]
+    heading = _if(_present(v["link"]), _fill(t, "title_link", v), _fill(t, "title", v))
+    head = _cat(_if(opens, _fill(t, "open", {**v, "heading": heading})), _fill(t, "actions", v))
+    told = _if(_present(v["why"]), _fill(t, "why", v), _if(_present(v["description"]), _fill(t, "description", v)))
+    tail = _cat(_fill(t, "actions_end", v), told, _fill(t, "rule", v), _if(closes, _fill(t, "close", v)))
+    amount = _if(_present(money), _fill(t, "money", {"amount": money}))
+    return [head, tail, _fill(t, "action", {"text": texts, "money": amount})]
 
 
-class TemplateError(ValueError):
-    """A card template that does not say all a card needs (a typo in it must not be silent)."""
+def _fill(fragments: dict[str, list[tuple[str, str]]], name: str, fields: Mapping[str, object]):
+    """The fragment with each field's column in its place (text when it names no field)."""
+    parts = [part for text, field in fragments[name] for part in (text, fields[field] if field else "")]
+    return "".join(parts) if all(isinstance(p, str) for p in parts) else _cat(*parts)
 
 
-# The fragments a card is written with, and the fields each may name.
+# The fragments a card is written with (templates/card.html, card.txt), and the fields each may name.
 _ITEM = ("project_id", "title", "link", "client", "talent", "policy_id", "state", "why", "description", "border")
 FRAGMENTS = {"open": (*_ITEM, "heading"), "actions": _ITEM, "action": ("text", "money"), "actions_end": _ITEM,
              "why": _ITEM, "description": _ITEM, "rule": _ITEM, "close": _ITEM, "title": _ITEM,
              "title_link": _ITEM, "money": ("amount",)}
-_NAMED = re.compile(r"^\[([a-z_]+)\](?:[ \t].*)?\n", re.MULTILINE)
-
-
-@dataclass(frozen=True)
-class Fragments:
-    """A card template's fragments, each as pairs of literal text and the field after it (or None)."""
-
-    pieces: dict[str, list[tuple[str, str | None]]]
-
-    def fill(self, name: str, fields: Mapping[str, object]):
-        """The fragment with each field's column in its place (text when it names no field)."""
-        parts = [part for text, field in self.pieces[name] for part in (text, "" if field is None else fields[field])]
-        return "".join(parts) if all(isinstance(p, str) for p in parts) else _cat(*parts)
-
-
-def parse_fragments(template: str, source: str) -> Fragments:
-    """The fragments of a card template (how it is read: templates/card.html's first lines)."""
-    _note, *named = _NAMED.split(template)
-    names = named[::2]
-    wrong = [f"[{n}]" for n in names if n not in FRAGMENTS or names.count(n) > 1]
-    missing = [f"[{n}]" for n in FRAGMENTS if n not in names]
-    if wrong or missing:
-        raise TemplateError(f"{source} must have each of the fragments {', '.join(FRAGMENTS)} once; "
-                            f"it lacks {', '.join(missing) or 'none'} and has unknown or repeated "
-                            f"{', '.join(wrong) or 'none'}")
-    pieces = {}
-    for name, body in zip(names, named[1::2]):
-        try:
-            parsed = list(Formatter().parse(body.removesuffix("\n")))
-        except ValueError:
-            raise TemplateError(f"{source}: fragment [{name}] has a lone {{ or }} (write {{{{ or }}}} for one)") \
-                from None
-        for _text, field, spec, conversion in parsed:
-            said = f"{field}{'!' + conversion if conversion else ''}{':' + spec if spec else ''}"
-            if field is not None and said not in FRAGMENTS[name]:
-                raise TemplateError(f"{source}: fragment [{name}] names {{{said}}}, which is none of its fields "
-                                    f"({', '.join(FRAGMENTS[name])})")
-        pieces[name] = [(text, field) for text, field, _spec, _conversion in parsed]
-    return Fragments(pieces)
+_NAMED, _FIELD = re.compile(r"^\[([a-z_]+)\](?:[ \t].*)?\n", re.MULTILINE), re.compile(r"\{([^{}]*)\}")
 
 
 @functools.cache
-def fragments(source: str) -> Fragments:
-    """templates/`source`'s fragments, read once per process."""
-    return parse_fragments((resources.files("processor.reports") / "templates" / source).read_text("utf-8"), source)
+def fragments(source: str, template: str | None = None) -> dict[str, list[tuple[str, str]]]:
+    """The fragments of templates/`source`, read once per process (or of the text `template`; how one is read:
+    card.html's first lines), each as pairs of its literal text and the field after it ('' at its end); a
+    ValueError says which fragment is wrong, and how."""
+    if template is None:
+        template = (resources.files("processor.reports") / "templates" / source).read_text("utf-8")
+    _note, *named = _NAMED.split(template)
+    names = named[::2]
+    odd = sorted(set(names) ^ set(FRAGMENTS)) + sorted({n for n in names if names.count(n) > 1})
+    if odd:
+        raise ValueError(f"{source}: fragment [{'], ['.join(odd)}] missing, unknown or repeated (a card is "
+                         f"written with each of [{'], ['.join(FRAGMENTS)}] once)")
+    pieces = {}
+    for name, body in zip(names, named[1::2]):
+        split = _FIELD.split(body.removesuffix("\n"))
+        wrong = [f"{{{f}}}" for f in split[1::2] if f not in FRAGMENTS[name]]
+        wrong += ["a lone { or }" for text in split[::2] if "{" in text or "}" in text]
+        if wrong:
+            raise ValueError(f"{source}: fragment [{name}] has {wrong[0]}, which is none of the fields it may "
+                             f"name: {', '.join(FRAGMENTS[name])}")
+        pieces[name] = list(zip(split[::2], split[1::2] + [""]))
+    return pieces
