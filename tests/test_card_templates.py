@@ -82,17 +82,19 @@ def test_the_cards_say_what_the_templates_say(monkeypatch):
     read = cards.fragments
     monkeypatch.setattr(cards, "fragments", lambda source: read(source, edited[source]))
     item = {name: pa.array([value] * 3, pa.large_string()) for name, value in [
-        ("project_id", "P1"), ("title", ""), ("link", ""), ("client", "C"), ("talent", "T"), ("policy_id", "p"),
+        ("project_id", "P1"), ("title", "Shop"), ("client", "C"), ("talent", "T"), ("policy_id", "p"),
         ("state", "new"), ("border", "#000")]}
+    item["link"] = pa.array(["https://x.test/P1?a&b", "", ""], pa.large_string())
     item["why"] = pa.array(["Because <late>.", "", ""], pa.large_string())
     item["description"] = pa.array(["", "What p checks.", ""], pa.large_string())
     opens, closes = np.array([True, False, False]), np.array([False, False, True])
     texts, money = pa.array(["Halt", "Pay"], pa.large_string()), pa.array(["", "€5.00"], pa.large_string())
     head, tail, action = cards._pieces("card.txt", item, opens, closes, texts, money)
-    assert head.to_pylist() == ["* P1 (P1)\n  Client: C | Talent: T\n", "", ""]     # the title is the id
+    assert head.to_pylist() == ["* Shop (P1) https://x.test/P1?a&b\n  Client: C | Talent: T\n", "", ""]  # the first opens
     assert tail.to_pylist() == ["  Why: Because <late>.\n  Policy p (new)\n", "  What p checks.\n  Policy p (new)\n",
                                 "  Policy p (new)\n\n"]                           # a why, else the description
     assert action.to_pylist() == ["  - Halt\n", "  - Pay  [€5.00]\n"]
     html = cards._pieces("card.html", {k: cards.escape(v) for k, v in item.items()}, opens, closes, texts, money)
+    assert '<div class="t"><a href="https://x.test/P1?a&amp;b">Shop</a> <span' in html[0].to_pylist()[0]
     assert html[1].to_pylist()[0] == ('</ul>\n<div class="why"><b>Why:</b> Because &lt;late&gt;.</div>\n'
                                       '<div class="r">Policy <code>p</code> · new</div>\n')

@@ -115,7 +115,7 @@ def write_items(rows: pa.Table, rank: np.ndarray, card: np.ndarray, firing: np.n
                                first["_subject_name"])
     project_id = _plain(first["project_id"])
     whys = _whys(first)
-    item = {"project_id": project_id, "title": first["_title"], "link": _links(project_id, platform_url),
+    item = {"project_id": project_id, "title": _or(first["_title"], project_id), "link": _links(project_id, platform_url),
             "client": _or(first["_client_name"], clients), "talent": _or(first["_talent_name"], talents),
             "policy_id": _plain(first["policy_id"]),
             "state": _per_distinct(lambda s, since: state_words(s, since, as_of), first["state"], first["since"]),
@@ -161,34 +161,34 @@ def sent_size(page: str) -> int:
 def _pieces(source: str, v: dict, opens: np.ndarray, closes: np.ndarray, texts: pa.Array, money: pa.Array) -> list:
     """Each item's head and tail and each row's action, in the fragments of templates/`source`."""
     t, opens, closes = fragments(source), pa.array(opens), pa.array(closes)
-    v = {**v, "title": _or(v["title"], v["project_id"])}
-    heading = _if(_present(v["link"]), _fill(t, "title_link", v), _fill(t, "title", v))
-    head = _cat(_if(opens, _fill(t, "open", {**v, "heading": heading})), _fill(t, "actions", v))
-    told = _if(_present(v["why"]), _fill(t, "why", v), _if(_present(v["description"]), _fill(t, "description", v)))
-    tail = _cat(_fill(t, "actions_end", v), told, _fill(t, "rule", v), _if(closes, _fill(t, "close", v)))
-    amount = _if(_present(money), _fill(t, "money", {"amount": money}))
-    return [head, tail, _fill(t, "action", {"text": texts, "money": amount})]
+
+    def part(name: str, fields: Mapping[str, object] = v) -> list:
+        return [p for text, field in t[name] for p in (text, fields.get(field, "")) if not isinstance(p, str) or p]
+
+    heading = _if(_present(v["link"]), _joined(*part("title_link")), _joined(*part("title")))
+    head = _joined(_if(opens, _joined(*part("open", {**v, "heading": heading}))), *part("actions"))
+    told = _if(_present(v["why"]), _joined(*part("why")), _if(_present(v["description"]), _joined(*part("description"))))
+    tail = _joined(*part("actions_end"), told, *part("rule"), _if(closes, _joined(*part("close"))))
+    amount = _if(_present(money), _joined(*part("money", {"amount": money})))
+    return [head, tail, _joined(*part("action", {"text": texts, "money": amount}))]
 
 
-def _fill(fragments: dict[str, list[tuple[str, str]]], name: str, fields: Mapping[str, object]):
-    """The fragment with each field's column in its place (text when it names no field)."""
-    parts = [part for text, field in fragments[name] for part in (text, fields[field] if field else "")]
-    return "".join(parts) if all(isinstance(p, str) for p in parts) else _cat(*parts)
+def _joined(*parts):
+    """The parts end to end: text when all are text, a column alone as it is (no copy), else a column."""
+    return "".join(parts) if all(isinstance(p, str) for p in parts) else parts[0] if len(parts) == 1 else _cat(*parts)
 
 
 # The fragments a card is written with (templates/card.html, card.txt), and the fields each may name.
 _ITEM = ("project_id", "title", "link", "client", "talent", "policy_id", "state", "why", "description", "border")
-FRAGMENTS = {"open": (*_ITEM, "heading"), "actions": _ITEM, "action": ("text", "money"), "actions_end": _ITEM,
-             "why": _ITEM, "description": _ITEM, "rule": _ITEM, "close": _ITEM, "title": _ITEM,
-             "title_link": _ITEM, "money": ("amount",)}
+FRAGMENTS = {"open": (*_ITEM, "heading"), "actions": _ITEM, "action": ("text", "money"), "money": ("amount",),
+             **dict.fromkeys(("actions_end", "why", "description", "rule", "close", "title", "title_link"), _ITEM)}
 _NAMED, _FIELD = re.compile(r"^\[([a-z_]+)\](?:[ \t].*)?\n", re.MULTILINE), re.compile(r"\{([^{}]*)\}")
 
 
 @functools.cache
 def fragments(source: str, template: str | None = None) -> dict[str, list[tuple[str, str]]]:
-    """The fragments of templates/`source`, read once per process (or of the text `template`; how one is read:
-    card.html's first lines), each as pairs of its literal text and the field after it ('' at its end); a
-    ValueError says which fragment is wrong, and how."""
+    """templates/`source`'s fragments (read once per process) or the text `template`'s, each as pairs of literal text
+    and the field after it ('' at its end); a ValueError says which fragment is wrong and how (see card.html)."""
     if template is None:
         template = (resources.files("processor.reports") / "templates" / source).read_text("utf-8")
     _note, *named = _NAMED.split(template)
