@@ -90,7 +90,7 @@ def test_the_cards_say_what_the_templates_say(monkeypatch):
     opens, closes = np.array([True, False, False]), np.array([False, False, True])
     texts, money = pa.array(["Halt", "Pay"], pa.large_string()), pa.array(["", "€5.00"], pa.large_string())
     head, tail, action = cards._pieces("card.txt", item, opens, closes, texts, money)
-    assert head.to_pylist() == ["* Shop (P1) https://x.test/P1?a&b\n  Client: C | Talent: T\n", "", ""]  # the first opens
+    assert head.to_pylist() == ["* Shop (P1) https://x.test/P1?a&b\n  Client: C | Talent: T\n", "", ""]  # 1st opens
     assert tail.to_pylist() == ["  Why: Because <late>.\n  Policy p (new)\n", "  What p checks.\n  Policy p (new)\n",
                                 "  Policy p (new)\n\n"]                           # a why, else the description
     assert action.to_pylist() == ["  - Halt\n", "  - Pay  [€5.00]\n"]

@@ -115,9 +115,9 @@ def write_items(rows: pa.Table, rank: np.ndarray, card: np.ndarray, firing: np.n
                                first["_subject_name"])
     project_id = _plain(first["project_id"])
     whys = _whys(first)
-    item = {"project_id": project_id, "title": _or(first["_title"], project_id), "link": _links(project_id, platform_url),
+    item = {"project_id": project_id, "title": _or(first["_title"], project_id),
             "client": _or(first["_client_name"], clients), "talent": _or(first["_talent_name"], talents),
-            "policy_id": _plain(first["policy_id"]),
+            "link": _links(project_id, platform_url), "policy_id": _plain(first["policy_id"]),
             "state": _per_distinct(lambda s, since: state_words(s, since, as_of), first["state"], first["since"]),
             "why": whys,
             "description": _per_distinct(lambda pid: plain(descriptions.get(pid, "")), first["policy_id"])}
@@ -165,15 +165,15 @@ def _pieces(source: str, v: dict, opens: np.ndarray, closes: np.ndarray, texts: 
     def part(name: str, fields: Mapping[str, object] = v) -> list:
         return [p for text, field in t[name] for p in (text, fields.get(field, "")) if not isinstance(p, str) or p]
 
-    heading = _if(_present(v["link"]), _joined(*part("title_link")), _joined(*part("title")))
-    head = _joined(_if(opens, _joined(*part("open", {**v, "heading": heading}))), *part("actions"))
-    told = _if(_present(v["why"]), _joined(*part("why")), _if(_present(v["description"]), _joined(*part("description"))))
-    tail = _joined(*part("actions_end"), told, *part("rule"), _if(closes, _joined(*part("close"))))
-    amount = _if(_present(money), _joined(*part("money", {"amount": money})))
-    return [head, tail, _joined(*part("action", {"text": texts, "money": amount}))]
+    heading = _if(_present(v["link"]), _join(*part("title_link")), _join(*part("title")))
+    head = _join(_if(opens, _join(*part("open", {**v, "heading": heading}))), *part("actions"))
+    told = _if(_present(v["why"]), _join(*part("why")), _if(_present(v["description"]), _join(*part("description"))))
+    tail = _join(*part("actions_end"), told, *part("rule"), _if(closes, _join(*part("close"))))
+    amount = _if(_present(money), _join(*part("money", {"amount": money})))
+    return [head, tail, _join(*part("action", {"text": texts, "money": amount}))]
 
 
-def _joined(*parts):
+def _join(*parts):
     """The parts end to end: text when all are text, a column alone as it is (no copy), else a column."""
     return "".join(parts) if all(isinstance(p, str) for p in parts) else parts[0] if len(parts) == 1 else _cat(*parts)
 
