@@ -29,7 +29,7 @@ import pyarrow.compute as pc
 
 from processor.arrow import concat, joined_between
 from processor.engine.facts import fixed_width_bytes, is_in, json_values, text_array
-from processor.engine.prefilter import any_mask
+from processor.engine.prefilter import any_masks
 from rules.compile import to_ruleset
 from rules.model import PolicySet
 from rules.vocabulary import FACT_KINDS
@@ -49,7 +49,7 @@ def single_fact_rules(policies: PolicySet) -> bool:
 
 def candidate_masks(policies: PolicySet, frames: Frames) -> dict[str, np.ndarray]:
     """Per fact kind, the rows that satisfy at least one policy about that kind."""
-    return {kind: any_mask([p for p in policies.policies if p.about == kind], frame) for kind, frame in frames.items()}
+    return any_masks(policies.policies, frames)
 
 
 def candidate_rows(policies: PolicySet, frames: Frames) -> dict[str, np.ndarray]:
