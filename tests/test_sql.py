@@ -107,8 +107,8 @@ def test_the_prefilter_keeps_the_facts_some_policy_holds_for_whatever_pandas_mad
 def test_a_big_frame_in_many_pieces_is_cut_row_for_row():
     # Several Arrow chunks and DuckDB threads: the positions still land on their own rows.
     n = 300_000
-    pieces = [pd.DataFrame({"days_on_hold": np.arange(i, n, 3), "area": pd.array(["x", "design"] * (n // 6), "str")})
-              for i in range(3)]
+    area = pd.array(["x", "design"] * (n // 6), "str")
+    pieces = [pd.DataFrame({"days_on_hold": np.arange(i, n, 3), "area": area}) for i in range(3)]
     frame = pd.concat(pieces, ignore_index=True)
     when = All((Comparison("days_on_hold", "gte", n // 2), Comparison("area", "eq", "design")))
     policy = Policy("p", "", "project", when, ())
@@ -128,7 +128,7 @@ def test_a_field_the_facts_lack_is_named_not_guessed():
         any_masks([policy], {"invoice": pd.DataFrame({"amount_cents": [1, 2]})})
 
 
-@given(st.one_of(st.text(), st.integers(-2**70, 2**70), st.floats(allow_nan=False, allow_infinity=False), st.booleans()))
+@given(st.text() | st.integers(-2**70, 2**70) | st.floats(allow_nan=False, allow_infinity=False) | st.booleans())
 def test_a_literal_reads_back_as_the_very_value(value):
     with duckdb.connect() as con:
         got = con.execute(f"SELECT {literal(value)}").fetchone()[0]

@@ -15,9 +15,10 @@ import pyarrow as pa
 
 from processor.duck import connect
 from rules.model import Policy, evidence_fields
-from rules.sql import any_predicate
+from rules.sql import any_predicate, identifier
 
-# The position of each fact, beside the columns the predicates read (no field starts with '_').
+# Each fact's position, beside the columns the predicates read (no field of the vocabulary starts with '_'):
+# DuckDB returns the positions that hold, so the answer cannot depend on the order its threads return rows in.
 _ROW = "_row"
 
 
@@ -27,11 +28,6 @@ def any_masks(policies: Iterable[Policy], frames: dict[str, pd.DataFrame]) -> di
     with connect() as con:  # closed before returning: the engine forks its workers afterwards
         return {kind: _any_mask(con, [p for p in policies if p.about == kind], kind, frame)
                 for kind, frame in frames.items()}
-
-
-def mask(policy: Policy, frame: pd.DataFrame) -> np.ndarray:
-    """Which rows of a frame of `policy.about` facts satisfy the policy's conditions."""
-    return any_masks([policy], {policy.about: frame})[policy.about]
 
 
 def _any_mask(con, policies: list[Policy], kind: str, frame: pd.DataFrame) -> np.ndarray:
@@ -48,7 +44,7 @@ def _any_mask(con, policies: list[Policy], kind: str, frame: pd.DataFrame) -> np
     table = table.append_column(_ROW, pa.array(np.arange(len(frame))))
     con.register("facts", table)
     try:
-        rows = con.execute(f'SELECT "{_ROW}" FROM facts WHERE {any_predicate(policies)}').fetchnumpy()[_ROW]
+        rows = con.execute(f"SELECT {identifier(_ROW)} FROM facts WHERE {any_predicate(policies)}").fetchnumpy()[_ROW]
     finally:
         con.unregister("facts")
     found[rows] = True
