@@ -5,10 +5,10 @@ Every policy reads exactly one fact (a policy is `about` one kind; the compiled
 ruleset has one fact pattern per rule), so a fact that satisfies no policy's
 conditions cannot make anything fire, whatever other facts share its project.
 The pre-filter therefore keeps facts, not whole projects: per kind, the rows
-where some policy's pandas mask (processor.engine.prefilter.mask, read from the same
-condition tree as the durable-rules ruleset; found by processor.engine.prefilter.any_mask)
-holds. durable-rules still decides what fires; the masks only spare it the
-facts that cannot matter. The differential tests (tests/test_prefilter.py)
+where some policy's SQL predicate (rules.sql, compiled from the same condition
+tree as the durable-rules ruleset) holds, as DuckDB finds them
+(processor.engine.prefilter). durable-rules still decides what fires; the
+pre-filter only spares it the facts that cannot matter. The differential tests (tests/test_prefilter.py)
 check that decisions with and without the pre-filter are identical.
 
 Both engines use this module: the local worker processes (processor.engine.local)

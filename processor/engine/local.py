@@ -9,7 +9,7 @@ the watchdog kills the workers and their tasks are split and retried; so the
 run never waits forever (workers=0, in this process, has no watchdog).
 
 Only candidate facts go to the engine: those that satisfy some policy's
-conditions, found with pandas masks compiled from the same policies
+conditions, found by DuckDB with SQL compiled from the same policies
 (processor.engine.prefilter; see processor.engine.batches). Every rule reads one fact, so a
 fact that satisfies none cannot fire anything; tests/test_prefilter.py checks
 that the decisions with and without this pre-filter are identical.
