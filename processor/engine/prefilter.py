@@ -39,9 +39,8 @@ def _any_mask(con, policies: list[Policy], kind: str, frame: pd.DataFrame) -> np
     if absent:
         raise ValueError(f"the {kind} facts have no {', '.join(absent)}: the policies read them, "
                          "the facts builder should have made them")
-    # Arrow reads a missing number (NaN) as NULL, as the policies do; text is handed over without a copy.
-    table = pa.Table.from_pandas(frame[fields], preserve_index=False)
-    table = table.append_column(_ROW, pa.array(np.arange(len(frame))))
+    # A missing number (NaN) becomes NULL, as the policies read it; text and numbers are handed over without a copy.
+    table = pa.table({**{f: pa.array(frame[f], from_pandas=True) for f in fields}, _ROW: np.arange(len(frame))})
     con.register("facts", table)
     try:
         rows = con.execute(f"SELECT {identifier(_ROW)} FROM facts WHERE {any_predicate(policies)}").fetchnumpy()[_ROW]
