@@ -147,7 +147,8 @@ def with_thresholds(values: dict[str, int]):
     return parse_policies(text, "policies.yaml")
 
 
-@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@settings(max_examples=15, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(st.fixed_dictionaries({name: st.integers(0, 2 * default + 3) for name, default in THRESHOLDS.items()}))
 def test_made_up_thresholds_change_nothing_the_prefilter_could_see(generated_facts, thresholds):
     try:

@@ -44,7 +44,8 @@ BATCH_PROJECTS = 100
 def single_fact_rules(policies: PolicySet) -> bool:
     """True when every compiled rule reads one fact (what makes a per-fact pre-filter exact)."""
     rules = to_ruleset(policies)
-    return all(len(rule.get("all", ())) == 1 and "any" not in rule for ruleset in rules.values() for rule in ruleset.values())
+    return all(len(rule.get("all", ())) == 1 and "any" not in rule
+               for ruleset in rules.values() for rule in ruleset.values())
 
 
 def candidate_masks(policies: PolicySet, frames: Frames) -> dict[str, np.ndarray]:
@@ -167,7 +168,8 @@ def fact_batches(frames: Frames, projects: int = BATCH_PROJECTS,
         if len(frame):
             wanted = None if fields is None else fields(kind)
             fact_id = json_values(frame["fact_id"], ensure_ascii=False)
-            texts.append(concat(_fact_json(kind, frame, fact_id, [f for f in FACT_KINDS[kind] if wanted is None or f in wanted]), ","))
+            read = [f for f in FACT_KINDS[kind] if wanted is None or f in wanted]
+            texts.append(concat(_fact_json(kind, frame, fact_id, read), ","))
             ids.append(concat('{"id":', fact_id, "},"))
             pids.append(frame["project_id"].to_numpy(dtype=object).astype(str))
     if not texts:
@@ -195,7 +197,8 @@ def _fact_json(kind: str, frame: pd.DataFrame, fact_id: pa.Array, fields: list[s
     return concat(*parts)
 
 
-def iter_firings(engine, frames: Frames, crash_on: str | None = None, hang_on: str | None = None) -> Iterator[tuple[str, str]]:
+def iter_firings(engine, frames: Frames, crash_on: str | None = None,
+                 hang_on: str | None = None) -> Iterator[tuple[str, str]]:
     """(policy id, fact id) for every rule that fired, a batch of whole projects' facts at a time."""
     for batch in fact_batches(frames, fields=engine.fields_of):
         if crash_on and crash_on in batch.projects:
