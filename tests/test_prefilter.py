@@ -1,11 +1,12 @@
 """The pre-filter never changes a decision.
 
 Only facts that satisfy some policy's SQL predicate go to durable-rules
-(processor.engine.batches, processor.engine.prefilter). These differential tests run the same facts through
-durable-rules twice, once every fact of every project and once pre-filtered,
-and require identical firings and decisions: on generated nights, on facts
-hypothesis makes up in the vocabulary's words, and under policy thresholds
-hypothesis makes up. And the facts it keeps are exactly those durable-rules fires on.
+(processor.engine.batches, processor.engine.prefilter). These differential
+tests run the same facts through durable-rules twice, once every fact of every
+project and once pre-filtered, and require identical firings and decisions: on
+generated nights, on facts hypothesis makes up in the vocabulary's words, and
+under policy thresholds hypothesis makes up. The facts it keeps are exactly
+those durable-rules fires on.
 """
 from __future__ import annotations
 

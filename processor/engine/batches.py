@@ -8,8 +8,9 @@ The pre-filter therefore keeps facts, not whole projects: per kind, the rows
 where some policy's SQL predicate (rules.sql, compiled from the same condition
 tree as the durable-rules ruleset) holds, as DuckDB finds them
 (processor.engine.prefilter). durable-rules still decides what fires; the
-pre-filter only spares it the facts that cannot matter. The differential tests (tests/test_prefilter.py)
-check that decisions with and without the pre-filter are identical.
+pre-filter only spares it the facts that cannot matter. The differential tests
+(tests/test_prefilter.py) check that decisions with and without the pre-filter
+are identical.
 
 Both engines use this module: the local worker processes (processor.engine.local)
 and Dask (processor.engine.cluster). Nothing here loops over rows: even the JSON
