@@ -95,9 +95,7 @@ def connect(threads: int | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
                 parent.rmdir()
 
 
-# The row of each key among the ids (unique): DuckDB's hash join, parallel, as fast as the binary searches
-# and digit tables it replaced (0.41 s against 0.29 s for the 1M night's 6M user references; Arrow's
-# single-threaded index_in took 1.41 s).
+# DuckDB's parallel hash join: about as fast as the hand-written searches it replaced (docs/performance.md).
 POSITIONS = "SELECT keys.n, ids.pos FROM keys JOIN ids ON keys.key = ids.id"
 
 
