@@ -295,12 +295,13 @@ def _platform_summary(decisions: pd.DataFrame, manager: np.ndarray, platform: np
                        currency=rows["currency"].fillna("").astype(str).str.upper())
     counts = rows.groupby(["manager", "action"], sort=True).size()
     money = rows[rows["has"]].groupby(["manager", "action", "currency"], sort=True)["cents"].sum()
+    totals: dict[tuple, list[str]] = {}
+    for (m, action, currency), c in money.items():  # in order of currency within each action
+        totals.setdefault((m, action), []).append(format_cents(c, currency))
     said: dict[int, list[dict]] = {}
     for (m, action), n in counts.items():
-        totals = [format_cents(c, cur) for (mm, a, cur), c in money.loc[[m]].items() if a == action] \
-            if m in money.index.get_level_values(0) else []
         said.setdefault(int(m), []).append({"action": action_words(action), "count": int(n),
-                                            "totals": " · ".join(totals)})
+                                            "totals": " · ".join(totals.get((m, action), []))})
     return said
 
 
