@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import compileall
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -65,7 +66,7 @@ def parser() -> argparse.ArgumentParser:
                          "manifest.json gives its projects and date, its files the format")
     ap.add_argument("--ten-million", action="store_true",
                     help="also the 10,000,000-project Parquet night (--seed 5), generated into --cache when "
-                         "absent: ~15 minutes and ~1.5 GB of disk on 2 cores, the run itself some minutes")
+                         "absent: about 4 minutes on 2 cores (247 s with the machine busy) and 1.5 GB of disk")
     ap.add_argument("--kill-above", type=_size, default=_size(DEFAULT_KILL_ABOVE), metavar="SIZE",
                     help="kill a run's process tree once its memory passes this (default: 8GB; GB = 2**30 bytes)")
     ap.add_argument("--engine", choices=("local", "dask"), default="local")
@@ -123,7 +124,7 @@ def measure_night(night: Night, args: argparse.Namespace, options: RunOptions, b
     run["ratios"] = [trial[0] for trial in trials]
     result.update(floor=floor, run=run)
     say(f"[{night.label}] one more run, sampling its memory ...")
-    sampled = full_run(night, RunOptions(**{**options.__dict__, "keep": None}), measure_memory=True)
+    sampled = full_run(night, dataclasses.replace(options, keep=None), measure_memory=True)
     if targets.broken(sampled):
         result["run"] = sampled
         return result
@@ -156,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     baselines: dict[int, dict] = {}
     for night in nights:
         keep = args.keep_runs / f"{night.format}-{night.projects}" if args.keep_runs else None
-        results.append(measure_night(night, args, RunOptions(**{**options.__dict__, "keep": keep}), baselines))
+        results.append(measure_night(night, args, dataclasses.replace(options, keep=keep), baselines))
     verdicts = targets.judge({(r["projects"], r["format"]): r for r in results})
     cmd = "bench/run_bench.py " + " ".join(sys.argv[1:] if argv is None else argv)
     print(f"$ {cmd.strip()}   # {os.cpu_count()} cores, {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC")
