@@ -110,13 +110,14 @@ def measure(night: Night, sample: int, workers: int, kill_above: int | None) -> 
         cmd = [sys.executable, "-m", "bench.baseline", str(night.path), "--as-of", night.as_of,
                "--sample", str(sample), "--workers", str(workers), "--json", str(work / "baseline.json")]
         path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-        status, _wall, memory = watched(cmd, work, kill_above, measure=False, env_extra={"PYTHONPATH": path})
+        child = watched(cmd, work, kill_above, measure=False, env_extra={"PYTHONPATH": path})
+        memory = child.memory
         if memory.killed_at is not None:
             say(f"  the baseline was killed at {gib(memory.killed_at)} (--kill-above)")
             return {"killed": {"at": memory.killed_at, "after": memory.killed_after}}
-        if status != 0:
+        if child.status != 0:
             say((work / "stderr.log").read_text(errors="replace")[-3000:])
-            raise SystemExit(f"the engine baseline failed with exit status {status}: {' '.join(cmd)}")
+            raise SystemExit(f"the engine baseline failed with exit status {child.status}: {' '.join(cmd)}")
         return json.loads((work / "baseline.json").read_text())
 
 

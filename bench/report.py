@@ -28,7 +28,7 @@ def night_row(r: dict, phases: list[str]) -> tuple[str, ...]:
     label = f"{r['projects']:,} {r['format']}"
     why = broken(run)
     if why:
-        return (label, secs(floor), why, "-", *("-" for _ in phases), "-", "-", gib(run.get("peak_pss")), "-", "-")
+        return (label, secs(floor), why, "-", "-", *("-" for _ in phases), "-", "-", gib(run.get("peak_pss")), "-", "-")
     ratio = "-"
     if floor:
         ratios = run.get("ratios") or [run["wall"] / floor]
@@ -43,14 +43,15 @@ def night_row(r: dict, phases: list[str]) -> tuple[str, ...]:
     elif base:
         baseline = f"killed at {gib(base['killed']['at'])}"
     decided = run["projects_with_decisions"] / max(1, run["projects"])
-    return (label, secs(floor), secs(run["wall"]), ratio, *(secs(timings.get(p)) for p in phases),
+    cpu = f"{secs(r.get('floor_cpu'))} / {secs(run.get('cpu'))}"
+    return (label, secs(floor), secs(run["wall"]), ratio, cpu, *(secs(timings.get(p)) for p in phases),
             baseline, speedup, gib(run.get("peak_pss")), f"{run['decisions']:,}", f"{decided:.1%}")
 
 
 def nights_table(results: list[dict]) -> str:
     phases = phases_seen(results)
-    head = ("night", "read floor", "run", "run/floor", *phases, "engine baseline", "engine speedup", "peak PSS",
-            "decisions", "projects decided")
+    head = ("night", "read floor", "run", "run/floor", "CPU floor / run", *phases, "engine baseline",
+            "engine speedup", "peak PSS", "decisions", "projects decided")
     lines = [table([head, *(night_row(r, phases) for r in results)])]
     growth = _growth(results, phases)
     if growth:

@@ -102,7 +102,7 @@ def nights_to_measure(args: argparse.Namespace) -> list[Night]:
 def measure_night(night: Night, args: argparse.Namespace, options: RunOptions, baselines: dict) -> dict:
     """The night's floor, its median timed run (with the peak of a sampled one) and its engine baseline."""
     result: dict = {"projects": night.projects, "format": night.format, "path": str(night.path),
-                    "floor": None, "baseline": None}
+                    "floor": None, "floor_cpu": None, "baseline": None}
     if night.projects > ONE_RUN_ABOVE:
         say(f"[{night.label}] one run, timed and sampled ...")
         result["run"] = full_run(night, options, measure_memory=True)
@@ -111,18 +111,18 @@ def measure_night(night: Night, args: argparse.Namespace, options: RunOptions, b
     # Each repeat measures its own floor just before its run: this machine's speed drifts 10-20% over minutes.
     trials = []
     for repeat in range(1, args.repeats + 1):
-        floor = read_floor(night, args.floor_repeats)
+        floor, floor_cpu = read_floor(night, args.floor_repeats)
         say(f"[{night.label}] repeat {repeat}/{args.repeats}: read floor {floor:.2f}s; full run ...")
         run = full_run(night, options)
         if targets.broken(run):
-            result.update(floor=floor, run=run)
+            result.update(floor=floor, floor_cpu=floor_cpu, run=run)
             return result
         say(f"[{night.label}] run {run['wall']:.1f}s ({run['wall'] / floor:.1f}x), phases {run['timings']}")
-        trials.append((run["wall"] / floor, floor, run))
+        trials.append((run["wall"] / floor, floor, floor_cpu, run))
     trials.sort(key=lambda trial: trial[0])
-    _ratio, floor, run = trials[(len(trials) - 1) // 2]   # the median repeat (the lower one of an even count)
+    _ratio, floor, floor_cpu, run = trials[(len(trials) - 1) // 2]   # the median repeat (lower of an even count)
     run["ratios"] = [trial[0] for trial in trials]
-    result.update(floor=floor, run=run)
+    result.update(floor=floor, floor_cpu=floor_cpu, run=run)
     say(f"[{night.label}] one more run, sampling its memory ...")
     sampled = full_run(night, dataclasses.replace(options, keep=None), measure_memory=True)
     if targets.broken(sampled):

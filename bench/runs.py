@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
 import subprocess
 import tempfile
@@ -36,13 +37,22 @@ def run_command(night: Night, work: Path, options: RunOptions) -> list[str]:
     return cmd
 
 
+@dataclass(frozen=True)
+class Watched:
+    status: int
+    wall: float
+    cpu: float          # user + system seconds of the process and the descendants it waited for
+    memory: TreeMemory
+
+
 def watched(cmd: list[str], work: Path, kill_above: int | None, measure: bool,
-            env_extra: dict[str, str] | None = None) -> tuple[int, float, TreeMemory]:
+            env_extra: dict[str, str] | None = None) -> Watched:
     """Runs `cmd` in `work` in a session of its own (so its whole tree can be killed), watched by a
-    TreeMemory; its exit status, wall seconds and the sampler."""
+    TreeMemory; its exit status, wall and CPU seconds, and the sampler."""
     env = dict(os.environ, **(env_extra or {}))
     env.pop("SHAKERS_SMTP_HOST", None)  # never send mail from a benchmark: the outbox only
     with open(work / "stdout.log", "w") as out, open(work / "stderr.log", "w") as err:
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env, cwd=str(work), start_new_session=True)
         try:
@@ -52,7 +62,10 @@ def watched(cmd: list[str], work: Path, kill_above: int | None, measure: bool,
             proc.kill()
             proc.wait()
             raise
-        return proc.returncode, time.perf_counter() - started, memory
+        wall = time.perf_counter() - started
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+        return Watched(proc.returncode, wall, cpu, memory)
 
 
 def full_run(night: Night, options: RunOptions, measure_memory: bool = False) -> dict:
@@ -64,7 +77,8 @@ def full_run(night: Night, options: RunOptions, measure_memory: bool = False) ->
     try:
         cmd = run_command(night, work, options)
         load_before = os.getloadavg()[0]
-        status, wall, memory = watched(cmd, work, options.kill_above, measure_memory)
+        child = watched(cmd, work, options.kill_above, measure_memory)
+        status, wall, memory = child.status, child.wall, child.memory
         if memory.killed_at is not None:
             say(f"  killed at {gib(memory.killed_at)} after {memory.killed_after:.0f}s (--kill-above)")
             return {"killed": {"at": memory.killed_at, "after": memory.killed_after}, "failed": None, "wall": None,
@@ -77,7 +91,8 @@ def full_run(night: Night, options: RunOptions, measure_memory: bool = False) ->
             return {"killed": None, "failed": status, "wall": wall, "peak_pss": memory.peak if measure_memory else None}
         summary = json.loads((out / "summary.json").read_text())
         result = {
-            "killed": None, "failed": None, "wall": wall, "timings": summary.get("timings_seconds", {}),
+            "killed": None, "failed": None, "wall": wall, "cpu": child.cpu,
+            "timings": summary.get("timings_seconds", {}),
             "peak_pss": memory.peak if measure_memory else None,
             "decisions": summary["decisions"]["total"], "projects": summary["engine"]["projects"],
             "sent_to_engine": summary["engine"].get("sent_to_engine"),

@@ -232,7 +232,7 @@ def test_a_real_run_on_a_tiny_night_prints_every_phase_and_every_target(tmp_path
     for t in targets.TARGETS:
         assert any(line.startswith(f"| {t.name} ") and "not measured" in line for line in done.stdout.splitlines())
     measured = json.loads(raw.read_text())["nights"][0]
-    assert measured["run"]["projects"] == 2000 and measured["run"]["peak_pss"] > 0
+    assert measured["run"]["projects"] == 2000 and measured["run"]["peak_pss"] > 0 and measured["run"]["cpu"] > 0
     assert measured["baseline"]["identical_firings"] and measured["baseline"]["identical_decisions"]
     assert set(PHASES) <= set(measured["run"]["timings"])
 
