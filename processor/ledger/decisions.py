@@ -1,0 +1,128 @@
+"""The ledger's decisions (schema 4): one row per decision key, however many nights it held.
+
+A row says when its decision first held (`first_night`), since which night it holds without a break (`since`:
+the first night of its current streak, or of its last one once it stopped), and, once it no longer holds, the
+last night it held (`last_night`) and the night that found it resolved (`resolved_on`), both '' while it holds
+on the ledger's latest night. `detail` is the decision as it last held (DETAIL_COLUMNS as one JSON object): a
+resolved decision is listed with it. Its state on the latest night is not stored: `new` when `since` is that
+night, `ongoing` before.
+
+A night rewrites only the rows of decisions that started, stopped, came back or changed that night, so an
+identical night adds no bytes. Each row the latest night changed keeps what it was before that night
+(`undo_night` = that night, `was_*`; `was_last_night` NULL: that night made the row, `was_detail` NULL: the
+detail did not change): the latest night run again sees exactly the decisions its first run compared with.
+The next night forgets them first. Nights earlier than the latest are compared with what that undo gives: the
+rows held on the night before the latest, taken back to an earlier night by their streaks (see `held_on`).
+"""
+from __future__ import annotations
+
+import sqlite3
+from typing import Iterable
+
+DECISIONS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS decisions (
+    decision_key TEXT PRIMARY KEY,
+    policy_id TEXT NOT NULL,
+    action TEXT NOT NULL,
+    project_id TEXT NOT NULL,
+    subject_id TEXT NOT NULL,
+    first_night TEXT NOT NULL,
+    since TEXT NOT NULL,
+    last_night TEXT NOT NULL DEFAULT '',
+    resolved_on TEXT NOT NULL DEFAULT '',
+    detail TEXT NOT NULL DEFAULT '',
+    undo_night TEXT,
+    was_since TEXT,
+    was_last_night TEXT,
+    was_resolved_on TEXT,
+    was_detail TEXT
+);
+-- Only the latest night's changed rows have an undo_night: the index stays as small as one night's changes.
+CREATE INDEX IF NOT EXISTS decisions_undo ON decisions (undo_night) WHERE undo_night IS NOT NULL;
+-- Each night's decisions per policy and state (tonight's and resolved ones), for the overview's trend.
+CREATE TABLE IF NOT EXISTS policy_counts (
+    as_of TEXT NOT NULL,
+    policy_id TEXT NOT NULL,
+    state TEXT NOT NULL,
+    decisions INTEGER NOT NULL,
+    PRIMARY KEY (as_of, policy_id, state)
+);
+"""
+
+# A held row as the ledger's readers take it.
+HELD_COLUMNS = "decision_key, policy_id, action, project_id, subject_id, since, detail"
+
+# The rows held on a night before the latest: the latest night's changes taken back (its rows made gone), then
+# the rows whose streak covers that night (exact on the night the latest was compared with).
+_HELD_BEFORE_LATEST = f"""
+SELECT {HELD_COLUMNS} FROM (
+    SELECT decision_key, policy_id, action, project_id, subject_id,
+           CASE WHEN undone THEN was_since ELSE since END AS since,
+           CASE WHEN undone THEN was_last_night ELSE last_night END AS last_night,
+           CASE WHEN undone THEN coalesce(was_detail, detail) ELSE detail END AS detail
+    FROM (SELECT *, coalesce(undo_night = :latest, 0) AS undone FROM decisions))
+WHERE last_night IS NOT NULL AND since <= :night AND (last_night = '' OR last_night >= :night)
+"""
+
+
+def latest_night(db: sqlite3.Connection | sqlite3.Cursor) -> str | None:
+    return db.execute("SELECT max(as_of) FROM runs").fetchone()[0]
+
+
+def held_on(db: sqlite3.Connection | sqlite3.Cursor, night: str | None, order: str = "") -> sqlite3.Cursor | list:
+    """The decisions held on `night` (a recorded night, or None: none), as HELD_COLUMNS rows.
+
+    Exact on the latest night and on the night before it (what a rerun of the latest compares with). On an
+    earlier night: the rows whose streak, as the night before the latest knew it, covers it (a decision held
+    then in an earlier streak is not known, and is listed with the detail it last held)."""
+    if night is None:
+        return []
+    latest = latest_night(db)
+    if latest is None:
+        return []
+    if night >= latest:
+        return db.execute(f"SELECT {HELD_COLUMNS} FROM decisions WHERE last_night = '' {order}")
+    return db.execute(_HELD_BEFORE_LATEST + order, {"latest": latest, "night": night})
+
+
+def undo_latest(cur: sqlite3.Cursor, night: str) -> None:
+    """The decisions as they were before `night` (the latest recorded night) was recorded."""
+    cur.execute("DELETE FROM decisions WHERE undo_night = ? AND was_last_night IS NULL", (night,))
+    cur.execute("UPDATE decisions SET since = was_since, last_night = was_last_night, resolved_on = was_resolved_on, "
+                "detail = coalesce(was_detail, detail), undo_night = NULL, was_since = NULL, was_last_night = NULL, "
+                "was_resolved_on = NULL, was_detail = NULL WHERE undo_night = ?", (night,))
+
+
+# A decision held tonight: made, come back (since tonight unless given) or its detail changed; else untouched.
+_UPSERT = """
+INSERT INTO decisions (decision_key, policy_id, action, project_id, subject_id, first_night, since, detail,
+                       undo_night)
+VALUES (?1, ?2, ?3, ?4, ?5, coalesce(nullif(?6, ''), ?8), coalesce(nullif(?6, ''), ?8), ?7, ?8)
+ON CONFLICT (decision_key) DO UPDATE SET
+    since = CASE WHEN last_night != '' THEN excluded.since ELSE since END,
+    last_night = '', resolved_on = '', detail = excluded.detail, undo_night = excluded.undo_night,
+    was_since = since, was_last_night = last_night, was_resolved_on = resolved_on,
+    was_detail = CASE WHEN detail IS NOT excluded.detail THEN detail END
+WHERE last_night != '' OR detail IS NOT excluded.detail
+"""
+
+
+def apply_night(cur: sqlite3.Cursor, night: str, previous: str | None, held: Iterable[tuple],
+                keys: Iterable[str]) -> None:
+    """Record that the decisions `held` (key, policy_id, action, project_id, subject_id, since or '', detail) hold
+    on `night`, a night after every recorded one (`previous`: the latest of those). `keys`: those of every
+    decision that holds tonight, `held` and the open ones kept as they were (projects not wholly evaluated);
+    every other open decision stopped holding on `previous`. The caller's transaction; the night's changes are
+    kept for `undo_latest`."""
+    # The previous latest night's undo is forgotten: only the latest night can be run again exactly.
+    cur.execute("UPDATE decisions SET undo_night = NULL, was_since = NULL, was_last_night = NULL, "
+                "was_resolved_on = NULL, was_detail = NULL WHERE undo_night IS NOT NULL")
+    cur.execute("CREATE TEMP TABLE IF NOT EXISTS tonight (decision_key TEXT PRIMARY KEY)")
+    cur.execute("DELETE FROM temp.tonight")
+    cur.executemany("INSERT OR IGNORE INTO temp.tonight VALUES (?)", ((k,) for k in keys))
+    cur.execute("UPDATE decisions SET last_night = coalesce(?1, since), resolved_on = ?2, undo_night = ?2, "
+                "was_since = since, was_last_night = '', was_resolved_on = '' "
+                "WHERE last_night = '' AND decision_key NOT IN (SELECT decision_key FROM temp.tonight)",
+                (previous, night))
+    cur.execute("DELETE FROM temp.tonight")
+    cur.executemany(_UPSERT, ((*row, night) for row in held))
