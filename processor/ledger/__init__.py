@@ -17,6 +17,7 @@ import itertools
 import os
 import sqlite3
 from pathlib import Path
+from typing import Sequence
 
 import pandas as pd
 import pyarrow as pa
@@ -281,9 +282,9 @@ class Ledger(Deliveries):
         row = self.db.execute("SELECT max(as_of) FROM runs WHERE as_of < ?", (as_of.isoformat(),)).fetchone()
         return row[0]
 
-    def _held_before(self, as_of: dt.date, order: str = "") -> list[tuple]:
-        """The decisions held on the recorded night before `as_of` (decisions.HELD_COLUMNS rows)."""
-        return list(held_on(self.db, self.previous_night(as_of), order))
+    def _held_before(self, as_of: dt.date, columns: str, keys: Sequence[str] = ()) -> list[tuple]:
+        """`columns` of the decisions held on the recorded night before `as_of` (of `keys` when given)."""
+        return list(held_on(self.db, self.previous_night(as_of), columns, keys))
 
     def states(self, as_of: dt.date, decisions: pd.DataFrame) -> pd.Series:
         """`new` or `ongoing` for each decision row, against the previous recorded night."""
@@ -294,15 +295,21 @@ class Ledger(Deliveries):
         and the ISO date of the first night of its current streak (tonight for a new one)."""
         keys = decision_keys(decisions)
         night = as_of.isoformat()
-        held = {} if keys.empty else {row[0]: row[5] for row in self._held_before(as_of)}
-        if not held:
-            return (pd.Series(["new"] * len(keys), index=decisions.index, dtype=object),
-                    pd.Series([night] * len(keys), index=decisions.index, dtype=object))
-        ongoing = keys.isin(held.keys())
-        states = pd.Series(ongoing.map({True: "ongoing", False: "new"}).to_numpy(), index=decisions.index,
-                           dtype=object)
-        since = pd.Series(keys.map(held).where(ongoing, night).to_numpy(), index=decisions.index, dtype=object)
-        return states, since
+        held = dict(self._held_before(as_of, "decision_key, since")) if len(keys) else {}
+        since = [held.get(key) for key in keys.tolist()]  # a dict look-up a row: pandas' isin took 10 µs a row
+        states = ["new" if s is None else "ongoing" for s in since]
+        return (pd.Series(states, index=decisions.index, dtype=object),
+                pd.Series([night if s is None else s for s in since], index=decisions.index, dtype=object))
+
+    def _gone(self, as_of: dt.date, decisions: pd.DataFrame, not_evaluated, evaluated: bool) -> list[str]:
+        """The keys of the previous night's held decisions absent from `decisions`, of the projects wholly
+        evaluated tonight (`evaluated`) or of the others, in the order of their project and key."""
+        skip = set(map(str, not_evaluated))
+        if not evaluated and not skip:
+            return []
+        tonight = set(decision_keys(decisions).tolist())
+        return [key for _project, key in sorted((project, key) for key, project in self._held_before(
+            as_of, "decision_key, project_id") if key not in tonight and (project not in skip) == evaluated)]
 
     def resolved(self, as_of: dt.date, decisions: pd.DataFrame, not_evaluated=()) -> pd.DataFrame:
         """Decisions that held on the previous recorded night and no longer hold on `as_of`.
@@ -311,23 +318,20 @@ class Ledger(Deliveries):
         tonight's run_id/as_of and state `resolved`. Projects not wholly evaluated tonight
         (`not_evaluated`: the engine could not, or some of their rows were rejected) are left out:
         nobody knows whether theirs still hold (see `carried`)."""
-        rows = self._held_before(as_of, "ORDER BY project_id, decision_key")
-        tonight = set(decision_keys(decisions))
-        skip = set(map(str, not_evaluated))
-        gone = [decoded(detail) for key, _p, _a, project, _s, _since, detail in rows
-                if key not in tonight and project not in skip and detail]
-        return pd.DataFrame(gone, columns=DETAIL_COLUMNS).fillna("")
+        gone = self._gone(as_of, decisions, not_evaluated, evaluated=True)
+        details = dict(self._held_before(as_of, "decision_key, detail", gone)) if gone else {}
+        rows = [decoded(details[key]) for key in gone if details.get(key)]
+        return pd.DataFrame(rows, columns=DETAIL_COLUMNS).fillna("")
 
     def carried(self, as_of: dt.date, decisions: pd.DataFrame, not_evaluated=()) -> list[tuple]:
         """The previous recorded night's held decisions of projects not wholly evaluated tonight and
-        absent from tonight's decisions (decisions.HELD_COLUMNS rows), for `record_night(carried=...)`:
-        they keep holding as they were, so they are neither resolved tonight nor `new` again the next night."""
-        skip = set(map(str, not_evaluated))
-        if not skip:
-            return []
-        tonight = set(decision_keys(decisions))
-        return [row for row in self._held_before(as_of, "ORDER BY project_id, decision_key")
-                if row[3] in skip and row[0] not in tonight]
+        absent from tonight's decisions, as (decision_key, policy_id, action, project_id, subject_id, since)
+        rows for `record_night(carried=...)`: they keep holding as they were, so they are neither resolved
+        tonight nor `new` again the next night."""
+        gone = self._gone(as_of, decisions, not_evaluated, evaluated=False)
+        rows = {row[0]: row for row in self._held_before(
+            as_of, "decision_key, policy_id, action, project_id, subject_id, since", gone)} if gone else {}
+        return [rows[key] for key in gone]
 
     def record_night(self, as_of: dt.date, run_id: str, policies_sha: str, out_dir: str, decisions: pd.DataFrame,
                      resolved: pd.DataFrame | None = None, carried=(), since=None):
