@@ -1,0 +1,148 @@
+"""The ledger's one row per decision says what a row per decision and night said: each night's states, since
+when a decision holds, what resolved (listed as it last held) and what is carried, whatever the sequence of
+nights, reruns of the latest one and nights filled in late; and a night that changes nothing writes nothing."""
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import sqlite3
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from processor.engine.decide import DECISION_COLUMNS
+from processor.ledger import DETAIL_COLUMNS, Ledger
+
+FIRST = dt.date(2026, 11, 20)
+PROJECTS = ["P1", "P2", "P3"]
+POLICIES = {"escrow-shortfall": "flag_for_review", "non-payment-halt": "halt_project"}
+KEYS = [(policy, project) for policy in POLICIES for project in PROJECTS]
+
+
+def decision(policy: str, project: str, night: dt.date, variant: int) -> dict:
+    """A decision row of `night`; its amount and evidence differ by `variant` (what a resolved one is listed with)."""
+    evidence = "" if variant == 0 else json.dumps({"facts": {"days": variant}, "thresholds": {}}, sort_keys=True)
+    return {"run_id": f"{night}-x", "as_of": night.isoformat(), "policy_id": policy, "action": POLICIES[policy],
+            "project_id": project, "subject_id": "T1", "milestone_id": "", "invoice_id": "", "assignee_id": "",
+            "amount": f"{variant}.00", "currency": "EUR", "reason": "why", "evidence": evidence, "state": "",
+            "project_success_id": "PS1"}
+
+
+def key_of(policy: str, project: str) -> str:
+    return f"{policy}|{POLICIES[policy]}|{project}|T1||"
+
+
+@dataclasses.dataclass(frozen=True)
+class Held:
+    project: str
+    since: str
+    detail: dict
+
+
+class Model:
+    """The nights as the ledger promises them: a night after the latest is compared with the latest; the latest
+    run again, or a night filled in after it was recorded, with what the latest was first compared with."""
+
+    def __init__(self):
+        self.held: dict[str, Held] = {}        # on the latest night
+        self.base: dict[str, Held] = {}        # on the night the latest was compared with
+        self.latest: dt.date | None = None
+        self.base_night: dt.date | None = None
+
+    def night(self, night: dt.date, rows: dict[str, dict], skip: set[str]):
+        later = self.latest is None or night > self.latest
+        before = self.held if later else self.base
+        states = {k: ("ongoing", before[k].since) if k in before else ("new", night.isoformat()) for k in rows}
+        gone = sorted((held.project, k) for k, held in before.items() if k not in rows)
+        resolved = [before[k].detail for project, k in gone if project not in skip]
+        carried = [k for project, k in gone if project in skip]
+        if later or night == self.latest:
+            if later:
+                self.base, self.base_night = self.held, self.latest
+            self.held = {**{k: Held(r["project_id"], states[k][1], {c: r[c] for c in DETAIL_COLUMNS})
+                            for k, r in rows.items()}, **{k: before[k] for k in carried}}
+            self.latest = night
+        return states, resolved, carried
+
+
+def through_ledger(path: Path, night: dt.date, rows: dict[str, dict], skip: set[str]):
+    """The night as processor.run records it: states and since, carried, resolved, then the record."""
+    decisions = pd.DataFrame(list(rows.values()), columns=DECISION_COLUMNS)
+    with Ledger(path) as ledger:
+        decisions["state"], since = ledger.states_since(night, decisions)
+        carried = ledger.carried(night, decisions, skip)
+        resolved = ledger.resolved(night, decisions, skip).assign(run_id=f"{night}-x", as_of=night.isoformat(),
+                                                                  state="resolved")[DECISION_COLUMNS]
+        ledger.record_night(night, f"{night}-x", "sha", "out", decisions, resolved=resolved, carried=carried,
+                            since=since)
+    states = {key_of(p, j): (s, f) for p, j, s, f in zip(decisions["policy_id"], decisions["project_id"],
+                                                           decisions["state"], since)}
+    return states, resolved[DETAIL_COLUMNS].to_dict("records"), [row[0] for row in carried]
+
+
+night_rows = st.dictionaries(st.sampled_from(KEYS), st.integers(0, 2), max_size=len(KEYS))
+steps = st.lists(st.tuples(st.sampled_from(["next", "next", "skip a night", "rerun", "fill"]), night_rows,
+                           st.sets(st.sampled_from(PROJECTS), max_size=2)), min_size=1, max_size=8)
+
+
+@settings(max_examples=150, deadline=None)
+@given(steps)
+def test_any_sequence_of_nights_and_reruns_gives_the_states_a_row_per_night_gave(sequence):
+    model = Model()
+    recorded: set[dt.date] = set()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "ledger.sqlite"
+        for kind, variants, skip in sequence:
+            if kind == "rerun" and model.latest:
+                night = model.latest
+            elif kind == "fill" and model.base_night:
+                gaps = [model.base_night + dt.timedelta(days=d) for d in range(1, (model.latest - model.base_night).days)]
+                gaps = [g for g in gaps if g not in recorded]
+                if not gaps:
+                    continue
+                night = gaps[0]
+            else:
+                night = (model.latest or FIRST) + dt.timedelta(days=2 if kind == "skip a night" else 1)
+            rows = {key_of(p, j): decision(p, j, night, v) for (p, j), v in variants.items()}
+            expected = model.night(night, rows, skip)
+            got = through_ledger(path, night, rows, skip)
+            assert got[0] == expected[0], (kind, night)
+            assert got[1] == expected[1], (kind, night)
+            assert got[2] == expected[2], (kind, night)
+            recorded.add(night)
+            with sqlite3.connect(path) as db:
+                open_rows = dict(db.execute("SELECT decision_key, since FROM decisions WHERE last_night = ''"))
+            assert open_rows == {k: held.since for k, held in model.held.items()}
+
+
+def test_a_night_that_changes_no_decision_writes_no_decision_row(tmp_path):
+    path = tmp_path / "ledger.sqlite"
+    nights = [FIRST + dt.timedelta(days=d) for d in range(3)]
+    for night in nights:
+        through_ledger(path, night, {key_of(p, j): decision(p, j, night, 1) for p, j in KEYS}, set())
+    with sqlite3.connect(path) as db:
+        changed = db.execute("SELECT count(*) FROM decisions WHERE undo_night IS NOT NULL").fetchone()[0]
+        states = db.execute("SELECT DISTINCT first_night, since, last_night FROM decisions").fetchall()
+        counts = db.execute("SELECT as_of, state, decisions FROM policy_counts WHERE policy_id = 'escrow-shortfall' "
+                            "ORDER BY as_of").fetchall()
+    assert changed == 0   # the third night was the second again: nothing to take back
+    assert states == [(nights[0].isoformat(), nights[0].isoformat(), "")]
+    assert counts == [(nights[0].isoformat(), "new", 3), (nights[1].isoformat(), "ongoing", 3),
+                      (nights[2].isoformat(), "ongoing", 3)]
+
+
+def test_a_rerun_of_the_latest_night_with_a_corrected_export_lists_what_resolved_as_it_last_held(tmp_path):
+    path = tmp_path / "ledger.sqlite"
+    first, second = FIRST, FIRST + dt.timedelta(days=1)
+    through_ledger(path, first, {key_of("escrow-shortfall", "P1"): decision("escrow-shortfall", "P1", first, 1)},
+                   set())
+    # The second night as first exported: still short, its evidence changed; then corrected: paid in.
+    through_ledger(path, second, {key_of("escrow-shortfall", "P1"): decision("escrow-shortfall", "P1", second, 2)},
+                   set())
+    states, resolved, _carried = through_ledger(path, second, {}, set())
+    assert states == {} and [(r["amount"], r["evidence"]) for r in resolved] == [("1.00", json.dumps(
+        {"facts": {"days": 1}, "thresholds": {}}, sort_keys=True))]
