@@ -146,3 +146,55 @@ def test_a_rerun_of_the_latest_night_with_a_corrected_export_lists_what_resolved
     states, resolved, _carried = through_ledger(path, second, {}, set())
     assert states == {} and [(r["amount"], r["evidence"]) for r in resolved] == [("1.00", json.dumps(
         {"facts": {"days": 1}, "thresholds": {}}, sort_keys=True))]
+
+
+# ---------------------------------------------------------------- a ledger of schema 3 folded into schema 4
+def plain_texts(outbox: Path) -> dict[str, str]:
+    """Each email's plain-text body, by file name (what it says, less its headers)."""
+    import email
+    import email.policy
+
+    return {p.name: email.message_from_bytes(p.read_bytes(), policy=email.policy.default).get_body(("plain",))
+            .get_content() for p in sorted(outbox.glob("*.eml"))}
+
+
+def outputs(run: Path) -> dict[str, str]:
+    return {**{name: (run / name).read_text(encoding="utf-8") for name in ("decisions.csv", "resolved.csv")},
+            **plain_texts(run / "outbox")}
+
+
+def test_a_ledger_of_a_row_per_night_folded_into_a_row_per_decision_gives_the_next_night_and_a_rerun_as_before(
+        tmp_path):
+    import shutil
+
+    from legacy_ledger import as_schema
+
+    from processor.run import run_night
+    from processor.tools.generate.export import generate_export
+
+    root = Path(__file__).resolve().parents[1]
+    nights = [FIRST + dt.timedelta(days=d) for d in range(4)]
+
+    def run(night: dt.date, seed: int, ledger: Path, name: str) -> Path:
+        export = tmp_path / f"export-{night}-{seed}"
+        if not export.exists():
+            generate_export(export, projects=150, seed=seed, as_of=night, fmt="csv")
+        run_night(export, policies_path=root / "policies.yaml", as_of=night, out_dir=tmp_path / name,
+                  ledger_path=ledger, workers=0)
+        return tmp_path / name
+
+    ledger = tmp_path / "ledger.sqlite"
+    runs = [run(night, seed, ledger, f"run-{night}") for night, seed in zip(nights[:3], (4, 4, 9))]
+    old = tmp_path / "old.sqlite"
+    shutil.copy(ledger, old)
+    as_schema(old, runs)
+    rerun_on = tmp_path / "rerun.sqlite"
+    shutil.copy(old, rerun_on)
+    # The latest night again: compared with the night before it, as its first run was.
+    assert outputs(run(nights[2], 9, rerun_on, "rerun")) == outputs(runs[2])
+    # The next night: the same states, resolved rows and "still open since" as on the ledger never folded.
+    assert outputs(run(nights[3], 4, old, "next-folded")) == outputs(run(nights[3], 4, ledger, "next"))
+    with sqlite3.connect(old) as db:
+        assert db.execute("PRAGMA user_version").fetchone() == (4,)
+        assert not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'decision_nights'").fetchone()
+        assert db.execute("SELECT count(*) FROM decisions WHERE last_night = ''").fetchone()[0] > 0
