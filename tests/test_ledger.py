@@ -198,3 +198,34 @@ def test_a_ledger_of_a_row_per_night_folded_into_a_row_per_decision_gives_the_ne
         assert db.execute("PRAGMA user_version").fetchone() == (4,)
         assert not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'decision_nights'").fetchone()
         assert db.execute("SELECT count(*) FROM decisions WHERE last_night = ''").fetchone()[0] > 0
+
+
+def test_the_nightly_job_copies_a_ledger_of_schema_3_before_the_first_night_folds_it(tmp_path, monkeypatch):
+    from legacy_ledger import as_schema
+    from night import Night
+
+    from processor.nightly import run_nightly
+    from processor.run import run_night
+
+    for name in ("SHAKERS_SMTP_HOST", "SHAKERS_LEDGER"):
+        monkeypatch.delenv(name, raising=False)
+    root = Path(__file__).resolve().parents[1]
+    ledger, exports, runs = tmp_path / "ledger.sqlite", tmp_path / "exports", tmp_path / "runs"
+    nights = [FIRST + dt.timedelta(days=d) for d in range(3)]
+    for night in nights:
+        n = Night(night)
+        n.project("P1")
+        n.milestone("P1", escrow="10.00", milestone_id="M1")
+        n.write(exports / night.isoformat())
+    for night in nights[:2]:
+        run_night(exports / night.isoformat(), policies_path=root / "policies.yaml", as_of=night,
+                  out_dir=runs / night.isoformat(), ledger_path=ledger, workers=0)
+    as_schema(ledger, [runs / night.isoformat() for night in nights[:2]])
+    result = run_nightly(exports, runs, ledger_path=ledger, policies_path=root / "policies.yaml", workers=0)
+    assert [(o.night, o.status) for o in result.outcomes] == [(nights[2], "done")]
+    assert set(result.outcomes[0].result.decisions["state"]) == {"ongoing"}
+    with sqlite3.connect(ledger.with_name("ledger.sqlite.previous")) as copy:   # restores the ledger as it was
+        assert copy.execute("PRAGMA user_version").fetchone() == (3,)
+        assert copy.execute("SELECT count(DISTINCT as_of) FROM decision_nights").fetchone() == (2,)
+    with sqlite3.connect(ledger) as db:
+        assert db.execute("PRAGMA user_version").fetchone() == (4,)
