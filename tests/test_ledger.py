@@ -1,5 +1,5 @@
 """The ledger's one row per decision says what a row per decision and night said: each night's states, since
-when a decision holds, what resolved (listed as it last held) and what is carried, whatever the sequence of
+when a decision holds, what resolved (listed with its last recorded detail) and what is carried, whatever the sequence of
 nights, reruns of the latest one and nights filled in late; and a night that changes nothing writes nothing."""
 from __future__ import annotations
 
@@ -40,16 +40,17 @@ def key_of(policy: str, project: str) -> str:
 class Held:
     project: str
     since: str
-    detail: dict
 
 
 class Model:
     """The nights as the ledger promises them: a night after the latest is compared with the latest; the latest
-    run again, or a night filled in after it was recorded, with what the latest was first compared with."""
+    run again, or a night filled in after it was recorded, with what the latest was first compared with. A
+    resolved decision is listed with the detail it was last recorded with."""
 
     def __init__(self):
         self.held: dict[str, Held] = {}        # on the latest night
         self.base: dict[str, Held] = {}        # on the night the latest was compared with
+        self.detail: dict[str, dict] = {}      # each decision's last recorded detail
         self.latest: dt.date | None = None
         self.base_night: dt.date | None = None
 
@@ -58,13 +59,14 @@ class Model:
         before = self.held if later else self.base
         states = {k: ("ongoing", before[k].since) if k in before else ("new", night.isoformat()) for k in rows}
         gone = sorted((held.project, k) for k, held in before.items() if k not in rows)
-        resolved = [before[k].detail for project, k in gone if project not in skip]
+        resolved = [self.detail[k] for project, k in gone if project not in skip]
         carried = [k for project, k in gone if project in skip]
         if later or night == self.latest:
             if later:
                 self.base, self.base_night = self.held, self.latest
-            self.held = {**{k: Held(r["project_id"], states[k][1], {c: r[c] for c in DETAIL_COLUMNS})
-                            for k, r in rows.items()}, **{k: before[k] for k in carried}}
+            self.held = {**{k: Held(r["project_id"], states[k][1]) for k, r in rows.items()},
+                         **{k: before[k] for k in carried}}
+            self.detail.update({k: {c: r[c] for c in DETAIL_COLUMNS} for k, r in rows.items()})
             self.latest = night
         return states, resolved, carried
 
@@ -135,7 +137,7 @@ def test_a_night_that_changes_no_decision_writes_no_decision_row(tmp_path):
                       (nights[2].isoformat(), "ongoing", 3)]
 
 
-def test_a_rerun_of_the_latest_night_with_a_corrected_export_lists_what_resolved_as_it_last_held(tmp_path):
+def test_a_rerun_of_the_latest_night_with_a_corrected_export_finds_resolved_what_held_the_night_before(tmp_path):
     path = tmp_path / "ledger.sqlite"
     first, second = FIRST, FIRST + dt.timedelta(days=1)
     through_ledger(path, first, {key_of("escrow-shortfall", "P1"): decision("escrow-shortfall", "P1", first, 1)},
@@ -144,8 +146,12 @@ def test_a_rerun_of_the_latest_night_with_a_corrected_export_lists_what_resolved
     through_ledger(path, second, {key_of("escrow-shortfall", "P1"): decision("escrow-shortfall", "P1", second, 2)},
                    set())
     states, resolved, _carried = through_ledger(path, second, {}, set())
-    assert states == {} and [(r["amount"], r["evidence"]) for r in resolved] == [("1.00", json.dumps(
-        {"facts": {"days": 1}, "thresholds": {}}, sort_keys=True))]
+    # Listed with the detail the ledger last kept of it (that of the first run: the detail is not kept twice).
+    assert states == {} and [(r["amount"], r["evidence"]) for r in resolved] == [("2.00", json.dumps(
+        {"facts": {"days": 2}, "thresholds": {}}, sort_keys=True))]
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT since, last_night, resolved_on FROM decisions").fetchall() == [
+            (first.isoformat(), first.isoformat(), second.isoformat())]
 
 
 # ---------------------------------------------------------------- a ledger of schema 3 folded into schema 4

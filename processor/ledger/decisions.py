@@ -7,12 +7,15 @@ on the ledger's latest night. `detail` is the decision as it last held (DETAIL_C
 resolved decision is listed with it. Its state on the latest night is not stored: `new` when `since` is that
 night, `ongoing` before.
 
-A night rewrites only the rows of decisions that started, stopped, came back or changed that night, so an
-identical night adds no bytes. Each row the latest night changed keeps what it was before that night
-(`undo_night` = that night, `was_*`; `was_last_night` NULL: that night made the row, `was_detail` NULL: the
-detail did not change): the latest night run again sees exactly the decisions its first run compared with.
-The next night forgets them first. Nights earlier than the latest are compared with what that undo gives: the
-rows held on the night before the latest, taken back to an earlier night by their streaks (see `held_on`).
+A night rewrites only the rows of decisions that started, stopped, came back or changed their detail that
+night, so a night like the one before adds almost no bytes. Each row whose decision started, stopped or came
+back on the latest night keeps how it stood before (`undo_night` = that night, `was_*`; `was_last_night`
+NULL: that night made the row): the latest night run again is compared with exactly the decisions its first
+run was (its states, since and resolved ones). Its detail is not kept twice: a decision that held on the
+night before, whose detail the latest night's first run changed, and that the run again finds no longer
+holding is listed with that changed detail. The next night forgets the undo. A night earlier than the latest
+(one left out, run late) is compared with the rows the undo gives, taken back to it by their streaks
+(see `held_on`).
 """
 from __future__ import annotations
 
@@ -34,8 +37,7 @@ CREATE TABLE IF NOT EXISTS decisions (
     undo_night TEXT,
     was_since TEXT,
     was_last_night TEXT,
-    was_resolved_on TEXT,
-    was_detail TEXT
+    was_resolved_on TEXT
 );
 -- Only the latest night's changed rows have an undo_night: the index stays as small as one night's changes.
 CREATE INDEX IF NOT EXISTS decisions_undo ON decisions (undo_night) WHERE undo_night IS NOT NULL;
@@ -54,8 +56,7 @@ CREATE TABLE IF NOT EXISTS policy_counts (
 _BEFORE_LATEST = """
 SELECT decision_key, policy_id, action, project_id, subject_id,
        CASE WHEN undone THEN was_since ELSE since END AS since,
-       CASE WHEN undone THEN was_last_night ELSE last_night END AS last_night,
-       CASE WHEN undone THEN coalesce(was_detail, detail) ELSE detail END AS detail
+       CASE WHEN undone THEN was_last_night ELSE last_night END AS last_night, detail
 FROM (SELECT *, coalesce(undo_night = :latest, 0) AS undone FROM decisions)
 """
 _HELD_THEN = "last_night IS NOT NULL AND since <= :night AND (last_night = '' OR last_night >= :night)"
@@ -94,20 +95,23 @@ def undo_latest(cur: sqlite3.Cursor, night: str) -> None:
     """The decisions as they were before `night` (the latest recorded night) was recorded."""
     cur.execute("DELETE FROM decisions WHERE undo_night = ? AND was_last_night IS NULL", (night,))
     cur.execute("UPDATE decisions SET since = was_since, last_night = was_last_night, resolved_on = was_resolved_on, "
-                "detail = coalesce(was_detail, detail), undo_night = NULL, was_since = NULL, was_last_night = NULL, "
-                "was_resolved_on = NULL, was_detail = NULL WHERE undo_night = ?", (night,))
+                "undo_night = NULL, was_since = NULL, was_last_night = NULL, was_resolved_on = NULL "
+                "WHERE undo_night = ?", (night,))
 
 
-# A decision held tonight: made, come back (since tonight unless given) or its detail changed; else untouched.
+# A decision held tonight: made, come back (since tonight unless given; how it stood kept) or its detail
+# changed (nothing else to keep); else untouched.
 _UPSERT = """
 INSERT INTO decisions (decision_key, policy_id, action, project_id, subject_id, first_night, since, detail,
                        undo_night)
 VALUES (?1, ?2, ?3, ?4, ?5, coalesce(nullif(?6, ''), ?8), coalesce(nullif(?6, ''), ?8), ?7, ?8)
 ON CONFLICT (decision_key) DO UPDATE SET
     since = CASE WHEN last_night != '' THEN excluded.since ELSE since END,
-    last_night = '', resolved_on = '', detail = excluded.detail, undo_night = excluded.undo_night,
-    was_since = since, was_last_night = last_night, was_resolved_on = resolved_on,
-    was_detail = CASE WHEN detail IS NOT excluded.detail THEN detail END
+    undo_night = CASE WHEN last_night != '' THEN excluded.undo_night ELSE undo_night END,
+    was_since = CASE WHEN last_night != '' THEN since ELSE was_since END,
+    was_last_night = CASE WHEN last_night != '' THEN last_night ELSE was_last_night END,
+    was_resolved_on = CASE WHEN last_night != '' THEN resolved_on ELSE was_resolved_on END,
+    last_night = '', resolved_on = '', detail = excluded.detail
 WHERE last_night != '' OR detail IS NOT excluded.detail
 """
 
@@ -125,11 +129,10 @@ def apply_night(cur: sqlite3.Cursor, night: str, previous: str | None, held: Ite
                if k not in tonight]
     del tonight
     cur.executemany("UPDATE decisions SET last_night = coalesce(?2, since), resolved_on = ?3, undo_night = ?3, "
-                    "was_since = since, was_last_night = '', was_resolved_on = '', was_detail = NULL "
+                    "was_since = since, was_last_night = '', was_resolved_on = '' "
                     "WHERE decision_key = ?1", ((k, previous, night) for (k,) in stopped))
     cur.executemany(_UPSERT, ((*row, night) for row in held))
     # Last, so that a row changed on both nights is written once: what the previous night changed, and
-    # tonight did not, forgets how it was before it.
+    # tonight did not, forgets how it stood before it.
     cur.execute("UPDATE decisions SET undo_night = NULL, was_since = NULL, was_last_night = NULL, "
-                "was_resolved_on = NULL, was_detail = NULL WHERE undo_night IS NOT NULL AND undo_night != ?",
-                (night,))
+                "was_resolved_on = NULL WHERE undo_night IS NOT NULL AND undo_night != ?", (night,))
