@@ -1,6 +1,7 @@
 """The ledger's one row per decision says what a row per decision and night said: each night's states, since
-when a decision holds, what resolved (listed with its last recorded detail) and what is carried, whatever the sequence of
-nights, reruns of the latest one and nights filled in late; and a night that changes nothing writes nothing."""
+when a decision holds, what resolved (listed with its last recorded detail) and what is carried, whatever the
+sequence of nights, reruns of the latest one and nights filled in late; and a night that changes nothing writes
+nothing."""
 from __future__ import annotations
 
 import dataclasses

@@ -11,7 +11,6 @@ import hashlib
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
