@@ -361,17 +361,20 @@ class Ledger(Deliveries):
         with self.transaction() as cur:
             latest = latest_night(cur)
             if latest is None or night >= latest:
+                keys = decision_keys(decisions).to_numpy()
+                tonight = {*keys.tolist(), *(row[0] for row in carried)}
+                # What held the night before (the night's states were found from it) and holds no longer.
+                stopped = [key for key in self._held_since(as_of) if key not in tonight]
+                del tonight
                 if night == latest:
                     undo_latest(cur, night)  # the night's first run taken back: compared with what it was
-                keys = decision_keys(decisions).to_numpy()
                 # Rows made as SQLite takes them (no list of a night's tuples in between); the frame's columns as
                 # lists (tolist gives Python ints, floats: what SQLite can bind, whatever their type).
                 details = encode_details(decisions[DETAIL_COLUMNS])
                 firsts = itertools.repeat("") if since is None else list(since)
                 held = zip(keys, *(decisions[c].tolist() for c in ("policy_id", "action", "project_id",
                                                                      "subject_id")), firsts, details)
-                apply_night(cur, night, self.previous_night(as_of), held,
-                            itertools.chain(keys, (row[0] for row in carried)))
+                apply_night(cur, night, self.previous_night(as_of), held, stopped)
             cur.execute("DELETE FROM policy_counts WHERE as_of = ?", (night,))
             cur.executemany("INSERT INTO policy_counts VALUES (?, ?, ?, ?)",
                             [(night, str(p), str(state), int(n)) for (p, state), n in counts.items()])

@@ -117,20 +117,15 @@ WHERE last_night != '' OR detail IS NOT excluded.detail
 
 
 def apply_night(cur: sqlite3.Cursor, night: str, previous: str | None, held: Iterable[tuple],
-                keys: Iterable[str]) -> None:
+                stopped: Iterable[str]) -> None:
     """Record that the decisions `held` (key, policy_id, action, project_id, subject_id, since or '', detail) hold
-    on `night`, a night after every recorded one (`previous`: the latest of those). `keys`: those of every
-    decision that holds tonight, `held` and the open ones kept as they were (projects not wholly evaluated);
-    every other open decision stopped holding on `previous`. The caller's transaction; the night's changes are
-    kept for `undo_latest`, the previous night's forgotten."""
-    # Found in Python: staging the night's keys in SQLite took five times as long (a B-tree insert each).
-    tonight = set(keys)
-    stopped = [(k,) for (k,) in cur.execute("SELECT decision_key FROM decisions WHERE last_night = ''")
-               if k not in tonight]
-    del tonight
+    on `night`, a night after every recorded one (`previous`: the latest of those), and that the open
+    decisions `stopped` (keys) no longer do (they last held on `previous`); the other open ones still hold
+    (kept as they were: projects not wholly evaluated). The caller's transaction; the night's changes are kept
+    for `undo_latest`, the previous night's forgotten."""
     cur.executemany("UPDATE decisions SET last_night = coalesce(?2, since), resolved_on = ?3, undo_night = ?3, "
                     "was_since = since, was_last_night = '', was_resolved_on = '' "
-                    "WHERE decision_key = ?1", ((k, previous, night) for (k,) in stopped))
+                    "WHERE decision_key = ?1 AND last_night = ''", ((k, previous, night) for k in stopped))
     cur.executemany(_UPSERT, ((*row, night) for row in held))
     # Last, so that a row changed on both nights is written once: what the previous night changed, and
     # tonight did not, forgets how it stood before it.

@@ -35,12 +35,14 @@ def fold_decision_nights(cur: sqlite3.Cursor, detail_columns: list[str]) -> None
     reader = cur.connection.cursor()
     previous = None
     for i, night in enumerate(nights):
-        keys = (r[0] for r in reader.execute(_HELD, (night,)))
-        rows = cur.connection.cursor().execute(_HELD, (night,))
+        stopped = [r[0] for r in reader.execute(
+            "SELECT decision_key FROM decisions WHERE last_night = '' AND decision_key NOT IN "
+            "(SELECT decision_key FROM decision_nights WHERE as_of = ? AND state != 'resolved')", (night,))]
+        rows = reader.execute(_HELD, (night,))
         # The last two nights' details as tonight's are written, so that the next night rewrites no row whose
         # decision is unchanged and a rerun of the latest finds what it compared with.
         held = _as_written(rows, detail_columns) if i >= len(nights) - 2 else rows
-        apply_night(cur, night, previous, held, keys)
+        apply_night(cur, night, previous, held, stopped)
         previous = night
     cur.execute("DROP INDEX IF EXISTS decision_nights_key")
     cur.execute("DROP TABLE decision_nights")
