@@ -27,9 +27,17 @@ from processor import files
 from processor.delivery.states import DELIVERY_TRANSITIONS, OWED, SETTLED, allowed_delivery, sources  # noqa: F401
 from processor.engine.decide import DECISION_COLUMNS, KEY_COLUMNS
 from processor.killpoints import kill_point
-from processor.ledger.decisions import DECISIONS_SCHEMA, apply_night, held_on, latest_night, undo_latest
+from processor.ledger.decisions import (
+    DECISIONS_SCHEMA,
+    apply_night,
+    decoded_detail,
+    encode_details,
+    held_on,
+    latest_night,
+    undo_latest,
+)
 from processor.ledger.deliveries import Deliveries, _now, _quoted
-from processor.ledger.migrate import decoded, encode_details, fold_decision_nights
+from processor.ledger.migrate import fold_decision_nights
 from processor.ledger.problems import (  # noqa: F401  (the package's names)
     LedgerFull,
     LedgerProblem,
@@ -205,7 +213,7 @@ class Ledger(Deliveries):
             # Schema 4: the nights' rows of each decision (decision_nights) become one row per decision.
             folded = bool(cur.execute("SELECT 1 FROM sqlite_master WHERE name = 'decision_nights'").fetchone())
             if folded:
-                fold_decision_nights(cur, DETAIL_COLUMNS)
+                fold_decision_nights(cur)
             # Ledgers made before the delivery states: their columns added and their statuses renamed.
             columns = {r[1] for r in cur.execute("PRAGMA table_info(deliveries)")}
             if "claimed_at" not in columns:
@@ -333,7 +341,7 @@ class Ledger(Deliveries):
         nobody knows whether theirs still hold (see `carried`)."""
         gone = self._gone(as_of, decisions, not_evaluated, evaluated=True)
         details = dict(self._held_before(as_of, "decision_key, detail", gone)) if gone else {}
-        rows = [decoded(details[key]) for key in gone if details.get(key)]
+        rows = [decoded_detail(details[key]) for key in gone if details.get(key)]
         return pd.DataFrame(rows, columns=DETAIL_COLUMNS).fillna("")
 
     def carried(self, as_of: dt.date, decisions: pd.DataFrame, not_evaluated=()) -> list[tuple]:

@@ -19,8 +19,13 @@ holding is listed with that changed detail. The next night forgets the undo. A n
 """
 from __future__ import annotations
 
+import json
 import sqlite3
 from typing import Iterable, Sequence
+
+import pandas as pd
+
+from processor import files
 
 DECISIONS_SCHEMA = """
 CREATE TABLE IF NOT EXISTS decisions (
@@ -131,3 +136,24 @@ def apply_night(cur: sqlite3.Cursor, night: str, previous: str | None, held: Ite
     # tonight did not, forgets how it stood before it.
     cur.execute("UPDATE decisions SET undo_night = NULL, was_since = NULL, was_last_night = NULL, "
                 "was_resolved_on = NULL WHERE undo_night IS NOT NULL AND undo_night != ?", (night,))
+
+
+def decoded_detail(detail: str) -> dict:
+    """A decision as the ledger kept it. Its evidence was stored as an object (or, by ledgers before
+    2026-11-25, as text): it comes back as the text it was, the canonical json.dumps(sort_keys=True)
+    processor.engine.decide writes."""
+    row = json.loads(detail)
+    evidence = row.get("evidence")
+    if not isinstance(evidence, str):
+        row["evidence"] = "" if evidence is None else json.dumps(evidence, sort_keys=True)
+    return row
+
+
+def encode_details(frame: pd.DataFrame) -> Sequence[str]:
+    """Each row of `frame` (DETAIL_COLUMNS) as the ledger keeps it: one JSON object, its evidence embedded."""
+    if frame.empty:
+        return []
+    lines = files.json_lines(frame, json_columns=("evidence",))
+    if lines is None:  # not all text (a caller's own frame): pandas encodes it, the evidence as text
+        return frame.to_json(orient="records", lines=True).splitlines()
+    return lines.to_numpy(zero_copy_only=False)
