@@ -23,8 +23,10 @@ def fold_decision_nights(cur: sqlite3.Cursor) -> None:
         cur.execute("ALTER TABLE decision_nights ADD COLUMN detail TEXT NOT NULL DEFAULT ''")
     if "since" not in kept:
         cur.execute("ALTER TABLE decision_nights ADD COLUMN since TEXT NOT NULL DEFAULT ''")
-    cur.execute("INSERT OR IGNORE INTO policy_counts SELECT as_of, policy_id, state, count(*) FROM decision_nights "
-                "WHERE as_of NOT IN (SELECT as_of FROM policy_counts) GROUP BY as_of, policy_id, state")
+    uncounted = [r[0] for r in cur.execute("SELECT as_of FROM runs WHERE as_of NOT IN (SELECT as_of FROM policy_counts)")]
+    for night in uncounted:  # each night's rows by their key's first column: not a scan of every night's
+        cur.execute("INSERT INTO policy_counts SELECT as_of, policy_id, state, count(*) FROM decision_nights "
+                    "WHERE as_of = ? GROUP BY as_of, policy_id, state", (night,))
     nights = [r[0] for r in cur.execute("SELECT as_of FROM runs ORDER BY as_of")]
     reader = cur.connection.cursor()
     previous = None
