@@ -1,17 +1,18 @@
 """The ledger's decisions (schema 4): one row per decision key, however many nights it held.
 
-A row says when its decision first held (`first_night`), since which night it holds without a break (`since`:
-the first night of its current streak, or of its last one once it stopped), and, once it no longer holds, the
-last night it held (`last_night`) and the night that found it resolved (`resolved_on`), both '' while it holds
+A row says when the ledger first recorded its decision (`first_night`), since which night it holds without a
+break (`since`:
+the first night of its current streak, or of its last one once it stopped; a ledger folded from schema
+3 may know an earlier one), and, once it no longer holds, the last night it held (`last_night`) and the night that found it resolved (`resolved_on`), both '' while it holds
 on the ledger's latest night. `detail` is the decision as it last held (DETAIL_COLUMNS as one JSON object): a
 resolved decision is listed with it. Its state on the latest night is not stored: `new` when `since` is that
 night, `ongoing` before.
 
 A night rewrites only the rows of decisions that started, stopped, came back or changed their detail that
 night, so a night like the one before adds almost no bytes. Each row whose decision started, stopped or came
-back on the latest night keeps how it stood before (`undo_night` = that night, `was_*`; `was_last_night`
-NULL: that night made the row): the latest night run again is compared with exactly the decisions its first
-run was (its states, since and resolved ones). Its detail is not kept twice: a decision that held on the
+back on the latest night keeps how it stood before (`undo_night` = that night, `was_*`; a row that night
+made has it as its `first_night`): the latest night run again is compared with exactly the decisions its
+first run was (its states, since and resolved ones). Its detail is not kept twice: a decision that held on the
 night before, whose detail the latest night's first run changed, and that the run again finds no longer
 holding is listed with that changed detail. The next night forgets the undo. A night earlier than the latest
 (one left out, run late) is compared with the rows the undo gives, taken back to it by their streaks
@@ -56,15 +57,15 @@ CREATE TABLE IF NOT EXISTS policy_counts (
 );
 """
 
-# The rows held on a night before the latest: the latest night's changes taken back (its rows made gone), then
-# the rows whose streak covers that night (exact on the night the latest was compared with).
+# The rows held on a night before the latest: the latest night's changes taken back (the rows it made left out),
+# then the rows whose streak covers that night (exact on the night the latest was compared with).
 _BEFORE_LATEST = """
 SELECT decision_key, policy_id, action, project_id, subject_id,
        CASE WHEN undone THEN was_since ELSE since END AS since,
        CASE WHEN undone THEN was_last_night ELSE last_night END AS last_night, detail
-FROM (SELECT *, coalesce(undo_night = :latest, 0) AS undone FROM decisions)
+FROM (SELECT *, coalesce(undo_night = :latest, 0) AS undone FROM decisions WHERE first_night < :latest)
 """
-_HELD_THEN = "last_night IS NOT NULL AND since <= :night AND (last_night = '' OR last_night >= :night)"
+_HELD_THEN = "since <= :night AND (last_night = '' OR last_night >= :night)"
 
 
 def latest_night(db: sqlite3.Connection | sqlite3.Cursor) -> str | None:
@@ -98,21 +99,20 @@ def held_on(db: sqlite3.Connection | sqlite3.Cursor, night: str | None, columns:
 
 def undo_latest(cur: sqlite3.Cursor, night: str) -> None:
     """The decisions as they were before `night` (the latest recorded night) was recorded."""
-    cur.execute("DELETE FROM decisions WHERE undo_night = ? AND was_last_night IS NULL", (night,))
+    cur.execute("DELETE FROM decisions WHERE first_night = ?", (night,))
     cur.execute("UPDATE decisions SET since = was_since, last_night = was_last_night, resolved_on = was_resolved_on, "
                 "undo_night = NULL, was_since = NULL, was_last_night = NULL, was_resolved_on = NULL "
                 "WHERE undo_night = ?", (night,))
 
 
-# A decision held tonight: made, come back (since tonight unless given; how it stood kept) or its detail
-# changed (nothing else to keep); else untouched.
+# A decision held tonight: made (its first night tonight: no undo to keep), come back (since tonight unless
+# given; how it stood kept) or its detail changed (nothing else to keep); else untouched.
 _UPSERT = """
-INSERT INTO decisions (decision_key, policy_id, action, project_id, subject_id, first_night, since, detail,
-                       undo_night)
-VALUES (?1, ?2, ?3, ?4, ?5, coalesce(nullif(?6, ''), ?8), coalesce(nullif(?6, ''), ?8), ?7, ?8)
+INSERT INTO decisions (decision_key, policy_id, action, project_id, subject_id, first_night, since, detail)
+VALUES (?1, ?2, ?3, ?4, ?5, ?8, coalesce(nullif(?6, ''), ?8), ?7)
 ON CONFLICT (decision_key) DO UPDATE SET
     since = CASE WHEN last_night != '' THEN excluded.since ELSE since END,
-    undo_night = CASE WHEN last_night != '' THEN excluded.undo_night ELSE undo_night END,
+    undo_night = CASE WHEN last_night != '' THEN excluded.first_night ELSE undo_night END,
     was_since = CASE WHEN last_night != '' THEN since ELSE was_since END,
     was_last_night = CASE WHEN last_night != '' THEN last_night ELSE was_last_night END,
     was_resolved_on = CASE WHEN last_night != '' THEN resolved_on ELSE was_resolved_on END,
