@@ -325,7 +325,7 @@ class Ledger(Deliveries):
         """The keys of the previous night's held decisions absent from `decisions`, of the projects wholly
         evaluated tonight (`evaluated`) or of the others, in the order of their project and key."""
         skip = set(map(str, not_evaluated))
-        if not evaluated and not skip:
+        if (not evaluated and not skip) or self.previous_night(as_of) is None:
             return []
         tonight = set(decision_keys(decisions).tolist())
         return [key for _project, key in sorted((project, key) for key, (project, _since) in
