@@ -5,8 +5,10 @@ A decision is identified by its key (policy, action, project, subject, milestone
 a night is `new` when it did not hold on the previous night the ledger knows, `ongoing` when it did. The
 ledger keeps one row per decision (decisions.py: first and last night, since when it holds, its detail),
 so it grows with the decisions, not with the nights, plus a `runs` row and a few `policy_counts` rows a
-night. A night is recorded in one transaction, replacing whatever an earlier run of the same night
-recorded, so rerunning a night gives the same states and a killed run leaves nothing half-applied.
+night: a 1M-project night makes 167 MB, the next night adds 14 MB (its new decisions), running it again
+~0.1 MB, where a row per decision and night (schema 3) added 204 MB a night (docs/performance.md). A
+night is recorded in one transaction, replacing whatever an earlier run of the same night recorded, so
+rerunning the latest night gives the same states and a killed run leaves nothing half-applied.
 """
 from __future__ import annotations
 
