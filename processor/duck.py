@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Iterator
 
 import duckdb
+import numpy as np
+import pyarrow as pa
 
 # What a night may use when --memory-limit is not given: DuckDB spills past it to the temp directory.
 DEFAULT_MEMORY_LIMIT = "1GB"
@@ -57,15 +59,27 @@ def current() -> Settings:
     return _settings
 
 
+def _private_directory(parent: Path | None) -> Path:
+    """A new directory for one connection's spill files, in `parent` (made when missing: another thread's
+    connection may have just removed it, so that is tried again)."""
+    for attempt in range(5):
+        if parent is not None:
+            parent.mkdir(parents=True, exist_ok=True)
+        try:
+            return Path(tempfile.mkdtemp(prefix=f"duckdb-{os.getpid()}-", dir=parent))
+        except FileNotFoundError:
+            if attempt == 4:
+                raise
+    raise AssertionError("unreachable")
+
+
 @contextlib.contextmanager
 def connect(threads: int | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
     """An in-memory DuckDB with the night's memory limit and spill directory, closed (and its
     spill files removed) on leaving the block."""
     settings = _settings
     parent = settings.temp_directory
-    if parent is not None:
-        parent.mkdir(parents=True, exist_ok=True)
-    spill = Path(tempfile.mkdtemp(prefix=f"duckdb-{os.getpid()}-", dir=parent))
+    spill = _private_directory(parent)
     config: dict[str, str | int] = {"memory_limit": settings.memory_limit, "temp_directory": str(spill)}
     wanted = threads if threads is not None else settings.threads
     if wanted is not None:
@@ -79,3 +93,20 @@ def connect(threads: int | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
         if parent is not None:
             with contextlib.suppress(OSError):  # another connection's files are still there
                 parent.rmdir()
+
+
+# DuckDB's parallel hash join: about as fast as the hand-written searches it replaced (docs/performance.md).
+POSITIONS = "SELECT keys.n, ids.pos FROM keys JOIN ids ON keys.key = ids.id"
+
+
+def positions(keys: pa.Array | pa.ChunkedArray, ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """The row of each key among `ids` (distinct text), -1 where it is missing or not there."""
+    found = np.full(len(keys), -1, dtype=np.int32)
+    if not len(keys) or not len(ids):
+        return found
+    with connect() as con:
+        con.register("keys", pa.table({"key": keys, "n": pa.array(np.arange(len(keys), dtype=np.int64))}))
+        con.register("ids", pa.table({"id": ids, "pos": pa.array(np.arange(len(ids), dtype=np.int32))}))
+        pairs = con.sql(POSITIONS).to_arrow_table()
+    found[pairs["n"].to_numpy()] = pairs["pos"].to_numpy()
+    return found

@@ -1,7 +1,6 @@
 """Writing files so that nobody ever sees half of one: write beside, fsync, rename."""
 from __future__ import annotations
 
-import csv
 import errno
 import json
 import os
@@ -16,6 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from processor import arrow as arrowtext
+from processor import duck
 from processor.killpoints import kill_point
 
 # Every temporary file this program writes is `.NAME` + PARTIAL_MARK + a random part, beside
@@ -190,23 +190,30 @@ def write_json(path: str | Path, obj):
     write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
+# A night's CSV by DuckDB: every text column's empty value written as an empty field, like a missing one
+# (DuckDB writes '""' for empty text to tell it from NULL); quoting is minimal (no comment character),
+# a carriage return quoted.
 def write_csv(path: str | Path, frame: pd.DataFrame):
-    """The frame as CSV by pandas (header, minimal quoting, "\n" line ends, nulls as empty fields).
-
-    The csv module leaves a lone carriage return unquoted (a reader would split the row there): a frame
-    holding one is written with every field quoted instead."""
-    quoting = csv.QUOTE_ALL if _holds_carriage_return(frame) else csv.QUOTE_MINIMAL
-    with atomic_path(path) as tmp:
-        frame.to_csv(tmp, index=False, lineterminator="\n", quoting=quoting)
-
-
-def _holds_carriage_return(frame: pd.DataFrame) -> bool:
-    if any("\r" in str(name) for name in frame.columns):
-        return True
+    """The frame as CSV (header, minimal quoting, "\n" line ends, missing and empty values as empty fields):
+    text and integer columns by DuckDB's writer, a frame holding anything else (floats, dates) by pandas'."""
     columns = _text_arrays(frame)
-    if columns is None:  # numbers, dates or mixed objects: seen as the text pandas writes
-        return bool(frame.astype(str).apply(lambda c: c.str.contains("\r", regex=False)).any().any())
-    return any(pc.any(pc.match_substring(c, "\r")).as_py() for c in columns)
+    if columns is None or any("\r" in str(name) or "\n" in str(name) for name in frame.columns):
+        with atomic_path(path) as tmp:
+            frame.to_csv(tmp, index=False, lineterminator="\n")
+        return
+    table = pa.table({str(name): values for name, values in zip(frame.columns, columns)})
+    plain = ", ".join(f"NULLIF({_quoted(name)}, '') AS {_quoted(name)}" for name in table.column_names)
+    with atomic_path(path) as tmp, duck.connect() as con:
+        con.register("frame", table)
+        con.execute(f"COPY (SELECT {plain} FROM frame) TO {_literal(str(tmp))} (FORMAT CSV, HEADER, COMMENT '')")
+
+
+def _quoted(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
 
 
 def write_jsonl(path: str | Path, frame: pd.DataFrame, json_columns=()) -> pa.Array | None:

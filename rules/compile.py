@@ -2,9 +2,9 @@
 
 `to_ruleset` turns a PolicySet into a durable-rules ruleset definition (plain
 dicts in the JSON form of durable-rules' reference: no Python eval). The same
-condition tree is evaluated on columns by processor.engine.prefilter (to send the engine
-only the facts that could satisfy some rule) and explained per condition here
-(`explain_fact`) for policy editors. All read one tree and one operator table
+condition tree is compiled to SQL predicates by rules.sql (which the pre-filter runs
+in DuckDB, to send the engine only the facts that could satisfy some rule) and
+explained per condition here (`explain_fact`) for policy editors. All read one tree and one operator table
 (rules.vocabulary.OPERATORS), so they cannot drift apart.
 """
 from __future__ import annotations

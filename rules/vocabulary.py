@@ -162,6 +162,7 @@ class Operator:
     negative: bool = False       # holds where the positive test (eq, one_of) does not
     symbol: str | None = None    # a number comparison's sign, for the editor's schema
     edge: tuple[int, int] | None = None  # a number comparison's (just holds, just fails), as offsets from its value
+    sql: str = ""                # SQL's operator (rules.sql); for a list, what joins its members' tests
 
     @property
     def ordered(self) -> bool:
@@ -169,17 +170,17 @@ class Operator:
         return self.symbol is not None
 
 
-# The ONE operator table: the checker, the compiler, the explanation, the masks and the
+# The ONE operator table: the checker, the compiler, the explanation, the SQL pre-filter and the
 # coverage report all read it. Its order is the order the checker lists the words in.
 OPERATORS: dict[str, Operator] = {o.op: o for o in (
-    Operator("gte", "at_least", "$gte", "lt", "at least", operator.ge, symbol="≥", edge=(0, -1)),
-    Operator("lte", "at_most", "$lte", "gt", "at most", operator.le, symbol="≤", edge=(0, 1)),
-    Operator("gt", "more_than", "$gt", "lte", "more than", operator.gt, symbol=">", edge=(1, 0)),
-    Operator("lt", "less_than", "$lt", "gte", "less than", operator.lt, symbol="<", edge=(-1, 0)),
-    Operator("one_of", "one_of", "$or", "none_of", "is one of", operator.eq, members="eq"),
-    Operator("none_of", "none_of", "$and", "one_of", "is none of", operator.eq, members="ne", negative=True),
-    Operator("ne", "not", "$neq", "eq", "is not", operator.ne, negative=True),
-    Operator("eq", None, None, "ne", "is", operator.eq),
+    Operator("gte", "at_least", "$gte", "lt", "at least", operator.ge, symbol="≥", edge=(0, -1), sql=">="),
+    Operator("lte", "at_most", "$lte", "gt", "at most", operator.le, symbol="≤", edge=(0, 1), sql="<="),
+    Operator("gt", "more_than", "$gt", "lte", "more than", operator.gt, symbol=">", edge=(1, 0), sql=">"),
+    Operator("lt", "less_than", "$lt", "gte", "less than", operator.lt, symbol="<", edge=(-1, 0), sql="<"),
+    Operator("one_of", "one_of", "$or", "none_of", "is one of", operator.eq, members="eq", sql="OR"),
+    Operator("none_of", "none_of", "$and", "one_of", "is none of", operator.eq, members="ne", negative=True, sql="AND"),
+    Operator("ne", "not", "$neq", "eq", "is not", operator.ne, negative=True, sql="IS DISTINCT FROM"),
+    Operator("eq", None, None, "ne", "is", operator.eq, sql="="),
 )}
 # What the policies file writes after a field -> the operator.
 BY_WORD: dict[str, Operator] = {o.word: o for o in OPERATORS.values() if o.word}

@@ -81,3 +81,27 @@ def test_a_run_gives_duckdb_its_memory_limit_and_a_spill_directory_in_its_out_th
     assert duck.current() == duck.Settings(memory_limit="512MB", temp_directory=out / duck.SPILL_DIRECTORY)
     assert not (out / duck.SPILL_DIRECTORY).exists()
     assert (out / "decisions.csv").is_file()
+
+
+def test_connections_opened_and_closed_on_many_threads_at_once_share_the_spill_directory(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    duck.configure(duck.Settings(temp_directory=tmp_path / "spill"))
+
+    def one(_):
+        with duck.connect(threads=1) as con:
+            return con.execute("SELECT 41 + 1").fetchone()[0]
+
+    with ThreadPoolExecutor(8) as pool:
+        assert list(pool.map(one, range(400))) == [42] * 400
+    assert not (tmp_path / "spill").exists()
+
+
+def test_positions_are_the_row_of_each_key_among_the_ids_or_minus_one():
+    import pyarrow as pa
+
+    ids = pa.array(["U2", "U1", "U10"], pa.large_string())
+    keys = pa.chunked_array([pa.array(["U1", None], pa.large_string()), pa.array(["U3", "U10", "U1"],
+                                                                                  pa.large_string())])
+    assert duck.positions(keys, ids).tolist() == [1, -1, -1, 2, 1]
+    assert duck.positions(pa.array([], pa.large_string()), ids).tolist() == []

@@ -18,7 +18,6 @@ import hypothesis.strategies as st
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 from hypothesis import given, settings
 
 from processor import arrow
@@ -165,53 +164,3 @@ def test_ids_in_increasing_order_are_their_own_first_rows():
     assert not checks._increasing(repeated) and references._first_rows(repeated).tolist() == [0, 1, 1]
     assert references._sorted_and_unique([pd.Series(["p1", "p1", "p2"], dtype=arrow.STRING), pd.Series([1, 2, 1])])
     assert not references._sorted_and_unique([pd.Series(["p1", "p1"], dtype=arrow.STRING), pd.Series([1, 1])])
-
-
-
-_IDS = st.text(alphabet="AB0\x00", min_size=2, max_size=2)  # ids of one width, NUL included
-
-
-_PREFIXED = _IDS.map(lambda s: "M0000000" + s)  # ids of 10 bytes whose first 2 are the same in all
-_LONG = st.text(alphabet="AM0", min_size=10, max_size=10)  # ids of 10 bytes, some with that prefix
-_NUMBERED = st.text(alphabet="0129", min_size=3, max_size=3).map(lambda s: "U" + s)  # a prefix and digits: U012
-_OTHERS = st.one_of(_IDS, _PREFIXED, _LONG, _NUMBERED, st.text(alphabet="AUé0", min_size=1, max_size=4))
-
-
-@settings(max_examples=400, deadline=None)
-@given(
-    st.one_of(st.sets(_IDS, max_size=8), st.sets(_PREFIXED, max_size=8), st.sets(st.one_of(_PREFIXED, _LONG),
-                                                                                 max_size=8),
-              st.sets(_NUMBERED, max_size=8)),
-    st.data(),
-)
-def test_references_are_found_as_a_hash_lookup_of_their_text_finds_them(ids, data):
-    """Each column (in order or not, looked up with the others, by binary search, by the number
-    its bytes or its digits spell or by its text) is found as Arrow's hash lookup of its text alone finds it."""
-    known = st.sampled_from(sorted(ids)) if ids else _OTHERS
-    refs = st.one_of(st.lists(known, max_size=10), st.lists(st.one_of(known, _OTHERS), max_size=10))
-    columns = data.draw(st.lists(st.tuples(refs, st.sampled_from(["in order", "any order", "with an empty one"])),
-                                 max_size=3))
-    kept = pa.chunked_array([pa.array(sorted(ids, key=str.encode), pa.large_string())])
-    shaped = {
-        "in order": lambda refs: sorted(refs, key=str.encode),
-        "any order": lambda refs: refs,
-        "with an empty one": lambda refs: [*refs, None],
-    }
-    wanted = [pa.chunked_array([pa.array(shaped[shape](refs), pa.large_string())]) for refs, shape in columns]
-    target = checks._CheckedTable(
-        frame=pd.DataFrame(), rejects=pd.DataFrame(), rejected=np.zeros(0, bool), id_values=kept,
-        id_first_row=np.arange(len(kept)), kept_ids=kept, kept_ids_increasing=True, kept_roles=None,
-    )
-    got = references._kept_positions(wanted, target)
-    assert [g.to_pylist() for g in got] == [pc.index_in(w, value_set=kept).to_pylist() for w in wanted]
-
-
-def test_references_in_order_split_in_chunks_are_found():
-    kept = pa.chunked_array([pa.array(["U1", "U2"], pa.large_string()), pa.array([], pa.large_string()),
-                             pa.array(["U4"], pa.large_string())])
-    refs = pa.chunked_array([pa.array(["U1", "U1"], pa.large_string()), pa.array(["U3", "U4"], pa.large_string())])
-    target = checks._CheckedTable(
-        frame=pd.DataFrame(), rejects=pd.DataFrame(), rejected=np.zeros(0, bool), id_values=kept,
-        id_first_row=np.arange(len(kept)), kept_ids=kept, kept_ids_increasing=True, kept_roles=None,
-    )
-    assert references._positions_in_order(refs, target).to_pylist() == [0, 0, None, 2]

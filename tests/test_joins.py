@@ -1,6 +1,5 @@
-"""processor.engine.facts' joins by position take shortcuts (runs of equal keys looked up once, binary
-search over sorted fixed-width ids); each must agree with the
-plain pandas answer whatever the order, widths and gaps of the keys."""
+"""processor.engine.facts' joins by position look up each run of equal keys once; the answer must be the
+plain one whatever the order, widths and gaps of the keys."""
 from __future__ import annotations
 
 import pandas as pd
@@ -9,9 +8,9 @@ from hypothesis import strategies as st
 
 from processor.engine.facts import positions
 
-# Ids of one width (the binary-search path) or of several (the hash path), and some missing.
+# Ids of one width or of several, and some missing.
 ID = st.sampled_from(["P01", "P02", "P03", "P10", "P11", "P7", "P100", "Q01"])
-# Ids longer than 8 bytes, compared as numbers when their first bytes are the same in all (not N...).
+# Ids longer than 8 bytes.
 LONG_ID = st.sampled_from(["M000000001", "M000000002", "M000000010", "M000000100", "M100000000", "N000000001"])
 
 

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from conftest import AS_OF, CONTACT_THRESHOLDS, Night, policies_with
 from processor.cli.main import main
-from processor.engine.prefilter import mask
+from processor.engine.prefilter import any_masks
 from rules.compile import to_ruleset
 from rules.document import load_policies, parse_policies, plain_document
 from rules.engine import PolicyEngine
@@ -255,12 +255,12 @@ def test_a_valid_generated_document_compiles_and_runs_through_durable_rules(docu
     engine = PolicyEngine(to_ruleset(policies))
     facts = [f for kind in FACT_KINDS for f in random_facts(kind, seed)]
     fired = set(engine.evaluate(facts))
-    # durable-rules and the compiled pandas masks read the same condition tree: they agree fact by fact.
+    # durable-rules and the compiled SQL predicates read the same condition tree: they agree fact by fact.
     expected = set()
     for policy in policies.policies:
         of_kind = [f for f in facts if f["kind"] == policy.about]
         frame = pd.DataFrame(of_kind)
-        for f, hit in zip(of_kind, mask(policy, frame)):
+        for f, hit in zip(of_kind, any_masks([policy], {policy.about: frame})[policy.about]):
             if hit:
                 expected.add((policy.id, f["id"]))
     assert fired == expected

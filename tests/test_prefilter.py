@@ -1,11 +1,12 @@
 """The pre-filter never changes a decision.
 
-Only facts that satisfy some policy's pandas mask go to durable-rules
-(processor.engine.batches). These differential tests run the same facts through
-durable-rules twice, once every fact of every project and once pre-filtered,
-and require identical firings and decisions: on generated nights, on facts
-hypothesis makes up in the vocabulary's words, and under policy thresholds
-hypothesis makes up.
+Only facts that satisfy some policy's SQL predicate go to durable-rules
+(processor.engine.batches, processor.engine.prefilter). These differential
+tests run the same facts through durable-rules twice, once every fact of every
+project and once pre-filtered, and require identical firings and decisions: on
+generated nights, on facts hypothesis makes up in the vocabulary's words, and
+under policy thresholds hypothesis makes up. The facts it keeps are exactly
+those durable-rules fires on.
 """
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ import datetime as dt
 import json
 import re
 
-import numpy as np
 import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -21,16 +21,21 @@ from hypothesis import strategies as st
 from strategies import facts_from, project_strategy
 
 from conftest import POLICIES
-from processor.engine.batches import candidate_facts, engine_batches, project_ids, single_fact_rules, split_by_project
+from processor.engine.batches import (
+    candidate_facts,
+    candidate_masks,
+    engine_batches,
+    project_ids,
+    single_fact_rules,
+    split_by_project,
+)
 from processor.engine.decide import make_decisions
 from processor.engine.facts import Facts, build_facts
 from processor.engine.local import evaluate
-from processor.engine.prefilter import any_mask, mask
 from processor.export.read import read_export
 from processor.run import decide_night
 from rules.document import load_policies, parse_policies
 from rules.grammar import PolicyError
-from rules.model import All, Any_, Comparison, Not, Policy
 
 AS_OF = dt.date(2026, 11, 24)
 
@@ -143,7 +148,8 @@ def with_thresholds(values: dict[str, int]):
     return parse_policies(text, "policies.yaml")
 
 
-@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@settings(max_examples=15, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(st.fixed_dictionaries({name: st.integers(0, 2 * default + 3) for name, default in THRESHOLDS.items()}))
 def test_made_up_thresholds_change_nothing_the_prefilter_could_see(generated_facts, thresholds):
     try:
@@ -174,58 +180,23 @@ def test_made_up_thresholds_on_made_up_facts(thresholds, projects):
     pd.testing.assert_frame_equal(every.firings, filtered.firings)
 
 
-# ---------------------------------------------------------------- several policies' masks at once
-
-_TEXT_VALUES = ["a", "b", "c", ""]
-_COLUMNS = {  # column -> (values a row may hold, values of the same type for an ordering test)
-    "text": (st.sampled_from([*_TEXT_VALUES, None]), st.sampled_from(_TEXT_VALUES)),
-    "number": (st.integers(-3, 3), st.integers(-3, 3) | st.floats(-3, 3)),
-    "real": (st.sampled_from([-1.5, 0.0, 2.0, float("nan")]), st.integers(-3, 3) | st.floats(-3, 3)),
-    "flag": (st.booleans(), st.booleans()),
-}
-_ANY_VALUE = st.sampled_from(_TEXT_VALUES) | st.integers(-3, 3) | st.booleans() | st.sampled_from([0.5, float("nan")])
+# ---------------------------------------------------------------- what the pre-filter keeps
 
 
-@st.composite
-def _comparison(draw):
-    field = draw(st.sampled_from(sorted(_COLUMNS)))
-    op = draw(st.sampled_from(["eq", "ne", "one_of", "none_of", "gte", "lte", "gt", "lt"]))
-    if op in ("one_of", "none_of"):
-        return Comparison(field, op, tuple(draw(st.lists(_ANY_VALUE, min_size=1, max_size=3))))
-    return Comparison(field, op, draw(_ANY_VALUE if op in ("eq", "ne") else _COLUMNS[field][1]))
-
-
-_condition = st.recursive(_comparison(), lambda inner: st.one_of(
-    st.lists(inner, min_size=1, max_size=3).map(lambda items: All(tuple(items))),
-    st.lists(inner, min_size=1, max_size=3).map(lambda items: Any_(tuple(items))),
-    inner.map(Not)), max_leaves=8)
-
-
-@st.composite
-def _frame(draw):
-    n = draw(st.integers(0, 60))
-    frame = pd.DataFrame({name: draw(st.lists(values, min_size=n, max_size=n)) for name, (values, _) in _COLUMNS.items()})
-    frame["text"] = frame["text"].astype(pd.StringDtype("pyarrow", na_value=np.nan))
-    return frame.astype({"number": np.int64, "real": np.float64, "flag": bool})
-
-
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-@given(_frame(), st.lists(_condition, min_size=1, max_size=4))
-def test_several_policies_masks_at_once_are_their_masks_or_ed(frame, conditions):
-    """any_mask (numpy and Arrow on the rows still in question) is mask (pandas, every row), OR-ed."""
-    policies = [Policy(f"p{i}", "", "party", All((c,)), ()) for i, c in enumerate(conditions)]
-    expected = np.zeros(len(frame), dtype=bool)
-    for policy in policies:
-        expected |= mask(policy, frame)
-    assert any_mask(policies, frame).tolist() == expected.tolist()
-
-
-def test_several_policies_masks_at_once_on_a_generated_night(generated_facts):
+def test_the_prefilter_keeps_exactly_the_facts_durable_rules_fires_on(generated_facts):
+    # Every rule reads one fact: a fact that satisfies a policy fires it, one that satisfies none fires nothing.
     policies = load_policies(POLICIES)
-    for kind, frame in generated_facts.frames.items():
-        about = [p for p in policies.policies if p.about == kind]
-        expected = np.zeros(len(frame), dtype=bool)
-        for policy in about:
-            expected |= mask(policy, frame)
-        assert expected.any()
-        assert (any_mask(about, frame) == expected).all(), kind
+    masks = candidate_masks(policies, generated_facts.frames)
+    kept = {fid for kind, frame in generated_facts.frames.items() for fid in frame["fact_id"][masks[kind]]}
+    fired = set(evaluate(policies, generated_facts, workers=0, prefilter=False).firings["fact_id"])
+    assert len(fired) > 100 and all(m.any() for m in masks.values())
+    assert kept == fired
+
+
+def test_worker_processes_forked_after_the_prefilter_ran_duckdb_here_evaluate_as_this_process_does(generated_facts):
+    policies = load_policies(POLICIES)
+    candidate_masks(policies, generated_facts.frames)  # a DuckDB opened (and closed) in this process before the fork
+    alone = evaluate(policies, generated_facts, workers=0, prefilter=False)
+    forked = evaluate(policies, generated_facts, workers=2, prefilter=True)
+    assert forked.not_evaluated == [] and forked.worker_crashes == 0
+    pd.testing.assert_frame_equal(alone.firings, forked.firings)

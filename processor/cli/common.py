@@ -177,8 +177,8 @@ class Size(click.ParamType):
         except MemoryLimitError as e:
             told = ctx is not None and param is not None and \
                 ctx.get_parameter_source(param.name) == click.core.ParameterSource.ENVIRONMENT
-            self.fail(str(e).removeprefix("--memory-limit ") + (" (it comes from $SHAKERS_MEMORY_LIMIT)" if told else ""),
-                      param, ctx)
+            where = " (it comes from $SHAKERS_MEMORY_LIMIT)" if told else ""
+            self.fail(str(e).removeprefix("--memory-limit ") + where, param, ctx)
 
 
 def memory_limit_option(fn):

@@ -5,11 +5,12 @@ Every policy reads exactly one fact (a policy is `about` one kind; the compiled
 ruleset has one fact pattern per rule), so a fact that satisfies no policy's
 conditions cannot make anything fire, whatever other facts share its project.
 The pre-filter therefore keeps facts, not whole projects: per kind, the rows
-where some policy's pandas mask (processor.engine.prefilter.mask, read from the same
-condition tree as the durable-rules ruleset; found by processor.engine.prefilter.any_mask)
-holds. durable-rules still decides what fires; the masks only spare it the
-facts that cannot matter. The differential tests (tests/test_prefilter.py)
-check that decisions with and without the pre-filter are identical.
+where some policy's SQL predicate (rules.sql, compiled from the same condition
+tree as the durable-rules ruleset) holds, as DuckDB finds them
+(processor.engine.prefilter). durable-rules still decides what fires; the
+pre-filter only spares it the facts that cannot matter. The differential tests
+(tests/test_prefilter.py) check that decisions with and without the pre-filter
+are identical.
 
 Both engines use this module: the local worker processes (processor.engine.local)
 and Dask (processor.engine.cluster). Nothing here loops over rows: even the JSON
@@ -29,7 +30,7 @@ import pyarrow.compute as pc
 
 from processor.arrow import concat, joined_between
 from processor.engine.facts import fixed_width_bytes, is_in, json_values, text_array
-from processor.engine.prefilter import any_mask
+from processor.engine.prefilter import any_masks
 from rules.compile import to_ruleset
 from rules.model import PolicySet
 from rules.vocabulary import FACT_KINDS
@@ -44,12 +45,13 @@ BATCH_PROJECTS = 100
 def single_fact_rules(policies: PolicySet) -> bool:
     """True when every compiled rule reads one fact (what makes a per-fact pre-filter exact)."""
     rules = to_ruleset(policies)
-    return all(len(rule.get("all", ())) == 1 and "any" not in rule for ruleset in rules.values() for rule in ruleset.values())
+    return all(len(rule.get("all", ())) == 1 and "any" not in rule
+               for ruleset in rules.values() for rule in ruleset.values())
 
 
 def candidate_masks(policies: PolicySet, frames: Frames) -> dict[str, np.ndarray]:
     """Per fact kind, the rows that satisfy at least one policy about that kind."""
-    return {kind: any_mask([p for p in policies.policies if p.about == kind], frame) for kind, frame in frames.items()}
+    return any_masks(policies.policies, frames)
 
 
 def candidate_rows(policies: PolicySet, frames: Frames) -> dict[str, np.ndarray]:
@@ -167,7 +169,8 @@ def fact_batches(frames: Frames, projects: int = BATCH_PROJECTS,
         if len(frame):
             wanted = None if fields is None else fields(kind)
             fact_id = json_values(frame["fact_id"], ensure_ascii=False)
-            texts.append(concat(_fact_json(kind, frame, fact_id, [f for f in FACT_KINDS[kind] if wanted is None or f in wanted]), ","))
+            read = [f for f in FACT_KINDS[kind] if wanted is None or f in wanted]
+            texts.append(concat(_fact_json(kind, frame, fact_id, read), ","))
             ids.append(concat('{"id":', fact_id, "},"))
             pids.append(frame["project_id"].to_numpy(dtype=object).astype(str))
     if not texts:
@@ -195,7 +198,8 @@ def _fact_json(kind: str, frame: pd.DataFrame, fact_id: pa.Array, fields: list[s
     return concat(*parts)
 
 
-def iter_firings(engine, frames: Frames, crash_on: str | None = None, hang_on: str | None = None) -> Iterator[tuple[str, str]]:
+def iter_firings(engine, frames: Frames, crash_on: str | None = None,
+                 hang_on: str | None = None) -> Iterator[tuple[str, str]]:
     """(policy id, fact id) for every rule that fired, a batch of whole projects' facts at a time."""
     for batch in fact_batches(frames, fields=engine.fields_of):
         if crash_on and crash_on in batch.projects:

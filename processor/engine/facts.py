@@ -18,8 +18,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from processor import duck
 from processor.arrow import str_array as _text
-from processor.export.references import ids_as_numbers
 from rules.vocabulary import FACT_KINDS
 
 KINDS = tuple(FACT_KINDS)
@@ -68,9 +68,7 @@ def positions(keys: pd.Series, ids: pd.Series) -> np.ndarray:
     """The row of each key among `ids` (unique), -1 when absent: a join by position.
 
     Only the first key of each run of equal keys is looked up, so a table sorted by the key
-    (milestones by project, say) looks up each distinct key once. Sorted keys among sorted ids,
-    all of one length (as exports usually are), are found by binary search on their bytes, in
-    place; others by pyarrow's hash."""
+    (milestones by project, say) looks up each distinct key once (processor.duck.positions)."""
     return _positions(text_array(keys), text_array(ids))
 
 
@@ -83,20 +81,7 @@ def _positions(keys: pa.Array, ids: pa.Array) -> np.ndarray:
 
 def _lookup(keys: pa.Array, ids: pa.Array) -> np.ndarray:
     """The row of each key among `ids` (unique), -1 when absent."""
-    sorted_ids, fixed_keys = fixed_width_bytes(ids), fixed_width_bytes(keys)
-    if len(keys) == len(ids) and pc.all(pc.equal(keys, ids).fill_null(False)).as_py():
-        return np.arange(len(ids), dtype=np.intp)
-    if sorted_ids is not None and fixed_keys is not None and sorted_ids.dtype == fixed_keys.dtype:
-        # Ids like U000001 or M00000001 as the numbers their bytes spell: the same order, cheaper to compare and hash.
-        numbers = ids_as_numbers([sorted_ids, fixed_keys])
-        if numbers is not None:
-            sorted_ids, fixed_keys = numbers
-        if bool((sorted_ids[1:] > sorted_ids[:-1]).all()) and bool((fixed_keys[1:] >= fixed_keys[:-1]).all()):
-            at = np.minimum(np.searchsorted(sorted_ids, fixed_keys), len(sorted_ids) - 1)
-            return np.where(sorted_ids[at] == fixed_keys, at, -1)
-        if numbers is not None:
-            ids, keys = pa.array(sorted_ids), pa.array(fixed_keys)
-    return pc.index_in(keys, value_set=ids).fill_null(-1).to_numpy(zero_copy_only=False).astype(np.intp)
+    return duck.positions(keys, ids).astype(np.intp)
 
 
 def fixed_width_bytes(text: pa.Array) -> np.ndarray | None:

@@ -9,14 +9,15 @@ the watchdog kills the workers and their tasks are split and retried; so the
 run never waits forever (workers=0, in this process, has no watchdog).
 
 Only candidate facts go to the engine: those that satisfy some policy's
-conditions, found with pandas masks compiled from the same policies
+conditions, found by DuckDB with SQL compiled from the same policies
 (processor.engine.prefilter; see processor.engine.batches). Every rule reads one fact, so a
 fact that satisfies none cannot fire anything; tests/test_prefilter.py checks
 that the decisions with and without this pre-filter are identical.
 
-The workers are forked from the run and inherit the night's facts: each task
-names only a share of the projects (processor.engine.batches.project_shares), and
-the worker picks that share's rows, pre-filters them, writes them as JSON,
+The workers are forked from the run and inherit the night's facts and which of
+them the pre-filter kept (found once, before the fork, by DuckDB on both cores):
+each task names only a share of the projects (processor.engine.batches.project_shares),
+and the worker picks that share's candidate rows, writes them as JSON,
 evaluates them and finds the rows of the facts that fired. So the two cores
 share all of that work, and no facts are copied to a worker. Only when a
 worker died does the run list the candidates of the shares it took down (and
@@ -82,9 +83,8 @@ def candidate_projects(policies: PolicySet, facts: Facts) -> np.ndarray:
 # -- shared by the run and its workers (forked: the workers inherit it) ------------
 @dataclass
 class _Night:
-    policies: PolicySet
     frames: dict[str, pd.DataFrame]
-    prefilter: bool
+    kept: dict[str, np.ndarray] | None            # per kind, the pre-filter's mask of the facts (None: all)
     shares: list[dict[str, slice | np.ndarray]]   # per share, per kind, the rows of its facts
 
 
@@ -111,10 +111,9 @@ def _share_candidates(share: int) -> dict[str, np.ndarray]:
     night = _NIGHT
     rows = night.shares[share]
     positions = {kind: np.arange(r.start, r.stop) if isinstance(r, slice) else r for kind, r in rows.items()}
-    if not night.prefilter:
+    if night.kept is None:
         return positions
-    keep = candidate_rows(night.policies, {kind: night.frames[kind].iloc[r] for kind, r in rows.items()})
-    return {kind: at[keep[kind]] for kind, at in positions.items()}
+    return {kind: at[night.kept[kind][at]] for kind, at in positions.items()}
 
 
 # -- worker side -------------------------------------------------------------
@@ -163,7 +162,9 @@ def evaluate(policies: PolicySet, facts: Facts, *, workers: int = 1, prefilter: 
     total = len(facts.frames["project"])
     # Several shares per worker, so both cores stay busy and progress moves.
     shares = project_shares(facts.frames, max(1, workers * 4, -(-total // chunk_projects)))
-    _NIGHT = _Night(policies, facts.frames, prefilter, shares)
+    # One DuckDB for the whole night, closed before the workers fork (a connection per share cost more).
+    kept = candidate_rows(policies, facts.frames) if prefilter else None
+    _NIGHT = _Night(facts.frames, kept, shares)
     result = Evaluation(pd.DataFrame(columns=["policy_id", "fact_id"]), total, 0)
     try:
         parts = _run(to_ruleset(policies), len(shares), workers, result, progress or (lambda _done, _total: None))

@@ -34,7 +34,6 @@ _INT_TEXT = r"-?\d{1,18}"
 _FLOAT_TEXT = r"-?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?"
 _MONEY_UNITS = 13  # digits before the point: 13 keep cents in int64
 _MONEY_TEXT = rf"-?\d{{1,{_MONEY_UNITS}}}(?:\.\d+)?"
-_CENTS_TEXT = rf"-?\d{{1,{_MONEY_UNITS}}}\.\d\d"  # how exports write money: 1250.00
 _MONEY_PARTS = rf"(?P<sign>-?)(?P<units>\d{{1,{_MONEY_UNITS}}})(?:\.(?P<decimals>\d+))?"
 _DATE_TEXT = r"\d{4}-\d{2}-\d{2}"
 _TIMESTAMP_TEXT = (
@@ -227,7 +226,6 @@ class _CheckedTable:
     id_values: pa.ChunkedArray  # every distinct id read (large_string), in order of first row
     id_first_row: np.ndarray  # 0-based position of each id_values' first row
     kept_ids: pa.ChunkedArray  # ids of the valid rows (unique, large_string)
-    kept_ids_increasing: bool  # whether kept_ids are known to be in increasing order
     kept_roles: pa.ChunkedArray | None  # users only: the role of each kept_ids user
 
 
@@ -447,10 +445,6 @@ def _parse_column(
 def _parse_money(text: pa.ChunkedArray, missing: np.ndarray, column: Column, problems: _Problems) -> pd.Series:
     """Decimal text as int64 cents (0 where empty or bad), reporting what is not an amount or not exact in cents."""
     name = column.name
-    if np.count_nonzero(_matches(text, _CENTS_TEXT)) + text.null_count == len(text):
-        # Every amount is written as exports write them (1250.00): without the point, it is the cents.
-        cents = pc.cast(pc.binary_replace_slice(text, start=-3, stop=-2, replacement=""), pa.int64())
-        return pd.Series(pc.fill_null(cents, 0).to_numpy(), dtype="int64")
     ok = _matches(text, _MONEY_TEXT)
     problems.add(
         ~missing & ~ok,

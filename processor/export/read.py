@@ -339,7 +339,6 @@ def _check_table(
         id_values=id_values,
         id_first_row=id_first_row,
         kept_ids=kept_ids,
-        kept_ids_increasing=increasing,
         kept_roles=kept_roles,
     )
 

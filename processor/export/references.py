@@ -9,11 +9,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from processor import duck
 from processor.arrow import large_text, string_series
 from processor.export.checks import (
     _CheckedTable,
     _entity,
-    _increasing,
     _lookup,
     _mask,
     _missing,
@@ -184,163 +184,16 @@ def _check_reference(
 
 
 def _kept_positions(columns: list[pa.ChunkedArray], target: _CheckedTable) -> list[pa.ChunkedArray]:
-    """Position of each reference of ``columns`` in ``target.kept_ids`` (int32), null where it is empty or not there.
+    """Position of each reference of ``columns`` in ``target.kept_ids``, null where it is empty or not there.
 
-    ``columns`` are every column of the later tables that points at ``target``.
-    Exports usually list rows by id and point to other tables' ids in order
-    (milestones by project, invoices by milestone): such a column is found by
-    :func:`_positions_in_order`. The others (the five columns pointing at users,
-    in no order) are looked up in one hash table of the kept ids, built once for all.
-    """
-    found = [_positions_in_order(refs, target) for refs in columns]
-    unordered = [refs for refs, positions in zip(columns, found) if positions is None]
-    if unordered:
-        width = _common_width(target.kept_ids)
-        together = None
-        if width and all(_no_null_and_width(text, width) for text in [target.kept_ids, *unordered]):
-            kept = _fixed_width_bytes(target.kept_ids, width)
-            wanted = np.concatenate([_fixed_width_bytes(refs, width) for refs in unordered])
-            # Ids of one width (the users') are found by the number their bytes spell: one to one,
-            # and, when they are a prefix and digits (U000558), a place in a table of the kept ids'
-            # positions; else much cheaper to hash than text.
-            together = _positions_by_digits(kept, wanted)
-            if together is None:
-                numbers = ids_as_numbers([kept, wanted])
-                if numbers is not None:
-                    together = pa.chunked_array([pc.index_in(pa.array(numbers[1]), value_set=pa.array(numbers[0]))])
-        if together is None:
-            together = pc.index_in(
-                pa.chunked_array([chunk for refs in unordered for chunk in refs.chunks], pa.large_string()),
-                value_set=target.kept_ids,
-            )
-        start = 0
-        for i, refs in enumerate(columns):
-            if found[i] is None:
-                found[i] = together.slice(start, len(refs))
-                start += len(refs)
+    ``columns`` are every column of the later tables that points at ``target``: all are found in one join."""
+    if not columns:
+        return []
+    together = duck.positions(pa.chunked_array([chunk for refs in columns for chunk in refs.chunks],
+                                               pa.large_string()), target.kept_ids)
+    found, start = [], 0
+    for refs in columns:
+        at = together[start:start + len(refs)]
+        found.append(pa.chunked_array([pa.array(at, mask=at < 0)]))
+        start += len(refs)
     return found
-
-
-def _positions_by_digits(kept: np.ndarray, wanted: np.ndarray) -> pa.ChunkedArray | None:
-    """Position of each of ``wanted`` in ``kept`` (unique ids), both numpy ``S<width>`` arrays, null where
-    it is not there, when the ids are one prefix and then digits (U000558) numbered densely enough for a
-    table of the kept ids' positions, indexed by their number; None when they are not."""
-    numbers = _decimal_ids([kept, wanted])
-    if numbers is None or not len(kept):
-        return None
-    kept_numbers, wanted_numbers = numbers
-    limit = max(4 * len(kept), 1 << 16)
-    top = max(int(kept_numbers.max()), int(wanted_numbers.max(initial=0)))
-    if top >= limit:
-        return None  # sparse numbers: a table would be mostly empty
-    table = np.full(top + 1, -1, dtype=np.int32)
-    table[kept_numbers] = np.arange(len(kept), dtype=np.int32)
-    positions = table.take(wanted_numbers)
-    return pa.chunked_array([pa.array(positions, mask=positions < 0)])
-
-
-def _decimal_ids(values: list[np.ndarray]) -> list[np.ndarray] | None:
-    """Bytes of one width (numpy ``S<width>`` arrays) as the int64 number their digits spell, when every value
-    is the first value's prefix (the bytes before its first digit) followed by 1 to 18 digits; None otherwise.
-
-    Under that condition two values are equal exactly when their numbers are."""
-    width = values[0].dtype.itemsize
-    if not len(values[0]):
-        return None
-    first = values[0][:1].view(np.uint8)
-    digit = (first >= ord("0")) & (first <= ord("9"))
-    prefix = int(np.argmax(digit))
-    if not digit[prefix] or not digit[prefix:].all() or width - prefix > 18:
-        return None
-    numbers = []
-    for v in values:
-        rows = v.view(np.uint8).reshape(len(v), width)
-        if prefix and not (rows[:, :prefix] == first[:prefix]).all():
-            return None
-        number = np.zeros(len(v), dtype=np.int64)
-        for k in range(prefix, width):
-            place = rows[:, k] - np.uint8(ord("0"))  # a byte that is not a digit wraps above 9
-            if (place > 9).any():
-                return None
-            number *= 10
-            number += place
-        numbers.append(number)
-    return numbers
-
-
-def _positions_in_order(refs: pa.ChunkedArray, target: _CheckedTable) -> pa.ChunkedArray | None:
-    """:func:`_kept_positions` of references in non-decreasing order among kept ids in increasing order.
-
-    When every id of both is the same number of bytes, each distinct reference
-    is found by a binary search of its bytes (or of the numbers they spell,
-    :func:`ids_as_numbers`), much cheaper than hashing the kept ids. None when
-    that does not apply.
-    """
-    if not (target.kept_ids_increasing and refs.null_count == 0 and _increasing(refs, strictly=False)):
-        return None
-    width = _common_width(target.kept_ids)
-    if not width or _common_width(refs) != width:
-        return None
-    # numpy orders and compares bytes of one width as Arrow does (its habit of
-    # ignoring trailing NUL bytes cannot make two values of one width equal).
-    kept, wanted = _fixed_width_bytes(target.kept_ids, width), _fixed_width_bytes(refs, width)
-    numbers = ids_as_numbers([kept, wanted])  # the same order, and cheaper to compare
-    if numbers is not None:
-        kept, wanted = numbers
-    starts = np.flatnonzero(np.r_[True, wanted[1:] != wanted[:-1]])  # each run of equal references
-    at = np.minimum(np.searchsorted(kept, wanted[starts]), len(kept) - 1)
-    missing = kept[at] != wanted[starts]
-    runs = np.diff(np.r_[starts, len(wanted)])
-    return pa.chunked_array([pa.array(np.repeat(at.astype("int32"), runs), mask=np.repeat(missing, runs))])
-
-
-def _common_width(text: pa.ChunkedArray) -> int | None:
-    """The byte length every value has, if they all have the same (None when they differ or there are none)."""
-    lengths = pc.min_max(pc.binary_length(text)).as_py()
-    return lengths["min"] if lengths["min"] is not None and lengths["min"] == lengths["max"] else None
-
-
-def _no_null_and_width(text: pa.ChunkedArray, width: int) -> bool:
-    """Whether ``text`` has no null and every value is ``width`` bytes long."""
-    return text.null_count == 0 and _common_width(text) == width
-
-
-def _fixed_width_bytes(text: pa.ChunkedArray, width: int) -> np.ndarray:
-    """Text without nulls whose values are all ``width`` bytes long, as a numpy ``S<width>`` array.
-
-    Each chunk's bytes are viewed in place; chunks are then joined (one copy of the bytes, no offsets).
-    """
-    chunks = []
-    for values in text.chunks:
-        if not len(values):
-            continue
-        offsets = np.frombuffer(values.buffers()[1], dtype=np.int64)[values.offset : values.offset + len(values) + 1]
-        data = np.frombuffer(values.buffers()[2], dtype=np.uint8)
-        chunks.append(data[offsets[0] : offsets[-1]].view(f"S{width}"))
-    return chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
-
-
-def ids_as_numbers(values: list[np.ndarray]) -> list[np.ndarray] | None:
-    """Bytes of one width (numpy ``S<width>`` arrays) as uint64 numbers, in the same order and equal exactly
-    when the bytes are.
-
-    A value's number is its last 8 bytes read big-endian (zero-padded when
-    shorter), when the bytes before those are one prefix common to every value
-    (ids like ``M00000001``); None when they are not.
-    """
-    width = values[0].dtype.itemsize
-    prefix = max(width - 8, 0)
-    rows = [v.view(np.uint8).reshape(len(v), width) for v in values]
-    if prefix and not all((r[:, :prefix] == rows[0][0, :prefix]).all() for r in rows):
-        return None
-    numbers = []
-    for v, r in zip(values, rows):
-        if width >= 8:  # the last 8 bytes of each value, read in place
-            big_endian = np.ndarray((len(v),), dtype=">u8", buffer=v, offset=prefix, strides=(width,))
-        else:
-            padded = np.zeros((len(v), 8), dtype=np.uint8)
-            padded[:, :width] = r
-            big_endian = padded.view(">u8").ravel()
-        numbers.append(big_endian.astype(np.uint64))
-    return numbers
-

@@ -21,6 +21,7 @@ rules, markupsafe's), and reaches mail headers only through processor.delivery.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -125,7 +126,7 @@ class ManagerReport:
         written end to end, HTML already escaped, or a _Slot) and how many actions each cut."""
         html = template.endswith(".html")
         sections = [{"key": key, "title": title, "hint": hint, "count": self.counts[key], "more": cut,
-                     # the HTML items were escaped value by value as they were written (cards._item_html)
+                     # the HTML items were escaped value by value as they were written (cards.py)
                      "items": Markup(said) if html and isinstance(said, str) else said}
                     for (key, title, hint), said, cut in zip(SECTIONS, items, more)]
         return environment().get_template(template).render(
@@ -133,28 +134,16 @@ class ManagerReport:
             more=sum(more), policies_changed=self.policies_changed)
 
 
-def _environment() -> Environment:
-    return Environment(
-        loader=PackageLoader("processor.reports", "templates"),
-        autoescape=select_autoescape(enabled_extensions=("html", "htm", "xml"), disabled_extensions=("txt",),
-                                     default_for_string=True, default=True),
-        undefined=StrictUndefined,
-        auto_reload=False,   # the templates are part of the package: no stat() per email to see if they changed
-        trim_blocks=True,
-        lstrip_blocks=True,
-        keep_trailing_newline=True,
-    )
-
-
-_ENV: Environment | None = None
-
-
+@functools.cache
 def environment() -> Environment:
-    global _ENV
-    if _ENV is None:
-        _ENV = _environment()
-        _ENV.filters["plain"] = plain
-    return _ENV
+    """The report templates' Jinja environment, one per process."""
+    env = Environment(loader=PackageLoader("processor.reports", "templates"), undefined=StrictUndefined,
+                      autoescape=select_autoescape(enabled_extensions=("html", "htm", "xml"),
+                                                   disabled_extensions=("txt",), default_for_string=True, default=True),
+                      # the templates are part of the package: no stat() per email to see if they changed
+                      auto_reload=False, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+    env.filters["plain"] = plain
+    return env
 
 
 def _mentioned(frame: pd.DataFrame, key: str, among: pa.Array, *columns: str) -> list[pa.Array]:
@@ -168,8 +157,7 @@ def _projects_and_people(keys: dict[str, pa.Array], projects: pd.DataFrame, user
     """Lookups of what the decisions' projects are called and who their client and talent are, and
     of the names and emails of the people the decisions and those projects name."""
     project_id, title, client_id, talent_id = _mentioned(projects, "project_id", keys["project_id"], "title",
-                                                         "client_id",
-                                                         "talent_id")
+                                                         "client_id", "talent_id")
     named = pa.concat_arrays([keys[c] for c in ("subject_id", "assignee_id",
                                                 "project_success_id")] + [client_id, talent_id])
     user_id, name, email = _mentioned(users, "user_id", named, "name", "email")
@@ -307,12 +295,13 @@ def _platform_summary(decisions: pd.DataFrame, manager: np.ndarray, platform: np
                        currency=rows["currency"].fillna("").astype(str).str.upper())
     counts = rows.groupby(["manager", "action"], sort=True).size()
     money = rows[rows["has"]].groupby(["manager", "action", "currency"], sort=True)["cents"].sum()
+    totals: dict[tuple, list[str]] = {}
+    for (m, action, currency), c in money.items():  # in order of currency within each action
+        totals.setdefault((m, action), []).append(format_cents(c, currency))
     said: dict[int, list[dict]] = {}
     for (m, action), n in counts.items():
-        totals = [format_cents(c, cur) for (mm, a, cur), c in money.loc[[m]].items() if a == action] \
-            if m in money.index.get_level_values(0) else []
         said.setdefault(int(m), []).append({"action": action_words(action), "count": int(n),
-                                            "totals": " · ".join(totals)})
+                                            "totals": " · ".join(totals.get((m, action), []))})
     return said
 
 
@@ -334,8 +323,7 @@ def render_reports(reports: list[ManagerReport], encoded: bool = False) -> Itera
     sizes = [r.rows.stop - r.rows.start for r in reports]
     at = np.concatenate([np.arange(r.rows.start, r.rows.stop) for r in reports] + [np.zeros(0, dtype=np.int64)])
     rows = _looked_up(night.decisions, night.shown[at], night.people, night.milestone_titles, night.titles,
-                      night.clients,
-                      night.talents)
+                      night.clients, night.talents)
     cuts = np.cumsum([0] + sizes)
     width = len(SECTION_KEYS)
     for start in range(0, len(reports), REPORTS_PER_BATCH):

@@ -1,4 +1,4 @@
-"""A batch of reports' cards as pieces of HTML and text, cut to what fits in an email.
+"""A batch of reports' cards as pieces of HTML and text (templates/card.html, card.txt), cut to fit in an email.
 
 A card is one project in one section; inside it each item (a firing: the actions one rule calls for on
 the project, with one why) is its head, its actions and its tail. The head of a card's first item opens
@@ -7,7 +7,10 @@ the card, the tail of its last closes it. Everything user-provided is escaped co
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import re
 from dataclasses import dataclass
+from importlib import resources
 from typing import Mapping
 from urllib.parse import quote
 
@@ -112,15 +115,15 @@ def write_items(rows: pa.Table, rank: np.ndarray, card: np.ndarray, firing: np.n
                                first["_subject_name"])
     project_id = _plain(first["project_id"])
     whys = _whys(first)
-    item = {"section": pa.array(section[starts], TEXT), "opens": pa.array(opens), "closes": pa.array(closes),
-            "project_id": project_id, "title": first["_title"], "link": _links(project_id, platform_url),
+    item = {"project_id": project_id, "title": _or(first["_title"], project_id),
             "client": _or(first["_client_name"], clients), "talent": _or(first["_talent_name"], talents),
-            "policy_id": _plain(first["policy_id"]),
+            "link": _links(project_id, platform_url), "policy_id": _plain(first["policy_id"]),
             "state": _per_distinct(lambda s, since: state_words(s, since, as_of), first["state"], first["since"]),
             "why": whys,
             "description": _per_distinct(lambda pid: plain(descriptions.get(pid, "")), first["policy_id"])}
-    html = [*_item_html(item), _action_html(texts, money)]
-    text = [*_item_text(item), _action_text(texts, money)]
+    item["border"] = _choose(pa.array(section[starts], TEXT), BORDER_COLOURS, "#9ca3af")
+    html = _pieces("card.html", {k: escape(v) for k, v in item.items()}, opens, closes, escape(texts), escape(money))
+    text = _pieces("card.txt", item, opens, closes, texts, money)
 
     # Each report's cards in order while they fit; each item's pieces: its head, its actions, its tail.
     items, actions = len(starts), np.diff(np.append(starts, len(rows)))
@@ -155,43 +158,52 @@ def sent_size(page: str) -> int:
     return len(page.encode("utf-8")) + page.count("\n")
 
 
-def _item_html(f: dict[str, pa.Array]) -> tuple[pa.Array, pa.Array]:
-    """Each item as the email's HTML, what comes before its actions and what comes after them (a card's
-    first item opens it with the project's title and people, its last closes it); every value escaped."""
-    e = {k: escape(v) for k, v in f.items() if k not in ("section", "opens", "closes")}
-    title = _or(e["title"], e["project_id"])
-    opening = _cat(
-        # the <style> block draws the rest of the card; its colour stays inline where <style> is dropped
-        '<div class="card" data-project="', e["project_id"], '" style="border-left:4px solid ',
-        _choose(f["section"], BORDER_COLOURS, "#9ca3af"), '">\n'
-        '<div class="t">', _if(_present(e["link"]), _cat('<a href="', e["link"], '">', title, "</a>"), title),
-        ' <span class="id">(', e["project_id"], ')</span></div>\n'
-        '<div class="p">Client: <b>', e["client"], "</b> · Talent: <b>", e["talent"], "</b></div>\n")
-    head = _cat(_if(f["opens"], opening), '<ul class="a">\n')
-    tail = _cat(
-        "</ul>\n",
-        _if(_present(f["why"]), _cat('<div class="why"><b>Why:</b> ', e["why"], "</div>\n"),
-            _if(_present(f["description"]), _cat('<div class="why">', e["description"], "</div>\n"))),
-        '<div class="r">Rule <code>', e["policy_id"], "</code> · ", e["state"], "</div>\n",
-        _if(f["closes"], "</div>\n"))
-    return head, tail
+def _pieces(source: str, v: dict, opens: np.ndarray, closes: np.ndarray, texts: pa.Array, money: pa.Array) -> list:
+    """Each item's head and tail and each row's action, in the fragments of templates/`source`."""
+    t, opens, closes = fragments(source), pa.array(opens), pa.array(closes)
+
+    def part(name: str, fields: Mapping[str, object] = v) -> list:
+        return [p for text, field in t[name] for p in (text, fields.get(field, "")) if not isinstance(p, str) or p]
+
+    heading = _if(_present(v["link"]), _join(*part("title_link")), _join(*part("title")))
+    head = _join(_if(opens, _join(*part("open", {**v, "heading": heading}))), *part("actions"))
+    told = _if(_present(v["why"]), _join(*part("why")), _if(_present(v["description"]), _join(*part("description"))))
+    tail = _join(*part("actions_end"), told, *part("rule"), _if(closes, _join(*part("close"))))
+    amount = _if(_present(money), _join(*part("money", {"amount": money})))
+    return [head, tail, _join(*part("action", {"text": texts, "money": amount}))]
 
 
-def _action_html(text: pa.Array, money: pa.Array) -> pa.Array:
-    return _cat("<li>", escape(text), _if(_present(money), _cat(' <b class="m">', escape(money), "</b>")), "</li>\n")
+def _join(*parts):
+    """The parts end to end: text when all are text, a column alone as it is (no copy), else a column."""
+    return "".join(parts) if all(isinstance(p, str) for p in parts) else parts[0] if len(parts) == 1 else _cat(*parts)
 
 
-def _item_text(f: dict[str, pa.Array]) -> tuple[pa.Array, pa.Array]:
-    """Each item as the email's plain text, what comes before its actions and what comes after them."""
-    opening = _cat("* ", _or(f["title"], f["project_id"]), " (", f["project_id"], ")",
-                   _if(_present(f["link"]), _cat(" ", f["link"])),
-                   "\n  Client: ", f["client"], " | Talent: ", f["talent"], "\n")
-    head = _if(f["opens"], opening)
-    tail = _cat(_if(_present(f["why"]), _cat("  Why: ", f["why"], "\n"),
-                    _if(_present(f["description"]), _cat("  ", f["description"], "\n"))),
-                "  Rule ", f["policy_id"], " (", f["state"], ")\n", _if(f["closes"], "\n"))
-    return head, tail
+# The fragments a card is written with (templates/card.html, card.txt), and the fields each may name.
+_ITEM = ("project_id", "title", "link", "client", "talent", "policy_id", "state", "why", "description", "border")
+FRAGMENTS = {"open": (*_ITEM, "heading"), "actions": _ITEM, "action": ("text", "money"), "money": ("amount",),
+             **dict.fromkeys(("actions_end", "why", "description", "rule", "close", "title", "title_link"), _ITEM)}
+_NAMED, _FIELD = re.compile(r"^\[([a-z_]+)\](?:[ \t].*)?\n", re.MULTILINE), re.compile(r"\{([^{}]*)\}")
 
 
-def _action_text(text: pa.Array, money: pa.Array) -> pa.Array:
-    return _cat("  - ", text, _if(_present(money), _cat("  [", money, "]")), "\n")
+@functools.cache
+def fragments(source: str, template: str | None = None) -> dict[str, list[tuple[str, str]]]:
+    """templates/`source`'s fragments (read once per process) or the text `template`'s, each as pairs of literal text
+    and the field after it ('' at its end); a ValueError says which fragment is wrong and how (see card.html)."""
+    if template is None:
+        template = (resources.files("processor.reports") / "templates" / source).read_text("utf-8")
+    _note, *named = _NAMED.split(template)
+    names = named[::2]
+    odd = sorted(set(names) ^ set(FRAGMENTS)) + sorted({n for n in names if names.count(n) > 1})
+    if odd:
+        raise ValueError(f"{source}: fragment [{'], ['.join(odd)}] missing, unknown or repeated (a card is "
+                         f"written with each of [{'], ['.join(FRAGMENTS)}] once)")
+    pieces = {}
+    for name, body in zip(names, named[1::2]):
+        split = _FIELD.split(body.removesuffix("\n"))
+        wrong = [f"{{{f}}}" for f in split[1::2] if f not in FRAGMENTS[name]]
+        wrong += ["a lone { or }" for text in split[::2] if "{" in text or "}" in text]
+        if wrong:
+            raise ValueError(f"{source}: fragment [{name}] has {wrong[0]}, which is none of the fields it may "
+                             f"name: {', '.join(FRAGMENTS[name])}")
+        pieces[name] = list(zip(split[::2], split[1::2] + [""]))
+    return pieces

@@ -99,8 +99,7 @@ def render_overview(summary: dict, decisions: pd.DataFrame, rejects: pd.DataFram
         grouped = rejects.groupby(["table", "column", "reason"], dropna=False).size().reset_index(name="count")
         reject_reasons = grouped.sort_values("count", ascending=False, kind="stable").to_dict("records")
     context = {"s": summary, "words": WORDS, "trend_known": trend is not None, "by_policy": by_policy, "chart": chart,
-               "trends": trends,
-               "trend_nights": [night_label(n) for n in sorted(trend or {})], "managers": managers,
+               "trends": trends, "trend_nights": [night_label(n) for n in sorted(trend or {})], "managers": managers,
                "totals": totals, "reject_reasons": reject_reasons[:50],
                "reject_rows": rejects.head(20).to_dict("records") if len(rejects) else [],
                "rejects_total": int(len(rejects))}
