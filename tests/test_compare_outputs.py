@@ -102,7 +102,8 @@ def test_a_schema_3_ledger_and_a_schema_4_one_of_the_same_night_are_the_same(run
     as_schema(base / "ledger.sqlite", [base / "out"])
     assert compare_outputs.compare_runs(base, new) == []
     with sqlite3.connect(base / "ledger.sqlite") as db:
-        db.execute("UPDATE decision_nights SET state = 'ongoing' WHERE rowid = (SELECT min(rowid) FROM decision_nights)")
+        db.execute("UPDATE decision_nights SET state = 'ongoing' "
+                   "WHERE rowid = (SELECT min(rowid) FROM decision_nights)")
     assert compare_outputs.compare_runs(base, new)[0].startswith("ledger decisions of the latest night (")
 
 

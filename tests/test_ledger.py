@@ -103,7 +103,8 @@ def test_any_sequence_of_nights_and_reruns_gives_the_states_a_row_per_night_gave
             if kind == "rerun" and model.latest:
                 night = model.latest
             elif kind == "fill" and model.base_night:
-                gaps = [model.base_night + dt.timedelta(days=d) for d in range(1, (model.latest - model.base_night).days)]
+                gaps = [model.base_night + dt.timedelta(days=d)
+                        for d in range(1, (model.latest - model.base_night).days)]
                 gaps = [g for g in gaps if g not in recorded]
                 if not gaps:
                     continue

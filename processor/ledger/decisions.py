@@ -1,11 +1,11 @@
 """The ledger's decisions (schema 4): one row per decision key, however many nights it held.
 
 A row says when the ledger first recorded its decision (`first_night`), since which night it holds without a
-break (`since`:
-the first night of its current streak, or of its last one once it stopped; a ledger folded from schema
-3 may know an earlier one), and, once it no longer holds, the last night it held (`last_night`) and the night that found it resolved (`resolved_on`), both '' while it holds
-on the ledger's latest night. `detail` is the decision as it last held (DETAIL_COLUMNS as one JSON object): a
-resolved decision is listed with it. Its state on the latest night is not stored: `new` when `since` is that
+break (`since`: the first night of its current streak, or of its last one once it stopped; a ledger folded
+from schema 3 may know an earlier one), and, once it no longer holds, the last night it held (`last_night`)
+and the night that found it resolved (`resolved_on`), both '' while it holds on the ledger's latest night.
+`detail` is the decision as it last held (DETAIL_COLUMNS as one JSON object): a resolved decision is listed
+with it. Its state on the latest night is not stored: `new` when `since` is that
 night, `ongoing` before.
 
 A night rewrites only the rows of decisions that started, stopped, came back or changed their detail that

@@ -23,7 +23,8 @@ def fold_decision_nights(cur: sqlite3.Cursor) -> None:
         cur.execute("ALTER TABLE decision_nights ADD COLUMN detail TEXT NOT NULL DEFAULT ''")
     if "since" not in kept:
         cur.execute("ALTER TABLE decision_nights ADD COLUMN since TEXT NOT NULL DEFAULT ''")
-    uncounted = [r[0] for r in cur.execute("SELECT as_of FROM runs WHERE as_of NOT IN (SELECT as_of FROM policy_counts)")]
+    uncounted = [r[0] for r in cur.execute(
+        "SELECT as_of FROM runs WHERE as_of NOT IN (SELECT as_of FROM policy_counts)")]
     for night in uncounted:  # each night's rows by their key's first column: not a scan of every night's
         cur.execute("INSERT INTO policy_counts SELECT as_of, policy_id, state, count(*) FROM decision_nights "
                     "WHERE as_of = ? GROUP BY as_of, policy_id, state", (night,))
