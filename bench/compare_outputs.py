@@ -8,8 +8,10 @@ base code's generator, runs `shakers-rules run` on it twice (PYTHONPATH=the base
 worktree, then PYTHONPATH=this working tree), each in its own directory with a
 fresh ledger and no SMTP server, and compares: decisions.csv, decisions.jsonl,
 rejects.csv, resolved.csv (bytes), every outbox email's headers (less Date) and
-decoded parts, and the ledger's rows (`runs`, `decision_nights`, `deliveries`),
-less timestamps and with paths made relative to the run. Both runs read the same
+decoded parts, and the ledger's rows (`runs`, `deliveries`, and its latest night's
+decisions with their states, what both a schema-3 ledger (a row per decision and
+night) and a schema-4 one (a row per decision) say), less timestamps and with paths
+made relative to the run. Both runs read the same
 policies file (--policies, default this tree's policies.yaml): the code is what
 is compared. It prints "ALL SAME" and exits 0, or says what differs and exits 1;
 2 when a run or the checkout could not be made at all.
@@ -31,7 +33,18 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parents[1]
 AS_OF = "2026-11-24"
 BYTE_FILES = ("decisions.csv", "decisions.jsonl", "rejects.csv", "resolved.csv")
-LEDGER_TABLES = ("runs", "decision_nights", "deliveries")
+LATEST = "decisions of the latest night"
+LEDGER_TABLES = ("runs", LATEST, "deliveries")
+# The latest night's decisions and states, as each schema keeps them: a row per decision and night (up to
+# schema 3), or a row per decision whose state on the latest night is new when it holds since that night.
+LATEST_NIGHT = {
+    "decision_nights": "SELECT as_of, decision_key, policy_id, action, project_id, subject_id, state "
+                       "FROM decision_nights WHERE as_of = (SELECT max(as_of) FROM runs)",
+    "decisions": "SELECT l.night AS as_of, decision_key, policy_id, action, project_id, subject_id, "
+                 "CASE WHEN last_night != '' THEN 'resolved' WHEN since = l.night THEN 'new' ELSE 'ongoing' END "
+                 "AS state FROM decisions, (SELECT max(as_of) AS night FROM runs) AS l "
+                 "WHERE last_night = '' OR resolved_on = l.night",
+}
 SHOWN = 5  # differences shown per thing compared; the count says how many more
 
 
@@ -68,9 +81,11 @@ def ledger_rows(path: Path, run_dir: Path) -> dict[str, tuple[list[str], list[tu
     """Per table: its columns less timestamps, and its rows sorted (paths relative to the run)."""
     out = {}
     with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         for table in LEDGER_TABLES:
+            schema = next((name for name in LATEST_NIGHT if name in tables), "decisions")
             try:
-                cursor = db.execute(f"SELECT * FROM {table}")
+                cursor = db.execute(LATEST_NIGHT[schema] if table == LATEST else f"SELECT * FROM {table}")
             except sqlite3.OperationalError as e:
                 out[table] = ([f"(no such table: {e})"], [])
                 continue

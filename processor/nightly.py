@@ -211,7 +211,7 @@ def nights_to_do(exports_root: str | Path, ledger_path: str | Path, since: dt.da
     Only reads the ledger (call it under the lock)."""
     ledger_path = Path(ledger_path)
     if ledger_path.exists():
-        with Ledger(ledger_path) as ledger:
+        with Ledger(ledger_path, migrate=False) as ledger:  # read only: the backup is made before any migration
             done, owed = ledger_module.done_and_owed(ledger.db, _sends_mail())
     else:
         done, owed = set(), set()

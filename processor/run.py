@@ -221,7 +221,7 @@ def run_night(export_dir: str | Path, *, policies_path: str | Path = "policies.y
             raise
         summary["reports"] = {**delivery.summary, "overview": "report.html", "outbox": "outbox",
                               "ledger": str(Path(ledger.path).resolve())}
-        trend = _trend(ledger, as_of, decisions, resolved)
+        trend = _trend(ledger, as_of)
         files.write_text(out / "report.html", render_overview(summary, decisions, rejects, reports, delivery.by_manager,
                                                               descriptions, trend))
         # Reports is the phase's whole wall time; the files and ledger written during it are timed apart.
@@ -238,15 +238,11 @@ def run_night(export_dir: str | Path, *, policies_path: str | Path = "policies.y
     return NightResult(out, run_id, as_of, decisions, rejects, summary, ev, exit_code, timings, resolved=resolved)
 
 
-def _trend(ledger: Ledger, as_of: dt.date, decisions: pd.DataFrame, resolved: pd.DataFrame) -> dict | None:
-    """The overview's per-policy trend over the last nights; tonight's counts are the run's own (the ledger
-    keeps them). A ledger that cannot give it leaves the overview without one, and says so."""
-    rows = pd.concat([decisions[["policy_id", "state"]], resolved[["policy_id", "state"]]], ignore_index=True)
-    tonight: dict[str, dict[str, int]] = {}
-    for (policy, state), n in rows.groupby(["policy_id", "state"]).size().items():
-        tonight.setdefault(str(policy), {})[str(state)] = int(n)
+def _trend(ledger: Ledger, as_of: dt.date) -> dict | None:
+    """The overview's per-policy trend over the last nights, tonight's included (recorded with the night). A
+    ledger that cannot give it leaves the overview without one, and says so."""
     try:
-        return night_counts(ledger, as_of.isoformat(), tonight, TREND_NIGHTS)
+        return night_counts(ledger, as_of.isoformat(), TREND_NIGHTS)
     except sqlite3.Error as e:
         log.warning("the overview shows no trend of the last nights: the ledger %s could not give it (%s)",
                     ledger.path, e)
@@ -285,15 +281,14 @@ def _write_and_record(out: Path, ledger: Ledger, as_of: dt.date, run_id: str, po
     """The night's other files, then its record in the ledger: the ledger learns of the night last,
     so a run killed before that left no trace there."""
     t = time.perf_counter()
-    # The ledger keeps each decision as its decisions.jsonl line.
-    lines = files.write_jsonl(out / "decisions.jsonl", decisions, json_columns=("evidence",))
+    files.write_jsonl(out / "decisions.jsonl", decisions, json_columns=("evidence",))
     files.write_csv(out / "rejects.csv", rejects)
     files.write_csv(out / "resolved.csv", resolved)
     timings["write"] += time.perf_counter() - t
     say(f"decisions, rejects and resolved written to {out}")
     t = time.perf_counter()
-    ledger.record_night(as_of, run_id, policies_sha, str(out), decisions, resolved=resolved, details=lines,
-                        carried=carried, since=since)
+    ledger.record_night(as_of, run_id, policies_sha, str(out), decisions, resolved=resolved, carried=carried,
+                        since=since)
     timings["ledger"] = timings.get("ledger", 0.0) + time.perf_counter() - t
     say("ledger updated")
 

@@ -153,7 +153,7 @@ def test_a_decision_recorded_with_its_evidence_as_text_or_as_an_object_comes_bac
         ledger.record_night(dt.date(2026, 11, 23), "r1", "sha", "out", frame)
         # Ledgers before 2026-11-25 kept the evidence as JSON text inside the detail.
         old = frame.iloc[:3][DETAIL_COLUMNS].to_json(orient="records", lines=True).splitlines()
-        ledger.db.executemany("UPDATE decision_nights SET detail = ? WHERE decision_key = ?",
+        ledger.db.executemany("UPDATE decisions SET detail = ? WHERE decision_key = ?",
                               zip(old, decision_keys(frame.iloc[:3])))
         back = ledger.resolved(dt.date(2026, 11, 24), frame.iloc[:0])
     expected = frame[DETAIL_COLUMNS].sort_values(["project_id"]).reset_index(drop=True)

@@ -86,11 +86,25 @@ def test_a_changed_ledger_row_is_named_but_its_timestamps_are_not(runs):
     with sqlite3.connect(new / "ledger.sqlite") as db:
         db.execute("UPDATE runs SET finished_at = '2035-01-01T00:00:00+00:00'")
     assert compare_outputs.compare_runs(base, new) == []
-    with sqlite3.connect(new / "ledger.sqlite") as db:
+    with sqlite3.connect(new / "ledger.sqlite") as db:   # held since an earlier night: ongoing, not new
+        db.execute("UPDATE decisions SET since = '2000-01-01' WHERE rowid = (SELECT min(rowid) FROM decisions)")
+    found = compare_outputs.compare_runs(base, new)
+    assert found[0].startswith("ledger decisions of the latest night (")
+    assert any(line.strip().startswith("+") and "'ongoing')" in line for line in found)
+
+
+def test_a_schema_3_ledger_and_a_schema_4_one_of_the_same_night_are_the_same(runs):
+    """The ledgers of the code before one row per decision (a row per decision and night) compare on the
+    latest night's decisions and states, what both say."""
+    from legacy_ledger import as_schema
+
+    base, new = runs
+    as_schema(base / "ledger.sqlite", [base / "out"])
+    assert compare_outputs.compare_runs(base, new) == []
+    with sqlite3.connect(base / "ledger.sqlite") as db:
         db.execute("UPDATE decision_nights SET state = 'ongoing' "
                    "WHERE rowid = (SELECT min(rowid) FROM decision_nights)")
-    found = compare_outputs.compare_runs(base, new)
-    assert found[0].startswith("ledger decision_nights (")
+    assert compare_outputs.compare_runs(base, new)[0].startswith("ledger decisions of the latest night (")
 
 
 def test_an_output_only_one_run_wrote_is_named(runs):

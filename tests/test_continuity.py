@@ -151,5 +151,5 @@ def test_projects_whose_ids_differ_only_by_a_bar_keep_separate_states(tmp_path):
     assert set(second.decisions["state"]) == {"ongoing"}
     assert set(second.resolved["project_id"]) == {"A"}
     with sqlite3.connect(tmp_path / "ledger.sqlite") as db:
-        nights = db.execute("SELECT count(DISTINCT decision_key) FROM decision_nights").fetchone()[0]
-    assert nights == len(first.decisions)
+        kept = db.execute("SELECT count(DISTINCT decision_key) FROM decisions").fetchone()[0]
+    assert kept == len(first.decisions)

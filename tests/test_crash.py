@@ -81,7 +81,8 @@ def outcome(root: Path) -> dict:
         got[f"{day}/outbox"] = sorted(p.name for p in outbox.iterdir()) if outbox.exists() else []
     with sqlite3.connect(root / "ledger.sqlite") as db:
         got["runs"] = db.execute("SELECT as_of, run_id, policies_sha256, decisions FROM runs ORDER BY as_of").fetchall()
-        got["decision_nights"] = db.execute("SELECT * FROM decision_nights ORDER BY as_of, decision_key").fetchall()
+        got["decisions"] = db.execute("SELECT * FROM decisions ORDER BY decision_key").fetchall()
+        got["policy_counts"] = db.execute("SELECT * FROM policy_counts ORDER BY as_of, policy_id, state").fetchall()
         got["deliveries"] = db.execute("SELECT message_id, as_of, recipient, status FROM deliveries "
                                        "ORDER BY message_id").fetchall()
     return got

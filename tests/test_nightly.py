@@ -381,8 +381,8 @@ def test_a_decision_that_no_longer_holds_is_resolved_once_the_next_night(tmp_pat
     assert decisions(tmp_path, D3, "resolved.csv").empty  # listed once, not again
     assert json.loads((tmp_path / "runs" / D2.isoformat() / "summary.json").read_text())["decisions"]["resolved"] == 1
     assert ledger_rows(tmp_path / "ledger.sqlite",
-                       "SELECT state FROM decision_nights WHERE as_of = ? AND policy_id = ?",
-                       D2.isoformat(), "escrow-shortfall") == [("resolved",)]
+                       "SELECT last_night, resolved_on FROM decisions WHERE policy_id = ?",
+                       "escrow-shortfall") == [(D1.isoformat(), D2.isoformat())]
 
 
 def test_a_decision_that_comes_back_after_being_resolved_is_new_again(tmp_path):
@@ -449,12 +449,15 @@ def test_escalation_days_are_thresholds_a_policy_editor_changes_in_policies_yaml
 def test_retention_prunes_old_nights_details_but_keeps_what_new_ongoing_and_resolved_need(tmp_path):
     days = [D1 + dt.timedelta(days=k) for k in range(5)]
     nights = {d: a_night(d) for d in days}
+    for d in days[:2]:  # P4's escrow is short on the first two nights only: resolved before the kept nights
+        nights[d].project("P4")
+        nights[d].milestone("P4", escrow="0.00", milestone_id="M4")
     write_nights(tmp_path, nights)
     ledger = tmp_path / "ledger.sqlite"
     result = nightly(tmp_path, keep_nights=2)
-    assert result.exit_code == 0 and result.pruned["decision_nights"] > 0
-    kept = [r[0] for r in ledger_rows(ledger, "SELECT DISTINCT as_of FROM decision_nights ORDER BY as_of")]
-    assert kept == [d.isoformat() for d in days[-2:]]
+    assert result.exit_code == 0 and result.pruned["decisions"] > 0
+    projects = [r[0] for r in ledger_rows(ledger, "SELECT DISTINCT project_id FROM decisions ORDER BY project_id")]
+    assert projects == ["P1", "P2"]
     assert len(ledger_rows(ledger, "SELECT as_of FROM runs")) == 5  # pruned nights still count as done
     assert nightly(tmp_path, keep_nights=2).nothing_to_do
     # The next night still tells ongoing from new, and lists what was resolved.

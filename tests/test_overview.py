@@ -18,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from htmltree import parse
+from legacy_ledger import as_schema
 
 from processor.tools.generate.export import generate_export
 
@@ -41,7 +42,7 @@ def run_nights(tmp: Path, ledger: Path, nights=NIGHTS, before_last=None) -> list
     runs = []
     for i, (night, seed, corrupt) in enumerate(zip(nights, SEEDS, CORRUPT)):
         if before_last and i == len(nights) - 1:
-            before_last(ledger)
+            before_last(ledger, runs)
         export = tmp / f"export-{night}"
         generate_export(export, projects=150, seed=seed, as_of=night, fmt="csv", corrupt=corrupt)
         done = cli_run(tmp, night, export, ledger)
@@ -103,18 +104,15 @@ def test_the_first_night_trend_has_only_that_night(nights):
 
 def test_a_ledger_from_before_the_trend_still_shows_the_earlier_nights(nights, tmp_path):
     """Nights recorded without their counts kept (policy_counts) are counted from their decision rows."""
-    def forget_counts(ledger: Path):
-        with sqlite3.connect(ledger) as db:
-            db.execute("DROP TABLE policy_counts")
+    def forget_counts(ledger: Path, runs: list[Path]):
+        as_schema(ledger, runs, version=3, counts=False)   # a row per decision and night, no counts
     runs = run_nights(tmp_path, tmp_path / "ledger.sqlite", before_last=forget_counts)
     assert trend_of(runs[-1]) == trend_of(nights[-1])
 
 
 def test_a_pruned_night_is_left_out_of_the_trend_not_shown_as_zero(nights, tmp_path):
-    def prune_first_night(ledger: Path):
-        with sqlite3.connect(ledger) as db:
-            db.execute("DROP TABLE policy_counts")   # its counts never kept, and its rows gone
-            db.execute("DELETE FROM decision_nights WHERE as_of = ?", (str(NIGHTS[0]),))
+    def prune_first_night(ledger: Path, runs: list[Path]):
+        as_schema(ledger, runs[1:], version=3, counts=False)   # its counts never kept, and its rows gone
     runs = run_nights(tmp_path, tmp_path / "ledger.sqlite", before_last=prune_first_night)
     trend = trend_of(runs[-1])
     assert {tuple(n) for n in trend.values()} == {(str(NIGHTS[1]), str(NIGHTS[2]))}
@@ -178,9 +176,14 @@ def test_the_reject_reasons_are_listed_with_their_counts(nights):
 def test_a_ledger_that_cannot_give_the_trend_leaves_the_night_done_and_the_page_says_so(tmp_path):
     ledger = tmp_path / "ledger.sqlite"
     runs = run_nights(tmp_path, ledger, nights=NIGHTS[:1])
-    with sqlite3.connect(ledger) as db:   # a table of that name that takes no rows: every write to it fails
-        db.execute("DROP TABLE policy_counts")
-        db.execute("CREATE TABLE policy_counts (as_of TEXT CHECK (0), policy_id, state, decisions)")
+    with sqlite3.connect(ledger) as db:   # the counts are kept with the night, but every read of them fails
+        db.execute("ALTER TABLE policy_counts RENAME TO kept_counts")
+        db.execute("CREATE VIEW policy_counts AS SELECT as_of, policy_id, state, json('not JSON') AS decisions "
+                   "FROM kept_counts")
+        db.execute("CREATE TRIGGER counts_kept INSTEAD OF INSERT ON policy_counts BEGIN INSERT INTO kept_counts "
+                   "VALUES (NEW.as_of, NEW.policy_id, NEW.state, NEW.decisions); END")
+        db.execute("CREATE TRIGGER counts_forgotten INSTEAD OF DELETE ON policy_counts BEGIN DELETE FROM "
+                   "kept_counts WHERE as_of = OLD.as_of; END")
     export = tmp_path / f"export-{NIGHTS[0]}"
     done = cli_run(tmp_path, NIGHTS[1], export, ledger)
     assert done.returncode == 0, done.stderr[-2000:]

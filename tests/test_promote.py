@@ -11,7 +11,6 @@ import hashlib
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -219,18 +218,16 @@ def test_the_report_footer_says_when_the_policies_last_changed(tmp_path):
 
 
 def test_a_ledger_of_schema_1_gains_the_promotions_table(tmp_path):
+    from legacy_ledger import as_schema
+
     from processor.ledger import SCHEMA_VERSION, Ledger
 
     path = tmp_path / "old.sqlite"
     with Ledger(path):
         pass
-    db = sqlite3.connect(path)
-    db.execute("DROP TABLE promotions")
-    db.execute("PRAGMA user_version = 1")
-    db.commit()
-    db.close()
+    as_schema(path, [], version=1)
     with Ledger(path) as ledger:
-        assert ledger.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+        assert ledger.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
         assert ledger.db.execute("SELECT count(*) FROM promotions").fetchone()[0] == 0
 
 

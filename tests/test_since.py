@@ -42,9 +42,10 @@ def email_texts(outbox: Path) -> dict[str, str]:
 
 
 def since_rows(ledger: Path, night: dt.date) -> dict[str, str]:
+    """Project -> since of the decisions held on `night`, the ledger's latest night."""
     with sqlite3.connect(ledger) as db:
-        return dict(db.execute("SELECT project_id, since FROM decision_nights WHERE as_of = ? AND state != 'resolved'",
-                               (night.isoformat(),)))
+        assert db.execute("SELECT max(as_of) FROM runs").fetchone() == (night.isoformat(),)
+        return dict(db.execute("SELECT project_id, since FROM decisions WHERE last_night = ''"))
 
 
 def test_three_nights_through_the_cli_say_still_open_since_the_first_night(tmp_path):
@@ -81,7 +82,9 @@ def test_a_decision_that_resolved_and_came_back_starts_again(tmp_path):
 
 
 def test_a_ledger_of_schema_2_learns_since_from_its_nights(tmp_path):
-    """A ledger written before the since column: its streaks are found by walking back its nights."""
+    """A ledger written before the since column: its streaks are found from its nights."""
+    from legacy_ledger import as_schema
+
     from processor.ledger import SCHEMA_VERSION
 
     ledger = tmp_path / "ledger.sqlite"
@@ -89,14 +92,12 @@ def test_a_ledger_of_schema_2_learns_since_from_its_nights(tmp_path):
         night = AS_OF + dt.timedelta(days=offset)
         run_night(halted_projects(night, range(1, 3)).write(tmp_path / f"export-{offset}"), policies_path=POLICIES,
                   as_of=night, out_dir=tmp_path / f"run-{offset}", ledger_path=ledger)
-    with sqlite3.connect(ledger) as db:
-        db.execute("ALTER TABLE decision_nights DROP COLUMN since")
-        db.execute("PRAGMA user_version = 2")
+    as_schema(ledger, [tmp_path / "run-0", tmp_path / "run-1"], version=2)
     third = AS_OF + dt.timedelta(days=2)
     run_night(halted_projects(third, range(1, 3)).write(tmp_path / "export-2"), policies_path=POLICIES, as_of=third,
               out_dir=tmp_path / "run-2", ledger_path=ledger)
     with sqlite3.connect(ledger) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
     assert set(since_rows(ledger, third).values()) == {AS_OF.isoformat()}
     first = f"{AS_OF.day} {AS_OF:%b %Y}"
     assert f"still open since {first}, 3 nights" in email_texts(tmp_path / "run-2" / "outbox")["text/plain"]

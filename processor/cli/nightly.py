@@ -93,7 +93,7 @@ def nightly(exports_root, runs_root, ledger_path, policies_path, workers, keep_n
     counts: dict[str, int] = {}
     for o in result.outcomes:
         counts[o.status] = counts.get(o.status, 0) + 1
-    pruned = result.pruned.get("decision_nights", 0) + result.pruned.get("deliveries", 0)
+    pruned = result.pruned.get("decisions", 0) + result.pruned.get("deliveries", 0)
     tail = f"; pruned {pruned:,} old ledger rows" if pruned else ""
     click.echo(f"{len(result.outcomes)} night(s): " + ", ".join(f"{n} {s}" for s, n in counts.items())
                + f"{tail}; exit {result.exit_code} (status in {runs_root / STATUS_FILE})")

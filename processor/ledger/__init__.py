@@ -2,9 +2,13 @@
 (promotions.py) across nights. All its SQL is in this package; schema version: PRAGMA user_version.
 
 A decision is identified by its key (policy, action, project, subject, milestone, invoice). Its state on
-a night is `new` when it did not hold on the previous night the ledger knows, `ongoing` when it did. A
+a night is `new` when it did not hold on the previous night the ledger knows, `ongoing` when it did. The
+ledger keeps one row per decision (decisions.py: first and last night, since when it holds, its detail),
+so it grows with the decisions, not with the nights, plus a `runs` row and a few `policy_counts` rows a
+night: a 1M-project night makes 167 MB, the next night adds 14 MB (its new decisions), running it again
+~0.1 MB, where a row per decision and night (schema 3) added 204 MB a night (docs/performance.md). A
 night is recorded in one transaction, replacing whatever an earlier run of the same night recorded, so
-rerunning a night gives the same states and a killed run leaves nothing half-applied.
+rerunning the latest night gives the same states and a killed run leaves nothing half-applied.
 """
 from __future__ import annotations
 
@@ -12,10 +16,10 @@ import contextlib
 import datetime as dt
 import errno
 import itertools
-import json
 import os
 import sqlite3
 from pathlib import Path
+from typing import Sequence
 
 import pandas as pd
 import pyarrow as pa
@@ -25,7 +29,17 @@ from processor import files
 from processor.delivery.states import DELIVERY_TRANSITIONS, OWED, SETTLED, allowed_delivery, sources  # noqa: F401
 from processor.engine.decide import DECISION_COLUMNS, KEY_COLUMNS
 from processor.killpoints import kill_point
+from processor.ledger.decisions import (
+    DECISIONS_SCHEMA,
+    apply_night,
+    decoded_detail,
+    encode_details,
+    held_on,
+    latest_night,
+    undo_latest,
+)
 from processor.ledger.deliveries import Deliveries, _now, _quoted
+from processor.ledger.migrate import fold_decision_nights
 from processor.ledger.problems import (  # noqa: F401  (the package's names)
     LedgerFull,
     LedgerProblem,
@@ -36,12 +50,12 @@ from processor.ledger.problems import (  # noqa: F401  (the package's names)
 )
 from processor.ledger.promotions import PROMOTIONS_SCHEMA
 
-# What the ledger keeps of each decision (decision_nights.detail): a resolved one is listed the night after.
+# What the ledger keeps of each decision (decisions.detail): a resolved one is listed the night after.
 DETAIL_COLUMNS = [c for c in DECISION_COLUMNS if c not in ("run_id", "as_of", "state")]
 
 # PRAGMA user_version of a ledger this version made or migrated (_migrate says what each step did;
-# 2: promotions; 3: decision_nights.since).
-SCHEMA_VERSION = 3
+# 2: promotions; 3: decision_nights.since; 4: one row per decision, decision_nights folded into it).
+SCHEMA_VERSION = 4
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -52,22 +66,6 @@ CREATE TABLE IF NOT EXISTS runs (
     finished_at TEXT NOT NULL,
     decisions INTEGER NOT NULL
 );
-CREATE TABLE IF NOT EXISTS decision_nights (
-    as_of TEXT NOT NULL,
-    decision_key TEXT NOT NULL,
-    policy_id TEXT NOT NULL,
-    action TEXT NOT NULL,
-    project_id TEXT NOT NULL,
-    subject_id TEXT NOT NULL,
-    state TEXT NOT NULL,
-    detail TEXT NOT NULL DEFAULT '',
-    -- the first night of the decision's current streak of nights ('' in rows of ledgers before schema 3)
-    since TEXT NOT NULL DEFAULT '',
-    PRIMARY KEY (as_of, decision_key)
-);
--- Ledgers made before 2026-11-25 had an index on decision_key alone: no query uses it (each
--- reads one night, by as_of), and it made recording a night a fifth slower.
-DROP INDEX IF EXISTS decision_nights_key;
 CREATE TABLE IF NOT EXISTS deliveries (
     message_id TEXT PRIMARY KEY,
     as_of TEXT NOT NULL,
@@ -86,7 +84,7 @@ CREATE TABLE IF NOT EXISTS deliveries (
 -- finished (killed after the ledger's commit, e.g. while sending) is run again: every step is idempotent.
 CREATE TABLE IF NOT EXISTS nightly_attempts (as_of TEXT PRIMARY KEY, started_at TEXT NOT NULL, finished_at TEXT,
                                              status TEXT NOT NULL DEFAULT '');
-""" + PROMOTIONS_SCHEMA
+""" + DECISIONS_SCHEMA + PROMOTIONS_SCHEMA
 
 
 def default_ledger_path() -> Path:
@@ -122,10 +120,11 @@ def check_and_back_up(path: str | Path) -> Path | None:
     """Before the nightly job's first night: raise LedgerProblem unless the ledger can be opened and
     written, then copy it to `previous_copy(path)` with SQLite's online backup (written beside and
     renamed into place, so a kill meanwhile keeps the last whole copy). The copy's path, or None when
-    none was made (a ledger over BACKUP_MAX_BYTES; its stale copy, if any, is removed)."""
+    none was made (a ledger over BACKUP_MAX_BYTES; its stale copy, if any, is removed). A ledger of an
+    older schema is copied as it is: the first night migrates it, and the copy still restores it."""
     path = Path(path)
     target, existed = previous_copy(path), path.exists()
-    with Ledger(path) as ledger:
+    with Ledger(path, migrate=False) as ledger:
         ledger.check_writable()
         if not existed:
             return None  # the first night: nothing to keep a copy of yet
@@ -161,7 +160,9 @@ def check_ledger_usable(path: str | Path) -> None:
 
 
 class Ledger(Deliveries):
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, migrate: bool = True):
+        """Open (or make) the ledger at `path`, brought to SCHEMA_VERSION unless `migrate` is False (then
+        only what every schema has may be read: runs, deliveries, nightly_attempts)."""
         self.path = Path(path)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -173,8 +174,9 @@ class Ledger(Deliveries):
         if self.path.is_dir():
             raise LedgerReadOnly(self.path, "it is a directory; --ledger names the SQLite file itself")
         self.db = sqlite3.connect(str(self.path), timeout=30, isolation_level=None)
+        self._held_cache: tuple[tuple | None, dict] = (None, {})
         try:
-            self._open()
+            self._open(migrate)
         except sqlite3.DatabaseError as e:
             self.db.close()
             if _is_disk_full(e):
@@ -184,11 +186,11 @@ class Ledger(Deliveries):
             # "file is not a database", "database disk image is malformed"
             raise LedgerUnreadable(self.path, str(e)) from None
 
-    def _open(self):
+    def _open(self, migrate: bool):
         # The first statement reads the header and schema: a file that is not SQLite fails here (no
         # full check: `PRAGMA quick_check` reads every page, seconds at 1M projects).
-        # A rollback journal, not WAL: recording a night is one big append (~165 MB at a million
-        # projects), which WAL writes twice, into the log and then into the file at the checkpoint
+        # A rollback journal, not WAL: a night whose decisions all change rewrites every row (~165 MB at
+        # a million projects), which WAL writes twice, into the log and then into the file at the checkpoint
         # (1.6 s more CPU, ~1 s more wall time at 1M projects, bench/). One run writes at a time
         # (the ledger's lock); a reader meanwhile waits for the commit (the busy timeout).
         # A ledger made in WAL mode is switched back when nobody else has it open; while someone
@@ -202,7 +204,7 @@ class Ledger(Deliveries):
         if version > SCHEMA_VERSION:
             self.db.close()
             raise LedgerTooNew(self.path, version, SCHEMA_VERSION)
-        if version < SCHEMA_VERSION:
+        if version < SCHEMA_VERSION and migrate:
             self._migrate()
 
     def _migrate(self):
@@ -210,13 +212,10 @@ class Ledger(Deliveries):
         with self.transaction() as cur:
             for statement in filter(str.strip, SCHEMA.split(";")):
                 cur.execute(statement)
-            # Ledgers made before decisions kept their full row (needed to list them once resolved).
-            kept = {r[1] for r in cur.execute("PRAGMA table_info(decision_nights)")}
-            if "detail" not in kept:
-                cur.execute("ALTER TABLE decision_nights ADD COLUMN detail TEXT NOT NULL DEFAULT ''")
-            # Schema 3: since which night each decision holds (older rows learn it when next needed: _first_nights).
-            if "since" not in kept:
-                cur.execute("ALTER TABLE decision_nights ADD COLUMN since TEXT NOT NULL DEFAULT ''")
+            # Schema 4: the nights' rows of each decision (decision_nights) become one row per decision.
+            folded = bool(cur.execute("SELECT 1 FROM sqlite_master WHERE name = 'decision_nights'").fetchone())
+            if folded:
+                fold_decision_nights(cur)
             # Ledgers made before the delivery states: their columns added and their statuses renamed.
             columns = {r[1] for r in cur.execute("PRAGMA table_info(deliveries)")}
             if "claimed_at" not in columns:
@@ -230,6 +229,16 @@ class Ledger(Deliveries):
                             "WHEN 'pending' THEN 'outbox' ELSE status END, "
                             "claimed_at = CASE status WHEN 'sending' THEN updated_at ELSE '' END")
             cur.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        if folded:
+            self._compact()
+
+    def _compact(self):
+        """Give back the pages of the nights' rows folded away when they are most of the file (VACUUM: it copies
+        only what is left, atomically); a disk too full for it leaves the ledger as it is, only bigger."""
+        free = self.db.execute("PRAGMA freelist_count").fetchone()[0]
+        if 2 * free > self.db.execute("PRAGMA page_count").fetchone()[0]:
+            with contextlib.suppress(sqlite3.OperationalError):
+                self.db.execute("VACUUM")
 
     @contextlib.contextmanager
     def transaction(self):
@@ -284,6 +293,20 @@ class Ledger(Deliveries):
         row = self.db.execute("SELECT max(as_of) FROM runs WHERE as_of < ?", (as_of.isoformat(),)).fetchone()
         return row[0]
 
+    def _held_before(self, as_of: dt.date, columns: str, keys: Sequence[str] = ()) -> list[tuple]:
+        """`columns` of the decisions held on the recorded night before `as_of` (of `keys` when given)."""
+        return list(held_on(self.db, self.previous_night(as_of), columns, keys))
+
+    def _held_since(self, as_of: dt.date) -> dict[str, tuple[str, str]]:
+        """key -> (project_id, since) of the decisions held on the recorded night before `as_of`: read once for
+        the night's states, resolved and carried ones (each read of every held row: ~0.4 s at 1M projects),
+        again when the ledger changed since (this connection's writes or another's commit)."""
+        version = (as_of, self.db.total_changes, self.db.execute("PRAGMA data_version").fetchone()[0])
+        if self._held_cache[0] != version:
+            self._held_cache = (version, {key: (project, since) for key, project, since in self._held_before(
+                as_of, "decision_key, project_id, since")})
+        return self._held_cache[1]
+
     def states(self, as_of: dt.date, decisions: pd.DataFrame) -> pd.Series:
         """`new` or `ongoing` for each decision row, against the previous recorded night."""
         return self.states_since(as_of, decisions)[0]
@@ -293,112 +316,78 @@ class Ledger(Deliveries):
         and the ISO date of the first night of its current streak (tonight for a new one)."""
         keys = decision_keys(decisions)
         night = as_of.isoformat()
-        prev = self.previous_night(as_of)
-        if prev is None or keys.empty:
-            return (pd.Series(["new"] * len(keys), index=decisions.index, dtype=object),
-                    pd.Series([night] * len(keys), index=decisions.index, dtype=object))
-        held = dict(self.db.execute(
-            "SELECT decision_key, since FROM decision_nights WHERE as_of = ? AND state != 'resolved'", (prev,)))
-        ongoing = keys.isin(held.keys())
-        unknown = {k for k in keys[ongoing] if not held[k]}
-        if unknown:  # rows of a ledger from before schema 3
-            held.update(self._first_nights(unknown, prev))
-        states = pd.Series(ongoing.map({True: "ongoing", False: "new"}).to_numpy(), index=decisions.index,
-                           dtype=object)
-        since = pd.Series(keys.map(held).where(ongoing, night).to_numpy(), index=decisions.index, dtype=object)
-        return states, since
+        held = self._held_since(as_of) if len(keys) else {}
+        # A dict look-up a row: pandas' isin took 10 µs a row.
+        since = [None if row is None else row[1] for row in map(held.get, keys.tolist())]
+        states = ["new" if s is None else "ongoing" for s in since]
+        return (pd.Series(states, index=decisions.index, dtype=object),
+                pd.Series([night if s is None else s for s in since], index=decisions.index, dtype=object))
 
-    def _first_nights(self, keys: set[str], last: str) -> dict[str, str]:
-        """The first night of the streak that ends on the night `last`, for decisions held on it whose rows
-        do not say (ledgers before schema 3): the recorded nights walked back until each was not held."""
-        first = dict.fromkeys(keys, last)
-        open_ = set(keys)
-        nights = [r[0] for r in self.db.execute("SELECT as_of FROM runs WHERE as_of < ? ORDER BY as_of DESC",
-                                                (last,))]
-        for night in nights:
-            if not open_:
-                break
-            held = dict(self.db.execute(
-                "SELECT decision_key, since FROM decision_nights WHERE as_of = ? AND state != 'resolved'", (night,)))
-            for key in list(open_):
-                if key not in held:
-                    open_.discard(key)
-                elif held[key]:
-                    first[key] = held[key]
-                    open_.discard(key)
-                else:
-                    first[key] = night
-        return first
+    def _gone(self, as_of: dt.date, decisions: pd.DataFrame, not_evaluated, evaluated: bool) -> list[str]:
+        """The keys of the previous night's held decisions absent from `decisions`, of the projects wholly
+        evaluated tonight (`evaluated`) or of the others, in the order of their project and key."""
+        skip = set(map(str, not_evaluated))
+        if (not evaluated and not skip) or self.previous_night(as_of) is None:
+            return []
+        tonight = set(decision_keys(decisions).tolist())
+        return [key for _project, key in sorted((project, key) for key, (project, _since) in
+                                                self._held_since(as_of).items()
+                                                if key not in tonight and (project not in skip) == evaluated)]
 
     def resolved(self, as_of: dt.date, decisions: pd.DataFrame, not_evaluated=()) -> pd.DataFrame:
         """Decisions that held on the previous recorded night and no longer hold on `as_of`.
 
-        Rows as the previous night wrote them (DETAIL_COLUMNS), for the caller to stamp with
+        Rows as the ledger kept them when they last held (DETAIL_COLUMNS), for the caller to stamp with
         tonight's run_id/as_of and state `resolved`. Projects not wholly evaluated tonight
         (`not_evaluated`: the engine could not, or some of their rows were rejected) are left out:
         nobody knows whether theirs still hold (see `carried`)."""
-        prev = self.previous_night(as_of)
-        if prev is None:
-            return pd.DataFrame(columns=DETAIL_COLUMNS)
-        rows = self.db.execute(
-            "SELECT decision_key, project_id, detail FROM decision_nights WHERE as_of = ? AND state != 'resolved' "
-            "ORDER BY project_id, decision_key", (prev,)).fetchall()
-        tonight = set(decision_keys(decisions))
-        skip = set(map(str, not_evaluated))
-        gone = [_decision(detail) for key, project, detail in rows if key not in tonight and project not in skip
-                and detail]
-        return pd.DataFrame(gone, columns=DETAIL_COLUMNS).fillna("")
+        gone = self._gone(as_of, decisions, not_evaluated, evaluated=True)
+        details = dict(self._held_before(as_of, "decision_key, detail", gone)) if gone else {}
+        rows = [decoded_detail(details[key]) for key in gone if details.get(key)]
+        return pd.DataFrame(rows, columns=DETAIL_COLUMNS).fillna("")
 
     def carried(self, as_of: dt.date, decisions: pd.DataFrame, not_evaluated=()) -> list[tuple]:
         """The previous recorded night's held decisions of projects not wholly evaluated tonight and
-        absent from tonight's decisions, as rows for `record_night(carried=...)`: they keep their
-        state, so they are neither resolved tonight nor `new` again the next night."""
-        prev = self.previous_night(as_of)
-        skip = set(map(str, not_evaluated))
-        if prev is None or not skip:
-            return []
-        tonight = set(decision_keys(decisions))
-        rows = self.db.execute(
-            "SELECT decision_key, policy_id, action, project_id, subject_id, state, detail, since "
-            "FROM decision_nights WHERE as_of = ? AND state != 'resolved' ORDER BY project_id, decision_key",
-            (prev,)).fetchall()
-        return [row for row in rows if row[3] in skip and row[0] not in tonight]
+        absent from tonight's decisions, as (decision_key, policy_id, action, project_id, subject_id, since)
+        rows for `record_night(carried=...)`: they keep holding as they were, so they are neither resolved
+        tonight nor `new` again the next night."""
+        gone = self._gone(as_of, decisions, not_evaluated, evaluated=False)
+        rows = {row[0]: row for row in self._held_before(
+            as_of, "decision_key, policy_id, action, project_id, subject_id, since", gone)} if gone else {}
+        return [rows[key] for key in gone]
 
     def record_night(self, as_of: dt.date, run_id: str, policies_sha: str, out_dir: str, decisions: pd.DataFrame,
-                     resolved: pd.DataFrame | None = None, details=None, carried=(), since=None):
+                     resolved: pd.DataFrame | None = None, carried=(), since=None):
         """Replace the night's record with these decisions (and the ones resolved tonight, and the
         `carried` rows of projects not wholly evaluated, from `carried()`), atomically.
 
-        `details`: the decisions' lines of decisions.jsonl, when the caller has made them already;
-        the ledger keeps each decision as that JSON object (its evidence embedded, not re-escaped).
-        `since`: each decision's first night of its streak (`states_since`); without it, '' (found when
-        needed)."""
+        `since`: each decision's first night of its streak (`states_since`); without it, found by the ledger.
+        A night after the latest recorded one, or the latest run again, updates the decisions' rows; an
+        earlier night (one left out, run late) records only its run and counts: the later nights' states stand."""
         night = as_of.isoformat()
-        # Rows made as SQLite takes them (no list of a night's tuples in between). The keys and details,
-        # text made by Arrow, come as NumPy arrays of Python strings, which Arrow makes faster than lists;
-        # the frame's columns as lists (tolist gives Python ints, floats: what SQLite can bind, whatever
-        # their type).
-        batches = []
-        firsts = {"decisions": since}
-        for name, frame, lines in (("decisions", decisions, details), ("resolved", resolved, None)):
-            if frame is None or frame.empty:
-                continue
-            keys = decision_keys(frame).to_numpy()
-            if lines is None:
-                lines = files.json_lines(frame[DETAIL_COLUMNS], json_columns=("evidence",))
-            details = lines.to_numpy(zero_copy_only=False) if lines is not None else \
-                frame[DETAIL_COLUMNS].to_json(orient="records", lines=True).splitlines()
-            first = firsts.get(name)
-            first = itertools.repeat("") if first is None else list(first)
-            batches.append(zip(itertools.repeat(night), keys, *(frame[c].tolist() for c in
-                               ("policy_id", "action", "project_id", "subject_id", "state")), details, first))
-        batches.append(((night, *row) for row in carried))
-        rows = itertools.chain.from_iterable(batches)
+        counts = pd.concat([frame[["policy_id", "state"]] for frame in (decisions, resolved)
+                            if frame is not None and not frame.empty] or [pd.DataFrame(columns=["policy_id", "state"])])
+        counts = counts.groupby(["policy_id", "state"]).size()
         with self.transaction() as cur:
-            cur.execute("DELETE FROM decision_nights WHERE as_of = ?", (night,))
-            cur.executemany("INSERT OR REPLACE INTO decision_nights "
-                            "(as_of, decision_key, policy_id, action, project_id, subject_id, state, detail, "
-                            "since) VALUES (?,?,?,?,?,?,?,?,?)", rows)
+            latest = latest_night(cur)
+            if latest is None or night >= latest:
+                keys = decision_keys(decisions).to_numpy()
+                tonight = {*keys.tolist(), *(row[0] for row in carried)}
+                # What held the night before (the night's states were found from it) and holds no longer.
+                stopped = [key for key in self._held_since(as_of) if key not in tonight]
+                del tonight
+                if night == latest:
+                    undo_latest(cur, night)  # the night's first run taken back: compared with what it was
+                # Rows made as SQLite takes them (no list of a night's tuples in between); the frame's columns as
+                # lists (tolist gives Python ints, floats: what SQLite can bind, whatever their type).
+                details = encode_details(decisions[DETAIL_COLUMNS])
+                firsts = itertools.repeat("") if since is None else list(since)
+                held = zip(keys, *(decisions[c].tolist() for c in ("policy_id", "action", "project_id",
+                                                                     "subject_id")), firsts, details)
+                apply_night(cur, night, self.previous_night(as_of), held, stopped)
+            cur.execute("DELETE FROM policy_counts WHERE as_of = ?", (night,))
+            cur.executemany("INSERT INTO policy_counts VALUES (?, ?, ?, ?)",
+                            [(night, str(p), str(state), int(n)) for (p, state), n in counts.items()])
             cur.execute("INSERT OR REPLACE INTO runs VALUES (?,?,?,?,?,?)",
                         (night, run_id, policies_sha, out_dir, _now(), len(decisions)))
             kill_point("ledger")  # test hook: die with the transaction open
@@ -407,23 +396,24 @@ class Ledger(Deliveries):
         return [r[0] for r in self.db.execute("SELECT as_of FROM runs ORDER BY as_of")]
 
     def prune(self, keep_nights: int) -> dict[str, int]:
-        """Forget the details of all but the newest `keep_nights` recorded nights (at least 1).
+        """Forget what only nights older than the newest `keep_nights` recorded nights (at least 1) need.
 
-        Kept: every night's `runs` row (so a pruned night still counts as done), all the
-        decision rows of the newest nights (the latest one is what the next night's
-        new/ongoing/resolved compare with), and every delivery still owed. Removed: older
-        nights' decision rows and their delivered emails' records. One transaction."""
+        Kept: every night's `runs` and `policy_counts` rows (so a pruned night still counts as done, and
+        the trend still shows it), every decision that holds or was resolved on a kept night, and every
+        delivery still owed. Removed: the decisions resolved before the oldest kept night (one that comes
+        back is new, its first night that one), and older nights' delivered emails' records. One transaction."""
         keep_nights = max(1, int(keep_nights))
         row = self.db.execute("SELECT as_of FROM runs ORDER BY as_of DESC LIMIT 1 OFFSET ?",
                               (keep_nights - 1,)).fetchone()
         if row is None:
-            return {"decision_nights": 0, "deliveries": 0}
+            return {"decisions": 0, "deliveries": 0}
         oldest_kept = row[0]
         with self.transaction() as cur:
-            decisions = cur.execute("DELETE FROM decision_nights WHERE as_of < ?", (oldest_kept,)).rowcount
+            decisions = cur.execute("DELETE FROM decisions WHERE last_night != '' AND resolved_on < ? "
+                                    "AND undo_night IS NULL", (oldest_kept,)).rowcount
             deliveries = cur.execute(f"DELETE FROM deliveries WHERE as_of < ? AND status IN ({_quoted(SETTLED)})",
                                      (oldest_kept,)).rowcount
-        return {"decision_nights": decisions, "deliveries": deliveries}
+        return {"decisions": decisions, "deliveries": deliveries}
 
     # ---- the nightly job's attempts (processor.nightly)
 
@@ -436,17 +426,6 @@ class Ledger(Deliveries):
         with self.transaction() as cur:
             cur.execute("UPDATE nightly_attempts SET finished_at = ?, status = ? WHERE as_of = ?",
                         (_now(), status, night))
-
-
-def _decision(detail: str) -> dict:
-    """A decision as the ledger kept it. Its evidence was stored as an object (or, by ledgers before
-    2026-11-25, as text): it comes back as the text it was, the canonical json.dumps(sort_keys=True)
-    processor.engine.decide writes."""
-    row = json.loads(detail)
-    evidence = row.get("evidence")
-    if not isinstance(evidence, str):
-        row["evidence"] = "" if evidence is None else json.dumps(evidence, sort_keys=True)
-    return row
 
 
 # ---- the nightly job's view of the ledger: what is done, what is owed
