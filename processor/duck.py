@@ -63,11 +63,11 @@ def _private_directory(parent: Path | None) -> Path:
     """A new directory for one connection's spill files, in `parent` (made when missing: another thread's
     connection may have just removed it, so that is tried again)."""
     for attempt in range(5):
-        if parent is not None:
-            parent.mkdir(parents=True, exist_ok=True)
         try:
+            if parent is not None:
+                parent.mkdir(parents=True, exist_ok=True)
             return Path(tempfile.mkdtemp(prefix=f"duckdb-{os.getpid()}-", dir=parent))
-        except FileNotFoundError:
+        except (FileNotFoundError, FileExistsError):  # removed between the two steps (mkdir's own or ours)
             if attempt == 4:
                 raise
     raise AssertionError("unreachable")
