@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -59,18 +60,26 @@ def current() -> Settings:
     return _settings
 
 
+# Connections open on several threads at once (the export's checks, the facts): the spill directory they
+# share is made and removed under this lock, so that one thread never removes it while another makes its own in it.
+_SPILL_LOCK = threading.Lock()
+
+
 def _private_directory(parent: Path | None) -> Path:
-    """A new directory for one connection's spill files, in `parent` (made when missing: another thread's
-    connection may have just removed it, so that is tried again)."""
-    for attempt in range(5):
-        try:
-            if parent is not None:
-                parent.mkdir(parents=True, exist_ok=True)
-            return Path(tempfile.mkdtemp(prefix=f"duckdb-{os.getpid()}-", dir=parent))
-        except (FileNotFoundError, FileExistsError):  # removed between the two steps (mkdir's own or ours)
-            if attempt == 4:
-                raise
-    raise AssertionError("unreachable")
+    """A new directory for one connection's spill files, in `parent` (made when missing)."""
+    with _SPILL_LOCK:
+        if parent is not None:
+            parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f"duckdb-{os.getpid()}-", dir=parent))
+
+
+def _remove(spill: Path, parent: Path | None) -> None:
+    """A connection's spill directory, and the shared one when no other connection's is left in it."""
+    with _SPILL_LOCK:
+        shutil.rmtree(spill, ignore_errors=True)
+        if parent is not None:
+            with contextlib.suppress(OSError):  # another connection's files are still there
+                parent.rmdir()
 
 
 @contextlib.contextmanager
@@ -89,10 +98,7 @@ def connect(threads: int | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
         yield con
     finally:
         con.close()
-        shutil.rmtree(spill, ignore_errors=True)
-        if parent is not None:
-            with contextlib.suppress(OSError):  # another connection's files are still there
-                parent.rmdir()
+        _remove(spill, parent)
 
 
 # DuckDB's parallel hash join: about as fast as the hand-written searches it replaced (docs/performance.md).
