@@ -42,7 +42,6 @@ the job writes nothing at all, not even the lock file.
 from __future__ import annotations
 
 import datetime as dt
-import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -178,10 +177,6 @@ def _duration(d: dt.timedelta) -> str:
     if minutes < 48 * 60:
         return f"{minutes // 60} hours"
     return f"{minutes // (24 * 60)} days"
-
-
-def smtp_configured() -> bool:
-    return bool(os.environ.get("SHAKERS_SMTP_HOST"))
 
 
 def _attempt_started(ledger_path: Path, night: dt.date):

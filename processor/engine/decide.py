@@ -45,10 +45,6 @@ def money(cents: pd.Series) -> pd.Series:
     return pd.Series(pd.array(text.fill_null(""), dtype=STR), index=cents.index)
 
 
-def cents_to_decimal(text: str) -> Decimal | None:
-    return Decimal(text) if text else None
-
-
 def _fired_frame(policy: Policy, fired_ids: pd.Series, facts: Facts) -> pd.DataFrame:
     frame = facts.frames[policy.about]
     rows = frame[is_in(frame["fact_id"], fired_ids)]
