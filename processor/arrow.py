@@ -1,9 +1,8 @@
 """Text built a whole column at a time with Arrow's string kernels: concatenating columns and
-literals row by row, CSV rows with minimal quoting, and the bytes of a column end to end.
+literals row by row, and the bytes of a column end to end.
 
-The night's outputs (decisions.csv, decisions.jsonl, the ledger's details), the engine's facts
-as JSON, the decisions' evidence, the generator's CSV and the emails' items are all written
-this way: no loop over rows in Python.
+decisions.jsonl, the ledger's details, the engine's facts as JSON, the decisions' evidence and
+the emails' items are written this way: no loop over rows in Python.
 
 Also the one home of the helpers that turn a column into text (`large_text`, `text_or_empty`,
 `string_series`, `str_array`) and of the one-line text a person reads (`one_line`), each named
@@ -17,9 +16,6 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-
-# What CSV's minimal quoting quotes: the delimiter, the quote, a line break.
-CSV_SPECIAL = r'[",\r\n]'
 
 
 def concat(*parts) -> pa.Array:
@@ -48,11 +44,6 @@ def _merge_literals(parts) -> list:
     return out
 
 
-def csv_field(text: str) -> str:
-    """One field with CSV's minimal quoting."""
-    return '"' + text.replace('"', '""') + '"' if any(c in text for c in '",\r\n') else text
-
-
 def needs_no_quoting(values: pa.Array) -> bool:
     """Whether the values (no nulls) are text that neither CSV's minimal quoting nor JSON's escapes
     touch: every byte printable ASCII (space to "~") but the quote, the comma and the backslash.
@@ -69,37 +60,6 @@ def _plain_bytes(data: np.ndarray) -> bool:
     low, high = int(data.min()), int(data.max())
     # A character outside [low, high] is in no value: no need to look for it.
     return ord(" ") <= low and high <= ord("~") and not any(low <= c <= high and (data == c).any() for c in b'",\\')
-
-
-def csv_rows(columns: list[pa.Array]) -> memoryview:
-    """CSV rows (no header) of text columns: minimal quoting, nulls as empty fields, "\\n" ends."""
-    fields = []
-    for values in columns:
-        values = pc.fill_null(values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values, "")
-        fields.append(values if needs_no_quoting(values) else per_distinct(_csv_quoted, values))
-    # The commas as the join's separator: each literal part costs the kernel about what a column does.
-    fields[-1] = concat(fields[-1], "\n")
-    return joined_bytes(join(fields, ","))
-
-
-def _csv_quoted(values: pa.Array) -> pa.Array:
-    """The values (no nulls) with CSV's minimal quoting: those holding a quote, a comma or a line
-    break put in quotes, their quotes doubled."""
-    special = pc.match_substring_regex(values, CSV_SPECIAL)
-    if not pc.any(special).as_py():
-        return values
-    quoted = concat('"', pc.replace_substring(values, '"', '""'), '"')
-    return quoted if pc.all(special).as_py() else pc.if_else(special, quoted, values)
-
-
-def per_distinct(function, values: pa.Array) -> pa.Array:
-    """function(values), for a function of each value alone, worked out on the distinct values only
-    when they repeat (a night's evidence: about one value in a hundred is distinct). Hashing the
-    values costs a fraction of what replacing text in every one of them does."""
-    encoded = pc.dictionary_encode(values)
-    if 2 * len(encoded.dictionary) > len(values):
-        return function(values)
-    return pc.take(function(encoded.dictionary), encoded.indices)
 
 
 def joined_bytes(values: pa.Array) -> memoryview:

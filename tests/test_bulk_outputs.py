@@ -7,7 +7,6 @@ import json
 
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -125,15 +124,6 @@ def test_a_column_needs_no_quoting_when_no_value_holds_what_csv_quotes_or_json_e
     # What is not plain may come only after many bytes that are.
     assert arrowtext.needs_no_quoting(pa.array(["P0000001"] * 1000 + values,
                                                pa.large_string())) == all(set(v) <= printable for v in values)
-
-
-@settings(max_examples=200, deadline=None)
-@given(st.lists(_text | st.none(), min_size=1, max_size=3).flatmap(lambda pool: st.lists(st.sampled_from(pool),
-                                                                                         max_size=12)))
-def test_a_function_worked_out_on_the_distinct_values_gives_what_it_gives_on_all(values):
-    values = pa.array(values, pa.large_string())
-    for function in (pc.utf8_upper, lambda v: pc.replace_substring(v, '"', '""')):
-        assert arrowtext.per_distinct(function, values).equals(function(values))
 
 
 def test_a_frame_with_numbers_and_dates_is_written_by_pandas_as_before(tmp_path):

@@ -1,15 +1,19 @@
 """Tests for the synthetic export generator (processor/tools/generate/)."""
 from __future__ import annotations
 
+import csv
 import datetime as dt
 import json
 import re
 
 import pandas as pd
+import pyarrow as pa
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from processor.export import contract
-from processor.tools.generate.export import generate_export
+from processor.tools.generate.export import _Writer, generate_export
 from processor.tools.generate.vocabulary import AREAS
 
 TABLES = tuple(contract.TABLES)
@@ -440,3 +444,23 @@ def test_as_of_moves_the_data(tmp_path):
         == "2025-03-01T23:59:59Z"
     created = pd.to_datetime(tb["projects"].created_at).dt.tz_localize(None)
     assert created.max() <= pd.Timestamp("2025-03-02")
+
+
+_hostile = st.one_of(st.none(), st.text(alphabet=st.sampled_from(list('aZ09 ,"\\/\n\r\t{}:é€😀\x7f')), max_size=8))
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(_hostile, _hostile), min_size=1, max_size=20))
+def test_the_generators_csv_reads_back_as_the_values_written_nulls_as_empty(tmp_path_factory, rows):
+    out = tmp_path_factory.mktemp("csv")
+    writer = _Writer(out, "contact_attempts", "csv")
+    names = COLUMNS["contact_attempts"]
+    columns = [pa.array([r[0] for r in rows], pa.string()), pa.array([r[1] for r in rows], pa.string())]
+    columns += [pa.array(["x"] * len(rows), pa.string())] * (len(names) - 2)
+    for _ in range(2):  # appended chunks
+        writer.write(pa.table(dict(zip(names, columns))))
+    writer.close()
+    with open(out / "contact_attempts.csv", newline="", encoding="utf-8") as f:
+        read = list(csv.reader(f))
+    expected = [[v or "" for v in r] + ["x"] * (len(names) - 2) for r in rows]
+    assert read == [list(names)] + expected + expected

@@ -30,9 +30,11 @@ Design notes
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Callable
 
@@ -40,22 +42,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from processor import arrow as arrowtext
+from processor import duck
 from processor.export.contract import TABLES
 from processor.tools.generate.chunk import _chunk, _Ctx
 from processor.tools.generate.users import _Users
 from processor.tools.generate.vocabulary import CHUNK, CORRUPTIONS
 
 __all__ = ["generate_export"]
-
-
-def _csv_bytes(table: pa.Table, header: bool):
-    """Minimal-quoting CSV (like Python's csv.QUOTE_MINIMAL), '\\n' lines."""
-    out = (",".join(arrowtext.csv_field(n) for n in table.column_names) + "\n").encode() if header else b""
-    if table.num_rows == 0:
-        return out
-    rows = arrowtext.csv_rows(table.columns)
-    return out + rows if out else rows
 
 
 class _Writer:
@@ -68,6 +61,11 @@ class _Writer:
         if fmt == "csv":
             self.fh = open(self.path, "wb")
             self.fh.write((",".join(cols) + "\n").encode())
+            # DuckDB's writer quotes minimally and writes nulls as empty fields: each chunk's rows go
+            # through a scratch file and are appended (one connection for the whole table).
+            self.open = contextlib.ExitStack()
+            self.scratch = Path(self.open.enter_context(tempfile.TemporaryDirectory()))
+            self.con = self.open.enter_context(duck.connect())
         else:
             self.pw = pq.ParquetWriter(self.path, self.schema,
                                        compression="zstd")
@@ -78,13 +76,17 @@ class _Writer:
         if t.num_rows == 0:
             return
         if self.fmt == "csv":
-            self.fh.write(_csv_bytes(t, header=False))
+            rows = self.scratch / "rows.csv"
+            self.con.register("rows", t)
+            self.con.execute(f"COPY rows TO '{rows}' (FORMAT CSV, HEADER false, COMMENT '')")
+            self.fh.write(rows.read_bytes())
         else:
             self.pw.write_table(t)
 
     def close(self) -> None:
         if self.fmt == "csv":
             self.fh.close()
+            self.open.close()
         else:
             self.pw.close()
 
