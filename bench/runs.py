@@ -23,6 +23,7 @@ class RunOptions:
     memory_limit: str | None = None
     kill_above: int | None = None
     keep: Path | None = None
+    scheduler: str | None = None   # with engine "dask": a running cluster's address (else a local one)
 
 
 def run_command(night: Night, work: Path, options: RunOptions) -> list[str]:
@@ -30,6 +31,8 @@ def run_command(night: Night, work: Path, options: RunOptions) -> list[str]:
                    "--ledger", str(work / "ledger.sqlite"), "--policies", str(ROOT / "policies.yaml"), "-q"]
     if options.engine != "local":
         cmd += ["--engine", options.engine]
+    if options.scheduler is not None:
+        cmd += ["--scheduler", options.scheduler]
     if options.workers is not None:
         cmd += ["--workers", str(options.workers)]
     if options.memory_limit is not None:

@@ -81,7 +81,8 @@ def kill_tree(root: int) -> None:
 
 
 class TreeMemory:
-    """Samples the tree under `pid` every `every` seconds while the `with` block runs.
+    """Samples the tree under `pid` (or the trees under several pids, summed) every `every` seconds while
+    the `with` block runs.
 
     measure=True: the PSS of every process, summed; `peak` is the largest sum. Reading smaps_rollup walks a
     big process's page tables under its memory lock (every 0.5 s slowed a 1M-project run by ~6%), so a
@@ -89,8 +90,10 @@ class TreeMemory:
     that passes `kill_above`; its `peak` is then an upper bound, not a figure to report.
     `killed_at` is the PSS sum at which the tree was killed, None when it never passed `kill_above`."""
 
-    def __init__(self, pid: int, every: float = 0.5, kill_above: int | None = None, measure: bool = True):
-        self.pid, self.every, self.kill_above, self.measure = pid, every, kill_above, measure
+    def __init__(self, pid: int | list[int], every: float = 0.5, kill_above: int | None = None,
+                 measure: bool = True):
+        self.roots = [pid] if isinstance(pid, int) else list(pid)
+        self.every, self.kill_above, self.measure = every, kill_above, measure
         self.peak = 0
         self.killed_at: int | None = None
         self.killed_after: float | None = None
@@ -109,19 +112,23 @@ class TreeMemory:
 
     def sample(self) -> int:
         """One sample of the tree, in bytes; kills it when it is past `kill_above`."""
-        pids = tree_pids(self.pid)
+        pids = self._pids()
         total = sum(map(pss if self.measure else rss, pids))
         if not self.measure and self.kill_above is not None and total > self.kill_above:
             total = sum(map(pss, pids))  # RSS counts shared pages once per process: PSS decides
         self.peak = max(self.peak, total)
         if self.kill_above is not None and total > self.kill_above and self.killed_at is None:
             self.killed_at, self.killed_after = total, time.perf_counter() - self._started
-            kill_tree(self.pid)
+            for root in self.roots:
+                kill_tree(root)
         return total
+
+    def _pids(self) -> list[int]:
+        return [pid for root in self.roots for pid in tree_pids(root)]
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            if not tree_pids(self.pid):
+            if not self._pids():
                 break
             self.sample()
             self._stop.wait(self.every)

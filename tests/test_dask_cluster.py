@@ -20,59 +20,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import POLICIES, ROOT
+from bench.cluster import Cluster, clean_env
+from conftest import POLICIES
 
-DASK = Path(sys.executable).with_name("dask")
 CLI = Path(sys.executable).with_name("shakers-rules")
 NIGHTS = [(dt.date(2026, 11, 24), "csv", 41), (dt.date(2026, 11, 25), "parquet", 42)]
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SHAKERS_")}
-    env["PYTHONPATH"] = str(ROOT)  # the workers unpickle processor.engine.cluster from this tree
-    env.update(extra)
-    return env
-
-
-class Cluster:
-    """A scheduler and `workers` worker processes (nanny + worker each), all on 127.0.0.1."""
-
-    def __init__(self, directory: Path, workers: int, env: dict[str, str]):
-        self.file = directory / "scheduler.json"
-        self.procs: list[subprocess.Popen] = []
-        self.scheduler = self._start([str(DASK), "scheduler", "--host", "127.0.0.1", "--port", "0",
-                                      "--dashboard-address", "127.0.0.1:0", "--scheduler-file", str(self.file)],
-                                     directory / "scheduler.log")
-        deadline = time.monotonic() + 60
-        while not (self.file.exists() and self.file.stat().st_size):
-            assert time.monotonic() < deadline, "the dask scheduler did not start"
-            time.sleep(0.1)
-        time.sleep(0.2)  # the file is written whole before the scheduler serves, but not atomically
-        self.address = json.loads(self.file.read_text())["address"]
-        for i in range(workers):
-            self._start([str(DASK), "worker", "--scheduler-file", str(self.file), "--host", "127.0.0.1",
-                         "--dashboard-address", "127.0.0.1:0", "--nthreads", "1", "--nworkers", "1"],
-                        directory / f"worker-{i}.log", env)
-        if workers:
-            from distributed import Client
-
-            with Client(self.address, timeout="30s") as client:
-                client.wait_for_workers(workers, timeout=60)
-
-    def _start(self, argv: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
-        with open(log, "wb") as out:
-            proc = subprocess.Popen(argv, env=clean_env(**(env or {})), stdout=out, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
-        self.procs.append(proc)
-        return proc
-
-    def stop(self) -> None:
-        for proc in self.procs:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            proc.wait(timeout=30)
 
 
 @pytest.fixture
