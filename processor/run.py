@@ -84,8 +84,12 @@ def as_of_note(export: Export, as_of: dt.date) -> str:
 
 def decide_night(policies: PolicySet, export: Export, as_of: dt.date, *, workers: int = 1, prefilter: bool = True,
                  progress: Callable[[str], None] | None = None, timings: dict | None = None,
-                 engine: str = "local", scheduler: str | None = None) -> tuple[pd.DataFrame, Evaluation, Facts]:
+                 engine: str = "local", scheduler: str | None = None,
+                 release_tables: bool = False) -> tuple[pd.DataFrame, Evaluation, Facts]:
     """The night's decisions (without run_id/as_of/state): nothing is written anywhere.
+
+    release_tables: the export's tables are let go once the facts are built (a run's peak memory); the
+    facts keep what the decisions and reports read of them.
 
     engine "local": durable-rules in `workers` processes here; "dask": in a Dask cluster's
     workers (`scheduler` address, else a local cluster), see processor.engine.cluster."""
@@ -93,6 +97,8 @@ def decide_night(policies: PolicySet, export: Export, as_of: dt.date, *, workers
     say = progress or (lambda _msg: None)
     t = time.perf_counter()
     facts = build_facts(export.tables, as_of)
+    if release_tables:
+        export.tables = {}
     timings["facts"] = time.perf_counter() - t
     say(f"facts built for {len(facts.frames['project']):,} projects")
     t = time.perf_counter()
@@ -150,10 +156,11 @@ def run_night(export_dir: str | Path, *, policies_path: str | Path = "policies.y
     shutil.rmtree(out / duck.SPILL_DIRECTORY, ignore_errors=True)
     duck.configure(duck.Settings(memory_limit=memory_limit, temp_directory=out / duck.SPILL_DIRECTORY))
     decisions, ev, facts = decide_night(policies, export, as_of, workers=workers, prefilter=prefilter,
-                                        progress=progress, timings=timings, engine=engine, scheduler=scheduler)
-    # Nothing below reads the raw tables or the per-kind facts again: let them go before the
-    # ledger, the files and the reports add their own (the night's peak memory).
-    export.tables, facts.frames = {}, {}
+                                        progress=progress, timings=timings, engine=engine, scheduler=scheduler,
+                                        release_tables=True)
+    # Nothing below reads the per-kind facts again: let them go before the ledger, the files and
+    # the reports add their own (the night's peak memory).
+    facts.frames = {}
 
     t = time.perf_counter()
     with Ledger(ledger_path or default_ledger_path()) as ledger:
