@@ -334,10 +334,3 @@ def _pandas_json_lines(frame: pd.DataFrame, json_columns: tuple[str, ...]) -> li
         body = body + "," + p
     return ("{" + body + "}").tolist()
 
-
-def joined_columns(frame: pd.DataFrame, separator: str) -> pa.Array:
-    """Each row's text columns joined by `separator` (a null field as empty text)."""
-    columns = _text_arrays(frame)
-    if columns is None:
-        raise TypeError("joined_columns takes columns of text")
-    return arrowtext.join([pc.fill_null(c, "") for c in columns], separator)

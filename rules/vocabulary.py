@@ -85,10 +85,6 @@ FACT_KINDS: dict[str, dict[str, tuple[str, str]]] = {
     },
 }
 
-# The id field of each kind (unique within a night; the engine gives every
-# fact the id "<kind>:<value>").
-FACT_ID_FIELD = {"project": "project_id", "party": None, "milestone": "milestone_id", "invoice": "invoice_id"}
-
 # Who an action can concern (the decision's subject_id).
 WHO = ("client", "talent", "project_success", "payee", "party", "nobody")
 

@@ -221,7 +221,6 @@ CONTACT_ATTEMPTS = Table(
 TABLES: dict[str, Table] = {
     table.name: table for table in (USERS, PROJECTS, MILESTONES, INVOICES, CONTACT_ATTEMPTS)
 }
-TABLE_ORDER: tuple[str, ...] = tuple(TABLES)
 
 # The natural Parquet types (SPEC 4) whose values can be a column's values, by kind; text can hold
 # every kind. A column of another of these types would have every value rejected, so its table is
