@@ -527,6 +527,15 @@ def test_a_manifest_with_a_bad_exported_at_is_an_invalid_export(tmp_path):
         read_export(tmp_path)
 
 
+@pytest.mark.parametrize("when", ["9999-01-01T00:00:00Z", "1500-06-01T00:00:00Z", "2262-05-01T00:00:00Z"])
+def test_a_manifest_exported_outside_the_usable_years_is_refused_with_a_sentence(tmp_path, when):
+    write_csv(tmp_path, valid_night())
+    (tmp_path / "manifest.json").write_text(json.dumps({"exported_at": when}), encoding="utf-8")
+
+    with pytest.raises(InvalidExport, match=r"manifest.json: exported_at .* the year must be from 1678 to 2261"):
+        read_export(tmp_path)
+
+
 def test_without_a_manifest_the_export_is_read_and_has_no_export_time(tmp_path):
     export = read_export(write_csv(tmp_path, valid_night(), manifest=False))
 

@@ -20,7 +20,14 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from processor.arrow import STRING
-from processor.export.checks import _as_int64_dtype, _blank_to_null, _one_of, _parse_timestamp_text
+from processor.export.checks import (
+    _FIRST_YEAR,
+    _LAST_YEAR,
+    _as_int64_dtype,
+    _blank_to_null,
+    _one_of,
+    _parse_timestamp_text,
+)
 from processor.export.contract import (
     TABLES,
     Column,
@@ -183,7 +190,13 @@ def _read_manifest(directory: Path) -> tuple[dict | None, pd.Timestamp | None]:
             raise InvalidExport(
                 f"{path}: exported_at {json.dumps(value)} is not a timestamp: write it like 2026-11-24T23:00:00Z"
             )
-        exported_at = parsed.iloc[0].as_unit("ns")
+        exported_at = parsed.iloc[0]
+        if not _FIRST_YEAR <= exported_at.year <= _LAST_YEAR:  # nanoseconds, as every time of the night, hold no more
+            raise InvalidExport(
+                f"{path}: exported_at {json.dumps(value)} is not a usable time: the year must be from "
+                f"{_FIRST_YEAR} to {_LAST_YEAR}; write the night's export time like 2026-11-24T23:00:00Z"
+            )
+        exported_at = exported_at.as_unit("ns")
     return manifest, exported_at
 
 
