@@ -305,9 +305,9 @@ def _platform_summary(decisions: pd.DataFrame, manager: np.ndarray, platform: np
     return said
 
 
-# Reports whose items are written column-wise at once: big enough for whole-column work to pay,
-# small enough to keep the memory of a writer process low.
-REPORTS_PER_BATCH = 1000
+# Reports whose items are written column-wise at once: big enough for whole-column work to pay, small
+# enough that a forked writer touches few fresh pages (1M night, per writer: 1000 -> 3.1 s CPU, 250 -> 2.7 s).
+REPORTS_PER_BATCH = 250
 
 
 def render_reports(reports: list[ManagerReport], encoded: bool = False) -> Iterator[tuple]:
