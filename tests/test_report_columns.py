@@ -131,3 +131,87 @@ def test_report_order_is_by_section_then_the_most_serious_card_first(rows):
     expected = _report_order_by_python(decisions)
     for a, b in zip((order, rank, per_section, new_total, listed), expected):
         assert np.array_equal(np.asarray(a, dtype=object), np.asarray(b, dtype=object))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["u1", "u2", " u1", "u3", ""]), st.sampled_from(["u1", "u2", "u4", ""])),
+                min_size=1, max_size=20), st.sampled_from(["same", "other", "plain"]))
+def test_a_lookup_of_columns_that_repeat_one_another_is_each_value_looked_up(keys, repeat):
+    """_Lookup.get of several columns at once, some repeating others: every key gets its own value ('' when
+    unknown, the first of a repeated key)."""
+    from processor.reports.build import _Lookup
+
+    lookup = _Lookup(["u1", "u2", "u1", " u1"], ["Ana", "Bo", "second Ana", "spaced Ana"])
+    first, second = [k[0] for k in keys], [k[1] for k in keys]
+    columns = [first, {"same": first, "other": second, "plain": [plain(k) for k in first]}[repeat], second]
+    known = {"u1": "Ana", "u2": "Bo", " u1": "spaced Ana"}
+    assert [c.to_pylist() for c in lookup.get(*columns)] == [[known.get(k, "") for k in c] for c in columns]
+
+
+@settings(max_examples=200, deadline=None)
+@given(TEXTS)
+def test_each_cell_of_the_attachment_is_on_one_line_and_never_a_formula(values):
+    """A cell's line breaks become one space, then a leading =, +, - or @ gets a ' before it."""
+    import csv
+    import io
+    import re
+
+    import numpy as np
+    import pyarrow as pa
+
+    from processor.reports.attachment import COLUMNS, csv_lines
+
+    cells = [*values, "=1+1", "\r\n@x", "-2\n"]
+    rows = pa.table({c: _text(cells) for c in ("project_id", "_title", "action", "amount", "currency",
+                                               "_subject_label", "milestone_id", "invoice_id", "state", "policy_id")})
+    lines = csv_lines(rows, np.zeros(len(cells), dtype=np.int64), _text(cells), _text(cells))
+    assert len(lines) == len(cells) and all(line.endswith(b"\r\n") for line in lines)
+    written = list(csv.reader(io.StringIO(b"".join(lines).decode("utf-8"), newline="")))
+
+    def safe(cell):
+        cell = re.sub("[\r\n]+", " ", cell)
+        return "'" + cell if cell[:1] in ("=", "+", "-", "@") else cell
+
+    titles = [row[COLUMNS.index("project")] for row in written]
+    assert titles == [safe(c) for c in cells]
+    assert [row[COLUMNS.index("why")] for row in written] == titles
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["U1", "U2", "U9", " U1", ""]),
+                          st.sampled_from(["U1", "U2", "U9", "U2 ", ""]), st.sampled_from(["P1", "P2", "P9", "P1 "])),
+                min_size=1, max_size=20))
+def test_what_a_row_says_of_its_people_and_project_is_what_the_tables_say_of_its_ids(rows):
+    """A row's subject, assignee and payee (its assignee, else its subject) by name, else by plain id, else '—';
+    its project's title, client and talent: also for ids no table knows and ids that are not plain text."""
+    import numpy as np
+    import pandas as pd
+
+    from processor.reports.build import _looked_up, _Lookup
+
+    people = {"U1": "Ana", "U2": "Bo"}
+    projects = {"P1": ("Logo", "U1", "U2"), "P2": ("Site", "U2", "U9")}
+    ids = list(projects)
+    lookups = dict(people=_Lookup(list(people), list(people.values())), milestone_titles=_Lookup([], []),
+                   titles=_Lookup(ids, [projects[p][0] for p in ids]),
+                   clients=_Lookup(ids, [projects[p][1] for p in ids]),
+                   talents=_Lookup(ids, [projects[p][2] for p in ids]))
+    columns = ("project_id", "policy_id", "action", "subject_id", "milestone_id", "invoice_id", "assignee_id",
+               "amount", "currency", "reason", "evidence", "state")
+    decisions = pd.DataFrame({c: [""] * len(rows) for c in columns}).assign(
+        subject_id=[r[0] for r in rows], assignee_id=[r[1] for r in rows], project_id=[r[2] for r in rows],
+        evidence="{}", state="new")
+    said = _looked_up(decisions, np.arange(len(rows)), **lookups).to_pydict()
+
+    def label(user):
+        return people.get(user) or user or "—"
+
+    payees = [plain(assignee or subject) for subject, assignee, _p in rows]
+    assert said["_subject_label"] == [label(plain(r[0])) for r in rows]
+    assert said["_assignee_label"] == [label(plain(r[1])) for r in rows]
+    assert said["_payee_label"] == [label(p) for p in payees]
+    assert said["_subject_name"] == [people.get(r[0], "") for r in rows]
+    assert said["_title"] == [projects.get(plain(r[2]), ("",))[0] for r in rows]
+    clients = [projects.get(r[2], ("", "", ""))[1] for r in rows]
+    assert said["_client_id"] == clients and said["_client_name"] == [people.get(c, "") for c in clients]
+    assert said["_talent_id"] == [projects.get(r[2], ("", "", ""))[2] for r in rows]
