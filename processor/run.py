@@ -27,7 +27,7 @@ from processor.delivery.outbox import OutboxWriters, Written
 from processor.delivery.settings import MailConfigError, SmtpSettings
 from processor.delivery.smtp import CLAIM_STALE_SECONDS, DeliveryResult, deliver
 from processor.engine.decide import DECISION_COLUMNS, make_decisions
-from processor.engine.facts import Facts, build_facts
+from processor.engine.facts import Facts, build_facts, read_columns
 from processor.engine.local import Evaluation, evaluate
 from processor.export.contract import DEFAULT_MAX_REJECT_SHARE
 from processor.export.read import Export, read_export
@@ -96,9 +96,11 @@ def decide_night(policies: PolicySet, export: Export, as_of: dt.date, *, workers
     timings = {} if timings is None else timings
     say = progress or (lambda _msg: None)
     t = time.perf_counter()
-    facts = build_facts(export.tables, as_of)
-    if release_tables:
-        export.tables = {}
+    tables = export.tables
+    if release_tables:  # the columns the facts do not read go before they are built
+        tables, export.tables = read_columns(export.tables), {}
+    facts = build_facts(tables, as_of)
+    del tables
     timings["facts"] = time.perf_counter() - t
     say(f"facts built for {len(facts.frames['project']):,} projects")
     t = time.perf_counter()

@@ -17,7 +17,7 @@ import pytest
 
 from conftest import POLICIES
 from processor.engine.cluster import dask_client, evaluate_on_dask
-from processor.engine.facts import build_facts
+from processor.engine.facts import build_facts, with_fact_ids
 from processor.engine.local import CRASH_HOOK_ENV
 from processor.export.read import read_export
 from processor.run import decide_night, run_night
@@ -77,7 +77,7 @@ def test_a_project_that_kills_its_dask_worker_is_reported_not_dropped(night, mon
     facts = build_facts(read_export(night).tables, AS_OF)
     reference = evaluate(policies, facts, workers=0)
     fired = pd.concat([f.loc[f["fact_id"].isin(reference.firings["fact_id"]), ["fact_id", "project_id"]]
-                       for f in facts.frames.values()])
+                       for f in (with_fact_ids(kind, frame) for kind, frame in facts.frames.items())])
     victim = sorted(fired["project_id"])[0]
     # Read by the workers, which the local cluster started below inherit.
     monkeypatch.setenv(CRASH_HOOK_ENV, victim)

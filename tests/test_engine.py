@@ -16,7 +16,7 @@ from strategies import facts_from, project_strategy
 
 from conftest import POLICIES
 from processor.engine.batches import engine_batches, fact_batches
-from processor.engine.facts import build_facts
+from processor.engine.facts import build_facts, with_fact_ids
 from processor.export.read import read_export
 from rules.compile import RULESET_NAME, SEEN_RULE, to_ruleset
 from rules.document import load_policies
@@ -104,7 +104,7 @@ def test_the_facts_json_is_what_json_dumps_writes_for_their_plain_values(night_f
         sample = frame.iloc[::97]
         pids, batch = next(engine_batches({kind: sample}, 10_000))
         expected = [{"id": fid, "kind": kind, **{f: row[f] for f in FACT_KINDS[kind]}}
-                    for fid, row in zip(sample["fact_id"], sample.to_dict("records"))]
+                    for fid, row in zip(with_fact_ids(kind, sample)["fact_id"], sample.to_dict("records"))]
         expected.sort(key=lambda f: f["project_id"])
         assert batch == "[" + ",".join(json.dumps(f, ensure_ascii=False, separators=(",", ":")) for f in expected) + "]"
         assert list(pids) == [f["project_id"] for f in expected]

@@ -23,7 +23,7 @@ from processor.engine.batches import (
     project_ids,
     project_shares,
 )
-from processor.engine.facts import Facts, build_facts, text_array
+from processor.engine.facts import Facts, build_facts, text_array, with_fact_ids
 from processor.engine.local import CRASH_HOOK_ENV, evaluate
 from processor.export.read import read_export
 from rules.compile import to_ruleset
@@ -140,7 +140,8 @@ def test_a_project_that_kills_its_worker_is_reported_and_every_other_fires_as_pl
     policies = load_policies(POLICIES)
     firings, _, sent = plainly(policies, night_facts)
     frames = night_facts.frames
-    owner = pd.concat([f[["fact_id", "project_id"]] for f in frames.values()]).set_index("fact_id")["project_id"]
+    owner = pd.concat([with_fact_ids(k, f)[["fact_id", "project_id"]] for k, f in frames.items()])\
+        .set_index("fact_id")["project_id"]
     victim = owner[firings["fact_id"]].iloc[len(firings) // 2]
     monkeypatch.setenv(CRASH_HOOK_ENV, victim)
     seen = []
@@ -150,8 +151,8 @@ def test_a_project_that_kills_its_worker_is_reported_and_every_other_fires_as_pl
     kept = firings[owner[firings["fact_id"]].to_numpy() != victim].reset_index(drop=True)
     pd.testing.assert_frame_equal(ev.firings, kept)
     for kind, frame in frames.items():
-        pd.testing.assert_index_equal(ev.fired_rows[kind],
-                                      frame.index[frame["fact_id"].isin(kept["fact_id"]).to_numpy()])
+        fired = with_fact_ids(kind, frame)["fact_id"].isin(kept["fact_id"]).to_numpy()
+        pd.testing.assert_index_equal(ev.fired_rows[kind], frame.index[fired])
     total = len(frames["project"])
     assert seen[-1] == (total, total)
 
@@ -167,7 +168,7 @@ def test_a_project_that_hangs_its_worker_is_killed_by_the_watchdog_and_every_oth
 
     policies = load_policies(POLICIES)
     firings, _, sent = plainly(policies, night_facts)
-    owner = pd.concat([f[["fact_id", "project_id"]] for f in night_facts.frames.values()])\
+    owner = pd.concat([with_fact_ids(k, f)[["fact_id", "project_id"]] for k, f in night_facts.frames.items()])\
         .set_index("fact_id")["project_id"]
     victim = owner[firings["fact_id"]].iloc[len(firings) // 3]
     monkeypatch.setenv(HANG_HOOK_ENV, victim)

@@ -30,7 +30,7 @@ from processor.engine.batches import (
     split_by_project,
 )
 from processor.engine.decide import make_decisions
-from processor.engine.facts import Facts, build_facts
+from processor.engine.facts import Facts, build_facts, with_fact_ids
 from processor.engine.local import evaluate
 from processor.export.read import read_export
 from processor.run import decide_night
@@ -187,7 +187,8 @@ def test_the_prefilter_keeps_exactly_the_facts_durable_rules_fires_on(generated_
     # Every rule reads one fact: a fact that satisfies a policy fires it, one that satisfies none fires nothing.
     policies = load_policies(POLICIES)
     masks = candidate_masks(policies, generated_facts.frames)
-    kept = {fid for kind, frame in generated_facts.frames.items() for fid in frame["fact_id"][masks[kind]]}
+    kept = {fid for kind, frame in generated_facts.frames.items()
+            for fid in with_fact_ids(kind, frame)["fact_id"][masks[kind]]}
     fired = set(evaluate(policies, generated_facts, workers=0, prefilter=False).firings["fact_id"])
     assert len(fired) > 100 and all(m.any() for m in masks.values())
     assert kept == fired

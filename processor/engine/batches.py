@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from processor.arrow import concat, joined_between
-from processor.engine.facts import fixed_width_bytes, is_in, json_values, text_array
+from processor.engine.facts import fixed_width_bytes, is_in, json_values, text_array, with_fact_ids
 from processor.engine.prefilter import any_masks
 from rules.compile import to_ruleset
 from rules.model import PolicySet
@@ -168,7 +168,7 @@ def fact_batches(frames: Frames, projects: int = BATCH_PROJECTS,
     for kind, frame in frames.items():
         if len(frame):
             wanted = None if fields is None else fields(kind)
-            fact_id = json_values(frame["fact_id"], ensure_ascii=False)
+            fact_id = json_values(with_fact_ids(kind, frame)["fact_id"], ensure_ascii=False)
             read = [f for f in FACT_KINDS[kind] if wanted is None or f in wanted]
             texts.append(concat(_fact_json(kind, frame, fact_id, read), ","))
             ids.append(concat('{"id":', fact_id, "},"))
@@ -215,7 +215,7 @@ def fired_rows(frames: Frames, firings: pd.DataFrame) -> dict[str, pd.Index]:
     """Per kind, the row labels of the facts that fired, found among the facts that were sent
     (few, once pre-filtered) rather than among the whole night's."""
     fired = pd.Series(firings["fact_id"].unique())
-    return {kind: frame.index[is_in(frame["fact_id"], fired)] for kind, frame in frames.items()}
+    return {kind: frame.index[is_in(with_fact_ids(kind, frame)["fact_id"], fired)] for kind, frame in frames.items()}
 
 
 def _ascending(text: pa.Array) -> bool:

@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from processor.arrow import STR, concat, runs
-from processor.engine.facts import Facts, is_in, json_values, positions
+from processor.engine.facts import Facts, fact_ids, is_in, json_values, positions, text_array, with_fact_ids
 from rules.model import ActionSpec, Policy, PolicySet, evidence_fields, evidence_thresholds
 from rules.vocabulary import Action
 
@@ -174,9 +174,11 @@ def _fired_context(policies: PolicySet, firings: pd.DataFrame, facts: Facts, fir
         frames = {kind: frame.loc[fired_rows.get(kind, frame.index[:0]), columns[kind]]
                   for kind, frame in facts.frames.items()}
     else:
-        fired = pd.Series(firings["fact_id"].unique())
-        frames = {kind: frame.loc[is_in(frame["fact_id"], fired), columns[kind]]
+        fired = text_array(pd.Series(firings["fact_id"].unique()))
+        frames = {kind: frame.loc[pc.is_in(fact_ids(kind, frame), value_set=fired).to_numpy(zero_copy_only=False),
+                                  columns[kind]]
                   for kind, frame in facts.frames.items()}
+    frames = {kind: with_fact_ids(kind, frame) for kind, frame in frames.items()}
     ids = pd.concat([f["project_id"] for f in frames.values()]).drop_duplicates().sort_values(ignore_index=True)
     # The three tables are searched at once (numpy's searches and Arrow's takes let go of the GIL).
     milestones = threads.submit(_rows, facts.milestones, ids,

@@ -27,8 +27,8 @@ KINDS = tuple(FACT_KINDS)
 
 @dataclass
 class Facts:
-    """One frame per fact kind, with exactly the vocabulary's fields plus
-    `fact_id` (unique across kinds); and the context decisions are made of."""
+    """One frame per fact kind, with exactly the vocabulary's fields (each fact's id, unique across
+    kinds, is made from its keys when asked: fact_ids); and the context decisions are made of."""
 
     as_of: dt.date
     frames: dict[str, pd.DataFrame]
@@ -39,6 +39,22 @@ class Facts:
 
     def project_ids(self) -> pd.Index:
         return pd.Index(self.frames["project"]["project_id"])
+
+
+# The export's columns build_facts reads (users: all of them, the decisions and reports read the users).
+READS = {
+    "projects": ["project_id", "title", "client_id", "talent_id", "project_success_id", "area", "status",
+                 "hold_reason", "held_since", "talent_decision"],
+    "milestones": ["milestone_id", "project_id", "title", "amount_cents", "currency", "status", "payee_id",
+                   "escrow_amount_cents", "validated_at"],
+    "invoices": ["invoice_id", "milestone_id", "amount_cents", "currency", "due_date", "status"],
+    "contact_attempts": ["project_id", "target_user_id", "made_by", "attempted_at", "answered_at"],
+}
+
+
+def read_columns(tables: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+    """The tables with only the columns build_facts reads (no copy: the frames share their columns)."""
+    return {name: frame[READS[name]] if name in READS else frame for name, frame in tables.items()}
 
 
 DAY_NS = 86_400 * 10**9
@@ -134,6 +150,24 @@ def _fact_ids(kind: str, *keys: pa.Array) -> pa.Array:
     return pc.binary_join_element_wise(pa.scalar(kind, pa.large_string()), *keys, pa.scalar(":", pa.large_string()))
 
 
+# The columns a fact's id is made of, per kind.
+FACT_KEYS = {"project": ("project_id",), "party": ("project_id", "party"), "milestone": ("milestone_id",),
+             "invoice": ("invoice_id",)}
+
+
+def fact_ids(kind: str, frame: pd.DataFrame) -> pa.Array:
+    """Each fact's id, '<kind>:<key>[:<key>]' (FACT_KEYS), as large_string: made when asked, for the facts
+    asked about (the night's ids were ~0.2 GB at 1M); a frame made with a fact_id column keeps its own."""
+    if "fact_id" in frame.columns:
+        return text_array(frame["fact_id"])
+    return _fact_ids(kind, *(text_array(frame[key]) for key in FACT_KEYS[kind]))
+
+
+def with_fact_ids(kind: str, frame: pd.DataFrame) -> pd.DataFrame:
+    """The frame with its facts' ids as its last column, `fact_id` (fact_ids)."""
+    return frame if "fact_id" in frame.columns else frame.assign(fact_id=_text(fact_ids(kind, frame)))
+
+
 def _kept(found: np.ndarray) -> np.ndarray | None:
     """The rows whose key was found (None: all of them, nothing to take)."""
     return None if (found >= 0).all() else np.flatnonzero(found >= 0)
@@ -146,11 +180,26 @@ def _take(values, rows: np.ndarray | None):
     return values.take(rows) if isinstance(values, pa.Array) else values[rows]
 
 
-def _common_frame(common: dict[str, pa.Array | np.ndarray], rows: np.ndarray | None = None) -> dict:
+class Coded:
+    """Text of few distinct values as codes into them, sorted (-1: missing): what a pandas category column holds."""
+
+    def __init__(self, text: pa.Array):
+        values = pc.unique(text).drop_null()
+        values = values.take(pc.sort_indices(values))
+        self.categories = pd.CategoricalDtype(pd.Index(_text(values)))
+        self.codes = pc.index_in(text, value_set=values).fill_null(-1).to_numpy().astype(
+            np.int8 if len(values) < 127 else np.int32)
+
+    def take(self, rows: np.ndarray | None) -> pd.Categorical:
+        """The values at these rows (None: all) as a category column: a byte a fact, not the text again."""
+        return pd.Categorical.from_codes(_take(self.codes, rows), dtype=self.categories)
+
+
+def _common_frame(common: dict[str, pa.Array | np.ndarray | Coded], rows: np.ndarray | None = None) -> dict:
     """The project's own fields (COMMON_FIELDS) of each fact, taken from its project's row
     (rows None: one fact per project, in the projects' order)."""
-    common = {name: _take(col, rows) for name, col in common.items()}
-    return {name: _text(col) if isinstance(col, pa.Array) else col for name, col in common.items()}
+    return {name: col.take(rows) if isinstance(col, Coded) else _text(_take(col, rows)) if isinstance(col, pa.Array)
+            else _take(col, rows) for name, col in common.items()}
 
 
 def _sorted_order(ids: pa.Array) -> np.ndarray:
@@ -203,20 +252,18 @@ def _party_facts(tables: dict[str, pd.DataFrame], common: dict, project_ids: pa.
     # Ordered by (project_id, party): the client and the talent row of each project, by project id.
     by_id = _sorted_order(project_ids)
     rows = np.column_stack([by_id, by_id + n]).ravel()
-    # not 2M Python strings
-    party = pa.array(["client", "talent"], pa.large_string()).take(np.tile(np.array([0, 1]), n))
+    party_codes = np.tile(np.array([0, 1], dtype=np.int8), n)
     party_facts = pd.DataFrame({
         **_common_frame(common, np.repeat(by_id, 2)),
-        "party": _text(party),
+        "party": pd.Categorical.from_codes(party_codes, dtype=pd.CategoricalDtype(pd.Index(["client", "talent"]))),
         "user_id": _text(pa.concat_arrays([client_ids, talent_ids]).take(rows)),
-        "user_status": _text(user_status.take(rows)),
+        "user_status": Coded(user_status).take(rows),
         "unanswered_attempts": unanswered[rows].astype("int64"),
         "unanswered_by_project_success":
             np.bincount(row[counts & by_project_success], minlength=2 * n)[rows].astype("int64"),
         "days_since_oldest_unanswered": np.where(unanswered > 0, today - _day(oldest), 0)[rows].astype("int64"),
         "answered_since_hold": answered_since_hold[rows],
     }, copy=False)
-    party_facts["fact_id"] = _text(_fact_ids("party", project_ids.take(np.repeat(by_id, 2)), party))
     return party_facts, user_status, answered_since_hold
 
 
@@ -232,12 +279,14 @@ def build_facts(tables: dict[str, pd.DataFrame], as_of: dt.date) -> Facts:
     client_ids, talent_ids = text_array(p["client_id"]), text_array(p["talent_id"])
     held = _utc_ns(p["held_since"])
     on_hold = (p["status"] == "on_hold").to_numpy(dtype=bool, na_value=False)
-    common: dict[str, pa.Array | np.ndarray] = {
+    project_status, area = text_array(p["status"]), pc.fill_null(text_array(p["area"]), "none")
+    # The fields of few distinct values are kept as categories: each kind's facts repeat them (~0.5 GB of text at 1M).
+    common: dict[str, pa.Array | np.ndarray | Coded] = {
         "project_id": project_ids,
-        "project_status": text_array(p["status"]),
-        "hold_reason": pc.fill_null(text_array(p["hold_reason"]), "none"),
-        "talent_decision": pc.fill_null(text_array(p["talent_decision"]), "none"),
-        "area": pc.fill_null(text_array(p["area"]), "none"),
+        "project_status": Coded(project_status),
+        "hold_reason": Coded(pc.fill_null(text_array(p["hold_reason"]), "none")),
+        "talent_decision": Coded(pc.fill_null(text_array(p["talent_decision"]), "none")),
+        "area": Coded(area),
         "days_on_hold": np.where(on_hold & (held != NO_TIME), today - _day(held), 0).astype("int64"),
     }
     # The parties' facts are built on a second core meanwhile (pyarrow and numpy release the GIL).
@@ -252,7 +301,7 @@ def build_facts(tables: dict[str, pd.DataFrame], as_of: dt.date) -> Facts:
         milestone_facts = pd.DataFrame({
             **_common_frame(common, _take(ms_project, ms_kept)),
             "milestone_id": _text(milestone_ids),
-            "milestone_status": _text(_take(text_array(m["status"]), ms_kept)),
+            "milestone_status": Coded(text_array(m["status"])).take(ms_kept),
             "amount_cents": amount,
             "escrow_gap_cents":
                 np.maximum(amount - _take(m["escrow_amount_cents"].to_numpy(dtype="int64"), ms_kept), 0),
@@ -262,7 +311,6 @@ def build_facts(tables: dict[str, pd.DataFrame], as_of: dt.date) -> Facts:
                                         client_ids.take(_take(ms_project, ms_kept)))
                                  .fill_null(False).to_numpy(zero_copy_only=False),
         }, copy=False)
-        milestone_facts["fact_id"] = _text(_fact_ids("milestone", milestone_ids))
 
         # ---- invoices (the inner joins on milestone_id, then on the milestone's project_id)
         inv = tables["invoices"]
@@ -279,11 +327,10 @@ def build_facts(tables: dict[str, pd.DataFrame], as_of: dt.date) -> Facts:
             **_common_frame(common, inv_project),
             "invoice_id": _text(invoice_ids),
             "milestone_id": _text(text_array(inv["milestone_id"])),
-            "invoice_status": _text(invoice_status),
+            "invoice_status": Coded(invoice_status).take(None),
             "days_overdue": days_overdue,
             "amount_cents": inv["amount_cents"].to_numpy(dtype="int64"),
         }, copy=False)
-        invoice_facts["fact_id"] = _text(_fact_ids("invoice", invoice_ids))
         party_facts, user_status, answered_since_hold = parties.result()
 
     # ---- projects
@@ -292,11 +339,10 @@ def build_facts(tables: dict[str, pd.DataFrame], as_of: dt.date) -> Facts:
     np.maximum.at(most_overdue, inv_project[is_open], days_overdue[is_open])
     project_facts = pd.DataFrame({
         **_common_frame(common),
-        "client_status": _text(user_status.slice(0, n)),
-        "talent_status": _text(user_status.slice(n)),
+        "client_status": Coded(user_status.slice(0, n)).take(None),
+        "talent_status": Coded(user_status.slice(n)).take(None),
         "client_answered_since_hold": answered_since_hold[:n],  # the client block
         "most_days_overdue": most_overdue,
-        "fact_id": _text(_fact_ids("project", project_ids)),
     }, copy=False)
 
     frames = {"project": project_facts, "party": party_facts, "milestone": milestone_facts, "invoice": invoice_facts}
@@ -310,8 +356,8 @@ def build_facts(tables: dict[str, pd.DataFrame], as_of: dt.date) -> Facts:
         "client_id": _text(client_ids),
         "talent_id": _text(talent_ids),
         "project_success_id": _text(text_array(p["project_success_id"])),
-        "area": project_facts["area"],
-        "status": project_facts["project_status"],
+        "area": _text(area),
+        "status": _text(project_status),
     }, copy=False)
     milestones_ctx = m[["milestone_id", "project_id", "title", "status", "payee_id", "amount_cents", "currency"]].copy()
     invoices_ctx = inv[["invoice_id", "milestone_id"]].assign(

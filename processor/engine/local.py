@@ -38,7 +38,7 @@ import pyarrow.compute as pc
 
 from processor.arrow import STR
 from processor.engine.batches import candidate_facts, candidate_rows, iter_firings, project_ids, project_shares
-from processor.engine.facts import Facts, is_in, text_array
+from processor.engine.facts import FACT_KEYS, Facts, fact_ids, is_in, text_array
 from processor.engine.retry import split_failed
 from processor.killpoints import kill_point
 from processor.workers import forked_pool, kill_workers
@@ -132,11 +132,11 @@ def _evaluate_task(task: Task) -> _Part:
               for kind, at in rows.items()}
     firings = list(iter_firings(_ENGINE, frames, crash_on=os.environ.get(CRASH_HOOK_ENV),
                                 hang_on=os.environ.get(HANG_HOOK_ENV)))
-    policy_ids, fact_ids = zip(*firings) if firings else ((), ())
+    policy_ids, fired_ids = zip(*firings) if firings else ((), ())
     table = pa.table({"policy_id": pa.array(policy_ids, pa.large_string()),
-                      "fact_id": pa.array(fact_ids, pa.large_string())})
+                      "fact_id": pa.array(fired_ids, pa.large_string())})
     table = table.take(pc.sort_indices(table, _FIRINGS_ORDER))  # sorted here, the run's sort has less to do
-    fired = {kind: at[pc.is_in(text_array(frames[kind]["fact_id"]), value_set=table["fact_id"])
+    fired = {kind: at[pc.is_in(fact_ids(kind, frames[kind]), value_set=table["fact_id"])
                       .to_numpy(zero_copy_only=False)]
              for kind, at in rows.items()}
     # Project ids are never missing (the export requires them): their distinct values are the projects.
@@ -147,7 +147,7 @@ def _evaluate_task(task: Task) -> _Part:
 
 def _engine_columns(frame: pd.DataFrame, kind: str) -> list[str]:
     """The columns of a kind's facts that durable-rules' JSON and the task's results read."""
-    wanted = _ENGINE.fields_of(kind) | {"project_id", "fact_id"}
+    wanted = _ENGINE.fields_of(kind) | {"project_id", "fact_id", *FACT_KEYS[kind]}
     return [column for column in frame.columns if column in wanted]
 
 

@@ -79,6 +79,7 @@ from processor.export.contract import (
     DEFAULT_MAX_REJECT_SHARE,
     TABLES,
     UNIQUE_WITHIN,
+    Column,
     InvalidExport,
     Table,
 )
@@ -278,9 +279,23 @@ def _start_parsing(
 ) -> tuple[_Problems, dict[str, Future]]:
     """Submit the parsing of each of the table's columns to ``pool``; each task reports its own column's problems."""
     problems = _Problems(table, raw, rows)
+    # Only the ids, references and columns checked as unique within a group are read as text again.
+    again = {table.id_column, *(c.name for c in table.references),
+             *(name for group in UNIQUE_WITHIN.get(table.name, ()) for name in group)}
     return problems, {
-        column.name: pool.submit(_parse_column, column, raw[column.name], problems) for column in table.columns
+        column.name: pool.submit(_parse_and_let_go, column, raw, problems, column.name in again)
+        for column in table.columns
     }
+
+
+def _parse_and_let_go(column: Column, raw: dict[str, pa.ChunkedArray | pd.Series], problems: _Problems,
+                      read_again: bool) -> pd.Series | np.ndarray:
+    """The column parsed (its problems recorded with their values as read); then its text as read goes,
+    unless it is read again (the read's peak memory: a night's dates and amounts as text)."""
+    parsed = _parse_column(column, raw[column.name], problems)
+    if not read_again:
+        del raw[column.name]
+    return parsed
 
 
 def _check_table(

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from processor.engine.facts import with_fact_ids
 from processor.tools.policytest import describe
 from rules.compile import explain_fact
 from rules.grammar import did_you_mean
@@ -68,7 +69,7 @@ def explain_project(policies: PolicySet, export_dir: str | Path, project_id: str
     out["policies"] = []
     for policy in policies.policies:
         frame = facts.frames[policy.about]
-        rows = frame[frame["project_id"].astype(str) == project_id]
+        rows = with_fact_ids(policy.about, frame[frame["project_id"].astype(str) == project_id])
         made = mine[mine["policy_id"] == policy.id]
         fact_lines = []
         for fact in rows.to_dict("records"):
